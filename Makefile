@@ -1,0 +1,82 @@
+# upstreamd — see README.md. Quick start: `make demo`, then `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+GO      ?= go
+DOCKER  ?= docker
+# docker-compose 1.29 (Debian) or Compose v2, whichever is installed.
+COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo "docker compose")
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+IMAGES  := nginx apache etcd upstreamd
+
+# testcontainers: no reaper image here (we clean up ourselves), and dial
+# 127.0.0.1 rather than the default gateway from inside a container.
+export TESTCONTAINERS_RYUK_DISABLED := true
+export TESTCONTAINERS_HOST_OVERRIDE := 127.0.0.1
+# The classic builder where the docker CLI has no buildx plugin.
+export DOCKER_BUILDKIT ?= $(shell $(DOCKER) buildx version >/dev/null 2>&1 && echo 1 || echo 0)
+
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build images base demo demo-down test unit integration bench fuzz lint clean
+
+## build: the daemon binary at bin/upstreamd
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/upstreamd ./cmd/upstreamd
+
+## base: make sure debian:bookworm-slim exists (pull, else debootstrap + docker import)
+base:
+	./images/mkbase.sh
+
+## images: build upstreamd/{nginx,apache,etcd,upstreamd}:latest (cached on a second run)
+images: base
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o images/upstreamd/upstreamd ./cmd/upstreamd
+	@for i in $(IMAGES); do \
+		echo "building upstreamd/$$i:latest"; \
+		$(DOCKER) build -q -t upstreamd/$$i:latest images/$$i >/dev/null || exit 1; \
+	done
+
+## demo: images, then etcd + upstreamd with compose; nginx answers on 127.0.0.1:8080
+demo: images
+	$(COMPOSE) up -d
+	@echo "waiting for nginx on http://127.0.0.1:8080/ ..."
+	@for i in $$(seq 1 120); do \
+		if curl -fsS -m 2 http://127.0.0.1:8080/ 2>/dev/null | grep -q hostname; then \
+			echo "up: curl http://127.0.0.1:8080/ (see README: watching failover)"; exit 0; \
+		fi; sleep 0.5; \
+	done; echo "nginx did not answer within 60 s; see: $(COMPOSE) logs upstreamd" >&2; exit 1
+
+## demo-down: stop the demo and remove every container it created
+demo-down:
+	-$(COMPOSE) stop upstreamd
+	-ids=$$($(DOCKER) ps -aq --filter label=io.upstreamd.project=upstreamd); \
+		[ -z "$$ids" ] || $(DOCKER) rm -f -v $$ids >/dev/null
+	$(COMPOSE) down -v
+
+## test: every test, unit and integration (real Docker, nginx, Apache, etcd)
+test: unit integration
+
+## unit: unit tests with the race detector (no Docker needed)
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+## integration: the testcontainers suite; builds the images first
+integration: images
+	$(GO) test -tags integration -count=1 -timeout 60m -v ./integration/... 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
+
+## bench: render benchmarks (see README for the load scenarios)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./render/
+
+## fuzz: fuzz the etcd key/value parser for a minute
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseEntry -fuzztime 60s ./store/
+
+## lint: vet and gofmt
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
+
+clean:
+	rm -rf bin images/upstreamd/upstreamd integration.log

@@ -1,0 +1,513 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	units "github.com/docker/go-units"
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// Config is the TOML spec file. Every key is documented in
+// examples/upstreamd.toml and the README; unknown keys are errors.
+type Config struct {
+	Project string        `toml:"project"`
+	Node    string        `toml:"node"`
+	Docker  DockerConfig  `toml:"docker"`
+	Etcd    EtcdConfig    `toml:"etcd"`
+	Network NetworkConfig `toml:"network"`
+	Proxy   ProxyConfig   `toml:"proxy"`
+	Service []ServiceConf `toml:"service"`
+
+	file string // where it was read from, for messages
+}
+
+// DockerConfig says how to reach the engine.
+type DockerConfig struct {
+	Host    string   `toml:"host"`
+	Timeout Duration `toml:"timeout"`
+}
+
+// EtcdConfig says how to reach etcd and how registrations live there.
+type EtcdConfig struct {
+	Endpoints    []string `toml:"endpoints"`
+	Prefix       string   `toml:"prefix"`
+	LeaseTTL     Duration `toml:"lease_ttl"`
+	DialTimeout  Duration `toml:"dial_timeout"`
+	Username     string   `toml:"username"`
+	Password     string   `toml:"password"`
+	PasswordFile string   `toml:"password_file"`
+	CAFile       string   `toml:"ca_file"`
+	CertFile     string   `toml:"cert_file"`
+	KeyFile      string   `toml:"key_file"`
+}
+
+// NetworkConfig names the bridge network.
+type NetworkConfig struct {
+	Name string `toml:"name"`
+}
+
+// ProxyConfig describes nginx.
+type ProxyConfig struct {
+	Image       string   `toml:"image"`
+	Publish     string   `toml:"publish"`
+	Port        int      `toml:"port"`
+	Service     string   `toml:"service"`
+	Template    string   `toml:"template"`
+	ConfigPath  string   `toml:"config_path"`
+	MainConfig  string   `toml:"main_config"`
+	ConfigDir   string   `toml:"config_dir"`
+	DebounceMin Duration `toml:"debounce_min"`
+	DebounceMax Duration `toml:"debounce_max"`
+	Memory      string   `toml:"memory"`
+	CPUs        float64  `toml:"cpus"`
+}
+
+// ServiceConf describes one backend service.
+type ServiceConf struct {
+	Name      string       `toml:"name"`
+	Image     string       `toml:"image"`
+	Replicas  *int         `toml:"replicas"`
+	Port      int          `toml:"port"`
+	Env       []string     `toml:"env"`
+	Command   []string     `toml:"command"`
+	StopGrace Duration     `toml:"stop_grace"`
+	Memory    string       `toml:"memory"`
+	CPUs      float64      `toml:"cpus"`
+	Health    HealthConfig `toml:"health"`
+}
+
+// HealthConfig is a service's probe.
+type HealthConfig struct {
+	Path     string   `toml:"path"`
+	Interval Duration `toml:"interval"`
+	Timeout  Duration `toml:"timeout"`
+	Rise     int      `toml:"rise"`
+	Fall     int      `toml:"fall"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("250ms").
+type Duration time.Duration
+
+// UnmarshalText parses a duration such as "2s" or "250ms".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"2s\" or \"250ms\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration back as a string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Defaults reproduce the seed: one nginx in front of 3 Apache containers of
+// service "apache", registered under /services/apache/.
+const (
+	defaultProject    = "upstreamd"
+	defaultEtcd       = "http://127.0.0.1:2379"
+	defaultProxyImage = "upstreamd/nginx:latest"
+	defaultPublish    = "127.0.0.1:8080"
+	defaultConfigPath = "/etc/nginx/conf.d/upstreamd.conf"
+	defaultMainConfig = "/etc/nginx/nginx.conf"
+	defaultConfigDir  = "/etc/nginx"
+	defaultService    = "apache"
+	defaultImage      = "upstreamd/apache:latest"
+	defaultReplicas   = 3
+)
+
+// LoadConfig reads, defaults and validates a spec file. An empty path means
+// no file: the defaults alone.
+func LoadConfig(file string) (*Config, error) {
+	cfg := &Config{file: "(defaults)"}
+	if file != "" {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read config: %w", err)
+		}
+		cfg.file = file
+		dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
+		if err := dec.Decode(cfg); err != nil {
+			return nil, describeTOMLError(file, err)
+		}
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+var goFieldRE = regexp.MustCompile(`struct field \S+`)
+
+// describeTOMLError turns go-toml's errors into file:line:col: messages.
+func describeTOMLError(file string, err error) error {
+	var strict *toml.StrictMissingError
+	if errors.As(err, &strict) {
+		var errs []error
+		for _, e := range strict.Errors {
+			row, col := e.Position()
+			errs = append(errs, fmt.Errorf("%s:%d:%d: unknown key %s", file, row, col, strings.Join(e.Key(), ".")))
+		}
+		return errors.Join(errs...)
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		// go-toml names Go struct fields; the key path says it better.
+		msg := goFieldRE.ReplaceAllString(strings.TrimPrefix(de.Error(), "toml: "), "a value")
+		if key := strings.Join(de.Key(), "."); key != "" {
+			return fmt.Errorf("%s:%d:%d: key %s: %s", file, row, col, key, msg)
+		}
+		return fmt.Errorf("%s:%d:%d: %s", file, row, col, msg)
+	}
+	return fmt.Errorf("%s: %w", file, err)
+}
+
+func (c *Config) applyDefaults() {
+	if c.Project == "" {
+		c.Project = defaultProject
+	}
+	if c.Node == "" {
+		h, err := os.Hostname()
+		if err != nil || store.ValidName(strings.ToLower(h)) != nil {
+			h = "node"
+		}
+		c.Node = strings.ToLower(h)
+	}
+	if len(c.Etcd.Endpoints) == 0 {
+		c.Etcd.Endpoints = []string{defaultEtcd}
+	}
+	if c.Etcd.Prefix == "" {
+		c.Etcd.Prefix = store.DefaultPrefix
+	}
+	setDur(&c.Etcd.LeaseTTL, 10*time.Second)
+	setDur(&c.Etcd.DialTimeout, 5*time.Second)
+	setDur(&c.Docker.Timeout, 30*time.Second)
+	if c.Network.Name == "" {
+		c.Network.Name = c.Project
+	}
+	p := &c.Proxy
+	setStr(&p.Image, defaultProxyImage)
+	setStr(&p.Publish, defaultPublish)
+	setStr(&p.ConfigPath, defaultConfigPath)
+	setStr(&p.MainConfig, defaultMainConfig)
+	setStr(&p.ConfigDir, defaultConfigDir)
+	if p.Port == 0 {
+		p.Port = 80
+	}
+	setDur(&p.DebounceMin, render.DefaultMinDebounce)
+	setDur(&p.DebounceMax, render.DefaultMaxDebounce)
+	if len(c.Service) == 0 {
+		c.Service = []ServiceConf{{Name: defaultService}}
+	}
+	for i := range c.Service {
+		s := &c.Service[i]
+		if s.Name == defaultService {
+			setStr(&s.Image, defaultImage)
+		}
+		if s.Replicas == nil {
+			n := defaultReplicas
+			s.Replicas = &n
+		}
+		if s.Port == 0 {
+			s.Port = 80
+		}
+		setDur(&s.StopGrace, 10*time.Second)
+		setStr(&s.Health.Path, "/")
+		setDur(&s.Health.Interval, 2*time.Second)
+		setDur(&s.Health.Timeout, time.Second)
+		if s.Health.Rise == 0 {
+			s.Health.Rise = 2
+		}
+		if s.Health.Fall == 0 {
+			s.Health.Fall = 2
+		}
+	}
+	setStr(&p.Service, c.Service[0].Name)
+}
+
+func setStr(p *string, def string) {
+	if *p == "" {
+		*p = def
+	}
+}
+
+func setDur(p *Duration, def time.Duration) {
+	if *p == 0 {
+		*p = Duration(def)
+	}
+}
+
+// Validate checks every value; the error names the file, the key and why.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s: %s", c.file, key, fmt.Sprintf(format, args...)))
+	}
+	if err := store.ValidName(c.Project); err != nil {
+		bad("project", "%v", err)
+	}
+	if err := store.ValidName(c.Node); err != nil {
+		bad("node", "%v", err)
+	}
+	if err := store.ValidName(c.Network.Name); err != nil {
+		bad("network.name", "%v", err)
+	}
+	for i, e := range c.Etcd.Endpoints {
+		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
+			bad(fmt.Sprintf("etcd.endpoints[%d]", i), "%q must start with http:// or https://", e)
+		}
+	}
+	if !strings.HasPrefix(c.Etcd.Prefix, "/") || strings.HasSuffix(c.Etcd.Prefix, "/") && c.Etcd.Prefix != "/" {
+		bad("etcd.prefix", "%q must start with / and not end with /", c.Etcd.Prefix)
+	}
+	if c.Etcd.LeaseTTL.D() < 2*time.Second || c.Etcd.LeaseTTL.D() > time.Hour {
+		bad("etcd.lease_ttl", "%s out of range 2s-1h", c.Etcd.LeaseTTL.D())
+	}
+	if c.Etcd.Password != "" && c.Etcd.PasswordFile != "" {
+		bad("etcd.password_file", "give password or password_file, not both")
+	}
+	if (c.Etcd.Password != "" || c.Etcd.PasswordFile != "") && c.Etcd.Username == "" {
+		bad("etcd.username", "required when a password is set")
+	}
+	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+		bad("etcd.cert_file", "cert_file and key_file must be given together")
+	}
+	for key, f := range map[string]string{"etcd.ca_file": c.Etcd.CAFile, "etcd.cert_file": c.Etcd.CertFile, "etcd.key_file": c.Etcd.KeyFile, "etcd.password_file": c.Etcd.PasswordFile} {
+		if f != "" {
+			if _, err := os.Stat(c.resolve(f)); err != nil {
+				bad(key, "%v", err)
+			}
+		}
+	}
+	if c.Docker.Timeout.D() <= 0 {
+		bad("docker.timeout", "must be positive")
+	}
+
+	p := c.Proxy
+	if p.Image == "" {
+		bad("proxy.image", "must not be empty")
+	}
+	if err := validPublish(p.Publish); err != nil {
+		bad("proxy.publish", "%v", err)
+	}
+	if p.Port < 1 || p.Port > 65535 {
+		bad("proxy.port", "%d out of range 1-65535", p.Port)
+	}
+	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig, "proxy.config_dir": p.ConfigDir} {
+		if !path.IsAbs(v) || path.Clean(v) != v {
+			bad(key, "%q must be a clean absolute path", v)
+		}
+	}
+	if !strings.HasPrefix(p.ConfigPath, p.ConfigDir+"/") || !strings.HasPrefix(p.MainConfig, p.ConfigDir+"/") {
+		bad("proxy.config_dir", "%q must contain config_path and main_config, so both live in the data volume", p.ConfigDir)
+	}
+	if p.Template != "" {
+		if _, err := os.Stat(c.resolve(p.Template)); err != nil {
+			bad("proxy.template", "%v", err)
+		}
+	}
+	if p.DebounceMin.D() <= 0 || p.DebounceMax.D() < p.DebounceMin.D() || p.DebounceMax.D() > time.Minute {
+		bad("proxy.debounce_max", "need 0 < debounce_min (%s) <= debounce_max (%s) <= 1m", p.DebounceMin.D(), p.DebounceMax.D())
+	}
+	if _, err := parseLimits(p.Memory, p.CPUs); err != nil {
+		bad("proxy", "%v", err)
+	}
+
+	seen := map[string]bool{}
+	for i, s := range c.Service {
+		k := fmt.Sprintf("service[%d]", i)
+		if s.Name != "" {
+			k = fmt.Sprintf("service[%d] (%s)", i, s.Name)
+		}
+		if err := store.ValidName(s.Name); err != nil {
+			bad(k+".name", "%v", err)
+		}
+		if seen[s.Name] {
+			bad(k+".name", "duplicate service %q", s.Name)
+		}
+		seen[s.Name] = true
+		if s.Image == "" {
+			bad(k+".image", "must not be empty")
+		}
+		if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
+			bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
+		}
+		if s.Port < 1 || s.Port > 65535 {
+			bad(k+".port", "%d out of range 1-65535", s.Port)
+		}
+		for j, e := range s.Env {
+			if !strings.Contains(e, "=") {
+				bad(fmt.Sprintf("%s.env[%d]", k, j), "%q is not KEY=VALUE", e)
+			}
+		}
+		if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
+			bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())
+		}
+		h := s.Health
+		if !strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, " \t\r\n") {
+			bad(k+".health.path", "%q must start with / and contain no spaces", h.Path)
+		}
+		if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > 10*time.Minute {
+			bad(k+".health.interval", "%s out of range 100ms-10m", h.Interval.D())
+		}
+		if h.Timeout.D() <= 0 || h.Timeout.D() > h.Interval.D() {
+			bad(k+".health.timeout", "%s must be positive and at most the interval (%s)", h.Timeout.D(), h.Interval.D())
+		}
+		if h.Rise < 1 || h.Rise > 100 {
+			bad(k+".health.rise", "%d out of range 1-100", h.Rise)
+		}
+		if h.Fall < 1 || h.Fall > 100 {
+			bad(k+".health.fall", "%d out of range 1-100", h.Fall)
+		}
+		if _, err := parseLimits(s.Memory, s.CPUs); err != nil {
+			bad(k, "%v", err)
+		}
+	}
+	if !seen[p.Service] {
+		bad("proxy.service", "%q is not a configured service", p.Service)
+	}
+	return errors.Join(errs...)
+}
+
+func validPublish(addr string) error {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Port() != 0 {
+		return nil
+	}
+	if rest, ok := strings.CutPrefix(addr, ":"); ok {
+		if n, err := strconv.Atoi(rest); err == nil && n > 0 && n < 65536 {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is not IP:PORT (such as 127.0.0.1:8080) or :PORT", addr)
+}
+
+func parseLimits(memory string, cpus float64) (orchestrator.Limits, error) {
+	var l orchestrator.Limits
+	if memory != "" {
+		b, err := units.RAMInBytes(memory)
+		if err != nil || b < 4<<20 {
+			return l, fmt.Errorf("memory %q must be a size of at least 4m, such as \"256m\"", memory)
+		}
+		l.MemoryBytes = b
+	}
+	if cpus < 0 || cpus > 1024 || math.IsNaN(cpus) {
+		return l, fmt.Errorf("cpus %v out of range 0-1024", cpus)
+	}
+	l.NanoCPUs = int64(cpus * 1e9)
+	return l, nil
+}
+
+// resolve makes a path in the config relative to the config file's directory.
+func (c *Config) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.file == "(defaults)" {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.file), p)
+}
+
+// Spec converts the config to the orchestrator's desired state.
+func (c *Config) Spec() orchestrator.Spec {
+	proxyLimits, _ := parseLimits(c.Proxy.Memory, c.Proxy.CPUs) // validated
+	spec := orchestrator.Spec{
+		Project: c.Project,
+		Network: c.Network.Name,
+		Node:    c.Node,
+		Prefix:  c.Etcd.Prefix,
+		Proxy: orchestrator.ProxySpec{
+			Image:     c.Proxy.Image,
+			Publish:   c.Proxy.Publish,
+			Port:      c.Proxy.Port,
+			ConfigDir: c.Proxy.ConfigDir,
+			Limits:    proxyLimits,
+		},
+	}
+	for _, s := range c.Service {
+		limits, _ := parseLimits(s.Memory, s.CPUs) // validated
+		spec.Services = append(spec.Services, orchestrator.ServiceSpec{
+			Name:      s.Name,
+			Image:     s.Image,
+			Replicas:  *s.Replicas,
+			Port:      s.Port,
+			Env:       s.Env,
+			Cmd:       s.Command,
+			StopGrace: s.StopGrace.D(),
+			Limits:    limits,
+			Health: orchestrator.HealthSpec{
+				Path:     s.Health.Path,
+				Interval: s.Health.Interval.D(),
+				Timeout:  s.Health.Timeout.D(),
+				Rise:     s.Health.Rise,
+				Fall:     s.Health.Fall,
+			},
+		})
+	}
+	return spec
+}
+
+// ServiceNames lists the configured services in order.
+func (c *Config) ServiceNames() []string {
+	out := make([]string, 0, len(c.Service))
+	for _, s := range c.Service {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// LoadTemplate parses proxy.template, or returns the built-in template.
+func (c *Config) LoadTemplate() (*render.Template, error) {
+	if c.Proxy.Template == "" {
+		return render.Default(), nil
+	}
+	f := c.resolve(c.Proxy.Template)
+	text, err := os.ReadFile(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: proxy.template: %w", c.file, err)
+	}
+	t, err := render.Parse(f, string(text))
+	if err != nil {
+		return nil, fmt.Errorf("%s: proxy.template: %w", c.file, err)
+	}
+	return t, nil
+}
+
+// StoreConfig returns the etcd client settings.
+func (c *Config) StoreConfig() (store.Config, error) {
+	e := c.Etcd
+	password := e.Password
+	if e.PasswordFile != "" {
+		b, err := os.ReadFile(c.resolve(e.PasswordFile))
+		if err != nil {
+			return store.Config{}, fmt.Errorf("%s: etcd.password_file: %w", c.file, err)
+		}
+		password = strings.TrimRight(string(b), "\r\n")
+	}
+	return store.Config{
+		Endpoints:   e.Endpoints,
+		DialTimeout: e.DialTimeout.D(),
+		Username:    e.Username,
+		Password:    password,
+		CAFile:      c.resolve(e.CAFile),
+		CertFile:    c.resolve(e.CertFile),
+		KeyFile:     c.resolve(e.KeyFile),
+	}, nil
+}

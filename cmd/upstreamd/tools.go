@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// connectEtcd opens the etcd client of a one-shot command and checks that
+// etcd answers.
+func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.Client, error) {
+	scfg, err := cfg.StoreConfig()
+	if err != nil {
+		return nil, err
+	}
+	scfg.Logger = log
+	etcd, err := store.New(scfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := etcd.Ping(ctx); err != nil {
+		etcd.Close()
+		return nil, err
+	}
+	return etcd, nil
+}
+
+// loadSnapshot reads the registrations as the daemon's watch would see them:
+// invalid keys are logged and left out.
+func loadSnapshot(ctx context.Context, etcd *store.Client, prefix string, log zerolog.Logger) (store.Snapshot, error) {
+	kvs, rev, err := etcd.List(ctx, prefix)
+	if err != nil {
+		return store.Snapshot{}, err
+	}
+	snap := store.Snapshot{Revision: rev}
+	for _, kv := range kvs {
+		e, err := store.ParseEntry(prefix, kv.Key, kv.Value)
+		if err != nil {
+			log.Warn().Err(err).Msg("skipping invalid registration")
+			continue
+		}
+		e.Lease = kv.Lease
+		snap.Entries = append(snap.Entries, e)
+	}
+	return snap, nil
+}
+
+func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "render",
+		Short: "print the config that would be rendered from the registrations in etcd now; touches nothing",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(stderr)
+			if err != nil {
+				return err
+			}
+			cfg, err := LoadConfig(g.config)
+			if err != nil {
+				return err
+			}
+			tmpl, err := cfg.LoadTemplate()
+			if err != nil {
+				return err
+			}
+			etcd, err := connectEtcd(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			defer etcd.Close()
+			snap, err := loadSnapshot(cmd.Context(), etcd, cfg.Etcd.Prefix, log)
+			if err != nil {
+				return err
+			}
+			out, err := render.Render(tmpl, render.NewView(render.ViewInput{
+				Snapshot: snap,
+				Services: cfg.ServiceNames(),
+				Default:  cfg.Proxy.Service,
+				Listen:   cfg.Proxy.Port,
+			}))
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(out)
+			return err
+		},
+	}
+}
+
+func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "list the project's containers and the registrations in etcd",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(stderr)
+			if err != nil {
+				return err
+			}
+			cfg, err := LoadConfig(g.config)
+			if err != nil {
+				return err
+			}
+			docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
+			if err != nil {
+				return err
+			}
+			defer docker.Close()
+			list, err := docker.List(cmd.Context(), cfg.Project)
+			if err != nil {
+				return err
+			}
+			sort.Slice(list, func(i, j int) bool {
+				if list[i].Role != list[j].Role {
+					return list[i].Role < list[j].Role
+				}
+				return list[i].Name < list[j].Name
+			})
+			etcd, err := connectEtcd(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			defer etcd.Close()
+			snap, err := loadSnapshot(cmd.Context(), etcd, cfg.Etcd.Prefix, log)
+			if err != nil {
+				return err
+			}
+			byContainer := map[string]store.Entry{}
+			for _, e := range snap.Entries {
+				byContainer[e.Reg.Container] = e
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
+			for _, c := range list {
+				addr, reg := c.IPs[cfg.Network.Name], "-"
+				if e, ok := byContainer[c.Short()]; ok {
+					reg = e.Key
+				}
+				if addr == "" {
+					addr = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, addr, reg)
+			}
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "KEY\tNODE\tCONTAINER\tLEASE")
+			for _, e := range snap.Entries {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var reset bool
+	cmd := &cobra.Command{
+		Use:   "scale SERVICE [REPLICAS]",
+		Short: "set a service's replicas at run time (an override in etcd the daemon applies at once)",
+		Long: "scale writes /upstreamd/<project>/replicas/<service> in etcd; the running daemon\n" +
+			"watches it and reconciles immediately. --reset removes the override, so the\n" +
+			"spec file's replicas apply again.",
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := g.logger(stderr)
+			if err != nil {
+				return err
+			}
+			cfg, err := LoadConfig(g.config)
+			if err != nil {
+				return err
+			}
+			svc := args[0]
+			known := false
+			for _, s := range cfg.Service {
+				known = known || s.Name == svc
+			}
+			if !known {
+				return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.file, cfg.ServiceNames())}
+			}
+			if reset == (len(args) == 2) {
+				return usageError{fmt.Errorf("give either REPLICAS or --reset")}
+			}
+			etcd, err := connectEtcd(cmd.Context(), cfg, log)
+			if err != nil {
+				return err
+			}
+			defer etcd.Close()
+			key := orchestrator.OverridesPrefix(cfg.Project) + svc
+			if reset {
+				if err := etcd.Delete(cmd.Context(), key); err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
+				return err
+			}
+			n, err := orchestrator.ParseReplicas(args[1])
+			if err != nil {
+				return usageError{err}
+			}
+			if err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(stdout, "%s: replicas set to %d\n", svc, n)
+			return err
+		},
+	}
+	cmd.Flags().BoolVar(&reset, "reset", false, "remove the override")
+	return cmd
+}

@@ -1,0 +1,201 @@
+package containers
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+)
+
+// ExecResult is the outcome of a command run inside a container.
+type ExecResult struct {
+	ExitCode int
+	Stdout   []byte
+	Stderr   []byte
+}
+
+// Output returns stderr and stdout together, trimmed, for error messages
+// (nginx writes `nginx -t` results on stderr; exec failures arrive on stdout).
+func (r ExecResult) Output() string {
+	return string(bytes.TrimSpace(append(append([]byte{}, r.Stderr...), r.Stdout...)))
+}
+
+// maxExecOutput bounds how much of a command's output is kept.
+const maxExecOutput = 1 << 20
+
+// Exec runs cmd in a running container and waits for it to finish. A
+// non-zero exit code is not an error; failing to run the command is.
+func (c *Client) Exec(ctx context.Context, id string, cmd []string) (ExecResult, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	created, err := c.api.ContainerExecCreate(ctx, id, container.ExecOptions{
+		Cmd:          cmd,
+		AttachStdout: true,
+		AttachStderr: true,
+	})
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("exec %q in container %s: %w", cmd[0], ShortID(id), wrapNotFound(err))
+	}
+	att, err := c.api.ContainerExecAttach(ctx, created.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return ExecResult{}, fmt.Errorf("attach exec %q in container %s: %w", cmd[0], ShortID(id), err)
+	}
+	defer att.Close()
+	var stdout, stderr bytes.Buffer
+	if _, err := stdcopy.StdCopy(&limitWriter{w: &stdout, n: maxExecOutput}, &limitWriter{w: &stderr, n: maxExecOutput}, att.Reader); err != nil {
+		return ExecResult{}, fmt.Errorf("read exec %q output in container %s: %w", cmd[0], ShortID(id), err)
+	}
+	// The stream ends when the process exits, but the engine may record the
+	// exit code a moment later.
+	for {
+		ins, err := c.api.ContainerExecInspect(ctx, created.ID)
+		if err != nil {
+			return ExecResult{}, fmt.Errorf("inspect exec %q in container %s: %w", cmd[0], ShortID(id), err)
+		}
+		if !ins.Running {
+			return ExecResult{ExitCode: ins.ExitCode, Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return ExecResult{}, fmt.Errorf("exec %q in container %s: %w", cmd[0], ShortID(id), ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+type limitWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitWriter) Write(p []byte) (int, error) {
+	if l.n <= 0 {
+		return len(p), nil
+	}
+	q := p
+	if len(q) > l.n {
+		q = q[:l.n]
+	}
+	l.n -= len(q)
+	if _, err := l.w.Write(q); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// File is one regular file to copy into a container.
+type File struct {
+	// Path is relative to the destination directory given to CopyFiles.
+	Path string
+	Data []byte
+	Mode int64 // permission bits; zero means 0644
+}
+
+// CopyFiles writes files into a container (running or not) under dir, which
+// must exist. Files are owned by root. The engine writes each file in place:
+// callers that need an atomic switch stage under another name and rename.
+func (c *Client) CopyFiles(ctx context.Context, id, dir string, files []File) error {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	for _, f := range files {
+		mode := f.Mode
+		if mode == 0 {
+			mode = 0o644
+		}
+		hdr := &tar.Header{
+			Name:     path.Clean(f.Path),
+			Mode:     mode,
+			Size:     int64(len(f.Data)),
+			ModTime:  now,
+			Typeflag: tar.TypeReg,
+			Format:   tar.FormatPAX,
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return fmt.Errorf("copy into container %s: tar %s: %w", ShortID(id), f.Path, err)
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return fmt.Errorf("copy into container %s: tar %s: %w", ShortID(id), f.Path, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return fmt.Errorf("copy into container %s: %w", ShortID(id), err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := c.api.CopyToContainer(ctx, id, dir, &buf, container.CopyToContainerOptions{}); err != nil {
+		return fmt.Errorf("copy into container %s at %s: %w", ShortID(id), dir, wrapNotFound(err))
+	}
+	return nil
+}
+
+// ReadFile returns the content of a regular file in a container (running or
+// not). A missing file is an error matching ErrNotFound.
+func (c *Client) ReadFile(ctx context.Context, id, file string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	rc, _, err := c.api.CopyFromContainer(ctx, id, file)
+	if err != nil {
+		return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), wrapNotFound(err))
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read %s from container %s: empty archive: %w", file, ShortID(id), ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), err)
+		}
+		if hdr.Typeflag != tar.TypeReg {
+			return nil, fmt.Errorf("read %s from container %s: not a regular file", file, ShortID(id))
+		}
+		data, err := io.ReadAll(io.LimitReader(tr, 64<<20))
+		if err != nil {
+			return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), err)
+		}
+		return data, nil
+	}
+}
+
+// ReadDir returns the names of the regular files (and symlinks) directly in
+// a directory of a container, sorted.
+func (c *Client) ReadDir(ctx context.Context, id, dir string) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	rc, _, err := c.api.CopyFromContainer(ctx, id, dir)
+	if err != nil {
+		return nil, fmt.Errorf("list %s in container %s: %w", dir, ShortID(id), wrapNotFound(err))
+	}
+	defer rc.Close()
+	var names []string
+	tr := tar.NewReader(rc)
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			sort.Strings(names)
+			return names, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("list %s in container %s: %w", dir, ShortID(id), err)
+		}
+		// Entries are named <base of dir>/<name>[/...].
+		_, rest, ok := strings.Cut(strings.TrimSuffix(hdr.Name, "/"), "/")
+		if !ok || strings.Contains(rest, "/") {
+			continue
+		}
+		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeSymlink {
+			names = append(names, rest)
+		}
+	}
+}

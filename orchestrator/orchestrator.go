@@ -1,0 +1,278 @@
+package orchestrator
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// dockerAPI is the engine as the Orchestrator uses it.
+type dockerAPI interface {
+	containerAPI
+	Events(ctx context.Context, project string) (<-chan containers.Event, <-chan error)
+}
+
+var _ dockerAPI = (*containers.Client)(nil)
+
+// etcdAPI is etcd as the Orchestrator uses it.
+type etcdAPI interface {
+	registry
+	WatchPrefix(ctx context.Context, prefix string, changed func()) error
+}
+
+var _ etcdAPI = (*store.Client)(nil)
+
+// Config configures an Orchestrator.
+type Config struct {
+	// Spec is the desired state.
+	Spec Spec
+	// Docker is the engine.
+	Docker dockerAPI
+	// Store is etcd.
+	Store etcdAPI
+	// LeaseTTL is the TTL of this node's registrations.
+	LeaseTTL time.Duration
+	// Resync is the period of the full pass run even without events (a
+	// safety net; events do the real work). Zero means 30 s.
+	Resync time.Duration
+	// OnProxyChange is called after the proxy was (re)created.
+	OnProxyChange func()
+	// NewProber overrides the HTTP prober (tests).
+	NewProber func(HealthSpec) Prober
+	Logger    zerolog.Logger
+}
+
+// Orchestrator runs the reconcile loop, the Docker event watch, the health
+// probes and the registrar.
+type Orchestrator struct {
+	cfg        Config
+	log        zerolog.Logger
+	reconciler *Reconciler
+	health     *Health
+	registrar  *Registrar
+	wake       chan struct{}
+}
+
+// New wires an Orchestrator.
+func New(cfg Config) *Orchestrator {
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	services := make([]string, 0, len(cfg.Spec.Services))
+	for _, s := range cfg.Spec.Services {
+		services = append(services, s.Name)
+	}
+	o.registrar = NewRegistrar(RegistrarConfig{
+		Store:    cfg.Store,
+		Prefix:   cfg.Spec.Prefix,
+		Node:     cfg.Spec.Node,
+		Services: services,
+		TTL:      cfg.LeaseTTL,
+		Logger:   cfg.Logger.With().Str("component", "registrar").Logger(),
+	})
+	o.health = NewHealth(HealthConfig{
+		NewProber: cfg.NewProber,
+		OnChange:  o.registrar.Trigger,
+		Logger:    cfg.Logger.With().Str("component", "health").Logger(),
+	})
+	o.registrar.cfg.Health = o.health
+	o.reconciler = NewReconciler(ReconcilerConfig{
+		Spec:          cfg.Spec,
+		Docker:        cfg.Docker,
+		Health:        o.health,
+		Replicas:      o.replicaOverrides,
+		OnProxyChange: cfg.OnProxyChange,
+		Logger:        cfg.Logger.With().Str("component", "reconcile").Logger(),
+	})
+	return o
+}
+
+// Wake asks for a reconcile pass.
+func (o *Orchestrator) Wake() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// ProxyID returns the running proxy's container ID, for the renderer.
+func (o *Orchestrator) ProxyID() string { return o.reconciler.ProxyID() }
+
+// Start runs every part until ctx ends. The registrar starts after the
+// first reconcile pass, so that backends adopted after a restart are
+// known (pending) before it may delete anything.
+func (o *Orchestrator) Start(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	firstPass := make(chan struct{})
+	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
+	g.Go(func() error { return o.watchEvents(ctx) })
+	g.Go(func() error {
+		return o.cfg.Store.WatchPrefix(ctx, OverridesPrefix(o.cfg.Spec.Project), o.Wake)
+	})
+	g.Go(func() error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-firstPass:
+		}
+		o.registrar.Trigger()
+		return o.registrar.Start(ctx)
+	})
+	return g.Wait()
+}
+
+// reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
+// to requeue; failed passes are retried with backoff.
+func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 200 * time.Millisecond
+	bo.MaxInterval = 10 * time.Second
+	bo.MaxElapsedTime = 0
+	resync := time.NewTicker(o.cfg.Resync)
+	defer resync.Stop()
+	var again <-chan time.Time
+	first := true
+	failing := false
+	for pass := 1; ; pass++ {
+		res, err := o.reconciler.Reconcile(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if first {
+			first = false
+			close(firstPass)
+		}
+		switch {
+		case err != nil:
+			d := bo.NextBackOff()
+			ev := o.log.Error()
+			if failing {
+				ev = o.log.Debug()
+			}
+			ev.Err(err).Int("pass", pass).Dur("retry_in", d).Msg("reconcile failed")
+			failing = true
+			again = time.After(d)
+		case res.RequeueAfter > 0:
+			again = time.After(res.RequeueAfter)
+		default:
+			if failing {
+				o.log.Info().Int("pass", pass).Msg("reconcile recovered")
+			}
+			failing = false
+			bo.Reset()
+			again = nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-o.wake:
+		case <-resync.C:
+		case <-again:
+		}
+	}
+}
+
+// watchEvents turns Docker events into passes; a backend's death also
+// deregisters it at once, before the pass replaces it. A broken stream is
+// reopened with backoff, followed by a full pass so nothing is missed.
+func (o *Orchestrator) watchEvents(ctx context.Context) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 200 * time.Millisecond
+	bo.MaxInterval = 10 * time.Second
+	bo.MaxElapsedTime = 0
+	for {
+		evs, errc := o.cfg.Docker.Events(ctx, o.cfg.Spec.Project)
+		opened := time.Now()
+		o.Wake() // catch up with whatever happened while not watching
+		for ev := range evs {
+			o.handleEvent(ev)
+		}
+		err := <-errc
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(opened) > time.Minute {
+			bo.Reset()
+		}
+		d := bo.NextBackOff()
+		o.log.Warn().Err(err).Dur("retry_in", d).Msg("docker event stream broke; reconnecting")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+func (o *Orchestrator) handleEvent(ev containers.Event) {
+	switch ev.Action {
+	case "die", "destroy":
+		if ev.Role == containers.RoleBackend {
+			o.health.Dead(ev.ID)
+		}
+		o.Wake()
+	case "start", "create", "pause", "unpause", "oom", "rename", "update":
+		o.Wake()
+	default:
+		// exec_*, archive-path, extract-to-dir, kill, stop, attach, …:
+		// our own deliveries cause most of these; the state change that
+		// matters follows as die or start.
+		return
+	}
+	o.log.Debug().Str("action", ev.Action).Str("container", ev.Name).Str("role", string(ev.Role)).Msg("docker event")
+}
+
+// OverridesPrefix is where runtime replica overrides live:
+// /upstreamd/<project>/replicas/<service> = "<n>".
+func OverridesPrefix(project string) string {
+	return "/upstreamd/" + project + "/replicas/"
+}
+
+// MaxReplicas bounds replicas in the spec and in overrides.
+const MaxReplicas = 1000
+
+// ParseReplicas validates a replica count from etcd or the command line.
+func ParseReplicas(s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("replicas %q is not a number", s)
+	}
+	if n < 1 || n > MaxReplicas {
+		return 0, fmt.Errorf("replicas %d out of range 1-%d", n, MaxReplicas)
+	}
+	return n, nil
+}
+
+// replicaOverrides reads the overrides; invalid ones are logged and skipped.
+func (o *Orchestrator) replicaOverrides(ctx context.Context) (map[string]int, error) {
+	prefix := OverridesPrefix(o.cfg.Spec.Project)
+	kvs, _, err := o.cfg.Store.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, kv := range kvs {
+		svc := strings.TrimPrefix(kv.Key, prefix)
+		n, err := ParseReplicas(string(kv.Value))
+		if err != nil {
+			o.log.Warn().Str("key", kv.Key).Err(err).Msg("ignoring replica override")
+			continue
+		}
+		if _, ok := o.cfg.Spec.service(svc); !ok {
+			o.log.Warn().Str("key", kv.Key).Msg("ignoring replica override of a service not in the spec")
+			continue
+		}
+		out[svc] = n
+	}
+	return out, nil
+}

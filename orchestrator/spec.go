@@ -1,0 +1,107 @@
+// Package orchestrator keeps the Docker host and etcd in step with the spec.
+//
+// The Reconciler compares desired state (spec plus replica overrides from
+// etcd) with actual state (containers found by label) on every pass and acts
+// only on the difference; Docker events, override changes and a slow resync
+// only wake it. The Health manager probes each running backend (at most one
+// probe in flight, rise/fall hysteresis) and the Registrar mirrors the
+// healthy set into etcd under a lease, deleting a key at once when its
+// backend fails or dies.
+package orchestrator
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"time"
+
+	"github.com/upstreamd/upstreamd/containers"
+)
+
+// Spec is the desired state of one project.
+type Spec struct {
+	// Project names the deployment; it labels every container and prefixes names.
+	Project string
+	// Network is the bridge network backends and the proxy join.
+	Network string
+	// Node identifies this daemon in registrations; unique per daemon.
+	Node string
+	// Prefix is the etcd registrations prefix, e.g. /services.
+	Prefix string
+	// Proxy describes the nginx container and its data volume.
+	Proxy ProxySpec
+	// Services are the backend services, in order.
+	Services []ServiceSpec
+}
+
+// ProxySpec describes the proxy and its data-volume container.
+type ProxySpec struct {
+	// Image is the nginx image; the data-volume container uses it too.
+	Image string
+	// Publish is the host address nginx is published on, e.g. 127.0.0.1:8080.
+	Publish string
+	// Port is the port nginx listens on inside the container.
+	Port int
+	// ConfigDir is the directory the data-volume container holds, e.g. /etc/nginx.
+	ConfigDir string
+	// Limits are optional resource limits.
+	Limits Limits
+}
+
+// ServiceSpec describes one replicated backend service.
+type ServiceSpec struct {
+	Name     string
+	Image    string
+	Replicas int
+	// Port is the container port the backend serves on.
+	Port int
+	// Env and Cmd are passed to the container; Cmd empty means the image's.
+	Env []string
+	Cmd []string
+	// Health is the probe.
+	Health HealthSpec
+	// StopGrace is how long a stopping backend gets before SIGKILL.
+	StopGrace time.Duration
+	// Limits are optional resource limits.
+	Limits Limits
+}
+
+// Limits are container resource limits; zero means unlimited.
+type Limits struct {
+	MemoryBytes int64
+	NanoCPUs    int64
+}
+
+// HealthSpec is an HTTP probe: GET Path must answer 2xx or 3xx within Timeout.
+type HealthSpec struct {
+	Path     string
+	Interval time.Duration
+	Timeout  time.Duration
+	// Rise is the consecutive passes that bring a failed backend back; a new
+	// backend is registered on its first pass.
+	Rise int
+	// Fall is the consecutive failures that deregister a healthy backend.
+	Fall int
+}
+
+// service returns the named service spec.
+func (s Spec) service(name string) (ServiceSpec, bool) {
+	for _, svc := range s.Services {
+		if svc.Name == name {
+			return svc, true
+		}
+	}
+	return ServiceSpec{}, false
+}
+
+// specHash is the io.upstreamd.spec label: a short hash of what decides a
+// container's configuration, so a changed spec is noticed after restarts.
+func specHash(c containers.CreateSpec) string {
+	c.Name, c.Hostname = "", "" // per-instance, not part of the spec
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // plain data always marshals
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}

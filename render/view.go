@@ -1,0 +1,121 @@
+// Package render turns the registrations in etcd into an nginx config and
+// puts it live safely.
+//
+// Rendering is a pure function of a template and a typed View (Render); the
+// Deliverer stages the result in the proxy container, checks it with
+// `nginx -t`, swaps it into place and sends HUP; the Controller watches the
+// registrations, debounces, renders and delivers only when the bytes change.
+// Templates get confd's functions (getv, gets, ls, …) over the validated
+// keys, so templates written for the seed's confd keep working.
+package render
+
+import (
+	"sort"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// Backend is one healthy backend, as the template sees it.
+type Backend struct {
+	Service   string
+	Addr      string // host:port: what nginx dials (the key's last element)
+	Host      string // the registration's host field (the backend's hostname)
+	IPv4      string
+	Port      int
+	Container string
+	Node      string
+	Key       string
+}
+
+// Service is a named pool of backends.
+type Service struct {
+	Name     string
+	Backends []Backend // sorted by Addr
+}
+
+// View is the data a template renders from. It is built from one validated
+// etcd snapshot, so every address in it has been checked.
+type View struct {
+	// Services lists every configured service in spec order, each possibly
+	// without backends, then services found in etcd but not configured.
+	Services []Service
+	// Default is the service the default template routes "/" to.
+	Default string
+	// Listen is the port nginx listens on inside the proxy container.
+	Listen int
+	// KVs holds the validated keys and values for confd's functions.
+	KVs map[string]string
+}
+
+// Service returns the named service; a service with no backends is returned
+// empty, never nil.
+func (v View) Service(name string) Service {
+	for _, s := range v.Services {
+		if s.Name == name {
+			return s
+		}
+	}
+	return Service{Name: name, Backends: []Backend{}}
+}
+
+// Backends returns the backends of the default service.
+func (v View) Backends() []Backend { return v.Service(v.Default).Backends }
+
+// ViewInput is what NewView builds a View from.
+type ViewInput struct {
+	// Snapshot is the validated content of the registrations prefix.
+	Snapshot store.Snapshot
+	// Services are the configured service names, in spec order.
+	Services []string
+	// Default is the service routed at "/".
+	Default string
+	// Listen is nginx's listen port.
+	Listen int
+}
+
+// NewView groups a snapshot's entries by service.
+func NewView(in ViewInput) View {
+	byService := map[string][]Backend{}
+	kvs := make(map[string]string, len(in.Snapshot.Entries))
+	for _, e := range in.Snapshot.Entries {
+		kvs[e.Key] = e.Value
+		byService[e.Service] = append(byService[e.Service], Backend{
+			Service:   e.Service,
+			Addr:      e.Addr,
+			Host:      e.Reg.Host,
+			IPv4:      e.Reg.IPv4,
+			Port:      e.Reg.Port,
+			Container: e.Reg.Container,
+			Node:      e.Reg.Node,
+			Key:       e.Key,
+		})
+	}
+	v := View{Default: in.Default, Listen: in.Listen, KVs: kvs}
+	seen := map[string]bool{}
+	add := func(name string) {
+		if seen[name] {
+			return
+		}
+		seen[name] = true
+		bs := byService[name]
+		if bs == nil {
+			bs = []Backend{}
+		}
+		sort.Slice(bs, func(i, j int) bool { return bs[i].Addr < bs[j].Addr })
+		v.Services = append(v.Services, Service{Name: name, Backends: bs})
+	}
+	for _, name := range in.Services {
+		add(name)
+	}
+	extra := make([]string, 0, len(byService))
+	for name := range byService {
+		if !seen[name] {
+			extra = append(extra, name)
+		}
+	}
+	sort.Strings(extra)
+	for _, name := range extra {
+		add(name)
+	}
+	return v
+}

@@ -1,0 +1,65 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func isLeaseNotFound(err error) bool {
+	return errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(rpctypes.Error(err), rpctypes.ErrLeaseNotFound)
+}
+
+// Lease is a granted etcd lease kept alive in the background.
+type Lease struct {
+	ID int64
+	// Done is closed when the lease can no longer be kept alive: it expired,
+	// was revoked, or the keep-alive stream ended for good. Grant a new one.
+	Done <-chan struct{}
+	stop context.CancelFunc
+}
+
+// Grant creates a lease of ttl and keeps it alive until ctx ends or Revoke.
+func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
+	gctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	resp, err := c.cli.Grant(gctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("etcd grant lease of %ds: %w", secs, err)
+	}
+	kctx, stop := context.WithCancel(ctx)
+	ch, err := c.cli.KeepAlive(kctx, resp.ID)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("etcd keep lease %x alive: %w", resp.ID, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range ch { // drained; closes when the lease is gone or kctx ends
+		}
+	}()
+	c.log.Info().Str("lease", fmt.Sprintf("%x", resp.ID)).Int64("ttl_s", secs).Msg("etcd lease granted")
+	return &Lease{ID: int64(resp.ID), Done: done, stop: stop}, nil
+}
+
+// Revoke stops the keep-alive and revokes the lease, deleting every key
+// attached to it.
+func (c *Client) Revoke(ctx context.Context, l *Lease) error {
+	l.stop()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if _, err := c.cli.Revoke(ctx, clientv3.LeaseID(l.ID)); err != nil && !isLeaseNotFound(err) {
+		return fmt.Errorf("etcd revoke lease %x: %w", l.ID, err)
+	}
+	return nil
+}
+
+// Release stops keeping the lease alive without revoking it; its keys live
+// until the TTL runs out.
+func (l *Lease) Release() { l.stop() }

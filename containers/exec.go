@@ -35,10 +35,17 @@ const maxExecOutput = 1 << 20
 // Exec runs cmd in a running container and waits for it to finish. A
 // non-zero exit code is not an error; failing to run the command is.
 func (c *Client) Exec(ctx context.Context, id string, cmd []string) (ExecResult, error) {
+	return c.ExecWithStdin(ctx, id, cmd, nil)
+}
+
+// ExecWithStdin is Exec with stdin fed from the given bytes (then closed),
+// so a file can be written and used in one round trip.
+func (c *Client) ExecWithStdin(ctx context.Context, id string, cmd []string, stdin []byte) (ExecResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	created, err := c.api.ContainerExecCreate(ctx, id, container.ExecOptions{
 		Cmd:          cmd,
+		AttachStdin:  stdin != nil,
 		AttachStdout: true,
 		AttachStderr: true,
 	})
@@ -50,9 +57,26 @@ func (c *Client) Exec(ctx context.Context, id string, cmd []string) (ExecResult,
 		return ExecResult{}, fmt.Errorf("attach exec %q in container %s: %w", cmd[0], ShortID(id), err)
 	}
 	defer att.Close()
+	werr := make(chan error, 1)
+	if stdin != nil {
+		// Write concurrently with reading, so a command that writes output
+		// before reading all of its input cannot deadlock us.
+		go func() {
+			_, err := att.Conn.Write(stdin)
+			if cerr := att.CloseWrite(); err == nil {
+				err = cerr
+			}
+			werr <- err
+		}()
+	} else {
+		werr <- nil
+	}
 	var stdout, stderr bytes.Buffer
 	if _, err := stdcopy.StdCopy(&limitWriter{w: &stdout, n: maxExecOutput}, &limitWriter{w: &stderr, n: maxExecOutput}, att.Reader); err != nil {
 		return ExecResult{}, fmt.Errorf("read exec %q output in container %s: %w", cmd[0], ShortID(id), err)
+	}
+	if err := <-werr; err != nil {
+		return ExecResult{}, fmt.Errorf("write exec %q input in container %s: %w", cmd[0], ShortID(id), err)
 	}
 	// The stream ends when the process exits, but the engine may record the
 	// exit code a moment later.

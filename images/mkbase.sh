@@ -34,7 +34,27 @@ fi
 dir=$(mktemp -d /tmp/upstreamd-base.XXXXXX)
 trap '$SUDO rm -rf "$dir"' EXIT
 $SUDO debootstrap --variant=minbase bookworm "$dir" "$MIRROR" >/dev/null
-# Trim what a container never needs, as the official slim image does.
-$SUDO rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+# The sources the official image has: updates and security fixes too.
+SECURITY=${DEBIAN_SECURITY_MIRROR:-${MIRROR%/debian}/debian-security}
+$SUDO tee "$dir/etc/apt/sources.list" >/dev/null <<SOURCES
+deb $MIRROR bookworm main
+deb $MIRROR bookworm-updates main
+deb $SECURITY bookworm-security main
+SOURCES
+# Like the official slim image: packages installed later leave out docs,
+# man pages and translations; drop the ones already there.
+$SUDO tee "$dir/etc/dpkg/dpkg.cfg.d/docker-slim" >/dev/null <<'SLIM'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+SLIM
+$SUDO find "$dir/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+$SUDO rm -rf "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/locale/* \
+	"$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
 $SUDO tar -C "$dir" -c . | $DOCKER import - "$BASE" >/dev/null
 echo "mkbase: imported $BASE" >&2

@@ -100,6 +100,10 @@ type Health struct {
 
 	mu      sync.Mutex
 	targets map[string]*probed // by container ID
+	// dead holds containers reported dead (Dead) whose death a container
+	// listing may not show yet: the engine emits "die" before its list
+	// view is updated. Sync does not probe them again until Revive.
+	dead map[string]bool
 }
 
 type probed struct {
@@ -123,7 +127,7 @@ func NewHealth(cfg HealthConfig) *Health {
 	if cfg.OnChange == nil {
 		cfg.OnChange = func() {}
 	}
-	return &Health{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}}
+	return &Health{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}, dead: map[string]bool{}}
 }
 
 // Sync makes the probed set equal targets: probers start for new targets and
@@ -136,6 +140,16 @@ func (h *Health) Sync(ctx context.Context, targets []Target) {
 	}
 	changed := false
 	h.mu.Lock()
+	for id := range h.dead { // forget deaths the listing has caught up with
+		if _, ok := want[id]; !ok {
+			delete(h.dead, id)
+		}
+	}
+	for id := range want {
+		if h.dead[id] {
+			delete(want, id)
+		}
+	}
 	for id, p := range h.targets {
 		if t, ok := want[id]; !ok || t != p.t {
 			p.cancel()
@@ -158,9 +172,11 @@ func (h *Health) Sync(ctx context.Context, targets []Target) {
 	}
 }
 
-// Dead stops probing a container that died and drops it at once.
+// Dead stops probing a container that died and drops it at once. Later
+// Syncs ignore it until Revive, even if a stale listing still shows it.
 func (h *Health) Dead(id string) {
 	h.mu.Lock()
+	h.dead[id] = true
 	p, ok := h.targets[id]
 	if ok {
 		p.cancel()
@@ -173,6 +189,21 @@ func (h *Health) Dead(id string) {
 	h.log.Info().Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
 		Str("was", p.state.String()).Msg("backend died; deregistering")
 	h.cfg.OnChange()
+}
+
+// IsDead reports whether Dead was called for id and not undone by Revive.
+func (h *Health) IsDead(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.dead[id]
+}
+
+// Revive undoes Dead: the container runs again (the engine restarted it),
+// so the next Sync probes it from scratch.
+func (h *Health) Revive(id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.dead, id)
 }
 
 // Snapshot returns the healthy targets and the pending ones, each sorted by

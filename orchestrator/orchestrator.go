@@ -134,10 +134,7 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
 // to requeue; failed passes are retried with backoff.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 10 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := newBackOff(200*time.Millisecond, 10*time.Second)
 	resync := time.NewTicker(o.cfg.Resync)
 	defer resync.Stop()
 	var again <-chan time.Time
@@ -186,10 +183,7 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 // deregisters it at once, before the pass replaces it. A broken stream is
 // reopened with backoff, followed by a full pass so nothing is missed.
 func (o *Orchestrator) watchEvents(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 10 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := newBackOff(200*time.Millisecond, 10*time.Second)
 	for {
 		evs, errc := o.cfg.Docker.Events(ctx, o.cfg.Spec.Project)
 		opened := time.Now()
@@ -221,7 +215,12 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 			o.health.Dead(ev.ID)
 		}
 		o.Wake()
-	case "start", "create", "pause", "unpause", "oom", "rename", "update":
+	case "start":
+		if ev.Role == containers.RoleBackend {
+			o.health.Revive(ev.ID) // restarted by the engine or by hand
+		}
+		o.Wake()
+	case "create", "pause", "unpause", "oom", "rename", "update":
 		o.Wake()
 	default:
 		// exec_*, archive-path, extract-to-dir, kill, stop, attach, …:
@@ -230,6 +229,17 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 		return
 	}
 	o.log.Debug().Str("action", ev.Action).Str("container", ev.Name).Str("role", string(ev.Role)).Msg("docker event")
+}
+
+// newBackOff returns an endless exponential backoff. Options, not field
+// assignments: the constructor computes the first interval, so a field set
+// afterwards only counts after a Reset.
+func newBackOff(initial, maxInterval time.Duration) *backoff.ExponentialBackOff {
+	return backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(initial),
+		backoff.WithMaxInterval(maxInterval),
+		backoff.WithMaxElapsedTime(0),
+	)
 }
 
 // OverridesPrefix is where runtime replica overrides live:

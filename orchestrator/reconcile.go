@@ -35,6 +35,8 @@ var _ containerAPI = (*containers.Client)(nil)
 type prober interface {
 	Sync(ctx context.Context, targets []Target)
 	Dead(id string)
+	IsDead(id string) bool
+	Revive(id string)
 	State(id string) (string, bool)
 }
 
@@ -219,6 +221,22 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 	var errs []error
 	var alive []containers.Container
 	for _, c := range have {
+		if r.cfg.Health.IsDead(c.ID) && c.State != containers.StateExited && c.State != containers.StateDead {
+			// Its "die" event came before the listing caught up: ask the
+			// engine directly (inspect waits for the exit to be recorded).
+			fresh, err := r.cfg.Docker.Inspect(ctx, c.ID)
+			switch {
+			case containers.IsNotFound(err):
+				continue
+			case err != nil:
+				errs = append(errs, err)
+				continue
+			}
+			c.State = fresh.State
+			if c.State == containers.StateRunning {
+				r.cfg.Health.Revive(c.ID) // restarted since: probe it again
+			}
+		}
 		switch c.State {
 		case containers.StateRunning, containers.StatePaused, containers.StateRestarting:
 			if c.SpecHash != hash {
@@ -234,13 +252,15 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 			}
 			alive = append(alive, c)
 		case containers.StateCreated:
-			// Created but never started (a pass was interrupted): start it.
+			// Created but never started (a pass was interrupted): start it,
+			// and count it, or a spare would be created beside it.
 			if err := r.cfg.Docker.Start(ctx, c.ID); err != nil {
 				errs = append(errs, err)
 				requeue = true
 				continue
 			}
-			requeue = true // its IP is known on the next pass
+			alive = append(alive, c) // still "created" here: no probe target yet
+			requeue = true           // its IP is known on the next pass
 		case containers.StateRemoving:
 			requeue = true
 		default: // exited, dead

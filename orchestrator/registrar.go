@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
@@ -83,10 +82,7 @@ func (r *Registrar) Trigger() {
 // Start syncs on every trigger, on lease loss and every Resync, until ctx
 // ends; then it revokes the lease so this node's keys go at once.
 func (r *Registrar) Start(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := newBackOff(100*time.Millisecond, 5*time.Second)
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
 	var retry <-chan time.Time
@@ -105,6 +101,7 @@ func (r *Registrar) Start(ctx context.Context) error {
 		case <-resync.C:
 		case <-leaseDone:
 			r.log.Warn().Str("lease", fmt.Sprintf("%x", r.lease.ID)).Msg("etcd lease lost; registering again under a new lease")
+			r.lease.Release()
 			r.lease = nil
 		}
 		retry = nil
@@ -204,7 +201,7 @@ func (r *Registrar) sync(ctx context.Context) error {
 	for key, reg := range put {
 		err := r.cfg.Store.Put(ctx, key, reg.Encode(), r.lease.ID)
 		if errors.Is(err, store.ErrLeaseLost) {
-			r.lease.Release()
+			r.lease.Release() // gone on the server; stop its keep-alive
 			r.lease = nil
 			return err
 		}

@@ -106,10 +106,8 @@ func (c *Controller) Kick() {
 
 // Start runs until ctx ends; it returns nil then.
 func (c *Controller) Start(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	var retry <-chan time.Time
 	var rejected string // hash of the last config nginx rejected
 	for {

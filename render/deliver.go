@@ -24,7 +24,7 @@ type proxyAPI interface {
 	CopyFiles(ctx context.Context, id, dir string, files []containers.File) error
 	ReadFile(ctx context.Context, id, file string) ([]byte, error)
 	ReadDir(ctx context.Context, id, dir string) ([]string, error)
-	Exec(ctx context.Context, id string, cmd []string) (containers.ExecResult, error)
+	ExecWithStdin(ctx context.Context, id string, cmd []string, stdin []byte) (containers.ExecResult, error)
 	Signal(ctx context.Context, id, sig string) error
 }
 
@@ -46,25 +46,30 @@ type DelivererConfig struct {
 
 // Deliverer puts configs live in a proxy container: stage, check, swap, HUP.
 //
-// The candidate is copied in under a staging name next to the main config,
-// together with a check config: the main config with its include of the live
-// file pointed at the candidate instead. `nginx -t` runs against the check
-// config, and only if it passes is the candidate renamed over the live file
-// (an atomic rename on the same volume) and nginx sent SIGHUP. So the live
-// file only ever holds configs that passed, and it stays the last good one
-// when a check fails.
+// Once per proxy container it writes a check config next to nginx's main
+// config: the main config with its include of the live file pointed at a
+// staging name instead. Each delivery is then one exec: the candidate
+// arrives on stdin and is written under the staging name, `nginx -t` runs
+// against the check config, and only if it passes is the candidate renamed
+// over the live file (an atomic rename on the same volume); then nginx is
+// sent SIGHUP. So the live file only ever holds configs that passed, and it
+// stays the last good one when a check fails.
 type Deliverer struct {
 	cfg DelivererConfig
 	log zerolog.Logger
 
-	mu   sync.Mutex
-	live map[string][]byte // container ID → bytes known live there
-	main map[string][]byte // container ID → main config
+	mu    sync.Mutex
+	live  map[string][]byte // container ID → bytes known live there
+	main  map[string][]byte // container ID → main config
+	check map[string][]byte // container ID → check config written there
+	// hupOwed is a container whose live file was replaced but whose HUP
+	// failed: nginx there still runs the previous config.
+	hupOwed string
 }
 
 // NewDeliverer returns a Deliverer.
 func NewDeliverer(cfg DelivererConfig) *Deliverer {
-	return &Deliverer{cfg: cfg, log: cfg.Logger, live: map[string][]byte{}, main: map[string][]byte{}}
+	return &Deliverer{cfg: cfg, log: cfg.Logger, live: map[string][]byte{}, main: map[string][]byte{}, check: map[string][]byte{}}
 }
 
 func (d *Deliverer) stagedPath() string {
@@ -112,10 +117,12 @@ func (d *Deliverer) Forget(id string) {
 	defer d.mu.Unlock()
 	delete(d.live, id)
 	delete(d.main, id)
+	delete(d.check, id)
 }
 
 // Deliver makes cfg live in the proxy container id. It reports changed=false
-// and does nothing when cfg is already live. A config nginx rejects returns
+// and does nothing when cfg is already live (unless the HUP after putting it
+// there failed: then it sends that HUP). A config nginx rejects returns
 // an error matching ErrCheckFailed with nginx's message, and nothing live
 // changes.
 func (d *Deliverer) Deliver(ctx context.Context, id string, cfg []byte) (changed bool, err error) {
@@ -124,30 +131,91 @@ func (d *Deliverer) Deliver(ctx context.Context, id string, cfg []byte) (changed
 		return false, fmt.Errorf("deliver config: %w", err)
 	}
 	if found && bytes.Equal(live, cfg) {
-		return false, nil
+		d.mu.Lock()
+		owed := d.hupOwed == id
+		d.mu.Unlock()
+		if !owed {
+			return false, nil
+		}
+		// The bytes went live but the HUP after them failed: send it now.
+		return d.reload(ctx, id)
 	}
-	check, err := d.checkConfig(ctx, id)
+	if err := d.ensureCheck(ctx, id); err != nil {
+		return false, fmt.Errorf("deliver config: %w", err)
+	}
+	// One exec does the rest: the candidate arrives on stdin.
+	res, err := d.cfg.API.ExecWithStdin(ctx, id, []string{"sh", "-c", deliverScript, "upstreamd-deliver",
+		d.checkPath(), d.stagedPath(), d.cfg.ConfigPath}, cfg)
 	if err != nil {
 		return false, fmt.Errorf("deliver config: %w", err)
 	}
-	dir := path.Dir(d.cfg.MainPath)
-	if err := d.cfg.API.CopyFiles(ctx, id, dir, []containers.File{
-		{Path: path.Base(d.stagedPath()), Data: cfg},
-		{Path: path.Base(d.checkPath()), Data: check},
-	}); err != nil {
-		return false, fmt.Errorf("deliver config: stage: %w", err)
-	}
-	res, err := d.cfg.API.Exec(ctx, id, []string{"sh", "-c",
-		`nginx -t -q -c "$1" && mv -f "$2" "$3"`, "upstreamd-check",
-		d.checkPath(), d.stagedPath(), d.cfg.ConfigPath})
-	if err != nil {
-		return false, fmt.Errorf("deliver config: check: %w", err)
-	}
-	if res.ExitCode != 0 {
+	switch res.ExitCode {
+	case 0:
+	case exitRejected:
 		return false, fmt.Errorf("%w: %s", ErrCheckFailed, strings.ReplaceAll(res.Output(), d.stagedPath(), d.cfg.ConfigPath+" (candidate)"))
+	case exitNoCheck:
+		d.mu.Lock()
+		delete(d.check, id) // written again on the retry
+		d.mu.Unlock()
+		return false, fmt.Errorf("deliver config: check config %s vanished from the proxy", d.checkPath())
+	default:
+		return false, fmt.Errorf("deliver config: exit code %d: %s", res.ExitCode, res.Output())
 	}
 	d.remember(id, cfg)
-	if err := d.cfg.API.Signal(ctx, id, "HUP"); err != nil {
+	return d.reload(ctx, id)
+}
+
+// deliverScript runs in the proxy with $1 the check config, $2 the staged
+// candidate and $3 the live file: write the candidate from stdin, check it,
+// and only if nginx accepts it rename it over the live file (same volume,
+// so atomic). Each step has its own exit code.
+const deliverScript = `[ -f "$1" ] || exit 93
+cat > "$2" || exit 90
+nginx -t -q -c "$1" || exit 91
+mv -f "$2" "$3" || exit 92`
+
+// Exit codes of deliverScript that mean something to Deliver.
+const (
+	exitRejected = 91 // nginx -t failed: the candidate is invalid
+	exitNoCheck  = 93 // the check config is missing
+)
+
+// ensureCheck writes the check config into the proxy once per container.
+func (d *Deliverer) ensureCheck(ctx context.Context, id string) error {
+	d.mu.Lock()
+	_, ok := d.check[id]
+	d.mu.Unlock()
+	if ok {
+		return nil
+	}
+	check, err := d.checkConfig(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := d.cfg.API.CopyFiles(ctx, id, path.Dir(d.checkPath()), []containers.File{
+		{Path: path.Base(d.checkPath()), Data: check},
+	}); err != nil {
+		return fmt.Errorf("write check config: %w", err)
+	}
+	d.mu.Lock()
+	d.check[id] = check
+	d.mu.Unlock()
+	return nil
+}
+
+// reload sends HUP to the proxy. When that fails it records that a HUP is
+// owed, so that the caller's retry of the same bytes sends it instead of
+// finding them live and reporting no change.
+func (d *Deliverer) reload(ctx context.Context, id string) (changed bool, err error) {
+	err = d.cfg.API.Signal(ctx, id, "HUP")
+	d.mu.Lock()
+	if err != nil {
+		d.hupOwed = id
+	} else if d.hupOwed == id {
+		d.hupOwed = ""
+	}
+	d.mu.Unlock()
+	if err != nil {
 		return true, fmt.Errorf("deliver config: reload: %w", err)
 	}
 	return true, nil
@@ -204,8 +272,16 @@ func CheckConfig(in CheckInput) ([]byte, error) {
 	base := path.Dir(in.MainPath)
 	var out bytes.Buffer
 	last, found := 0, false
-	for _, m := range includeRE.FindAllSubmatchIndex(text, -1) {
-		argStart, argEnd := m[4], m[5]
+	// Search again from the end of each argument, not of each match: the
+	// match ends with the ';' that may be all that precedes the next
+	// include ("include a;include b;").
+	for pos := 0; ; {
+		m := includeRE.FindSubmatchIndex(text[pos:])
+		if m == nil {
+			break
+		}
+		argStart, argEnd := pos+m[4], pos+m[5]
+		pos = argEnd
 		arg := strings.Trim(string(text[argStart:argEnd]), `"'`)
 		full := arg
 		if !path.IsAbs(full) {

@@ -83,6 +83,10 @@ func (s kvStore) children(dir string, dirsOnly bool) []string {
 	prefix := strings.TrimSuffix(dir, "/") + "/"
 	set := map[string]bool{}
 	for k := range s {
+		if k == dir && !dirsOnly { // confd's ls of a key lists the key itself
+			set[path.Base(k)] = true
+			continue
+		}
 		rest, ok := strings.CutPrefix(k, prefix)
 		if !ok || rest == "" {
 			continue

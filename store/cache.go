@@ -78,10 +78,8 @@ func (k *Cache) notify() {
 
 // Start loads and watches until ctx ends. It returns nil on cancellation.
 func (k *Cache) Start(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = 5 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
 	failing := false
 	for ctx.Err() == nil {
 		err := k.loadAndWatch(ctx, func() {

@@ -51,7 +51,7 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 // Revoke stops the keep-alive and revokes the lease, deleting every key
 // attached to it.
 func (c *Client) Revoke(ctx context.Context, l *Lease) error {
-	l.stop()
+	l.Release()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	if _, err := c.cli.Revoke(ctx, clientv3.LeaseID(l.ID)); err != nil && !isLeaseNotFound(err) {
@@ -61,5 +61,10 @@ func (c *Client) Revoke(ctx context.Context, l *Lease) error {
 }
 
 // Release stops keeping the lease alive without revoking it; its keys live
-// until the TTL runs out.
-func (l *Lease) Release() { l.stop() }
+// until the TTL runs out. Call it for a lease whose Done closed, too, to free
+// its keep-alive.
+func (l *Lease) Release() {
+	if l.stop != nil {
+		l.stop()
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -95,7 +96,9 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 	if err := dec.Decode(&reg); err != nil {
 		return Entry{}, fmt.Errorf("%w: key %q: value is not registration JSON: %v", ErrInvalid, clip(key), err)
 	}
-	if dec.More() {
+	// Only JSON whitespace may follow. (Decoder.More is not enough: it
+	// reports false before a stray '}' or ']'.)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Entry{}, fmt.Errorf("%w: key %q: value has trailing data", ErrInvalid, clip(key))
 	}
 	if err := reg.validate(); err != nil {

@@ -13,10 +13,8 @@ import (
 // each (re)connection, since changes may have been missed meanwhile. It
 // reconnects with backoff and returns nil when ctx ends.
 func (c *Client) WatchPrefix(ctx context.Context, prefix string, changed func()) error {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 200 * time.Millisecond
-	bo.MaxInterval = 10 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
 		err := c.watchOnce(ctx, prefix, func() { bo.Reset(); changed() })
 		if ctx.Err() != nil {

@@ -23,7 +23,7 @@ import (
 )
 
 // Config is the TOML spec file. Every key is documented in
-// examples/upstreamd.toml and the README; unknown keys are errors.
+// cmd/upstreamd/upstreamd.example.toml and the README; unknown keys are errors.
 type Config struct {
 	Project string        `toml:"project"`
 	Node    string        `toml:"node"`
@@ -96,12 +96,16 @@ type HealthConfig struct {
 	Path     string   `toml:"path"`
 	Interval Duration `toml:"interval"`
 	Timeout  Duration `toml:"timeout"`
-	Rise     int      `toml:"rise"`
-	Fall     int      `toml:"fall"`
+	// Rise and Fall are pointers so that an explicit 0 is an error, not
+	// the default.
+	Rise *int `toml:"rise"`
+	Fall *int `toml:"fall"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("250ms").
-type Duration time.Duration
+// It is a struct, not an integer type, so that a bare TOML integer
+// (timeout = 5) is refused instead of silently meaning 5ns.
+type Duration struct{ d time.Duration }
 
 // UnmarshalText parses a duration such as "2s" or "250ms".
 func (d *Duration) UnmarshalText(b []byte) error {
@@ -109,15 +113,15 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("%q is not a duration such as \"2s\" or \"250ms\"", b)
 	}
-	*d = Duration(v)
+	d.d = v
 	return nil
 }
 
 // MarshalText writes the duration back as a string.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.d.String()), nil }
 
 // D returns the time.Duration.
-func (d Duration) D() time.Duration { return time.Duration(d) }
+func (d Duration) D() time.Duration { return d.d }
 
 // Defaults reproduce the seed: one nginx in front of 3 Apache containers of
 // service "apache", registered under /services/apache/.
@@ -156,7 +160,23 @@ func LoadConfig(file string) (*Config, error) {
 	return cfg, nil
 }
 
-var goFieldRE = regexp.MustCompile(`struct field \S+`)
+var (
+	goFieldRE = regexp.MustCompile(`struct field \S+`)
+	goTypeRE  = regexp.MustCompile(`a value of type (\[\])?\*?main\.(\w+)`)
+)
+
+// tomlTypeName says in TOML terms what a Go type of this package expects.
+func tomlTypeName(m string) string {
+	sub := goTypeRE.FindStringSubmatch(m)
+	switch {
+	case sub[2] == "Duration" && sub[1] == "":
+		return `a duration string such as "2s"`
+	case sub[1] != "":
+		return "an array of tables"
+	default:
+		return "a table"
+	}
+}
 
 // describeTOMLError turns go-toml's errors into file:line:col: messages.
 func describeTOMLError(file string, err error) error {
@@ -174,6 +194,7 @@ func describeTOMLError(file string, err error) error {
 		row, col := de.Position()
 		// go-toml names Go struct fields; the key path says it better.
 		msg := goFieldRE.ReplaceAllString(strings.TrimPrefix(de.Error(), "toml: "), "a value")
+		msg = goTypeRE.ReplaceAllStringFunc(msg, tomlTypeName)
 		if key := strings.Join(de.Key(), "."); key != "" {
 			return fmt.Errorf("%s:%d:%d: key %s: %s", file, row, col, key, msg)
 		}
@@ -235,12 +256,8 @@ func (c *Config) applyDefaults() {
 		setStr(&s.Health.Path, "/")
 		setDur(&s.Health.Interval, 2*time.Second)
 		setDur(&s.Health.Timeout, time.Second)
-		if s.Health.Rise == 0 {
-			s.Health.Rise = 2
-		}
-		if s.Health.Fall == 0 {
-			s.Health.Fall = 2
-		}
+		setInt(&s.Health.Rise, 2)
+		setInt(&s.Health.Fall, 2)
 	}
 	setStr(&p.Service, c.Service[0].Name)
 }
@@ -252,8 +269,14 @@ func setStr(p *string, def string) {
 }
 
 func setDur(p *Duration, def time.Duration) {
-	if *p == 0 {
-		*p = Duration(def)
+	if p.d == 0 {
+		p.d = def
+	}
+}
+
+func setInt(p **int, def int) {
+	if *p == nil {
+		*p = &def
 	}
 }
 
@@ -373,11 +396,11 @@ func (c *Config) Validate() error {
 		if h.Timeout.D() <= 0 || h.Timeout.D() > h.Interval.D() {
 			bad(k+".health.timeout", "%s must be positive and at most the interval (%s)", h.Timeout.D(), h.Interval.D())
 		}
-		if h.Rise < 1 || h.Rise > 100 {
-			bad(k+".health.rise", "%d out of range 1-100", h.Rise)
+		if *h.Rise < 1 || *h.Rise > 100 {
+			bad(k+".health.rise", "%d out of range 1-100", *h.Rise)
 		}
-		if h.Fall < 1 || h.Fall > 100 {
-			bad(k+".health.fall", "%d out of range 1-100", h.Fall)
+		if *h.Fall < 1 || *h.Fall > 100 {
+			bad(k+".health.fall", "%d out of range 1-100", *h.Fall)
 		}
 		if _, err := parseLimits(s.Memory, s.CPUs); err != nil {
 			bad(k, "%v", err)
@@ -456,8 +479,8 @@ func (c *Config) Spec() orchestrator.Spec {
 				Path:     s.Health.Path,
 				Interval: s.Health.Interval.D(),
 				Timeout:  s.Health.Timeout.D(),
-				Rise:     s.Health.Rise,
-				Fall:     s.Health.Fall,
+				Rise:     *s.Health.Rise,
+				Fall:     *s.Health.Fall,
 			},
 		})
 	}

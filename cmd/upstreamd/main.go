@@ -52,6 +52,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 // usageError marks errors in the command line itself.
 type usageError struct{ error }
 
+// usageArgs marks a wrong number of arguments as a usage error (exit 2).
+func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+}
+
 type globalFlags struct {
 	config    string
 	logFormat string
@@ -82,7 +92,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		&cobra.Command{
 			Use:   "version",
 			Short: "print the version",
-			Args:  cobra.NoArgs,
+			Args:  usageArgs(cobra.NoArgs),
 			RunE: func(cmd *cobra.Command, _ []string) error {
 				_, err := fmt.Fprintln(cmd.OutOrStdout(), "upstreamd", version)
 				return err

@@ -21,7 +21,7 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "run",
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(stderr)
 			if err != nil {
@@ -131,10 +131,8 @@ func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 // waitReachable calls ping until it succeeds, logging the first failure
 // once as an error and later ones at debug level.
 func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) error) {
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 500 * time.Millisecond
-	bo.MaxInterval = 15 * time.Second
-	bo.MaxElapsedTime = 0
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(500*time.Millisecond),
+		backoff.WithMaxInterval(15*time.Second), backoff.WithMaxElapsedTime(0))
 	for first := true; ctx.Err() == nil; first = false {
 		err := ping(ctx)
 		if err == nil || ctx.Err() != nil {

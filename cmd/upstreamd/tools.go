@@ -60,7 +60,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "render",
 		Short: "print the config that would be rendered from the registrations in etcd now; touches nothing",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(stderr)
 			if err != nil {
@@ -102,7 +102,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
 		Short: "list the project's containers and the registrations in etcd",
-		Args:  cobra.NoArgs,
+		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(stderr)
 			if err != nil {
@@ -177,7 +177,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Long: "scale writes /upstreamd/<project>/replicas/<service> in etcd; the running daemon\n" +
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +
 			"spec file's replicas apply again.",
-		Args: cobra.RangeArgs(1, 2),
+		Args: usageArgs(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			log, err := g.logger(stderr)
 			if err != nil {
@@ -198,6 +198,12 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if reset == (len(args) == 2) {
 				return usageError{fmt.Errorf("give either REPLICAS or --reset")}
 			}
+			var n int
+			if !reset { // validate before connecting: a typo must not wait on etcd
+				if n, err = orchestrator.ParseReplicas(args[1]); err != nil {
+					return usageError{err}
+				}
+			}
 			etcd, err := connectEtcd(cmd.Context(), cfg, log)
 			if err != nil {
 				return err
@@ -210,10 +216,6 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 				_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
 				return err
-			}
-			n, err := orchestrator.ParseReplicas(args[1])
-			if err != nil {
-				return usageError{err}
 			}
 			if err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
 				return err

@@ -1,0 +1,387 @@
+package main
+
+import (
+	"encoding"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+const exampleFile = "upstreamd.example.toml"
+
+// writeConfig writes body to a spec file in a fresh directory and returns
+// its path.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "upstreamd.toml")
+	if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+		t.Fatalf("write %s: %v", f, err)
+	}
+	return f
+}
+
+// TestLoadConfigDefaults checks that no file at all gives the seed: one
+// nginx in front of 3 Apache containers of service "apache".
+func TestLoadConfigDefaults(t *testing.T) {
+	cfg, err := LoadConfig("")
+	if err != nil {
+		t.Fatalf("LoadConfig(\"\"): %v", err)
+	}
+	if len(cfg.Service) != 1 {
+		t.Fatalf("%d services, want 1", len(cfg.Service))
+	}
+	s := cfg.Service[0]
+	tests := []struct {
+		name      string
+		got, want any
+	}{
+		{"project", cfg.Project, "upstreamd"},
+		{"service name", s.Name, "apache"},
+		{"replicas", *s.Replicas, 3},
+		{"image", s.Image, "upstreamd/apache:latest"},
+		{"port", s.Port, 80},
+		{"publish", cfg.Proxy.Publish, "127.0.0.1:8080"},
+		{"prefix", cfg.Etcd.Prefix, "/services"},
+		{"health path", s.Health.Path, "/"},
+		{"health interval", s.Health.Interval.D(), 2 * time.Second},
+		{"health timeout", s.Health.Timeout.D(), time.Second},
+		{"rise", *s.Health.Rise, 2},
+		{"fall", *s.Health.Fall, 2},
+		{"proxy service", cfg.Proxy.Service, "apache"},
+		{"network name", cfg.Network.Name, cfg.Project},
+		{"proxy port", cfg.Proxy.Port, 80},
+		{"etcd endpoints", cfg.Etcd.Endpoints, []string{"http://127.0.0.1:2379"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if !reflect.DeepEqual(tt.got, tt.want) {
+				t.Errorf("got %v, want %v", tt.got, tt.want)
+			}
+		})
+	}
+	t.Run("node is a valid name", func(t *testing.T) {
+		if err := store.ValidName(cfg.Node); err != nil {
+			t.Errorf("default node %q: %v", cfg.Node, err)
+		}
+	})
+	t.Run("spec", func(t *testing.T) {
+		spec := cfg.Spec()
+		want := orchestrator.HealthSpec{Path: "/", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 2}
+		if len(spec.Services) != 1 || spec.Services[0].Replicas != 3 || spec.Services[0].Health != want {
+			t.Errorf("Spec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
+		}
+		if spec.Network != "upstreamd" || spec.Prefix != "/services" || spec.Proxy.Publish != "127.0.0.1:8080" {
+			t.Errorf("Spec() network %q prefix %q publish %q, want upstreamd, /services, 127.0.0.1:8080", spec.Network, spec.Prefix, spec.Proxy.Publish)
+		}
+	})
+}
+
+// TestExampleConfig keeps the example file honest: it loads, its values are
+// the defaults (it says so), and it documents every key of Config.
+func TestExampleConfig(t *testing.T) {
+	cfg, err := LoadConfig(exampleFile)
+	if err != nil {
+		t.Fatalf("LoadConfig(%s): %v", exampleFile, err)
+	}
+	def, err := LoadConfig("")
+	if err != nil {
+		t.Fatalf("LoadConfig(\"\"): %v", err)
+	}
+	if got, want := cfg.Spec(), def.Spec(); !specEqual(got, want) {
+		t.Errorf("the example's values are not the defaults:\n got %+v\nwant %+v", got, want)
+	}
+
+	data, err := os.ReadFile(exampleFile)
+	if err != nil {
+		t.Fatalf("read %s: %v", exampleFile, err)
+	}
+	var doc map[string]any
+	if err := toml.Unmarshal(data, &doc); err != nil {
+		t.Fatalf("parse %s: %v", exampleFile, err)
+	}
+	keys := tomlKeys(reflect.TypeFor[Config](), "")
+	if len(keys) < 40 {
+		t.Fatalf("found only %d keys in Config; the walk is broken", len(keys))
+	}
+	for _, key := range keys {
+		t.Run(key, func(t *testing.T) {
+			if !hasKey(doc, strings.Split(key, ".")) {
+				t.Errorf("key %s is not documented in %s", key, exampleFile)
+			}
+		})
+	}
+}
+
+// specEqual compares specs, taking nil and empty slices as equal (the
+// example writes env = [], the defaults leave it unset).
+func specEqual(a, b orchestrator.Spec) bool {
+	norm := func(s orchestrator.Spec) orchestrator.Spec {
+		s.Services = append([]orchestrator.ServiceSpec(nil), s.Services...)
+		for i := range s.Services {
+			if len(s.Services[i].Env) == 0 {
+				s.Services[i].Env = nil
+			}
+			if len(s.Services[i].Cmd) == 0 {
+				s.Services[i].Cmd = nil
+			}
+		}
+		return s
+	}
+	return reflect.DeepEqual(norm(a), norm(b))
+}
+
+var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+
+// tomlKeys returns the dotted key paths of every leaf `toml` tag under t.
+// Arrays of tables ([[service]]) contribute their element's keys.
+func tomlKeys(t reflect.Type, prefix string) []string {
+	var out []string
+	for f := range t.Fields() {
+		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && !reflect.PointerTo(ft).Implements(textUnmarshaler) {
+			out = append(out, tomlKeys(ft, key+".")...)
+			continue
+		}
+		out = append(out, key)
+	}
+	return out
+}
+
+// hasKey reports whether the parsed document has the key path; inside an
+// array of tables the first table is looked at.
+func hasKey(doc any, path []string) bool {
+	if len(path) == 0 {
+		return true
+	}
+	switch v := doc.(type) {
+	case map[string]any:
+		next, ok := v[path[0]]
+		return ok && hasKey(next, path[1:])
+	case []any:
+		return len(v) > 0 && hasKey(v[0], path)
+	case []map[string]any:
+		return len(v) > 0 && hasKey(v[0], path)
+	}
+	return false
+}
+
+// TestLoadConfigErrors checks that each bad input is refused with the file,
+// the key path and why. FILE in want and body stands for the spec file's path.
+func TestLoadConfigErrors(t *testing.T) {
+	const apache = "[[service]]\nname = \"apache\"\n"
+	tests := []struct {
+		name    string
+		body    string
+		extra   map[string]string // more files beside the spec file
+		want    []string
+		notWant []string
+	}{
+		{
+			name: "unknown key",
+			body: "[proxy]\nimagez = \"x\"\n",
+			want: []string{"FILE:2:1: unknown key proxy.imagez"},
+		},
+		{
+			name: "several unknown keys are all reported",
+			body: "[proxy]\nimagez = \"x\"\n[etcd]\nprefx = \"/x\"\n",
+			want: []string{"FILE:2:1: unknown key proxy.imagez", "FILE:4:1: unknown key etcd.prefx"},
+		},
+		{
+			name:    "wrong type",
+			body:    "[proxy]\nport = \"eighty\"\n",
+			want:    []string{"FILE:2:8: key proxy.port: cannot decode TOML string into a value of type int"},
+			notWant: []string{"main.", "ProxyConfig", "struct field"},
+		},
+		{
+			name:    "value where a table belongs",
+			body:    "proxy = 5\n",
+			want:    []string{"FILE:1:9: key proxy: cannot decode TOML integer into a table"},
+			notWant: []string{"main.", "ProxyConfig"},
+		},
+		{
+			name:    "value where an array of tables belongs",
+			body:    "service = 3\n",
+			want:    []string{"FILE:1:11: key service: cannot decode TOML integer into an array of tables"},
+			notWant: []string{"main.", "ServiceConf"},
+		},
+		{
+			name: "TOML syntax error",
+			body: "project = \n",
+			want: []string{"FILE:1:11: "},
+		},
+		{
+			name: "replicas 0",
+			body: apache + "replicas = 0\n",
+			want: []string{"FILE: service[0] (apache).replicas: 0 out of range 1-1000"},
+		},
+		{
+			name: "replicas -1",
+			body: apache + "replicas = -1\n",
+			want: []string{"FILE: service[0] (apache).replicas: -1 out of range 1-1000"},
+		},
+		{
+			name: "replicas 1001",
+			body: apache + "replicas = 1001\n",
+			want: []string{"FILE: service[0] (apache).replicas: 1001 out of range 1-1000"},
+		},
+		{
+			name: "duplicate service names",
+			body: apache + apache,
+			want: []string{`FILE: service[1] (apache).name: duplicate service "apache"`},
+		},
+		{
+			name: "service without image",
+			body: "[[service]]\nname = \"web\"\n",
+			want: []string{"FILE: service[0] (web).image: must not be empty"},
+		},
+		{
+			name: "proxy.service names a missing service",
+			body: "[proxy]\nservice = \"nosuch\"\n",
+			want: []string{`FILE: proxy.service: "nosuch" is not a configured service`},
+		},
+		{
+			name: "bad publish address",
+			body: "[proxy]\npublish = \"127.0.0.1\"\n",
+			want: []string{`FILE: proxy.publish: "127.0.0.1" is not IP:PORT`},
+		},
+		{
+			name: "health timeout above the interval",
+			body: apache + "[service.health]\ninterval = \"2s\"\ntimeout = \"3s\"\n",
+			want: []string{"FILE: service[0] (apache).health.timeout: 3s must be positive and at most the interval (2s)"},
+		},
+		{
+			name: "rise 0",
+			body: apache + "[service.health]\nrise = 0\n",
+			want: []string{"FILE: service[0] (apache).health.rise: 0 out of range 1-100"},
+		},
+		{
+			name: "fall 0",
+			body: apache + "[service.health]\nfall = 0\n",
+			want: []string{"FILE: service[0] (apache).health.fall: 0 out of range 1-100"},
+		},
+		{
+			name: "bad duration",
+			body: apache + "[service.health]\ninterval = \"2x\"\n",
+			want: []string{`FILE:4:12: key service.health.interval: "2x" is not a duration such as "2s" or "250ms"`},
+		},
+		{
+			// A bare integer must not mean nanoseconds. go-toml hands the
+			// integer's text to UnmarshalText without position or key, so
+			// this message names the file and the value only.
+			name: "integer duration",
+			body: "[docker]\ntimeout = 5\n",
+			want: []string{`FILE: "5" is not a duration such as "2s" or "250ms"`},
+		},
+		{
+			name: "missing template file",
+			body: "[proxy]\ntemplate = \"nope.tmpl\"\n",
+			want: []string{"FILE: proxy.template: ", "nope.tmpl", "no such file"},
+		},
+		{
+			name:  "password and password_file both set",
+			body:  "[etcd]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"secret\"\n",
+			extra: map[string]string{"secret": "p\n"},
+			want:  []string{"FILE: etcd.password_file: give password or password_file, not both"},
+		},
+		{
+			name:  "cert_file without key_file",
+			body:  "[etcd]\ncert_file = \"client.pem\"\n",
+			extra: map[string]string{"client.pem": "x"},
+			want:  []string{"FILE: etcd.cert_file: cert_file and key_file must be given together"},
+		},
+		{
+			name: "config_path outside config_dir",
+			body: "[proxy]\nconfig_path = \"/tmp/upstreamd.conf\"\n",
+			want: []string{`FILE: proxy.config_dir: "/etc/nginx" must contain config_path and main_config`},
+		},
+		{
+			name: "several problems are all reported",
+			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
+			want: []string{
+				"FILE: proxy.publish: ",
+				"FILE: service[0] (apache).replicas: 0 out of range",
+				"FILE: service[0] (apache).health.rise: 0 out of range",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeConfig(t, tt.body)
+			for name, content := range tt.extra {
+				if err := os.WriteFile(filepath.Join(filepath.Dir(file), name), []byte(content), 0o600); err != nil {
+					t.Fatalf("write %s: %v", name, err)
+				}
+			}
+			cfg, err := LoadConfig(file)
+			if err == nil {
+				t.Fatalf("LoadConfig succeeded (%+v), want an error", cfg)
+			}
+			msg := err.Error()
+			for _, w := range tt.want {
+				if w := strings.ReplaceAll(w, "FILE", file); !strings.Contains(msg, w) {
+					t.Errorf("error does not contain %q:\n%s", w, msg)
+				}
+			}
+			for _, nw := range tt.notWant {
+				if strings.Contains(msg, nw) {
+					t.Errorf("error contains %q, a Go name the user never wrote:\n%s", nw, msg)
+				}
+			}
+		})
+	}
+}
+
+// TestLoadConfigRelativePaths checks that relative paths are resolved
+// against the spec file's directory, not the working directory.
+func TestLoadConfigRelativePaths(t *testing.T) {
+	file := writeConfig(t, "[proxy]\ntemplate = \"tmpl/proxy.tmpl\"\n[etcd]\nusername = \"u\"\npassword_file = \"secret\"\n")
+	dir := filepath.Dir(file)
+	if wd, err := os.Getwd(); err != nil || wd == dir {
+		t.Fatalf("working directory %q (%v) must differ from the spec's %q for this test", wd, err, dir)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "tmpl"), 0o700); err != nil {
+		t.Fatalf("mkdir: %v", err)
+	}
+	for name, content := range map[string]string{
+		"tmpl/proxy.tmpl": "# rendered for {{len .Services}} services\n",
+		"secret":          "hunter2\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatalf("write %s: %v", name, err)
+		}
+	}
+	cfg, err := LoadConfig(file)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	tmpl, err := cfg.LoadTemplate()
+	if err != nil {
+		t.Fatalf("LoadTemplate: %v", err)
+	}
+	if got, want := tmpl.Name(), filepath.Join(dir, "tmpl/proxy.tmpl"); got != want {
+		t.Errorf("template %q, want %q", got, want)
+	}
+	scfg, err := cfg.StoreConfig()
+	if err != nil {
+		t.Fatalf("StoreConfig: %v", err)
+	}
+	if scfg.Password != "hunter2" {
+		t.Errorf("password %q read from the password file, want hunter2 (trailing newline dropped)", scfg.Password)
+	}
+}

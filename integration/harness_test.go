@@ -1,0 +1,380 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+	"github.com/testcontainers/testcontainers-go"
+
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/integration/internal/etcd"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// binPath is the daemon binary built once by TestMain.
+var binPath string
+
+// images the suite needs; `make images` builds them.
+var requiredImages = []string{"upstreamd/nginx:latest", "upstreamd/apache:latest", etcd.DefaultImage}
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	for _, v := range []string{"TESTCONTAINERS_RYUK_DISABLED", "TESTCONTAINERS_HOST_OVERRIDE"} {
+		if os.Getenv(v) == "" {
+			fmt.Fprintf(os.Stderr, "integration: %s is not set; run the suite with `make integration` (see README)\n", v)
+			return 1
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dc, err := containers.New(containers.Config{Logger: zerolog.Nop()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer dc.Close()
+	// An unreachable engine is a failure, never a skip.
+	if _, err := dc.Ping(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: docker engine unreachable:", err)
+		return 1
+	}
+	for _, img := range requiredImages {
+		if err := dc.EnsureImage(ctx, img); err != nil {
+			fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+			return 1
+		}
+	}
+	dir, err := os.MkdirTemp("", "upstreamd-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if binPath, err = daemon.Build(ctx, "..", dir); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+// stackOptions shape the spec a test runs.
+type stackOptions struct {
+	replicas    int
+	template    string // template text; empty = built-in
+	healthPath  string
+	interval    string
+	rise, fall  int
+	extra       string // more TOML appended verbatim
+	serviceTOML string // more keys inside [[service]]
+}
+
+type option func(*stackOptions)
+
+func withReplicas(n int) option       { return func(o *stackOptions) { o.replicas = n } }
+func withTemplate(text string) option { return func(o *stackOptions) { o.template = text } }
+func withHealth(path, interval string, rise, fall int) option {
+	return func(o *stackOptions) { o.healthPath, o.interval, o.rise, o.fall = path, interval, rise, fall }
+}
+func withServiceTOML(s string) option { return func(o *stackOptions) { o.serviceTOML += s + "\n" } }
+func withExtraTOML(s string) option   { return func(o *stackOptions) { o.extra += s + "\n" } }
+
+// stack is one test's world: its own etcd, project, network and port.
+type stack struct {
+	t          *testing.T
+	project    string
+	publish    string // 127.0.0.1:port nginx is published on
+	etcdURL    string
+	etcd       *store.Client
+	docker     *containers.Client
+	configFile string
+	opts       stackOptions
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// freePort returns a port on 127.0.0.1 nobody listens on right now.
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func newStack(t *testing.T, opts ...option) *stack {
+	t.Helper()
+	o := stackOptions{replicas: 3, healthPath: "/healthz", interval: "500ms", rise: 2, fall: 2}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ctx := t.Context()
+	s := &stack{t: t, project: "it" + randomHex(4), opts: o}
+	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+
+	ec, err := etcd.Run(ctx, etcd.DefaultImage)
+	if ec != nil {
+		testcontainers.CleanupContainer(t, ec.EtcdContainer)
+	}
+	require.NoError(t, err)
+	s.etcdURL, err = ec.Endpoint(ctx)
+	require.NoError(t, err)
+
+	s.docker, err = containers.New(containers.Config{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.removeAll() })
+
+	s.etcd, err = store.New(store.Config{Endpoints: []string{s.etcdURL}, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.etcd.Close() })
+
+	s.configFile = filepath.Join(t.TempDir(), "upstreamd.toml")
+	s.writeConfig()
+	return s
+}
+
+// writeConfig writes the spec file from the options.
+func (s *stack) writeConfig() {
+	o := s.opts
+	var b strings.Builder
+	fmt.Fprintf(&b, "project = %q\nnode = %q\n", s.project, "node-"+s.project)
+	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", s.etcdURL)
+	fmt.Fprintf(&b, "[proxy]\npublish = %q\n", s.publish)
+	if o.template != "" {
+		f := filepath.Join(filepath.Dir(s.configFile), "nginx.conf.tmpl")
+		require.NoError(s.t, os.WriteFile(f, []byte(o.template), 0o644))
+		fmt.Fprintf(&b, "template = %q\n", f)
+	}
+	fmt.Fprintf(&b, "[[service]]\nname = \"apache\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.replicas, o.serviceTOML)
+	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = \"400ms\"\nrise = %d\nfall = %d\n",
+		o.healthPath, o.interval, o.rise, o.fall)
+	b.WriteString(o.extra)
+	require.NoError(s.t, os.WriteFile(s.configFile, []byte(b.String()), 0o644))
+}
+
+// removeAll removes every container and the network of the project.
+func (s *stack) removeAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	list, err := s.docker.List(ctx, s.project)
+	if err != nil {
+		s.t.Logf("cleanup: %v", err)
+	}
+	for _, c := range list {
+		if err := s.docker.Remove(ctx, c.ID); err != nil {
+			s.t.Logf("cleanup: %v", err)
+		}
+	}
+	if err := s.docker.RemoveNetwork(ctx, s.project); err != nil {
+		s.t.Logf("cleanup: %v", err)
+	}
+	s.docker.Close()
+}
+
+// startDaemon runs `upstreamd run` on the stack's spec; it is stopped with
+// SIGTERM at cleanup, and its logs are shown when the test failed.
+func (s *stack) startDaemon() *daemon.Process {
+	s.t.Helper()
+	p, err := daemon.Start(binPath, []string{"run", "--config", s.configFile, "--log-format", "console", "--log-level", "debug"}, nil)
+	require.NoError(s.t, err)
+	s.t.Cleanup(func() {
+		if err := p.Stop(20 * time.Second); err != nil {
+			s.t.Logf("daemon stop: %v", err)
+		}
+		if s.t.Failed() || testing.Verbose() && os.Getenv("UPSTREAMD_IT_LOGS") != "" {
+			s.t.Logf("daemon logs:\n%s", p.Logs())
+		}
+	})
+	return p
+}
+
+// cli runs a one-shot upstreamd command against the stack's spec.
+func (s *stack) cli(args ...string) (string, error) {
+	p, err := daemon.Start(binPath, append(args, "--config", s.configFile), nil)
+	if err != nil {
+		return "", err
+	}
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		p.Kill()
+		return p.Logs(), fmt.Errorf("upstreamd %v did not finish", args)
+	}
+	return p.Logs(), nil
+}
+
+// eventually polls cond until it returns nil or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		<-tick.C
+	}
+}
+
+// backends returns the project's backend containers that are running.
+func (s *stack) backends() []containers.Container {
+	s.t.Helper()
+	list, err := s.docker.List(s.t.Context(), s.project)
+	require.NoError(s.t, err)
+	var out []containers.Container
+	for _, c := range list {
+		if c.Role == containers.RoleBackend && c.State == containers.StateRunning {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func names(cs []containers.Container) []string {
+	out := make([]string, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// keys returns the validated registrations of service apache.
+func (s *stack) keys() []store.Entry {
+	s.t.Helper()
+	kvs, _, err := s.etcd.List(s.t.Context(), store.ServicePrefix(store.DefaultPrefix, "apache"))
+	require.NoError(s.t, err)
+	var out []store.Entry
+	for _, kv := range kvs {
+		e, err := store.ParseEntry(store.DefaultPrefix, kv.Key, kv.Value)
+		require.NoError(s.t, err, "the daemon wrote an invalid registration")
+		e.Lease = kv.Lease
+		out = append(out, e)
+	}
+	return out
+}
+
+// registeredHosts returns the host field of every registration, sorted.
+func (s *stack) registeredHosts() []string {
+	var out []string
+	for _, e := range s.keys() {
+		out = append(out, e.Reg.Host)
+	}
+	sort.Strings(out)
+	return out
+}
+
+var hostRE = regexp.MustCompile(`hostname: (\S+)`)
+
+// get sends one GET / through nginx on a new connection.
+func (s *stack) get() (status int, host string, err error) {
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + s.publish + "/")
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, "", err
+	}
+	if m := hostRE.FindSubmatch(body); m != nil {
+		host = string(m[1])
+	}
+	return resp.StatusCode, host, nil
+}
+
+// servedHosts sends n requests through nginx and returns the set of
+// backends that answered; any failed request is an error.
+func (s *stack) servedHosts(n int) ([]string, error) {
+	set := map[string]bool{}
+	for i := 0; i < n; i++ {
+		status, host, err := s.get()
+		if err != nil {
+			return nil, err
+		}
+		if status != http.StatusOK {
+			return nil, fmt.Errorf("GET / answered %d", status)
+		}
+		set[host] = true
+	}
+	out := make([]string, 0, len(set))
+	for h := range set {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// waitConverged waits until the running backends, the registrations and
+// the hosts nginx serves are the same set of n containers.
+func (s *stack) waitConverged(n int, timeout time.Duration) []string {
+	s.t.Helper()
+	var want []string
+	eventually(s.t, timeout, fmt.Sprintf("%d backends running, registered and served", n), func() error {
+		want = names(s.backends())
+		if len(want) != n {
+			return fmt.Errorf("%d backends running, want %d: %v", len(want), n, want)
+		}
+		if got := s.registeredHosts(); !equal(got, want) {
+			return fmt.Errorf("registered %v, running %v", got, want)
+		}
+		// Round robin over n backends: 3n requests reach each at least once.
+		got, err := s.servedHosts(3 * n)
+		if err != nil {
+			return err
+		}
+		if !equal(got, want) {
+			return fmt.Errorf("nginx served %v, want %v", got, want)
+		}
+		return nil
+	})
+	return want
+}
+
+func equal(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

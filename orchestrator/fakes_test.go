@@ -1,0 +1,565 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing/synctest"
+	"time"
+
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// Fakes of the package's own small interfaces (containerAPI, dockerAPI,
+// prober, registry, etcdAPI, healthView). Docker's APIClient and etcd's KV
+// are never faked: containers/ and store/ are tested against the real
+// thing in integration/.
+
+// advance moves the synctest bubble's fake clock on by d, then waits until
+// every other goroutine in the bubble is blocked again. Inside a bubble the
+// timer fires as soon as everything else is idle; no real time passes.
+func advance(d time.Duration) {
+	<-time.After(d)
+	synctest.Wait()
+}
+
+// --- containerAPI / dockerAPI ---
+
+type fakeContainer struct {
+	c     containers.Container
+	spec  containers.CreateSpec
+	seq   int
+	start int // Start calls
+}
+
+// fakeDocker is an in-memory engine: containers with IDs, states, labels and
+// IPs. It records every mutating call.
+type fakeDocker struct {
+	mu   sync.Mutex
+	byID map[string]*fakeContainer
+	seq  int
+
+	networks []string // "name/project" per EnsureNetwork call
+	netCalls []time.Time
+	netErrs  []error // returned by successive EnsureNetwork calls, then nil
+	imageErr map[string]error
+
+	creates []containers.CreateSpec
+	starts  []string
+	stops   []string
+	removes []string
+
+	events chan containers.Event // what Events streams
+	// staleList overrides the state List reports (Inspect tells the truth),
+	// as the engine's list view lags behind a container's exit.
+	staleList map[string]string
+}
+
+var (
+	_ containerAPI = (*fakeDocker)(nil)
+	_ dockerAPI    = (*fakeDocker)(nil)
+)
+
+func newFakeDocker() *fakeDocker {
+	return &fakeDocker{
+		byID:      map[string]*fakeContainer{},
+		imageErr:  map[string]error{},
+		events:    make(chan containers.Event),
+		staleList: map[string]string{},
+	}
+}
+
+var errFakeNotFound = fmt.Errorf("fake engine: %w", containers.ErrNotFound)
+
+func cloneContainer(c containers.Container) containers.Container {
+	c.IPs = maps.Clone(c.IPs)
+	c.Labels = maps.Clone(c.Labels)
+	return c
+}
+
+func (f *fakeDocker) List(_ context.Context, project string) ([]containers.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []containers.Container
+	for _, fc := range f.byID {
+		if fc.c.Labels[containers.LabelProject] == project {
+			c := cloneContainer(fc.c)
+			if st, ok := f.staleList[c.ID]; ok {
+				c.State = st
+			}
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+func (f *fakeDocker) EnsureNetwork(_ context.Context, name, project string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.networks = append(f.networks, name+"/"+project)
+	f.netCalls = append(f.netCalls, time.Now())
+	if len(f.netErrs) > 0 {
+		err := f.netErrs[0]
+		f.netErrs = f.netErrs[1:]
+		return "", err
+	}
+	return "net-" + name, nil
+}
+
+func (f *fakeDocker) EnsureImage(_ context.Context, ref string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.imageErr[ref]
+}
+
+// add puts a container on the engine, as Create does, and returns its ID.
+func (f *fakeDocker) add(spec containers.CreateSpec, state string) string {
+	f.seq++
+	id := fmt.Sprintf("%012x", f.seq) + strings.Repeat("f", 52)
+	labels := maps.Clone(spec.Labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	c := containers.Container{
+		ID:       id,
+		Name:     spec.Name,
+		Image:    spec.Image,
+		Project:  labels[containers.LabelProject],
+		Service:  labels[containers.LabelService],
+		Role:     containers.Role(labels[containers.LabelRole]),
+		SpecHash: labels[containers.LabelSpec],
+		State:    state,
+		IPs:      map[string]string{},
+		Created:  time.Date(2024, 1, 1, 0, 0, f.seq, 0, time.UTC),
+		Labels:   labels,
+	}
+	fc := &fakeContainer{c: c, spec: spec, seq: f.seq}
+	if state == containers.StateRunning {
+		fc.assignIPs()
+	}
+	f.byID[id] = fc
+	return id
+}
+
+// assignIPs gives the container an address on its network, as the engine
+// does at start, and one on the default bridge that must never be probed.
+func (fc *fakeContainer) assignIPs() {
+	if fc.spec.Network != "" {
+		fc.c.IPs[fc.spec.Network] = fmt.Sprintf("172.18.0.%d", fc.seq+1)
+	}
+	fc.c.IPs["bridge"] = fmt.Sprintf("172.17.0.%d", fc.seq+1)
+}
+
+func (f *fakeDocker) Create(_ context.Context, spec containers.CreateSpec) (containers.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fc := range f.byID {
+		if fc.c.Name == spec.Name {
+			return containers.Container{}, fmt.Errorf("fake engine: name %s in use", spec.Name)
+		}
+	}
+	f.creates = append(f.creates, spec)
+	id := f.add(spec, containers.StateCreated)
+	return cloneContainer(f.byID[id].c), nil
+}
+
+func (f *fakeDocker) Start(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.starts = append(f.starts, id)
+	fc, ok := f.byID[id]
+	if !ok {
+		return errFakeNotFound
+	}
+	fc.start++
+	fc.c.State = containers.StateRunning
+	fc.assignIPs()
+	return nil
+}
+
+func (f *fakeDocker) Stop(_ context.Context, id string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stops = append(f.stops, id)
+	fc, ok := f.byID[id]
+	if !ok {
+		return errFakeNotFound
+	}
+	fc.c.State = containers.StateExited
+	return nil
+}
+
+func (f *fakeDocker) Remove(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.removes = append(f.removes, id)
+	if _, ok := f.byID[id]; !ok {
+		return errFakeNotFound
+	}
+	delete(f.byID, id)
+	return nil
+}
+
+func (f *fakeDocker) Inspect(_ context.Context, id string) (containers.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc, ok := f.byID[id]
+	if !ok {
+		return containers.Container{}, errFakeNotFound
+	}
+	return cloneContainer(fc.c), nil
+}
+
+// Events streams what the test sends on f.events until ctx ends.
+func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Event, <-chan error) {
+	out := make(chan containers.Event)
+	errc := make(chan error, 1)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			case ev := <-f.events:
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					errc <- ctx.Err()
+					return
+				}
+			}
+		}
+	}()
+	return out, errc
+}
+
+// passes returns the times of the EnsureNetwork calls: one per pass.
+func (f *fakeDocker) passes() []time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.netCalls)
+}
+
+// resetCalls forgets the recorded calls.
+func (f *fakeDocker) resetCalls() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.networks, f.creates, f.starts, f.stops, f.removes = nil, nil, nil, nil, nil
+}
+
+// calls returns how many mutating calls were made since resetCalls.
+func (f *fakeDocker) calls() (creates, starts, stops, removes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.creates), len(f.starts), len(f.stops), len(f.removes)
+}
+
+// withRole returns the containers of a role (and service, when not
+// empty), oldest first.
+func (f *fakeDocker) withRole(role containers.Role, service string) []containers.Container {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []containers.Container
+	for _, fc := range f.byID {
+		if fc.c.Role == role && (service == "" || fc.c.Service == service) {
+			out = append(out, cloneContainer(fc.c))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out
+}
+
+// specOf returns the CreateSpec a container was created from.
+func (f *fakeDocker) specOf(id string) containers.CreateSpec {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fc, ok := f.byID[id]; ok {
+		return fc.spec
+	}
+	return containers.CreateSpec{}
+}
+
+// startsOf returns how often a container was started.
+func (f *fakeDocker) startsOf(id string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fc, ok := f.byID[id]; ok {
+		return fc.start
+	}
+	return 0
+}
+
+// edit changes a container in place, as something outside the daemon would.
+func (f *fakeDocker) edit(id string, change func(c *containers.Container)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change(&f.byID[id].c)
+}
+
+// drop deletes a container behind the daemon's back (docker rm).
+func (f *fakeDocker) drop(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.byID, id)
+}
+
+// --- prober ---
+
+// fakeProber records what the Reconciler reports; State answers what the
+// test set.
+type fakeProber struct {
+	mu     sync.Mutex
+	syncs  [][]Target
+	dead   []string
+	states map[string]string
+	// tombstones are what IsDead reports; set by the test, not by Dead.
+	tombstones map[string]bool
+}
+
+var _ prober = (*fakeProber)(nil)
+
+func newFakeProber() *fakeProber {
+	return &fakeProber{states: map[string]string{}, tombstones: map[string]bool{}}
+}
+
+func (p *fakeProber) Sync(_ context.Context, targets []Target) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.syncs = append(p.syncs, slices.Clone(targets))
+}
+
+func (p *fakeProber) Dead(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dead = append(p.dead, id)
+}
+
+func (p *fakeProber) IsDead(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tombstones[id]
+}
+
+func (p *fakeProber) Revive(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.tombstones, id)
+}
+
+func (p *fakeProber) State(id string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.states[id]
+	return s, ok
+}
+
+func (p *fakeProber) setState(id, s string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.states[id] = s
+}
+
+func (p *fakeProber) lastSync() []Target {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.syncs) == 0 {
+		return nil
+	}
+	return p.syncs[len(p.syncs)-1]
+}
+
+func (p *fakeProber) deadIDs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.dead)
+}
+
+func (p *fakeProber) resetCalls() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.syncs, p.dead = nil, nil
+}
+
+// --- registry / etcdAPI ---
+
+type fakeKV struct {
+	value string
+	lease int64
+}
+
+// fakeRegistry is an in-memory etcd as the Registrar and the Orchestrator
+// use it: keys with values and leases, leases whose Done the test closes.
+type fakeRegistry struct {
+	mu        sync.Mutex
+	kv        map[string]fakeKV
+	leases    map[int64]chan struct{}
+	nextLease int64
+	grants    int
+	puts      []string
+	deletes   []string
+	revoked   []int64
+	revokeErr []error // ctx.Err() seen by each Revoke
+	listCalls []time.Time
+	listErrs  []error // returned by successive List calls, then nil
+	putErrs   []error // returned by successive Put calls, then nil
+}
+
+var (
+	_ registry = (*fakeRegistry)(nil)
+	_ etcdAPI  = (*fakeRegistry)(nil)
+)
+
+func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
+	kv := maps.Clone(initial)
+	if kv == nil {
+		kv = map[string]fakeKV{}
+	}
+	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}}
+}
+
+var errFakeEtcd = errors.New("fake etcd: unavailable")
+
+func (f *fakeRegistry) Grant(_ context.Context, _ time.Duration) (*store.Lease, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.grants++
+	f.nextLease++
+	done := make(chan struct{})
+	f.leases[f.nextLease] = done
+	return &store.Lease{ID: f.nextLease, Done: done}, nil
+}
+
+// Revoke deletes the lease's keys, as etcd does.
+func (f *fakeRegistry) Revoke(ctx context.Context, l *store.Lease) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.revoked = append(f.revoked, l.ID)
+	f.revokeErr = append(f.revokeErr, ctx.Err())
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	for k, v := range f.kv {
+		if v.lease == l.ID {
+			delete(f.kv, k)
+		}
+	}
+	return nil
+}
+
+func (f *fakeRegistry) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.listCalls = append(f.listCalls, time.Now())
+	if len(f.listErrs) > 0 {
+		err := f.listErrs[0]
+		f.listErrs = f.listErrs[1:]
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	var out []store.KV
+	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, store.KV{Key: k, Value: []byte(f.kv[k].value), Lease: f.kv[k].lease})
+		}
+	}
+	return out, 1, nil
+}
+
+func (f *fakeRegistry) Put(_ context.Context, key, value string, lease int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.putErrs) > 0 {
+		err := f.putErrs[0]
+		f.putErrs = f.putErrs[1:]
+		if err != nil {
+			return err
+		}
+	}
+	f.puts = append(f.puts, key)
+	f.kv[key] = fakeKV{value: value, lease: lease}
+	return nil
+}
+
+func (f *fakeRegistry) Delete(_ context.Context, key string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.deletes = append(f.deletes, key)
+	delete(f.kv, key)
+	return nil
+}
+
+// WatchPrefix never reports a change; it returns when ctx ends.
+func (f *fakeRegistry) WatchPrefix(ctx context.Context, _ string, _ func()) error {
+	<-ctx.Done()
+	return nil
+}
+
+// expire closes a lease's Done, as a lost keep-alive does. Its keys stay,
+// the worst case: only their lease ID shows they must be written again.
+func (f *fakeRegistry) expire(id int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.leases[id])
+}
+
+func (f *fakeRegistry) snapshot() map[string]fakeKV {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.kv)
+}
+
+func (f *fakeRegistry) set(key string, v fakeKV) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kv[key] = v
+}
+
+func (f *fakeRegistry) remove(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.kv, key)
+}
+
+type registryCounts struct {
+	grants, puts, deletes, lists int
+	revoked                      []int64
+}
+
+func (f *fakeRegistry) counts() registryCounts {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return registryCounts{
+		grants: f.grants, puts: len(f.puts), deletes: len(f.deletes), lists: len(f.listCalls),
+		revoked: slices.Clone(f.revoked),
+	}
+}
+
+// --- healthView ---
+
+type fakeHealthView struct {
+	mu               sync.Mutex
+	healthy, pending []Target
+}
+
+var _ healthView = (*fakeHealthView)(nil)
+
+func (h *fakeHealthView) Snapshot() (healthy, pending []Target) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.healthy), slices.Clone(h.pending)
+}
+
+func (h *fakeHealthView) set(healthy, pending []Target) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.healthy, h.pending = healthy, pending
+}

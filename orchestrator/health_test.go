@@ -1,0 +1,444 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+var errProbe = errors.New("probe failed")
+
+// probeLog is a fake Prober controlled by the test: result decides each
+// answer from the address and the 0-based call index per address.
+type probeLog struct {
+	result func(ctx context.Context, addr string, n int) error
+
+	mu          sync.Mutex
+	calls       map[string][]time.Time
+	inflight    map[string]int
+	maxInflight map[string]int
+}
+
+func newProbeLog(result func(ctx context.Context, addr string, n int) error) *probeLog {
+	return &probeLog{result: result, calls: map[string][]time.Time{}, inflight: map[string]int{}, maxInflight: map[string]int{}}
+}
+
+func (l *probeLog) newProber(HealthSpec) Prober {
+	return func(ctx context.Context, addr string) error {
+		l.mu.Lock()
+		n := len(l.calls[addr])
+		l.calls[addr] = append(l.calls[addr], time.Now())
+		l.inflight[addr]++
+		l.maxInflight[addr] = max(l.maxInflight[addr], l.inflight[addr])
+		l.mu.Unlock()
+		err := l.result(ctx, addr, n)
+		l.mu.Lock()
+		l.inflight[addr]--
+		l.mu.Unlock()
+		return err
+	}
+}
+
+func (l *probeLog) count(addr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.calls[addr])
+}
+
+// offsets returns when addr was probed, relative to start.
+func (l *probeLog) offsets(addr string, start time.Time) []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []time.Duration
+	for _, at := range l.calls[addr] {
+		out = append(out, at.Sub(start))
+	}
+	return out
+}
+
+// newTestHealth returns a Health probing with l and counting OnChange.
+func newTestHealth(l *probeLog) (*Health, *atomic.Int32) {
+	changes := &atomic.Int32{}
+	h := NewHealth(HealthConfig{
+		NewProber: l.newProber,
+		OnChange:  func() { changes.Add(1) },
+		Logger:    zerolog.Nop(),
+	})
+	return h, changes
+}
+
+func testTarget(id, addr string, rise, fall int) Target {
+	return Target{
+		ID: id, Name: "up-apache-" + id, Service: "apache", Addr: addr, IP: "10.0.0.1", Port: 80,
+		Health: HealthSpec{Path: "/", Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: rise, Fall: fall},
+	}
+}
+
+func stateOf(t *testing.T, h *Health, id string) string {
+	t.Helper()
+	s, ok := h.State(id)
+	if !ok {
+		return "absent"
+	}
+	return s
+}
+
+// TestHealthStateMachine drives one backend through a script of probe
+// results, one per interval after a first passing probe, and checks the
+// state and the OnChange count after every probe.
+func TestHealthStateMachine(t *testing.T) {
+	tests := []struct {
+		name       string
+		rise, fall int
+		script     string // P pass, F fail; starts with P (a new backend registers on its first pass)
+		want       string // state after each probe: h healthy, u unhealthy
+	}{
+		{name: "first pass registers at once", rise: 2, fall: 2, script: "P", want: "h"},
+		{name: "one failure does not flip", rise: 2, fall: 2, script: "PFPP", want: "hhhh"},
+		{name: "fall consecutive failures flip", rise: 2, fall: 2, script: "PFF", want: "hhu"},
+		{name: "fall 3 needs exactly three", rise: 2, fall: 3, script: "PFFFF", want: "hhhuu"},
+		{name: "fall 1 flips on the first failure", rise: 1, fall: 1, script: "PF", want: "hu"},
+		{name: "non-consecutive failures do not add up", rise: 2, fall: 3, script: "PFFPFFPFF", want: "hhhhhhhhh"},
+		{name: "rise consecutive passes bring it back", rise: 2, fall: 1, script: "PFPPP", want: "huuhh"},
+		{name: "rise 3 needs exactly three", rise: 3, fall: 1, script: "PFPPPF", want: "huuuhu"},
+		{name: "an interrupted rise starts over", rise: 3, fall: 1, script: "PFPPFPPP", want: "huuuuuuh"},
+		{name: "flapping healthy backend never flips", rise: 2, fall: 2, script: "PFPFPFPFPFPFPFPFPFPF", want: "hhhhhhhhhhhhhhhhhhhh"},
+		{name: "flapping unhealthy backend never comes back", rise: 2, fall: 2, script: "PFFPFPFPFPF", want: "hhuuuuuuuuu"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				l := newProbeLog(func(_ context.Context, _ string, n int) error {
+					if tt.script[min(n, len(tt.script)-1)] == 'P' {
+						return nil
+					}
+					return errProbe
+				})
+				h, changes := newTestHealth(l)
+				tg := testTarget("b1", "10.0.0.1:80", tt.rise, tt.fall)
+				h.Sync(ctx, []Target{tg})
+				synctest.Wait()
+
+				wantChanges := 0
+				for i := range tt.script {
+					if i > 0 {
+						advance(tg.Health.Interval)
+					}
+					if got := l.count(tg.Addr); got != i+1 {
+						t.Fatalf("after probe %d: %d probes made, want %d", i, got, i+1)
+					}
+					want := map[byte]string{'h': "healthy", 'u': "unhealthy"}[tt.want[i]]
+					if got := stateOf(t, h, tg.ID); got != want {
+						t.Errorf("after probe %d (%c): state %s, want %s", i, tt.script[i], got, want)
+					}
+					if i == 0 || tt.want[i] != tt.want[i-1] {
+						wantChanges++ // pending→healthy, then every flip
+					}
+					if got := int(changes.Load()); got != wantChanges {
+						t.Errorf("after probe %d (%c): OnChange called %d times, want %d", i, tt.script[i], got, wantChanges)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestHealthPending checks that a starting backend is retried quickly
+// (FirstProbeDelay, doubling up to the interval) and is given up on only
+// after Fall failures and Fall*Interval.
+func TestHealthPending(t *testing.T) {
+	type checkpoint struct {
+		at          time.Duration // since Sync
+		wantState   string
+		wantProbes  int
+		wantChanges int
+	}
+	const ms = time.Millisecond
+	tests := []struct {
+		name        string
+		failFirst   int // probes that fail before the first pass; -1 means all
+		wantOffsets []time.Duration
+		checks      []checkpoint
+	}{
+		{
+			name:      "never answers: fast retries, unhealthy only after fall*interval",
+			failFirst: -1,
+			// 25 ms doubling, capped at the 2 s interval: +25, +50, +100,
+			// +200, +400, +800, +1600, +2000 (gives up: 5.175 s >= 4 s), +2000.
+			wantOffsets: []time.Duration{0, 25 * ms, 75 * ms, 175 * ms, 375 * ms, 775 * ms, 1575 * ms, 3175 * ms, 5175 * ms, 7175 * ms},
+			checks: []checkpoint{
+				{at: 100 * ms, wantState: "pending", wantProbes: 3},
+				// fall (2) failures long since, but fall*interval (4 s) not yet.
+				{at: 5100 * ms, wantState: "pending", wantProbes: 8},
+				{at: 5200 * ms, wantState: "unhealthy", wantProbes: 9, wantChanges: 1},
+				{at: 7200 * ms, wantState: "unhealthy", wantProbes: 10, wantChanges: 1},
+			},
+		},
+		{
+			name:        "answers on the fourth probe: healthy at once",
+			failFirst:   3,
+			wantOffsets: []time.Duration{0, 25 * ms, 75 * ms, 175 * ms, 2175 * ms},
+			checks: []checkpoint{
+				{at: 100 * ms, wantState: "pending", wantProbes: 3},
+				{at: 200 * ms, wantState: "healthy", wantProbes: 4, wantChanges: 1},
+				{at: 2100 * ms, wantState: "healthy", wantProbes: 4, wantChanges: 1},
+				{at: 2200 * ms, wantState: "healthy", wantProbes: 5, wantChanges: 1},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				l := newProbeLog(func(_ context.Context, _ string, n int) error {
+					if tt.failFirst < 0 || n < tt.failFirst {
+						return errProbe
+					}
+					return nil
+				})
+				h, changes := newTestHealth(l)
+				tg := testTarget("b1", "10.0.0.1:80", 2, 2)
+				tg.Health.Interval = 2 * time.Second
+				start := time.Now()
+				h.Sync(ctx, []Target{tg})
+				synctest.Wait()
+				for _, c := range tt.checks {
+					advance(c.at - time.Since(start))
+					if got := stateOf(t, h, tg.ID); got != c.wantState {
+						t.Errorf("at %s: state %s, want %s", c.at, got, c.wantState)
+					}
+					if got := l.count(tg.Addr); got != c.wantProbes {
+						t.Errorf("at %s: %d probes, want %d", c.at, got, c.wantProbes)
+					}
+					if got := int(changes.Load()); got != c.wantChanges {
+						t.Errorf("at %s: OnChange called %d times, want %d", c.at, got, c.wantChanges)
+					}
+					healthy, pending := h.Snapshot()
+					inPending := slices.ContainsFunc(pending, func(x Target) bool { return x.ID == tg.ID })
+					inHealthy := slices.ContainsFunc(healthy, func(x Target) bool { return x.ID == tg.ID })
+					if inPending != (c.wantState == "pending") || inHealthy != (c.wantState == "healthy") {
+						t.Errorf("at %s: Snapshot has it healthy=%v pending=%v, want state %s", c.at, inHealthy, inPending, c.wantState)
+					}
+				}
+				if got := l.offsets(tg.Addr, start); !slices.Equal(got, tt.wantOffsets) {
+					t.Errorf("probe times:\n got %v\nwant %v", got, tt.wantOffsets)
+				}
+			})
+		})
+	}
+}
+
+// TestHealthOneProbeInFlight uses a backend that never answers: each probe
+// runs into its timeout, and a new one must not start before it returns,
+// even when Sync is called again with the same targets meanwhile.
+func TestHealthOneProbeInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		var badDeadline atomic.Int32
+		l := newProbeLog(func(ctx context.Context, _ string, _ int) error {
+			if dl, ok := ctx.Deadline(); !ok || time.Until(dl) != 500*time.Millisecond {
+				badDeadline.Add(1)
+			}
+			<-ctx.Done() // hung backend
+			return ctx.Err()
+		})
+		h, _ := newTestHealth(l)
+		targets := []Target{testTarget("b1", "10.0.0.1:80", 2, 2), testTarget("b2", "10.0.0.2:80", 2, 2)}
+		h.Sync(ctx, targets)
+		for range 20 {
+			advance(300 * time.Millisecond)
+			h.Sync(ctx, targets) // unchanged: must not start a second prober
+		}
+		for _, tg := range targets {
+			l.mu.Lock()
+			gotMax := l.maxInflight[tg.Addr]
+			l.mu.Unlock()
+			if gotMax != 1 {
+				t.Errorf("%s: at most %d probes in flight, want 1", tg.Addr, gotMax)
+			}
+			// 6 s of 500 ms timeouts with fast retries, then 1 s intervals:
+			// several probes, but never overlapping ones.
+			if got := l.count(tg.Addr); got < 5 || got > 12 {
+				t.Errorf("%s: %d probes in 6s, want 5-12", tg.Addr, got)
+			}
+			if got := stateOf(t, h, tg.ID); got != "unhealthy" {
+				t.Errorf("%s: state %s after 6s of timeouts, want unhealthy", tg.Addr, got)
+			}
+		}
+		if n := badDeadline.Load(); n != 0 {
+			t.Errorf("%d probes without a deadline of the spec's timeout (500ms)", n)
+		}
+	})
+}
+
+func TestHealthDead(t *testing.T) {
+	tests := []struct {
+		name        string
+		pass        bool // the backend's probes pass
+		deadID      string
+		wantChanges int32 // OnChange calls caused by Dead
+		wantGone    bool
+	}{
+		{name: "healthy backend is dropped at once", pass: true, deadID: "b1", wantChanges: 1, wantGone: true},
+		{name: "pending backend is dropped at once", pass: false, deadID: "b1", wantChanges: 1, wantGone: true},
+		{name: "unknown container changes nothing", pass: true, deadID: "nosuch", wantChanges: 0, wantGone: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				l := newProbeLog(func(context.Context, string, int) error {
+					if tt.pass {
+						return nil
+					}
+					return errProbe
+				})
+				h, changes := newTestHealth(l)
+				tg := testTarget("b1", "10.0.0.1:80", 2, 2)
+				h.Sync(ctx, []Target{tg})
+				synctest.Wait()
+				before := changes.Load()
+
+				h.Dead(tt.deadID) // no Wait: the drop must be synchronous
+				if got := changes.Load() - before; got != tt.wantChanges {
+					t.Errorf("OnChange called %d times by Dead, want %d", got, tt.wantChanges)
+				}
+				_, probed := h.State(tg.ID)
+				healthy, pending := h.Snapshot()
+				if gone := !probed && len(healthy) == 0 && len(pending) == 0; gone != tt.wantGone {
+					t.Errorf("gone=%v (probed=%v healthy=%v pending=%v), want gone=%v", gone, probed, healthy, pending, tt.wantGone)
+				}
+				probes := l.count(tg.Addr)
+				advance(5 * time.Second)
+				if got := l.count(tg.Addr) - probes; tt.wantGone && got != 0 {
+					t.Errorf("%d probes after Dead, want 0", got)
+				}
+			})
+		})
+	}
+}
+
+func TestHealthSync(t *testing.T) {
+	oldAddr, newAddr := "10.0.0.1:80", "10.0.0.2:80"
+	tests := []struct {
+		name        string
+		next        func(tg Target) []Target // the second Sync's targets
+		wantState   string
+		wantPending []string // addresses
+		wantChanges int32    // OnChange calls caused by the second Sync
+		wantOld     bool     // the old address is still probed afterwards
+	}{
+		{
+			name:      "unchanged target keeps its state and prober",
+			next:      func(tg Target) []Target { return []Target{tg} },
+			wantState: "healthy", wantChanges: 0, wantOld: true,
+		},
+		{
+			name: "changed address restarts as pending",
+			next: func(tg Target) []Target {
+				tg.Addr = newAddr
+				return []Target{tg}
+			},
+			wantState: "pending", wantPending: []string{newAddr}, wantChanges: 1, wantOld: false,
+		},
+		{
+			name:      "removed healthy target calls OnChange",
+			next:      func(Target) []Target { return nil },
+			wantState: "absent", wantChanges: 1, wantOld: false,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				l := newProbeLog(func(_ context.Context, addr string, _ int) error {
+					if addr == oldAddr {
+						return nil
+					}
+					return errProbe // the new address does not answer yet
+				})
+				h, changes := newTestHealth(l)
+				tg := testTarget("b1", oldAddr, 2, 2)
+				h.Sync(ctx, []Target{tg})
+				synctest.Wait()
+				if got := stateOf(t, h, tg.ID); got != "healthy" {
+					t.Fatalf("setup: state %s, want healthy", got)
+				}
+				before := changes.Load()
+				oldProbes := l.count(oldAddr)
+
+				h.Sync(ctx, tt.next(tg))
+				synctest.Wait()
+				if got := changes.Load() - before; got != tt.wantChanges {
+					t.Errorf("OnChange called %d times by Sync, want %d", got, tt.wantChanges)
+				}
+				if got := stateOf(t, h, tg.ID); got != tt.wantState {
+					t.Errorf("state %s, want %s", got, tt.wantState)
+				}
+				_, pending := h.Snapshot()
+				var gotPending []string
+				for _, p := range pending {
+					gotPending = append(gotPending, p.Addr)
+				}
+				if !slices.Equal(gotPending, tt.wantPending) {
+					t.Errorf("pending %v, want %v", gotPending, tt.wantPending)
+				}
+				if got := l.count(oldAddr) - oldProbes; got != 0 {
+					t.Errorf("Sync probed the old address %d times at once, want 0 (no restart of an unchanged prober)", got)
+				}
+				advance(3 * time.Second)
+				if got := l.count(oldAddr) > oldProbes; got != tt.wantOld {
+					t.Errorf("old address probed after Sync: %v, want %v", got, tt.wantOld)
+				}
+			})
+		})
+	}
+}
+
+// TestHealthDeadIsNotResurrected: a listing taken before the engine
+// recorded a container's exit still shows it running; Sync must not probe
+// (and so re-register) it again until Revive.
+func TestHealthDeadIsNotResurrected(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		l := newProbeLog(func(context.Context, string, int) error { return nil })
+		h, _ := newTestHealth(l)
+		tg := testTarget("b1", "10.0.0.1:80", 2, 2)
+		h.Sync(ctx, []Target{tg})
+		synctest.Wait()
+
+		h.Dead(tg.ID)
+		h.Sync(ctx, []Target{tg}) // stale listing
+		synctest.Wait()
+		if _, probed := h.State(tg.ID); probed || !h.IsDead(tg.ID) {
+			t.Fatalf("after Dead and a stale Sync: probed=%v dead=%v, want false, true", probed, h.IsDead(tg.ID))
+		}
+
+		h.Sync(ctx, nil) // the listing caught up: the tombstone goes
+		if h.IsDead(tg.ID) {
+			t.Errorf("IsDead after a Sync without the container = true, want false")
+		}
+
+		h.Dead(tg.ID)
+		h.Revive(tg.ID) // the engine restarted it
+		h.Sync(ctx, []Target{tg})
+		synctest.Wait()
+		if st, probed := h.State(tg.ID); !probed || st != "healthy" {
+			t.Errorf("after Revive and Sync: state %q probed=%v, want healthy, true", st, probed)
+		}
+	})
+}

@@ -1,0 +1,379 @@
+package orchestrator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+const testNode = "n1"
+
+func regTarget(id, name, service, ip string, port int) Target {
+	return Target{
+		ID: id + strings.Repeat("0", 64-len(id)), Name: name, Service: service,
+		Addr: fmt.Sprintf("%s:%d", ip, port), IP: ip, Port: port,
+	}
+}
+
+var (
+	tA = regTarget("aaaaaaaaaaaa", "up-apache-aaaaaa", "apache", "172.18.0.2", 80)
+	tB = regTarget("bbbbbbbbbbbb", "up-web-bbbbbb", "web", "172.18.0.3", 8080)
+	tC = regTarget("cccccccccccc", "up-apache-cccccc", "apache", "172.18.0.4", 80)
+
+	keyA = "/services/apache/172.18.0.2:80"
+	keyB = "/services/web/172.18.0.3:8080"
+	keyC = "/services/apache/172.18.0.4:80"
+	// The value format is part of the contract (the seed's secretary
+	// fields plus container and node), so it is spelled out once.
+	valA = `{"host":"up-apache-aaaaaa","ipv4_addr":"172.18.0.2","port":80,"container":"aaaaaaaaaaaa","node":"n1"}`
+	valB = `{"host":"up-web-bbbbbb","ipv4_addr":"172.18.0.3","port":8080,"container":"bbbbbbbbbbbb","node":"n1"}`
+	valC = `{"host":"up-apache-cccccc","ipv4_addr":"172.18.0.4","port":80,"container":"cccccccccccc","node":"n1"}`
+)
+
+func otherNodeVal(node string) string {
+	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: node}.Encode()
+}
+
+func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duration) *Registrar {
+	return NewRegistrar(RegistrarConfig{
+		Store:    reg,
+		Health:   hv,
+		Prefix:   "/services",
+		Node:     testNode,
+		Services: []string{"apache", "web"},
+		TTL:      10 * time.Second,
+		Resync:   resync,
+		Logger:   zerolog.Nop(),
+	})
+}
+
+func diffKV(got, want map[string]fakeKV) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if g, ok := got[k]; !ok {
+			fmt.Fprintf(&b, "\n  missing %s (want %q lease %d)", k, want[k].value, want[k].lease)
+		} else if g != want[k] {
+			fmt.Fprintf(&b, "\n  %s: got %q lease %d, want %q lease %d", k, g.value, g.lease, want[k].value, want[k].lease)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(got)) {
+		if _, ok := want[k]; !ok {
+			fmt.Fprintf(&b, "\n  unexpected %s = %q lease %d", k, got[k].value, got[k].lease)
+		}
+	}
+	return b.String()
+}
+
+// TestRegistrarSync runs one sync over a table of etcd contents and health
+// snapshots. The sync grants lease 1; keys left by an earlier daemon run
+// carry lease 7.
+func TestRegistrarSync(t *testing.T) {
+	const old = 7
+	otherSvcKey := "/services/other/172.18.0.8:80"
+	invalidKey := "/services/apache/not an address"
+	tests := []struct {
+		name             string
+		initial          map[string]fakeKV
+		healthy, pending []Target
+		want             map[string]fakeKV
+		wantPuts         int
+		wantDeletes      []string
+	}{
+		{
+			name:     "healthy backends are put under the lease as registration JSON",
+			healthy:  []Target{tA, tB},
+			want:     map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}},
+			wantPuts: 2,
+		},
+		{
+			name:        "a key of this node whose backend is not healthy is deleted",
+			initial:     map[string]fakeKV{keyA: {valA, old}, keyC: {valC, old}},
+			healthy:     []Target{tA},
+			want:        map[string]fakeKV{keyA: {valA, 1}},
+			wantPuts:    1,
+			wantDeletes: []string{keyC},
+		},
+		{
+			name:    "a pending backend's key is left alone",
+			initial: map[string]fakeKV{keyC: {valC, old}},
+			pending: []Target{tC},
+			want:    map[string]fakeKV{keyC: {valC, old}},
+		},
+		{
+			name:    "a pending backend without a key is not put",
+			pending: []Target{tC},
+			want:    map[string]fakeKV{},
+		},
+		{
+			name:    "keys of other nodes are never deleted",
+			initial: map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
+			want:    map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
+		},
+		{
+			name:    "keys of services not in Services are never touched",
+			initial: map[string]fakeKV{otherSvcKey: {otherNodeVal(testNode), old}},
+			want:    map[string]fakeKV{otherSvcKey: {otherNodeVal(testNode), old}},
+		},
+		{
+			name:    "an invalid key is left alone",
+			initial: map[string]fakeKV{invalidKey: {"garbage", old}},
+			want:    map[string]fakeKV{invalidKey: {"garbage", old}},
+		},
+		{
+			name:     "a right value under an earlier lease is put again under this one",
+			initial:  map[string]fakeKV{keyA: {valA, old}},
+			healthy:  []Target{tA},
+			want:     map[string]fakeKV{keyA: {valA, 1}},
+			wantPuts: 1,
+		},
+		{
+			name:     "a wrong value is rewritten",
+			initial:  map[string]fakeKV{keyA: {strings.Replace(valA, "up-apache-aaaaaa", "stale", 1), 1}},
+			healthy:  []Target{tA},
+			want:     map[string]fakeKV{keyA: {valA, 1}},
+			wantPuts: 1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := newFakeRegistry(tt.initial)
+			hv := &fakeHealthView{}
+			hv.set(tt.healthy, tt.pending)
+			r := newTestRegistrar(reg, hv, 0)
+			if err := r.sync(t.Context()); err != nil {
+				t.Fatalf("sync: %v", err)
+			}
+			if d := diffKV(reg.snapshot(), tt.want); d != "" {
+				t.Errorf("etcd after sync differs:%s", d)
+			}
+			reg.mu.Lock()
+			puts, deletes := len(reg.puts), slices.Clone(reg.deletes)
+			reg.mu.Unlock()
+			if puts != tt.wantPuts {
+				t.Errorf("%d puts, want %d", puts, tt.wantPuts)
+			}
+			if !slices.Equal(deletes, tt.wantDeletes) {
+				t.Errorf("deleted %v, want %v", deletes, tt.wantDeletes)
+			}
+		})
+	}
+}
+
+func TestRegistrarSyncIsIdempotent(t *testing.T) {
+	reg := newFakeRegistry(nil)
+	hv := &fakeHealthView{}
+	hv.set([]Target{tA, tB}, nil)
+	r := newTestRegistrar(reg, hv, 0)
+	for i := range 3 {
+		if err := r.sync(t.Context()); err != nil {
+			t.Fatalf("sync %d: %v", i, err)
+		}
+	}
+	got := reg.counts()
+	if got.puts != 2 || got.deletes != 0 || got.grants != 1 {
+		t.Errorf("after 3 syncs: %d puts, %d deletes, %d grants; want 2, 0, 1 (keys already right are not rewritten)", got.puts, got.deletes, got.grants)
+	}
+}
+
+func TestRegistrarPutLeaseLost(t *testing.T) {
+	reg := newFakeRegistry(nil)
+	reg.putErrs = []error{fmt.Errorf("etcd put %s: %w", keyA, store.ErrLeaseLost)}
+	hv := &fakeHealthView{}
+	hv.set([]Target{tA}, nil)
+	r := newTestRegistrar(reg, hv, 0)
+
+	err := r.sync(t.Context())
+	if !errors.Is(err, store.ErrLeaseLost) {
+		t.Fatalf("first sync: got %v, want an error matching store.ErrLeaseLost", err)
+	}
+	// The lost lease's keep-alive is released (Lease.Release), not revoked:
+	// it is already gone on the server.
+	if got := reg.counts(); got.grants != 1 || len(got.revoked) != 0 {
+		t.Errorf("after lease loss: %d grants, revoked %v; want 1 grant and no revoke", got.grants, got.revoked)
+	}
+	if err := r.sync(t.Context()); err != nil {
+		t.Fatalf("second sync: %v", err)
+	}
+	if got := reg.counts(); got.grants != 2 {
+		t.Errorf("second sync: %d grants, want 2 (a new lease)", got.grants)
+	}
+	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}}); d != "" {
+		t.Errorf("etcd after the second sync differs:%s", d)
+	}
+}
+
+// startRegistrar runs r.Start in the bubble and returns a stop function
+// that cancels it and returns Start's error.
+func startRegistrar(t *testing.T, r *Registrar) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- r.Start(ctx) }()
+	synctest.Wait()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}
+
+func TestRegistrarStart(t *testing.T) {
+	t.Run("triggers collapse into one sync", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA}, nil)
+			r := newTestRegistrar(reg, hv, 0)
+			r.Trigger()
+			r.Trigger()
+			r.Trigger()
+			stop := startRegistrar(t, r)
+			defer stop()
+			// One sync lists each of the two services once.
+			if got := reg.counts().lists; got != 2 {
+				t.Errorf("%d List calls after 3 triggers, want 2 (one sync)", got)
+			}
+			r.Trigger()
+			synctest.Wait()
+			if got := reg.counts().lists; got != 4 {
+				t.Errorf("%d List calls after another trigger, want 4", got)
+			}
+		})
+	})
+
+	t.Run("lease loss puts every key again under a new lease", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA, tB, tC}, nil)
+			r := newTestRegistrar(reg, hv, 0)
+			r.Trigger()
+			stop := startRegistrar(t, r)
+			defer stop()
+			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}, keyC: {valC, 1}}); d != "" {
+				t.Fatalf("setup: etcd differs:%s", d)
+			}
+			reg.expire(1)
+			synctest.Wait()
+			if got := reg.counts().grants; got != 2 {
+				t.Errorf("%d grants after lease loss, want 2", got)
+			}
+			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}, keyB: {valB, 2}, keyC: {valC, 2}}); d != "" {
+				t.Errorf("etcd after lease loss differs:%s", d)
+			}
+		})
+	})
+
+	t.Run("a failing sync is retried with backoff", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			reg.listErrs = []error{errFakeEtcd, errFakeEtcd}
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA}, nil)
+			r := newTestRegistrar(reg, hv, 0)
+			r.Trigger()
+			stop := startRegistrar(t, r)
+			defer stop()
+			if got := reg.counts().lists; got != 1 {
+				t.Fatalf("%d List calls at once, want 1 (no busy retry)", got)
+			}
+			advance(49 * time.Millisecond) // below the first backoff's jitter range
+			if got := reg.counts().lists; got != 1 {
+				t.Errorf("%d List calls after 49ms, want 1", got)
+			}
+			advance(2 * time.Second)
+			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+				t.Errorf("etcd after recovery differs:%s", d)
+			}
+			reg.mu.Lock()
+			calls := slices.Clone(reg.listCalls)
+			reg.mu.Unlock()
+			// Calls: fail, fail, then the sync that works (2 services).
+			if len(calls) != 4 {
+				t.Fatalf("%d List calls, want 4", len(calls))
+			}
+			// 100 ms then 150 ms, each ±50 % jitter.
+			for i, want := range []time.Duration{100 * time.Millisecond, 150 * time.Millisecond} {
+				gap := calls[i+1].Sub(calls[i])
+				if gap < want/2 || gap > want*3/2 {
+					t.Errorf("retry %d after %s, want %s ±50%%", i+1, gap, want)
+				}
+			}
+			lists := reg.counts().lists
+			advance(20 * time.Second) // below the 30 s resync
+			if got := reg.counts().lists; got != lists {
+				t.Errorf("%d List calls after recovery without a trigger, want %d", got, lists)
+			}
+		})
+	})
+
+	t.Run("resync repairs a key deleted by hand", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA}, nil)
+			r := newTestRegistrar(reg, hv, 10*time.Second)
+			r.Trigger()
+			stop := startRegistrar(t, r)
+			defer stop()
+			reg.remove(keyA)
+			advance(9 * time.Second)
+			if _, ok := reg.snapshot()[keyA]; ok {
+				t.Fatalf("key back before the resync period")
+			}
+			advance(time.Second)
+			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+				t.Errorf("etcd after resync differs:%s", d)
+			}
+		})
+	})
+
+	t.Run("cancel revokes the lease with a live context", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA}, nil)
+			r := newTestRegistrar(reg, hv, 0)
+			r.Trigger()
+			stop := startRegistrar(t, r)
+			if err := stop(); err != nil {
+				t.Errorf("Start returned %v, want nil", err)
+			}
+			reg.mu.Lock()
+			revoked, revokeErr := slices.Clone(reg.revoked), slices.Clone(reg.revokeErr)
+			reg.mu.Unlock()
+			if !slices.Equal(revoked, []int64{1}) {
+				t.Errorf("revoked %v, want [1]", revoked)
+			}
+			if len(revokeErr) == 1 && revokeErr[0] != nil {
+				t.Errorf("Revoke got a context that was already done (%v); it must outlive the cancel", revokeErr[0])
+			}
+			if got := reg.snapshot(); len(got) != 0 {
+				t.Errorf("keys left after revoke: %v", got)
+			}
+		})
+	})
+
+	t.Run("cancel before any lease revokes nothing", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			r := newTestRegistrar(reg, &fakeHealthView{}, 0)
+			stop := startRegistrar(t, r)
+			if err := stop(); err != nil {
+				t.Errorf("Start returned %v, want nil", err)
+			}
+			if got := reg.counts(); got.grants != 0 || len(got.revoked) != 0 {
+				t.Errorf("%d grants, revoked %v; want none", got.grants, got.revoked)
+			}
+		})
+	})
+}

@@ -1,0 +1,693 @@
+package render
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/containers"
+)
+
+const (
+	testMain   = "/etc/nginx/nginx.conf"
+	testConfig = "/etc/nginx/conf.d/upstreamd.conf"
+	testStaged = "/etc/nginx/.upstreamd-staged-upstreamd.conf"
+	testCheck  = "/etc/nginx/.upstreamd-check-nginx.conf"
+)
+
+func TestCheckConfig(t *testing.T) {
+	// The image's nginx.conf: quotes with # and nested quotes in log_format,
+	// a glob include that does not match, then the one that does.
+	imageMain, err := os.ReadFile("../images/nginx/nginx.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	confD := []string{"00-first.conf", "default.conf", "notes.txt", "upstreamd.conf", "zz-last.conf"}
+	tests := []struct {
+		name       string
+		main       string
+		mainPath   string // testMain when empty
+		configPath string // testConfig when empty
+		dirs       map[string][]string
+		listErr    error
+		want       string
+		wantErr    []string // substrings of the error; empty means success
+		wantLists  []string // directories ListDir must have been asked for
+	}{
+		{
+			name: "exact path",
+			main: "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
+			want: "http {\n    include /etc/nginx/mime.types;\n    include " + testStaged + ";\n}\n",
+		},
+		{
+			name:      "glob keeps the directory's other files",
+			main:      "http {\n    include /etc/nginx/conf.d/*.conf;\n}\n",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
+			want:      "http {\n    include " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf;\n}\n",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:      "glob with only the live file",
+			main:      "http { include /etc/nginx/conf.d/*.conf; }",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
+			want:      "http { include " + testStaged + "; }",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:      "glob before the live file exists",
+			main:      "http { include /etc/nginx/conf.d/*.conf; }",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": {"default.conf"}},
+			want:      "http { include " + testStaged + "; include /etc/nginx/conf.d/default.conf; }",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:      "relative glob resolves against the main config's directory",
+			main:      "http {\n\tinclude conf.d/*.conf;\n}\n",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
+			want:      "http {\n\tinclude " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf;\n}\n",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name: "relative exact path",
+			main: "http { include conf.d/upstreamd.conf; }",
+			want: "http { include " + testStaged + "; }",
+		},
+		{
+			name:       "relative path with another main directory",
+			main:       "http { include sites/upstreamd.conf; }",
+			mainPath:   "/usr/local/nginx/conf/nginx.conf",
+			configPath: "/usr/local/nginx/conf/sites/upstreamd.conf",
+			want:       "http { include " + testStaged + "; }",
+		},
+		{
+			name: "includes in comments are ignored",
+			main: "http {\n    # include /etc/nginx/conf.d/upstreamd.conf;\n    #include /etc/nginx/conf.d/*.conf;\n    include /etc/nginx/conf.d/upstreamd.conf; # include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
+			want: "http {\n    # include /etc/nginx/conf.d/upstreamd.conf;\n    #include /etc/nginx/conf.d/*.conf;\n    include " + testStaged + "; # include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
+		},
+		{
+			name:    "only a commented-out include",
+			main:    "http {\n    # include /etc/nginx/conf.d/*.conf;\n}\n",
+			wantErr: []string{testMain, testConfig},
+		},
+		{
+			name: "hash inside quotes is not a comment",
+			main: "http {\n    log_format x '# not a comment \"q\"'; include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
+			want: "http {\n    log_format x '# not a comment \"q\"'; include " + testStaged + ";\n}\n",
+		},
+		{
+			name: "double-quoted argument",
+			main: "http {\n    include \"/etc/nginx/conf.d/upstreamd.conf\";\n}\n",
+			want: "http {\n    include " + testStaged + ";\n}\n",
+		},
+		{
+			name:      "single-quoted glob",
+			main:      "http {\n    include '/etc/nginx/conf.d/*.conf' ;\n}\n",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
+			want:      "http {\n    include " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf ;\n}\n",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:    "no matching include",
+			main:    "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/sites-enabled/*;\n}\n",
+			wantErr: []string{testMain, testConfig},
+		},
+		{
+			name:    "similar name is not the live file",
+			main:    "http { include /etc/nginx/conf.d/upstreamd.conf.bak; include /etc/nginx/conf.d/upstreamd; }",
+			wantErr: []string{testMain, testConfig},
+		},
+		{
+			name:    "include as part of another word",
+			main:    "http { xinclude /etc/nginx/conf.d/upstreamd.conf; }",
+			wantErr: []string{testMain, testConfig},
+		},
+		{
+			name:      "glob that does not match is left untouched",
+			main:      "include /etc/nginx/modules-enabled/*.conf;\nhttp {\n    include /etc/nginx/sites-enabled/*;\n    include /etc/nginx/conf.d/*.conf;\n}\n",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
+			want:      "include /etc/nginx/modules-enabled/*.conf;\nhttp {\n    include /etc/nginx/sites-enabled/*;\n    include " + testStaged + ";\n}\n",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:      "include at the start of the file",
+			main:      "include /etc/nginx/conf.d/*.conf;",
+			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
+			want:      "include " + testStaged + ";",
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name: "includes on one line",
+			main: "http {include mime.types;include conf.d/upstreamd.conf;}",
+			want: "http {include mime.types;include " + testStaged + ";}",
+		},
+		{
+			name:      "listing the glob's directory fails",
+			main:      "http { include /etc/nginx/conf.d/*.conf; }",
+			listErr:   errors.New("container gone"),
+			wantErr:   []string{"/etc/nginx/conf.d", "container gone"},
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+		{
+			name:      "the image's nginx.conf",
+			main:      string(imageMain),
+			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
+			want:      strings.Replace(string(imageMain), "include /etc/nginx/conf.d/*.conf;", "include "+testStaged+";", 1),
+			wantLists: []string{"/etc/nginx/conf.d"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := CheckInput{Main: []byte(tt.main), MainPath: tt.mainPath, ConfigPath: tt.configPath, StagedPath: testStaged}
+			if in.MainPath == "" {
+				in.MainPath = testMain
+			}
+			if in.ConfigPath == "" {
+				in.ConfigPath = testConfig
+			}
+			var lists []string
+			in.ListDir = func(dir string) ([]string, error) {
+				lists = append(lists, dir)
+				if tt.listErr != nil {
+					return nil, tt.listErr
+				}
+				return tt.dirs[dir], nil
+			}
+			got, err := CheckConfig(in)
+			if fmt.Sprint(lists) != fmt.Sprint(tt.wantLists) {
+				t.Errorf("ListDir called for %q; want %q", lists, tt.wantLists)
+			}
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("CheckConfig = %q, nil; want an error", got)
+				}
+				for _, want := range tt.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("CheckConfig error = %q; want it to contain %q", err, want)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("CheckConfig error = %v; want nil", err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("CheckConfig =\n%s\nwant\n%s\n%s", got, tt.want, firstDiff(got, []byte(tt.want)))
+			}
+		})
+	}
+}
+
+// fakeProxy is a proxy container's file system plus the calls made to it.
+// ExecWithStdin runs the Deliverer's script: it writes stdin to the staged
+// file and, when exit is zero, moves it over the live one, as `mv -f` would.
+type fakeProxy struct {
+	mu        sync.Mutex
+	files     map[string][]byte
+	calls     []string // one line per call, e.g. "ReadFile /etc/nginx/nginx.conf"
+	copies    [][]containers.File
+	execs     [][]string
+	stdins    []string
+	signals   []string
+	exit      int    // exit code of the next Execs (after writing the staged file)
+	stderr    string // stderr of the next Execs
+	readErr   error  // returned by ReadFile when set
+	execErr   error  // returned by Exec when set
+	signalErr error  // returned by Signal when set
+}
+
+var _ proxyAPI = (*fakeProxy)(nil)
+
+func newFakeProxy(files map[string]string) *fakeProxy {
+	p := &fakeProxy{files: map[string][]byte{}}
+	for k, v := range files {
+		p.files[k] = []byte(v)
+	}
+	return p
+}
+
+func (p *fakeProxy) CopyFiles(_ context.Context, id, dir string, files []containers.File) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	names := make([]string, 0, len(files))
+	for _, f := range files {
+		names = append(names, f.Path)
+		p.files[path.Join(dir, f.Path)] = append([]byte(nil), f.Data...)
+	}
+	p.calls = append(p.calls, fmt.Sprintf("CopyFiles %s %s %v", id, dir, names))
+	p.copies = append(p.copies, files)
+	return nil
+}
+
+func (p *fakeProxy) ReadFile(_ context.Context, id, file string) ([]byte, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, fmt.Sprintf("ReadFile %s %s", id, file))
+	if p.readErr != nil {
+		return nil, p.readErr
+	}
+	b, ok := p.files[file]
+	if !ok {
+		return nil, fmt.Errorf("read %s from container %s: %w", file, id, containers.ErrNotFound)
+	}
+	return append([]byte(nil), b...), nil
+}
+
+func (p *fakeProxy) ReadDir(_ context.Context, id, dir string) ([]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, fmt.Sprintf("ReadDir %s %s", id, dir))
+	var names []string
+	for f := range p.files {
+		if path.Dir(f) == dir {
+			names = append(names, path.Base(f))
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+func (p *fakeProxy) ExecWithStdin(_ context.Context, id string, cmd []string, stdin []byte) (containers.ExecResult, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, fmt.Sprintf("Exec %s", id))
+	p.execs = append(p.execs, cmd)
+	p.stdins = append(p.stdins, string(stdin))
+	if p.execErr != nil {
+		return containers.ExecResult{}, p.execErr
+	}
+	n := len(cmd) // sh -c script name check staged live
+	check, staged, live := cmd[n-3], cmd[n-2], cmd[n-1]
+	if _, ok := p.files[check]; !ok {
+		return containers.ExecResult{ExitCode: exitNoCheck}, nil
+	}
+	p.files[staged] = append([]byte(nil), stdin...)
+	if p.exit != 0 {
+		return containers.ExecResult{ExitCode: p.exit, Stderr: []byte(p.stderr)}, nil
+	}
+	p.files[live] = p.files[staged]
+	delete(p.files, staged)
+	return containers.ExecResult{}, nil
+}
+
+func (p *fakeProxy) Signal(_ context.Context, id, sig string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, fmt.Sprintf("Signal %s %s", id, sig))
+	if p.signalErr != nil {
+		return p.signalErr
+	}
+	p.signals = append(p.signals, sig)
+	return nil
+}
+
+// take returns the calls recorded so far and forgets them.
+func (p *fakeProxy) take() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.calls
+	p.calls = nil
+	return c
+}
+
+func (p *fakeProxy) file(name string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b, ok := p.files[name]
+	return string(b), ok
+}
+
+const testMainConf = "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/conf.d/*.conf;\n}\n"
+
+func newTestDeliverer(p *fakeProxy) *Deliverer {
+	return NewDeliverer(DelivererConfig{API: p, ConfigPath: testConfig, MainPath: testMain, Logger: zerolog.Nop()})
+}
+
+func TestDeliverUnchanged(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	for i, wantCalls := range [][]string{
+		{"ReadFile proxy-1 " + testConfig}, // first time: read what is live
+		nil,                                // then known from memory
+	} {
+		changed, err := d.Deliver(ctx, "proxy-1", []byte("old"))
+		if err != nil {
+			t.Fatalf("Deliver #%d: %v", i, err)
+		}
+		if changed {
+			t.Errorf("Deliver #%d changed = true; want false for the live bytes", i)
+		}
+		if got := p.take(); !slices.Equal(got, wantCalls) {
+			t.Errorf("Deliver #%d calls = %q; want %q (no CopyFiles, Exec or Signal)", i, got, wantCalls)
+		}
+	}
+}
+
+func TestDeliverNewConfig(t *testing.T) {
+	tests := []struct {
+		name  string
+		files map[string]string
+		cfg   string
+	}{
+		{name: "replaces the live file", files: map[string]string{testMain: testMainConf, testConfig: "old", "/etc/nginx/conf.d/default.conf": "x"}, cfg: "new"},
+		{name: "live file does not exist yet", files: map[string]string{testMain: testMainConf, "/etc/nginx/conf.d/default.conf": "x"}, cfg: "first"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newFakeProxy(tt.files)
+			d := newTestDeliverer(p)
+			changed, err := d.Deliver(t.Context(), "proxy-1", []byte(tt.cfg))
+			if err != nil {
+				t.Fatalf("Deliver: %v", err)
+			}
+			if !changed {
+				t.Errorf("changed = false; want true")
+			}
+			wantCalls := []string{
+				"ReadFile proxy-1 " + testConfig,
+				"ReadFile proxy-1 " + testMain,
+				"ReadDir proxy-1 /etc/nginx/conf.d",
+				"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]",
+				"Exec proxy-1",
+				"Signal proxy-1 HUP",
+			}
+			if got := p.take(); !slices.Equal(got, wantCalls) {
+				t.Errorf("calls =\n%q\nwant\n%q", got, wantCalls)
+			}
+			if len(p.copies) != 1 || len(p.copies[0]) != 1 {
+				t.Fatalf("copies = %v; want one copy of the check file", p.copies)
+			}
+			wantCheck := "http {\n    include /etc/nginx/mime.types;\n    include " + testStaged + "; include /etc/nginx/conf.d/default.conf;\n}\n"
+			if got := string(p.copies[0][0].Data); got != wantCheck {
+				t.Errorf("check file =\n%s\nwant\n%s", got, wantCheck)
+			}
+			wantExec := []string{"sh", "-c", deliverScript, "upstreamd-deliver", testCheck, testStaged, testConfig}
+			if len(p.execs) != 1 || !slices.Equal(p.execs[0], wantExec) {
+				t.Errorf("execs = %q; want one: %q", p.execs, wantExec)
+			}
+			if len(p.stdins) != 1 || p.stdins[0] != tt.cfg {
+				t.Errorf("exec stdin = %q; want the candidate %q", p.stdins, tt.cfg)
+			}
+			if live, _ := p.file(testConfig); live != tt.cfg {
+				t.Errorf("live file = %q; want %q", live, tt.cfg)
+			}
+			// Delivering the same bytes again is a no-op.
+			changed, err = d.Deliver(t.Context(), "proxy-1", []byte(tt.cfg))
+			if err != nil || changed {
+				t.Errorf("second Deliver = %v, %v; want false, nil", changed, err)
+			}
+			if got := p.take(); len(got) != 0 {
+				t.Errorf("second Deliver calls = %q; want none", got)
+			}
+		})
+	}
+}
+
+func TestDeliverCheckFailed(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "good"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	p.exit = exitRejected
+	p.stderr = `nginx: [emerg] host not found in upstream "nope:80" in ` + testStaged + ":3\nnginx: configuration file " + testCheck + " test failed\n"
+
+	changed, err := d.Deliver(ctx, "proxy-1", []byte("bad"))
+	if !errors.Is(err, ErrCheckFailed) {
+		t.Fatalf("Deliver error = %v; want it to match ErrCheckFailed", err)
+	}
+	if changed {
+		t.Errorf("changed = true; want false")
+	}
+	for _, want := range []string{`host not found in upstream "nope:80"`, testConfig + " (candidate):3"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error = %q; want it to contain %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), testStaged) {
+		t.Errorf("error = %q; want the staging name replaced by the live file's", err)
+	}
+	if len(p.signals) != 0 {
+		t.Errorf("signals = %q; want none after a failed check", p.signals)
+	}
+	if live, _ := p.file(testConfig); live != "good" {
+		t.Errorf("live file = %q; want the last good config", live)
+	}
+
+	// The last good config is still known live; a different config goes
+	// through once nginx accepts it.
+	p.take()
+	p.exit, p.stderr = 0, ""
+	changed, err = d.Deliver(ctx, "proxy-1", []byte("fixed"))
+	if err != nil || !changed {
+		t.Fatalf("Deliver after a failed check = %v, %v; want true, nil", changed, err)
+	}
+	wantCalls := []string{
+		"Exec proxy-1",
+		"Signal proxy-1 HUP",
+	}
+	if got := p.take(); !slices.Equal(got, wantCalls) {
+		t.Errorf("calls = %q; want %q (check config, main config and live file remembered)", got, wantCalls)
+	}
+	if live, _ := p.file(testConfig); live != "fixed" {
+		t.Errorf("live file = %q; want %q", live, "fixed")
+	}
+	// And the good config, being no longer live, is delivered again.
+	if changed, err := d.Deliver(ctx, "proxy-1", []byte("good")); err != nil || !changed {
+		t.Errorf("Deliver of the previous config = %v, %v; want true, nil", changed, err)
+	}
+}
+
+func TestDeliverErrors(t *testing.T) {
+	tests := []struct {
+		name      string
+		files     map[string]string
+		setup     func(p *fakeProxy)
+		wantErr   []string
+		wantCheck bool // error matches ErrCheckFailed
+		wantCalls []string
+	}{
+		{
+			name:      "reading the live file fails",
+			files:     map[string]string{testMain: testMainConf},
+			setup:     func(p *fakeProxy) { p.readErr = errors.New("engine unreachable") },
+			wantErr:   []string{"deliver config", "engine unreachable"},
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig},
+		},
+		{
+			name:      "main config missing",
+			files:     map[string]string{testConfig: "old"},
+			wantErr:   []string{"read main config", testMain},
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig, "ReadFile proxy-1 " + testMain},
+		},
+		{
+			name:      "main config does not include the live file",
+			files:     map[string]string{testMain: "http { include /etc/nginx/sites-enabled/*; }", testConfig: "old"},
+			wantErr:   []string{testMain, testConfig},
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig, "ReadFile proxy-1 " + testMain},
+		},
+		{
+			name:    "exec fails to run",
+			files:   map[string]string{testMain: testMainConf, testConfig: "old"},
+			setup:   func(p *fakeProxy) { p.execErr = errors.New("exec: container not running") },
+			wantErr: []string{"deliver config", "container not running"},
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig, "ReadFile proxy-1 " + testMain, "ReadDir proxy-1 /etc/nginx/conf.d",
+				"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1"},
+		},
+		{
+			name:      "nginx -t fails",
+			files:     map[string]string{testMain: testMainConf, testConfig: "old"},
+			setup:     func(p *fakeProxy) { p.exit, p.stderr = exitRejected, "nginx: [emerg] unexpected \"}\"" },
+			wantErr:   []string{`unexpected "}"`},
+			wantCheck: true,
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig, "ReadFile proxy-1 " + testMain, "ReadDir proxy-1 /etc/nginx/conf.d",
+				"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1"},
+		},
+		{
+			name:    "renaming the candidate fails: not a rejection, retried",
+			files:   map[string]string{testMain: testMainConf, testConfig: "old"},
+			setup:   func(p *fakeProxy) { p.exit, p.stderr = 92, "mv: cannot move: No space left on device" },
+			wantErr: []string{"exit code 92", "No space left"},
+			wantCalls: []string{"ReadFile proxy-1 " + testConfig, "ReadFile proxy-1 " + testMain, "ReadDir proxy-1 /etc/nginx/conf.d",
+				"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newFakeProxy(tt.files)
+			if tt.setup != nil {
+				tt.setup(p)
+			}
+			d := newTestDeliverer(p)
+			changed, err := d.Deliver(t.Context(), "proxy-1", []byte("new"))
+			if err == nil {
+				t.Fatalf("Deliver = %v, nil; want an error", changed)
+			}
+			if changed {
+				t.Errorf("changed = true; want false")
+			}
+			if got := errors.Is(err, ErrCheckFailed); got != tt.wantCheck {
+				t.Errorf("errors.Is(%v, ErrCheckFailed) = %v; want %v", err, got, tt.wantCheck)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error = %q; want it to contain %q", err, want)
+				}
+			}
+			if got := p.take(); !slices.Equal(got, tt.wantCalls) {
+				t.Errorf("calls =\n%q\nwant\n%q (never a Signal)", got, tt.wantCalls)
+			}
+		})
+	}
+}
+
+func TestDeliverSignalFailureIsRetried(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	p.signalErr = errors.New("engine timeout")
+	changed, err := d.Deliver(ctx, "proxy-1", []byte("new"))
+	if err == nil || !strings.Contains(err.Error(), "reload") || errors.Is(err, ErrCheckFailed) {
+		t.Fatalf("Deliver error = %v; want a reload error that is not ErrCheckFailed", err)
+	}
+	if !changed {
+		t.Errorf("changed = false; want true (the live file was replaced)")
+	}
+	// The file is live but nginx never got its HUP: delivering the same
+	// bytes again must send it, not report "unchanged".
+	p.take()
+	p.signalErr = nil
+	changed, err = d.Deliver(ctx, "proxy-1", []byte("new"))
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if got, want := p.take(), []string{"Signal proxy-1 HUP"}; !slices.Equal(got, want) {
+		t.Errorf("retry calls = %q; want %q", got, want)
+	}
+	if !changed {
+		t.Errorf("retry changed = false; want true (nginx was reloaded)")
+	}
+	// Now it is really live.
+	if changed, err := d.Deliver(ctx, "proxy-1", []byte("new")); err != nil || changed {
+		t.Errorf("third Deliver = %v, %v; want false, nil", changed, err)
+	}
+	if got := p.take(); len(got) != 0 {
+		t.Errorf("third Deliver calls = %q; want none", got)
+	}
+}
+
+func TestDeliverForget(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	p.take()
+
+	// The proxy's volume is recreated behind the Deliverer's back: the live
+	// file is gone and the main config changed.
+	p.mu.Lock()
+	delete(p.files, testConfig)
+	p.files[testMain] = []byte("http { include /etc/nginx/conf.d/upstreamd.conf; }")
+	p.mu.Unlock()
+
+	// Without Forget the Deliverer trusts its memory.
+	if changed, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil || changed {
+		t.Fatalf("Deliver before Forget = %v, %v; want false, nil", changed, err)
+	}
+	if got := p.take(); len(got) != 0 {
+		t.Errorf("calls before Forget = %q; want none", got)
+	}
+
+	d.Forget("proxy-1")
+	changed, err := d.Deliver(ctx, "proxy-1", []byte("v1"))
+	if err != nil || !changed {
+		t.Fatalf("Deliver after Forget = %v, %v; want true, nil", changed, err)
+	}
+	wantCalls := []string{
+		"ReadFile proxy-1 " + testConfig, // read the live file again
+		"ReadFile proxy-1 " + testMain,   // and the main config
+		"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]",
+		"Exec proxy-1",
+		"Signal proxy-1 HUP",
+	}
+	if got := p.take(); !slices.Equal(got, wantCalls) {
+		t.Errorf("calls after Forget =\n%q\nwant\n%q", got, wantCalls)
+	}
+	if got, want := string(p.copies[len(p.copies)-1][0].Data), "http { include "+testStaged+"; }"; got != want {
+		t.Errorf("check file = %q; want %q (from the new main config)", got, want)
+	}
+
+	// After Forget, a live file that already holds the bytes is read and
+	// recognised: no reload.
+	d.Forget("proxy-1")
+	if changed, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil || changed {
+		t.Errorf("Deliver of the live bytes after Forget = %v, %v; want false, nil", changed, err)
+	}
+	if got, want := p.take(), []string{"ReadFile proxy-1 " + testConfig}; !slices.Equal(got, want) {
+		t.Errorf("calls = %q; want %q", got, want)
+	}
+}
+
+func TestDeliverNewProxy(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	p.take()
+	// A different container ID is a different proxy: its live file is read.
+	changed, err := d.Deliver(ctx, "proxy-2", []byte("v1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed {
+		t.Errorf("changed = true; want false (the shared volume already holds v1)")
+	}
+	if got, want := p.take(), []string{"ReadFile proxy-2 " + testConfig}; !slices.Equal(got, want) {
+		t.Errorf("calls = %q; want %q", got, want)
+	}
+	// Live reads the same state.
+	b, found, err := d.Live(ctx, "proxy-2")
+	if err != nil || !found || string(b) != "v1" {
+		t.Errorf("Live = %q, %v, %v; want v1, true, nil", b, found, err)
+	}
+}
+
+func TestDeliverRewritesVanishedCheckConfig(t *testing.T) {
+	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
+	d := newTestDeliverer(p)
+	ctx := t.Context()
+	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	p.mu.Lock()
+	delete(p.files, testCheck) // someone cleaned the volume
+	p.mu.Unlock()
+	p.take()
+
+	_, err := d.Deliver(ctx, "proxy-1", []byte("v2"))
+	if err == nil || errors.Is(err, ErrCheckFailed) || !strings.Contains(err.Error(), "vanished") {
+		t.Fatalf("Deliver error = %v; want a retryable error saying the check config vanished", err)
+	}
+	if live, _ := p.file(testConfig); live != "v1" {
+		t.Errorf("live file = %q; want v1 untouched", live)
+	}
+	changed, err := d.Deliver(ctx, "proxy-1", []byte("v2"))
+	if err != nil || !changed {
+		t.Fatalf("retry = %v, %v; want true, nil", changed, err)
+	}
+	want := []string{"Exec proxy-1", "ReadDir proxy-1 /etc/nginx/conf.d", "CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1", "Signal proxy-1 HUP"}
+	if got := p.take(); !slices.Equal(got, want) {
+		t.Errorf("calls = %q; want %q (the check config written again)", got, want)
+	}
+}

@@ -33,7 +33,9 @@ images: base
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o images/upstreamd/upstreamd ./cmd/upstreamd
 	@for i in $(IMAGES); do \
 		echo "building upstreamd/$$i:latest"; \
-		$(DOCKER) build -q -t upstreamd/$$i:latest images/$$i >/dev/null || exit 1; \
+		$(DOCKER) build -q -t upstreamd/$$i:latest images/$$i 2>&1 >/dev/null \
+			| grep -vE 'DEPRECATED: The legacy builder|BuildKit is currently disabled|environment-variable\.|^ *$$' >&2; \
+		[ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done
 
 ## demo: images, then etcd + upstreamd with compose; nginx answers on 127.0.0.1:8080

@@ -80,7 +80,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	pf := root.PersistentFlags()
-	pf.StringVarP(&g.config, "config", "c", "", "spec file (TOML); empty means the built-in defaults (the seed's 3 Apache behind nginx)")
+	pf.StringVarP(&g.config, "config", "c", os.Getenv("UPSTREAMD_CONFIG"),
+		"spec file (TOML), default $UPSTREAMD_CONFIG; empty means the built-in defaults (the seed's 3 Apache behind nginx)")
 	pf.StringVar(&g.logFormat, "log-format", "json", "log format: json or console")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 

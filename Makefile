@@ -67,9 +67,11 @@ unit:
 integration: images
 	$(GO) test -tags integration -count=1 -timeout 60m -v ./integration/... 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
-## bench: render benchmarks (see README for the load scenarios)
-bench:
+## bench: render benchmarks, then the load scenarios on the real stack (table + bench-results.json)
+bench: images
 	$(GO) test -run '^$$' -bench . -benchmem ./render/
+	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench$$' -v ./integration/ 2>&1 \
+		| tee bench.log | grep -vE '🐳|✅|⏳|🔔|🚫|^  [A-Z]|Connected to docker' ; exit $${PIPESTATUS[0]}
 
 ## fuzz: fuzz the etcd key/value parser for a minute
 fuzz:
@@ -81,4 +83,4 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
 
 clean:
-	rm -rf bin images/upstreamd/upstreamd integration.log
+	rm -rf bin images/upstreamd/upstreamd integration.log bench.log bench-results.json

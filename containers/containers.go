@@ -27,6 +27,7 @@ const (
 	LabelService = "io.upstreamd.service" // the backend service; empty for proxy and data
 	LabelRole    = "io.upstreamd.role"    // one of the Role values
 	LabelSpec    = "io.upstreamd.spec"    // hash of what the container was created from
+	LabelPort    = "io.upstreamd.port"    // a backend's container port
 )
 
 // Role is what a managed container is for.

@@ -196,3 +196,23 @@ func (c *Client) Signal(ctx context.Context, id, sig string) error {
 	}
 	return nil
 }
+
+// Pause freezes every process of a container (the engine's "hang").
+func (c *Client) Pause(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := c.api.ContainerPause(ctx, id); err != nil {
+		return fmt.Errorf("pause container %s: %w", ShortID(id), wrapNotFound(err))
+	}
+	return nil
+}
+
+// Unpause thaws a paused container.
+func (c *Client) Unpause(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	if err := c.api.ContainerUnpause(ctx, id); err != nil {
+		return fmt.Errorf("unpause container %s: %w", ShortID(id), wrapNotFound(err))
+	}
+	return nil
+}

@@ -56,7 +56,7 @@ func TestSeedStack(t *testing.T) {
 	out, err := s.cli("render")
 	require.NoError(t, err)
 	for _, e := range keys {
-		require.Contains(t, out, "server "+e.Addr)
+		require.Contains(t, out, e.Addr)
 	}
 }
 

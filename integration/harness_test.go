@@ -81,8 +81,10 @@ type stackOptions struct {
 	template    string // template text; empty = built-in
 	healthPath  string
 	interval    string
+	timeout     string
 	rise, fall  int
 	extra       string // more TOML appended verbatim
+	proxyTOML   string // more keys inside [proxy]
 	serviceTOML string // more keys inside [[service]]
 }
 
@@ -95,6 +97,7 @@ func withHealth(path, interval string, rise, fall int) option {
 }
 func withServiceTOML(s string) option { return func(o *stackOptions) { o.serviceTOML += s + "\n" } }
 func withExtraTOML(s string) option   { return func(o *stackOptions) { o.extra += s + "\n" } }
+func withProxyTOML(s string) option   { return func(o *stackOptions) { o.proxyTOML += s + "\n" } }
 
 // stack is one test's world: its own etcd, project, network and port.
 type stack struct {
@@ -124,7 +127,7 @@ func freePort(t *testing.T) int {
 
 func newStack(t *testing.T, opts ...option) *stack {
 	t.Helper()
-	o := stackOptions{replicas: 3, healthPath: "/healthz", interval: "500ms", rise: 2, fall: 2}
+	o := stackOptions{replicas: 3, healthPath: "/healthz", interval: "500ms", timeout: "400ms", rise: 2, fall: 2}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -160,14 +163,15 @@ func (s *stack) writeConfig() {
 	fmt.Fprintf(&b, "project = %q\nnode = %q\n", s.project, "node-"+s.project)
 	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", s.etcdURL)
 	fmt.Fprintf(&b, "[proxy]\npublish = %q\n", s.publish)
+	b.WriteString(o.proxyTOML)
 	if o.template != "" {
 		f := filepath.Join(filepath.Dir(s.configFile), "nginx.conf.tmpl")
 		require.NoError(s.t, os.WriteFile(f, []byte(o.template), 0o644))
 		fmt.Fprintf(&b, "template = %q\n", f)
 	}
 	fmt.Fprintf(&b, "[[service]]\nname = \"apache\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.replicas, o.serviceTOML)
-	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = \"400ms\"\nrise = %d\nfall = %d\n",
-		o.healthPath, o.interval, o.rise, o.fall)
+	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = %q\nrise = %d\nfall = %d\n",
+		o.healthPath, o.interval, o.timeout, o.rise, o.fall)
 	b.WriteString(o.extra)
 	require.NoError(s.t, os.WriteFile(s.configFile, []byte(b.String()), 0o644))
 }

@@ -17,7 +17,7 @@ import (
 )
 
 // Fakes of the package's own small interfaces (containerAPI, dockerAPI,
-// prober, registry, etcdAPI, healthView). Docker's APIClient and etcd's KV
+// prober, pool, registry, etcdAPI, healthView). Docker's APIClient and etcd's KV
 // are never faked: containers/ and store/ are tested against the real
 // thing in integration/.
 
@@ -53,6 +53,7 @@ type fakeDocker struct {
 	creates []containers.CreateSpec
 	starts  []string
 	stops   []string
+	graces  []time.Duration // the grace of each Stop call
 	removes []string
 
 	events chan containers.Event // what Events streams
@@ -184,10 +185,11 @@ func (f *fakeDocker) Start(_ context.Context, id string) error {
 	return nil
 }
 
-func (f *fakeDocker) Stop(_ context.Context, id string, _ time.Duration) error {
+func (f *fakeDocker) Stop(_ context.Context, id string, grace time.Duration) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.stops = append(f.stops, id)
+	f.graces = append(f.graces, grace)
 	fc, ok := f.byID[id]
 	if !ok {
 		return errFakeNotFound
@@ -252,7 +254,26 @@ func (f *fakeDocker) passes() []time.Time {
 func (f *fakeDocker) resetCalls() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.networks, f.creates, f.starts, f.stops, f.removes = nil, nil, nil, nil, nil
+	f.networks, f.creates, f.starts, f.stops, f.graces, f.removes = nil, nil, nil, nil, nil, nil
+}
+
+// dockerCalls is a copy of the mutating calls recorded since resetCalls.
+type dockerCalls struct {
+	creates                []containers.CreateSpec
+	starts, stops, removes []string
+	graces                 []time.Duration // per Stop call
+}
+
+// recorded returns the mutating calls made since resetCalls; safe while
+// drains run.
+func (f *fakeDocker) recorded() dockerCalls {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return dockerCalls{
+		creates: slices.Clone(f.creates),
+		starts:  slices.Clone(f.starts), stops: slices.Clone(f.stops), removes: slices.Clone(f.removes),
+		graces: slices.Clone(f.graces),
+	}
 }
 
 // calls returns how many mutating calls were made since resetCalls.
@@ -316,10 +337,11 @@ func (f *fakeDocker) drop(id string) {
 // fakeProber records what the Reconciler reports; State answers what the
 // test set.
 type fakeProber struct {
-	mu     sync.Mutex
-	syncs  [][]Target
-	dead   []string
-	states map[string]string
+	mu      sync.Mutex
+	syncs   [][]Target
+	dead    []string // Dead calls
+	retired []string // Retire calls
+	states  map[string]string
 	// tombstones are what IsDead reports; set by the test, not by Dead.
 	tombstones map[string]bool
 }
@@ -340,6 +362,12 @@ func (p *fakeProber) Dead(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.dead = append(p.dead, id)
+}
+
+func (p *fakeProber) Retire(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.retired = append(p.retired, id)
 }
 
 func (p *fakeProber) IsDead(id string) bool {
@@ -382,10 +410,100 @@ func (p *fakeProber) deadIDs() []string {
 	return slices.Clone(p.dead)
 }
 
+func (p *fakeProber) retiredIDs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.retired)
+}
+
 func (p *fakeProber) resetCalls() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.syncs, p.dead = nil, nil
+	p.syncs, p.dead, p.retired = nil, nil, nil
+}
+
+// --- pool ---
+
+// poolWait is one WaitServes call.
+type poolWait struct {
+	service, addr string
+	want          bool
+}
+
+// fakePool is the renderer as the Reconciler asks it: which addresses
+// nginx serves, per service, as the test sets them. WaitServes blocks
+// until the test sets the address to the wanted state, or ctx ends.
+// Create it inside a synctest bubble when the test waits on drains, so a
+// blocked WaitServes counts as durably blocked.
+type fakePool struct {
+	mu      sync.Mutex
+	served  map[poolWait]bool // by service and addr; want unused
+	changed chan struct{}     // closed and replaced on every set
+	waits   []poolWait        // every WaitServes call
+	active  map[poolWait]int  // WaitServes calls in progress
+}
+
+var _ pool = (*fakePool)(nil)
+
+func newFakePool() *fakePool {
+	return &fakePool{served: map[poolWait]bool{}, changed: make(chan struct{}), active: map[poolWait]int{}}
+}
+
+func (p *fakePool) Serves(service, addr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.served[poolWait{service: service, addr: addr}]
+}
+
+func (p *fakePool) WaitServes(ctx context.Context, service, addr string, want bool) error {
+	w := poolWait{service: service, addr: addr, want: want}
+	p.mu.Lock()
+	p.waits = append(p.waits, w)
+	p.active[w]++
+	defer func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.active[w]--; p.active[w] == 0 {
+			delete(p.active, w)
+		}
+	}()
+	for p.served[poolWait{service: service, addr: addr}] != want {
+		changed := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// set makes nginx serve addr, or stop serving it, and wakes the waiters.
+func (p *fakePool) set(service, addr string, served bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.served[poolWait{service: service, addr: addr}] = served
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// waiting returns the WaitServes calls in progress, by address.
+func (p *fakePool) waiting() []poolWait {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := slices.Collect(maps.Keys(p.active))
+	sort.Slice(out, func(i, j int) bool { return out[i].addr < out[j].addr })
+	return out
+}
+
+// allWaits returns every WaitServes call made.
+func (p *fakePool) allWaits() []poolWait {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.waits)
 }
 
 // --- registry / etcdAPI ---

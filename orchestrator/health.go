@@ -174,7 +174,12 @@ func (h *Health) Sync(ctx context.Context, targets []Target) {
 
 // Dead stops probing a container that died and drops it at once. Later
 // Syncs ignore it until Revive, even if a stale listing still shows it.
-func (h *Health) Dead(id string) {
+func (h *Health) Dead(id string) { h.drop(id, "backend died; deregistering") }
+
+// Retire drops a backend that is being drained, as Dead does.
+func (h *Health) Retire(id string) { h.drop(id, "backend retired; deregistering before it is drained") }
+
+func (h *Health) drop(id, msg string) {
 	h.mu.Lock()
 	h.dead[id] = true
 	p, ok := h.targets[id]
@@ -187,7 +192,7 @@ func (h *Health) Dead(id string) {
 		return
 	}
 	h.log.Info().Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
-		Str("was", p.state.String()).Msg("backend died; deregistering")
+		Str("was", p.state.String()).Msg(msg)
 	h.cfg.OnChange()
 }
 
@@ -252,6 +257,7 @@ func (h *Health) run(ctx context.Context, p *probed) {
 			return
 		case <-timer.C:
 		}
+		started := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 		err := probe(pctx, p.t.Addr)
 		cancel()
@@ -261,24 +267,31 @@ func (h *Health) run(ctx context.Context, p *probed) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer within %s", spec.Timeout)
 		}
-		state := h.record(p, err)
-		// While pending, probe again soon (doubling up to the interval) so a
-		// new backend gets traffic as soon as it answers.
-		next := spec.Interval
-		if state == statePending {
-			next = min(fast, spec.Interval)
+		state, fails := h.record(p, err)
+		// Probes start on a cadence, however long each takes.
+		period := spec.Interval
+		switch {
+		case state == statePending:
+			// Probe again soon (doubling up to the interval) so a new
+			// backend gets traffic as soon as it answers.
+			period = min(fast, spec.Interval)
 			fast *= 2
+		case state == stateHealthy && fails > 0:
+			// A healthy backend just failed: confirm sooner, so that a hung
+			// one leaves the pool within interval × fall.
+			period = spec.Interval / time.Duration(spec.Fall)
 		}
-		timer.Reset(next)
+		timer.Reset(max(0, period-time.Since(started)))
 	}
 }
 
-// record applies one probe result and reports the state after it.
-func (h *Health) record(p *probed, err error) healthState {
+// record applies one probe result and reports the state after it and the
+// consecutive failures so far.
+func (h *Health) record(p *probed, err error) (healthState, int) {
 	h.mu.Lock()
 	if h.targets[p.t.ID] != p { // removed while probing
 		h.mu.Unlock()
-		return stateUnhealthy
+		return stateUnhealthy, 0
 	}
 	from := p.state
 	if err == nil {
@@ -301,13 +314,13 @@ func (h *Health) record(p *probed, err error) healthState {
 			p.state = stateUnhealthy
 		}
 	}
-	to := p.state
+	to, fails := p.state, p.fails
 	if from != to {
 		p.since = time.Now()
 	}
 	h.mu.Unlock()
 	if from == to {
-		return to
+		return to, fails
 	}
 	ev := h.log.Info()
 	if to == stateUnhealthy {
@@ -316,5 +329,5 @@ func (h *Health) record(p *probed, err error) healthState {
 	ev.Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
 		Str("from", from.String()).Str("to", to.String()).Msg("backend health changed")
 	h.cfg.OnChange()
-	return to
+	return to, fails
 }

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -131,7 +132,13 @@ func TestHealthStateMachine(t *testing.T) {
 				wantChanges := 0
 				for i := range tt.script {
 					if i > 0 {
-						advance(tg.Health.Interval)
+						// After a failure of a healthy backend the next probe
+						// comes after interval/fall, to confirm it sooner.
+						period := tg.Health.Interval
+						if tt.script[i-1] == 'F' && tt.want[i-1] == 'h' {
+							period /= time.Duration(tt.fall)
+						}
+						advance(period)
 					}
 					if got := l.count(tg.Addr); got != i+1 {
 						t.Fatalf("after probe %d: %d probes made, want %d", i, got, i+1)
@@ -282,10 +289,13 @@ func TestHealthOneProbeInFlight(t *testing.T) {
 	})
 }
 
+// TestHealthDead covers Dead and Retire (a backend being drained), which
+// drop a backend the same way.
 func TestHealthDead(t *testing.T) {
 	tests := []struct {
 		name        string
 		pass        bool // the backend's probes pass
+		retire      bool // Retire instead of Dead
 		deadID      string
 		wantChanges int32 // OnChange calls caused by Dead
 		wantGone    bool
@@ -293,6 +303,8 @@ func TestHealthDead(t *testing.T) {
 		{name: "healthy backend is dropped at once", pass: true, deadID: "b1", wantChanges: 1, wantGone: true},
 		{name: "pending backend is dropped at once", pass: false, deadID: "b1", wantChanges: 1, wantGone: true},
 		{name: "unknown container changes nothing", pass: true, deadID: "nosuch", wantChanges: 0, wantGone: false},
+		{name: "retired healthy backend is dropped at once", pass: true, retire: true, deadID: "b1", wantChanges: 1, wantGone: true},
+		{name: "retired pending backend is dropped at once", pass: false, retire: true, deadID: "b1", wantChanges: 1, wantGone: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -311,9 +323,16 @@ func TestHealthDead(t *testing.T) {
 				synctest.Wait()
 				before := changes.Load()
 
-				h.Dead(tt.deadID) // no Wait: the drop must be synchronous
+				if tt.retire { // no Wait: the drop must be synchronous
+					h.Retire(tt.deadID)
+				} else {
+					h.Dead(tt.deadID)
+				}
 				if got := changes.Load() - before; got != tt.wantChanges {
-					t.Errorf("OnChange called %d times by Dead, want %d", got, tt.wantChanges)
+					t.Errorf("OnChange called %d times, want %d", got, tt.wantChanges)
+				}
+				if !h.IsDead(tt.deadID) {
+					t.Errorf("IsDead = false, want true: a stale listing must not bring it back")
 				}
 				_, probed := h.State(tg.ID)
 				healthy, pending := h.Snapshot()
@@ -441,4 +460,45 @@ func TestHealthDeadIsNotResurrected(t *testing.T) {
 			t.Errorf("after Revive and Sync: state %q probed=%v, want healthy, true", st, probed)
 		}
 	})
+}
+
+// TestHealthHungBackendLeavesInTime: a healthy backend that stops answering
+// (each probe runs into its timeout) is unhealthy within
+// interval + (fall-1)·max(interval/fall, timeout) + timeout after it hung:
+// after a first failure the next probes come every interval/fall. With the
+// defaults (2 s, 1 s, fall 2) that is 4 s, under interval × fall + 300 ms.
+func TestHealthHungBackendLeavesInTime(t *testing.T) {
+	for _, fall := range []int{1, 2, 3} {
+		t.Run(fmt.Sprintf("fall=%d", fall), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				var hung atomic.Bool
+				l := newProbeLog(func(pctx context.Context, _ string, _ int) error {
+					if hung.Load() {
+						<-pctx.Done() // hangs until the probe's timeout
+						return pctx.Err()
+					}
+					return nil
+				})
+				h, _ := newTestHealth(l)
+				tg := testTarget("b1", "10.0.0.1:80", 2, fall)
+				h.Sync(ctx, []Target{tg})
+				synctest.Wait()
+				if got := stateOf(t, h, tg.ID); got != "healthy" {
+					t.Fatalf("state %s after the first probe, want healthy", got)
+				}
+				hung.Store(true) // just after a passing probe: the worst case
+				start := time.Now()
+				for stateOf(t, h, tg.ID) == "healthy" {
+					advance(10 * time.Millisecond)
+				}
+				hs := tg.Health
+				limit := hs.Interval + time.Duration(fall-1)*max(hs.Interval/time.Duration(fall), hs.Timeout) + hs.Timeout
+				if took := time.Since(start); took > limit {
+					t.Errorf("unhealthy %s after the hang, want at most %s", took, limit)
+				}
+			})
+		})
+	}
 }

@@ -46,6 +46,15 @@ type Config struct {
 	Resync time.Duration
 	// OnProxyChange is called after the proxy was (re)created.
 	OnProxyChange func()
+	// Pool tells which backends nginx serves (the renderer): drains wait for
+	// nginx to stop sending to a backend, rolling updates for it to serve
+	// the new one. Nil: not waited for.
+	Pool pool
+	// DrainTimeout bounds a drain's wait for nginx; zero means 10 s.
+	DrainTimeout time.Duration
+	// ReadyTimeout bounds how long Ready waits for the first probes of the
+	// backends found at start; zero means 5 s.
+	ReadyTimeout time.Duration
 	// NewProber overrides the HTTP prober (tests).
 	NewProber func(HealthSpec) Prober
 	Logger    zerolog.Logger
@@ -60,6 +69,8 @@ type Orchestrator struct {
 	health     *Health
 	registrar  *Registrar
 	wake       chan struct{}
+	healthy    chan struct{} // a backend's health changed
+	ready      chan struct{} // closed once etcd reflects this node's backends
 }
 
 // New wires an Orchestrator.
@@ -67,7 +78,11 @@ func New(cfg Config) *Orchestrator {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
 	}
-	o := &Orchestrator{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1)}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 5 * time.Second
+	}
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger, wake: make(chan struct{}, 1),
+		healthy: make(chan struct{}, 1), ready: make(chan struct{})}
 	services := make([]string, 0, len(cfg.Spec.Services))
 	for _, s := range cfg.Spec.Services {
 		services = append(services, s.Name)
@@ -82,8 +97,14 @@ func New(cfg Config) *Orchestrator {
 	})
 	o.health = NewHealth(HealthConfig{
 		NewProber: cfg.NewProber,
-		OnChange:  o.registrar.Trigger,
-		Logger:    cfg.Logger.With().Str("component", "health").Logger(),
+		OnChange: func() {
+			o.registrar.Trigger()
+			select {
+			case o.healthy <- struct{}{}:
+			default:
+			}
+		},
+		Logger: cfg.Logger.With().Str("component", "health").Logger(),
 	})
 	o.registrar.cfg.Health = o.health
 	o.reconciler = NewReconciler(ReconcilerConfig{
@@ -92,6 +113,9 @@ func New(cfg Config) *Orchestrator {
 		Health:        o.health,
 		Replicas:      o.replicaOverrides,
 		OnProxyChange: cfg.OnProxyChange,
+		Pool:          cfg.Pool,
+		DrainTimeout:  cfg.DrainTimeout,
+		Wake:          o.Wake,
 		Logger:        cfg.Logger.With().Str("component", "reconcile").Logger(),
 	})
 	return o
@@ -105,8 +129,33 @@ func (o *Orchestrator) Wake() {
 	}
 }
 
-// ProxyID returns the running proxy's container ID, for the renderer.
-func (o *Orchestrator) ProxyID() string { return o.reconciler.ProxyID() }
+// Ready is closed once etcd reflects this node's backends: the first pass
+// ran, the backends it found had their first probe (or ReadyTimeout
+// passed), and the registrar synced. Until then the registrations in etcd
+// may be those of a previous daemon, or none after it revoked its lease:
+// rendering them could empty nginx's pools.
+func (o *Orchestrator) Ready() <-chan struct{} { return o.ready }
+
+// HealthyBackends returns how many backends of service this daemon finds
+// healthy.
+func (o *Orchestrator) HealthyBackends(service string) int {
+	healthy, _ := o.health.Snapshot()
+	n := 0
+	for _, t := range healthy {
+		if t.Service == service {
+			n++
+		}
+	}
+	return n
+}
+
+// Backends returns the probed backends that are healthy and those pending
+// their first probe, for metrics.
+func (o *Orchestrator) Backends() (healthy, pending []Target) { return o.health.Snapshot() }
+
+// Proxy returns the running proxy, for the renderer; its ID is empty when
+// there is none.
+func (o *Orchestrator) Proxy() Proxy { return o.reconciler.Proxy() }
 
 // Start runs every part until ctx ends. The registrar starts after the
 // first reconcile pass, so that backends adopted after a restart are
@@ -114,7 +163,11 @@ func (o *Orchestrator) ProxyID() string { return o.reconciler.ProxyID() }
 func (o *Orchestrator) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})
-	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
+	g.Go(func() error {
+		err := o.reconcileLoop(ctx, firstPass)
+		o.reconciler.WaitDrains() // they end with ctx
+		return err
+	})
 	g.Go(func() error { return o.watchEvents(ctx) })
 	g.Go(func() error {
 		return o.cfg.Store.WatchPrefix(ctx, OverridesPrefix(o.cfg.Spec.Project), o.Wake)
@@ -128,7 +181,52 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 		o.registrar.Trigger()
 		return o.registrar.Start(ctx)
 	})
+	g.Go(func() error { return o.becomeReady(ctx, firstPass) })
 	return g.Wait()
+}
+
+// becomeReady closes ready once the first pass ran, the backends it found
+// were probed once and the registrar synced.
+func (o *Orchestrator) becomeReady(ctx context.Context, firstPass <-chan struct{}) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-firstPass:
+	}
+	deadline := time.NewTimer(o.cfg.ReadyTimeout)
+	defer deadline.Stop()
+wait:
+	for {
+		if _, pending := o.health.Snapshot(); len(pending) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-deadline.C:
+			o.log.Warn().Dur("after", o.cfg.ReadyTimeout).Msg("some backends still await their first probe; going ahead")
+			break wait
+		case <-o.healthy:
+		}
+	}
+	bo := newBackOff(200*time.Millisecond, 5*time.Second)
+	for {
+		err := o.registrar.Flush(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(bo.NextBackOff()):
+		}
+	}
+	o.log.Info().Msg("ready: etcd holds this node's healthy backends")
+	close(o.ready)
+	return nil
 }
 
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
@@ -216,8 +314,15 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 		}
 		o.Wake()
 	case "start":
-		if ev.Role == containers.RoleBackend {
+		switch ev.Role {
+		case containers.RoleBackend:
 			o.health.Revive(ev.ID) // restarted by the engine or by hand
+		case containers.RoleProxy:
+			// Restarted in place (restart policy): its dynamic pools start
+			// from the file it keeps; make the renderer verify everything.
+			if o.cfg.OnProxyChange != nil {
+				o.cfg.OnProxyChange()
+			}
 		}
 		o.Wake()
 	case "create", "pause", "unpause", "oom", "rename", "update":

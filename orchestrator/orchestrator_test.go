@@ -182,8 +182,8 @@ func TestOrchestratorStart(t *testing.T) {
 		if len(keys) != 3 {
 			t.Fatalf("registered %v, want the 3 backends", keys)
 		}
-		if o.ProxyID() == "" {
-			t.Errorf("ProxyID empty after the first pass")
+		if o.Proxy().ID == "" {
+			t.Errorf("Proxy().ID empty after the first pass")
 		}
 
 		// A backend dies: deregistered and replaced.

@@ -35,6 +35,7 @@ var _ containerAPI = (*containers.Client)(nil)
 type prober interface {
 	Sync(ctx context.Context, targets []Target)
 	Dead(id string)
+	Retire(id string)
 	IsDead(id string) bool
 	Revive(id string)
 	State(id string) (string, bool)
@@ -61,7 +62,22 @@ type ReconcilerConfig struct {
 	Replicas func(ctx context.Context) (map[string]int, error)
 	// OnProxyChange is called after the proxy container was (re)created.
 	OnProxyChange func()
-	Logger        zerolog.Logger
+	// Pool tells which backends nginx serves (the renderer); nil means
+	// unknown: drains do not wait and new backends count as served once
+	// healthy.
+	Pool pool
+	// DrainTimeout bounds the wait for nginx to stop sending to a draining
+	// backend; zero means 10 s.
+	DrainTimeout time.Duration
+	// Wake asks for another pass (after a drain ended).
+	Wake   func()
+	Logger zerolog.Logger
+}
+
+// pool tells which backends nginx serves; render.Controller implements it.
+type pool interface {
+	Serves(service, addr string) bool
+	WaitServes(ctx context.Context, service, addr string, want bool) error
 }
 
 // Reconciler makes the containers match the spec. Reconcile is idempotent:
@@ -71,7 +87,9 @@ type Reconciler struct {
 	log zerolog.Logger
 
 	mu            sync.Mutex
-	proxyID       string
+	proxy         Proxy
+	draining      map[string]bool // container IDs being drained
+	drains        sync.WaitGroup
 	lastOverrides map[string]int
 	overridesErr  bool
 }
@@ -81,21 +99,96 @@ func NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	if cfg.OnProxyChange == nil {
 		cfg.OnProxyChange = func() {}
 	}
-	return &Reconciler{cfg: cfg, log: cfg.Logger}
+	if cfg.Wake == nil {
+		cfg.Wake = func() {}
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = 10 * time.Second
+	}
+	return &Reconciler{cfg: cfg, log: cfg.Logger, draining: map[string]bool{}}
 }
 
-// ProxyID returns the running proxy container seen by the last pass.
-func (r *Reconciler) ProxyID() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.proxyID
+// Proxy is the running proxy container as the last pass saw it.
+type Proxy struct {
+	ID string
+	IP string // on the spec's network
 }
 
-func (r *Reconciler) setProxyID(id string) {
+// Proxy returns the running proxy seen by the last pass; ID is empty when
+// there is none.
+func (r *Reconciler) Proxy() Proxy {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.proxyID = id
+	return r.proxy
 }
+
+func (r *Reconciler) setProxy(p Proxy) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.proxy = p
+}
+
+func (r *Reconciler) isDraining(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.draining[id]
+}
+
+// drain takes a backend out of service gracefully, in the background:
+// deregister it at once, wait until nginx no longer sends to it (the
+// renderer confirms the pool without it is live), then stop it with its
+// grace period, so its in-flight requests finish, and remove it. A daemon
+// stopping meanwhile leaves it running; the next daemon adopts it.
+func (r *Reconciler) drain(ctx context.Context, c containers.Container, svc ServiceSpec, reason string) {
+	r.mu.Lock()
+	if r.draining[c.ID] {
+		r.mu.Unlock()
+		return
+	}
+	r.draining[c.ID] = true
+	r.mu.Unlock()
+	log := r.log.With().Str("service", svc.Name).Str("container", c.Name).Logger()
+	log.Info().Str("reason", reason).Msg("draining backend")
+	r.cfg.Health.Retire(c.ID)
+	addr := ""
+	if ip := c.IPs[r.cfg.Spec.Network]; ip != "" {
+		addr = net.JoinHostPort(ip, strconv.Itoa(svc.Port))
+	}
+	r.drains.Add(1)
+	go func() {
+		defer r.drains.Done()
+		defer func() {
+			r.mu.Lock()
+			delete(r.draining, c.ID)
+			r.mu.Unlock()
+			r.cfg.Wake()
+		}()
+		start := time.Now()
+		if addr != "" && r.cfg.Pool != nil {
+			wctx, cancel := context.WithTimeout(ctx, r.cfg.DrainTimeout)
+			err := r.cfg.Pool.WaitServes(wctx, svc.Name, addr, false)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				log.Warn().Err(err).Msg("nginx did not confirm it stopped sending to the backend; stopping it anyway")
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		err := errors.Join(r.cfg.Docker.Stop(ctx, c.ID, svc.StopGrace), r.cfg.Docker.Remove(ctx, c.ID))
+		if err != nil {
+			log.Error().Err(err).Msg("drained backend not removed; the next pass retries")
+			return
+		}
+		log.Info().Dur("took", time.Since(start)).Msg("backend drained and removed")
+	}()
+}
+
+// WaitDrains waits for the drains in progress to end (tests, shutdown).
+func (r *Reconciler) WaitDrains() { r.drains.Wait() }
 
 // Names of the singleton containers.
 func dataName(project string) string  { return project + "-data" }
@@ -142,11 +235,18 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Result, error) {
 	}
 	for name, cs := range backends { // services no longer in the spec
 		for _, c := range cs {
-			r.log.Info().Str("service", name).Str("container", c.Name).Msg("removing backend of a service no longer in the spec")
-			r.cfg.Health.Dead(c.ID)
-			if err := r.cfg.Docker.Remove(ctx, c.ID); err != nil {
-				errs = append(errs, err)
+			if r.isDraining(c.ID) {
+				continue
 			}
+			if c.State != containers.StateRunning && c.State != containers.StatePaused {
+				r.cfg.Health.Dead(c.ID)
+				if err := r.cfg.Docker.Remove(ctx, c.ID); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			port, _ := strconv.Atoi(c.Labels[containers.LabelPort])
+			r.drain(ctx, c, ServiceSpec{Name: name, Port: port, StopGrace: 10 * time.Second}, "service no longer in the spec")
 		}
 	}
 	r.cfg.Health.Sync(ctx, targets)
@@ -199,6 +299,7 @@ func (r *Reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 			containers.LabelProject: spec.Project,
 			containers.LabelService: svc.Name,
 			containers.LabelRole:    string(containers.RoleBackend),
+			containers.LabelPort:    strconv.Itoa(svc.Port),
 		},
 		Network:     spec.Network,
 		Aliases:     []string{svc.Name},
@@ -213,14 +314,20 @@ func (r *Reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 }
 
 // reconcileService brings one service to n running, up-to-date backends and
-// returns the probe targets of its running ones.
+// returns the probe targets of its running ones. Backends leave the pool
+// gracefully (drain) when scaled down or replaced by a rolling update;
+// dead ones are replaced at once.
 func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n int, have []containers.Container) (targets []Target, requeue bool, err error) {
 	want := r.backendSpec(svc)
 	hash := want.Labels[containers.LabelSpec]
 	log := r.log.With().Str("service", svc.Name).Logger()
 	var errs []error
-	var alive []containers.Container
+	var upToDate, outdated []containers.Container
 	for _, c := range have {
+		if r.isDraining(c.ID) {
+			requeue = true // the drain wakes us when done
+			continue
+		}
 		if r.cfg.Health.IsDead(c.ID) && c.State != containers.StateExited && c.State != containers.StateDead {
 			// Its "die" event came before the listing caught up: ask the
 			// engine directly (inspect waits for the exit to be recorded).
@@ -239,18 +346,6 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 		}
 		switch c.State {
 		case containers.StateRunning, containers.StatePaused, containers.StateRestarting:
-			if c.SpecHash != hash {
-				log.Info().Str("container", c.Name).Msg("backend was created from an older spec; replacing")
-				r.cfg.Health.Dead(c.ID)
-				if err := r.cfg.Docker.Stop(ctx, c.ID, svc.StopGrace); err != nil {
-					errs = append(errs, err)
-				}
-				if err := r.cfg.Docker.Remove(ctx, c.ID); err != nil {
-					errs = append(errs, err)
-				}
-				continue
-			}
-			alive = append(alive, c)
 		case containers.StateCreated:
 			// Created but never started (a pass was interrupted): start it,
 			// and count it, or a spare would be created beside it.
@@ -259,47 +354,77 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 				requeue = true
 				continue
 			}
-			alive = append(alive, c) // still "created" here: no probe target yet
-			requeue = true           // its IP is known on the next pass
+			requeue = true // its IP is known on the next pass
 		case containers.StateRemoving:
 			requeue = true
+			continue
 		default: // exited, dead
 			log.Warn().Str("container", c.Name).Str("state", c.State).Msg("backend is not running; replacing it")
 			r.cfg.Health.Dead(c.ID)
 			if err := r.cfg.Docker.Remove(ctx, c.ID); err != nil {
 				errs = append(errs, err)
 			}
+			continue
+		}
+		if c.SpecHash == hash {
+			upToDate = append(upToDate, c)
+		} else {
+			outdated = append(outdated, c)
 		}
 	}
 
-	if len(alive) > n {
-		// Remove the extras: unhealthy first, then the newest.
-		sort.SliceStable(alive, func(i, j int) bool {
-			hi, hj := r.healthRank(alive[i].ID), r.healthRank(alive[j].ID)
-			if hi != hj {
-				return hi < hj
+	create := 0
+	if len(outdated) == 0 {
+		switch {
+		case len(upToDate) > n:
+			// Scale down: drain the extras, unhealthy first, then the newest.
+			r.rankForRemoval(upToDate)
+			for _, c := range upToDate[:len(upToDate)-n] {
+				r.drain(ctx, c, svc, fmt.Sprintf("scaling down to %d", n))
 			}
-			return alive[i].Created.After(alive[j].Created)
-		})
-		extras := alive[:len(alive)-n]
-		alive = alive[len(alive)-n:]
-		for _, c := range extras {
-			log.Info().Str("container", c.Name).Int("replicas", n).Msg("scaling down: removing backend")
-			r.cfg.Health.Dead(c.ID)
-			if err := r.cfg.Docker.Stop(ctx, c.ID, svc.StopGrace); err != nil {
-				errs = append(errs, err)
+			upToDate = upToDate[len(upToDate)-n:]
+		case len(upToDate) < n:
+			create = n - len(upToDate)
+		}
+	} else {
+		// Rolling update, one backend at a time: start a new one, wait until
+		// it is healthy and nginx serves it, then drain an old one. The
+		// pool never has fewer than n serving backends.
+		requeue = true
+		total := len(upToDate) + len(outdated)
+		waiting := ""
+		for _, c := range upToDate {
+			if !r.ready(svc, c) {
+				waiting = c.Name
 			}
-			if err := r.cfg.Docker.Remove(ctx, c.ID); err != nil {
-				errs = append(errs, err)
+		}
+		switch {
+		case total < n: // some died meanwhile: replace them at once
+			create = n - total
+		case waiting != "":
+			log.Debug().Str("container", waiting).Msg("rolling update: waiting for the new backend to be healthy and served")
+		case total <= n && len(upToDate) < n:
+			create = 1
+			log.Info().Int("outdated", len(outdated)).Msg("rolling update: starting a new backend")
+		default: // a new one is serving: one old one can go
+			r.rankForRemoval(outdated)
+			drainN := 1
+			if len(upToDate) >= n {
+				drainN = len(outdated) // the old ones are all surplus now
 			}
+			for _, c := range outdated[:drainN] {
+				r.drain(ctx, c, svc, "rolling update: replaced by a backend of the new spec")
+			}
+			outdated = outdated[drainN:]
 		}
 	}
 
-	if missing := n - len(alive); missing > 0 {
+	alive := append(upToDate, outdated...)
+	if create > 0 {
 		if err := r.cfg.Docker.EnsureImage(ctx, svc.Image); err != nil {
-			return targetsOf(svc, r.cfg.Spec.Network, alive), false, errors.Join(append(errs, err)...)
+			return targetsOf(svc, r.cfg.Spec.Network, alive), requeue, errors.Join(append(errs, err)...)
 		}
-		for i := 0; i < missing; i++ {
+		for i := 0; i < create; i++ {
 			c, err := r.createBackend(ctx, want, svc)
 			if err != nil {
 				errs = append(errs, err)
@@ -310,6 +435,31 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 		}
 	}
 	return targetsOf(svc, r.cfg.Spec.Network, alive), requeue, errors.Join(errs...)
+}
+
+// ready reports whether a backend is healthy and, when a pool is known,
+// served by nginx: a rolling update waits for it before draining an old one.
+func (r *Reconciler) ready(svc ServiceSpec, c containers.Container) bool {
+	if s, _ := r.cfg.Health.State(c.ID); s != "healthy" {
+		return false
+	}
+	if r.cfg.Pool == nil {
+		return true
+	}
+	ip := c.IPs[r.cfg.Spec.Network]
+	return ip != "" && r.cfg.Pool.Serves(svc.Name, net.JoinHostPort(ip, strconv.Itoa(svc.Port)))
+}
+
+// rankForRemoval sorts backends so that the first are the ones to remove:
+// unhealthy, then pending, then healthy; the newest first among equals.
+func (r *Reconciler) rankForRemoval(cs []containers.Container) {
+	sort.SliceStable(cs, func(i, j int) bool {
+		hi, hj := r.healthRank(cs[i].ID), r.healthRank(cs[j].ID)
+		if hi != hj {
+			return hi < hj
+		}
+		return cs[i].Created.After(cs[j].Created)
+	})
 }
 
 // healthRank orders backends for removal: unhealthy, pending, then healthy.
@@ -456,33 +606,43 @@ func (r *Reconciler) reconcileProxy(ctx context.Context, data, proxies []contain
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		r.setProxyID("")
+		r.setProxy(Proxy{})
 		return fmt.Errorf("proxy: %w", err)
 	}
 	created := false
 	if current.ID == "" {
 		if err := r.cfg.Docker.EnsureImage(ctx, want.Image); err != nil {
-			r.setProxyID("")
+			r.setProxy(Proxy{})
 			return fmt.Errorf("proxy: %w", err)
 		}
 		c, err := r.cfg.Docker.Create(ctx, want)
 		if err != nil {
-			r.setProxyID("")
+			r.setProxy(Proxy{})
 			return fmt.Errorf("proxy: %w", err)
 		}
 		current, created = c, true
 	}
 	if current.State != containers.StateRunning && current.State != containers.StateRestarting {
 		if err := r.cfg.Docker.Start(ctx, current.ID); err != nil {
-			r.setProxyID("")
+			r.setProxy(Proxy{})
 			return fmt.Errorf("proxy: %w", err)
 		}
 		r.log.Info().Str("container", current.Name).Str("publish", r.cfg.Spec.Proxy.Publish).Msg("proxy started")
 		created = true
 	}
-	prev := r.ProxyID()
-	r.setProxyID(current.ID)
-	if created || prev != current.ID {
+	ip := current.IPs[r.cfg.Spec.Network]
+	if ip == "" { // just started: the listing predates its address
+		fresh, err := r.cfg.Docker.Inspect(ctx, current.ID)
+		if err != nil {
+			r.setProxy(Proxy{})
+			return fmt.Errorf("proxy: %w", err)
+		}
+		ip = fresh.IPs[r.cfg.Spec.Network]
+	}
+	prev := r.Proxy()
+	next := Proxy{ID: current.ID, IP: ip}
+	r.setProxy(next)
+	if created || prev != next {
 		r.cfg.OnProxyChange()
 	}
 	return nil

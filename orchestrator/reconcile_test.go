@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -32,17 +34,21 @@ func testSpec() Spec {
 	}
 }
 
-// recEnv is a Reconciler over a fake engine and a fake prober, with replica
-// overrides and proxy changes under the test's control.
+// recEnv is a Reconciler over a fake engine, a fake prober and, when pool
+// is set, a fake nginx pool, with replica overrides, proxy changes and
+// wakes under the test's control.
 type recEnv struct {
-	docker *fakeDocker
-	prober *fakeProber
-	rec    *Reconciler
+	docker       *fakeDocker
+	prober       *fakeProber
+	pool         *fakePool // nil: the Reconciler has no Pool
+	drainTimeout time.Duration
+	rec          *Reconciler
 
 	mu           sync.Mutex
 	overrides    map[string]int
 	overridesErr error
 	proxyChanges int
+	wakes        int
 }
 
 func newRecEnv(spec Spec) *recEnv {
@@ -51,13 +57,32 @@ func newRecEnv(spec Spec) *recEnv {
 	return e
 }
 
+// newPoolEnv is newRecEnv with a fake pool; drainTimeout zero means the
+// Reconciler's default. Call it inside the synctest bubble.
+func newPoolEnv(spec Spec, drainTimeout time.Duration) *recEnv {
+	e := &recEnv{docker: newFakeDocker(), prober: newFakeProber(), pool: newFakePool(), drainTimeout: drainTimeout}
+	e.setSpec(spec)
+	return e
+}
+
 // setSpec replaces the Reconciler with one for spec, as a daemon restarted
-// with an edited spec file would be; the engine stays.
+// with an edited spec file would be; the engine and the pool stay.
 func (e *recEnv) setSpec(spec Spec) {
+	var p pool
+	if e.pool != nil { // not a typed nil in the interface
+		p = e.pool
+	}
 	e.rec = NewReconciler(ReconcilerConfig{
-		Spec:   spec,
-		Docker: e.docker,
-		Health: e.prober,
+		Spec:         spec,
+		Docker:       e.docker,
+		Health:       e.prober,
+		Pool:         p,
+		DrainTimeout: e.drainTimeout,
+		Wake: func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.wakes++
+		},
 		Replicas: func(context.Context) (map[string]int, error) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
@@ -82,6 +107,12 @@ func (e *recEnv) changes() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.proxyChanges
+}
+
+func (e *recEnv) wakeCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.wakes
 }
 
 func (e *recEnv) reconcile(t *testing.T) Result {
@@ -148,7 +179,7 @@ func checkConverged(t *testing.T, e *recEnv, replicas int) {
 	if got := e.docker.specOf(proxies[0].ID).VolumesFrom; !slices.Equal(got, []string{data[0].ID}) {
 		t.Errorf("proxy VolumesFrom %v, want [%s] (the data-volume container)", got, data[0].ID)
 	}
-	if got := e.rec.ProxyID(); got != proxies[0].ID {
+	if got := e.rec.Proxy().ID; got != proxies[0].ID {
 		t.Errorf("ProxyID %q, want %q", got, proxies[0].ID)
 	}
 }
@@ -238,14 +269,18 @@ func TestReconcileFromNothing(t *testing.T) {
 	}
 }
 
-// gone lists the containers a pass must take away, and how.
+// gone lists the containers a pass must take away, and how: dead ones are
+// reported Dead and removed at once, drained ones Retired, then stopped and
+// removed in the background.
 type gone struct {
-	dead, stopped, removed []string
+	dead, retired, stopped, removed []string
 }
 
 // TestReconcileChanges starts each case from a converged project, changes
-// something, runs one pass and checks exactly which calls it made; a
-// further pass must then do nothing.
+// something, runs one pass, waits for the drains it started (there is no
+// Pool here, so they do not wait for nginx) and checks exactly which calls
+// it made; a further pass must then do nothing. Spec changes are rolling
+// updates over several passes: TestReconcileRollingUpdate.
 func TestReconcileChanges(t *testing.T) {
 	backends := func(e *recEnv) []containers.Container { return e.docker.withRole(containers.RoleBackend, "apache") }
 	proxyID := func(e *recEnv) string { return e.docker.withRole(containers.RoleProxy, "")[0].ID }
@@ -321,7 +356,7 @@ func TestReconcileChanges(t *testing.T) {
 				}
 				e.setOverrides(map[string]int{"apache": 2}, nil)
 				g := []string{b[1].ID, b[3].ID, b[4].ID}
-				return gone{dead: g, stopped: g, removed: g}
+				return gone{retired: g, stopped: g, removed: g}
 			},
 			wantReplicas: 2,
 		},
@@ -337,35 +372,9 @@ func TestReconcileChanges(t *testing.T) {
 				}
 				e.setOverrides(map[string]int{"apache": 2}, nil)
 				g := []string{b[2].ID, b[3].ID, b[4].ID}
-				return gone{dead: g, stopped: g, removed: g}
+				return gone{retired: g, stopped: g, removed: g}
 			},
 			wantReplicas: 2,
-		},
-		{
-			name: "backend created from an older spec is replaced",
-			mutate: func(_ *testing.T, e *recEnv) gone {
-				id := backends(e)[2].ID
-				e.docker.edit(id, func(c *containers.Container) {
-					c.SpecHash = "0123456789ab"
-					c.Labels[containers.LabelSpec] = c.SpecHash
-				})
-				return gone{dead: []string{id}, stopped: []string{id}, removed: []string{id}}
-			},
-			wantCreated: map[containers.Role]int{containers.RoleBackend: 1},
-			wantStarts:  1,
-		},
-		{
-			name: "changed backend spec replaces every backend",
-			mutate: func(_ *testing.T, e *recEnv) gone {
-				spec := testSpec()
-				spec.Services[0].Env = []string{"A=2"}
-				e.setSpec(spec)
-				g := ids(backends(e))
-				return gone{dead: g, stopped: g, removed: g}
-			},
-			wantCreated: map[containers.Role]int{containers.RoleBackend: 3},
-			wantStarts:  3,
-			wantChanges: 1, // a new Reconciler has not seen the proxy yet
 		},
 		{
 			name: "created but never started backend is started and counted",
@@ -425,21 +434,14 @@ func TestReconcileChanges(t *testing.T) {
 			wantChanges: 1,
 		},
 		{
-			name: "backends of a service no longer in the spec are removed",
+			name: "backends of a service no longer in the spec are drained, exited ones removed at once",
 			mutate: func(_ *testing.T, e *recEnv) gone {
 				var g []string
 				for i := range 2 {
-					g = append(g, e.docker.add(containers.CreateSpec{
-						Name:  fmt.Sprintf("up-old-%d", i),
-						Image: "old:test",
-						Labels: map[string]string{
-							containers.LabelProject: "up", containers.LabelService: "old",
-							containers.LabelRole: string(containers.RoleBackend), containers.LabelSpec: "0123456789ab",
-						},
-						Network: "upnet",
-					}, containers.StateRunning))
+					g = append(g, addOldBackend(e, i, containers.StateRunning))
 				}
-				return gone{dead: g, removed: g}
+				exited := addOldBackend(e, 2, containers.StateExited)
+				return gone{dead: []string{exited}, retired: g, stopped: g, removed: append(g, exited)}
 			},
 		},
 	}
@@ -452,6 +454,7 @@ func TestReconcileChanges(t *testing.T) {
 
 			want := tt.mutate(t, e)
 			res := e.reconcile(t)
+			e.rec.WaitDrains()
 
 			if got := res.RequeueAfter > 0; got != tt.wantRequeue {
 				t.Errorf("requeue %v (%s), want %v", got, res.RequeueAfter, tt.wantRequeue)
@@ -477,6 +480,12 @@ func TestReconcileChanges(t *testing.T) {
 			if got := e.prober.deadIDs(); !sortedEqual(got, want.dead) {
 				t.Errorf("Health.Dead for %v, want %v", got, want.dead)
 			}
+			if got := e.prober.retiredIDs(); !sortedEqual(got, want.retired) {
+				t.Errorf("Health.Retire for %v, want %v", got, want.retired)
+			}
+			if got := e.wakeCount(); got != len(want.retired) {
+				t.Errorf("Wake called %d times, want %d (once per finished drain)", got, len(want.retired))
+			}
 			if got := e.changes() - changes; got != tt.wantChanges {
 				t.Errorf("OnProxyChange called %d times, want %d", got, tt.wantChanges)
 			}
@@ -486,16 +495,34 @@ func TestReconcileChanges(t *testing.T) {
 			}
 			checkConverged(t, e, replicas)
 
-			// Level-triggered: the next pass finds nothing to do.
+			// Level-triggered: once the drains ended, the next pass finds
+			// nothing to do.
 			e.resetCalls()
 			changes = e.changes()
-			e.reconcile(t)
-			if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || e.changes() != changes || len(e.prober.deadIDs()) != 0 {
-				t.Errorf("second pass made calls: %d creates, %d starts, %d stops, %d removes, %d proxy changes, dead %v; want none",
-					c, s, st, r, e.changes()-changes, e.prober.deadIDs())
+			res = e.reconcile(t)
+			e.rec.WaitDrains()
+			if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || e.changes() != changes ||
+				len(e.prober.deadIDs()) != 0 || len(e.prober.retiredIDs()) != 0 || res.RequeueAfter != 0 {
+				t.Errorf("second pass made calls: %d creates, %d starts, %d stops, %d removes, %d proxy changes, dead %v, retired %v, requeue %s; want none",
+					c, s, st, r, e.changes()-changes, e.prober.deadIDs(), e.prober.retiredIDs(), res.RequeueAfter)
 			}
 		})
 	}
+}
+
+// addOldBackend puts a backend of "old", a service not in testSpec, on the
+// engine: port 8080 (its io.upstreamd.port label) on upnet.
+func addOldBackend(e *recEnv, i int, state string) string {
+	return e.docker.add(containers.CreateSpec{
+		Name:  fmt.Sprintf("up-old-%d", i),
+		Image: "old:test",
+		Labels: map[string]string{
+			containers.LabelProject: "up", containers.LabelService: "old",
+			containers.LabelRole: string(containers.RoleBackend), containers.LabelSpec: "0123456789ab",
+			containers.LabelPort: "8080",
+		},
+		Network: "upnet",
+	}, state)
 }
 
 func TestReconcileReplicaOverrides(t *testing.T) {
@@ -522,6 +549,7 @@ func TestReconcileReplicaOverrides(t *testing.T) {
 			for i, r := range tt.reads {
 				e.setOverrides(r.ov, r.err)
 				e.reconcile(t)
+				e.rec.WaitDrains()
 				if got := len(running(e.docker.withRole(containers.RoleBackend, "apache"))); got != tt.want[i] {
 					t.Errorf("pass %d: %d running backends, want %d", i, got, tt.want[i])
 				}
@@ -561,4 +589,590 @@ func TestReconcileImageMissing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// addrOf is where nginx reaches a backend: its address on upnet.
+func addrOf(c containers.Container, port int) string {
+	return net.JoinHostPort(c.IPs["upnet"], strconv.Itoa(port))
+}
+
+// byAddr sorts pool waits by address, as fakePool.waiting does.
+func byAddr(ws []poolWait) []poolWait {
+	slices.SortFunc(ws, func(a, b poolWait) int { return strings.Compare(a.addr, b.addr) })
+	return ws
+}
+
+// convergeServing runs a pass, then marks every apache backend healthy
+// and, when there is a pool, served by nginx, as a running daemon would
+// find them; it forgets the calls made so far and returns the backends,
+// oldest first.
+func (e *recEnv) convergeServing(t *testing.T) []containers.Container {
+	t.Helper()
+	e.reconcile(t)
+	b := e.docker.withRole(containers.RoleBackend, "apache")
+	for _, c := range b {
+		e.prober.setState(c.ID, "healthy")
+		if e.pool != nil {
+			e.pool.set("apache", addrOf(c, 80), true)
+		}
+	}
+	e.resetCalls()
+	return b
+}
+
+// checkIdle runs one more pass and checks it found nothing to do.
+func (e *recEnv) checkIdle(t *testing.T, step string) {
+	t.Helper()
+	e.resetCalls()
+	res := e.reconcile(t)
+	synctest.Wait()
+	if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || len(e.prober.deadIDs()) != 0 || len(e.prober.retiredIDs()) != 0 || res.RequeueAfter != 0 {
+		t.Errorf("%s: pass made %d creates, %d starts, %d stops, %d removes, dead %v, retired %v, requeue %s; want nothing",
+			step, c, s, st, r, e.prober.deadIDs(), e.prober.retiredIDs(), res.RequeueAfter)
+	}
+}
+
+// TestReconcileScaleDownDrains scales 5 to 2 with nginx in the loop: the
+// extras are deregistered at once, and each is stopped, with its service's
+// grace, and removed only once nginx no longer sends to it.
+func TestReconcileScaleDownDrains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newPoolEnv(testSpec(), 0)
+		e.setOverrides(map[string]int{"apache": 5}, nil)
+		b := e.convergeServing(t)
+		if len(b) != 5 {
+			t.Fatalf("setup: %d backends, want 5", len(b))
+		}
+		extras := b[2:] // all healthy: the newest go
+		e.setOverrides(map[string]int{"apache": 2}, nil)
+
+		e.reconcile(t)
+		// Before the drains get to run: deregistered, nothing stopped.
+		if got := e.prober.retiredIDs(); !sortedEqual(got, ids(extras)) {
+			t.Errorf("Health.Retire for %v when Reconcile returns, want %v", got, ids(extras))
+		}
+		if got := e.docker.recorded().stops; len(got) != 0 {
+			t.Errorf("stopped %v when Reconcile returns, want nothing before nginx drops them", got)
+		}
+		synctest.Wait()
+		var want []poolWait
+		for _, c := range extras {
+			want = append(want, poolWait{service: "apache", addr: addrOf(c, 80), want: false})
+		}
+		if got := e.pool.waiting(); !slices.Equal(got, byAddr(want)) {
+			t.Errorf("waiting on the pool for %v, want %v", got, want)
+		}
+		if got := e.docker.recorded(); len(got.stops)+len(got.removes) != 0 {
+			t.Errorf("while nginx still serves them: stopped %v, removed %v; want nothing", got.stops, got.removes)
+		}
+		if got := e.wakeCount(); got != 0 {
+			t.Errorf("Wake called %d times before any drain ended, want 0", got)
+		}
+
+		// A pass meanwhile leaves the draining backends alone.
+		e.resetCalls()
+		res := e.reconcile(t)
+		synctest.Wait()
+		if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || len(e.prober.retiredIDs()) != 0 {
+			t.Errorf("pass during the drains made %d creates, %d starts, %d stops, %d removes, retired %v; want nothing",
+				c, s, st, r, e.prober.retiredIDs())
+		}
+		if res.RequeueAfter == 0 {
+			t.Errorf("pass during the drains: no requeue, want one")
+		}
+
+		for i, c := range extras {
+			e.pool.set("apache", addrOf(c, 80), false)
+			synctest.Wait()
+			got := e.docker.recorded()
+			if want := ids(extras[:i+1]); !slices.Equal(got.stops, want) || !slices.Equal(got.removes, want) {
+				t.Errorf("after nginx dropped %d: stopped %v, removed %v; want both %v", i+1, got.stops, got.removes, want)
+			}
+			for _, g := range got.graces {
+				if g != 5*time.Second {
+					t.Errorf("stopped with grace %s, want the service's StopGrace 5s", g)
+				}
+			}
+			if got := e.wakeCount(); got != i+1 {
+				t.Errorf("after %d drains: Wake called %d times, want %d", i+1, got, i+1)
+			}
+		}
+		if got := ids(e.docker.withRole(containers.RoleBackend, "apache")); !slices.Equal(got, ids(b[:2])) {
+			t.Errorf("backends left %v, want the two oldest %v", got, ids(b[:2]))
+		}
+		e.checkIdle(t, "after the drains")
+	})
+}
+
+// TestReconcileDrainTimeout: nginx never confirms that it stopped sending
+// to a draining backend; after DrainTimeout it is stopped anyway.
+func TestReconcileDrainTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const timeout = 2 * time.Second
+		e := newPoolEnv(testSpec(), timeout)
+		b := e.convergeServing(t)
+		victim := b[2]
+		e.setOverrides(map[string]int{"apache": 2}, nil)
+		e.reconcile(t)
+		synctest.Wait()
+		if got := e.prober.retiredIDs(); !slices.Equal(got, []string{victim.ID}) {
+			t.Fatalf("Health.Retire for %v, want [%s]", got, victim.ID)
+		}
+
+		advance(timeout - time.Millisecond)
+		if got := e.docker.recorded(); len(got.stops)+len(got.removes) != 0 {
+			t.Errorf("before DrainTimeout: stopped %v, removed %v; want nothing", got.stops, got.removes)
+		}
+		if got := e.pool.waiting(); len(got) != 1 {
+			t.Errorf("before DrainTimeout: waiting on the pool for %v, want the victim", got)
+		}
+
+		advance(2 * time.Millisecond)
+		got := e.docker.recorded()
+		if want := []string{victim.ID}; !slices.Equal(got.stops, want) || !slices.Equal(got.removes, want) {
+			t.Errorf("after DrainTimeout: stopped %v, removed %v; want both %v", got.stops, got.removes, want)
+		}
+		if w := e.pool.waiting(); len(w) != 0 {
+			t.Errorf("after DrainTimeout: still waiting on the pool for %v", w)
+		}
+		if got := e.wakeCount(); got != 1 {
+			t.Errorf("Wake called %d times, want 1", got)
+		}
+	})
+}
+
+// TestReconcileDrainCancelled: the daemon stops while a backend drains. It
+// is left running for the next daemon to adopt, not stopped half-drained.
+func TestReconcileDrainCancelled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newPoolEnv(testSpec(), 0)
+		b := e.convergeServing(t)
+		victim := b[2]
+		e.setOverrides(map[string]int{"apache": 2}, nil)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		if _, err := e.rec.Reconcile(ctx); err != nil {
+			t.Fatalf("Reconcile: %v", err)
+		}
+		synctest.Wait()
+		if got := e.pool.waiting(); len(got) != 1 {
+			t.Fatalf("waiting on the pool for %v, want the victim", got)
+		}
+
+		cancel()
+		e.rec.WaitDrains()
+		if got := e.docker.recorded(); len(got.stops)+len(got.removes) != 0 {
+			t.Errorf("after cancel: stopped %v, removed %v; want nothing", got.stops, got.removes)
+		}
+		if got, err := e.docker.Inspect(t.Context(), victim.ID); err != nil || got.State != containers.StateRunning {
+			t.Errorf("victim after cancel: %+v, %v; want it running", got, err)
+		}
+		if w := e.pool.waiting(); len(w) != 0 {
+			t.Errorf("after cancel: still waiting on the pool for %v", w)
+		}
+	})
+}
+
+// serving counts what a rolling update keeps at the replica count or above:
+// the up-to-date backends that are ready (healthy and, with a pool, served)
+// plus the outdated ones not retired.
+func (e *recEnv) serving(newHash string, retired map[string]bool) int {
+	n := 0
+	for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+		if c.SpecHash != newHash {
+			if !retired[c.ID] {
+				n++
+			}
+			continue
+		}
+		if s, _ := e.prober.State(c.ID); s != "healthy" {
+			continue
+		}
+		if e.pool == nil || e.pool.Serves("apache", addrOf(c, 80)) {
+			n++
+		}
+	}
+	return n
+}
+
+// newBackendHash is the spec label a backend of the Reconciler's current
+// spec gets.
+func (e *recEnv) newBackendHash() string {
+	return e.rec.backendSpec(e.rec.cfg.Spec.Services[0]).Labels[containers.LabelSpec]
+}
+
+// changeBackendSpec restarts the daemon with a changed env: every backend
+// is outdated.
+func changeBackendSpec(e *recEnv, _ []containers.Container) {
+	spec := testSpec()
+	spec.Services[0].Env = []string{"A=2"}
+	e.setSpec(spec)
+}
+
+// TestReconcileRollingUpdate drives rolling updates pass by pass: one new
+// backend at a time, and an old one drained only once the new one is
+// healthy and served. At every step, ready up-to-date backends plus old ones
+// not drained are at least the replica count (3).
+func TestReconcileRollingUpdate(t *testing.T) {
+	tests := []struct {
+		name      string
+		noPool    bool
+		states    []string // of the three backends before the update, oldest first
+		outdate   func(e *recEnv, b []containers.Container)
+		wantOrder []int // the backends drained, in order (indexes into states)
+	}{
+		{
+			name:      "changed spec: all three replaced one by one, the unhealthy first",
+			states:    []string{"healthy", "unhealthy", "healthy"},
+			outdate:   changeBackendSpec,
+			wantOrder: []int{1, 2, 0},
+		},
+		{
+			name:      "changed spec without a pool: healthy is enough, the newest first",
+			noPool:    true,
+			states:    []string{"healthy", "healthy", "healthy"},
+			outdate:   changeBackendSpec,
+			wantOrder: []int{2, 1, 0},
+		},
+		{
+			name:   "one backend created from an older spec",
+			states: []string{"healthy", "healthy", "healthy"},
+			outdate: func(e *recEnv, b []containers.Container) {
+				e.docker.edit(b[1].ID, func(c *containers.Container) {
+					c.SpecHash = "0123456789ab"
+					c.Labels[containers.LabelSpec] = c.SpecHash
+				})
+			},
+			wantOrder: []int{1},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newPoolEnv(testSpec(), 0)
+				if tt.noPool {
+					e = newRecEnv(testSpec())
+				}
+				b := e.convergeServing(t)
+				for i, s := range tt.states {
+					e.prober.setState(b[i].ID, s)
+				}
+				tt.outdate(e, b)
+				newHash := e.newBackendHash()
+
+				// Calls are not reset during the rollout: each pass looks at
+				// what was added since the one before.
+				retired := map[string]bool{}
+				var wantStops []string // drains the pool let finish
+				check := func(step string) {
+					t.Helper()
+					if got := e.serving(newHash, retired); got < 3 {
+						t.Errorf("%s: %d serving (ready new + old not drained), want >= 3", step, got)
+					}
+					if got := e.docker.recorded().stops; !slices.Equal(got, wantStops) {
+						t.Errorf("%s: stopped %v, want %v (stopped only once nginx dropped them)", step, got, wantStops)
+					}
+				}
+				check("before the update")
+				pass := func(step string) (created []containers.Container, drained []string, requeue bool) {
+					t.Helper()
+					before, beforeRetired := e.docker.recorded(), len(e.prober.retiredIDs())
+					res := e.reconcile(t)
+					synctest.Wait()
+					for _, cs := range e.docker.recorded().creates[len(before.creates):] {
+						for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+							if c.Name == cs.Name {
+								created = append(created, c)
+							}
+						}
+					}
+					drained = e.prober.retiredIDs()[beforeRetired:]
+					for _, id := range drained {
+						retired[id] = true
+						if tt.noPool { // nothing to wait for
+							wantStops = append(wantStops, id)
+						}
+					}
+					if d := e.prober.deadIDs(); len(d) != 0 {
+						t.Errorf("%s: Health.Dead for %v, want none (nothing died)", step, d)
+					}
+					check(step)
+					return created, drained, res.RequeueAfter > 0
+				}
+				var draining []containers.Container // drained, nginx still serving them
+				nginxDrops := func(step string) {
+					t.Helper()
+					if e.pool == nil {
+						return
+					}
+					for _, c := range draining {
+						e.pool.set("apache", addrOf(c, 80), false)
+						wantStops = append(wantStops, c.ID)
+					}
+					draining = nil
+					synctest.Wait()
+					check(step)
+				}
+
+				for round, victim := range tt.wantOrder {
+					step := fmt.Sprintf("round %d", round+1)
+					created, drained, requeue := pass(step + ", first pass")
+					if len(created) != 1 || len(drained) != 0 || !requeue {
+						t.Fatalf("%s, first pass: created %d, drained %v, requeue %v; want 1 created, none drained, requeue",
+							step, len(created), drained, requeue)
+					}
+					fresh := created[0]
+					if fresh.SpecHash != newHash {
+						t.Errorf("%s: created a backend of spec %s, want %s", step, fresh.SpecHash, newHash)
+					}
+					// The last round's drain ends only now: passes do not wait for it.
+					nginxDrops(step + ", nginx drops the old backend")
+
+					stalls := []string{"", "pending", "unhealthy"} // "": not probed yet
+					if e.pool != nil {
+						stalls = append(stalls, "healthy") // but not served yet
+					}
+					for _, s := range stalls {
+						if s != "" {
+							e.prober.setState(fresh.ID, s)
+						}
+						sstep := fmt.Sprintf("%s, new backend %q", step, s)
+						if created, drained, requeue := pass(sstep); len(created)+len(drained) != 0 || !requeue {
+							t.Fatalf("%s: created %d, drained %v, requeue %v; want nothing, requeue", sstep, len(created), drained, requeue)
+						}
+					}
+
+					e.prober.setState(fresh.ID, "healthy")
+					if e.pool != nil {
+						e.pool.set("apache", addrOf(fresh, 80), true)
+					}
+					created, drained, requeue = pass(step + ", new backend ready")
+					if want := []string{b[victim].ID}; len(created) != 0 || !slices.Equal(drained, want) || !requeue {
+						t.Fatalf("%s, new backend ready: created %d, drained %v, requeue %v; want none created, %v drained, requeue",
+							step, len(created), drained, requeue, want)
+					}
+					draining = append(draining, b[victim])
+				}
+				nginxDrops("end, nginx drops the last old backend")
+
+				got := e.docker.recorded()
+				var want []string
+				for _, i := range tt.wantOrder {
+					want = append(want, b[i].ID)
+				}
+				if !slices.Equal(got.removes, want) {
+					t.Errorf("removed %v, want %v", got.removes, want)
+				}
+				for _, g := range got.graces {
+					if g != 5*time.Second {
+						t.Errorf("stopped with grace %s, want the service's StopGrace 5s", g)
+					}
+				}
+				for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+					if c.SpecHash != newHash {
+						t.Errorf("outdated backend %s left after the rollout", c.Name)
+					}
+				}
+				checkConverged(t, e, 3)
+				e.checkIdle(t, "after the rollout")
+			})
+		})
+	}
+}
+
+// TestReconcileRollingUpdateStalls: a new backend that never becomes
+// ready stalls the rollout safely: no old backend is drained, no more new
+// ones are started, and the pass keeps asking to be requeued.
+func TestReconcileRollingUpdateStalls(t *testing.T) {
+	tests := []struct {
+		name  string
+		state string // of the new backend
+	}{
+		{name: "new backend stays pending", state: "pending"},
+		{name: "new backend is unhealthy", state: "unhealthy"},
+		{name: "new backend is healthy but nginx never serves it", state: "healthy"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newPoolEnv(testSpec(), 0)
+				e.convergeServing(t)
+				changeBackendSpec(e, nil)
+				e.reconcile(t)
+				created := e.docker.recorded().creates
+				if len(created) != 1 {
+					t.Fatalf("first pass created %d backends, want 1", len(created))
+				}
+				for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+					if c.Name == created[0].Name {
+						e.prober.setState(c.ID, tt.state)
+					}
+				}
+				for i := range 10 {
+					e.resetCalls()
+					res := e.reconcile(t)
+					synctest.Wait()
+					if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || len(e.prober.retiredIDs()) != 0 {
+						t.Errorf("pass %d: %d creates, %d starts, %d stops, %d removes, retired %v; want nothing",
+							i, c, s, st, r, e.prober.retiredIDs())
+					}
+					if res.RequeueAfter == 0 {
+						t.Errorf("pass %d: no requeue, want one while the rollout waits", i)
+					}
+					advance(res.RequeueAfter)
+				}
+				if got := len(running(e.docker.withRole(containers.RoleBackend, "apache"))); got != 4 {
+					t.Errorf("%d backends running, want 4 (3 old, 1 new)", got)
+				}
+			})
+		})
+	}
+}
+
+// TestReconcileRollingUpdateDeath: old backends die while the first new
+// one is starting. They are removed at once, without a drain; the new
+// backend counts as the replacement of one, and any further ones are
+// replaced at once, without waiting for it. The rollout then completes.
+func TestReconcileRollingUpdateDeath(t *testing.T) {
+	tests := []struct {
+		name        string
+		die         []int // old backends that exit, oldest first
+		wantCreated int
+	}{
+		{name: "one dies: the new one makes up the count", die: []int{0}, wantCreated: 0},
+		{name: "two die: one more is started at once", die: []int{0, 2}, wantCreated: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				e := newPoolEnv(testSpec(), 0)
+				b := e.convergeServing(t)
+				changeBackendSpec(e, b)
+				newHash := e.newBackendHash()
+				e.reconcile(t)
+				if got := len(e.docker.recorded().creates); got != 1 {
+					t.Fatalf("first pass created %d backends, want 1", got)
+				}
+				e.resetCalls()
+
+				var died []string
+				for _, i := range tt.die {
+					e.docker.edit(b[i].ID, func(c *containers.Container) { c.State = containers.StateExited })
+					died = append(died, b[i].ID)
+				}
+				res := e.reconcile(t)
+				synctest.Wait()
+				got := e.docker.recorded()
+				if !sortedEqual(e.prober.deadIDs(), died) || !sortedEqual(got.removes, died) {
+					t.Errorf("Health.Dead for %v, removed %v; want both %v", e.prober.deadIDs(), got.removes, died)
+				}
+				if len(got.stops) != 0 || len(e.prober.retiredIDs()) != 0 {
+					t.Errorf("stopped %v, retired %v; want nothing (dead backends are not drained)", got.stops, e.prober.retiredIDs())
+				}
+				if len(got.creates) != tt.wantCreated {
+					t.Errorf("created %d backends, want %d", len(got.creates), tt.wantCreated)
+				}
+				if res.RequeueAfter == 0 {
+					t.Errorf("no requeue, want one while old backends remain")
+				}
+
+				// The rollout goes on: new backends become ready, nginx drops
+				// the drained ones.
+				for i := 0; ; i++ {
+					if i == 20 {
+						t.Fatalf("rollout not done after %d passes", i)
+					}
+					for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+						if c.SpecHash == newHash {
+							e.prober.setState(c.ID, "healthy")
+							e.pool.set("apache", addrOf(c, 80), true)
+						} else if slices.Contains(e.prober.retiredIDs(), c.ID) {
+							e.pool.set("apache", addrOf(c, 80), false)
+						}
+					}
+					synctest.Wait()
+					if res := e.reconcile(t); res.RequeueAfter == 0 {
+						break
+					}
+					synctest.Wait()
+				}
+				for _, c := range e.docker.withRole(containers.RoleBackend, "apache") {
+					if c.SpecHash != newHash {
+						t.Errorf("outdated backend %s left after the rollout", c.Name)
+					}
+				}
+				if got := e.docker.recorded().stops; slices.ContainsFunc(died, func(id string) bool { return slices.Contains(got, id) }) {
+					t.Errorf("stopped %v, which includes a dead backend %v", got, died)
+				}
+				checkConverged(t, e, 3)
+			})
+		})
+	}
+}
+
+// TestReconcileRemovedServiceDrains: a service is gone from the spec. Its
+// exited backends are removed at once; its running ones are deregistered,
+// then stopped and removed once nginx no longer sends to them (at the
+// address of their io.upstreamd.port label).
+func TestReconcileRemovedServiceDrains(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newPoolEnv(testSpec(), 0)
+		e.convergeServing(t)
+		var old []containers.Container
+		var wantWaits []poolWait
+		for i := range 2 {
+			c, err := e.docker.Inspect(t.Context(), addOldBackend(e, i, containers.StateRunning))
+			if err != nil {
+				t.Fatal(err)
+			}
+			old = append(old, c)
+			e.pool.set("old", addrOf(c, 8080), true)
+			wantWaits = append(wantWaits, poolWait{service: "old", addr: addrOf(c, 8080), want: false})
+		}
+		exited := addOldBackend(e, 2, containers.StateExited)
+
+		e.reconcile(t)
+		synctest.Wait()
+		got := e.docker.recorded()
+		if d := e.prober.deadIDs(); !slices.Equal(d, []string{exited}) || !slices.Equal(got.removes, []string{exited}) {
+			t.Errorf("Health.Dead for %v, removed %v; want only the exited one %s, at once", d, got.removes, exited)
+		}
+		if r := e.prober.retiredIDs(); !sortedEqual(r, ids(old)) {
+			t.Errorf("Health.Retire for %v, want the running ones %v", r, ids(old))
+		}
+		if len(got.stops) != 0 {
+			t.Errorf("stopped %v while nginx still serves them, want nothing", got.stops)
+		}
+		if w := e.pool.waiting(); !slices.Equal(w, byAddr(wantWaits)) {
+			t.Errorf("waiting on the pool for %v, want %v", w, wantWaits)
+		}
+
+		// A pass meanwhile does not drain them again.
+		e.resetCalls()
+		e.reconcile(t)
+		synctest.Wait()
+		if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || len(e.prober.retiredIDs()) != 0 {
+			t.Errorf("pass during the drains made %d creates, %d starts, %d stops, %d removes, retired %v; want nothing",
+				c, s, st, r, e.prober.retiredIDs())
+		}
+		if n := len(e.pool.allWaits()); n != 2 {
+			t.Errorf("%d WaitServes calls, want 2 (one per drain)", n)
+		}
+
+		for i, c := range old {
+			e.pool.set("old", addrOf(c, 8080), false)
+			synctest.Wait()
+			got := e.docker.recorded()
+			if want := ids(old[:i+1]); !slices.Equal(got.stops, want) || !slices.Equal(got.removes, want) {
+				t.Errorf("after nginx dropped %d: stopped %v, removed %v; want both %v", i+1, got.stops, got.removes, want)
+			}
+			for _, g := range got.graces {
+				if g != 10*time.Second {
+					t.Errorf("stopped with grace %s, want the default 10s (the spec no longer has the service)", g)
+				}
+			}
+		}
+		checkConverged(t, e, 3)
+		e.checkIdle(t, "after the drains")
+	})
 }

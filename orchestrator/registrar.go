@@ -60,6 +60,7 @@ type Registrar struct {
 	cfg     RegistrarConfig
 	log     zerolog.Logger
 	trigger chan struct{}
+	flush   chan chan error
 	lease   *store.Lease
 }
 
@@ -68,7 +69,7 @@ func NewRegistrar(cfg RegistrarConfig) *Registrar {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
 	}
-	return &Registrar{cfg: cfg, log: cfg.Logger, trigger: make(chan struct{}, 1)}
+	return &Registrar{cfg: cfg, log: cfg.Logger, trigger: make(chan struct{}, 1), flush: make(chan chan error)}
 }
 
 // Trigger asks for a sync as soon as possible.
@@ -76,6 +77,22 @@ func (r *Registrar) Trigger() {
 	select {
 	case r.trigger <- struct{}{}:
 	default:
+	}
+}
+
+// Flush asks for a sync now and returns its result; Start must be running.
+func (r *Registrar) Flush(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case r.flush <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -92,11 +109,13 @@ func (r *Registrar) Start(ctx context.Context) error {
 		if r.lease != nil {
 			leaseDone = r.lease.Done
 		}
+		var reply chan error
 		select {
 		case <-ctx.Done():
 			r.shutdown(ctx)
 			return nil
 		case <-r.trigger:
+		case reply = <-r.flush:
 		case <-retry:
 		case <-resync.C:
 		case <-leaseDone:
@@ -105,7 +124,11 @@ func (r *Registrar) Start(ctx context.Context) error {
 			r.lease = nil
 		}
 		retry = nil
-		if err := r.sync(ctx); err != nil {
+		err := r.sync(ctx)
+		if reply != nil {
+			reply <- err
+		}
+		if err != nil {
 			if ctx.Err() != nil {
 				continue
 			}

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -53,20 +56,52 @@ func (s *fakeSource) set(snap store.Snapshot) {
 	s.notify()
 }
 
-type delivery struct {
-	at  time.Time // on the bubble's clock
-	id  string
-	cfg string
-	err error
+// eventLog records the calls made to several fakes in one sequence. A nil
+// *eventLog records nothing.
+type eventLog struct {
+	mu     sync.Mutex
+	events []string
 }
 
-// fakeDeliverer records every Deliver and keeps what it made live. fail,
-// when set, decides the error of each call (n counts from 0).
+func (l *eventLog) add(format string, args ...any) {
+	if l == nil {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, fmt.Sprintf(format, args...))
+}
+
+// take returns the events recorded so far and forgets them.
+func (l *eventLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.events
+	l.events = nil
+	return e
+}
+
+type delivery struct {
+	at      time.Time // on the bubble's clock
+	id      string
+	cfg     string
+	changed bool
+	err     error
+}
+
+// fakeDeliverer records every Deliver and keeps what it made live: it
+// reports changed=false when the bytes equal what it last accepted. fail,
+// when set, decides the error of each call (n counts from 0). Its token is
+// token, or "token-" plus the container ID.
 type fakeDeliverer struct {
-	mu    sync.Mutex
-	live  string
-	calls []delivery
-	fail  func(n int, cfg string) error
+	log *eventLog // optional
+
+	mu      sync.Mutex
+	live    string
+	calls   []delivery
+	fail    func(n int, cfg string) error
+	forgets []string // container IDs passed to Forget
+	token   string   // the token when set
 }
 
 var _ deliverer = (*fakeDeliverer)(nil)
@@ -78,13 +113,45 @@ func (d *fakeDeliverer) Deliver(_ context.Context, id string, cfg []byte) (bool,
 	if d.fail != nil {
 		err = d.fail(len(d.calls), string(cfg))
 	}
-	d.calls = append(d.calls, delivery{at: time.Now(), id: id, cfg: string(cfg), err: err})
 	if err != nil {
+		d.calls = append(d.calls, delivery{at: time.Now(), id: id, cfg: string(cfg), err: err})
+		d.log.add("Deliver %s: %v", id, err)
 		return false, err
 	}
 	changed := d.live != string(cfg)
 	d.live = string(cfg)
+	d.calls = append(d.calls, delivery{at: time.Now(), id: id, cfg: string(cfg), changed: changed})
+	d.log.add("Deliver %s changed=%v", id, changed)
 	return changed, nil
+}
+
+func (d *fakeDeliverer) Token(_ context.Context, id string) (string, error) {
+	d.log.add("Token %s", id)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.token != "" {
+		return d.token, nil
+	}
+	return "token-" + id, nil
+}
+
+func (d *fakeDeliverer) Forget(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.forgets = append(d.forgets, id)
+	d.log.add("Forget %s", id)
+}
+
+func (d *fakeDeliverer) liveConfig() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.live
+}
+
+func (d *fakeDeliverer) forgotten() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.forgets...)
 }
 
 func (d *fakeDeliverer) snapshot() (live string, calls []delivery) {
@@ -130,6 +197,14 @@ type harness struct {
 	outcomes []Outcome
 }
 
+// The proxy the test controllers find, and its status server.
+const (
+	testProxyID    = "proxy-1"
+	testProxyIP    = "172.18.0.2"
+	testStatusPort = 9145
+	testStatusAddr = "172.18.0.2:9145"
+)
+
 func (h *harness) setProxy(up bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -152,24 +227,45 @@ func (h *harness) observed() []Outcome {
 // checked, when the test ends. Call it inside synctest.Test.
 func start(t *testing.T, tmpl *Template, del *fakeDeliverer) *harness {
 	t.Helper()
-	h := &harness{src: newFakeSource(), del: del, proxyUp: true}
+	return startWith(t, harnessConfig{tmpl: tmpl, del: del})
+}
+
+// harnessConfig is what startWith varies; the rest is as in start.
+type harnessConfig struct {
+	tmpl           *Template
+	del            *fakeDeliverer
+	status         statusAPI // nil: none
+	dynamic        bool
+	statusPort     int
+	confirmTimeout time.Duration
+}
+
+// startWith is start with a status server, dynamic pools or a confirm
+// timeout. Call it inside synctest.Test.
+func startWith(t *testing.T, hc harnessConfig) *harness {
+	t.Helper()
+	h := &harness{src: newFakeSource(), del: hc.del, proxyUp: true}
 	h.ctrl = NewController(ControllerConfig{
-		Template:  tmpl,
+		Template:  hc.tmpl,
 		Source:    h.src,
-		Deliverer: del,
-		Proxy: func(context.Context) (string, error) {
+		Deliverer: hc.del,
+		Status:    hc.status,
+		Proxy: func(context.Context) (Proxy, error) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.proxyN++
 			if !h.proxyUp {
-				return "", fmt.Errorf("find proxy: %w", ErrNoProxy)
+				return Proxy{}, fmt.Errorf("find proxy: %w", ErrNoProxy)
 			}
-			return "proxy-1", nil
+			return Proxy{ID: testProxyID, IP: testProxyIP}, nil
 		},
-		Services: []string{"apache"},
-		Default:  "apache",
-		Listen:   80,
-		Logger:   zerolog.Nop(),
+		Services:       []string{"apache"},
+		Default:        "apache",
+		Listen:         80,
+		Dynamic:        hc.dynamic,
+		StatusPort:     hc.statusPort,
+		ConfirmTimeout: hc.confirmTimeout,
+		Logger:         zerolog.Nop(),
 		Observe: func(o Outcome) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
@@ -500,7 +596,7 @@ func TestControllerStopsOnCancel(t *testing.T) {
 				del := &fakeDeliverer{fail: func(int, string) error { return errors.New("transient") }}
 				ctrl := NewController(ControllerConfig{
 					Template: tmpl, Source: src, Deliverer: del,
-					Proxy:  func(context.Context) (string, error) { return "proxy-1", nil },
+					Proxy:  func(context.Context) (Proxy, error) { return Proxy{ID: "proxy-1"}, nil },
 					Logger: zerolog.Nop(),
 				})
 				ctx, cancel := context.WithCancel(t.Context())
@@ -519,6 +615,644 @@ func TestControllerStopsOnCancel(t *testing.T) {
 					}
 				default:
 					t.Fatal("Start did not return after cancellation")
+				}
+			})
+		})
+	}
+}
+
+// fakeNginx is the status server of a proxy whose config file is the fake
+// deliverer's live bytes. After a new config goes live, it keeps running
+// the previous one for lag polls of ConfigHash (a reload in progress), or
+// for ever while stuck. Its pools API exists while the config it runs has
+// one, and wants the fake deliverer's token.
+type fakeNginx struct {
+	del *fakeDeliverer
+	log *eventLog
+	// onPush and onPoll, when set, are called at the start of each
+	// PushPools and ConfigHash, without any lock held.
+	onPush, onPoll func()
+
+	mu      sync.Mutex
+	lag     int
+	stuck   bool
+	running string   // the config nginx runs
+	loading string   // the live config nginx is reloading to …
+	polls   int      // … and the polls answered since it went live
+	pushed  []string // the bodies the pools API accepted
+}
+
+var _ statusAPI = (*fakeNginx)(nil)
+
+// statusHashRE finds the hash in the status server that Finish appends.
+var statusHashRE = regexp.MustCompile(`return 200 "config ([0-9a-f]+)\\n";`)
+
+func (n *fakeNginx) ConfigHash(_ context.Context, addr string) (string, error) {
+	if n.onPoll != nil {
+		n.onPoll()
+	}
+	live := n.del.liveConfig()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if live != n.running {
+		if live != n.loading {
+			n.loading, n.polls = live, 0
+		}
+		n.polls++
+		if !n.stuck && n.polls > n.lag {
+			n.running = live
+		}
+	}
+	m := statusHashRE.FindStringSubmatch(n.running)
+	if m == nil {
+		n.log.add("ConfigHash %s: no status server", addr)
+		return "", fmt.Errorf("read config hash from %s: %w: connection refused", addr, ErrNoStatusServer)
+	}
+	n.log.add("ConfigHash %s = %s", addr, m[1])
+	return m[1], nil
+}
+
+func (n *fakeNginx) PushPools(_ context.Context, addr, token string, body []byte) error {
+	if n.onPush != nil {
+		n.onPush()
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	version, _, _ := strings.Cut(string(body), "\n")
+	switch {
+	case !statusHashRE.MatchString(n.running):
+		n.log.add("PushPools %s v%s: no status server", addr, version)
+		return fmt.Errorf("push pools to %s: %w: connection refused", addr, ErrNoStatusServer)
+	case !strings.Contains(n.running, "location = /upstreamd/pools"):
+		n.log.add("PushPools %s v%s: 404", addr, version)
+		return fmt.Errorf("push pools to %s: %w: 404", addr, ErrNoStatusServer)
+	case token != "token-"+testProxyID:
+		n.log.add("PushPools %s v%s: 403", addr, version)
+		return fmt.Errorf("push pools to %s: status 403", addr)
+	}
+	n.pushed = append(n.pushed, string(body))
+	n.log.add("PushPools %s v%s", addr, version)
+	return nil
+}
+
+func (n *fakeNginx) set(f func(n *fakeNginx)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f(n)
+}
+
+func (n *fakeNginx) pushes() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.pushed...)
+}
+
+// newFakeNginx returns a fake deliverer and the fake nginx in front of it,
+// both recording into one event log.
+func newFakeNginx() (*fakeNginx, *fakeDeliverer, *eventLog) {
+	log := &eventLog{}
+	del := &fakeDeliverer{log: log}
+	return &fakeNginx{del: del, log: log}, del, log
+}
+
+// apacheSnap returns a snapshot at rev of apache backends at addrs.
+func apacheSnap(t testing.TB, rev int64, addrs ...string) store.Snapshot {
+	t.Helper()
+	keys := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		keys = append(keys, "/services/apache/"+a)
+	}
+	snap := snapshotOf(t, keys...)
+	snap.Revision = rev
+	return snap
+}
+
+// view builds snap's View the way h's Controller does.
+func (h *harness) view(snap store.Snapshot) View {
+	c := h.ctrl.cfg
+	return NewView(ViewInput{Snapshot: snap, Services: c.Services, Default: c.Default, Listen: c.Listen,
+		Dynamic: c.Dynamic, StatusPort: c.StatusPort})
+}
+
+// finished returns the hash of snap's rendered config and the config that
+// h's Controller delivers for it.
+func (h *harness) finished(t testing.TB, snap store.Snapshot) (hash, full string) {
+	t.Helper()
+	v := h.view(snap)
+	out, err := Render(h.ctrl.cfg.Template, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Hash(out), string(Finish(out, v))
+}
+
+// servesWant checks, for each of addrs, that ctrl.Serves("apache", addr)
+// is want[addr]; it returns an error listing each mismatch.
+func servesWant(ctrl *Controller, addrs []string, want map[string]bool) error {
+	var errs []error
+	for _, a := range addrs {
+		if got := ctrl.Serves("apache", a); got != want[a] {
+			errs = append(errs, fmt.Errorf("Serves(apache, %s) = %v; want %v", a, got, want[a]))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func setOf(addrs []string) map[string]bool {
+	m := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		m[a] = true
+	}
+	return m
+}
+
+// TestControllerDynamicMembership: with dynamic pools, a change of
+// backends is one push to the Lua balancer; the config stays the same, so
+// there is no reload to confirm. nginx is known to serve the new pools only
+// once the push went through.
+func TestControllerDynamicMembership(t *testing.T) {
+	const a1, a2, a3 = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+	tests := []struct {
+		name     string
+		from, to []string
+	}{
+		{name: "backend added", from: []string{a1, a2}, to: []string{a1, a2, a3}},
+		{name: "backend removed", from: []string{a1, a2, a3}, to: []string{a1, a2}},
+		{name: "backend replaced", from: []string{a1, a2}, to: []string{a1, a3}},
+		{name: "last backend gone", from: []string{a1}, to: nil},
+		{name: "first backend", from: nil, to: []string{a1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				nginx, del, log := newFakeNginx()
+				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+				before, after := apacheSnap(t, 1, tt.from...), apacheSnap(t, 2, tt.to...)
+				hash, full := h.finished(t, before)
+				if h2, full2 := h.finished(t, after); h2 != hash || full2 != full {
+					t.Fatalf("the dynamic config differs between the snapshots; this test needs them equal")
+				}
+				// upstreamd restarts while nginx runs the dynamic config.
+				del.live = full
+				nginx.running = full
+				h.src.set(before)
+				advance(time.Second)
+				wantStart := []string{
+					"Forget " + testProxyID,
+					"Token " + testProxyID,
+					"PushPools " + testStatusAddr + " v1",
+					"Deliver " + testProxyID + " changed=false",
+					"ConfigHash " + testStatusAddr + " = " + hash, // confirmed once
+				}
+				if got := log.take(); !slices.Equal(got, wantStart) {
+					t.Fatalf("first pass =\n%q\nwant\n%q", got, wantStart)
+				}
+				all := append(append([]string{}, tt.from...), tt.to...)
+				if err := servesWant(h.ctrl, all, setOf(tt.from)); err != nil {
+					t.Fatalf("after the first pass: %v", err)
+				}
+
+				// Wait for each address whose state changes.
+				var waits []chan error
+				for _, a := range all {
+					if want := setOf(tt.to)[a]; want != setOf(tt.from)[a] {
+						ch := make(chan error, 1)
+						go func() { ch <- h.ctrl.WaitServes(t.Context(), "apache", a, want) }()
+						waits = append(waits, ch)
+					}
+				}
+				var atPush []error
+				nginx.onPush = func() {
+					// Nothing flips before the push.
+					atPush = append(atPush, servesWant(h.ctrl, all, setOf(tt.from)))
+					for _, ch := range waits {
+						if len(ch) > 0 {
+							atPush = append(atPush, errors.New("WaitServes returned before the push"))
+						}
+					}
+				}
+				h.src.set(after)
+				advance(time.Second)
+				wantChange := []string{
+					"Token " + testProxyID,
+					"PushPools " + testStatusAddr + " v2",
+					"Deliver " + testProxyID + " changed=false",
+				}
+				if got := log.take(); !slices.Equal(got, wantChange) {
+					t.Errorf("membership change =\n%q\nwant\n%q (one push, no reload, nothing to confirm)", got, wantChange)
+				}
+				if err := errors.Join(atPush...); err != nil || len(atPush) == 0 {
+					t.Errorf("at the push: %v (%d pushes seen)", err, len(atPush))
+				}
+				pushes := nginx.pushes()
+				if want := string(PoolsBody(2, h.view(after))); len(pushes) != 2 || pushes[1] != want {
+					t.Errorf("pushed bodies = %q; want the second to be %q", pushes, want)
+				}
+				if err := servesWant(h.ctrl, all, setOf(tt.to)); err != nil {
+					t.Errorf("after the push: %v", err)
+				}
+				for _, ch := range waits {
+					select {
+					case err := <-ch:
+						if err != nil {
+							t.Errorf("WaitServes = %v; want nil after the push", err)
+						}
+					default:
+						t.Errorf("WaitServes still waiting after the push")
+					}
+				}
+				o := h.observed()
+				if len(o) != 2 {
+					t.Fatalf("outcomes = %+v; want 2", o)
+				}
+				if got := o[1]; !got.Pushed || got.Changed || got.Confirmed != 0 || got.Err != nil || got.Revision != 2 || got.Backends != len(tt.to) {
+					t.Errorf("outcome = %+v; want pushed, unchanged, unconfirmed, revision 2, %d backends", got, len(tt.to))
+				}
+			})
+		})
+	}
+}
+
+// TestControllerDynamicFirstStart: when the live config has no pools API
+// yet, the pools are pushed after the dynamic config went live and nginx
+// confirmed running it.
+func TestControllerDynamicFirstStart(t *testing.T) {
+	const a1 = "10.0.0.1:80"
+	tests := []struct {
+		name string
+		// running is the config nginx runs before; "static" is the
+		// static config with a status server but no pools API.
+		running  string
+		oldPolls string // what ConfigHash answers during the reload
+		wantPush string // the first push's failure
+	}{
+		{name: "fresh proxy", running: "", oldPolls: "ConfigHash " + testStatusAddr + ": no status server", wantPush: "no status server"},
+		{name: "static config live", running: "static", wantPush: "404"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				nginx, del, log := newFakeNginx()
+				nginx.lag = 3
+				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+				snap := apacheSnap(t, 5, a1)
+				oldPolls := tt.oldPolls
+				if tt.running == "static" {
+					v := h.view(snap)
+					v.Dynamic = false
+					out, err := Render(Default(), v)
+					if err != nil {
+						t.Fatal(err)
+					}
+					del.live = string(Finish(out, v))
+					nginx.running = del.live
+					oldPolls = "ConfigHash " + testStatusAddr + " = " + Hash(out)
+				}
+				var servedDuringPolls []bool
+				nginx.onPoll = func() { servedDuringPolls = append(servedDuringPolls, h.ctrl.Serves("apache", a1)) }
+				hash, full := h.finished(t, snap)
+				h.src.set(snap)
+				advance(time.Second)
+				want := []string{
+					"Forget " + testProxyID,
+					"Token " + testProxyID,
+					"PushPools " + testStatusAddr + " v5: " + tt.wantPush,
+					"Deliver " + testProxyID + " changed=true",
+					oldPolls, oldPolls, oldPolls,
+					"ConfigHash " + testStatusAddr + " = " + hash,
+					"Token " + testProxyID,
+					"PushPools " + testStatusAddr + " v5",
+				}
+				if got := log.take(); !slices.Equal(got, want) {
+					t.Errorf("first pass =\n%q\nwant\n%q", got, want)
+				}
+				if del.liveConfig() != full {
+					t.Errorf("live config =\n%s\nwant\n%s", del.liveConfig(), full)
+				}
+				if slices.Contains(servedDuringPolls, true) {
+					t.Errorf("Serves during the reload = %v; want false until the pools are pushed", servedDuringPolls)
+				}
+				if !h.ctrl.Serves("apache", a1) {
+					t.Errorf("Serves(apache, %s) = false after the push; want true", a1)
+				}
+				if pushes := nginx.pushes(); len(pushes) != 1 || pushes[0] != string(PoolsBody(5, h.view(snap))) {
+					t.Errorf("pushed bodies = %q; want one: %q", pushes, PoolsBody(5, h.view(snap)))
+				}
+				if o := h.observed(); len(o) != 1 || !o[0].Changed || !o[0].Pushed || o[0].Confirmed <= 0 || o[0].Err != nil {
+					t.Errorf("outcomes = %+v; want one changed, pushed and confirmed", o)
+				}
+				// Settled: nothing more happens.
+				advance(time.Minute)
+				if got := log.take(); len(got) != 0 {
+					t.Errorf("after settling: %q; want nothing", got)
+				}
+			})
+		})
+	}
+}
+
+// TestControllerStaticConfirm: without dynamic pools, a changed config is
+// confirmed by polling the status server until nginx answers with its
+// hash; only then is nginx known to serve its backends.
+func TestControllerStaticConfirm(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const a1, a2 = "10.0.0.1:80", "10.0.0.2:80"
+		tmpl, err := Parse("list.tmpl", listTemplate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nginx, del, log := newFakeNginx()
+		nginx.lag = 3
+		h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, statusPort: testStatusPort})
+		var duringPolls []error
+		want := map[string]bool{} // what Serves must say during the polls
+		nginx.onPoll = func() { duringPolls = append(duringPolls, servesWant(h.ctrl, []string{a1, a2}, want)) }
+
+		steps := []struct {
+			name     string
+			snap     store.Snapshot
+			oldPolls string
+		}{
+			{name: "first config", snap: apacheSnap(t, 1, a1), oldPolls: "ConfigHash " + testStatusAddr + ": no status server"},
+			{name: "backend added", snap: apacheSnap(t, 2, a1, a2)},
+			{name: "backend removed", snap: apacheSnap(t, 3, a2)},
+		}
+		var prev []string
+		prevHash := ""
+		// A sequence in one bubble (t.Run is not allowed in a bubble), so
+		// messages name the step.
+		for i, st := range steps {
+			hash, full := h.finished(t, st.snap)
+			oldPolls := st.oldPolls
+			if oldPolls == "" {
+				oldPolls = "ConfigHash " + testStatusAddr + " = " + prevHash
+			}
+			want = setOf(prev)
+			duringPolls = nil
+			h.src.set(st.snap)
+			advance(time.Second)
+			wantEvents := []string{
+				"Deliver " + testProxyID + " changed=true",
+				oldPolls, oldPolls, oldPolls,
+				"ConfigHash " + testStatusAddr + " = " + hash,
+			}
+			if i == 0 {
+				wantEvents = append([]string{"Forget " + testProxyID}, wantEvents...)
+			}
+			if got := log.take(); !slices.Equal(got, wantEvents) {
+				t.Errorf("%s: events =\n%q\nwant\n%q (no push in static mode)", st.name, got, wantEvents)
+			}
+			if del.liveConfig() != full {
+				t.Errorf("%s: live config =\n%s\nwant\n%s", st.name, del.liveConfig(), full)
+			}
+			if err := errors.Join(duringPolls...); err != nil || len(duringPolls) != 4 {
+				t.Errorf("%s: during the %d polls: %v; want the previous backends served until confirmed", st.name, len(duringPolls), err)
+			}
+			var now []string
+			for _, e := range st.snap.Entries {
+				now = append(now, e.Addr)
+			}
+			if err := servesWant(h.ctrl, []string{a1, a2}, setOf(now)); err != nil {
+				t.Errorf("%s: after the confirmation: %v", st.name, err)
+			}
+			if o := h.observed(); len(o) != i+1 || !o[i].Changed || o[i].Pushed || o[i].Confirmed <= 0 || o[i].Revision != st.snap.Revision {
+				t.Errorf("%s: outcomes = %+v; want %d, the last changed and confirmed after the polls", st.name, o, i+1)
+			}
+			prev, prevHash = now, hash
+		}
+	})
+}
+
+// TestControllerConfirmTimeout: a reload nginx never confirms fails the
+// pass, which is retried with backoff; each retry confirms again, though
+// the bytes are already live.
+func TestControllerConfirmTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const a1 = "10.0.0.1:80"
+		const confirmTimeout = 200 * time.Millisecond
+		tmpl, err := Parse("list.tmpl", listTemplate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nginx, del, log := newFakeNginx()
+		nginx.stuck = true
+		h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, statusPort: testStatusPort, confirmTimeout: confirmTimeout})
+		snap := apacheSnap(t, 1, a1)
+		hash, _ := h.finished(t, snap)
+		h.src.set(snap)
+		advance(5 * time.Second)
+
+		_, calls := del.snapshot()
+		if len(calls) < 3 || len(calls) > int(5*time.Second/confirmTimeout) {
+			t.Fatalf("%d delivery attempts in 5s; want retries with backoff (3 to %d)", len(calls), 5*time.Second/confirmTimeout)
+		}
+		for i := 1; i < len(calls); i++ {
+			// The timeout, then at least half the initial 100ms backoff.
+			if gap := calls[i].at.Sub(calls[i-1].at); gap < confirmTimeout+50*time.Millisecond {
+				t.Errorf("attempt %d came %v after the previous one; want at least %v", i, gap, confirmTimeout+50*time.Millisecond)
+			}
+			if calls[i].changed {
+				t.Errorf("attempt %d changed the live config; want the same bytes", i)
+			}
+		}
+		if h.ctrl.Serves("apache", a1) {
+			t.Errorf("Serves(apache, %s) = true; want false while nginx does not confirm", a1)
+		}
+		if o := h.observed(); len(o) != 0 {
+			t.Errorf("outcomes = %+v; want none (a failed confirmation is retried, not observed)", o)
+		}
+		events := log.take()
+		for i, e := range events {
+			// Every attempt confirms: a Deliver is followed by a poll.
+			if strings.HasPrefix(e, "Deliver") && (i+1 == len(events) || !strings.HasPrefix(events[i+1], "ConfigHash")) {
+				t.Errorf("event %d %q is not followed by a ConfigHash poll", i, e)
+			}
+		}
+
+		// nginx catches up: the next retry confirms, then all is quiet.
+		nginx.set(func(n *fakeNginx) { n.stuck = false })
+		advance(10 * time.Second)
+		if !h.ctrl.Serves("apache", a1) {
+			t.Errorf("Serves(apache, %s) = false after nginx caught up; want true", a1)
+		}
+		// (The attempt may have been polling when nginx caught up.)
+		events = log.take()
+		if len(events) == 0 || events[len(events)-1] != "ConfigHash "+testStatusAddr+" = "+hash {
+			t.Errorf("events after nginx caught up = %q; want them to end with the confirmation", events)
+		}
+		// (Confirmed is zero here: nginx answered the first poll, and
+		// no time passes on the bubble's clock.)
+		if o := h.observed(); len(o) != 1 || o[0].Err != nil || o[0].Revision != 1 {
+			t.Errorf("outcomes = %+v; want one success at revision 1", o)
+		}
+		_, before := del.snapshot()
+		advance(time.Minute)
+		if _, after := del.snapshot(); len(after) != len(before) {
+			t.Errorf("%d more deliveries after the confirmation; want none", len(after)-len(before))
+		}
+	})
+}
+
+// TestControllerKick: a change signal with nothing new costs one Deliver
+// the Deliverer answers from memory; a Kick verifies everything again:
+// the Deliverer forgets the proxy, the pools are pushed and the config
+// confirmed anew.
+func TestControllerKick(t *testing.T) {
+	const a1 = "10.0.0.1:80"
+	tests := []struct {
+		name    string
+		dynamic bool
+		kick    bool
+		want    func(hash string) []string
+	}{
+		{name: "dynamic, change signal", dynamic: true, want: func(string) []string {
+			return []string{"Deliver " + testProxyID + " changed=false"}
+		}},
+		{name: "dynamic, Kick", dynamic: true, kick: true, want: func(hash string) []string {
+			return []string{
+				"Forget " + testProxyID,
+				"Token " + testProxyID,
+				"PushPools " + testStatusAddr + " v1",
+				"Deliver " + testProxyID + " changed=false",
+				"ConfigHash " + testStatusAddr + " = " + hash,
+			}
+		}},
+		{name: "static, change signal", want: func(string) []string {
+			return []string{"Deliver " + testProxyID + " changed=false"}
+		}},
+		{name: "static, Kick", kick: true, want: func(hash string) []string {
+			return []string{
+				"Forget " + testProxyID,
+				"Deliver " + testProxyID + " changed=false",
+				"ConfigHash " + testStatusAddr + " = " + hash,
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				nginx, del, log := newFakeNginx()
+				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: tt.dynamic, statusPort: testStatusPort})
+				snap := apacheSnap(t, 1, a1)
+				hash, _ := h.finished(t, snap)
+				h.src.set(snap)
+				advance(time.Second)
+				if !h.ctrl.Serves("apache", a1) {
+					t.Fatalf("Serves(apache, %s) = false after the first pass; want true", a1)
+				}
+				log.take()
+				if tt.kick {
+					h.ctrl.Kick()
+				} else {
+					h.src.notify()
+				}
+				advance(time.Second)
+				if got, want := log.take(), tt.want(hash); !slices.Equal(got, want) {
+					t.Errorf("events =\n%q\nwant\n%q", got, want)
+				}
+				if got, want := len(del.forgotten()), map[bool]int{false: 1, true: 2}[tt.kick]; got != want {
+					t.Errorf("Forget called %d times; want %d", got, want)
+				}
+				if !h.ctrl.Serves("apache", a1) {
+					t.Errorf("Serves(apache, %s) = false; want true", a1)
+				}
+			})
+		})
+	}
+}
+
+// TestControllerDynamicPushRejected: a push the status server refuses
+// (not a missing pools API) fails the pass before anything is delivered,
+// and is retried.
+func TestControllerDynamicPushRejected(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		nginx, del, log := newFakeNginx()
+		del.token = "stale" // not the token nginx wants
+		h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+		snap := apacheSnap(t, 1, "10.0.0.1:80")
+		_, full := h.finished(t, snap)
+		del.live, nginx.running = full, full // nginx runs the dynamic config
+		h.src.set(snap)
+		advance(2 * time.Second)
+		events := log.take()
+		pushes := 0
+		for _, e := range events {
+			switch {
+			case strings.HasPrefix(e, "PushPools"):
+				pushes++
+				if !strings.HasSuffix(e, ": 403") {
+					t.Errorf("push %q; want it refused", e)
+				}
+			case strings.HasPrefix(e, "Deliver"):
+				t.Errorf("event %q; want nothing delivered after a refused push", e)
+			}
+		}
+		if pushes < 2 {
+			t.Errorf("%d pushes in 2s; want the refused push retried: %q", pushes, events)
+		}
+		if h.ctrl.Serves("apache", "10.0.0.1:80") {
+			t.Errorf("Serves = true; want false while the push is refused")
+		}
+	})
+}
+
+func TestControllerWaitServes(t *testing.T) {
+	const served, other = "10.0.0.1:80", "10.0.0.9:80"
+	tests := []struct {
+		name     string
+		service  string
+		addr     string
+		want     bool
+		wantErr  []string // substrings; empty: returns nil at once
+		canceled bool     // the caller cancels instead of a deadline
+	}{
+		{name: "served, want served", service: "apache", addr: served, want: true},
+		{name: "not served, want not served", service: "apache", addr: other, want: false},
+		{name: "unknown service, want not served", service: "nope", addr: served, want: false},
+		{name: "never served", service: "apache", addr: other, want: true, wantErr: []string{"wait for nginx to serve 10.0.0.9:80 of apache", "deadline exceeded"}},
+		{name: "never stops", service: "apache", addr: served, want: false, wantErr: []string{"wait for nginx to stop serving 10.0.0.1:80 of apache", "deadline exceeded"}},
+		{name: "caller gives up", service: "apache", addr: other, want: true, canceled: true, wantErr: []string{"context canceled"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				tmpl, err := Parse("list.tmpl", listTemplate)
+				if err != nil {
+					t.Fatal(err)
+				}
+				h := start(t, tmpl, &fakeDeliverer{})
+				h.src.set(apacheSnap(t, 1, served))
+				advance(time.Second)
+
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
+				if tt.canceled {
+					time.AfterFunc(time.Second, cancel)
+				}
+				// Passes that change nothing for addr do not end the wait.
+				h.src.set(apacheSnap(t, 2, served, "10.0.0.2:80"))
+				begin := time.Now()
+				err = h.ctrl.WaitServes(ctx, tt.service, tt.addr, tt.want)
+				took := time.Since(begin)
+				if len(tt.wantErr) == 0 {
+					if err != nil || took != 0 {
+						t.Errorf("WaitServes = %v after %v; want nil at once", err, took)
+					}
+					return
+				}
+				if err == nil {
+					t.Fatalf("WaitServes = nil; want an error")
+				}
+				for _, want := range tt.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("WaitServes error = %q; want it to contain %q", err, want)
+					}
+				}
+				if !errors.Is(err, ctx.Err()) {
+					t.Errorf("WaitServes error = %v; want it to match ctx's error %v", err, ctx.Err())
+				}
+				if wantTook := map[bool]time.Duration{false: time.Minute, true: time.Second}[tt.canceled]; took != wantTook {
+					t.Errorf("WaitServes returned after %v; want %v", took, wantTook)
 				}
 			})
 		})

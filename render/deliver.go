@@ -3,6 +3,8 @@ package render
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path"
@@ -62,6 +64,7 @@ type Deliverer struct {
 	live  map[string][]byte // container ID → bytes known live there
 	main  map[string][]byte // container ID → main config
 	check map[string][]byte // container ID → check config written there
+	token map[string]string // container ID → pools API token
 	// hupOwed is a container whose live file was replaced but whose HUP
 	// failed: nginx there still runs the previous config.
 	hupOwed string
@@ -69,7 +72,7 @@ type Deliverer struct {
 
 // NewDeliverer returns a Deliverer.
 func NewDeliverer(cfg DelivererConfig) *Deliverer {
-	return &Deliverer{cfg: cfg, log: cfg.Logger, live: map[string][]byte{}, main: map[string][]byte{}, check: map[string][]byte{}}
+	return &Deliverer{cfg: cfg, log: cfg.Logger, live: map[string][]byte{}, main: map[string][]byte{}, check: map[string][]byte{}, token: map[string]string{}}
 }
 
 func (d *Deliverer) stagedPath() string {
@@ -118,6 +121,7 @@ func (d *Deliverer) Forget(id string) {
 	delete(d.live, id)
 	delete(d.main, id)
 	delete(d.check, id)
+	delete(d.token, id)
 }
 
 // Deliver makes cfg live in the proxy container id. It reports changed=false
@@ -179,6 +183,45 @@ const (
 	exitRejected = 91 // nginx -t failed: the candidate is invalid
 	exitNoCheck  = 93 // the check config is missing
 )
+
+// tokenPath is where the pools API token lives in the proxy (the Lua
+// module reads /etc/nginx/upstreamd/token).
+func (d *Deliverer) tokenPath() string {
+	return path.Join(path.Dir(d.cfg.MainPath), "upstreamd", "token")
+}
+
+// Token returns the pools API token of the proxy's data volume, creating
+// it when missing. It is random per volume and never logged.
+func (d *Deliverer) Token(ctx context.Context, id string) (string, error) {
+	d.mu.Lock()
+	tok, ok := d.token[id]
+	d.mu.Unlock()
+	if ok {
+		return tok, nil
+	}
+	b, err := d.cfg.API.ReadFile(ctx, id, d.tokenPath())
+	switch {
+	case err == nil && len(b) >= 16:
+		tok = string(b)
+	case err == nil || containers.IsNotFound(err):
+		buf := make([]byte, 16)
+		if _, err := rand.Read(buf); err != nil {
+			return "", fmt.Errorf("make pools token: %w", err)
+		}
+		tok = hex.EncodeToString(buf)
+		if err := d.cfg.API.CopyFiles(ctx, id, path.Dir(d.cfg.MainPath), []containers.File{
+			{Path: "upstreamd/token", Data: []byte(tok)},
+		}); err != nil {
+			return "", fmt.Errorf("write pools token: %w", err)
+		}
+	default:
+		return "", fmt.Errorf("read pools token: %w", err)
+	}
+	d.mu.Lock()
+	d.token[id] = tok
+	d.mu.Unlock()
+	return tok, nil
+}
 
 // ensureCheck writes the check config into the proxy once per container.
 func (d *Deliverer) ensureCheck(ctx context.Context, id string) error {

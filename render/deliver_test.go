@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -220,6 +221,7 @@ type fakeProxy struct {
 	exit      int    // exit code of the next Execs (after writing the staged file)
 	stderr    string // stderr of the next Execs
 	readErr   error  // returned by ReadFile when set
+	copyErr   error  // returned by CopyFiles when set
 	execErr   error  // returned by Exec when set
 	signalErr error  // returned by Signal when set
 }
@@ -240,9 +242,14 @@ func (p *fakeProxy) CopyFiles(_ context.Context, id, dir string, files []contain
 	names := make([]string, 0, len(files))
 	for _, f := range files {
 		names = append(names, f.Path)
-		p.files[path.Join(dir, f.Path)] = append([]byte(nil), f.Data...)
 	}
 	p.calls = append(p.calls, fmt.Sprintf("CopyFiles %s %s %v", id, dir, names))
+	if p.copyErr != nil {
+		return p.copyErr
+	}
+	for _, f := range files {
+		p.files[path.Join(dir, f.Path)] = append([]byte(nil), f.Data...)
+	}
 	p.copies = append(p.copies, files)
 	return nil
 }
@@ -689,5 +696,129 @@ func TestDeliverRewritesVanishedCheckConfig(t *testing.T) {
 	want := []string{"Exec proxy-1", "ReadDir proxy-1 /etc/nginx/conf.d", "CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1", "Signal proxy-1 HUP"}
 	if got := p.take(); !slices.Equal(got, want) {
 		t.Errorf("calls = %q; want %q (the check config written again)", got, want)
+	}
+}
+
+func TestDeliverToken(t *testing.T) {
+	const (
+		tokenFile = "/etc/nginx/upstreamd/token"
+		existing  = "00112233445566778899aabbccddeeff"
+	)
+	readToken := "ReadFile proxy-1 " + tokenFile
+	writeToken := "CopyFiles proxy-1 /etc/nginx [upstreamd/token]"
+	hex32 := regexp.MustCompile(`^[0-9a-f]{32}$`)
+	tests := []struct {
+		name      string
+		files     map[string]string
+		setup     func(p *fakeProxy)
+		want      string   // the token; empty: a new random one
+		wantErr   []string // substrings of the error; empty means success
+		wantCalls []string
+	}{
+		{name: "existing token is read", files: map[string]string{tokenFile: existing}, want: existing, wantCalls: []string{readToken}},
+		{name: "missing token is created", wantCalls: []string{readToken, writeToken}},
+		{name: "too short a token is replaced", files: map[string]string{tokenFile: "short"}, wantCalls: []string{readToken, writeToken}},
+		{
+			name:      "reading fails",
+			files:     map[string]string{tokenFile: existing},
+			setup:     func(p *fakeProxy) { p.readErr = errors.New("engine unreachable") },
+			wantErr:   []string{"read pools token", "engine unreachable"},
+			wantCalls: []string{readToken},
+		},
+		{
+			name:      "writing fails",
+			setup:     func(p *fakeProxy) { p.copyErr = errors.New("no space left on device") },
+			wantErr:   []string{"write pools token", "no space left"},
+			wantCalls: []string{readToken, writeToken},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newFakeProxy(tt.files)
+			if tt.setup != nil {
+				tt.setup(p)
+			}
+			d := newTestDeliverer(p)
+			tok, err := d.Token(t.Context(), "proxy-1")
+			if got := p.take(); !slices.Equal(got, tt.wantCalls) {
+				t.Errorf("calls = %q; want %q", got, tt.wantCalls)
+			}
+			if len(tt.wantErr) > 0 {
+				if err == nil {
+					t.Fatalf("Token = %q, nil; want an error", tok)
+				}
+				for _, want := range tt.wantErr {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error = %q; want it to contain %q", err, want)
+					}
+				}
+				// A failure is not remembered: the next call tries again.
+				p.readErr, p.copyErr = nil, nil
+				if _, err := d.Token(t.Context(), "proxy-1"); err != nil {
+					t.Errorf("Token after the failure went away = %v; want nil", err)
+				}
+				if got := p.take(); len(got) == 0 || got[0] != readToken {
+					t.Errorf("calls after a failure = %q; want the token read again", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Token: %v", err)
+			}
+			switch {
+			case tt.want != "" && tok != tt.want:
+				t.Errorf("Token = %q; want %q", tok, tt.want)
+			case tt.want == "" && !hex32.MatchString(tok):
+				t.Errorf("Token = %q; want 32 hex digits", tok)
+			}
+			if f, _ := p.file(tokenFile); f != tok {
+				t.Errorf("%s holds %q; want the token %q", tokenFile, f, tok)
+			}
+			// Cached: the second call asks the proxy nothing.
+			if again, err := d.Token(t.Context(), "proxy-1"); err != nil || again != tok {
+				t.Errorf("second Token = %q, %v; want %q, nil", again, err, tok)
+			}
+			if got := p.take(); len(got) != 0 {
+				t.Errorf("second Token calls = %q; want none", got)
+			}
+			// Forget drops it: the file is read again (and not rewritten).
+			d.Forget("proxy-1")
+			if again, err := d.Token(t.Context(), "proxy-1"); err != nil || again != tok {
+				t.Errorf("Token after Forget = %q, %v; want %q, nil", again, err, tok)
+			}
+			if got := p.take(); !slices.Equal(got, []string{readToken}) {
+				t.Errorf("calls after Forget = %q; want %q", got, []string{readToken})
+			}
+		})
+	}
+}
+
+func TestDeliverTokenRandomPerVolume(t *testing.T) {
+	seen := map[string]bool{}
+	for i := range 5 {
+		tok, err := newTestDeliverer(newFakeProxy(nil)).Token(t.Context(), "proxy-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[tok] {
+			t.Fatalf("token #%d %q was made before; want a random token per volume", i, tok)
+		}
+		seen[tok] = true
+	}
+}
+
+func TestDeliverTokenPerContainer(t *testing.T) {
+	p := newFakeProxy(map[string]string{"/etc/nginx/upstreamd/token": "00112233445566778899aabbccddeeff"})
+	d := newTestDeliverer(p)
+	for _, id := range []string{"proxy-1", "proxy-2"} {
+		if _, err := d.Token(t.Context(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another container has its own volume: its token is read, not taken
+	// from the first one's.
+	want := []string{"ReadFile proxy-1 /etc/nginx/upstreamd/token", "ReadFile proxy-2 /etc/nginx/upstreamd/token"}
+	if got := p.take(); !slices.Equal(got, want) {
+		t.Errorf("calls = %q; want %q", got, want)
 	}
 }

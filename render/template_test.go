@@ -23,7 +23,12 @@ type goldenInput struct {
 	Services []string `json:"services"`
 	Default  string   `json:"default"`
 	Listen   int      `json:"listen"`
-	Entries  []struct {
+	// Dynamic renders the pools for the Lua balancer; StatusPort, when
+	// set, makes want.conf the delivered file (Finish appends the status
+	// server and, when dynamic, the Lua setup).
+	Dynamic    bool `json:"dynamic"`
+	StatusPort int  `json:"status_port"`
+	Entries    []struct {
 		Key string `json:"key"`
 		// Value is the registration as a JSON object, or a JSON string
 		// holding the raw etcd value verbatim (for values that are not JSON).
@@ -71,7 +76,8 @@ func loadGolden(t *testing.T, dir string) View {
 		}
 		snap.Entries = append(snap.Entries, entry)
 	}
-	return NewView(ViewInput{Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen})
+	return NewView(ViewInput{Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen,
+		Dynamic: in.Dynamic, StatusPort: in.StatusPort})
 }
 
 func TestDefaultTemplateGolden(t *testing.T) {
@@ -87,10 +93,11 @@ func TestDefaultTemplateGolden(t *testing.T) {
 		dir := filepath.Dir(in)
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			view := loadGolden(t, dir)
-			got, err := Render(tmpl, view)
+			rendered, err := Render(tmpl, view)
 			if err != nil {
 				t.Fatalf("Render: %v", err)
 			}
+			got := Finish(rendered, view) // rendered itself without a status port
 			wantPath := filepath.Join(dir, "want.conf")
 			if *update {
 				if err := os.WriteFile(wantPath, got, 0o644); err != nil {
@@ -115,22 +122,35 @@ func TestDefaultTemplateGolden(t *testing.T) {
 	}
 }
 
-// TestDefaultTemplateUpstreams checks the golden cases' one rule that a
-// diff would not make obvious: an upstream block is rendered exactly for
-// the services that have backends (nginx refuses an empty upstream), and /
-// answers 503 exactly when the default service has none.
+// TestDefaultTemplateUpstreams checks the golden cases' rules that a diff
+// would not make obvious. Static: an upstream block is rendered exactly for
+// the services that have backends (nginx refuses an empty upstream), with a
+// server line per backend, and / answers 503 exactly when the default
+// service has none. Dynamic: every service has its upstream, whose only
+// server is the placeholder the Lua balancer replaces, and the 503 comes
+// from Lua, so the pool can fill without a reload.
 func TestDefaultTemplateUpstreams(t *testing.T) {
 	tests := []struct {
 		name          string
 		dir           string
 		wantUpstreams []string
-		want503       bool
+		wantServers   []string // addresses of the upstreams' server lines
+		want503       bool     // the static "return 503" location
+		wantLua       bool     // balancer_by_lua_block and access_by_lua_block
 	}{
-		{name: "seed", dir: "seed-apache", wantUpstreams: []string{"apache_pool"}},
+		{name: "seed", dir: "seed-apache", wantUpstreams: []string{"apache_pool"},
+			wantServers: []string{"10.132.248.177:8082", "10.132.249.206:8081", "10.132.249.212:8080"}},
 		{name: "empty pool", dir: "empty-pool", wantUpstreams: nil, want503: true},
-		{name: "two services", dir: "two-services", wantUpstreams: []string{"api_pool", "web_pool"}},
-		{name: "unconfigured after configured", dir: "unconfigured-service", wantUpstreams: []string{"apache_pool", "legacy_pool", "zeta_pool"}},
-		{name: "default empty, other not", dir: "default-without-backends", wantUpstreams: []string{"static_pool"}, want503: true},
+		{name: "two services", dir: "two-services", wantUpstreams: []string{"api_pool", "web_pool"},
+			wantServers: []string{"172.18.0.10:9000", "172.18.0.3:80", "172.18.0.4:80"}},
+		{name: "unconfigured after configured", dir: "unconfigured-service", wantUpstreams: []string{"apache_pool", "legacy_pool", "zeta_pool"},
+			wantServers: []string{"10.0.0.1:80", "10.0.8.1:8080", "10.0.8.2:8080", "10.0.9.1:80"}},
+		{name: "default empty, other not", dir: "default-without-backends", wantUpstreams: []string{"static_pool"},
+			wantServers: []string{"10.0.1.1:8080"}, want503: true},
+		{name: "seed, dynamic", dir: "seed-apache-dynamic", wantUpstreams: []string{"apache_pool"},
+			wantServers: []string{"0.0.0.1:1"}, wantLua: true},
+		{name: "empty pool, dynamic", dir: "empty-pool-dynamic", wantUpstreams: []string{"apache_pool"},
+			wantServers: []string{"0.0.0.1:1"}, wantLua: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -138,20 +158,74 @@ func TestDefaultTemplateUpstreams(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Render: %v", err)
 			}
-			var upstreams []string
+			var upstreams, servers []string
 			for _, line := range strings.Split(string(got), "\n") {
 				if name, ok := strings.CutPrefix(line, "upstream "); ok {
 					upstreams = append(upstreams, strings.TrimSuffix(name, " {"))
 				}
+				if rest, ok := strings.CutPrefix(line, "    server "); ok {
+					servers = append(servers, strings.TrimRight(strings.Fields(rest)[0], ";"))
+				}
 			}
 			if fmt.Sprint(upstreams) != fmt.Sprint(tt.wantUpstreams) {
 				t.Errorf("upstream blocks = %v; want %v", upstreams, tt.wantUpstreams)
+			}
+			if fmt.Sprint(servers) != fmt.Sprint(tt.wantServers) {
+				t.Errorf("server lines = %v; want %v", servers, tt.wantServers)
+			}
+			wantBalancers := 0
+			if tt.wantLua {
+				wantBalancers = len(tt.wantUpstreams)
+			}
+			if n := bytes.Count(got, []byte("balancer_by_lua_block")); n != wantBalancers {
+				t.Errorf("balancer_by_lua_block appears %d times; want %d", n, wantBalancers)
+			}
+			if has := bytes.Contains(got, []byte("access_by_lua_block")); has != tt.wantLua {
+				t.Errorf("renders access_by_lua_block: %v; want %v", has, tt.wantLua)
 			}
 			if got503 := bytes.Contains(got, []byte("return 503")); got503 != tt.want503 {
 				t.Errorf("renders 503 location: %v; want %v", got503, tt.want503)
 			}
 			if got503 := bytes.Contains(got, []byte("proxy_pass")); got503 == tt.want503 {
 				t.Errorf("renders proxy_pass: %v; want %v", got503, !tt.want503)
+			}
+		})
+	}
+}
+
+// TestDefaultTemplateDynamicIgnoresMembership checks what dynamic pools
+// rest on: with Dynamic, the backends do not reach the config, so a change
+// of membership renders the same bytes and needs no reload.
+func TestDefaultTemplateDynamicIgnoresMembership(t *testing.T) {
+	tests := []struct {
+		name string
+		keys []string
+	}{
+		{name: "no backend"},
+		{name: "one backend", keys: []string{"/services/apache/10.0.0.1:80"}},
+		{name: "three backends", keys: []string{"/services/apache/10.0.0.1:80", "/services/apache/10.0.0.2:80", "/services/apache/10.0.0.3:80"}},
+		{name: "other backends", keys: []string{"/services/apache/172.18.0.9:8080"}},
+	}
+	render := func(t *testing.T, keys []string) []byte {
+		t.Helper()
+		out, err := Render(Default(), NewView(ViewInput{Snapshot: snapshotOf(t, keys...), Services: []string{"apache"},
+			Default: "apache", Listen: 80, Dynamic: true, StatusPort: 9145}))
+		if err != nil {
+			t.Fatalf("Render: %v", err)
+		}
+		return out
+	}
+	first := render(t, nil)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := render(t, tt.keys)
+			if !bytes.Equal(got, first) {
+				t.Errorf("dynamic config with %v differs from the one without backends:\n%s", tt.keys, firstDiff(got, first))
+			}
+			for _, k := range tt.keys {
+				if addr := k[strings.LastIndexByte(k, '/')+1:]; bytes.Contains(got, []byte(addr)) {
+					t.Errorf("dynamic config names backend %s", addr)
+				}
 			}
 		})
 	}

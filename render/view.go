@@ -43,6 +43,12 @@ type View struct {
 	Default string
 	// Listen is the port nginx listens on inside the proxy container.
 	Listen int
+	// Dynamic says pools are pushed to nginx's Lua balancer at run time
+	// instead of being rendered as server lines (no reload per change).
+	Dynamic bool
+	// StatusPort is the port of upstreamd's status server inside the proxy
+	// (the pools API and the config hash); 0 when there is none.
+	StatusPort int
 	// KVs holds the validated keys and values for confd's functions.
 	KVs map[string]string
 }
@@ -71,6 +77,9 @@ type ViewInput struct {
 	Default string
 	// Listen is nginx's listen port.
 	Listen int
+	// Dynamic and StatusPort are copied to the View.
+	Dynamic    bool
+	StatusPort int
 }
 
 // NewView groups a snapshot's entries by service.
@@ -90,7 +99,7 @@ func NewView(in ViewInput) View {
 			Key:       e.Key,
 		})
 	}
-	v := View{Default: in.Default, Listen: in.Listen, KVs: kvs}
+	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, KVs: kvs}
 	seen := map[string]bool{}
 	add := func(name string) {
 		if seen[name] {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"path"
@@ -31,6 +32,7 @@ type Config struct {
 	Etcd    EtcdConfig    `toml:"etcd"`
 	Network NetworkConfig `toml:"network"`
 	Proxy   ProxyConfig   `toml:"proxy"`
+	Metrics MetricsConfig `toml:"metrics"`
 	Service []ServiceConf `toml:"service"`
 
 	file string // where it was read from, for messages
@@ -56,6 +58,11 @@ type EtcdConfig struct {
 	KeyFile      string   `toml:"key_file"`
 }
 
+// MetricsConfig says where Prometheus metrics are served.
+type MetricsConfig struct {
+	Listen string `toml:"listen"`
+}
+
 // NetworkConfig names the bridge network.
 type NetworkConfig struct {
 	Name string `toml:"name"`
@@ -73,6 +80,8 @@ type ProxyConfig struct {
 	ConfigDir   string   `toml:"config_dir"`
 	DebounceMin Duration `toml:"debounce_min"`
 	DebounceMax Duration `toml:"debounce_max"`
+	StatusPort  *int     `toml:"status_port"`
+	Dynamic     *bool    `toml:"dynamic"`
 	Memory      string   `toml:"memory"`
 	CPUs        float64  `toml:"cpus"`
 }
@@ -136,6 +145,7 @@ const (
 	defaultService    = "apache"
 	defaultImage      = "upstreamd/apache:latest"
 	defaultReplicas   = 3
+	defaultStatusPort = 8099
 )
 
 // LoadConfig reads, defaults and validates a spec file. An empty path means
@@ -237,6 +247,16 @@ func (c *Config) applyDefaults() {
 	}
 	setDur(&p.DebounceMin, render.DefaultMinDebounce)
 	setDur(&p.DebounceMax, render.DefaultMaxDebounce)
+	if p.StatusPort == nil {
+		port := defaultStatusPort
+		p.StatusPort = &port
+	}
+	if p.Dynamic == nil {
+		// The built-in template uses the Lua balancer of upstreamd/nginx;
+		// a template of one's own lists its servers unless it says so.
+		dynamic := p.Template == "" && *p.StatusPort != 0
+		p.Dynamic = &dynamic
+	}
 	if len(c.Service) == 0 {
 		c.Service = []ServiceConf{{Name: defaultService}}
 	}
@@ -322,6 +342,11 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	if c.Metrics.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
+			bad("metrics.listen", "%q is not host:port (such as 127.0.0.1:9180)", c.Metrics.Listen)
+		}
+	}
 	if c.Docker.Timeout.D() <= 0 {
 		bad("docker.timeout", "must be positive")
 	}
@@ -335,6 +360,12 @@ func (c *Config) Validate() error {
 	}
 	if p.Port < 1 || p.Port > 65535 {
 		bad("proxy.port", "%d out of range 1-65535", p.Port)
+	}
+	if sp := *p.StatusPort; sp < 0 || sp > 65535 || sp == p.Port {
+		bad("proxy.status_port", "%d must be 0 (off) or a port in 1-65535 other than proxy.port", sp)
+	}
+	if *p.Dynamic && *p.StatusPort == 0 {
+		bad("proxy.dynamic", "dynamic pools need the status server: set proxy.status_port")
 	}
 	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig, "proxy.config_dir": p.ConfigDir} {
 		if !path.IsAbs(v) || path.Clean(v) != v {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"time"
 
@@ -82,6 +83,7 @@ func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		return err
 	})
 
+	m := newMetrics()
 	cache := etcd.NewCache(cfg.Etcd.Prefix, log.With().Str("component", "watch").Logger())
 	deliverer := render.NewDeliverer(render.DelivererConfig{
 		API:        docker,
@@ -90,22 +92,34 @@ func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		Logger:     log.With().Str("component", "deliver").Logger(),
 	})
 	var orch *orchestrator.Orchestrator
+	readyCh := make(chan struct{}) // closed when orch is ready
 	ctrl := render.NewController(render.ControllerConfig{
 		Template:  tmpl,
 		Source:    cache,
 		Deliverer: deliverer,
-		Proxy: func(context.Context) (string, error) {
-			if id := orch.ProxyID(); id != "" {
-				return id, nil
+		Status:    render.NewStatusClient(2 * time.Second),
+		Proxy: func(context.Context) (render.Proxy, error) {
+			if p := orch.Proxy(); p.ID != "" {
+				return render.Proxy{ID: p.ID, IP: p.IP}, nil
 			}
-			return "", render.ErrNoProxy
+			return render.Proxy{}, render.ErrNoProxy
 		},
 		Services:    cfg.ServiceNames(),
 		Default:     cfg.Proxy.Service,
 		Listen:      cfg.Proxy.Port,
+		Dynamic:     *cfg.Proxy.Dynamic,
+		StatusPort:  *cfg.Proxy.StatusPort,
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
+		Ready:       readyCh,
+		HealthyHere: func(service string) int { return orch.HealthyBackends(service) },
+		Observe: func(o render.Outcome) {
+			m.observe(o)
+			if o.Changed || o.Pushed {
+				orch.Wake() // drains and rolling updates wait for this
+			}
+		},
 	})
 	orch = orchestrator.New(orchestrator.Config{
 		Spec:          spec,
@@ -113,13 +127,31 @@ func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		Store:         etcd,
 		LeaseTTL:      cfg.Etcd.LeaseTTL.D(),
 		OnProxyChange: ctrl.Kick,
+		Pool:          ctrl,
 		Logger:        log,
 	})
 
 	grp, gctx := errgroup.WithContext(ctx)
+	grp.Go(func() error {
+		select {
+		case <-orch.Ready():
+			close(readyCh)
+		case <-gctx.Done():
+		}
+		return nil
+	})
 	grp.Go(func() error { return cache.Start(gctx) })
 	grp.Go(func() error { return ctrl.Start(gctx) })
 	grp.Go(func() error { return orch.Start(gctx) })
+	if cfg.Metrics.Listen != "" {
+		grp.Go(func() error {
+			log.Info().Str("listen", cfg.Metrics.Listen).Msg("serving /metrics and /healthz")
+			if err := m.serve(gctx, cfg.Metrics.Listen, orch.Backends); err != nil {
+				return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+			}
+			return nil
+		})
+	}
 	err = grp.Wait()
 	log.Info().Msg("upstreamd stopped; the proxy and backends keep running")
 	if errors.Is(err, context.Canceled) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/rs/zerolog"
@@ -83,16 +84,32 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out, err := render.Render(tmpl, render.NewView(render.ViewInput{
-				Snapshot: snap,
-				Services: cfg.ServiceNames(),
-				Default:  cfg.Proxy.Service,
-				Listen:   cfg.Proxy.Port,
-			}))
+			view := render.NewView(render.ViewInput{
+				Snapshot:   snap,
+				Services:   cfg.ServiceNames(),
+				Default:    cfg.Proxy.Service,
+				Listen:     cfg.Proxy.Port,
+				Dynamic:    *cfg.Proxy.Dynamic,
+				StatusPort: *cfg.Proxy.StatusPort,
+			})
+			out, err := render.Render(tmpl, view)
 			if err != nil {
 				return err
 			}
-			_, err = stdout.Write(out)
+			if _, err := stdout.Write(render.Finish(out, view)); err != nil {
+				return err
+			}
+			if *cfg.Proxy.Dynamic {
+				// The pools are not in the file: show what would be pushed.
+				_, err = fmt.Fprintf(stdout, "\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
+				for _, s := range view.Services {
+					addrs := make([]string, 0, len(s.Backends))
+					for _, b := range s.Backends {
+						addrs = append(addrs, b.Addr)
+					}
+					fmt.Fprintf(stdout, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
+				}
+			}
 			return err
 		},
 	}

@@ -1,0 +1,183 @@
+-- upstreamd.lua: dynamic upstream pools for nginx, kept by the upstreamd daemon.
+--
+-- The daemon PUTs the healthy backends of every service to
+-- /upstreamd/pools on the status port; they go into a shared dict that
+-- every worker reads, so pool changes need no reload (a reload makes old
+-- workers close idle client keep-alive connections, which clients see as
+-- errors). The body is kept in /etc/nginx/upstreamd/pools so that a
+-- restarted nginx starts with the last pools. Writes need the token in
+-- /etc/nginx/upstreamd/token (written by the daemon) in X-Upstreamd-Token.
+--
+-- Body format: a version line, then one line per service:
+--   <version>\n<service> <addr> <addr> ...\n
+-- where addr is ipv4:port or [ipv6]:port.
+
+local balancer = require "ngx.balancer"
+
+local M = {}
+
+local DICT = "upstreamd"
+local STATE_DIR = "/etc/nginx/upstreamd"
+local POOLS_FILE = STATE_DIR .. "/pools"
+local TOKEN_FILE = STATE_DIR .. "/token"
+local MAX_BODY = 1024 * 1024
+
+-- Per worker: the parsed pools and the dict generation they come from,
+-- and the round-robin position per service.
+local cache = { generation = nil, pools = {} }
+local rr = {}
+
+local function parse(text)
+  local pools = {}
+  for line in string.gmatch(text, "[^\n]+") do
+    local name, rest = string.match(line, "^(%S+)(.*)$")
+    if name then
+      local peers = {}
+      for addr in string.gmatch(rest, "%S+") do
+        -- set_current_peer wants IPv6 in brackets; names are not resolved,
+        -- so the daemon sends IP addresses only.
+        local host, port = string.match(addr, "^(%[[%x:]+%]):(%d+)$")
+        if not host then
+          host, port = string.match(addr, "^([%d%.]+):(%d+)$")
+        end
+        if host then
+          peers[#peers + 1] = { host, tonumber(port) }
+        end
+      end
+      pools[name] = peers
+    end
+  end
+  return pools
+end
+
+local function current()
+  local dict = ngx.shared[DICT]
+  local gen = dict:get("generation")
+  if gen ~= cache.generation then
+    cache.pools = parse(dict:get("pools") or "")
+    cache.generation = gen
+  end
+  return cache.pools
+end
+
+local function read_file(path)
+  local f = io.open(path, "r")
+  if not f then
+    return nil
+  end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+local function publish(dict, version, pools)
+  dict:set("pools", pools)
+  dict:set("version", version)
+  dict:incr("generation", 1, 0)
+end
+
+-- init_worker seeds an empty dict (nginx was restarted) from the file.
+function M.init_worker()
+  local dict = ngx.shared[DICT]
+  if dict:get("generation") ~= nil then
+    return
+  end
+  local text = read_file(POOLS_FILE)
+  if not text then
+    return
+  end
+  local version, pools = string.match(text, "^(%d+)\n(.*)$")
+  if version and dict:add("seeded", true) then
+    publish(dict, tonumber(version), pools)
+  end
+end
+
+-- balance picks the next peer of service, round robin, never one this
+-- request already tried (proxy_next_upstream retries call it again).
+function M.balance(service)
+  local peers = current()[service]
+  local n = peers and #peers or 0
+  if n == 0 then
+    return ngx.exit(ngx.ERROR)
+  end
+  local ctx = ngx.ctx
+  local tried = ctx.upstreamd_tried
+  if not tried then
+    tried = {}
+    ctx.upstreamd_tried = tried
+    if n > 1 then
+      balancer.set_more_tries(n - 1)
+    end
+  end
+  local i = rr[service] or 0
+  for _ = 1, n do
+    i = i % n + 1
+    local p = peers[i]
+    local key = p[1] .. ":" .. p[2]
+    if not tried[key] then
+      tried[key] = true
+      rr[service] = i
+      local ok, err = balancer.set_current_peer(p[1], p[2])
+      if not ok then
+        ngx.log(ngx.ERR, "upstreamd: set peer ", key, ": ", err)
+        return ngx.exit(ngx.ERROR)
+      end
+      return
+    end
+  end
+  return ngx.exit(ngx.ERROR)
+end
+
+-- require_backends answers 503 while service has no healthy backend.
+function M.require_backends(service)
+  local peers = current()[service]
+  if peers and #peers > 0 then
+    return
+  end
+  ngx.status = ngx.HTTP_SERVICE_UNAVAILABLE
+  ngx.header["Content-Type"] = "text/plain"
+  ngx.say("no healthy backend for service ", service)
+  return ngx.exit(ngx.HTTP_SERVICE_UNAVAILABLE)
+end
+
+-- api serves GET (the pools in use) and PUT (new pools) on /upstreamd/pools.
+function M.api()
+  local dict = ngx.shared[DICT]
+  local method = ngx.req.get_method()
+  if method == "GET" then
+    ngx.header["Content-Type"] = "text/plain"
+    ngx.print("version ", tostring(dict:get("version") or "none"), "\n", dict:get("pools") or "")
+    return
+  end
+  if method ~= "PUT" then
+    return ngx.exit(ngx.HTTP_NOT_ALLOWED)
+  end
+  local token = read_file(TOKEN_FILE)
+  if not token or #token < 16 or ngx.var.http_x_upstreamd_token ~= token then
+    return ngx.exit(ngx.HTTP_FORBIDDEN)
+  end
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if not body or #body > MAX_BODY then
+    return ngx.exit(ngx.HTTP_BAD_REQUEST)
+  end
+  local version, pools = string.match(body, "^(%d+)\n(.*)$")
+  if not version then
+    return ngx.exit(ngx.HTTP_BAD_REQUEST)
+  end
+  -- Keep it for a restarted nginx: write aside, then rename.
+  local tmp = POOLS_FILE .. ".tmp"
+  local f, err = io.open(tmp, "w")
+  if f then
+    f:write(body)
+    f:close()
+    os.rename(tmp, POOLS_FILE)
+  else
+    ngx.log(ngx.WARN, "upstreamd: cannot keep pools in ", tmp, ": ", err)
+  end
+  publish(dict, tonumber(version), pools)
+  ngx.header["Content-Type"] = "text/plain"
+  ngx.say("ok ", version)
+end
+
+return M

@@ -1,0 +1,485 @@
+//go:build integration && bench
+
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/integration/internal/load"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// TestBench is `make bench`: the real stack (3 Apache, nginx, etcd, the
+// daemon) under a bounded keep-alive load, through the scenarios of the
+// convergence issue. It prints a table and writes JSON (BENCH_OUT, default
+// bench-results.json at the repository root). Numbers are measured from
+// outside the daemon: convergence is the time from the action to nginx
+// answering with the new pool (its pools API, or the config hash for
+// reloads).
+func TestBench(t *testing.T) {
+	b := &bench{t: t}
+	defer b.report()
+
+	metricsPort := freePort(t)
+	s := newStack(t,
+		withHealth("/healthz", "2s", 2, 2),
+		withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", metricsPort)))
+	s.opts.timeout = "1s"
+	s.writeConfig()
+	b.metrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
+	d := s.startDaemon()
+	b.daemon = d
+	s.waitConverged(3, 90*time.Second)
+	b.s = s
+
+	t.Run("steady", func(t *testing.T) {
+		b.run("steady state, 10 s", func(r *result) {
+			waitFor(t, 10*time.Second)
+		})
+	})
+	t.Run("kill", func(t *testing.T) {
+		b.run("SIGKILL one backend (x10)", func(r *result) {
+			for i := 0; i < 10; i++ {
+				s.waitConverged(3, 90*time.Second)
+				victim := s.backends()[i%3]
+				addr := net.JoinHostPort(victim.IPs[s.project], "80")
+				t0 := time.Now()
+				require.NoError(t, s.docker.Signal(t.Context(), victim.ID, "KILL"))
+				r.converged(b.waitPool(t0, func(p map[string]bool) bool { return !p[addr] }))
+			}
+			s.waitConverged(3, 90*time.Second)
+		})
+	})
+	t.Run("pause", func(t *testing.T) {
+		b.run("docker pause one backend (x3): gone within interval x fall + 300 ms = 4.3 s", func(r *result) {
+			for i := 0; i < 3; i++ {
+				s.waitConverged(3, 90*time.Second)
+				victim := s.backends()[i%3]
+				addr := net.JoinHostPort(victim.IPs[s.project], "80")
+				t0 := time.Now()
+				require.NoError(t, s.docker.Pause(t.Context(), victim.ID))
+				r.converged(b.waitPool(t0, func(p map[string]bool) bool { return !p[addr] }))
+				require.NoError(t, s.docker.Unpause(t.Context(), victim.ID))
+			}
+			s.waitConverged(3, 90*time.Second)
+		})
+	})
+	t.Run("scale-up", func(t *testing.T) {
+		b.run("scale 3 -> 6", func(r *result) {
+			t0 := time.Now()
+			out, err := s.cli("scale", "apache", "6")
+			require.NoError(t, err, out)
+			r.converged(b.waitPool(t0, func(p map[string]bool) bool { return len(p) == 6 }))
+			s.waitConverged(6, 90*time.Second)
+		})
+	})
+	t.Run("scale-down", func(t *testing.T) {
+		b.run("scale 6 -> 3 (drained)", func(r *result) {
+			t0 := time.Now()
+			out, err := s.cli("scale", "apache", "3")
+			require.NoError(t, err, out)
+			r.converged(b.waitPool(t0, func(p map[string]bool) bool { return len(p) == 3 }))
+			s.waitConverged(3, 90*time.Second)
+		})
+	})
+	t.Run("burst", func(t *testing.T) {
+		b.run("100 registration changes in 1 s (service burst, not routed)", func(r *result) {
+			for i := 0; i < 100; i++ {
+				key := store.ServiceKey(store.DefaultPrefix, "burst", fmt.Sprintf("10.254.0.%d:80", i%50+1))
+				if i < 50 {
+					reg := store.Registration{Host: "fake", IPv4: fmt.Sprintf("10.254.0.%d", i+1), Port: 80, Node: "bench"}
+					require.NoError(t, s.etcd.Put(t.Context(), key, reg.Encode(), 0))
+				} else {
+					require.NoError(t, s.etcd.Delete(t.Context(), key))
+				}
+				waitFor(t, 10*time.Millisecond)
+			}
+			waitFor(t, time.Second) // let the last debounce window pass
+		})
+	})
+	t.Run("dynamic-1000", func(t *testing.T) {
+		b.run("1,000 servers in a pool, dynamic (pushed, no reload)", func(r *result) {
+			putMany(t, s, "big", 1000)
+			for i := 0; i < 5; i++ {
+				addr := fmt.Sprintf("10.253.100.%d:80", i+1)
+				t0 := time.Now()
+				putFake(t, s, "big", addr)
+				r.converged(b.waitPoolOf("big", t0, func(p map[string]bool) bool { return p[addr] }))
+			}
+			deletePrefix(t, s, "big")
+		})
+	})
+	t.Run("rss-100", func(t *testing.T) {
+		b.run("100 backends: daemon RSS", func(r *result) {
+			out, err := s.cli("scale", "apache", "100")
+			require.NoError(t, err, out)
+			eventually(t, 10*time.Minute, "100 backends registered", func() error {
+				if n := len(s.keys()); n != 100 {
+					return fmt.Errorf("%d registered", n)
+				}
+				return nil
+			})
+			waitFor(t, 5*time.Second) // a few probe rounds
+			rss, err := d.RSS()
+			require.NoError(t, err)
+			r.RSSBytes = rss
+			out, err = s.cli("scale", "apache", "3")
+			require.NoError(t, err, out)
+			s.waitConverged(3, 10*time.Minute)
+		})
+	})
+	t.Run("rolling", func(t *testing.T) {
+		b.run("rolling update of 3 backends (daemon restarted with a new spec)", func(r *result) {
+			oldHash := s.backends()[0].SpecHash
+			t0 := time.Now()
+			require.NoError(t, d.Stop(20*time.Second))
+			s.opts.serviceTOML += `env = ["RELEASE=2"]` + "\n"
+			s.writeConfig()
+			d = s.startDaemon()
+			b.daemon = d
+			eventually(t, 5*time.Minute, "every backend replaced", func() error {
+				bs := s.backends()
+				if len(bs) != 3 {
+					return fmt.Errorf("%d backends", len(bs))
+				}
+				for _, c := range bs {
+					if c.SpecHash == oldHash {
+						return fmt.Errorf("%s not replaced", c.Name)
+					}
+				}
+				if p, _, err := b.pool("apache"); err != nil || len(p) != 3 {
+					return fmt.Errorf("pool %v, %v", p, err)
+				}
+				return nil
+			})
+			r.converged(time.Since(t0))
+		})
+	})
+
+	// A template of one's own lists its servers: every change reloads.
+	t.Run("static-1000", func(t *testing.T) {
+		s2 := newStack(t, withTemplate(staticTemplate),
+			withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
+		d2 := s2.startDaemon()
+		s2.waitConverged(3, 90*time.Second)
+		b2 := &bench{t: t, s: s2, daemon: d2, metrics: metricsURL(s2)}
+		putMany(t, s2, "big", 1000)
+		eventually(t, time.Minute, "1,000 servers live", func() error {
+			h, err := b2.configHash()
+			if err != nil {
+				return err
+			}
+			cfg, err := s2.docker.ReadFile(t.Context(), s2.proxy().ID, "/etc/nginx/conf.d/upstreamd.conf")
+			if err != nil {
+				return err
+			}
+			if n := strings.Count(string(cfg), "10.253."); n != 1000 {
+				return fmt.Errorf("%d servers in the live config (hash %s)", n, h)
+			}
+			return nil
+		})
+		b2.run("1,000 servers, static template: render + nginx -t + reload (x5)", func(r *result) {
+			for i := 0; i < 5; i++ {
+				before, err := b2.configHash()
+				require.NoError(t, err)
+				t0 := time.Now()
+				putFake(t, s2, "big", fmt.Sprintf("10.253.200.%d:80", i+1))
+				r.converged(b2.waitHashChange(t0, before))
+			}
+		})
+		b.results = append(b.results, b2.results...)
+	})
+}
+
+// staticTemplate lists the servers of every service: each change of a pool
+// is a new config, checked and reloaded.
+const staticTemplate = `
+{{- range .Services}}{{if .Backends}}
+upstream {{.Name}}_pool {
+{{- range .Backends}}
+    server {{.Addr}};
+{{- end}}
+    keepalive 32;
+}
+{{- end}}{{end}}
+server {
+    listen {{.Listen}} default_server;
+    location / {
+        proxy_pass http://{{.Default}}_pool;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_connect_timeout 500ms;
+    }
+}
+`
+
+type bench struct {
+	t       *testing.T
+	s       *stack
+	daemon  *daemon.Process
+	metrics string
+	results []*result
+}
+
+type result struct {
+	Name            string    `json:"name"`
+	Seconds         float64   `json:"seconds"`
+	Requests        int       `json:"requests"`
+	Non2xx          int       `json:"non_2xx"`
+	TransportErrors int       `json:"transport_errors"`
+	ErrorKinds      []string  `json:"error_kinds,omitempty"`
+	LatencyP50Ms    float64   `json:"latency_p50_ms"`
+	LatencyP99Ms    float64   `json:"latency_p99_ms"`
+	ConvergenceMs   []float64 `json:"convergence_ms,omitempty"`
+	ConvP50Ms       float64   `json:"convergence_p50_ms"`
+	ConvP99Ms       float64   `json:"convergence_p99_ms"`
+	ConvMaxMs       float64   `json:"convergence_max_ms"`
+	Reloads         int       `json:"reloads"`
+	Pushes          int       `json:"pool_pushes"`
+	RSSBytes        int64     `json:"daemon_rss_bytes"`
+}
+
+func (r *result) converged(d time.Duration) {
+	r.ConvergenceMs = append(r.ConvergenceMs, float64(d.Microseconds())/1000)
+}
+
+// run measures one scenario under load.
+func (b *bench) run(name string, scenario func(r *result)) {
+	r := &result{Name: name}
+	reloads0, pushes0 := b.passes()
+	lr := load.Start(b.t.Context(), load.Config{Addr: b.s.publish, Workers: 8, Duration: 10 * time.Minute})
+	start := time.Now()
+	func() {
+		defer func() {
+			res := lr.Stop()
+			r.Seconds = time.Since(start).Seconds()
+			r.Requests, r.Non2xx, r.TransportErrors = res.Requests, res.Non2xx, res.Errors
+			for k, n := range res.ErrorKind {
+				r.ErrorKinds = append(r.ErrorKinds, fmt.Sprintf("%s x%d", k, n))
+			}
+			r.LatencyP50Ms = float64(res.Percentile(50).Microseconds()) / 1000
+			r.LatencyP99Ms = float64(res.Percentile(99).Microseconds()) / 1000
+		}()
+		scenario(r)
+	}()
+	reloads1, pushes1 := b.passes()
+	r.Reloads, r.Pushes = reloads1-reloads0, pushes1-pushes0
+	if r.RSSBytes == 0 {
+		r.RSSBytes, _ = b.daemon.RSS()
+	}
+	if len(r.ConvergenceMs) > 0 {
+		sorted := append([]float64(nil), r.ConvergenceMs...)
+		sort.Float64s(sorted)
+		r.ConvP50Ms = sorted[len(sorted)/2]
+		r.ConvP99Ms = sorted[int(0.99*float64(len(sorted)-1)+0.5)]
+		r.ConvMaxMs = sorted[len(sorted)-1]
+	}
+	b.results = append(b.results, r)
+	b.t.Logf("%s: %d requests, %d non-2xx, %d transport errors, convergence %v ms, %d reloads, %d pushes",
+		name, r.Requests, r.Non2xx, r.TransportErrors, r.ConvergenceMs, r.Reloads, r.Pushes)
+}
+
+// passes reads the daemon's reload and push counters.
+func (b *bench) passes() (reloads, pushes int) {
+	resp, err := http.Get(b.metrics)
+	if err != nil {
+		b.t.Logf("metrics: %v", err)
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		for label, dst := range map[string]*int{`result="reload"`: &reloads, `result="push"`: &pushes} {
+			if strings.HasPrefix(line, "upstreamd_render_passes_total{") && strings.Contains(line, label) {
+				f, _ := strconv.ParseFloat(line[strings.LastIndex(line, " ")+1:], 64)
+				*dst = int(f)
+			}
+		}
+	}
+	return reloads, pushes
+}
+
+// statusURL is the status server of the stack's proxy.
+func (b *bench) statusURL(path string) string {
+	return "http://" + net.JoinHostPort(b.s.proxy().IPs[b.s.project], "8099") + path
+}
+
+// pool returns the addresses nginx's balancer holds for service.
+func (b *bench) pool(service string) (map[string]bool, string, error) {
+	resp, err := http.Get(b.statusURL("/upstreamd/pools"))
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, "", err
+	}
+	lines := strings.Split(string(body), "\n")
+	out := map[string]bool{}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		if len(f) > 0 && f[0] == service {
+			for _, a := range f[1:] {
+				out[a] = true
+			}
+		}
+	}
+	return out, lines[0], nil
+}
+
+// waitPool polls nginx's pool of apache until cond holds; it returns the
+// time since t0.
+func (b *bench) waitPool(t0 time.Time, cond func(map[string]bool) bool) time.Duration {
+	return b.waitPoolOf("apache", t0, cond)
+}
+
+func (b *bench) waitPoolOf(service string, t0 time.Time, cond func(map[string]bool) bool) time.Duration {
+	b.t.Helper()
+	var took time.Duration
+	eventuallyFast(b.t, 30*time.Second, "nginx's pool of "+service, func() error {
+		p, _, err := b.pool(service)
+		if err != nil {
+			return err
+		}
+		if !cond(p) {
+			return fmt.Errorf("pool %v", p)
+		}
+		took = time.Since(t0)
+		return nil
+	})
+	return took
+}
+
+func (b *bench) configHash() (string, error) {
+	resp, err := http.Get(b.statusURL("/upstreamd/status"))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(body)), err
+}
+
+// waitHashChange polls nginx's config hash until it differs from before.
+func (b *bench) waitHashChange(t0 time.Time, before string) time.Duration {
+	var took time.Duration
+	eventuallyFast(b.t, 30*time.Second, "a new config in nginx", func() error {
+		h, err := b.configHash()
+		if err != nil {
+			return err
+		}
+		if h == before {
+			return fmt.Errorf("still %s", h)
+		}
+		took = time.Since(t0)
+		return nil
+	})
+	return took
+}
+
+// report prints the table and writes the JSON.
+func (b *bench) report() {
+	if len(b.results) == 0 {
+		return
+	}
+	var sb strings.Builder
+	tw := tabwriter.NewWriter(&sb, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SCENARIO\tREQUESTS\tNON-2XX\tERRORS\tCONV p50/p99/max ms\tRELOADS\tPUSHES\tRSS MB\tLAT p50/p99 ms")
+	for _, r := range b.results {
+		conv := "-"
+		if len(r.ConvergenceMs) > 0 {
+			conv = fmt.Sprintf("%.0f/%.0f/%.0f", r.ConvP50Ms, r.ConvP99Ms, r.ConvMaxMs)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f/%.1f\n", r.Name, r.Requests, r.Non2xx, r.TransportErrors,
+			conv, r.Reloads, r.Pushes, float64(r.RSSBytes)/(1<<20), r.LatencyP50Ms, r.LatencyP99Ms)
+	}
+	tw.Flush()
+	fmt.Println(sb.String())
+	b.t.Log("\n" + sb.String())
+	out := os.Getenv("BENCH_OUT")
+	if out == "" {
+		out = filepath.Join("..", "bench-results.json")
+	}
+	data, err := json.MarshalIndent(struct {
+		When    time.Time `json:"when"`
+		Results []*result `json:"results"`
+	}{time.Now().UTC(), b.results}, "", "  ")
+	if err == nil {
+		err = os.WriteFile(out, data, 0o644)
+	}
+	if err != nil {
+		b.t.Errorf("write %s: %v", out, err)
+		return
+	}
+	b.t.Logf("results written to %s", out)
+}
+
+func metricsURL(s *stack) string {
+	i := strings.Index(s.opts.extra, "listen = \"")
+	addr := s.opts.extra[i+len("listen = \""):]
+	return "http://" + addr[:strings.Index(addr, "\"")] + "/metrics"
+}
+
+func putFake(t *testing.T, s *stack, service, addr string) {
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	reg := store.Registration{Host: "fake", IPv4: host, Port: p, Node: "bench"}
+	require.NoError(t, s.etcd.Put(t.Context(), store.ServiceKey(store.DefaultPrefix, service, addr), reg.Encode(), 0))
+}
+
+func putMany(t *testing.T, s *stack, service string, n int) {
+	for i := 0; i < n; i++ {
+		putFake(t, s, service, fmt.Sprintf("10.253.%d.%d:80", i/250, i%250+1))
+	}
+}
+
+func deletePrefix(t *testing.T, s *stack, service string) {
+	kvs, _, err := s.etcd.List(t.Context(), store.ServicePrefix(store.DefaultPrefix, service))
+	require.NoError(t, err)
+	for _, kv := range kvs {
+		require.NoError(t, s.etcd.Delete(t.Context(), kv.Key))
+	}
+}
+
+// waitFor lets time pass in a scenario whose point is the passing of time
+// (steady load, spacing of a burst).
+func waitFor(t *testing.T, d time.Duration) {
+	select {
+	case <-t.Context().Done():
+	case <-time.After(d):
+	}
+}
+
+// eventuallyFast is eventually with a 2 ms poll, for timing measurements.
+func eventuallyFast(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

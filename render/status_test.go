@@ -1,0 +1,156 @@
+package render
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// statusRequest is what a test status server received.
+type statusRequest struct {
+	method, path, token, contentType, body string
+}
+
+// newStatusServer serves status and body for every request and records
+// the requests. It returns the server's host:port.
+func newStatusServer(t *testing.T, status int, body string) (string, func() []statusRequest) {
+	t.Helper()
+	var mu sync.Mutex
+	var reqs []statusRequest
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Errorf("read request body: %v", err)
+		}
+		mu.Lock()
+		reqs = append(reqs, statusRequest{method: r.Method, path: r.URL.Path, token: r.Header.Get("X-Upstreamd-Token"),
+			contentType: r.Header.Get("Content-Type"), body: string(b)})
+		mu.Unlock()
+		w.WriteHeader(status)
+		if _, err := io.WriteString(w, body); err != nil {
+			t.Errorf("write response: %v", err)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), func() []statusRequest {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]statusRequest(nil), reqs...)
+	}
+}
+
+// closedAddr returns a host:port where nothing listens any more.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	srv.Close()
+	return addr
+}
+
+func TestStatusClientPushPools(t *testing.T) {
+	const (
+		token = "0123456789abcdef0123456789abcdef"
+		body  = "7\napache 10.0.0.1:80 10.0.0.2:80\nstatic\n"
+	)
+	tests := []struct {
+		name         string
+		status       int    // 0: nothing listens
+		answer       string // response body
+		wantErr      bool
+		wantNoServer bool     // the error matches ErrNoStatusServer
+		wantInErr    []string // substrings of the error
+	}{
+		{name: "accepted", status: http.StatusOK, answer: "ok 7\n"},
+		{name: "no pools API in the live config", status: http.StatusNotFound, wantErr: true, wantNoServer: true, wantInErr: []string{"404"}},
+		{name: "wrong token", status: http.StatusForbidden, answer: "<html>403 Forbidden</html>\n", wantErr: true, wantInErr: []string{"status 403", "403 Forbidden"}},
+		{name: "bad body", status: http.StatusBadRequest, wantErr: true, wantInErr: []string{"status 400"}},
+		{name: "server error", status: http.StatusInternalServerError, answer: "lua error", wantErr: true, wantInErr: []string{"status 500", "lua error"}},
+		{name: "connection refused", wantErr: true, wantNoServer: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, requests := closedAddr(t), func() []statusRequest { return nil }
+			if tt.status != 0 {
+				addr, requests = newStatusServer(t, tt.status, tt.answer)
+			}
+			c := NewStatusClient(5 * time.Second)
+			err := c.PushPools(t.Context(), addr, token, []byte(body))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("PushPools = %v; want error: %v", err, tt.wantErr)
+			}
+			if err != nil {
+				if got := errors.Is(err, ErrNoStatusServer); got != tt.wantNoServer {
+					t.Errorf("errors.Is(%v, ErrNoStatusServer) = %v; want %v", err, got, tt.wantNoServer)
+				}
+				for _, want := range append([]string{"push pools", addr}, tt.wantInErr...) {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error = %q; want it to contain %q", err, want)
+					}
+				}
+				if strings.Contains(err.Error(), token) {
+					t.Errorf("error = %q; want it without the token", err)
+				}
+			}
+			if tt.status == 0 {
+				return
+			}
+			want := statusRequest{method: http.MethodPut, path: "/upstreamd/pools", token: token, contentType: "text/plain", body: body}
+			if got := requests(); len(got) != 1 || got[0] != want {
+				t.Errorf("requests = %+v; want one: %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestStatusClientConfigHash(t *testing.T) {
+	tests := []struct {
+		name         string
+		status       int // 0: nothing listens
+		answer       string
+		want         string
+		wantErr      bool
+		wantNoServer bool
+	}{
+		{name: "hash", status: http.StatusOK, answer: "config d15d50c6a95aaec1\n", want: "d15d50c6a95aaec1"},
+		{name: "hash without newline", status: http.StatusOK, answer: "config d15d50c6a95aaec1", want: "d15d50c6a95aaec1"},
+		{name: "another server answers", status: http.StatusOK, answer: "<html>Welcome to nginx!</html>", wantErr: true},
+		{name: "empty answer", status: http.StatusOK, answer: "", wantErr: true},
+		{name: "no status location", status: http.StatusNotFound, answer: "not found", wantErr: true, wantNoServer: true},
+		{name: "connection refused", wantErr: true, wantNoServer: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr, requests := closedAddr(t), func() []statusRequest { return nil }
+			if tt.status != 0 {
+				addr, requests = newStatusServer(t, tt.status, tt.answer)
+			}
+			c := NewStatusClient(5 * time.Second)
+			got, err := c.ConfigHash(t.Context(), addr)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("ConfigHash = %q, %v; want error: %v", got, err, tt.wantErr)
+			}
+			if err != nil {
+				if isNo := errors.Is(err, ErrNoStatusServer); isNo != tt.wantNoServer {
+					t.Errorf("errors.Is(%v, ErrNoStatusServer) = %v; want %v", err, isNo, tt.wantNoServer)
+				}
+				if !strings.Contains(err.Error(), addr) {
+					t.Errorf("error = %q; want it to name %s", err, addr)
+				}
+			} else if got != tt.want {
+				t.Errorf("ConfigHash = %q; want %q", got, tt.want)
+			}
+			if tt.status == 0 {
+				return
+			}
+			if r := requests(); len(r) != 1 || r[0].method != http.MethodGet || r[0].path != "/upstreamd/status" {
+				t.Errorf("requests = %+v; want one GET /upstreamd/status", r)
+			}
+		})
+	}
+}

@@ -99,18 +99,8 @@ func TestBench(t *testing.T) {
 		})
 	})
 	t.Run("burst", func(t *testing.T) {
-		b.run("100 registration changes in 1 s (service burst, not routed)", func(r *result) {
-			for i := 0; i < 100; i++ {
-				key := store.ServiceKey(store.DefaultPrefix, "burst", fmt.Sprintf("10.254.0.%d:80", i%50+1))
-				if i < 50 {
-					reg := store.Registration{Host: "fake", IPv4: fmt.Sprintf("10.254.0.%d", i+1), Port: 80, Node: "bench"}
-					require.NoError(t, s.etcd.Put(t.Context(), key, reg.Encode(), 0))
-				} else {
-					require.NoError(t, s.etcd.Delete(t.Context(), key))
-				}
-				waitFor(t, 10*time.Millisecond)
-			}
-			waitFor(t, time.Second) // let the last debounce window pass
+		b.run("100 registration changes in 1 s (dynamic: pushes, no reload)", func(r *result) {
+			burst(t, s)
 		})
 	})
 	t.Run("dynamic-1000", func(t *testing.T) {
@@ -153,6 +143,7 @@ func TestBench(t *testing.T) {
 			s.writeConfig()
 			d = s.startDaemon()
 			b.daemon = d
+			r.countersReset = true // a new daemon counts from zero
 			eventually(t, 5*time.Minute, "every backend replaced", func() error {
 				bs := s.backends()
 				if len(bs) != 3 {
@@ -194,14 +185,22 @@ func TestBench(t *testing.T) {
 			}
 			return nil
 		})
-		b2.run("1,000 servers, static template: render + nginx -t + reload (x5)", func(r *result) {
-			for i := 0; i < 5; i++ {
-				before, err := b2.configHash()
-				require.NoError(t, err)
-				t0 := time.Now()
-				putFake(t, s2, "big", fmt.Sprintf("10.253.200.%d:80", i+1))
-				r.converged(b2.waitHashChange(t0, before))
+		reload1000 := func(from int) func(r *result) {
+			return func(r *result) {
+				for i := 0; i < 5; i++ {
+					before, err := b2.configHash()
+					require.NoError(t, err)
+					t0 := time.Now()
+					putFake(t, s2, "big", fmt.Sprintf("10.253.200.%d:80", from+i))
+					r.converged(b2.waitHashChange(t0, before))
+				}
 			}
+		}
+		b2.runWith("1,000 servers, static template: render + nginx -t + reload (x5), idle", 0, reload1000(1))
+		b2.run("1,000 servers, static template: render + nginx -t + reload (x5), under load", reload1000(11))
+		deletePrefix(t, s2, "big")
+		b2.run("100 registration changes in 1 s, static template (every change is a reload)", func(r *result) {
+			burst(t, s2)
 		})
 		b.results = append(b.results, b2.results...)
 	})
@@ -253,6 +252,8 @@ type result struct {
 	Reloads         int       `json:"reloads"`
 	Pushes          int       `json:"pool_pushes"`
 	RSSBytes        int64     `json:"daemon_rss_bytes"`
+
+	countersReset bool
 }
 
 func (r *result) converged(d time.Duration) {
@@ -260,10 +261,17 @@ func (r *result) converged(d time.Duration) {
 }
 
 // run measures one scenario under load.
-func (b *bench) run(name string, scenario func(r *result)) {
+func (b *bench) run(name string, scenario func(r *result)) { b.runWith(name, 8, scenario) }
+
+// runWith measures one scenario with that many load workers (0: no load).
+func (b *bench) runWith(name string, workers int, scenario func(r *result)) {
 	r := &result{Name: name}
 	reloads0, pushes0 := b.passes()
-	lr := load.Start(b.t.Context(), load.Config{Addr: b.s.publish, Workers: 8, Duration: 10 * time.Minute})
+	cfg := load.Config{Addr: b.s.publish, Workers: workers, Duration: 10 * time.Minute}
+	if workers == 0 {
+		cfg.Workers, cfg.MaxRequests = 1, 1 // a single request: the run is idle
+	}
+	lr := load.Start(b.t.Context(), cfg)
 	start := time.Now()
 	func() {
 		defer func() {
@@ -279,6 +287,9 @@ func (b *bench) run(name string, scenario func(r *result)) {
 		scenario(r)
 	}()
 	reloads1, pushes1 := b.passes()
+	if r.countersReset {
+		reloads0, pushes0 = 0, 0
+	}
 	r.Reloads, r.Pushes = reloads1-reloads0, pushes1-pushes0
 	if r.RSSBytes == 0 {
 		r.RSSBytes, _ = b.daemon.RSS()
@@ -436,6 +447,23 @@ func metricsURL(s *stack) string {
 	i := strings.Index(s.opts.extra, "listen = \"")
 	addr := s.opts.extra[i+len("listen = \""):]
 	return "http://" + addr[:strings.Index(addr, "\"")] + "/metrics"
+}
+
+// burst makes 100 registration changes in about a second: 50 backends of a
+// service "burst" (not routed, so no request reaches their fake
+// addresses), then their removal. A template that lists every service
+// renders each change; the built-in one pushes the pools.
+func burst(t *testing.T, s *stack) {
+	for i := 0; i < 100; i++ {
+		addr := fmt.Sprintf("10.254.0.%d:80", i%50+1)
+		if i < 50 {
+			putFake(t, s, "burst", addr)
+		} else {
+			require.NoError(t, s.etcd.Delete(t.Context(), store.ServiceKey(store.DefaultPrefix, "burst", addr)))
+		}
+		waitFor(t, 10*time.Millisecond)
+	}
+	waitFor(t, time.Second) // let the last debounce window pass
 }
 
 func putFake(t *testing.T, s *stack, service, addr string) {

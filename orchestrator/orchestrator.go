@@ -172,6 +172,11 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	g.Go(func() error {
 		return o.cfg.Store.WatchPrefix(ctx, OverridesPrefix(o.cfg.Spec.Project), o.Wake)
 	})
+	// Keys changed by someone else (deleted by hand, overwritten by another
+	// node) are put right at once, not at the next resync.
+	g.Go(func() error {
+		return o.cfg.Store.WatchPrefix(ctx, strings.TrimSuffix(o.cfg.Spec.Prefix, "/")+"/", o.registrar.Trigger)
+	})
 	g.Go(func() error {
 		select {
 		case <-ctx.Done():

@@ -304,7 +304,7 @@ func (r *Reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 		Network:     spec.Network,
 		Aliases:     []string{svc.Name},
 		ExposedPort: svc.Port,
-		Restart:     "no", // upstreamd replaces dead backends itself
+		Restart:     containers.RestartPolicy(restartOr(svc.Restart, "no")),
 		MemoryBytes: svc.Limits.MemoryBytes,
 		NanoCPUs:    svc.Limits.NanoCPUs,
 		StopTimeout: svc.StopGrace,
@@ -460,6 +460,13 @@ func (r *Reconciler) rankForRemoval(cs []containers.Container) {
 		}
 		return cs[i].Created.After(cs[j].Created)
 	})
+}
+
+func restartOr(policy, def string) string {
+	if policy == "" {
+		return def
+	}
+	return policy
 }
 
 // healthRank orders backends for removal: unhealthy, pending, then healthy.

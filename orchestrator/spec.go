@@ -62,6 +62,11 @@ type ServiceSpec struct {
 	Health HealthSpec
 	// StopGrace is how long a stopping backend gets before SIGKILL.
 	StopGrace time.Duration
+	// Restart is the engine's restart policy for the backends: "no" (the
+	// default: upstreamd replaces dead backends with fresh containers),
+	// "on-failure", "unless-stopped" or "always" (the engine restarts them,
+	// also while the daemon is down).
+	Restart string
 	// Limits are optional resource limits.
 	Limits Limits
 }

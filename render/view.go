@@ -31,6 +31,9 @@ type Backend struct {
 type Service struct {
 	Name     string
 	Backends []Backend // sorted by Addr
+	// Configured is true for the services of the spec, false for those
+	// only found in etcd (another deployment's, in a shared etcd).
+	Configured bool
 }
 
 // View is the data a template renders from. It is built from one validated
@@ -101,7 +104,7 @@ func NewView(in ViewInput) View {
 	}
 	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, KVs: kvs}
 	seen := map[string]bool{}
-	add := func(name string) {
+	add := func(name string, configured bool) {
 		if seen[name] {
 			return
 		}
@@ -111,10 +114,10 @@ func NewView(in ViewInput) View {
 			bs = []Backend{}
 		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].Addr < bs[j].Addr })
-		v.Services = append(v.Services, Service{Name: name, Backends: bs})
+		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured})
 	}
 	for _, name := range in.Services {
-		add(name)
+		add(name, true)
 	}
 	extra := make([]string, 0, len(byService))
 	for name := range byService {
@@ -124,7 +127,7 @@ func NewView(in ViewInput) View {
 	}
 	sort.Strings(extra)
 	for _, name := range extra {
-		add(name)
+		add(name, false)
 	}
 	return v
 }

@@ -95,6 +95,7 @@ type ServiceConf struct {
 	Env       []string     `toml:"env"`
 	Command   []string     `toml:"command"`
 	StopGrace Duration     `toml:"stop_grace"`
+	Restart   string       `toml:"restart"`
 	Memory    string       `toml:"memory"`
 	CPUs      float64      `toml:"cpus"`
 	Health    HealthConfig `toml:"health"`
@@ -273,6 +274,7 @@ func (c *Config) applyDefaults() {
 			s.Port = 80
 		}
 		setDur(&s.StopGrace, 10*time.Second)
+		setStr(&s.Restart, "no")
 		setStr(&s.Health.Path, "/")
 		setDur(&s.Health.Interval, 2*time.Second)
 		setDur(&s.Health.Timeout, time.Second)
@@ -414,6 +416,11 @@ func (c *Config) Validate() error {
 				bad(fmt.Sprintf("%s.env[%d]", k, j), "%q is not KEY=VALUE", e)
 			}
 		}
+		switch s.Restart {
+		case "no", "on-failure", "unless-stopped", "always":
+		default:
+			bad(k+".restart", "%q is not a restart policy: no, on-failure, unless-stopped or always", s.Restart)
+		}
 		if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
 			bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())
 		}
@@ -505,6 +512,7 @@ func (c *Config) Spec() orchestrator.Spec {
 			Env:       s.Env,
 			Cmd:       s.Command,
 			StopGrace: s.StopGrace.D(),
+			Restart:   s.Restart,
 			Limits:    limits,
 			Health: orchestrator.HealthSpec{
 				Path:     s.Health.Path,

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -105,6 +106,9 @@ type Client struct {
 	api     client.APIClient
 	timeout time.Duration
 	log     zerolog.Logger
+
+	mu         sync.Mutex
+	pullFailed map[string]pullFailure // image → last failed pull
 }
 
 // New returns a Client. It does not contact the engine; Ping does.
@@ -121,7 +125,7 @@ func New(cfg Config) (*Client, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{api: api, timeout: timeout, log: cfg.Logger}, nil
+	return &Client{api: api, timeout: timeout, log: cfg.Logger, pullFailed: map[string]pullFailure{}}, nil
 }
 
 // Close releases the client's connections.

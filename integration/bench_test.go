@@ -154,7 +154,7 @@ func TestBench(t *testing.T) {
 						return fmt.Errorf("%s not replaced", c.Name)
 					}
 				}
-				if p, _, err := b.pool("apache"); err != nil || len(p) != 3 {
+				if p, err := b.pool("apache"); err != nil || len(p) != 3 {
 					return fmt.Errorf("pool %v, %v", p, err)
 				}
 				return nil
@@ -327,34 +327,8 @@ func (b *bench) passes() (reloads, pushes int) {
 	return reloads, pushes
 }
 
-// statusURL is the status server of the stack's proxy.
-func (b *bench) statusURL(path string) string {
-	return "http://" + net.JoinHostPort(b.s.proxy().IPs[b.s.project], "8099") + path
-}
-
 // pool returns the addresses nginx's balancer holds for service.
-func (b *bench) pool(service string) (map[string]bool, string, error) {
-	resp, err := http.Get(b.statusURL("/upstreamd/pools"))
-	if err != nil {
-		return nil, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, "", err
-	}
-	lines := strings.Split(string(body), "\n")
-	out := map[string]bool{}
-	for _, l := range lines[1:] {
-		f := strings.Fields(l)
-		if len(f) > 0 && f[0] == service {
-			for _, a := range f[1:] {
-				out[a] = true
-			}
-		}
-	}
-	return out, lines[0], nil
-}
+func (b *bench) pool(service string) (map[string]bool, error) { return b.s.nginxPool(service) }
 
 // waitPool polls nginx's pool of apache until cond holds; it returns the
 // time since t0.
@@ -366,7 +340,7 @@ func (b *bench) waitPoolOf(service string, t0 time.Time, cond func(map[string]bo
 	b.t.Helper()
 	var took time.Duration
 	eventuallyFast(b.t, 30*time.Second, "nginx's pool of "+service, func() error {
-		p, _, err := b.pool(service)
+		p, err := b.pool(service)
 		if err != nil {
 			return err
 		}
@@ -380,7 +354,7 @@ func (b *bench) waitPoolOf(service string, t0 time.Time, cond func(map[string]bo
 }
 
 func (b *bench) configHash() (string, error) {
-	resp, err := http.Get(b.statusURL("/upstreamd/status"))
+	resp, err := http.Get(b.s.statusURL("/upstreamd/status"))
 	if err != nil {
 		return "", err
 	}

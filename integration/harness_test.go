@@ -10,14 +10,18 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"github.com/testcontainers/testcontainers-go"
@@ -85,6 +89,8 @@ type stackOptions struct {
 	rise, fall  int
 	extra       string // more TOML appended verbatim
 	proxyTOML   string // more keys inside [proxy]
+	dockerHost  string // [docker] host; empty: the default socket
+	etcdPort    int    // publish etcd on this fixed 127.0.0.1 port (survives a restart)
 	serviceTOML string // more keys inside [[service]]
 }
 
@@ -98,6 +104,8 @@ func withHealth(path, interval string, rise, fall int) option {
 func withServiceTOML(s string) option { return func(o *stackOptions) { o.serviceTOML += s + "\n" } }
 func withExtraTOML(s string) option   { return func(o *stackOptions) { o.extra += s + "\n" } }
 func withProxyTOML(s string) option   { return func(o *stackOptions) { o.proxyTOML += s + "\n" } }
+func withDockerHost(h string) option  { return func(o *stackOptions) { o.dockerHost = h } }
+func withEtcdPort(p int) option       { return func(o *stackOptions) { o.etcdPort = p } }
 
 // stack is one test's world: its own etcd, project, network and port.
 type stack struct {
@@ -109,6 +117,7 @@ type stack struct {
 	docker     *containers.Client
 	configFile string
 	opts       stackOptions
+	etcdC      *etcd.Container
 }
 
 func randomHex(n int) string {
@@ -135,13 +144,21 @@ func newStack(t *testing.T, opts ...option) *stack {
 	s := &stack{t: t, project: "it" + randomHex(4), opts: o}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
-	ec, err := etcd.Run(ctx, etcd.DefaultImage)
+	var etcdOpts []testcontainers.ContainerCustomizer
+	if o.etcdPort != 0 {
+		etcdOpts = append(etcdOpts, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			hc.PortBindings = network.PortMap{network.MustParsePort("2379/tcp"): {
+				{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(o.etcdPort)}}}
+		}))
+	}
+	ec, err := etcd.Run(ctx, etcd.DefaultImage, etcdOpts...)
 	if ec != nil {
 		testcontainers.CleanupContainer(t, ec.EtcdContainer)
 	}
 	require.NoError(t, err)
 	s.etcdURL, err = ec.Endpoint(ctx)
 	require.NoError(t, err)
+	s.etcdC = ec
 
 	s.docker, err = containers.New(containers.Config{Logger: zerolog.Nop()})
 	require.NoError(t, err)
@@ -161,6 +178,9 @@ func (s *stack) writeConfig() {
 	o := s.opts
 	var b strings.Builder
 	fmt.Fprintf(&b, "project = %q\nnode = %q\n", s.project, "node-"+s.project)
+	if o.dockerHost != "" {
+		fmt.Fprintf(&b, "[docker]\nhost = %q\n", o.dockerHost)
+	}
 	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", s.etcdURL)
 	fmt.Fprintf(&b, "[proxy]\npublish = %q\n", s.publish)
 	b.WriteString(o.proxyTOML)
@@ -189,17 +209,35 @@ func (s *stack) removeAll() {
 			s.t.Logf("cleanup: %v", err)
 		}
 	}
-	if err := s.docker.RemoveNetwork(ctx, s.project); err != nil {
-		s.t.Logf("cleanup: %v", err)
+	// A container the daemon was still removing may hold the network for a
+	// moment: retry a few times.
+	var err2 error
+	for i := 0; i < 20; i++ {
+		if err2 = s.docker.RemoveNetwork(ctx, s.project); err2 == nil {
+			break
+		}
+		if list, _ := s.docker.List(ctx, s.project); len(list) > 0 {
+			for _, c := range list {
+				_ = s.docker.Remove(ctx, c.ID)
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err2 != nil {
+		s.t.Errorf("cleanup: network %s left behind: %v", s.project, err2)
 	}
 	s.docker.Close()
 }
 
 // startDaemon runs `upstreamd run` on the stack's spec; it is stopped with
 // SIGTERM at cleanup, and its logs are shown when the test failed.
-func (s *stack) startDaemon() *daemon.Process {
+func (s *stack) startDaemon() *daemon.Process { return s.startDaemonFormat("console") }
+
+// startDaemonFormat is startDaemon with the given log format (json for
+// tests that read log fields exactly).
+func (s *stack) startDaemonFormat(format string) *daemon.Process {
 	s.t.Helper()
-	p, err := daemon.Start(binPath, []string{"run", "--config", s.configFile, "--log-format", "console", "--log-level", "debug"}, nil)
+	p, err := daemon.Start(binPath, []string{"run", "--config", s.configFile, "--log-format", format, "--log-level", "debug"}, nil)
 	require.NoError(s.t, err)
 	s.t.Cleanup(func() {
 		if err := p.Stop(20 * time.Second); err != nil {
@@ -272,26 +310,48 @@ func names(cs []containers.Container) []string {
 // keys returns the validated registrations of service apache.
 func (s *stack) keys() []store.Entry {
 	s.t.Helper()
-	kvs, _, err := s.etcd.List(s.t.Context(), store.ServicePrefix(store.DefaultPrefix, "apache"))
+	out, err := s.tryKeys()
 	require.NoError(s.t, err)
+	return out
+}
+
+// tryKeys is keys for polling: an etcd error is returned, not fatal.
+func (s *stack) tryKeys() ([]store.Entry, error) {
+	kvs, _, err := s.etcd.List(s.t.Context(), store.ServicePrefix(store.DefaultPrefix, "apache"))
+	if err != nil {
+		return nil, err
+	}
 	var out []store.Entry
 	for _, kv := range kvs {
 		e, err := store.ParseEntry(store.DefaultPrefix, kv.Key, kv.Value)
-		require.NoError(s.t, err, "the daemon wrote an invalid registration")
+		if err != nil {
+			s.t.Fatalf("the daemon wrote an invalid registration: %v", err)
+		}
 		e.Lease = kv.Lease
 		out = append(out, e)
 	}
-	return out
+	return out, nil
 }
 
 // registeredHosts returns the host field of every registration, sorted.
 func (s *stack) registeredHosts() []string {
+	s.t.Helper()
+	hosts, err := s.tryRegisteredHosts()
+	require.NoError(s.t, err)
+	return hosts
+}
+
+func (s *stack) tryRegisteredHosts() ([]string, error) {
+	keys, err := s.tryKeys()
+	if err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, e := range s.keys() {
+	for _, e := range keys {
 		out = append(out, e.Reg.Host)
 	}
 	sort.Strings(out)
-	return out
+	return out, nil
 }
 
 var hostRE = regexp.MustCompile(`hostname: (\S+)`)
@@ -346,11 +406,15 @@ func (s *stack) waitConverged(n int, timeout time.Duration) []string {
 		if len(want) != n {
 			return fmt.Errorf("%d backends running, want %d: %v", len(want), n, want)
 		}
-		if got := s.registeredHosts(); !equal(got, want) {
+		got, err := s.tryRegisteredHosts()
+		if err != nil {
+			return err
+		}
+		if !equal(got, want) {
 			return fmt.Errorf("registered %v, running %v", got, want)
 		}
 		// Round robin over n backends: 3n requests reach each at least once.
-		got, err := s.servedHosts(3 * n)
+		got, err = s.servedHosts(3 * n)
 		if err != nil {
 			return err
 		}
@@ -381,4 +445,35 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// statusURL is a URL of the status server inside the stack's proxy (the
+// host reaches container addresses on the bridge network).
+func (s *stack) statusURL(path string) string {
+	return "http://" + net.JoinHostPort(s.proxy().IPs[s.project], "8099") + path
+}
+
+// nginxPool returns the addresses nginx's Lua balancer holds for service,
+// as nginx answers them.
+func (s *stack) nginxPool(service string) (map[string]bool, error) {
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(s.statusURL("/upstreamd/pools"))
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) > 0 && f[0] == service {
+			for _, a := range f[1:] {
+				out[a] = true
+			}
+		}
+	}
+	return out, nil
 }

@@ -2,9 +2,11 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -71,6 +73,10 @@ type Orchestrator struct {
 	wake       chan struct{}
 	healthy    chan struct{} // a backend's health changed
 	ready      chan struct{} // closed once etcd reflects this node's backends
+
+	mu              sync.Mutex
+	overrides       map[string]int // replica overrides last read from etcd
+	overridesLoaded bool
 }
 
 // New wires an Orchestrator.
@@ -111,7 +117,7 @@ func New(cfg Config) *Orchestrator {
 		Spec:          cfg.Spec,
 		Docker:        cfg.Docker,
 		Health:        o.health,
-		Replicas:      o.replicaOverrides,
+		Replicas:      o.cachedOverrides,
 		OnProxyChange: cfg.OnProxyChange,
 		Pool:          cfg.Pool,
 		DrainTimeout:  cfg.DrainTimeout,
@@ -161,6 +167,11 @@ func (o *Orchestrator) Proxy() Proxy { return o.reconciler.Proxy() }
 // first reconcile pass, so that backends adopted after a restart are
 // known (pending) before it may delete anything.
 func (o *Orchestrator) Start(ctx context.Context) error {
+	// Read the replica overrides before the first pass: a restarted
+	// daemon must not scale to the spec's count and back.
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	o.refreshOverrides(rctx)
+	cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})
 	g.Go(func() error {
@@ -170,7 +181,7 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	})
 	g.Go(func() error { return o.watchEvents(ctx) })
 	g.Go(func() error {
-		return o.cfg.Store.WatchPrefix(ctx, OverridesPrefix(o.cfg.Spec.Project), o.Wake)
+		return o.cfg.Store.WatchPrefix(ctx, OverridesPrefix(o.cfg.Spec.Project), func() { o.refreshOverrides(ctx) })
 	})
 	// Keys changed by someone else (deleted by hand, overwritten by another
 	// node) are put right at once, not at the next resync.
@@ -317,6 +328,9 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 		if ev.Role == containers.RoleBackend {
 			o.health.Dead(ev.ID)
 		}
+		if ev.Action == "die" {
+			o.reconciler.NoteDied(ev.ID)
+		}
 		o.Wake()
 	case "start":
 		switch ev.Role {
@@ -371,6 +385,37 @@ func ParseReplicas(s string) (int, error) {
 		return 0, fmt.Errorf("replicas %d out of range 1-%d", n, MaxReplicas)
 	}
 	return n, nil
+}
+
+// errNoOverrides: the overrides were never read (etcd unreachable so far).
+var errNoOverrides = errors.New("replica overrides not read from etcd yet")
+
+// refreshOverrides reads the overrides into memory and wakes the
+// reconciler; the overrides watch calls it on every change and after every
+// (re)connection. Passes read the memory copy, so an etcd outage never
+// slows them down.
+func (o *Orchestrator) refreshOverrides(ctx context.Context) {
+	ov, err := o.replicaOverrides(ctx)
+	o.mu.Lock()
+	if err == nil {
+		o.overrides, o.overridesLoaded = ov, true
+	}
+	o.mu.Unlock()
+	if err != nil {
+		o.log.Debug().Err(err).Msg("read replica overrides")
+		return
+	}
+	o.Wake()
+}
+
+// cachedOverrides returns the overrides last read.
+func (o *Orchestrator) cachedOverrides(context.Context) (map[string]int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.overridesLoaded {
+		return nil, errNoOverrides
+	}
+	return o.overrides, nil
 }
 
 // replicaOverrides reads the overrides; invalid ones are logged and skipped.

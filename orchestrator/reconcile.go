@@ -89,6 +89,8 @@ type Reconciler struct {
 	mu            sync.Mutex
 	proxy         Proxy
 	draining      map[string]bool // container IDs being drained
+	died          map[string]bool // "die" events not yet seen in a listing
+	stopSlots     chan struct{}   // bounds concurrent stops of drained backends
 	drains        sync.WaitGroup
 	lastOverrides map[string]int
 	overridesErr  bool
@@ -105,7 +107,8 @@ func NewReconciler(cfg ReconcilerConfig) *Reconciler {
 	if cfg.DrainTimeout <= 0 {
 		cfg.DrainTimeout = 10 * time.Second
 	}
-	return &Reconciler{cfg: cfg, log: cfg.Logger, draining: map[string]bool{}}
+	return &Reconciler{cfg: cfg, log: cfg.Logger, draining: map[string]bool{}, died: map[string]bool{},
+		stopSlots: make(chan struct{}, 4)}
 }
 
 // Proxy is the running proxy container as the last pass saw it.
@@ -178,7 +181,15 @@ func (r *Reconciler) drain(ctx context.Context, c containers.Container, svc Serv
 		if ctx.Err() != nil {
 			return
 		}
+		// A few stops at a time: a scale-down of a hundred backends must not
+		// send the engine a hundred concurrent stops.
+		select {
+		case r.stopSlots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		err := errors.Join(r.cfg.Docker.Stop(ctx, c.ID, svc.StopGrace), r.cfg.Docker.Remove(ctx, c.ID))
+		<-r.stopSlots
 		if err != nil {
 			log.Error().Err(err).Msg("drained backend not removed; the next pass retries")
 			return
@@ -189,6 +200,44 @@ func (r *Reconciler) drain(ctx context.Context, c containers.Container, svc Serv
 
 // WaitDrains waits for the drains in progress to end (tests, shutdown).
 func (r *Reconciler) WaitDrains() { r.drains.Wait() }
+
+// NoteDied records a "die" event. The engine sends it before its listing
+// shows the exit, so a pass woken by it could still see the container
+// running; freshen asks the engine directly about such containers.
+func (r *Reconciler) NoteDied(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.died[id] = true
+}
+
+// freshen replaces the listed state of containers that died (NoteDied) but
+// are still listed as running by what the engine's inspect says (inspect
+// waits for the exit to be recorded).
+func (r *Reconciler) freshen(ctx context.Context, list []containers.Container) []containers.Container {
+	r.mu.Lock()
+	died := r.died
+	r.died = map[string]bool{}
+	r.mu.Unlock()
+	if len(died) == 0 {
+		return list
+	}
+	out := list[:0]
+	for _, c := range list {
+		if died[c.ID] && (c.State == containers.StateRunning || c.State == containers.StateRestarting) {
+			fresh, err := r.cfg.Docker.Inspect(ctx, c.ID)
+			if containers.IsNotFound(err) {
+				continue // removed meanwhile
+			}
+			if err == nil {
+				c.State = fresh.State
+			} else {
+				r.NoteDied(c.ID) // ask again next pass
+			}
+		}
+		out = append(out, c)
+	}
+	return out
+}
 
 // Names of the singleton containers.
 func dataName(project string) string  { return project + "-data" }
@@ -206,6 +255,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	all = r.freshen(ctx, all)
 	var data, proxies []containers.Container
 	backends := map[string][]containers.Container{}
 	for _, c := range all {
@@ -328,21 +378,8 @@ func (r *Reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 			requeue = true // the drain wakes us when done
 			continue
 		}
-		if r.cfg.Health.IsDead(c.ID) && c.State != containers.StateExited && c.State != containers.StateDead {
-			// Its "die" event came before the listing caught up: ask the
-			// engine directly (inspect waits for the exit to be recorded).
-			fresh, err := r.cfg.Docker.Inspect(ctx, c.ID)
-			switch {
-			case containers.IsNotFound(err):
-				continue
-			case err != nil:
-				errs = append(errs, err)
-				continue
-			}
-			c.State = fresh.State
-			if c.State == containers.StateRunning {
-				r.cfg.Health.Revive(c.ID) // restarted since: probe it again
-			}
+		if c.State == containers.StateRunning && r.cfg.Health.IsDead(c.ID) {
+			r.cfg.Health.Revive(c.ID) // restarted since it died: probe it again
 		}
 		switch c.State {
 		case containers.StateRunning, containers.StatePaused, containers.StateRestarting:

@@ -316,9 +316,7 @@ func TestReconcileChanges(t *testing.T) {
 				e.docker.mu.Lock()
 				e.docker.staleList[id] = containers.StateRunning
 				e.docker.mu.Unlock()
-				e.prober.mu.Lock()
-				e.prober.tombstones[id] = true
-				e.prober.mu.Unlock()
+				e.rec.NoteDied(id) // the "die" event
 				return gone{dead: []string{id}, removed: []string{id}}
 			},
 			wantCreated: map[containers.Role]int{containers.RoleBackend: 1},
@@ -417,6 +415,21 @@ func TestReconcileChanges(t *testing.T) {
 			mutate: func(_ *testing.T, e *recEnv) gone {
 				id := proxyID(e)
 				e.docker.edit(id, func(c *containers.Container) { c.State = containers.StateExited })
+				return gone{removed: []string{id}}
+			},
+			wantCreated: map[containers.Role]int{containers.RoleProxy: 1},
+			wantStarts:  1,
+			wantChanges: 1,
+		},
+		{
+			name: "proxy that died while the listing still says running is replaced in the same pass",
+			mutate: func(_ *testing.T, e *recEnv) gone {
+				id := proxyID(e)
+				e.docker.edit(id, func(c *containers.Container) { c.State = containers.StateExited })
+				e.docker.mu.Lock()
+				e.docker.staleList[id] = containers.StateRunning
+				e.docker.mu.Unlock()
+				e.rec.NoteDied(id)
 				return gone{removed: []string{id}}
 			},
 			wantCreated: map[containers.Role]int{containers.RoleProxy: 1},

@@ -39,11 +39,12 @@ type Cache struct {
 	changed chan struct{}
 }
 
-// NewCache returns a cache of prefix; Start fills it.
+// NewCache returns a cache of the registrations under prefix (the keys
+// under KeysPrefix(prefix)); Start fills it.
 func (c *Client) NewCache(prefix string, log zerolog.Logger) *Cache {
 	return &Cache{
 		cli:     c,
-		prefix:  prefix,
+		prefix:  KeysPrefix(prefix),
 		log:     log,
 		entries: map[string]Entry{},
 		changed: make(chan struct{}, 1),
@@ -134,7 +135,11 @@ func (k *Cache) loadAndWatch(ctx context.Context, loaded func()) error {
 
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := k.cli.cli.Watch(wctx, k.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	cli, err := k.cli.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	wch := cli.Watch(wctx, k.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	for wr := range wch {
 		if err := wr.Err(); err != nil {
 			if wr.CompactRevision != 0 {

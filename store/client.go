@@ -40,12 +40,25 @@ type Config struct {
 
 // Client wraps an etcd v3 client.
 type Client struct {
-	cli     *clientv3.Client
+	cfg     clientv3.Config
 	timeout time.Duration
 	log     zerolog.Logger
+
+	// slot is a lock that waits with a context: whoever holds it may read
+	// or set cli and closed.
+	slot   chan struct{}
+	cli    *clientv3.Client
+	closed bool
 }
 
+// errClosed: the Client was closed.
+var errClosed = errors.New("etcd client closed")
+
 // New returns a Client. It does not wait for etcd to answer; requests do.
+// The connection is made by the first request, and made again by the next
+// one while it fails: with a user name, connecting authenticates, and a
+// wrong password or an etcd that is down must be an error the caller logs
+// and retries, not a daemon that cannot start.
 func New(cfg Config) (*Client, error) {
 	if len(cfg.Endpoints) == 0 {
 		return nil, errors.New("etcd: no endpoints")
@@ -58,24 +71,53 @@ func New(cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            cfg.Endpoints,
-		DialTimeout:          dial,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 3 * time.Second,
-		Username:             cfg.Username,
-		Password:             cfg.Password,
-		TLS:                  tlsCfg,
-		Logger:               zap.NewNop(),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client for %v: %w", cfg.Endpoints, err)
-	}
 	timeout := cfg.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{cli: cli, timeout: timeout, log: cfg.Logger}, nil
+	return &Client{
+		cfg: clientv3.Config{
+			Endpoints:            cfg.Endpoints,
+			DialTimeout:          dial,
+			DialKeepAliveTime:    10 * time.Second,
+			DialKeepAliveTimeout: 3 * time.Second,
+			Username:             cfg.Username,
+			Password:             cfg.Password,
+			TLS:                  tlsCfg,
+			Logger:               zap.NewNop(),
+		},
+		timeout: timeout,
+		log:     cfg.Logger,
+		slot:    make(chan struct{}, 1),
+	}, nil
+}
+
+// etcd returns the connected client, connecting first when there is none.
+// With a user name, connecting authenticates, which takes up to
+// DialTimeout when etcd does not answer.
+func (c *Client) etcd(ctx context.Context) (*clientv3.Client, error) {
+	select {
+	case c.slot <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.slot }()
+	switch {
+	case c.closed:
+		return nil, errClosed
+	case c.cli != nil:
+		return c.cli, nil
+	}
+	cli, err := clientv3.New(c.cfg)
+	if err != nil {
+		as := ""
+		if c.cfg.Username != "" {
+			as = " as user " + c.cfg.Username
+		}
+		return nil, fmt.Errorf("etcd connect to %v%s: %w", c.cfg.Endpoints, as, err)
+	}
+	c.cli = cli
+	return cli, nil
 }
 
 func (cfg Config) tlsConfig() (*tls.Config, error) {
@@ -107,15 +149,33 @@ func (cfg Config) tlsConfig() (*tls.Config, error) {
 	return t, nil
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.cli.Close() }
+// Close closes the connection; it waits for a connection attempt in
+// progress.
+func (c *Client) Close() error {
+	c.slot <- struct{}{}
+	defer func() { <-c.slot }()
+	c.closed = true
+	if c.cli == nil {
+		return nil
+	}
+	return c.cli.Close()
+}
+
+// PingKey is the key Ping reads. It lies under /upstreamd/, which the
+// daemon's etcd role may read anyway (next to the registrations prefix), so
+// that Ping also passes with a role limited to those two prefixes.
+const PingKey = "/upstreamd/ping"
 
 // Ping checks that etcd answers.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := c.cli.Get(ctx, "upstreamd-ping", clientv3.WithCountOnly()); err != nil {
-		return fmt.Errorf("etcd at %v: %w", c.cli.Endpoints(), err)
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Get(ctx, PingKey, clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("etcd at %v: %w", c.cfg.Endpoints, err)
 	}
 	return nil
 }
@@ -131,7 +191,11 @@ type KV struct {
 func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("etcd get %s*: %w", prefix, err)
 	}
@@ -146,7 +210,11 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 func (c *Client) Get(ctx context.Context, key string) (value []byte, found bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	resp, err := c.cli.Get(ctx, key)
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	resp, err := cli.Get(ctx, key)
 	if err != nil {
 		return nil, false, fmt.Errorf("etcd get %s: %w", key, err)
 	}
@@ -164,7 +232,11 @@ func (c *Client) Put(ctx context.Context, key, value string, lease int64) error 
 	if lease != 0 {
 		opts = append(opts, clientv3.WithLease(clientv3.LeaseID(lease)))
 	}
-	if _, err := c.cli.Put(ctx, key, value, opts...); err != nil {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Put(ctx, key, value, opts...); err != nil {
 		if isLeaseNotFound(err) {
 			return fmt.Errorf("etcd put %s: %w", key, ErrLeaseLost)
 		}
@@ -177,7 +249,11 @@ func (c *Client) Put(ctx context.Context, key, value string, lease int64) error 
 func (c *Client) Delete(ctx context.Context, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := c.cli.Delete(ctx, key); err != nil {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Delete(ctx, key); err != nil {
 		return fmt.Errorf("etcd delete %s: %w", key, err)
 	}
 	return nil

@@ -28,12 +28,16 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	gctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	secs := int64((ttl + time.Second - 1) / time.Second)
-	resp, err := c.cli.Grant(gctx, secs)
+	cli, err := c.etcd(gctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.Grant(gctx, secs)
 	if err != nil {
 		return nil, fmt.Errorf("etcd grant lease of %ds: %w", secs, err)
 	}
 	kctx, stop := context.WithCancel(ctx)
-	ch, err := c.cli.KeepAlive(kctx, resp.ID)
+	ch, err := cli.KeepAlive(kctx, resp.ID)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("etcd keep lease %x alive: %w", resp.ID, err)
@@ -54,7 +58,11 @@ func (c *Client) Revoke(ctx context.Context, l *Lease) error {
 	l.Release()
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	if _, err := c.cli.Revoke(ctx, clientv3.LeaseID(l.ID)); err != nil && !isLeaseNotFound(err) {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.Revoke(ctx, clientv3.LeaseID(l.ID)); err != nil && !isLeaseNotFound(err) {
 		return fmt.Errorf("etcd revoke lease %x: %w", l.ID, err)
 	}
 	return nil

@@ -66,6 +66,14 @@ func ServicePrefix(prefix, service string) string {
 	return strings.TrimSuffix(prefix, "/") + "/" + service + "/"
 }
 
+// KeysPrefix returns what every registration key under prefix starts
+// with: prefix and a slash. Read and watch this range, not prefix alone:
+// that would also cover unrelated keys (/servicesx…), which an etcd role
+// granted only "/services/" may not read.
+func KeysPrefix(prefix string) string {
+	return strings.TrimSuffix(prefix, "/") + "/"
+}
+
 // ParseEntry validates a key and value read from etcd. The key must be
 // <prefix>/<service>/<host:port>, with a service name of [a-z0-9_.-] and an
 // address that ParseAddr accepts; the value must be a Registration in JSON

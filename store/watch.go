@@ -38,7 +38,11 @@ func (c *Client) watchOnce(ctx context.Context, prefix string, changed func()) e
 	changed()
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range c.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
 			return fmt.Errorf("watch %s: %w", prefix, err)
 		}

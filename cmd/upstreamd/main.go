@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 )
@@ -112,7 +113,12 @@ func (g *globalFlags) logger(w io.Writer) (zerolog.Logger, error) {
 	switch g.logFormat {
 	case "json":
 	case "console":
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000"}
+		// Colors only for a terminal; a pipe or file gets plain text.
+		color := false
+		if f, ok := w.(*os.File); ok {
+			color = isatty.IsTerminal(f.Fd())
+		}
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: "15:04:05.000", NoColor: !color}
 	default:
 		return zerolog.Nop(), usageError{fmt.Errorf("--log-format %q: want json or console", g.logFormat)}
 	}

@@ -40,7 +40,7 @@ func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.C
 // loadSnapshot reads the registrations as the daemon's watch would see them:
 // invalid keys are logged and left out.
 func loadSnapshot(ctx context.Context, etcd *store.Client, prefix string, log zerolog.Logger) (store.Snapshot, error) {
-	kvs, rev, err := etcd.List(ctx, prefix)
+	kvs, rev, err := etcd.List(ctx, store.KeysPrefix(prefix))
 	if err != nil {
 		return store.Snapshot{}, err
 	}

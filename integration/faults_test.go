@@ -276,3 +276,34 @@ func TestFlappingBackend(t *testing.T) {
 	// Healthy for good now: back after rise passes.
 	s.waitConverged(3, 30*time.Second)
 }
+
+// TestKeysDeletedByHand: someone deletes every registration of the service
+// behind the daemon's back. The renderer refuses to empty a pool this node
+// still finds healthy, the registrar puts the keys back at once (it
+// watches them), and no request fails.
+func TestKeysDeletedByHand(t *testing.T) {
+	s := newStack(t)
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	r := s.startLoad()
+	waitRequests(t, r, 500)
+
+	for _, e := range s.keys() {
+		require.NoError(t, s.etcd.Delete(t.Context(), e.Key))
+	}
+	eventually(t, 10*time.Second, "the registrations put back", func() error {
+		keys, err := s.tryKeys()
+		if err != nil {
+			return err
+		}
+		if len(keys) != 3 {
+			return fmt.Errorf("%d keys", len(keys))
+		}
+		return nil
+	})
+	s.waitConverged(3, 30*time.Second)
+	waitRequests(t, r, 500)
+
+	requireNoFailures(t, r.Stop())
+	require.NotContains(t, d.Logs(), "backends_apache=0", "an empty pool was pushed")
+}

@@ -130,6 +130,10 @@ type Controller struct {
 	pushedTo string // … to this proxy container
 	liveHash string // hash of the config confirmed running …
 	liveOn   string // … in this proxy container
+	// poolsOn is the proxy container where a push went through: the
+	// config it runs has the pools API. A Kick does not reset it (a
+	// restart in place keeps the config).
+	poolsOn string
 
 	mu      sync.Mutex
 	resync  bool                       // Kick: verify everything again
@@ -302,6 +306,7 @@ func (c *Controller) pass(ctx context.Context) error {
 	}
 	if err := c.guardEmptying(view); err != nil {
 		c.log.Warn().Err(err).Int64("revision", snap.Revision).Msg("not applying these registrations; nginx keeps its pools")
+		c.observe(Outcome{Revision: snap.Revision, Backends: len(snap.Entries), Err: err, Took: time.Since(start)})
 		return err
 	}
 	hash := Hash(out)
@@ -335,7 +340,9 @@ func (c *Controller) pass(ctx context.Context) error {
 	if hash == c.rejected {
 		// nginx already said no to exactly these bytes. The last good
 		// config still runs the pools API: membership keeps flowing.
-		if !c.cfg.Dynamic || statusAddr == "" || c.liveOn != proxy.ID {
+		// Whether it went live here or was running when upstreamd
+		// started, a push that went through says it has that API.
+		if !c.cfg.Dynamic || statusAddr == "" || (c.liveOn != proxy.ID && c.poolsOn != proxy.ID) {
 			return nil
 		}
 		if pools := string(PoolsBody(0, view)); pools != c.pushed {
@@ -427,9 +434,9 @@ func (c *Controller) pass(ctx context.Context) error {
 	return nil
 }
 
-// errWouldEmpty: the registrations would empty a pool while this node has
-// healthy backends for it.
-var errWouldEmpty = errors.New("refusing to empty a pool")
+// ErrWouldEmpty: the registrations would empty a pool while this node has
+// healthy backends for it; the pass was refused and is retried.
+var ErrWouldEmpty = errors.New("refusing to empty a pool")
 
 // guardEmptying refuses a view with an empty pool while this node still
 // finds healthy backends of that service: etcd and this node disagree, and
@@ -443,7 +450,7 @@ func (c *Controller) guardEmptying(v View) error {
 			continue
 		}
 		if n := c.cfg.HealthyHere(s.Name); n > 0 {
-			return fmt.Errorf("%w of service %s: etcd lists no backend but %d are healthy here", errWouldEmpty, s.Name, n)
+			return fmt.Errorf("%w of service %s: etcd lists no backend but %d are healthy here", ErrWouldEmpty, s.Name, n)
 		}
 	}
 	return nil
@@ -455,7 +462,11 @@ func (c *Controller) push(ctx context.Context, proxy Proxy, addr string, body []
 	if err != nil {
 		return err
 	}
-	return c.cfg.Status.PushPools(ctx, addr, token, body)
+	if err := c.cfg.Status.PushPools(ctx, addr, token, body); err != nil {
+		return err
+	}
+	c.poolsOn = proxy.ID
+	return nil
 }
 
 // confirm polls the status server until nginx answers with hash: the new

@@ -238,13 +238,21 @@ type harnessConfig struct {
 	dynamic        bool
 	statusPort     int
 	confirmTimeout time.Duration
+	services       []string // the configured services; nil: apache alone
+	ready          <-chan struct{}
+	healthyHere    func(service string) int
 }
 
-// startWith is start with a status server, dynamic pools or a confirm
-// timeout. Call it inside synctest.Test.
+// startWith is start with a status server, dynamic pools, a confirm
+// timeout, more services, a Ready channel or a HealthyHere count. Call it
+// inside synctest.Test.
 func startWith(t *testing.T, hc harnessConfig) *harness {
 	t.Helper()
 	h := &harness{src: newFakeSource(), del: hc.del, proxyUp: true}
+	services := hc.services
+	if services == nil {
+		services = []string{"apache"}
+	}
 	h.ctrl = NewController(ControllerConfig{
 		Template:  hc.tmpl,
 		Source:    h.src,
@@ -259,12 +267,14 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 			}
 			return Proxy{ID: testProxyID, IP: testProxyIP}, nil
 		},
-		Services:       []string{"apache"},
+		Services:       services,
 		Default:        "apache",
 		Listen:         80,
 		Dynamic:        hc.dynamic,
 		StatusPort:     hc.statusPort,
 		ConfirmTimeout: hc.confirmTimeout,
+		Ready:          hc.ready,
+		HealthyHere:    hc.healthyHere,
 		Logger:         zerolog.Nop(),
 		Observe: func(o Outcome) {
 			h.mu.Lock()
@@ -725,6 +735,44 @@ func apacheSnap(t testing.TB, rev int64, addrs ...string) store.Snapshot {
 	snap := snapshotOf(t, keys...)
 	snap.Revision = rev
 	return snap
+}
+
+// poolSnap returns a snapshot at rev of the backends, each written
+// "service/host:port".
+func poolSnap(t testing.TB, rev int64, backends ...string) store.Snapshot {
+	t.Helper()
+	keys := make([]string, 0, len(backends))
+	for _, b := range backends {
+		keys = append(keys, store.DefaultPrefix+"/"+b)
+	}
+	snap := snapshotOf(t, keys...)
+	snap.Revision = rev
+	return snap
+}
+
+// servesExactly checks, for each backend of all (each "service/host:port"),
+// that ctrl.Serves says true exactly for those in want; it returns an error
+// listing each mismatch.
+func servesExactly(ctrl *Controller, all, want []string) error {
+	var errs []error
+	for _, b := range all {
+		service, addr, _ := strings.Cut(b, "/")
+		if got, w := ctrl.Serves(service, addr), slices.Contains(want, b); got != w {
+			errs = append(errs, fmt.Errorf("Serves(%s, %s) = %v; want %v", service, addr, got, w))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// countPrefix counts the events that start with prefix.
+func countPrefix(events []string, prefix string) int {
+	n := 0
+	for _, e := range events {
+		if strings.HasPrefix(e, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 // view builds snap's View the way h's Controller does.
@@ -1253,6 +1301,158 @@ func TestControllerWaitServes(t *testing.T) {
 				}
 				if wantTook := map[bool]time.Duration{false: time.Minute, true: time.Second}[tt.canceled]; took != wantTook {
 					t.Errorf("WaitServes returned after %v; want %v", took, wantTook)
+				}
+			})
+		})
+	}
+}
+
+// TestControllerRejectedConfigPools: nginx rejects the rendered config
+// (an include of a file it does not have, for a service only etcd lists).
+// The rejected bytes are not delivered again, and with dynamic pools the
+// last good config keeps receiving membership changes, which Serves
+// reflects: whether it went live through this controller, was running
+// when upstreamd started, or nginx restarted in place since (a Kick). In
+// static mode, and while no config with the pools API runs, Serves keeps
+// what it knew.
+func TestControllerRejectedConfigPools(t *testing.T) {
+	const (
+		a1 = "apache/10.0.0.1:80"
+		a2 = "apache/10.0.0.2:80"
+		l1 = "legacy/10.0.9.1:80" // a service etcd lists but the spec does not
+	)
+	tmpl, err := Parse("includes.tmpl", defaultTemplate+`{{range .Services}}{{if not .Configured}}
+include /etc/nginx/upstreamd/{{.Name}}.conf;
+{{- end}}{{end}}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const missing = "include /etc/nginx/upstreamd/legacy.conf;"
+	tests := []struct {
+		name    string
+		dynamic bool
+		// good is how the last good config (for a1) came to run:
+		// "delivered" by this controller, "running" when upstreamd
+		// started, or "none": nginx runs no config of upstreamd's.
+		good       string
+		kick       bool // the proxy restarts in place after the rejection …
+		restarting bool // … and its status server answers only a while later
+	}{
+		{name: "dynamic, good config delivered", dynamic: true, good: "delivered"},
+		{name: "dynamic, good config running at start", dynamic: true, good: "running"},
+		{name: "dynamic, good config delivered, then Kick", dynamic: true, good: "delivered", kick: true},
+		{name: "dynamic, good config running at start, then Kick", dynamic: true, good: "running", kick: true},
+		{name: "dynamic, good config running at start, then Kick while nginx restarts", dynamic: true, good: "running", kick: true, restarting: true},
+		{name: "dynamic, no good config", dynamic: true, good: "none"},
+		{name: "static, good config delivered", good: "delivered"},
+		{name: "static, good config delivered, then Kick", good: "delivered", kick: true},
+		{name: "static, good config running at start", good: "running"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				nginx, del, log := newFakeNginx()
+				del.fail = func(_ int, cfg string) error {
+					if strings.Contains(cfg, missing) {
+						return fmt.Errorf(`%w: nginx: [emerg] open() "/etc/nginx/upstreamd/legacy.conf" failed (2: No such file or directory)`, ErrCheckFailed)
+					}
+					return nil
+				}
+				h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, dynamic: tt.dynamic, statusPort: testStatusPort})
+				all := []string{a1, a2, l1}
+				good, bad1, bad2 := poolSnap(t, 1, a1), poolSnap(t, 2, a1, l1), poolSnap(t, 3, a1, a2, l1)
+				var served []string // what Serves knows before the rejection
+				switch tt.good {
+				case "delivered":
+					h.src.set(good)
+					advance(time.Second)
+					served = []string{a1}
+				case "running":
+					_, full := h.finished(t, good)
+					del.live, nginx.running = full, full
+				}
+				if err := servesExactly(h.ctrl, all, served); err != nil {
+					t.Fatalf("before the rejection: %v", err)
+				}
+				// The pools reach nginx when a config with the pools API runs.
+				poolsAPI := tt.dynamic && tt.good != "none"
+
+				h.src.set(bad1)
+				advance(time.Second)
+				if _, calls := del.snapshot(); len(calls) == 0 || !errors.Is(calls[len(calls)-1].err, ErrCheckFailed) {
+					t.Fatalf("deliveries = %+v; want the last rejected", calls)
+				}
+				if poolsAPI {
+					served = []string{a1, l1}
+				}
+				if err := servesExactly(h.ctrl, all, served); err != nil {
+					t.Errorf("after the rejection: %v", err)
+				}
+				log.take()
+				if tt.kick {
+					// Verify everything again: the pools are pushed anew,
+					// the rejected config is not delivered again.
+					var running string
+					if tt.restarting {
+						nginx.set(func(n *fakeNginx) { running, n.running = n.running, "" })
+					}
+					h.ctrl.Kick()
+					advance(time.Second)
+					events := log.take()
+					if tt.restarting {
+						if n := countPrefix(events, "PushPools "+testStatusAddr+" v2: no status server"); n < 2 {
+							t.Errorf("Kick while nginx restarts: events %q; want the push retried", events)
+						}
+						nginx.set(func(n *fakeNginx) { n.running = running })
+						advance(10 * time.Second)
+						events = append(events, log.take()...)
+					}
+					if poolsAPI && (len(events) == 0 || events[len(events)-1] != "PushPools "+testStatusAddr+" v2") {
+						t.Errorf("Kick: events %q; want them to end with the pools pushed again", events)
+					}
+					if n := countPrefix(events, "Deliver"); n != 0 {
+						t.Errorf("Kick: events %q; want the rejected config not delivered again", events)
+					}
+				}
+
+				// Membership changes; in dynamic mode the config does not.
+				h.src.set(bad2)
+				advance(time.Second)
+				events := log.take()
+				if poolsAPI {
+					served = []string{a1, a2, l1}
+					if n := countPrefix(events, "PushPools "+testStatusAddr+" v3"); n != 1 {
+						t.Errorf("membership change: events %q; want one push of revision 3", events)
+					}
+					pushes := nginx.pushes()
+					if w := string(PoolsBody(3, h.view(bad2))); len(pushes) == 0 || pushes[len(pushes)-1] != w {
+						t.Errorf("pushed bodies = %q; want the last to be %q", pushes, w)
+					}
+					if o := h.observed(); len(o) == 0 || !o[len(o)-1].Pushed || o[len(o)-1].Revision != 3 {
+						t.Errorf("outcomes = %+v; want the last pushed at revision 3", o)
+					}
+				}
+				if err := servesExactly(h.ctrl, all, served); err != nil {
+					t.Errorf("after the membership change: %v", err)
+				}
+				if tt.dynamic && countPrefix(events, "Deliver") != 0 {
+					t.Errorf("membership change: events %q; want the rejected config not delivered again", events)
+				}
+				live, calls := del.snapshot()
+				seen := map[string]int{}
+				for _, c := range calls {
+					if seen[c.cfg]++; seen[c.cfg] > 1 {
+						t.Errorf("the same config delivered %d times; want each once", seen[c.cfg])
+					}
+				}
+				if strings.Contains(live, missing) {
+					t.Errorf("live config =\n%s\nwant the last good one", live)
+				}
+				// Settled: nothing more happens.
+				advance(time.Minute)
+				if got := log.take(); len(got) != 0 {
+					t.Errorf("after settling: %q; want nothing", got)
 				}
 			})
 		})

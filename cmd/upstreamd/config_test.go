@@ -311,6 +311,21 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{`FILE: proxy.config_dir: "/etc/nginx" must contain config_path and main_config`},
 		},
 		{
+			name: "unknown restart policy",
+			body: apache + "restart = \"sometimes\"\n",
+			want: []string{`FILE: service[0] (apache).restart: "sometimes" is not a restart policy`},
+		},
+		{
+			name: "metrics.listen without a port",
+			body: "[metrics]\nlisten = \"nope\"\n",
+			want: []string{`FILE: metrics.listen: "nope" is not host:port`},
+		},
+		{
+			name: "metrics.listen with an empty port",
+			body: "[metrics]\nlisten = \"127.0.0.1:\"\n",
+			want: []string{`FILE: metrics.listen: "127.0.0.1:" is not host:port`},
+		},
+		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{
@@ -383,5 +398,72 @@ func TestLoadConfigRelativePaths(t *testing.T) {
 	}
 	if scfg.Password != "hunter2" {
 		t.Errorf("password %q read from the password file, want hunter2 (trailing newline dropped)", scfg.Password)
+	}
+}
+
+// TestLoadTemplate checks that proxy.template is parsed when loaded, and
+// that a template error names the spec file, the key, the template file and
+// the line. TMPL in want stands for the template file's path.
+func TestLoadTemplate(t *testing.T) {
+	tests := []struct {
+		name string
+		text string
+		want []string // substrings of the error; empty: it parses
+	}{
+		{
+			name: "fine",
+			text: "# {{len .Services}} services\n{{range .Services}}upstream {{.Name}}_pool {\n{{range .Backends}}    server {{.Addr}};\n{{end}}}\n{{end}}",
+		},
+		{
+			name: "confd functions",
+			text: "{{range gets \"/services/apache/*\"}}server {{base .Key}};\n{{end}}",
+		},
+		{
+			name: "unclosed action",
+			text: "# upstreams\n\n{{ range .Services }\nupstream {{.Name}}_pool {}\n{{end}}\n",
+			want: []string{"TMPL:3: ", `unexpected "}" in operand`},
+		},
+		{
+			name: "range without end",
+			text: "# upstreams\n{{range .Services}}\nupstream {{.Name}}_pool {}\n",
+			want: []string{"TMPL:4: ", "unexpected EOF"},
+		},
+		{
+			name: "unknown function",
+			text: "# upstreams\n{{ nosuch .Services }}\n",
+			want: []string{"TMPL:2: ", `function "nosuch" not defined`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := writeConfig(t, "[proxy]\ntemplate = \"proxy.tmpl\"\n")
+			tmplFile := filepath.Join(filepath.Dir(file), "proxy.tmpl")
+			if err := os.WriteFile(tmplFile, []byte(tt.text), 0o600); err != nil {
+				t.Fatalf("write %s: %v", tmplFile, err)
+			}
+			cfg, err := LoadConfig(file)
+			if err != nil {
+				t.Fatalf("LoadConfig: %v; want the template checked by LoadTemplate", err)
+			}
+			tmpl, err := cfg.LoadTemplate()
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("LoadTemplate: %v; want it parsed", err)
+				}
+				if tmpl.Name() != tmplFile {
+					t.Errorf("template %q, want %q", tmpl.Name(), tmplFile)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("LoadTemplate succeeded; want an error")
+			}
+			want := append([]string{file + ": proxy.template: "}, tt.want...)
+			for _, w := range want {
+				if w := strings.ReplaceAll(w, "TMPL", tmplFile); !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%s", w, err)
+				}
+			}
+		})
 	}
 }

@@ -30,7 +30,7 @@ func newMetrics() *metrics {
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "upstreamd_render_passes_total",
-			Help: "Render passes by result: reload (a new config went live), push (pools changed without reload), unchanged, rejected (nginx -t said no), error.",
+			Help: "Render passes by result: reload (a new config went live), push (pools changed without reload), unchanged, rejected (nginx -t said no), refused (would empty a pool this node finds healthy), error.",
 		}, []string{"result"}),
 		took: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "upstreamd_render_pass_seconds",
@@ -49,7 +49,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.passes, m.took, m.confirm, m.backends)
-	for _, r := range []string{"reload", "push", "unchanged", "rejected", "error"} {
+	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "error"} {
 		m.passes.WithLabelValues(r) // exported at zero from the start
 	}
 	return m
@@ -60,6 +60,8 @@ func (m *metrics) observe(o render.Outcome) {
 	switch {
 	case errors.Is(o.Err, render.ErrCheckFailed):
 		m.passes.WithLabelValues("rejected").Inc()
+	case errors.Is(o.Err, render.ErrWouldEmpty):
+		m.passes.WithLabelValues("refused").Inc()
 	case o.Err != nil:
 		m.passes.WithLabelValues("error").Inc()
 	case o.Changed:

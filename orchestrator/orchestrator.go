@@ -227,12 +227,8 @@ wait:
 	}
 	bo := newBackOff(200*time.Millisecond, 5*time.Second)
 	for {
-		err := o.registrar.Flush(ctx)
-		if err == nil {
+		if o.registrar.Flush(ctx) == nil {
 			break
-		}
-		if ctx.Err() != nil {
-			return nil
 		}
 		select {
 		case <-ctx.Done():

@@ -171,14 +171,11 @@ func (r *Reconciler) drain(ctx context.Context, c containers.Container, svc Serv
 			wctx, cancel := context.WithTimeout(ctx, r.cfg.DrainTimeout)
 			err := r.cfg.Pool.WaitServes(wctx, svc.Name, addr, false)
 			cancel()
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
+			if err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Msg("nginx did not confirm it stopped sending to the backend; stopping it anyway")
 			}
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil { // the daemon is stopping: leave the backend running
 			return
 		}
 		// A few stops at a time: a scale-down of a hundred backends must not

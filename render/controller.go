@@ -123,13 +123,12 @@ type Controller struct {
 	log  zerolog.Logger
 	kick chan struct{}
 
-	// Only the Start goroutine touches these.
-	proxyID  string // the proxy container the fields below are about
+	// Only the Start goroutine touches these. All but poolsOn are about
+	// the proxy container proxyID and reset when it changes or on a Kick.
+	proxyID  string
 	rejected string // hash of the last config nginx rejected
-	pushed   string // pools last pushed (without version) …
-	pushedTo string // … to this proxy container
-	liveHash string // hash of the config confirmed running …
-	liveOn   string // … in this proxy container
+	pushed   string // pools last pushed (without version)
+	liveHash string // hash of the config confirmed running
 	// poolsOn is the proxy container where a push went through: the
 	// config it runs has the pools API. A Kick does not reset it (a
 	// restart in place keeps the config).
@@ -249,7 +248,9 @@ func (c *Controller) Start(ctx context.Context) error {
 			return nil
 		default:
 			d := bo.NextBackOff()
-			c.log.Warn().Err(err).Dur("retry_in", d).Msg("render pass failed; will retry")
+			if !errors.Is(err, ErrWouldEmpty) { // pass already said why
+				c.log.Warn().Err(err).Dur("retry_in", d).Msg("render pass failed; will retry")
+			}
 			retry = time.After(d)
 		}
 	}
@@ -329,7 +330,7 @@ func (c *Controller) pass(ctx context.Context) error {
 	}
 	if resync || proxy.ID != c.proxyID {
 		c.cfg.Deliverer.Forget(proxy.ID)
-		c.pushed, c.pushedTo, c.liveHash, c.liveOn = "", "", "", ""
+		c.pushed, c.liveHash = "", ""
 		c.proxyID = proxy.ID
 	}
 	statusAddr := ""
@@ -342,14 +343,14 @@ func (c *Controller) pass(ctx context.Context) error {
 		// config still runs the pools API: membership keeps flowing.
 		// Whether it went live here or was running when upstreamd
 		// started, a push that went through says it has that API.
-		if !c.cfg.Dynamic || statusAddr == "" || (c.liveOn != proxy.ID && c.poolsOn != proxy.ID) {
+		if !c.cfg.Dynamic || statusAddr == "" || (c.liveHash == "" && c.poolsOn != proxy.ID) {
 			return nil
 		}
 		if pools := string(PoolsBody(0, view)); pools != c.pushed {
 			if err := c.push(ctx, proxy, statusAddr, PoolsBody(snap.Revision, view)); err != nil {
 				return err
 			}
-			c.pushed, c.pushedTo = pools, proxy.ID
+			c.pushed = pools
 			c.setServed(view)
 			o.Pushed, o.Took = true, time.Since(start)
 			c.log.Info().Int64("revision", snap.Revision).Msg("pools updated; the rendered config stays rejected")
@@ -364,7 +365,8 @@ func (c *Controller) pass(ctx context.Context) error {
 	}
 	// Push first, so that a config that names a new service finds its pool;
 	// when the live config has no pools API yet, push after delivering.
-	needPush := c.cfg.Dynamic && (pools != c.pushed || proxy.ID != c.pushedTo)
+	// (pools is never empty: it has at least the version line.)
+	needPush := c.cfg.Dynamic && pools != c.pushed
 	if needPush {
 		for _, b := range DynamicSkips(view) {
 			c.log.Warn().Str("service", b.Service).Str("key", b.Key).
@@ -374,7 +376,7 @@ func (c *Controller) pass(ctx context.Context) error {
 	if needPush && statusAddr != "" {
 		if err := c.push(ctx, proxy, statusAddr, PoolsBody(snap.Revision, view)); err == nil {
 			needPush, o.Pushed = false, true
-			c.pushed, c.pushedTo = pools, proxy.ID
+			c.pushed = pools
 		} else if !errors.Is(err, ErrNoStatusServer) {
 			return err
 		}
@@ -397,14 +399,14 @@ func (c *Controller) pass(ctx context.Context) error {
 	}
 	c.rejected = ""
 	o.Changed = changed
-	if (changed || c.liveOn != proxy.ID || c.liveHash != hash) && statusAddr != "" {
+	if (changed || c.liveHash != hash) && statusAddr != "" {
 		took, err := c.confirm(ctx, statusAddr, hash)
 		if err != nil {
 			return err
 		}
 		o.Confirmed = took
 	}
-	c.liveHash, c.liveOn = hash, proxy.ID
+	c.liveHash = hash
 	if needPush {
 		if statusAddr == "" {
 			return fmt.Errorf("dynamic pools: the proxy's address on the network is unknown")
@@ -413,7 +415,7 @@ func (c *Controller) pass(ctx context.Context) error {
 			return err
 		}
 		o.Pushed = true
-		c.pushed, c.pushedTo = pools, proxy.ID
+		c.pushed = pools
 	}
 	c.setServed(view)
 	o.Took = time.Since(start)

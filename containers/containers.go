@@ -68,7 +68,6 @@ type Container struct {
 	ID       string
 	Name     string // without the leading slash
 	Image    string
-	Project  string
 	Service  string
 	Role     Role
 	SpecHash string
@@ -223,7 +222,6 @@ func fillLabels(ct *Container) {
 	if ct.Labels == nil {
 		ct.Labels = map[string]string{}
 	}
-	ct.Project = ct.Labels[LabelProject]
 	ct.Service = ct.Labels[LabelService]
 	ct.Role = Role(ct.Labels[LabelRole])
 	ct.SpecHash = ct.Labels[LabelSpec]

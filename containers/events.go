@@ -3,7 +3,6 @@ package containers
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
@@ -13,14 +12,10 @@ import (
 type Event struct {
 	// Action is the engine's action: "create", "start", "die", "kill",
 	// "stop", "destroy", "pause", "unpause", "oom", ...
-	Action  string
-	ID      string
-	Name    string
-	Service string
-	Role    Role
-	// ExitCode is set on "die".
-	ExitCode string
-	Time     time.Time
+	Action string
+	ID     string
+	Name   string
+	Role   Role
 }
 
 // Events streams the container events of a project from now on. The event
@@ -41,13 +36,10 @@ func (c *Client) Events(ctx context.Context, project string) (<-chan Event, <-ch
 			select {
 			case m := <-msgs:
 				ev := Event{
-					Action:   string(m.Action),
-					ID:       m.Actor.ID,
-					Name:     m.Actor.Attributes["name"],
-					Service:  m.Actor.Attributes[LabelService],
-					Role:     Role(m.Actor.Attributes[LabelRole]),
-					ExitCode: m.Actor.Attributes["exitCode"],
-					Time:     time.Unix(0, m.TimeNano),
+					Action: string(m.Action),
+					ID:     m.Actor.ID,
+					Name:   m.Actor.Attributes["name"],
+					Role:   Role(m.Actor.Attributes[LabelRole]),
 				}
 				select {
 				case out <- ev:

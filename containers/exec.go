@@ -32,14 +32,10 @@ func (r ExecResult) Output() string {
 // maxExecOutput bounds how much of a command's output is kept.
 const maxExecOutput = 1 << 20
 
-// Exec runs cmd in a running container and waits for it to finish. A
-// non-zero exit code is not an error; failing to run the command is.
-func (c *Client) Exec(ctx context.Context, id string, cmd []string) (ExecResult, error) {
-	return c.ExecWithStdin(ctx, id, cmd, nil)
-}
-
-// ExecWithStdin is Exec with stdin fed from the given bytes (then closed),
-// so a file can be written and used in one round trip.
+// ExecWithStdin runs cmd in a running container, with stdin fed from the
+// given bytes (then closed; nil: no stdin), so a file can be written and
+// used in one round trip, and waits for it to finish. A non-zero exit code
+// is not an error; failing to run the command is.
 func (c *Client) ExecWithStdin(ctx context.Context, id string, cmd []string, stdin []byte) (ExecResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -165,61 +161,63 @@ func (c *Client) CopyFiles(ctx context.Context, id, dir string, files []File) er
 // ReadFile returns the content of a regular file in a container (running or
 // not). A missing file is an error matching ErrNotFound.
 func (c *Client) ReadFile(ctx context.Context, id, file string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	rc, _, err := c.api.CopyFromContainer(ctx, id, file)
-	if err != nil {
-		return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), wrapNotFound(err))
-	}
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
+	what := fmt.Sprintf("read %s from container %s", file, ShortID(id))
+	var data []byte
+	err := c.readArchive(ctx, id, file, what, func(tr *tar.Reader) error {
 		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read %s from container %s: empty archive: %w", file, ShortID(id), ErrNotFound)
+		switch {
+		case errors.Is(err, io.EOF):
+			return fmt.Errorf("empty archive: %w", ErrNotFound)
+		case err != nil:
+			return err
+		case hdr.Typeflag != tar.TypeReg:
+			return errors.New("not a regular file")
 		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), err)
-		}
-		if hdr.Typeflag != tar.TypeReg {
-			return nil, fmt.Errorf("read %s from container %s: not a regular file", file, ShortID(id))
-		}
-		data, err := io.ReadAll(io.LimitReader(tr, 64<<20))
-		if err != nil {
-			return nil, fmt.Errorf("read %s from container %s: %w", file, ShortID(id), err)
-		}
-		return data, nil
-	}
+		data, err = io.ReadAll(io.LimitReader(tr, 64<<20))
+		return err
+	})
+	return data, err
 }
 
 // ReadDir returns the names of the regular files (and symlinks) directly in
 // a directory of a container, sorted.
 func (c *Client) ReadDir(ctx context.Context, id, dir string) ([]string, error) {
+	var names []string
+	err := c.readArchive(ctx, id, dir, fmt.Sprintf("list %s in container %s", dir, ShortID(id)), func(tr *tar.Reader) error {
+		for {
+			hdr, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				sort.Strings(names)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			// Entries are named <base of dir>/<name>[/...].
+			_, rest, ok := strings.Cut(strings.TrimSuffix(hdr.Name, "/"), "/")
+			if !ok || strings.Contains(rest, "/") {
+				continue
+			}
+			if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeSymlink {
+				names = append(names, rest)
+			}
+		}
+	})
+	return names, err
+}
+
+// readArchive hands the tar archive of path in a container to read; its
+// errors are wrapped in what.
+func (c *Client) readArchive(ctx context.Context, id, path, what string, read func(*tar.Reader) error) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	rc, _, err := c.api.CopyFromContainer(ctx, id, dir)
+	rc, _, err := c.api.CopyFromContainer(ctx, id, path)
 	if err != nil {
-		return nil, fmt.Errorf("list %s in container %s: %w", dir, ShortID(id), wrapNotFound(err))
+		return fmt.Errorf("%s: %w", what, wrapNotFound(err))
 	}
 	defer rc.Close()
-	var names []string
-	tr := tar.NewReader(rc)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			sort.Strings(names)
-			return names, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("list %s in container %s: %w", dir, ShortID(id), err)
-		}
-		// Entries are named <base of dir>/<name>[/...].
-		_, rest, ok := strings.Cut(strings.TrimSuffix(hdr.Name, "/"), "/")
-		if !ok || strings.Contains(rest, "/") {
-			continue
-		}
-		if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeSymlink {
-			names = append(names, rest)
-		}
+	if err := read(tar.NewReader(rc)); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
+	return nil
 }

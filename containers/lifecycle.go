@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -114,7 +115,7 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 		port := nat.Port(strconv.Itoa(s.ExposedPort) + "/tcp")
 		cfg.ExposedPorts = nat.PortSet{port: struct{}{}}
 		if s.PublishAddr != "" {
-			host, hport, err := splitPublish(s.PublishAddr)
+			host, hport, err := ParsePublish(s.PublishAddr)
 			if err != nil {
 				return nil, nil, nil, err
 			}
@@ -131,17 +132,18 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 	return cfg, hostCfg, netCfg, nil
 }
 
-// splitPublish parses "127.0.0.1:8080", "[::1]:8080" or ":8080".
-func splitPublish(addr string) (host, port string, err error) {
-	if ap, perr := netip.ParseAddrPort(addr); perr == nil {
+// ParsePublish parses where a port is published: "127.0.0.1:8080",
+// "[::1]:8080" or ":8080" (every address), with a port in 1-65535.
+func ParsePublish(addr string) (host, port string, err error) {
+	if ap, perr := netip.ParseAddrPort(addr); perr == nil && ap.Port() != 0 {
 		return ap.Addr().String(), strconv.Itoa(int(ap.Port())), nil
 	}
-	if len(addr) > 1 && addr[0] == ':' {
-		if p, perr := strconv.ParseUint(addr[1:], 10, 16); perr == nil && p > 0 {
-			return "", addr[1:], nil
+	if rest, ok := strings.CutPrefix(addr, ":"); ok {
+		if p, perr := strconv.ParseUint(rest, 10, 16); perr == nil && p > 0 {
+			return "", rest, nil
 		}
 	}
-	return "", "", fmt.Errorf("publish address %q: want IP:PORT or :PORT", addr)
+	return "", "", fmt.Errorf("%q is not IP:PORT (such as 127.0.0.1:8080) or :PORT", addr)
 }
 
 // Start starts a created or stopped container.
@@ -193,26 +195,6 @@ func (c *Client) Signal(ctx context.Context, id, sig string) error {
 	defer cancel()
 	if err := c.api.ContainerKill(ctx, id, sig); err != nil {
 		return fmt.Errorf("signal %s to container %s: %w", sig, ShortID(id), wrapNotFound(err))
-	}
-	return nil
-}
-
-// Pause freezes every process of a container (the engine's "hang").
-func (c *Client) Pause(ctx context.Context, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	if err := c.api.ContainerPause(ctx, id); err != nil {
-		return fmt.Errorf("pause container %s: %w", ShortID(id), wrapNotFound(err))
-	}
-	return nil
-}
-
-// Unpause thaws a paused container.
-func (c *Client) Unpause(ctx context.Context, id string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	if err := c.api.ContainerUnpause(ctx, id); err != nil {
-		return fmt.Errorf("unpause container %s: %w", ShortID(id), wrapNotFound(err))
 	}
 	return nil
 }

@@ -40,13 +40,3 @@ func (c *Client) EnsureNetwork(ctx context.Context, name, project string) (strin
 	c.log.Info().Str("network", name).Str("id", ShortID(resp.ID)).Msg("network created")
 	return resp.ID, nil
 }
-
-// RemoveNetwork removes a network; a missing one counts as removed.
-func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	if err := c.api.NetworkRemove(ctx, name); err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("remove network %s: %w", name, err)
-	}
-	return nil
-}

@@ -434,7 +434,7 @@ func burst(t *testing.T, s *stack) {
 		if i < 50 {
 			putFake(t, s, "burst", addr)
 		} else {
-			require.NoError(t, s.etcd.Delete(t.Context(), store.ServiceKey(store.DefaultPrefix, "burst", addr)))
+			require.NoError(t, noRev(s.etcd.Delete(t.Context(), store.ServiceKey(store.DefaultPrefix, "burst", addr))))
 		}
 		waitFor(t, time.Until(t0.Add(time.Duration(i+1)*10*time.Millisecond))) // 100 changes in 1 s
 	}
@@ -446,7 +446,7 @@ func putFake(t *testing.T, s *stack, service, addr string) {
 	host, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
 	reg := store.Registration{Host: "fake", IPv4: host, Port: p, Node: "bench"}
-	require.NoError(t, s.etcd.Put(t.Context(), store.ServiceKey(store.DefaultPrefix, service, addr), reg.Encode(), 0))
+	require.NoError(t, noRev(s.etcd.Put(t.Context(), store.ServiceKey(store.DefaultPrefix, service, addr), reg.Encode(), 0)))
 }
 
 func putMany(t *testing.T, s *stack, service string, n int) {
@@ -459,7 +459,7 @@ func deletePrefix(t *testing.T, s *stack, service string) {
 	kvs, _, err := s.etcd.List(t.Context(), store.ServicePrefix(store.DefaultPrefix, service))
 	require.NoError(t, err)
 	for _, kv := range kvs {
-		require.NoError(t, s.etcd.Delete(t.Context(), kv.Key))
+		require.NoError(t, noRev(s.etcd.Delete(t.Context(), kv.Key)))
 	}
 }
 

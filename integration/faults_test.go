@@ -319,7 +319,7 @@ func TestKeysDeletedByHand(t *testing.T) {
 	waitRequests(t, r, 500)
 
 	for _, e := range s.keys() {
-		require.NoError(t, s.etcd.Delete(t.Context(), e.Key))
+		require.NoError(t, noRev(s.etcd.Delete(t.Context(), e.Key)))
 	}
 	eventually(t, 10*time.Second, "the registrations put back", func() error {
 		keys, err := s.tryKeys()

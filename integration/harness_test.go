@@ -28,6 +28,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/integration/internal/engine"
 	"github.com/upstreamd/upstreamd/integration/internal/etcd"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -114,7 +115,7 @@ type stack struct {
 	publish    string // 127.0.0.1:port nginx is published on
 	etcdURL    string
 	etcd       *store.Client
-	docker     *containers.Client
+	docker     *engine.Client
 	configFile string
 	opts       stackOptions
 	etcdC      *etcd.Container
@@ -160,7 +161,7 @@ func newStack(t *testing.T, opts ...option) *stack {
 	require.NoError(t, err)
 	s.etcdC = ec
 
-	s.docker, err = containers.New(containers.Config{Logger: zerolog.Nop()})
+	s.docker, err = engine.New()
 	require.NoError(t, err)
 	t.Cleanup(func() { s.removeAll() })
 
@@ -261,6 +262,9 @@ func (s *stack) cli(args ...string) (string, error) {
 	case <-time.After(30 * time.Second):
 		p.Kill()
 		return p.Logs(), fmt.Errorf("upstreamd %v did not finish", args)
+	}
+	if err := p.Err(); err != nil {
+		return p.Logs(), fmt.Errorf("upstreamd %v: %w:\n%s", args, err, p.Logs())
 	}
 	return p.Logs(), nil
 }
@@ -477,3 +481,6 @@ func (s *stack) nginxPool(service string) (map[string]bool, error) {
 	}
 	return out, nil
 }
+
+// noRev drops the revision an etcd write returns, for require.NoError.
+func noRev(_ int64, err error) error { return err }

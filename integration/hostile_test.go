@@ -71,7 +71,7 @@ func TestHostileRegistrations(t *testing.T) {
 	reloadsBefore := countMsg(d.Logs(), "nginx reloaded with new config")
 
 	for _, w := range hostileWrites {
-		require.NoError(t, s.etcd.Put(ctx, w.key, w.value, 0), "put %q", w.key)
+		require.NoError(t, noRev(s.etcd.Put(ctx, w.key, w.value, 0)), "put %q", w.key)
 	}
 	eventually(t, 30*time.Second, "every hostile write is logged as skipped", func() error {
 		skipped := skippedKeys(d.Logs())
@@ -116,7 +116,7 @@ func TestHostileRegistrations(t *testing.T) {
 	nowhere := unusedBridgeAddr(t, s)
 	key := store.ServiceKey(store.DefaultPrefix, "apache", nowhere+":80")
 	reg := store.Registration{Host: "nowhere", IPv4: nowhere, Port: 80, Node: "intruder"}
-	require.NoError(t, s.etcd.Put(ctx, key, reg.Encode(), 0))
+	require.NoError(t, noRev(s.etcd.Put(ctx, key, reg.Encode(), 0)))
 	eventually(t, 10*time.Second, "nginx's pool takes the unanswered address", func() error {
 		if p := poolOf(rawPools(t, s), "apache"); !contains(p, nowhere+":80") {
 			return fmt.Errorf("apache pool %v", p)

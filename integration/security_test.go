@@ -17,15 +17,14 @@ import (
 
 	dcontainer "github.com/docker/docker/api/types/container"
 	dclient "github.com/docker/docker/client"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 	"github.com/testcontainers/testcontainers-go"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/integration/internal/engine"
 	"github.com/upstreamd/upstreamd/integration/internal/etcd"
 	"github.com/upstreamd/upstreamd/integration/internal/pki"
 	"github.com/upstreamd/upstreamd/store"
@@ -225,7 +224,7 @@ func newTLSStack(t *testing.T, endpoint string, certs pki.Files, user, password 
 	s := &stack{t: t, project: "it" + randomHex(4), etcdURL: endpoint}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var err error
-	s.docker, err = containers.New(containers.Config{Logger: zerolog.Nop()})
+	s.docker, err = engine.New()
 	require.NoError(t, err)
 	t.Cleanup(func() { s.removeAll() })
 

@@ -132,7 +132,6 @@ func (f *fakeDocker) add(spec containers.CreateSpec, state string) string {
 		ID:       id,
 		Name:     spec.Name,
 		Image:    spec.Image,
-		Project:  labels[containers.LabelProject],
 		Service:  labels[containers.LabelService],
 		Role:     containers.Role(labels[containers.LabelRole]),
 		SpecHash: labels[containers.LabelSpec],
@@ -339,60 +338,49 @@ func (f *fakeDocker) drop(id string) {
 type fakeProber struct {
 	mu      sync.Mutex
 	syncs   [][]Target
-	dead    []string // Dead calls
-	retired []string // Retire calls
-	states  map[string]string
-	// tombstones are what IsDead reports; set by the test, not by Dead.
-	tombstones map[string]bool
+	dead    []string // dropped because they died
+	retired []string // dropped to be drained
+	states  map[string]healthState
 }
 
-var _ prober = (*fakeProber)(nil)
+var _ probes = (*fakeProber)(nil)
 
 func newFakeProber() *fakeProber {
-	return &fakeProber{states: map[string]string{}, tombstones: map[string]bool{}}
+	return &fakeProber{states: map[string]healthState{}}
 }
 
-func (p *fakeProber) Sync(_ context.Context, targets []Target) {
+func (p *fakeProber) Sync(targets []Target) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.syncs = append(p.syncs, slices.Clone(targets))
 }
 
-func (p *fakeProber) Dead(id string) {
+func (p *fakeProber) Drop(id, why string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.dead = append(p.dead, id)
+	switch {
+	case strings.Contains(why, "died"):
+		p.dead = append(p.dead, id)
+	case strings.Contains(why, "retired"):
+		p.retired = append(p.retired, id)
+	default:
+		panic("fakeProber: Drop for an unknown reason: " + why)
+	}
 }
 
-func (p *fakeProber) Retire(id string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.retired = append(p.retired, id)
-}
-
-func (p *fakeProber) IsDead(id string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.tombstones[id]
-}
-
-func (p *fakeProber) Revive(id string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.tombstones, id)
-}
-
-func (p *fakeProber) State(id string) (string, bool) {
+func (p *fakeProber) State(id string) (healthState, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s, ok := p.states[id]
 	return s, ok
 }
 
+// setState sets the state State reports: "healthy", "pending" or
+// "unhealthy".
 func (p *fakeProber) setState(id, s string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.states[id] = s
+	p.states[id] = map[string]healthState{"healthy": stateHealthy, "pending": statePending, "unhealthy": stateUnhealthy}[s]
 }
 
 func (p *fakeProber) lastSync() []Target {
@@ -447,6 +435,12 @@ var _ pool = (*fakePool)(nil)
 
 func newFakePool() *fakePool {
 	return &fakePool{served: map[poolWait]bool{}, changed: make(chan struct{}), active: map[poolWait]int{}}
+}
+
+func (p *fakePool) Changed() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.changed
 }
 
 func (p *fakePool) Serves(service, addr string) bool {
@@ -514,10 +508,15 @@ type fakeKV struct {
 }
 
 // fakeRegistry is an in-memory etcd as the Registrar and the Orchestrator
-// use it: keys with values and leases, leases whose Done the test closes.
+// use it: keys with values and leases, leases whose Done the test closes,
+// and the watched copy of the registrations (Snapshot, Subscribe), which
+// sees every write at once unless quiet. Overrides are served to Watch.
 type fakeRegistry struct {
 	mu        sync.Mutex
 	kv        map[string]fakeKV
+	rev       int64
+	subs      []chan struct{}
+	quiet     bool // hand edits (set, remove) reach no subscriber: a missed watch event
 	leases    map[int64]chan struct{}
 	nextLease int64
 	grants    int
@@ -525,14 +524,15 @@ type fakeRegistry struct {
 	deletes   []string
 	revoked   []int64
 	revokeErr []error // ctx.Err() seen by each Revoke
-	listCalls []time.Time
-	listErrs  []error // returned by successive List calls, then nil
+	reads     []time.Time
+	readFails int     // Snapshot calls that find nothing loaded yet
 	putErrs   []error // returned by successive Put calls, then nil
 }
 
 var (
-	_ registry = (*fakeRegistry)(nil)
-	_ etcdAPI  = (*fakeRegistry)(nil)
+	_ registry      = (*fakeRegistry)(nil)
+	_ registrations = (*fakeRegistry)(nil)
+	_ etcdAPI       = (*fakeRegistry)(nil)
 )
 
 func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
@@ -540,7 +540,7 @@ func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
 	if kv == nil {
 		kv = map[string]fakeKV{}
 	}
-	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}}
+	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, rev: 1}
 }
 
 var errFakeEtcd = errors.New("fake etcd: unavailable")
@@ -553,6 +553,18 @@ func (f *fakeRegistry) Grant(_ context.Context, _ time.Duration) (*store.Lease, 
 	done := make(chan struct{})
 	f.leases[f.nextLease] = done
 	return &store.Lease{ID: f.nextLease, Done: done}, nil
+}
+
+// written bumps the revision and tells the subscribers; f.mu is held.
+func (f *fakeRegistry) written() int64 {
+	f.rev++
+	for _, ch := range f.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	return f.rev
 }
 
 // Revoke deletes the lease's keys, as etcd does.
@@ -569,54 +581,73 @@ func (f *fakeRegistry) Revoke(ctx context.Context, l *store.Lease) error {
 			delete(f.kv, k)
 		}
 	}
+	f.written()
 	return nil
 }
 
-func (f *fakeRegistry) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.listCalls = append(f.listCalls, time.Now())
-	if len(f.listErrs) > 0 {
-		err := f.listErrs[0]
-		f.listErrs = f.listErrs[1:]
-		if err != nil {
-			return nil, 0, err
-		}
-	}
-	var out []store.KV
-	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
-		if strings.HasPrefix(k, prefix) {
-			out = append(out, store.KV{Key: k, Value: []byte(f.kv[k].value), Lease: f.kv[k].lease})
-		}
-	}
-	return out, 1, nil
-}
-
-func (f *fakeRegistry) Put(_ context.Context, key, value string, lease int64) error {
+func (f *fakeRegistry) Put(_ context.Context, key, value string, lease int64) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.putErrs) > 0 {
 		err := f.putErrs[0]
 		f.putErrs = f.putErrs[1:]
 		if err != nil {
-			return err
+			return 0, err
 		}
 	}
 	f.puts = append(f.puts, key)
 	f.kv[key] = fakeKV{value: value, lease: lease}
-	return nil
+	return f.written(), nil
 }
 
-func (f *fakeRegistry) Delete(_ context.Context, key string) error {
+func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.deletes = append(f.deletes, key)
 	delete(f.kv, key)
-	return nil
+	return f.written(), nil
 }
 
-// WatchPrefix never reports a change; it returns when ctx ends.
-func (f *fakeRegistry) WatchPrefix(ctx context.Context, _ string, _ func()) error {
+func (f *fakeRegistry) Subscribe() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	f.subs = append(f.subs, ch)
+	return ch
+}
+
+// Snapshot is the watched copy: the valid registrations under /services.
+func (f *fakeRegistry) Snapshot() (store.Snapshot, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads = append(f.reads, time.Now())
+	if f.readFails > 0 {
+		f.readFails--
+		return store.Snapshot{}, false
+	}
+	snap := store.Snapshot{Revision: f.rev}
+	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+		e, err := store.ParseEntry("/services", k, []byte(f.kv[k].value))
+		if err != nil {
+			continue
+		}
+		e.Lease = f.kv[k].lease
+		snap.Entries = append(snap.Entries, e)
+	}
+	return snap, true
+}
+
+// Watch hands over the overrides once, then returns when ctx ends.
+func (f *fakeRegistry) Watch(ctx context.Context, prefix string, handle func(store.Update)) error {
+	f.mu.Lock()
+	u := store.Update{Reset: true, Revision: f.rev}
+	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+		if strings.HasPrefix(k, prefix) {
+			u.KVs = append(u.KVs, store.KV{Key: k, Value: []byte(f.kv[k].value), Lease: f.kv[k].lease})
+		}
+	}
+	f.mu.Unlock()
+	handle(u)
 	<-ctx.Done()
 	return nil
 }
@@ -635,20 +666,20 @@ func (f *fakeRegistry) snapshot() map[string]fakeKV {
 	return maps.Clone(f.kv)
 }
 
-func (f *fakeRegistry) set(key string, v fakeKV) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.kv[key] = v
-}
-
+// remove deletes a key by hand.
 func (f *fakeRegistry) remove(key string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.kv, key)
+	if f.quiet {
+		f.rev++
+		return
+	}
+	f.written()
 }
 
 type registryCounts struct {
-	grants, puts, deletes, lists int
+	grants, puts, deletes, reads int
 	revoked                      []int64
 }
 
@@ -656,7 +687,7 @@ func (f *fakeRegistry) counts() registryCounts {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return registryCounts{
-		grants: f.grants, puts: len(f.puts), deletes: len(f.deletes), lists: len(f.listCalls),
+		grants: f.grants, puts: len(f.puts), deletes: len(f.deletes), reads: len(f.reads),
 		revoked: slices.Clone(f.revoked),
 	}
 }
@@ -666,9 +697,19 @@ func (f *fakeRegistry) counts() registryCounts {
 type fakeHealthView struct {
 	mu               sync.Mutex
 	healthy, pending []Target
+	changed          chan struct{}
 }
 
 var _ healthView = (*fakeHealthView)(nil)
+
+func (h *fakeHealthView) Subscribe() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.changed == nil {
+		h.changed = make(chan struct{}, 1)
+	}
+	return h.changed
+}
 
 func (h *fakeHealthView) Snapshot() (healthy, pending []Target) {
 	h.mu.Lock()

@@ -11,15 +11,17 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
-// Prober probes one backend at addr (host:port); nil means it passed.
-type Prober func(ctx context.Context, addr string) error
+// prober probes one backend at addr (host:port); nil means it passed.
+type prober func(ctx context.Context, addr string) error
 
-// HTTPProber returns a Prober that GETs path and passes on a 2xx or 3xx
+// httpProber returns a Prober that GETs path and passes on a 2xx or 3xx
 // answer. Each probe opens a fresh connection, so a hung backend cannot hide
 // behind a pooled one.
-func HTTPProber(path string) Prober {
+func httpProber(path string) prober {
 	client := &http.Client{
 		Transport: &http.Transport{DisableKeepAlives: true, Proxy: nil},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -79,31 +81,32 @@ func (s healthState) String() string {
 	}
 }
 
-// HealthConfig configures a Health manager.
-type HealthConfig struct {
+// healthConfig configures a Health manager.
+type healthConfig struct {
 	// NewProber builds the prober for a health spec; nil means HTTPProber.
-	NewProber func(HealthSpec) Prober
-	// OnChange is called after any backend changes state.
-	OnChange func()
+	NewProber func(HealthSpec) prober
+	// Gone reports containers that died or are draining: Sync never
+	// probes them, even when a stale listing still shows them. Nil: none.
+	Gone func(id string) bool
 	// FirstProbeDelay is the first retry delay while a backend is pending;
 	// it doubles up to the interval. Zero means 25 ms.
 	FirstProbeDelay time.Duration
 	Logger          zerolog.Logger
 }
 
-// Health probes backends and keeps a small state machine per backend: one
+// health probes backends and keeps a small state machine per backend: one
 // probe in flight, consecutive pass and failure counters, and a state flip
-// only at the rise or fall threshold.
-type Health struct {
-	cfg HealthConfig
-	log zerolog.Logger
+// only at the rise or fall threshold. It is a runnable: its probers run
+// under the context of Start.
+type health struct {
+	cfg     healthConfig
+	log     zerolog.Logger
+	probers workers
+
+	changed wake.Fanout // a state changed or a backend was dropped
 
 	mu      sync.Mutex
 	targets map[string]*probed // by container ID
-	// dead holds containers reported dead (Dead) whose death a container
-	// listing may not show yet: the engine emits "die" before its list
-	// view is updated. Sync does not probe them again until Revive.
-	dead map[string]bool
 }
 
 type probed struct {
@@ -116,40 +119,40 @@ type probed struct {
 	err    error
 }
 
-// NewHealth returns a Health manager with no targets.
-func NewHealth(cfg HealthConfig) *Health {
+// newHealth returns a Health manager with no targets.
+func newHealth(cfg healthConfig) *health {
 	if cfg.NewProber == nil {
-		cfg.NewProber = func(h HealthSpec) Prober { return HTTPProber(h.Path) }
+		cfg.NewProber = func(h HealthSpec) prober { return httpProber(h.Path) }
 	}
 	if cfg.FirstProbeDelay <= 0 {
 		cfg.FirstProbeDelay = 25 * time.Millisecond
 	}
-	if cfg.OnChange == nil {
-		cfg.OnChange = func() {}
+	if cfg.Gone == nil {
+		cfg.Gone = func(string) bool { return false }
 	}
-	return &Health{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}, dead: map[string]bool{}}
+	return &health{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}}
 }
 
-// Sync makes the probed set equal targets: probers start for new targets and
-// stop for missing ones; a target whose address or spec changed starts over.
-// Probers run until ctx ends.
-func (h *Health) Sync(ctx context.Context, targets []Target) {
+// Start runs the probers until ctx ends, then waits for them.
+func (h *health) Start(ctx context.Context) error { return h.probers.Start(ctx) }
+
+// Subscribe returns a channel that receives a value after a backend's
+// state changed or a backend was dropped; several changes may collapse
+// into one.
+func (h *health) Subscribe() <-chan struct{} { return h.changed.Subscribe() }
+
+// Sync makes the probed set equal targets, less the ones Gone reports:
+// probers start for new targets and stop for missing ones; a target whose
+// address or spec changed starts over.
+func (h *health) Sync(targets []Target) {
 	want := make(map[string]Target, len(targets))
 	for _, t := range targets {
-		want[t.ID] = t
+		if !h.cfg.Gone(t.ID) {
+			want[t.ID] = t
+		}
 	}
 	changed := false
 	h.mu.Lock()
-	for id := range h.dead { // forget deaths the listing has caught up with
-		if _, ok := want[id]; !ok {
-			delete(h.dead, id)
-		}
-	}
-	for id := range want {
-		if h.dead[id] {
-			delete(want, id)
-		}
-	}
 	for id, p := range h.targets {
 		if t, ok := want[id]; !ok || t != p.t {
 			p.cancel()
@@ -161,27 +164,27 @@ func (h *Health) Sync(ctx context.Context, targets []Target) {
 		if _, ok := h.targets[id]; ok {
 			continue
 		}
-		pctx, cancel := context.WithCancel(ctx)
-		p := &probed{t: t, cancel: cancel, state: statePending, since: time.Now()}
+		p := &probed{t: t, state: statePending, since: time.Now()}
+		pctx, cancel := context.WithCancel(context.Background())
+		p.cancel = cancel
 		h.targets[id] = p
-		go h.run(pctx, p)
+		h.probers.Go(func(ctx context.Context) {
+			stop := context.AfterFunc(ctx, cancel)
+			defer stop()
+			h.run(pctx, p)
+		})
 	}
 	h.mu.Unlock()
 	if changed {
-		h.cfg.OnChange()
+		h.changed.Wake()
 	}
 }
 
-// Dead stops probing a container that died and drops it at once. Later
-// Syncs ignore it until Revive, even if a stale listing still shows it.
-func (h *Health) Dead(id string) { h.drop(id, "backend died; deregistering") }
-
-// Retire drops a backend that is being drained, as Dead does.
-func (h *Health) Retire(id string) { h.drop(id, "backend retired; deregistering before it is drained") }
-
-func (h *Health) drop(id, msg string) {
+// Drop stops probing a backend at once, for why ("backend died;
+// deregistering"): it leaves the healthy set now, not at the next Sync.
+// The caller records its fate first, so that no Sync brings it back.
+func (h *health) Drop(id, why string) {
 	h.mu.Lock()
-	h.dead[id] = true
 	p, ok := h.targets[id]
 	if ok {
 		p.cancel()
@@ -192,28 +195,13 @@ func (h *Health) drop(id, msg string) {
 		return
 	}
 	h.log.Info().Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
-		Str("was", p.state.String()).Msg(msg)
-	h.cfg.OnChange()
-}
-
-// IsDead reports whether Dead was called for id and not undone by Revive.
-func (h *Health) IsDead(id string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.dead[id]
-}
-
-// Revive undoes Dead: the container runs again (the engine restarted it),
-// so the next Sync probes it from scratch.
-func (h *Health) Revive(id string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.dead, id)
+		Str("was", p.state.String()).Msg(why)
+	h.changed.Wake()
 }
 
 // Snapshot returns the healthy targets and the pending ones, each sorted by
 // address.
-func (h *Health) Snapshot() (healthy, pending []Target) {
+func (h *health) Snapshot() (healthy, pending []Target) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, p := range h.targets {
@@ -232,19 +220,18 @@ func (h *Health) Snapshot() (healthy, pending []Target) {
 	return healthy, pending
 }
 
-// State returns a backend's state name ("pending", "healthy", "unhealthy")
-// and whether it is probed at all.
-func (h *Health) State(id string) (string, bool) {
+// State returns a backend's state and whether it is probed at all.
+func (h *health) State(id string) (healthState, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p, ok := h.targets[id]
 	if !ok {
-		return "", false
+		return 0, false
 	}
-	return p.state.String(), true
+	return p.state, true
 }
 
-func (h *Health) run(ctx context.Context, p *probed) {
+func (h *health) run(ctx context.Context, p *probed) {
 	spec := p.t.Health
 	probe := h.cfg.NewProber(spec)
 	delay := time.Duration(0) // the first probe goes out at once
@@ -287,7 +274,7 @@ func (h *Health) run(ctx context.Context, p *probed) {
 
 // record applies one probe result and reports the state after it and the
 // consecutive failures so far.
-func (h *Health) record(p *probed, err error) (healthState, int) {
+func (h *health) record(p *probed, err error) (healthState, int) {
 	h.mu.Lock()
 	if h.targets[p.t.ID] != p { // removed while probing
 		h.mu.Unlock()
@@ -328,6 +315,6 @@ func (h *Health) record(p *probed, err error) (healthState, int) {
 	}
 	ev.Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
 		Str("from", from.String()).Str("to", to.String()).Msg("backend health changed")
-	h.cfg.OnChange()
+	h.changed.Wake()
 	return to, fails
 }

@@ -31,7 +31,7 @@ func newProbeLog(result func(ctx context.Context, addr string, n int) error) *pr
 	return &probeLog{result: result, calls: map[string][]time.Time{}, inflight: map[string]int{}, maxInflight: map[string]int{}}
 }
 
-func (l *probeLog) newProber(HealthSpec) Prober {
+func (l *probeLog) newProber(HealthSpec) prober {
 	return func(ctx context.Context, addr string) error {
 		l.mu.Lock()
 		n := len(l.calls[addr])
@@ -64,14 +64,32 @@ func (l *probeLog) offsets(addr string, start time.Time) []time.Duration {
 	return out
 }
 
-// newTestHealth returns a Health probing with l and counting OnChange.
-func newTestHealth(l *probeLog) (*Health, *atomic.Int32) {
-	changes := &atomic.Int32{}
-	h := NewHealth(HealthConfig{
-		NewProber: l.newProber,
-		OnChange:  func() { changes.Add(1) },
-		Logger:    zerolog.Nop(),
-	})
+// changeCount counts the notifications of a Health subscription. Read it
+// after the bubble settled: changes between two reads collapse into one.
+type changeCount struct {
+	ch <-chan struct{}
+	n  int32
+}
+
+// Load returns the notifications so far.
+func (c *changeCount) Load() int32 {
+	for {
+		select {
+		case <-c.ch:
+			c.n++
+		default:
+			return c.n
+		}
+	}
+}
+
+// newTestHealth starts a Health probing with l until ctx ends, skipping
+// what lg records as gone, and counts its notifications. Call it inside
+// synctest.Test.
+func newTestHealth(ctx context.Context, l *probeLog, lg *ledger) (*health, *changeCount) {
+	h := newHealth(healthConfig{NewProber: l.newProber, Gone: lg.gone, Logger: zerolog.Nop()})
+	changes := &changeCount{ch: h.Subscribe()}
+	go func() { _ = h.Start(ctx) }()
 	return h, changes
 }
 
@@ -82,13 +100,13 @@ func testTarget(id, addr string, rise, fall int) Target {
 	}
 }
 
-func stateOf(t *testing.T, h *Health, id string) string {
+func stateOf(t *testing.T, h *health, id string) string {
 	t.Helper()
 	s, ok := h.State(id)
 	if !ok {
 		return "absent"
 	}
-	return s
+	return s.String()
 }
 
 // TestHealthStateMachine drives one backend through a script of probe
@@ -124,9 +142,9 @@ func TestHealthStateMachine(t *testing.T) {
 					}
 					return errProbe
 				})
-				h, changes := newTestHealth(l)
+				h, changes := newTestHealth(ctx, l, newLedger())
 				tg := testTarget("b1", "10.0.0.1:80", tt.rise, tt.fall)
-				h.Sync(ctx, []Target{tg})
+				h.Sync([]Target{tg})
 				synctest.Wait()
 
 				wantChanges := 0
@@ -213,11 +231,11 @@ func TestHealthPending(t *testing.T) {
 					}
 					return nil
 				})
-				h, changes := newTestHealth(l)
+				h, changes := newTestHealth(ctx, l, newLedger())
 				tg := testTarget("b1", "10.0.0.1:80", 2, 2)
 				tg.Health.Interval = 2 * time.Second
 				start := time.Now()
-				h.Sync(ctx, []Target{tg})
+				h.Sync([]Target{tg})
 				synctest.Wait()
 				for _, c := range tt.checks {
 					advance(c.at - time.Since(start))
@@ -260,12 +278,12 @@ func TestHealthOneProbeInFlight(t *testing.T) {
 			<-ctx.Done() // hung backend
 			return ctx.Err()
 		})
-		h, _ := newTestHealth(l)
+		h, _ := newTestHealth(ctx, l, newLedger())
 		targets := []Target{testTarget("b1", "10.0.0.1:80", 2, 2), testTarget("b2", "10.0.0.2:80", 2, 2)}
-		h.Sync(ctx, targets)
+		h.Sync(targets)
 		for range 20 {
 			advance(300 * time.Millisecond)
-			h.Sync(ctx, targets) // unchanged: must not start a second prober
+			h.Sync(targets) // unchanged: must not start a second prober
 		}
 		for _, tg := range targets {
 			l.mu.Lock()
@@ -317,23 +335,25 @@ func TestHealthDead(t *testing.T) {
 					}
 					return errProbe
 				})
-				h, changes := newTestHealth(l)
+				lg := newLedger()
+				h, changes := newTestHealth(ctx, l, lg)
 				tg := testTarget("b1", "10.0.0.1:80", 2, 2)
-				h.Sync(ctx, []Target{tg})
+				h.Sync([]Target{tg})
 				synctest.Wait()
 				before := changes.Load()
 
-				if tt.retire { // no Wait: the drop must be synchronous
-					h.Retire(tt.deadID)
+				// No Wait: the drop must be synchronous.
+				if tt.retire {
+					lg.mark(tt.deadID, fateDraining)
+					h.Drop(tt.deadID, "backend retired; deregistering before it is drained")
 				} else {
-					h.Dead(tt.deadID)
+					lg.mark(tt.deadID, fateDied)
+					h.Drop(tt.deadID, "backend died; deregistering")
 				}
 				if got := changes.Load() - before; got != tt.wantChanges {
-					t.Errorf("OnChange called %d times, want %d", got, tt.wantChanges)
+					t.Errorf("%d notifications, want %d", got, tt.wantChanges)
 				}
-				if !h.IsDead(tt.deadID) {
-					t.Errorf("IsDead = false, want true: a stale listing must not bring it back")
-				}
+				h.Sync([]Target{tg}) // a stale listing must not bring it back
 				_, probed := h.State(tg.ID)
 				healthy, pending := h.Snapshot()
 				if gone := !probed && len(healthy) == 0 && len(pending) == 0; gone != tt.wantGone {
@@ -389,9 +409,9 @@ func TestHealthSync(t *testing.T) {
 					}
 					return errProbe // the new address does not answer yet
 				})
-				h, changes := newTestHealth(l)
+				h, changes := newTestHealth(ctx, l, newLedger())
 				tg := testTarget("b1", oldAddr, 2, 2)
-				h.Sync(ctx, []Target{tg})
+				h.Sync([]Target{tg})
 				synctest.Wait()
 				if got := stateOf(t, h, tg.ID); got != "healthy" {
 					t.Fatalf("setup: state %s, want healthy", got)
@@ -399,7 +419,7 @@ func TestHealthSync(t *testing.T) {
 				before := changes.Load()
 				oldProbes := l.count(oldAddr)
 
-				h.Sync(ctx, tt.next(tg))
+				h.Sync(tt.next(tg))
 				synctest.Wait()
 				if got := changes.Load() - before; got != tt.wantChanges {
 					t.Errorf("OnChange called %d times by Sync, want %d", got, tt.wantChanges)
@@ -429,35 +449,31 @@ func TestHealthSync(t *testing.T) {
 
 // TestHealthDeadIsNotResurrected: a listing taken before the engine
 // recorded a container's exit still shows it running; Sync must not probe
-// (and so re-register) it again until Revive.
+// (and so re-register) it again while the ledger says it died.
 func TestHealthDeadIsNotResurrected(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		l := newProbeLog(func(context.Context, string, int) error { return nil })
-		h, _ := newTestHealth(l)
+		lg := newLedger()
+		h, _ := newTestHealth(ctx, l, lg)
 		tg := testTarget("b1", "10.0.0.1:80", 2, 2)
-		h.Sync(ctx, []Target{tg})
+		h.Sync([]Target{tg})
 		synctest.Wait()
 
-		h.Dead(tg.ID)
-		h.Sync(ctx, []Target{tg}) // stale listing
+		lg.mark(tg.ID, fateDied)
+		h.Drop(tg.ID, "backend died; deregistering")
+		h.Sync([]Target{tg}) // stale listing
 		synctest.Wait()
-		if _, probed := h.State(tg.ID); probed || !h.IsDead(tg.ID) {
-			t.Fatalf("after Dead and a stale Sync: probed=%v dead=%v, want false, true", probed, h.IsDead(tg.ID))
+		if _, probed := h.State(tg.ID); probed {
+			t.Fatalf("after a death and a stale Sync: probed, want not")
 		}
 
-		h.Sync(ctx, nil) // the listing caught up: the tombstone goes
-		if h.IsDead(tg.ID) {
-			t.Errorf("IsDead after a Sync without the container = true, want false")
-		}
-
-		h.Dead(tg.ID)
-		h.Revive(tg.ID) // the engine restarted it
-		h.Sync(ctx, []Target{tg})
+		lg.clear(tg.ID) // the engine restarted it
+		h.Sync([]Target{tg})
 		synctest.Wait()
-		if st, probed := h.State(tg.ID); !probed || st != "healthy" {
-			t.Errorf("after Revive and Sync: state %q probed=%v, want healthy, true", st, probed)
+		if st, probed := h.State(tg.ID); !probed || st != stateHealthy {
+			t.Errorf("after a restart and Sync: state %v probed=%v, want healthy, true", st, probed)
 		}
 	})
 }
@@ -481,9 +497,9 @@ func TestHealthHungBackendLeavesInTime(t *testing.T) {
 					}
 					return nil
 				})
-				h, _ := newTestHealth(l)
+				h, _ := newTestHealth(ctx, l, newLedger())
 				tg := testTarget("b1", "10.0.0.1:80", 2, fall)
-				h.Sync(ctx, []Target{tg})
+				h.Sync([]Target{tg})
 				synctest.Wait()
 				if got := stateOf(t, h, tg.ID); got != "healthy" {
 					t.Fatalf("state %s after the first probe, want healthy", got)

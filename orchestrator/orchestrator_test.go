@@ -50,34 +50,49 @@ func TestParseReplicas(t *testing.T) {
 	}
 }
 
-func TestReplicaOverrides(t *testing.T) {
+func TestOverrides(t *testing.T) {
 	p := OverridesPrefix("up")
+	kv := func(key, value string) store.KV { return store.KV{Key: p + key, Value: []byte(value)} }
+	reset := func(kvs ...store.KV) store.Update { return store.Update{Reset: true, KVs: kvs} }
 	tests := []struct {
 		name    string
-		kv      map[string]fakeKV
-		listErr error
+		updates []store.Update
 		want    map[string]int
-		wantErr bool
 	}{
-		{name: "none", want: map[string]int{}},
-		{name: "valid override", kv: map[string]fakeKV{p + "apache": {value: "5"}}, want: map[string]int{"apache": 5}},
-		{name: "invalid count is skipped", kv: map[string]fakeKV{p + "apache": {value: "0"}}, want: map[string]int{}},
-		{name: "garbage is skipped", kv: map[string]fakeKV{p + "apache": {value: "lots"}}, want: map[string]int{}},
-		{name: "service not in the spec is skipped", kv: map[string]fakeKV{p + "nosuch": {value: "3"}}, want: map[string]int{}},
-		{name: "other projects are not read", kv: map[string]fakeKV{OverridesPrefix("other") + "apache": {value: "9"}}, want: map[string]int{}},
-		{name: "etcd error is returned", listErr: errFakeEtcd, wantErr: true},
+		{name: "none", updates: []store.Update{reset()}, want: map[string]int{}},
+		{name: "valid override", updates: []store.Update{reset(kv("apache", "5"))}, want: map[string]int{"apache": 5}},
+		{name: "invalid count is skipped", updates: []store.Update{reset(kv("apache", "0"))}, want: map[string]int{}},
+		{name: "garbage is skipped", updates: []store.Update{reset(kv("apache", "lots"))}, want: map[string]int{}},
+		{name: "service not in the spec is skipped", updates: []store.Update{reset(kv("nosuch", "3"))}, want: map[string]int{}},
+		{name: "a write replaces", updates: []store.Update{reset(kv("apache", "5")), {KVs: []store.KV{kv("apache", "2")}}},
+			want: map[string]int{"apache": 2}},
+		{name: "an invalid write drops the previous override", updates: []store.Update{reset(kv("apache", "5")), {KVs: []store.KV{kv("apache", "-1")}}},
+			want: map[string]int{}},
+		{name: "a delete drops it", updates: []store.Update{reset(kv("apache", "5")), {Deleted: []string{p + "apache"}}},
+			want: map[string]int{}},
+		{name: "a reload replaces everything", updates: []store.Update{reset(kv("apache", "5")), reset()}, want: map[string]int{}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reg := newFakeRegistry(tt.kv)
-			reg.listErrs = []error{tt.listErr}
-			o := New(Config{Spec: testSpec(), Docker: newFakeDocker(), Store: reg, Logger: zerolog.Nop()})
-			got, err := o.replicaOverrides(t.Context())
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("error %v, want error %v", err, tt.wantErr)
+			wakes := 0
+			o := newOverrides(testSpec(), func() { wakes++ }, zerolog.Nop())
+			if got, ok := o.Replicas(); ok || got != nil {
+				t.Fatalf("Replicas before any update = %v, %v; want nil, false", got, ok)
 			}
-			if !tt.wantErr && !maps.Equal(got, tt.want) {
-				t.Errorf("overrides %v, want %v", got, tt.want)
+			for _, u := range tt.updates {
+				o.apply(u)
+			}
+			got, ok := o.Replicas()
+			if !ok || !maps.Equal(got, tt.want) {
+				t.Errorf("Replicas = %v, %v; want %v, true", got, ok, tt.want)
+			}
+			select {
+			case <-o.Loaded():
+			default:
+				t.Error("Loaded not closed after an update")
+			}
+			if wakes != len(tt.updates) {
+				t.Errorf("%d wakes for %d updates; want one each", wakes, len(tt.updates))
 			}
 		})
 	}
@@ -93,13 +108,16 @@ func TestReconcileLoopBackoff(t *testing.T) {
 		docker := newFakeDocker()
 		errEngine := errors.New("engine unavailable")
 		docker.netErrs = []error{errEngine, errEngine, errEngine}
+		reg := newFakeRegistry(nil)
 		o := New(Config{
-			Spec:      testSpec(),
-			Docker:    docker,
-			Store:     newFakeRegistry(nil),
-			NewProber: func(HealthSpec) Prober { return func(context.Context, string) error { return nil } },
-			Logger:    zerolog.Nop(),
+			Spec:          testSpec(),
+			Docker:        docker,
+			Store:         reg,
+			Registrations: reg,
+			newProber:     func(HealthSpec) prober { return func(context.Context, string) error { return nil } },
+			Logger:        zerolog.Nop(),
 		})
+		o.overrides.apply(store.Update{Reset: true}) // none
 		firstPass := make(chan struct{})
 		done := make(chan error, 1)
 		go func() { done <- o.reconcileLoop(ctx, firstPass) }()
@@ -151,12 +169,13 @@ func TestOrchestratorStart(t *testing.T) {
 		docker := newFakeDocker()
 		etcd := newFakeRegistry(nil)
 		o := New(Config{
-			Spec:      testSpec(),
-			Docker:    docker,
-			Store:     etcd,
-			LeaseTTL:  10 * time.Second,
-			NewProber: func(HealthSpec) Prober { return func(context.Context, string) error { return nil } },
-			Logger:    zerolog.Nop(),
+			Spec:          testSpec(),
+			Docker:        docker,
+			Store:         etcd,
+			Registrations: etcd,
+			LeaseTTL:      10 * time.Second,
+			newProber:     func(HealthSpec) prober { return func(context.Context, string) error { return nil } },
+			Logger:        zerolog.Nop(),
 		})
 		done := make(chan error, 1)
 		go func() { done <- o.Start(ctx) }()
@@ -182,14 +201,14 @@ func TestOrchestratorStart(t *testing.T) {
 		if len(keys) != 3 {
 			t.Fatalf("registered %v, want the 3 backends", keys)
 		}
-		if o.Proxy().ID == "" {
+		if p, _ := o.Proxy(); p.ID == "" {
 			t.Errorf("Proxy().ID empty after the first pass")
 		}
 
 		// A backend dies: deregistered and replaced.
 		victim := b[0]
 		docker.edit(victim.ID, func(c *containers.Container) { c.State = containers.StateExited })
-		docker.events <- containers.Event{Action: "die", ID: victim.ID, Name: victim.Name, Service: "apache", Role: containers.RoleBackend}
+		docker.events <- containers.Event{Action: "die", ID: victim.ID, Name: victim.Name, Role: containers.RoleBackend}
 		synctest.Wait()
 		keys = backendKeys()
 		if slices.Contains(slices.Collect(maps.Values(keys)), victim.Short()) {
@@ -218,4 +237,41 @@ func TestOrchestratorStart(t *testing.T) {
 			t.Errorf("keys left after shutdown: %v", got)
 		}
 	})
+}
+
+// TestHandleEvent: a "die" of any role is recorded, so that the next pass
+// asks the engine about a container its listing may still show running,
+// and every event that changes a container wakes a pass.
+func TestHandleEvent(t *testing.T) {
+	tests := []struct {
+		name     string
+		ev       containers.Event
+		wantFate fate
+		wantWake bool
+	}{
+		{name: "backend died", ev: containers.Event{Action: "die", ID: "b1", Role: containers.RoleBackend}, wantFate: fateDied, wantWake: true},
+		{name: "proxy died", ev: containers.Event{Action: "die", ID: "p1", Role: containers.RoleProxy}, wantFate: fateDied, wantWake: true},
+		{name: "data container died", ev: containers.Event{Action: "die", ID: "d1", Role: containers.RoleData}, wantFate: fateDied, wantWake: true},
+		{name: "started", ev: containers.Event{Action: "start", ID: "b1", Role: containers.RoleBackend}, wantWake: true},
+		{name: "our own exec", ev: containers.Event{Action: "exec_start: sh", ID: "p1", Role: containers.RoleProxy}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			o := New(Config{Spec: testSpec(), Docker: newFakeDocker(), Store: reg, Registrations: reg, Logger: zerolog.Nop()})
+			o.handleEvent(tt.ev)
+			if got := o.ledger.of(tt.ev.ID); got != tt.wantFate {
+				t.Errorf("fate = %d; want %d", got, tt.wantFate)
+			}
+			woken := false
+			select {
+			case <-o.wake.C():
+				woken = true
+			default:
+			}
+			if woken != tt.wantWake {
+				t.Errorf("woken = %v; want %v", woken, tt.wantWake)
+			}
+		})
+	}
 }

@@ -35,85 +35,109 @@ func testSpec() Spec {
 }
 
 // recEnv is a Reconciler over a fake engine, a fake prober and, when pool
-// is set, a fake nginx pool, with replica overrides, proxy changes and
-// wakes under the test's control.
+// is set, a fake nginx pool, with replica overrides under the test's
+// control; its drainer runs until the test ends or stopDrains.
 type recEnv struct {
-	docker       *fakeDocker
-	prober       *fakeProber
-	pool         *fakePool // nil: the Reconciler has no Pool
-	drainTimeout time.Duration
-	rec          *Reconciler
+	docker     *fakeDocker
+	prober     *fakeProber
+	pool       *fakePool // nil: the Reconciler has no Pool
+	ledger     *ledger
+	drainer    *drainer
+	proxy      *runningProxy
+	stopDrains context.CancelFunc
+	rec        *reconciler
 
-	mu           sync.Mutex
-	overrides    map[string]int
-	overridesErr error
-	proxyChanges int
-	wakes        int
+	mu        sync.Mutex
+	overrides map[string]int
+	unread    bool // the overrides were never read
+	wakes     int
 }
 
-func newRecEnv(spec Spec) *recEnv {
-	e := &recEnv{docker: newFakeDocker(), prober: newFakeProber()}
-	e.setSpec(spec)
-	return e
-}
+// newRecEnv returns a recEnv for spec; call it inside the synctest bubble
+// when the test waits on drains.
+func newRecEnv(t *testing.T, spec Spec) *recEnv { return newEnv(t, spec, nil, 0) }
 
 // newPoolEnv is newRecEnv with a fake pool; drainTimeout zero means the
-// Reconciler's default. Call it inside the synctest bubble.
-func newPoolEnv(spec Spec, drainTimeout time.Duration) *recEnv {
-	e := &recEnv{docker: newFakeDocker(), prober: newFakeProber(), pool: newFakePool(), drainTimeout: drainTimeout}
+// drainer's default. Call it inside the synctest bubble.
+func newPoolEnv(t *testing.T, spec Spec, drainTimeout time.Duration) *recEnv {
+	return newEnv(t, spec, newFakePool(), drainTimeout)
+}
+
+func newEnv(t *testing.T, spec Spec, p *fakePool, drainTimeout time.Duration) *recEnv {
+	e := &recEnv{docker: newFakeDocker(), prober: newFakeProber(), pool: p, ledger: newLedger(), proxy: newRunningProxy()}
+	var pl pool
+	if p != nil { // not a typed nil in the interface
+		pl = p
+	}
+	e.drainer = newDrainer(drainerConfig{
+		Docker:  e.docker,
+		Health:  e.prober,
+		Ledger:  e.ledger,
+		Pool:    pl,
+		Network: spec.Network,
+		Timeout: drainTimeout,
+		Done: func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			e.wakes++
+		},
+		Logger: zerolog.Nop(),
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	e.stopDrains = cancel
+	go func() { _ = e.drainer.Start(ctx) }()
 	e.setSpec(spec)
 	return e
 }
 
 // setSpec replaces the Reconciler with one for spec, as a daemon restarted
-// with an edited spec file would be; the engine and the pool stay.
+// with an edited spec file would be; the engine, the pool and the drains
+// in progress stay.
 func (e *recEnv) setSpec(spec Spec) {
 	var p pool
 	if e.pool != nil { // not a typed nil in the interface
 		p = e.pool
 	}
-	e.rec = NewReconciler(ReconcilerConfig{
-		Spec:         spec,
-		Docker:       e.docker,
-		Health:       e.prober,
-		Pool:         p,
-		DrainTimeout: e.drainTimeout,
-		Wake: func() {
+	e.rec = newReconciler(reconcilerConfig{
+		Spec:   spec,
+		Docker: e.docker,
+		Health: e.prober,
+		Drains: e.drainer,
+		Ledger: e.ledger,
+		Pool:   p,
+		Proxy:  e.proxy,
+		Replicas: func() (map[string]int, bool) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
-			e.wakes++
-		},
-		Replicas: func(context.Context) (map[string]int, error) {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			return e.overrides, e.overridesErr
-		},
-		OnProxyChange: func() {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			e.proxyChanges++
+			return e.overrides, !e.unread
 		},
 		Logger: zerolog.Nop(),
 	})
 }
 
-func (e *recEnv) setOverrides(ov map[string]int, err error) {
+// setOverrides sets the overrides the Reconciler reads; unread means they
+// were never read from etcd.
+func (e *recEnv) setOverrides(ov map[string]int, unread bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.overrides, e.overridesErr = ov, err
+	e.overrides, e.unread = ov, unread
 }
 
+// changes counts the proxy's published (re)starts.
 func (e *recEnv) changes() int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.proxyChanges
+	p, _ := e.proxy.get()
+	return int(p.Generation)
 }
 
+// wakeCount counts the drains that ended.
 func (e *recEnv) wakeCount() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.wakes
 }
+
+// waitDrains waits until no drain runs.
+func (e *recEnv) waitDrains() { e.drainer.tasks.idle() }
 
 func (e *recEnv) reconcile(t *testing.T) Result {
 	t.Helper()
@@ -179,14 +203,14 @@ func checkConverged(t *testing.T, e *recEnv, replicas int) {
 	if got := e.docker.specOf(proxies[0].ID).VolumesFrom; !slices.Equal(got, []string{data[0].ID}) {
 		t.Errorf("proxy VolumesFrom %v, want [%s] (the data-volume container)", got, data[0].ID)
 	}
-	if got := e.rec.Proxy().ID; got != proxies[0].ID {
-		t.Errorf("ProxyID %q, want %q", got, proxies[0].ID)
+	if got, _ := e.proxy.get(); got.ID != proxies[0].ID {
+		t.Errorf("ProxyID %q, want %q", got.ID, proxies[0].ID)
 	}
 }
 
 func TestReconcileFromNothing(t *testing.T) {
 	spec := testSpec()
-	e := newRecEnv(spec)
+	e := newRecEnv(t, spec)
 	e.reconcile(t)
 
 	if got := e.docker.networks; !slices.Equal(got, []string{"upnet/up"}) {
@@ -316,7 +340,7 @@ func TestReconcileChanges(t *testing.T) {
 				e.docker.mu.Lock()
 				e.docker.staleList[id] = containers.StateRunning
 				e.docker.mu.Unlock()
-				e.rec.NoteDied(id) // the "die" event
+				e.ledger.mark(id, fateDied) // the "die" event
 				return gone{dead: []string{id}, removed: []string{id}}
 			},
 			wantCreated: map[containers.Role]int{containers.RoleBackend: 1},
@@ -335,7 +359,7 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas override 3 to 5 creates 2",
 			mutate: func(_ *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, nil)
+				e.setOverrides(map[string]int{"apache": 5}, false)
 				return gone{}
 			},
 			wantCreated:  map[containers.Role]int{containers.RoleBackend: 2},
@@ -345,14 +369,14 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas 5 to 2 removes the unhealthy first, then the pending",
 			mutate: func(t *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, nil)
+				e.setOverrides(map[string]int{"apache": 5}, false)
 				e.reconcile(t)
 				e.resetCalls()
 				b := backends(e)
 				for i, s := range []string{"healthy", "unhealthy", "healthy", "unhealthy", "pending"} {
 					e.prober.setState(b[i].ID, s)
 				}
-				e.setOverrides(map[string]int{"apache": 2}, nil)
+				e.setOverrides(map[string]int{"apache": 2}, false)
 				g := []string{b[1].ID, b[3].ID, b[4].ID}
 				return gone{retired: g, stopped: g, removed: g}
 			},
@@ -361,14 +385,14 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas 5 to 2 among equally healthy removes the newest",
 			mutate: func(t *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, nil)
+				e.setOverrides(map[string]int{"apache": 5}, false)
 				e.reconcile(t)
 				e.resetCalls()
 				b := backends(e)
 				for _, c := range b {
 					e.prober.setState(c.ID, "healthy")
 				}
-				e.setOverrides(map[string]int{"apache": 2}, nil)
+				e.setOverrides(map[string]int{"apache": 2}, false)
 				g := []string{b[2].ID, b[3].ID, b[4].ID}
 				return gone{retired: g, stopped: g, removed: g}
 			},
@@ -429,7 +453,7 @@ func TestReconcileChanges(t *testing.T) {
 				e.docker.mu.Lock()
 				e.docker.staleList[id] = containers.StateRunning
 				e.docker.mu.Unlock()
-				e.rec.NoteDied(id)
+				e.ledger.mark(id, fateDied)
 				return gone{removed: []string{id}}
 			},
 			wantCreated: map[containers.Role]int{containers.RoleProxy: 1},
@@ -460,14 +484,14 @@ func TestReconcileChanges(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newRecEnv(testSpec())
+			e := newRecEnv(t, testSpec())
 			e.reconcile(t)
 			e.resetCalls()
 			changes := e.changes()
 
 			want := tt.mutate(t, e)
 			res := e.reconcile(t)
-			e.rec.WaitDrains()
+			e.waitDrains()
 
 			if got := res.RequeueAfter > 0; got != tt.wantRequeue {
 				t.Errorf("requeue %v (%s), want %v", got, res.RequeueAfter, tt.wantRequeue)
@@ -513,7 +537,7 @@ func TestReconcileChanges(t *testing.T) {
 			e.resetCalls()
 			changes = e.changes()
 			res = e.reconcile(t)
-			e.rec.WaitDrains()
+			e.waitDrains()
 			if c, s, st, r := e.docker.calls(); c+s+st+r != 0 || e.changes() != changes ||
 				len(e.prober.deadIDs()) != 0 || len(e.prober.retiredIDs()) != 0 || res.RequeueAfter != 0 {
 				t.Errorf("second pass made calls: %d creates, %d starts, %d stops, %d removes, %d proxy changes, dead %v, retired %v, requeue %s; want none",
@@ -540,29 +564,28 @@ func addOldBackend(e *recEnv, i int, state string) string {
 
 func TestReconcileReplicaOverrides(t *testing.T) {
 	type read struct {
-		ov  map[string]int
-		err error
+		ov     map[string]int
+		unread bool
 	}
-	errEtcd := errors.New("etcd unavailable")
 	tests := []struct {
 		name  string
 		reads []read // one per pass
 		want  []int  // running backends after each pass
 	}{
 		{name: "no overrides: the spec's count", reads: []read{{}}, want: []int{3}},
-		{name: "an error before any read: the spec's count", reads: []read{{err: errEtcd}}, want: []int{3}},
-		{name: "an error keeps the last overrides read", reads: []read{{ov: map[string]int{"apache": 5}}, {err: errEtcd}, {err: errEtcd}}, want: []int{5, 5, 5}},
-		{name: "a read after errors applies", reads: []read{{ov: map[string]int{"apache": 5}}, {err: errEtcd}, {ov: map[string]int{"apache": 2}}}, want: []int{5, 5, 2}},
+		{name: "never read from etcd: the spec's count", reads: []read{{unread: true}}, want: []int{3}},
+		{name: "an override applies", reads: []read{{ov: map[string]int{"apache": 5}}}, want: []int{5}},
+		{name: "a changed override applies", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{"apache": 2}}}, want: []int{5, 2}},
 		{name: "removed override: the spec's count again", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{}}}, want: []int{5, 3}},
 		{name: "override of a service not in the spec is ignored", reads: []read{{ov: map[string]int{"nosuch": 7}}}, want: []int{3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newRecEnv(testSpec())
+			e := newRecEnv(t, testSpec())
 			for i, r := range tt.reads {
-				e.setOverrides(r.ov, r.err)
+				e.setOverrides(r.ov, r.unread)
 				e.reconcile(t)
-				e.rec.WaitDrains()
+				e.waitDrains()
 				if got := len(running(e.docker.withRole(containers.RoleBackend, "apache"))); got != tt.want[i] {
 					t.Errorf("pass %d: %d running backends, want %d", i, got, tt.want[i])
 				}
@@ -583,7 +606,7 @@ func TestReconcileImageMissing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newRecEnv(testSpec())
+			e := newRecEnv(t, testSpec())
 			// As containers.Client.EnsureImage words it.
 			e.docker.imageErr[tt.image] = fmt.Errorf("image %s is not present and cannot be pulled (pull access denied): %w; build it with `make images`",
 				tt.image, containers.ErrImageMissing)
@@ -650,14 +673,14 @@ func (e *recEnv) checkIdle(t *testing.T, step string) {
 // grace, and removed only once nginx no longer sends to it.
 func TestReconcileScaleDownDrains(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e := newPoolEnv(testSpec(), 0)
-		e.setOverrides(map[string]int{"apache": 5}, nil)
+		e := newPoolEnv(t, testSpec(), 0)
+		e.setOverrides(map[string]int{"apache": 5}, false)
 		b := e.convergeServing(t)
 		if len(b) != 5 {
 			t.Fatalf("setup: %d backends, want 5", len(b))
 		}
 		extras := b[2:] // all healthy: the newest go
-		e.setOverrides(map[string]int{"apache": 2}, nil)
+		e.setOverrides(map[string]int{"apache": 2}, false)
 
 		e.reconcile(t)
 		// Before the drains get to run: deregistered, nothing stopped.
@@ -722,10 +745,10 @@ func TestReconcileScaleDownDrains(t *testing.T) {
 func TestReconcileDrainTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		const timeout = 2 * time.Second
-		e := newPoolEnv(testSpec(), timeout)
+		e := newPoolEnv(t, testSpec(), timeout)
 		b := e.convergeServing(t)
 		victim := b[2]
-		e.setOverrides(map[string]int{"apache": 2}, nil)
+		e.setOverrides(map[string]int{"apache": 2}, false)
 		e.reconcile(t)
 		synctest.Wait()
 		if got := e.prober.retiredIDs(); !slices.Equal(got, []string{victim.ID}) {
@@ -758,22 +781,18 @@ func TestReconcileDrainTimeout(t *testing.T) {
 // is left running for the next daemon to adopt, not stopped half-drained.
 func TestReconcileDrainCancelled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e := newPoolEnv(testSpec(), 0)
+		e := newPoolEnv(t, testSpec(), 0)
 		b := e.convergeServing(t)
 		victim := b[2]
-		e.setOverrides(map[string]int{"apache": 2}, nil)
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		if _, err := e.rec.Reconcile(ctx); err != nil {
-			t.Fatalf("Reconcile: %v", err)
-		}
+		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.reconcile(t)
 		synctest.Wait()
 		if got := e.pool.waiting(); len(got) != 1 {
 			t.Fatalf("waiting on the pool for %v, want the victim", got)
 		}
 
-		cancel()
-		e.rec.WaitDrains()
+		e.stopDrains() // the daemon stops
+		e.waitDrains()
 		if got := e.docker.recorded(); len(got.stops)+len(got.removes) != 0 {
 			t.Errorf("after cancel: stopped %v, removed %v; want nothing", got.stops, got.removes)
 		}
@@ -798,7 +817,7 @@ func (e *recEnv) serving(newHash string, retired map[string]bool) int {
 			}
 			continue
 		}
-		if s, _ := e.prober.State(c.ID); s != "healthy" {
+		if s, _ := e.prober.State(c.ID); s != stateHealthy {
 			continue
 		}
 		if e.pool == nil || e.pool.Serves("apache", addrOf(c, 80)) {
@@ -862,9 +881,9 @@ func TestReconcileRollingUpdate(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				e := newPoolEnv(testSpec(), 0)
+				e := newPoolEnv(t, testSpec(), 0)
 				if tt.noPool {
-					e = newRecEnv(testSpec())
+					e = newRecEnv(t, testSpec())
 				}
 				b := e.convergeServing(t)
 				for i, s := range tt.states {
@@ -1008,7 +1027,7 @@ func TestReconcileRollingUpdateStalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				e := newPoolEnv(testSpec(), 0)
+				e := newPoolEnv(t, testSpec(), 0)
 				e.convergeServing(t)
 				changeBackendSpec(e, nil)
 				e.reconcile(t)
@@ -1058,7 +1077,7 @@ func TestReconcileRollingUpdateDeath(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				e := newPoolEnv(testSpec(), 0)
+				e := newPoolEnv(t, testSpec(), 0)
 				b := e.convergeServing(t)
 				changeBackendSpec(e, b)
 				newHash := e.newBackendHash()
@@ -1129,7 +1148,7 @@ func TestReconcileRollingUpdateDeath(t *testing.T) {
 // address of their io.upstreamd.port label).
 func TestReconcileRemovedServiceDrains(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		e := newPoolEnv(testSpec(), 0)
+		e := newPoolEnv(t, testSpec(), 0)
 		e.convergeServing(t)
 		var old []containers.Container
 		var wantWaits []poolWait

@@ -4,36 +4,50 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// registry is what the Registrar needs from etcd.
+// registry is what the Registrar writes to etcd.
 type registry interface {
 	Grant(ctx context.Context, ttl time.Duration) (*store.Lease, error)
 	Revoke(ctx context.Context, l *store.Lease) error
-	List(ctx context.Context, prefix string) ([]store.KV, int64, error)
-	Put(ctx context.Context, key, value string, lease int64) error
-	Delete(ctx context.Context, key string) error
+	Put(ctx context.Context, key, value string, lease int64) (revision int64, err error)
+	Delete(ctx context.Context, key string) (revision int64, err error)
 }
 
 var _ registry = (*store.Client)(nil)
 
+// registrations is the copy of the registrations the Registrar compares
+// with what it wants (a store.Cache: the one watch of that prefix).
+type registrations interface {
+	Subscribe() <-chan struct{}
+	Snapshot() (store.Snapshot, bool)
+}
+
+var _ registrations = (*store.Cache)(nil)
+
 // healthView is what the Registrar reads from the Health manager.
 type healthView interface {
+	Subscribe() <-chan struct{}
 	Snapshot() (healthy, pending []Target)
 }
 
-var _ healthView = (*Health)(nil)
+var _ healthView = (*health)(nil)
 
-// RegistrarConfig configures a Registrar.
-type RegistrarConfig struct {
-	// Store is etcd.
+// registrarConfig configures a Registrar.
+type registrarConfig struct {
+	// Store is etcd, written to.
 	Store registry
+	// Registrations is what etcd holds under Prefix, read from.
+	Registrations registrations
 	// Health supplies the healthy and pending backends.
 	Health healthView
 	// Prefix is the registrations prefix, e.g. /services.
@@ -47,41 +61,41 @@ type RegistrarConfig struct {
 	// TTL is the lease TTL: how long keys outlive a daemon that vanished.
 	TTL time.Duration
 	// Resync is how often etcd is compared with the healthy set even when
-	// nothing changed, to repair keys deleted by hand. Zero means 30 s.
+	// nothing changed. Zero means 30 s.
 	Resync time.Duration
 	Logger zerolog.Logger
 }
 
-// Registrar keeps etcd in step with the healthy backends: one key per
+// registrar keeps etcd in step with the healthy backends: one key per
 // healthy backend of this node, all under one lease kept alive, and no key
 // for anything else of this node. Keys of pending backends (not yet probed
-// after a daemon restart) are left as they are.
-type Registrar struct {
-	cfg     RegistrarConfig
-	log     zerolog.Logger
-	trigger chan struct{}
-	flush   chan chan error
-	lease   *store.Lease
+// after a daemon restart) are left as they are. It compares with the
+// watched copy of the registrations, so a sync costs etcd nothing unless
+// something differs.
+type registrar struct {
+	cfg   registrarConfig
+	log   zerolog.Logger
+	wake  wake.Signal
+	flush chan chan error
+	lease *store.Lease
+	// written is the revision of this Registrar's last write: a copy older
+	// than that does not show it yet, and the watch brings it shortly.
+	written int64
 }
 
-// NewRegistrar returns a Registrar; Start runs it.
-func NewRegistrar(cfg RegistrarConfig) *Registrar {
+// newRegistrar returns a Registrar; Start runs it.
+func newRegistrar(cfg registrarConfig) *registrar {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
 	}
-	return &Registrar{cfg: cfg, log: cfg.Logger, trigger: make(chan struct{}, 1), flush: make(chan chan error)}
+	return &registrar{cfg: cfg, log: cfg.Logger, wake: wake.New(), flush: make(chan chan error)}
 }
 
-// Trigger asks for a sync as soon as possible.
-func (r *Registrar) Trigger() {
-	select {
-	case r.trigger <- struct{}{}:
-	default:
-	}
-}
+// Wake asks for a sync as soon as possible.
+func (r *registrar) Wake() { r.wake.Wake() }
 
 // Flush asks for a sync now and returns its result; Start must be running.
-func (r *Registrar) Flush(ctx context.Context) error {
+func (r *registrar) Flush(ctx context.Context) error {
 	reply := make(chan error, 1)
 	select {
 	case r.flush <- reply:
@@ -96,14 +110,15 @@ func (r *Registrar) Flush(ctx context.Context) error {
 	}
 }
 
-// Start syncs on every trigger, on lease loss and every Resync, until ctx
-// ends; then it revokes the lease so this node's keys go at once.
-func (r *Registrar) Start(ctx context.Context) error {
-	bo := newBackOff(100*time.Millisecond, 5*time.Second)
+// Start syncs on every health change, change of the registrations, Wake,
+// lease loss and every Resync, until ctx ends; then it revokes the lease
+// so this node's keys go at once.
+func (r *registrar) Start(ctx context.Context) error {
+	health, regs := r.cfg.Health.Subscribe(), r.cfg.Registrations.Subscribe()
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
-	var retry <-chan time.Time
-	failing := false
+	var again <-chan time.Time
 	for {
 		var leaseDone <-chan struct{}
 		if r.lease != nil {
@@ -114,41 +129,38 @@ func (r *Registrar) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			r.shutdown(ctx)
 			return nil
-		case <-r.trigger:
+		case <-health:
+		case <-regs:
+		case <-r.wake.C():
 		case reply = <-r.flush:
-		case <-retry:
+		case <-again:
 		case <-resync.C:
 		case <-leaseDone:
 			r.log.Warn().Str("lease", fmt.Sprintf("%x", r.lease.ID)).Msg("etcd lease lost; registering again under a new lease")
 			r.lease.Release()
 			r.lease = nil
 		}
-		retry = nil
+		again = nil
 		err := r.sync(ctx)
 		if reply != nil {
 			reply <- err
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				continue
+		switch {
+		case err == nil:
+			if bo.Succeeded() {
+				r.log.Info().Msg("etcd registration sync recovered")
 			}
-			d := bo.NextBackOff()
-			if !failing {
+		case ctx.Err() == nil:
+			d, first := bo.Failed()
+			if first {
 				r.log.Error().Err(err).Dur("retry_in", d).Msg("etcd registration sync failed; retrying with backoff")
 			}
-			failing = true
-			retry = time.After(d)
-			continue
+			again = time.After(d)
 		}
-		if failing {
-			r.log.Info().Msg("etcd registration sync recovered")
-		}
-		failing = false
-		bo.Reset()
 	}
 }
 
-func (r *Registrar) shutdown(ctx context.Context) {
+func (r *registrar) shutdown(ctx context.Context) {
 	if r.lease == nil {
 		return
 	}
@@ -164,7 +176,7 @@ func (r *Registrar) shutdown(ctx context.Context) {
 
 // desired returns the registrations this node should have and the keys of
 // pending backends, to be left alone.
-func (r *Registrar) desired() (put map[string]store.Registration, keep map[string]bool) {
+func (r *registrar) desired() (put map[string]store.Registration, keep map[string]bool) {
 	healthy, pending := r.cfg.Health.Snapshot()
 	put = make(map[string]store.Registration, len(healthy))
 	for _, t := range healthy {
@@ -183,8 +195,18 @@ func (r *Registrar) desired() (put map[string]store.Registration, keep map[strin
 	return put, keep
 }
 
+// errNotLoaded: the registrations were never read from etcd yet.
+var errNotLoaded = errors.New("registrations not read from etcd yet")
+
 // sync makes etcd match the desired registrations.
-func (r *Registrar) sync(ctx context.Context) error {
+func (r *registrar) sync(ctx context.Context) error {
+	snap, ok := r.cfg.Registrations.Snapshot()
+	switch {
+	case !ok:
+		return errNotLoaded
+	case snap.Revision < r.written:
+		return nil // our last write is on its way; its arrival wakes us
+	}
 	if r.lease == nil {
 		l, err := r.cfg.Store.Grant(ctx, r.cfg.TTL)
 		if err != nil {
@@ -194,45 +216,53 @@ func (r *Registrar) sync(ctx context.Context) error {
 	}
 	put, keep := r.desired()
 	var errs []error
-	for _, svc := range r.cfg.Services {
-		kvs, _, err := r.cfg.Store.List(ctx, store.ServicePrefix(r.cfg.Prefix, svc))
-		if err != nil {
-			return err
+	for _, e := range snap.Entries {
+		if e.Reg.Node != r.cfg.Node || !r.registers(e.Service) {
+			continue // not ours: another node's or another service's
 		}
-		for _, kv := range kvs {
-			e, err := store.ParseEntry(r.cfg.Prefix, kv.Key, kv.Value)
-			if err != nil || e.Reg.Node != r.cfg.Node {
-				continue // not ours: another node's, or invalid (the cache logs those)
-			}
-			want, ok := put[kv.Key]
-			switch {
-			case ok && e.Value == want.Encode() && kv.Lease == r.lease.ID:
-				delete(put, kv.Key) // already right
-			case ok:
-				// rewritten below, under our lease
-			case keep[kv.Key]:
-				// pending first probe: leave it
-			default:
-				if err := r.cfg.Store.Delete(ctx, kv.Key); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				r.log.Info().Str("service", e.Service).Str("key", kv.Key).Str("container", e.Reg.Container).Msg("deregistered")
-			}
+		want, ok := put[e.Key]
+		switch {
+		case ok && e.Value == want.Encode() && e.Lease == r.lease.ID:
+			delete(put, e.Key) // already right
+		case ok, keep[e.Key]:
+			// rewritten below, under our lease; or pending its first probe
+		default:
+			errs = append(errs, r.write(ctx, e.Key, "", e.Service, e.Reg.Container))
 		}
 	}
 	for key, reg := range put {
-		err := r.cfg.Store.Put(ctx, key, reg.Encode(), r.lease.ID)
+		err := r.write(ctx, key, reg.Encode(), "", reg.Host)
 		if errors.Is(err, store.ErrLeaseLost) {
 			r.lease.Release() // gone on the server; stop its keep-alive
 			r.lease = nil
 			return err
 		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		r.log.Info().Str("key", key).Str("container", reg.Host).Msg("registered")
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// registers reports whether this node registers service.
+func (r *registrar) registers(service string) bool { return slices.Contains(r.cfg.Services, service) }
+
+// write puts value at key under the lease, or deletes key when value is
+// empty, and logs it.
+func (r *registrar) write(ctx context.Context, key, value, service, container string) error {
+	var rev int64
+	var err error
+	if value == "" {
+		rev, err = r.cfg.Store.Delete(ctx, key)
+	} else {
+		rev, err = r.cfg.Store.Put(ctx, key, value, r.lease.ID)
+	}
+	if err != nil {
+		return err
+	}
+	r.written = max(r.written, rev)
+	if value == "" {
+		r.log.Info().Str("service", service).Str("key", key).Str("container", container).Msg("deregistered")
+	} else {
+		r.log.Info().Str("key", key).Str("container", container).Msg("registered")
+	}
+	return nil
 }

@@ -44,16 +44,17 @@ func otherNodeVal(node string) string {
 	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: node}.Encode()
 }
 
-func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duration) *Registrar {
-	return NewRegistrar(RegistrarConfig{
-		Store:    reg,
-		Health:   hv,
-		Prefix:   "/services",
-		Node:     testNode,
-		Services: []string{"apache", "web"},
-		TTL:      10 * time.Second,
-		Resync:   resync,
-		Logger:   zerolog.Nop(),
+func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duration) *registrar {
+	return newRegistrar(registrarConfig{
+		Store:         reg,
+		Registrations: reg,
+		Health:        hv,
+		Prefix:        "/services",
+		Node:          testNode,
+		Services:      []string{"apache", "web"},
+		TTL:           10 * time.Second,
+		Resync:        resync,
+		Logger:        zerolog.Nop(),
 	})
 }
 
@@ -214,7 +215,7 @@ func TestRegistrarPutLeaseLost(t *testing.T) {
 
 // startRegistrar runs r.Start in the bubble and returns a stop function
 // that cancels it and returns Start's error.
-func startRegistrar(t *testing.T, r *Registrar) (stop func() error) {
+func startRegistrar(t *testing.T, r *registrar) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
@@ -226,26 +227,36 @@ func startRegistrar(t *testing.T, r *Registrar) (stop func() error) {
 	}
 }
 
+// checkStop stops a Registrar started by startRegistrar and checks that
+// Start returned nil.
+func checkStop(t *testing.T, stop func() error) {
+	t.Helper()
+	if err := stop(); err != nil {
+		t.Errorf("Start returned %v, want nil", err)
+	}
+}
+
 func TestRegistrarStart(t *testing.T) {
-	t.Run("triggers collapse into one sync", func(t *testing.T) {
+	t.Run("wakes collapse into one sync", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			reg := newFakeRegistry(nil)
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 0)
-			r.Trigger()
-			r.Trigger()
-			r.Trigger()
+			r.Wake()
+			r.Wake()
+			r.Wake()
 			stop := startRegistrar(t, r)
-			defer stop()
-			// One sync lists each of the two services once.
-			if got := reg.counts().lists; got != 2 {
-				t.Errorf("%d List calls after 3 triggers, want 2 (one sync)", got)
+			defer func() { checkStop(t, stop) }()
+			// One sync writes the key; the watch's echo of that write
+			// wakes one more, which finds everything right.
+			if got := reg.counts(); got.reads != 2 || got.puts != 1 {
+				t.Errorf("after 3 wakes: %d reads, %d puts; want 2 and 1 (one sync)", got.reads, got.puts)
 			}
-			r.Trigger()
+			r.Wake()
 			synctest.Wait()
-			if got := reg.counts().lists; got != 4 {
-				t.Errorf("%d List calls after another trigger, want 4", got)
+			if got := reg.counts(); got.reads != 3 || got.puts != 1 {
+				t.Errorf("after another wake: %d reads, %d puts; want 3 and 1", got.reads, got.puts)
 			}
 		})
 	})
@@ -256,9 +267,9 @@ func TestRegistrarStart(t *testing.T) {
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA, tB, tC}, nil)
 			r := newTestRegistrar(reg, hv, 0)
-			r.Trigger()
+			r.Wake()
 			stop := startRegistrar(t, r)
-			defer stop()
+			defer func() { checkStop(t, stop) }()
 			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}, keyC: {valC, 1}}); d != "" {
 				t.Fatalf("setup: etcd differs:%s", d)
 			}
@@ -276,30 +287,31 @@ func TestRegistrarStart(t *testing.T) {
 	t.Run("a failing sync is retried with backoff", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			reg := newFakeRegistry(nil)
-			reg.listErrs = []error{errFakeEtcd, errFakeEtcd}
+			reg.readFails = 2 // the registrations are not read yet
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 0)
-			r.Trigger()
+			r.Wake()
 			stop := startRegistrar(t, r)
-			defer stop()
-			if got := reg.counts().lists; got != 1 {
-				t.Fatalf("%d List calls at once, want 1 (no busy retry)", got)
+			defer func() { checkStop(t, stop) }()
+			if got := reg.counts().reads; got != 1 {
+				t.Fatalf("%d reads at once, want 1 (no busy retry)", got)
 			}
 			advance(49 * time.Millisecond) // below the first backoff's jitter range
-			if got := reg.counts().lists; got != 1 {
-				t.Errorf("%d List calls after 49ms, want 1", got)
+			if got := reg.counts().reads; got != 1 {
+				t.Errorf("%d reads after 49ms, want 1", got)
 			}
 			advance(2 * time.Second)
 			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
 				t.Errorf("etcd after recovery differs:%s", d)
 			}
 			reg.mu.Lock()
-			calls := slices.Clone(reg.listCalls)
+			calls := slices.Clone(reg.reads)
 			reg.mu.Unlock()
-			// Calls: fail, fail, then the sync that works (2 services).
+			// Reads: nothing loaded twice, the sync that works, and the
+			// one its write's echo wakes.
 			if len(calls) != 4 {
-				t.Fatalf("%d List calls, want 4", len(calls))
+				t.Fatalf("%d reads, want 4", len(calls))
 			}
 			// 100 ms then 150 ms, each ±50 % jitter.
 			for i, want := range []time.Duration{100 * time.Millisecond, 150 * time.Millisecond} {
@@ -308,23 +320,41 @@ func TestRegistrarStart(t *testing.T) {
 					t.Errorf("retry %d after %s, want %s ±50%%", i+1, gap, want)
 				}
 			}
-			lists := reg.counts().lists
+			reads := reg.counts().reads
 			advance(20 * time.Second) // below the 30 s resync
-			if got := reg.counts().lists; got != lists {
-				t.Errorf("%d List calls after recovery without a trigger, want %d", got, lists)
+			if got := reg.counts().reads; got != reads {
+				t.Errorf("%d reads after recovery without a trigger, want %d", got, reads)
 			}
 		})
 	})
 
-	t.Run("resync repairs a key deleted by hand", func(t *testing.T) {
+	t.Run("a key deleted by hand is put back at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			reg := newFakeRegistry(nil)
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 10*time.Second)
-			r.Trigger()
+			r.Wake()
 			stop := startRegistrar(t, r)
-			defer stop()
+			defer func() { checkStop(t, stop) }()
+			reg.remove(keyA)
+			synctest.Wait()
+			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+				t.Errorf("etcd after the deletion differs:%s", d)
+			}
+		})
+	})
+
+	t.Run("resync repairs a deletion the watch missed", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			reg := newFakeRegistry(nil)
+			reg.quiet = true
+			hv := &fakeHealthView{}
+			hv.set([]Target{tA}, nil)
+			r := newTestRegistrar(reg, hv, 10*time.Second)
+			r.Wake()
+			stop := startRegistrar(t, r)
+			defer func() { checkStop(t, stop) }()
 			reg.remove(keyA)
 			advance(9 * time.Second)
 			if _, ok := reg.snapshot()[keyA]; ok {
@@ -343,7 +373,7 @@ func TestRegistrarStart(t *testing.T) {
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 0)
-			r.Trigger()
+			r.Wake()
 			stop := startRegistrar(t, r)
 			if err := stop(); err != nil {
 				t.Errorf("Start returned %v, want nil", err)

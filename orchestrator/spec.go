@@ -1,12 +1,17 @@
-// Package orchestrator keeps the Docker host and etcd in step with the spec.
+// Package orchestrator keeps the Docker host and etcd in step with the
+// spec.
 //
-// The Reconciler compares desired state (spec plus replica overrides from
-// etcd) with actual state (containers found by label) on every pass and acts
-// only on the difference; Docker events, override changes and a slow resync
-// only wake it. The Health manager probes each running backend (at most one
-// probe in flight, rise/fall hysteresis) and the Registrar mirrors the
-// healthy set into etcd under a lease, deleting a key at once when its
-// backend fails or dies.
+// An Orchestrator joins runnables that each own one job: the reconciler
+// (reconcile.go, with backends.go and proxy.go) compares the spec and the
+// replica overrides with the containers found by label and acts only on
+// the difference, in classify, a pure planService and apply; Docker events,
+// override changes and a slow resync only wake it. Health probes each
+// running backend (one probe in flight, rise/fall hysteresis); the drainer
+// takes backends out of service gracefully; the registrar mirrors the
+// healthy set into etcd under a lease. The ledger is the one record of the
+// containers that died or are draining although a listing may still show
+// them running. Render consumes the Orchestrator as its Host: where the
+// proxy runs, whether this node has healthy backends, and readiness.
 package orchestrator
 
 import (
@@ -87,6 +92,25 @@ type HealthSpec struct {
 	Rise int
 	// Fall is the consecutive failures that deregister a healthy backend.
 	Fall int
+}
+
+// Defaults the spec file applies, and the orchestrator where the spec says
+// nothing (a backend of a service removed from the spec, the proxy).
+const (
+	// DefaultStopGrace is the time a stopping container gets before SIGKILL.
+	DefaultStopGrace = 10 * time.Second
+	// DefaultRestart is the backends' restart policy: upstreamd replaces
+	// dead backends itself.
+	DefaultRestart = "no"
+)
+
+// serviceNames lists the services in spec order.
+func (s Spec) serviceNames() []string {
+	out := make([]string, 0, len(s.Services))
+	for _, svc := range s.Services {
+		out = append(out, svc.Name)
+	}
+	return out
 }
 
 // service returns the named service spec.

@@ -4,62 +4,79 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"strconv"
-	"sync"
+	"slices"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// ErrNoProxy: there is no running proxy container to deliver to yet.
-var ErrNoProxy = errors.New("no running proxy container")
+// Sentinel errors of a pass, checked with errors.Is.
+var (
+	// ErrNotReady: no snapshot of the registrations or no running proxy
+	// yet. Not retried: the arrival of either wakes the Controller.
+	ErrNotReady = errors.New("not ready")
+	// ErrWouldEmpty: the registrations would empty a pool while this node
+	// has healthy backends for it; the pass was refused and is retried.
+	ErrWouldEmpty = errors.New("refusing to empty a pool")
+)
 
-// source supplies validated registrations.
+// source supplies validated registrations (a store.Cache).
 type source interface {
-	Changed() <-chan struct{}
+	// Subscribe returns a channel that receives after each change of the
+	// snapshot; several changes may collapse into one.
+	Subscribe() <-chan struct{}
 	Snapshot() (store.Snapshot, bool)
 }
 
 var _ source = (*store.Cache)(nil)
 
-// deliverer puts a config live in a proxy.
-type deliverer interface {
-	Deliver(ctx context.Context, id string, cfg []byte) (changed bool, err error)
-	Token(ctx context.Context, id string) (string, error)
-	Forget(id string)
+// Host is what the Controller needs from the orchestrator, which runs the
+// proxy and probes this node's backends.
+type Host interface {
+	// Ready is closed once etcd reflects this node's backends. Until then
+	// etcd may hold a previous daemon's registrations, or none after it
+	// revoked its lease: rendering them could empty nginx's pools.
+	Ready() <-chan struct{}
+	// Proxy returns the running proxy (its ID is empty when there is none)
+	// and a channel closed when that changes.
+	Proxy() (nginx.Proxy, <-chan struct{})
+	// HealthyBackends returns how many backends of service this node finds
+	// healthy. A pass that would leave that pool empty is refused while it
+	// is non-zero: etcd and this node disagree, so the empty pool is not
+	// real (a key deleted by hand, a revoked lease).
+	HealthyBackends(service string) int
 }
 
-var _ deliverer = (*Deliverer)(nil)
-
-// statusAPI reaches upstreamd's status server inside the proxy.
-type statusAPI interface {
-	PushPools(ctx context.Context, addr, token string, body []byte) error
-	ConfigHash(ctx context.Context, addr string) (string, error)
+// Session is one proxy container as the Controller uses it (an
+// *nginx.Session).
+type Session interface {
+	HasStatus() bool
+	Deliver(ctx context.Context, cfg []byte) (changed bool, err error)
+	PushPools(ctx context.Context, body []byte) error
+	WaitConfig(ctx context.Context, hash string) (time.Duration, error)
 }
 
-var _ statusAPI = (*StatusClient)(nil)
+var _ Session = (*nginx.Session)(nil)
 
-// Proxy is the running proxy container.
-type Proxy struct {
-	ID string
-	// IP is its address on the managed network, where the status server
-	// listens; empty when unknown.
-	IP string
+// session is the name the Controller's state uses.
+type session = Session
+
+// Sessions starts a Session with a proxy container.
+type Sessions func(nginx.Proxy) Session
+
+// NginxSessions returns the Sessions of an nginx.Client.
+func NginxSessions(c *nginx.Client) Sessions {
+	return func(p nginx.Proxy) Session { return c.Session(p) }
 }
-
-// ProxyFunc returns the running proxy container, or an error matching
-// ErrNoProxy when there is none.
-type ProxyFunc func(ctx context.Context) (Proxy, error)
 
 // Defaults for ControllerConfig.
 const (
-	DefaultMinDebounce    = 20 * time.Millisecond
-	DefaultMaxDebounce    = 250 * time.Millisecond
-	DefaultConfirmTimeout = 5 * time.Second
+	DefaultMinDebounce = 20 * time.Millisecond
+	DefaultMaxDebounce = 250 * time.Millisecond
 )
 
 // ControllerConfig configures a Controller.
@@ -68,12 +85,12 @@ type ControllerConfig struct {
 	Template *Template
 	// Source supplies registrations (a store.Cache).
 	Source source
-	// Deliverer puts configs live.
-	Deliverer deliverer
-	// Status reaches the status server; needed when StatusPort is set.
-	Status statusAPI
-	// Proxy finds the proxy container.
-	Proxy ProxyFunc
+	// Host says where the proxy runs and what this node finds healthy.
+	Host Host
+	// Sessions starts a Session with each proxy container.
+	Sessions Sessions
+	// Served is where the Controller records what nginx serves.
+	Served *Served
 	// Services, Default, Listen, Dynamic and StatusPort complete the View
 	// (see ViewInput). Dynamic needs StatusPort.
 	Services   []string
@@ -85,21 +102,9 @@ type ControllerConfig struct {
 	// MaxDebounce bounds the wait while changes keep coming. Zero means the
 	// defaults (20 ms and 250 ms).
 	MinDebounce, MaxDebounce time.Duration
-	// ConfirmTimeout bounds the wait for nginx to run a new config after
-	// HUP; zero means 5 s.
-	ConfirmTimeout time.Duration
-	// Ready, when set, is awaited before the first pass: until the
-	// orchestrator has registered this node's backends, etcd may hold no
-	// registrations at all (a previous daemon revoked its lease).
-	Ready <-chan struct{}
-	// HealthyHere, when set, returns how many backends of a service this
-	// node finds healthy. A pass that would leave a pool empty is refused
-	// while it is non-zero: etcd and this node disagree, so the empty pool
-	// is not real (a key changed by hand, a bug, a revoked lease).
-	HealthyHere func(service string) int
 	// Logger for render and reload lines.
 	Logger zerolog.Logger
-	// Observe, when set, is told about each pass that delivered or failed.
+	// Observe, when set, is told about every pass.
 	Observe func(Outcome)
 }
 
@@ -109,35 +114,22 @@ type Outcome struct {
 	Backends int
 	Changed  bool // a new config went live and nginx was sent HUP
 	Pushed   bool // new pools went to the dynamic balancer
-	Err      error
-	Took     time.Duration
+	// Err is why the pass failed: ErrNotReady, ErrWouldEmpty, a
+	// *RenderError, nginx.ErrCheckFailed, or what failed on the way to
+	// the proxy.
+	Err  error
+	Took time.Duration
 	// Confirmed is how long nginx took, after HUP, to answer with the new
 	// config's hash; zero when not confirmed.
 	Confirmed time.Duration
 }
 
-// Controller renders and delivers whenever registrations or the proxy
-// change, and knows which backends nginx serves.
+// Controller renders and delivers whenever the registrations or the proxy
+// change, and records what nginx serves.
 type Controller struct {
-	cfg  ControllerConfig
-	log  zerolog.Logger
-	kick chan struct{}
-
-	// Only the Start goroutine touches these. All but poolsOn are about
-	// the proxy container proxyID and reset when it changes or on a Kick.
-	proxyID  string
-	rejected string // hash of the last config nginx rejected
-	pushed   string // pools last pushed (without version)
-	liveHash string // hash of the config confirmed running
-	// poolsOn is the proxy container where a push went through: the
-	// config it runs has the pools API. A Kick does not reset it (a
-	// restart in place keeps the config).
-	poolsOn string
-
-	mu      sync.Mutex
-	resync  bool                       // Kick: verify everything again
-	served  map[string]map[string]bool // service → addresses nginx serves
-	changed chan struct{}              // closed when served changes
+	cfg   ControllerConfig
+	log   zerolog.Logger
+	state proxyState // only the Start goroutine touches it
 }
 
 // NewController returns a Controller.
@@ -148,117 +140,84 @@ func NewController(cfg ControllerConfig) *Controller {
 	if cfg.MaxDebounce < cfg.MinDebounce {
 		cfg.MaxDebounce = max(DefaultMaxDebounce, cfg.MinDebounce)
 	}
-	if cfg.ConfirmTimeout <= 0 {
-		cfg.ConfirmTimeout = DefaultConfirmTimeout
+	if cfg.Served == nil {
+		cfg.Served = NewServed()
 	}
-	return &Controller{cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1), changed: make(chan struct{})}
+	return &Controller{cfg: cfg, log: cfg.Logger}
 }
 
-// Kick asks for a pass that verifies everything again without waiting for a
-// registration change: after the proxy or its data volume was (re)created
-// or restarted.
-func (c *Controller) Kick() {
-	c.mu.Lock()
-	c.resync = true
-	c.mu.Unlock()
-	select {
-	case c.kick <- struct{}{}:
-	default:
-	}
-}
+// Served returns where the Controller records what nginx serves.
+func (c *Controller) Served() *Served { return c.cfg.Served }
 
-// Serves reports whether nginx is known to send traffic for service to addr.
-func (c *Controller) Serves(service, addr string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.served[service][addr]
-}
-
-// WaitServes waits until Serves(service, addr) == want, or ctx ends.
-func (c *Controller) WaitServes(ctx context.Context, service, addr string, want bool) error {
-	for {
-		c.mu.Lock()
-		ok := c.served[service][addr] == want
-		ch := c.changed
-		c.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			verb := "stop serving"
-			if want {
-				verb = "serve"
-			}
-			return fmt.Errorf("wait for nginx to %s %s of %s: %w", verb, addr, service, ctx.Err())
-		case <-ch:
-		}
-	}
-}
-
-func (c *Controller) setServed(v View) {
-	served := make(map[string]map[string]bool, len(v.Services))
-	for _, s := range v.Services {
-		set := make(map[string]bool, len(s.Backends))
-		for _, b := range s.Backends {
-			set[b.Addr] = true
-		}
-		served[s.Name] = set
-	}
-	c.mu.Lock()
-	c.served = served
-	close(c.changed)
-	c.changed = make(chan struct{})
-	c.mu.Unlock()
+// triggers are what wakes the Controller: a change of the registrations,
+// a change of the proxy, a retry that is due.
+type triggers struct {
+	changed <-chan struct{}
+	proxy   <-chan struct{}
+	retry   <-chan time.Time
 }
 
 // Start runs until ctx ends; it returns nil then.
 func (c *Controller) Start(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
-		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
-	if c.cfg.Ready != nil {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.cfg.Ready:
-		}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.cfg.Host.Ready():
 	}
-	var retry <-chan time.Time
-	for first := true; ; {
-		// Wait for a trigger (the first pass needs none).
-		if !first {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-c.cfg.Source.Changed():
-			case <-c.kick:
-			case <-retry:
-			}
-		}
-		first = false
-		retry = nil
-		if !c.debounce(ctx) {
+	t := triggers{changed: c.cfg.Source.Subscribe()}
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
+	for first := true; ; first = false {
+		_, t.proxy = c.cfg.Host.Proxy()
+		if !first && !c.wait(ctx, &t) {
 			return nil
 		}
-		err := c.pass(ctx)
+		t.retry = nil
+		if !c.debounce(ctx, &t) {
+			return nil
+		}
+		o := c.pass(ctx)
+		if c.cfg.Observe != nil {
+			c.cfg.Observe(o)
+		}
 		switch {
-		case err == nil || errors.Is(err, ErrCheckFailed) || errors.Is(err, errNotReady):
-			bo.Reset()
 		case ctx.Err() != nil:
 			return nil
+		case !retryable(o.Err):
+			bo.Succeeded()
 		default:
-			d := bo.NextBackOff()
-			if !errors.Is(err, ErrWouldEmpty) { // pass already said why
-				c.log.Warn().Err(err).Dur("retry_in", d).Msg("render pass failed; will retry")
+			d, _ := bo.Failed()
+			if !errors.Is(o.Err, ErrWouldEmpty) { // the pass said why
+				c.log.Warn().Err(o.Err).Dur("retry_in", d).Msg("render pass failed; will retry")
 			}
-			retry = time.After(d)
+			t.retry = time.After(d)
 		}
 	}
 }
 
+// retryable reports whether a pass that ended with err is tried again
+// after a backoff: not when it succeeded, when it waits for something whose
+// arrival wakes the Controller anyway, or when the same input must fail
+// the same way.
+func retryable(err error) bool {
+	var re *RenderError
+	return err != nil && !errors.Is(err, ErrNotReady) && !errors.Is(err, nginx.ErrCheckFailed) && !errors.As(err, &re)
+}
+
+// wait waits for a trigger; it reports false when ctx ended.
+func (c *Controller) wait(ctx context.Context, t *triggers) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.changed:
+	case <-t.proxy:
+	case <-t.retry:
+	}
+	return true
+}
+
 // debounce waits until no trigger came for MinDebounce, or MaxDebounce
 // passed since the first. It reports false when ctx ended.
-func (c *Controller) debounce(ctx context.Context) bool {
+func (c *Controller) debounce(ctx context.Context, t *triggers) bool {
 	deadline := time.NewTimer(c.cfg.MaxDebounce)
 	defer deadline.Stop()
 	quiet := time.NewTimer(c.cfg.MinDebounce)
@@ -271,239 +230,162 @@ func (c *Controller) debounce(ctx context.Context) bool {
 			return true
 		case <-quiet.C:
 			return true
-		case <-c.cfg.Source.Changed():
-		case <-c.kick:
-		}
-		if !quiet.Stop() {
-			select {
-			case <-quiet.C:
-			default:
-			}
+		case <-t.changed:
+		case <-t.proxy:
+			_, t.proxy = c.cfg.Host.Proxy() // closed for good: take the next one
 		}
 		quiet.Reset(c.cfg.MinDebounce)
 	}
 }
 
-var errNotReady = errors.New("not ready")
-
-// pass renders the current registrations and makes nginx serve them: new
-// pools are pushed to the dynamic balancer (no reload), a changed config is
-// delivered (stage, check, swap, HUP) and its reload confirmed.
-func (c *Controller) pass(ctx context.Context) error {
+// pass renders the current registrations and makes nginx serve them, as
+// plan decides.
+func (c *Controller) pass(ctx context.Context) Outcome {
 	start := time.Now()
 	snap, ok := c.cfg.Source.Snapshot()
 	if !ok {
 		c.log.Debug().Msg("no registrations loaded from etcd yet; not rendering")
-		return errNotReady
+		return Outcome{Err: fmt.Errorf("%w: no registrations loaded from etcd yet", ErrNotReady)}
 	}
+	o := Outcome{Revision: snap.Revision, Backends: len(snap.Entries)}
+	cand, err := c.candidate(snap)
+	if err != nil {
+		o.Err, o.Took = err, time.Since(start)
+		return o
+	}
+	proxy, _ := c.cfg.Host.Proxy()
+	if proxy.ID == "" {
+		c.log.Debug().Msg("no running proxy yet; not delivering")
+		o.Err = fmt.Errorf("%w: no running proxy", ErrNotReady)
+		return o
+	}
+	if proxy != c.state.proxy {
+		c.state = newProxyState(proxy, c.cfg.Sessions(proxy), c.state)
+	}
+	steps := plan(c.state, cand)
+	if len(steps) > 0 {
+		o.Err = c.apply(ctx, steps, cand, &o)
+	}
+	o.Took = time.Since(start)
+	c.logPass(o, cand)
+	return o
+}
+
+// candidate renders snap and checks that it empties no pool this node
+// finds healthy.
+func (c *Controller) candidate(snap store.Snapshot) (candidate, error) {
 	view := NewView(ViewInput{Snapshot: snap, Services: c.cfg.Services, Default: c.cfg.Default,
 		Listen: c.cfg.Listen, Dynamic: c.cfg.Dynamic, StatusPort: c.cfg.StatusPort})
 	out, err := Render(c.cfg.Template, view)
 	if err != nil {
-		// A template error is terminal for this input; the live config stays.
+		// Terminal for this input; the live config stays.
 		c.log.Error().Err(err).Int64("revision", snap.Revision).Msg("render failed; live config unchanged")
-		c.observe(Outcome{Revision: snap.Revision, Backends: len(snap.Entries), Err: err, Took: time.Since(start)})
-		return nil
+		return candidate{}, err
 	}
 	if err := c.guardEmptying(view); err != nil {
 		c.log.Warn().Err(err).Int64("revision", snap.Revision).Msg("not applying these registrations; nginx keeps its pools")
-		c.observe(Outcome{Revision: snap.Revision, Backends: len(snap.Entries), Err: err, Took: time.Since(start)})
-		return err
+		return candidate{}, err
 	}
-	hash := Hash(out)
-	full := Finish(out, view)
-	proxy, err := c.cfg.Proxy(ctx)
-	if errors.Is(err, ErrNoProxy) {
-		c.log.Debug().Msg("no running proxy yet; not delivering")
-		return errNotReady
-	}
-	if err != nil {
-		return err
-	}
-	c.mu.Lock()
-	resync := c.resync
-	c.resync = false
-	c.mu.Unlock()
-	if proxy.ID != c.proxyID {
-		// Another container: what nginx rejected elsewhere may pass here.
-		c.rejected = ""
-	}
-	if resync || proxy.ID != c.proxyID {
-		c.cfg.Deliverer.Forget(proxy.ID)
-		c.pushed, c.liveHash = "", ""
-		c.proxyID = proxy.ID
-	}
-	statusAddr := ""
-	if c.cfg.StatusPort > 0 && proxy.IP != "" {
-		statusAddr = net.JoinHostPort(proxy.IP, strconv.Itoa(c.cfg.StatusPort))
-	}
-	o := Outcome{Revision: snap.Revision, Backends: len(snap.Entries)}
-	if hash == c.rejected {
-		// nginx already said no to exactly these bytes. The last good
-		// config still runs the pools API: membership keeps flowing.
-		// Whether it went live here or was running when upstreamd
-		// started, a push that went through says it has that API.
-		if !c.cfg.Dynamic || statusAddr == "" || (c.liveHash == "" && c.poolsOn != proxy.ID) {
-			return nil
-		}
-		if pools := string(PoolsBody(0, view)); pools != c.pushed {
-			if err := c.push(ctx, proxy, statusAddr, PoolsBody(snap.Revision, view)); err != nil {
-				return err
-			}
-			c.pushed = pools
-			c.setServed(view)
-			o.Pushed, o.Took = true, time.Since(start)
-			c.log.Info().Int64("revision", snap.Revision).Msg("pools updated; the rendered config stays rejected")
-			c.observe(o)
-		}
-		return nil
-	}
-
-	pools := ""
+	cand := candidate{view: view, revision: snap.Revision, config: Finish(out, view), hash: Hash(out)}
 	if c.cfg.Dynamic {
-		pools = string(PoolsBody(0, view))
+		cand.pools = string(PoolsBody(0, view))
 	}
-	// Push first, so that a config that names a new service finds its pool;
-	// when the live config has no pools API yet, push after delivering.
-	// (pools is never empty: it has at least the version line.)
-	needPush := c.cfg.Dynamic && pools != c.pushed
-	if needPush {
-		for _, b := range DynamicSkips(view) {
-			c.log.Warn().Str("service", b.Service).Str("key", b.Key).
-				Msg("dynamic pools take IP addresses only; this backend, registered by host name, is left out")
-		}
-	}
-	if needPush && statusAddr != "" {
-		if err := c.push(ctx, proxy, statusAddr, PoolsBody(snap.Revision, view)); err == nil {
-			needPush, o.Pushed = false, true
-			c.pushed = pools
-		} else if !errors.Is(err, ErrNoStatusServer) {
-			return err
-		}
-	}
-
-	changed, err := c.cfg.Deliverer.Deliver(ctx, proxy.ID, full)
-	if errors.Is(err, ErrCheckFailed) {
-		c.rejected = hash
-		if o.Pushed { // the pools went to the last good config, which serves them
-			c.setServed(view)
-		}
-		o.Err, o.Took = err, time.Since(start)
-		c.log.Error().Err(err).Str("config", hash).Int64("revision", snap.Revision).
-			Msg("nginx -t rejected the rendered config; the last good config stays live")
-		c.observe(o)
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	c.rejected = ""
-	o.Changed = changed
-	if (changed || c.liveHash != hash) && statusAddr != "" {
-		took, err := c.confirm(ctx, statusAddr, hash)
-		if err != nil {
-			return err
-		}
-		o.Confirmed = took
-	}
-	c.liveHash = hash
-	if needPush {
-		if statusAddr == "" {
-			return fmt.Errorf("dynamic pools: the proxy's address on the network is unknown")
-		}
-		if err := c.push(ctx, proxy, statusAddr, PoolsBody(snap.Revision, view)); err != nil {
-			return err
-		}
-		o.Pushed = true
-		c.pushed = pools
-	}
-	c.setServed(view)
-	o.Took = time.Since(start)
-	if changed || o.Pushed {
-		ev := c.log.Info().Str("config", hash).Int64("revision", snap.Revision).Dur("took", o.Took)
-		for _, s := range view.Services {
-			ev = ev.Int("backends_"+s.Name, len(s.Backends))
-		}
-		ev = ev.Str("proxy", shortID(proxy.ID))
-		switch {
-		case changed:
-			ev.Dur("reload_confirmed_after", o.Confirmed).Bool("pools_pushed", o.Pushed).Msg("nginx reloaded with new config")
-		default:
-			ev.Msg("pools updated without reload")
-		}
-	}
-	c.observe(o)
-	return nil
+	return cand, nil
 }
-
-// ErrWouldEmpty: the registrations would empty a pool while this node has
-// healthy backends for it; the pass was refused and is retried.
-var ErrWouldEmpty = errors.New("refusing to empty a pool")
 
 // guardEmptying refuses a view with an empty pool while this node still
 // finds healthy backends of that service: etcd and this node disagree, and
 // the registrar is about to put them back.
 func (c *Controller) guardEmptying(v View) error {
-	if c.cfg.HealthyHere == nil {
-		return nil
-	}
 	for _, s := range v.Services {
 		if len(s.Backends) > 0 {
 			continue
 		}
-		if n := c.cfg.HealthyHere(s.Name); n > 0 {
+		if n := c.cfg.Host.HealthyBackends(s.Name); n > 0 {
 			return fmt.Errorf("%w of service %s: etcd lists no backend but %d are healthy here", ErrWouldEmpty, s.Name, n)
 		}
 	}
 	return nil
 }
 
-// push sends the pools to the Lua balancer.
-func (c *Controller) push(ctx context.Context, proxy Proxy, addr string, body []byte) error {
-	token, err := c.cfg.Deliverer.Token(ctx, proxy.ID)
-	if err != nil {
-		return err
+// apply carries out the steps of a plan, recording in o and in the proxy
+// state what went through; nginx serves the view once every step did.
+func (c *Controller) apply(ctx context.Context, steps []step, cand candidate, o *Outcome) error {
+	st := &c.state
+	if slices.Contains(steps, stepPush) {
+		for _, b := range dynamicSkips(cand.view) {
+			c.log.Warn().Str("service", b.Service).Str("key", b.Key).
+				Msg("dynamic pools take IP addresses only; this backend, registered by host name, is left out")
+		}
 	}
-	if err := c.cfg.Status.PushPools(ctx, addr, token, body); err != nil {
-		return err
+	for _, s := range steps {
+		var err error
+		switch s {
+		case stepTryPush:
+			if err = c.push(ctx, cand, o); errors.Is(err, nginx.ErrNoStatusServer) {
+				err = nil // no pools API live yet: stepPush, after the new config
+			}
+		case stepDeliver:
+			o.Changed, err = st.session.Deliver(ctx, cand.config)
+			if errors.Is(err, nginx.ErrCheckFailed) {
+				st.rejected = cand.hash
+				if o.Pushed { // the last good config serves the new pools
+					c.cfg.Served.update(cand.view)
+				}
+			} else if err == nil {
+				st.rejected = ""
+			}
+		case stepConfirm:
+			if st.session.HasStatus() {
+				o.Confirmed, err = st.session.WaitConfig(ctx, cand.hash)
+			}
+			if err == nil {
+				st.liveHash, st.poolsAPI = cand.hash, st.poolsAPI || cand.pools != ""
+			}
+		case stepPush:
+			if !o.Pushed {
+				err = c.push(ctx, cand, o)
+			}
+		}
+		if err != nil {
+			return err
+		}
 	}
-	c.poolsOn = proxy.ID
+	c.cfg.Served.update(cand.view)
 	return nil
 }
 
-// confirm polls the status server until nginx answers with hash: the new
-// config is running in fresh workers.
-func (c *Controller) confirm(ctx context.Context, addr, hash string) (time.Duration, error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.ConfirmTimeout)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	var last string
-	var lastErr error
-	for {
-		got, err := c.cfg.Status.ConfigHash(ctx, addr)
-		if err == nil && got == hash {
-			return time.Since(start), nil
-		}
-		last, lastErr = got, err
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("nginx did not run config %s within %s (last answer %q, %v)", hash, c.cfg.ConfirmTimeout, last, lastErr)
-		case <-tick.C:
-		}
+// push sends the candidate's pools to the Lua balancer.
+func (c *Controller) push(ctx context.Context, cand candidate, o *Outcome) error {
+	if err := c.state.session.PushPools(ctx, cand.body()); err != nil {
+		return err
 	}
+	c.state.pushed, c.state.poolsAPI, o.Pushed = cand.pools, true, true
+	return nil
 }
 
-func (c *Controller) observe(o Outcome) {
-	if c.cfg.Observe != nil {
-		c.cfg.Observe(o)
+// logPass says what a pass that reached the proxy did: one line when
+// something changed or nginx rejected the config.
+func (c *Controller) logPass(o Outcome, cand candidate) {
+	switch {
+	case errors.Is(o.Err, nginx.ErrCheckFailed):
+		c.log.Error().Err(o.Err).Str("config", cand.hash).Int64("revision", o.Revision).
+			Msg("nginx -t rejected the rendered config; the last good config stays live")
+		return
+	case o.Err != nil || !o.Changed && !o.Pushed:
+		return
 	}
-}
-
-func shortID(id string) string {
-	if len(id) > 12 {
-		return id[:12]
+	ev := c.log.Info().Str("config", cand.hash).Int64("revision", o.Revision).Dur("took", o.Took)
+	for _, s := range cand.view.Services {
+		ev = ev.Int("backends_"+s.Name, len(s.Backends))
 	}
-	return id
+	ev = ev.Str("proxy", c.state.proxy.Short())
+	switch {
+	case o.Changed:
+		ev.Dur("reload_confirmed_after", o.Confirmed).Bool("pools_pushed", o.Pushed).Msg("nginx reloaded with new config")
+	case cand.hash == c.state.rejected:
+		ev.Msg("pools updated; the rendered config stays rejected")
+	default:
+		ev.Msg("pools updated without reload")
+	}
 }

@@ -6,159 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/store"
 )
-
-// fakeSource is a store.Cache stand-in: a settable snapshot and a Changed
-// channel with the cache's collapse-on-full semantics.
-type fakeSource struct {
-	mu      sync.Mutex
-	snap    store.Snapshot
-	ok      bool
-	changed chan struct{}
-}
-
-var _ source = (*fakeSource)(nil)
-
-func newFakeSource() *fakeSource { return &fakeSource{changed: make(chan struct{}, 1)} }
-
-func (s *fakeSource) Changed() <-chan struct{} { return s.changed }
-
-func (s *fakeSource) Snapshot() (store.Snapshot, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.snap, s.ok
-}
-
-// notify signals a change without touching the snapshot.
-func (s *fakeSource) notify() {
-	select {
-	case s.changed <- struct{}{}:
-	default:
-	}
-}
-
-// set installs a snapshot and signals the change.
-func (s *fakeSource) set(snap store.Snapshot) {
-	s.mu.Lock()
-	s.snap, s.ok = snap, true
-	s.mu.Unlock()
-	s.notify()
-}
-
-// eventLog records the calls made to several fakes in one sequence. A nil
-// *eventLog records nothing.
-type eventLog struct {
-	mu     sync.Mutex
-	events []string
-}
-
-func (l *eventLog) add(format string, args ...any) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.events = append(l.events, fmt.Sprintf(format, args...))
-}
-
-// take returns the events recorded so far and forgets them.
-func (l *eventLog) take() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	e := l.events
-	l.events = nil
-	return e
-}
-
-type delivery struct {
-	at      time.Time // on the bubble's clock
-	id      string
-	cfg     string
-	changed bool
-	err     error
-}
-
-// fakeDeliverer records every Deliver and keeps what it made live: it
-// reports changed=false when the bytes equal what it last accepted. fail,
-// when set, decides the error of each call (n counts from 0). Its token is
-// token, or "token-" plus the container ID.
-type fakeDeliverer struct {
-	log *eventLog // optional
-
-	mu      sync.Mutex
-	live    string
-	calls   []delivery
-	fail    func(n int, cfg string) error
-	forgets []string // container IDs passed to Forget
-	token   string   // the token when set
-}
-
-var _ deliverer = (*fakeDeliverer)(nil)
-
-func (d *fakeDeliverer) Deliver(_ context.Context, id string, cfg []byte) (bool, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var err error
-	if d.fail != nil {
-		err = d.fail(len(d.calls), string(cfg))
-	}
-	if err != nil {
-		d.calls = append(d.calls, delivery{at: time.Now(), id: id, cfg: string(cfg), err: err})
-		d.log.add("Deliver %s: %v", id, err)
-		return false, err
-	}
-	changed := d.live != string(cfg)
-	d.live = string(cfg)
-	d.calls = append(d.calls, delivery{at: time.Now(), id: id, cfg: string(cfg), changed: changed})
-	d.log.add("Deliver %s changed=%v", id, changed)
-	return changed, nil
-}
-
-func (d *fakeDeliverer) Token(_ context.Context, id string) (string, error) {
-	d.log.add("Token %s", id)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.token != "" {
-		return d.token, nil
-	}
-	return "token-" + id, nil
-}
-
-func (d *fakeDeliverer) Forget(id string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.forgets = append(d.forgets, id)
-	d.log.add("Forget %s", id)
-}
-
-func (d *fakeDeliverer) liveConfig() string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.live
-}
-
-func (d *fakeDeliverer) forgotten() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.forgets...)
-}
-
-func (d *fakeDeliverer) snapshot() (live string, calls []delivery) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.live, append([]delivery(nil), d.calls...)
-}
 
 // listTemplate renders one line per service: its name and addresses.
 const listTemplate = `{{range .Services}}{{.Name}}:{{range .Backends}} {{.Addr}}{{end}}
@@ -186,139 +44,22 @@ func want(t testing.TB, tmpl *Template, snap store.Snapshot) string {
 	return string(out)
 }
 
-// harness runs a Controller inside the current synctest bubble.
-type harness struct {
-	src      *fakeSource
-	del      *fakeDeliverer
-	ctrl     *Controller
-	mu       sync.Mutex
-	proxyUp  bool
-	proxyN   int // calls of the Proxy func
-	outcomes []Outcome
-}
-
-// The proxy the test controllers find, and its status server.
-const (
-	testProxyID    = "proxy-1"
-	testProxyIP    = "172.18.0.2"
-	testStatusPort = 9145
-	testStatusAddr = "172.18.0.2:9145"
-)
-
-func (h *harness) setProxy(up bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.proxyUp = up
-}
-
-func (h *harness) proxyCalls() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.proxyN
-}
-
-func (h *harness) observed() []Outcome {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]Outcome(nil), h.outcomes...)
-}
-
-// start starts a Controller with tmpl; it is stopped, and its return value
-// checked, when the test ends. Call it inside synctest.Test.
-func start(t *testing.T, tmpl *Template, del *fakeDeliverer) *harness {
-	t.Helper()
-	return startWith(t, harnessConfig{tmpl: tmpl, del: del})
-}
-
-// harnessConfig is what startWith varies; the rest is as in start.
-type harnessConfig struct {
-	tmpl           *Template
-	del            *fakeDeliverer
-	status         statusAPI // nil: none
-	dynamic        bool
-	statusPort     int
-	confirmTimeout time.Duration
-	services       []string // the configured services; nil: apache alone
-	ready          <-chan struct{}
-	healthyHere    func(service string) int
-}
-
-// startWith is start with a status server, dynamic pools, a confirm
-// timeout, more services, a Ready channel or a HealthyHere count. Call it
-// inside synctest.Test.
-func startWith(t *testing.T, hc harnessConfig) *harness {
-	t.Helper()
-	h := &harness{src: newFakeSource(), del: hc.del, proxyUp: true}
-	services := hc.services
-	if services == nil {
-		services = []string{"apache"}
-	}
-	h.ctrl = NewController(ControllerConfig{
-		Template:  hc.tmpl,
-		Source:    h.src,
-		Deliverer: hc.del,
-		Status:    hc.status,
-		Proxy: func(context.Context) (Proxy, error) {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			h.proxyN++
-			if !h.proxyUp {
-				return Proxy{}, fmt.Errorf("find proxy: %w", ErrNoProxy)
-			}
-			return Proxy{ID: testProxyID, IP: testProxyIP}, nil
-		},
-		Services:       services,
-		Default:        "apache",
-		Listen:         80,
-		Dynamic:        hc.dynamic,
-		StatusPort:     hc.statusPort,
-		ConfirmTimeout: hc.confirmTimeout,
-		Ready:          hc.ready,
-		HealthyHere:    hc.healthyHere,
-		Logger:         zerolog.Nop(),
-		Observe: func(o Outcome) {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			h.outcomes = append(h.outcomes, o)
-		},
-	})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- h.ctrl.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Start returned %v after cancellation; want nil", err)
-		}
-	})
-	return h
-}
-
-// advance lets d pass on the synctest bubble's fake clock and then waits
-// for the bubble's goroutines to settle. The timer fires as soon as every
-// goroutine in the bubble is blocked, so no real time passes; only call it
-// inside synctest.Test.
-func advance(d time.Duration) {
-	<-time.After(d)
-	synctest.Wait()
-}
-
 func TestControllerNoSnapshotYet(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		tmpl, err := Parse("list.tmpl", listTemplate)
 		if err != nil {
 			t.Fatal(err)
 		}
-		del := &fakeDeliverer{}
+		del := &fakeNginx{}
 		h := start(t, tmpl, del)
 		h.src.notify() // a change signal before the first load
-		h.ctrl.Kick()
+		h.host.restart()
 		advance(time.Minute)
 		if _, calls := del.snapshot(); len(calls) != 0 {
 			t.Fatalf("Deliver called %d times before any snapshot; want 0", len(calls))
 		}
-		if n := h.proxyCalls(); n != 0 {
-			t.Errorf("Proxy called %d times before any snapshot; want 0", n)
+		if o, n := h.observed(), h.waited(); len(o) != 0 || n == 0 {
+			t.Errorf("before any snapshot: outcomes %+v and %d waiting passes; want only waiting ones", o, n)
 		}
 		// Once the first snapshot arrives it is delivered, after the
 		// minimum debounce.
@@ -348,7 +89,7 @@ func TestControllerDebounce(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		del := &fakeDeliverer{}
+		del := &fakeNginx{}
 		h := start(t, tmpl, del)
 		const (
 			changes  = 100
@@ -395,9 +136,9 @@ func TestControllerCheckFailedNotRetried(t *testing.T) {
 		}
 		bad := backends(t, 3, 1)
 		badCfg := want(t, tmpl, bad)
-		del := &fakeDeliverer{live: "last good", fail: func(_ int, cfg string) error {
+		del := &fakeNginx{live: "last good", fail: func(_ int, cfg string) error {
 			if cfg == badCfg {
-				return fmt.Errorf("%w: nginx: [emerg] invalid number of arguments", ErrCheckFailed)
+				return fmt.Errorf("%w: nginx: [emerg] invalid number of arguments", nginx.ErrCheckFailed)
 			}
 			return nil
 		}}
@@ -408,11 +149,12 @@ func TestControllerCheckFailedNotRetried(t *testing.T) {
 		if _, calls := del.snapshot(); len(calls) != 1 {
 			t.Fatalf("Deliver called %d times for the bad config; want 1", len(calls))
 		}
-		// The same bytes again, by a change signal, a Kick, or waiting:
-		// nginx said no to them once, so they are not delivered again.
+		// The same bytes again, by a change signal, nginx restarting in
+		// place, or waiting: nginx said no to them once, so they are not
+		// delivered again.
 		h.src.set(bad)
 		advance(time.Second)
-		h.ctrl.Kick()
+		h.host.restart()
 		advance(time.Minute)
 		live, calls := del.snapshot()
 		if len(calls) != 1 {
@@ -421,8 +163,14 @@ func TestControllerCheckFailedNotRetried(t *testing.T) {
 		if live != "last good" {
 			t.Errorf("live = %q; want the last good config", live)
 		}
-		if o := h.observed(); len(o) != 1 || !errors.Is(o[0].Err, ErrCheckFailed) {
-			t.Errorf("outcomes = %+v; want one ErrCheckFailed", o)
+		o := h.observed()
+		if len(o) == 0 || !errors.Is(o[0].Err, nginx.ErrCheckFailed) {
+			t.Fatalf("outcomes = %+v; want the first to be nginx.ErrCheckFailed", o)
+		}
+		for _, later := range o[1:] {
+			if later.Err != nil || later.Changed || later.Pushed {
+				t.Errorf("outcome %+v after the rejection; want unchanged: the same bytes are not tried again", later)
+			}
 		}
 
 		// A new snapshot renders new bytes, which are delivered.
@@ -453,7 +201,7 @@ func TestControllerTransientErrorRetried(t *testing.T) {
 			t.Fatal(err)
 		}
 		const failures = 4
-		del := &fakeDeliverer{fail: func(n int, _ string) error {
+		del := &fakeNginx{fail: func(n int, _ string) error {
 			if n < failures {
 				return errors.New("copy to container: engine timeout")
 			}
@@ -486,8 +234,14 @@ func TestControllerTransientErrorRetried(t *testing.T) {
 		if _, again := del.snapshot(); len(again) != len(calls) {
 			t.Errorf("%d deliveries after success; want none", len(again)-len(calls))
 		}
-		if o := h.observed(); len(o) != 1 || !o[0].Changed {
-			t.Errorf("outcomes = %+v; want one changed outcome (transient failures are not observed)", o)
+		o := h.observed()
+		if len(o) != failures+1 || !o[failures].Changed || o[failures].Err != nil {
+			t.Fatalf("outcomes = %+v; want %d failures, then one changed outcome", o, failures)
+		}
+		for _, f := range o[:failures] {
+			if f.Err == nil || !strings.Contains(f.Err.Error(), "engine timeout") || f.Revision != 5 {
+				t.Errorf("outcome %+v; want the delivery's error at revision 5 (every pass is observed)", f)
+			}
 		}
 	})
 }
@@ -498,39 +252,39 @@ func TestControllerNoProxy(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		del := &fakeDeliverer{}
+		del := &fakeNginx{}
 		h := start(t, tmpl, del)
-		h.setProxy(false)
+		h.host.setProxy(false)
 		snap := backends(t, 1, 3)
 		h.src.set(snap)
 		advance(time.Minute)
 		if _, calls := del.snapshot(); len(calls) != 0 {
 			t.Fatalf("Deliver called %d times without a proxy; want 0", len(calls))
 		}
-		if n := h.proxyCalls(); n != 1 {
-			t.Errorf("Proxy called %d times; want 1 (no polling for the proxy)", n)
+		// One pass (the triggers before it collapse into it): no polling
+		// for the proxy, no retries.
+		if o, n := h.observed(), h.waited(); len(o) != 0 || n != 1 {
+			t.Errorf("without a proxy: outcomes %+v and %d waiting passes; want none and 1", o, n)
 		}
-		// The proxy appears; nothing happens until someone says so.
-		h.setProxy(true)
-		advance(time.Minute)
-		if _, calls := del.snapshot(); len(calls) != 0 {
-			t.Fatalf("Deliver called %d times before Kick; want 0", len(calls))
-		}
-		h.ctrl.Kick()
+		// The proxy appears: a pass delivers to it.
+		h.host.setProxy(true)
 		advance(time.Second)
 		live, calls := del.snapshot()
 		if len(calls) != 1 || calls[0].id != "proxy-1" {
-			t.Fatalf("deliveries after Kick = %+v; want one to proxy-1", calls)
+			t.Fatalf("deliveries after the proxy appeared = %+v; want one to proxy-1", calls)
 		}
 		if w := want(t, tmpl, snap); live != w {
 			t.Errorf("live = %q; want %q", live, w)
 		}
-		// A Kick with nothing new delivers the same bytes: the Deliverer
-		// finds them live and reports no change.
-		h.ctrl.Kick()
+		// nginx restarts in place with nothing new: a new Session finds
+		// the same bytes live and reports no change.
+		h.host.restart()
 		advance(time.Second)
 		if _, calls := del.snapshot(); len(calls) != 2 {
-			t.Errorf("deliveries after a second Kick = %d; want 2", len(calls))
+			t.Errorf("deliveries after a restart = %d; want 2", len(calls))
+		}
+		if got := del.started(); len(got) != 2 {
+			t.Errorf("Sessions started with %q; want two: at first, and after the restart", got)
 		}
 		if o := h.observed(); len(o) != 2 || !o[0].Changed || o[1].Changed {
 			t.Errorf("outcomes = %+v; want changed, then unchanged", o)
@@ -546,7 +300,7 @@ func TestControllerTemplateError(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		del := &fakeDeliverer{live: "last good"}
+		del := &fakeNginx{live: "last good"}
 		h := start(t, tmpl, del)
 		h.src.set(backends(t, 0, 4))
 		advance(time.Minute)
@@ -564,8 +318,9 @@ func TestControllerTemplateError(t *testing.T) {
 		if !bytes.Contains([]byte(o[0].Err.Error()), []byte("strict.tmpl")) {
 			t.Errorf("outcome error = %q; want it to name the template", o[0].Err)
 		}
-		if n := h.proxyCalls(); n != 0 {
-			t.Errorf("Proxy called %d times; want 0 when nothing rendered", n)
+		var re *RenderError
+		if !errors.As(o[0].Err, &re) || re.Template != "strict.tmpl" {
+			t.Errorf("outcome error = %v; want a *RenderError of strict.tmpl", o[0].Err)
 		}
 		// Data the template can render goes through.
 		h.src.set(backends(t, 1, 5))
@@ -584,14 +339,14 @@ func TestControllerStopsOnCancel(t *testing.T) {
 	}
 	tests := []struct {
 		name   string
-		before func(t *testing.T, src *fakeSource, del *fakeDeliverer)
+		before func(t *testing.T, src *fakeSource, del *fakeNginx)
 	}{
 		{name: "idle"},
-		{name: "while debouncing", before: func(t *testing.T, src *fakeSource, _ *fakeDeliverer) {
+		{name: "while debouncing", before: func(t *testing.T, src *fakeSource, _ *fakeNginx) {
 			src.set(backends(t, 1, 1))
 			advance(time.Millisecond)
 		}},
-		{name: "while waiting to retry", before: func(t *testing.T, src *fakeSource, del *fakeDeliverer) {
+		{name: "while waiting to retry", before: func(t *testing.T, src *fakeSource, del *fakeNginx) {
 			src.set(backends(t, 1, 1))
 			advance(DefaultMinDebounce) // the first attempt, which fails
 			if _, calls := del.snapshot(); len(calls) != 1 {
@@ -603,11 +358,12 @@ func TestControllerStopsOnCancel(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				src := newFakeSource()
-				del := &fakeDeliverer{fail: func(int, string) error { return errors.New("transient") }}
+				del := &fakeNginx{fail: func(int, string) error { return errors.New("transient") }}
+				ready := make(chan struct{})
+				close(ready)
 				ctrl := NewController(ControllerConfig{
-					Template: tmpl, Source: src, Deliverer: del,
-					Proxy:  func(context.Context) (Proxy, error) { return Proxy{ID: "proxy-1"}, nil },
-					Logger: zerolog.Nop(),
+					Template: tmpl, Source: src, Sessions: del.session, Logger: zerolog.Nop(),
+					Host: &fakeHost{ready: ready, up: true, proxy: nginx.Proxy{ID: "proxy-1"}, changed: make(chan struct{})},
 				})
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
@@ -629,100 +385,6 @@ func TestControllerStopsOnCancel(t *testing.T) {
 			})
 		})
 	}
-}
-
-// fakeNginx is the status server of a proxy whose config file is the fake
-// deliverer's live bytes. After a new config goes live, it keeps running
-// the previous one for lag polls of ConfigHash (a reload in progress), or
-// for ever while stuck. Its pools API exists while the config it runs has
-// one, and wants the fake deliverer's token.
-type fakeNginx struct {
-	del *fakeDeliverer
-	log *eventLog
-	// onPush and onPoll, when set, are called at the start of each
-	// PushPools and ConfigHash, without any lock held.
-	onPush, onPoll func()
-
-	mu      sync.Mutex
-	lag     int
-	stuck   bool
-	running string   // the config nginx runs
-	loading string   // the live config nginx is reloading to …
-	polls   int      // … and the polls answered since it went live
-	pushed  []string // the bodies the pools API accepted
-}
-
-var _ statusAPI = (*fakeNginx)(nil)
-
-// statusHashRE finds the hash in the status server that Finish appends.
-var statusHashRE = regexp.MustCompile(`return 200 "config ([0-9a-f]+)\\n";`)
-
-func (n *fakeNginx) ConfigHash(_ context.Context, addr string) (string, error) {
-	if n.onPoll != nil {
-		n.onPoll()
-	}
-	live := n.del.liveConfig()
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if live != n.running {
-		if live != n.loading {
-			n.loading, n.polls = live, 0
-		}
-		n.polls++
-		if !n.stuck && n.polls > n.lag {
-			n.running = live
-		}
-	}
-	m := statusHashRE.FindStringSubmatch(n.running)
-	if m == nil {
-		n.log.add("ConfigHash %s: no status server", addr)
-		return "", fmt.Errorf("read config hash from %s: %w: connection refused", addr, ErrNoStatusServer)
-	}
-	n.log.add("ConfigHash %s = %s", addr, m[1])
-	return m[1], nil
-}
-
-func (n *fakeNginx) PushPools(_ context.Context, addr, token string, body []byte) error {
-	if n.onPush != nil {
-		n.onPush()
-	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	version, _, _ := strings.Cut(string(body), "\n")
-	switch {
-	case !statusHashRE.MatchString(n.running):
-		n.log.add("PushPools %s v%s: no status server", addr, version)
-		return fmt.Errorf("push pools to %s: %w: connection refused", addr, ErrNoStatusServer)
-	case !strings.Contains(n.running, "location = /upstreamd/pools"):
-		n.log.add("PushPools %s v%s: 404", addr, version)
-		return fmt.Errorf("push pools to %s: %w: 404", addr, ErrNoStatusServer)
-	case token != "token-"+testProxyID:
-		n.log.add("PushPools %s v%s: 403", addr, version)
-		return fmt.Errorf("push pools to %s: status 403", addr)
-	}
-	n.pushed = append(n.pushed, string(body))
-	n.log.add("PushPools %s v%s", addr, version)
-	return nil
-}
-
-func (n *fakeNginx) set(f func(n *fakeNginx)) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	f(n)
-}
-
-func (n *fakeNginx) pushes() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.pushed...)
-}
-
-// newFakeNginx returns a fake deliverer and the fake nginx in front of it,
-// both recording into one event log.
-func newFakeNginx() (*fakeNginx, *fakeDeliverer, *eventLog) {
-	log := &eventLog{}
-	del := &fakeDeliverer{log: log}
-	return &fakeNginx{del: del, log: log}, del, log
 }
 
 // apacheSnap returns a snapshot at rev of apache backends at addrs.
@@ -757,7 +419,7 @@ func servesExactly(ctrl *Controller, all, want []string) error {
 	var errs []error
 	for _, b := range all {
 		service, addr, _ := strings.Cut(b, "/")
-		if got, w := ctrl.Serves(service, addr), slices.Contains(want, b); got != w {
+		if got, w := ctrl.Served().Serves(service, addr), slices.Contains(want, b); got != w {
 			errs = append(errs, fmt.Errorf("Serves(%s, %s) = %v; want %v", service, addr, got, w))
 		}
 	}
@@ -794,12 +456,12 @@ func (h *harness) finished(t testing.TB, snap store.Snapshot) (hash, full string
 	return Hash(out), string(Finish(out, v))
 }
 
-// servesWant checks, for each of addrs, that ctrl.Serves("apache", addr)
+// servesWant checks, for each of addrs, that ctrl.Served().Serves("apache", addr)
 // is want[addr]; it returns an error listing each mismatch.
 func servesWant(ctrl *Controller, addrs []string, want map[string]bool) error {
 	var errs []error
 	for _, a := range addrs {
-		if got := ctrl.Serves("apache", a); got != want[a] {
+		if got := ctrl.Served().Serves("apache", a); got != want[a] {
 			errs = append(errs, fmt.Errorf("Serves(apache, %s) = %v; want %v", a, got, want[a]))
 		}
 	}
@@ -833,8 +495,9 @@ func TestControllerDynamicMembership(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				nginx, del, log := newFakeNginx()
-				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+				ngx, log := newFakeNginx()
+				del := ngx
+				h := startWith(t, harnessConfig{tmpl: Default(), nginx: ngx, dynamic: true, statusPort: testStatusPort})
 				before, after := apacheSnap(t, 1, tt.from...), apacheSnap(t, 2, tt.to...)
 				hash, full := h.finished(t, before)
 				if h2, full2 := h.finished(t, after); h2 != hash || full2 != full {
@@ -842,12 +505,11 @@ func TestControllerDynamicMembership(t *testing.T) {
 				}
 				// upstreamd restarts while nginx runs the dynamic config.
 				del.live = full
-				nginx.running = full
+				ngx.running = full
 				h.src.set(before)
 				advance(time.Second)
 				wantStart := []string{
-					"Forget " + testProxyID,
-					"Token " + testProxyID,
+					"Session " + testProxyID,
 					"PushPools " + testStatusAddr + " v1",
 					"Deliver " + testProxyID + " changed=false",
 					"ConfigHash " + testStatusAddr + " = " + hash, // confirmed once
@@ -865,12 +527,12 @@ func TestControllerDynamicMembership(t *testing.T) {
 				for _, a := range all {
 					if want := setOf(tt.to)[a]; want != setOf(tt.from)[a] {
 						ch := make(chan error, 1)
-						go func() { ch <- h.ctrl.WaitServes(t.Context(), "apache", a, want) }()
+						go func() { ch <- h.ctrl.Served().WaitServes(t.Context(), "apache", a, want) }()
 						waits = append(waits, ch)
 					}
 				}
 				var atPush []error
-				nginx.onPush = func() {
+				ngx.onPush = func() {
 					// Nothing flips before the push.
 					atPush = append(atPush, servesWant(h.ctrl, all, setOf(tt.from)))
 					for _, ch := range waits {
@@ -882,7 +544,6 @@ func TestControllerDynamicMembership(t *testing.T) {
 				h.src.set(after)
 				advance(time.Second)
 				wantChange := []string{
-					"Token " + testProxyID,
 					"PushPools " + testStatusAddr + " v2",
 					"Deliver " + testProxyID + " changed=false",
 				}
@@ -892,7 +553,7 @@ func TestControllerDynamicMembership(t *testing.T) {
 				if err := errors.Join(atPush...); err != nil || len(atPush) == 0 {
 					t.Errorf("at the push: %v (%d pushes seen)", err, len(atPush))
 				}
-				pushes := nginx.pushes()
+				pushes := ngx.pushes()
 				if want := string(PoolsBody(2, h.view(after))); len(pushes) != 2 || pushes[1] != want {
 					t.Errorf("pushed bodies = %q; want the second to be %q", pushes, want)
 				}
@@ -940,9 +601,10 @@ func TestControllerDynamicFirstStart(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				nginx, del, log := newFakeNginx()
-				nginx.lag = 3
-				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+				ngx, log := newFakeNginx()
+				del := ngx
+				ngx.lag = 3
+				h := startWith(t, harnessConfig{tmpl: Default(), nginx: ngx, dynamic: true, statusPort: testStatusPort})
 				snap := apacheSnap(t, 5, a1)
 				oldPolls := tt.oldPolls
 				if tt.running == "static" {
@@ -953,22 +615,20 @@ func TestControllerDynamicFirstStart(t *testing.T) {
 						t.Fatal(err)
 					}
 					del.live = string(Finish(out, v))
-					nginx.running = del.live
+					ngx.running = del.live
 					oldPolls = "ConfigHash " + testStatusAddr + " = " + Hash(out)
 				}
 				var servedDuringPolls []bool
-				nginx.onPoll = func() { servedDuringPolls = append(servedDuringPolls, h.ctrl.Serves("apache", a1)) }
+				ngx.onPoll = func() { servedDuringPolls = append(servedDuringPolls, h.ctrl.Served().Serves("apache", a1)) }
 				hash, full := h.finished(t, snap)
 				h.src.set(snap)
 				advance(time.Second)
 				want := []string{
-					"Forget " + testProxyID,
-					"Token " + testProxyID,
+					"Session " + testProxyID,
 					"PushPools " + testStatusAddr + " v5: " + tt.wantPush,
 					"Deliver " + testProxyID + " changed=true",
 					oldPolls, oldPolls, oldPolls,
 					"ConfigHash " + testStatusAddr + " = " + hash,
-					"Token " + testProxyID,
 					"PushPools " + testStatusAddr + " v5",
 				}
 				if got := log.take(); !slices.Equal(got, want) {
@@ -980,10 +640,10 @@ func TestControllerDynamicFirstStart(t *testing.T) {
 				if slices.Contains(servedDuringPolls, true) {
 					t.Errorf("Serves during the reload = %v; want false until the pools are pushed", servedDuringPolls)
 				}
-				if !h.ctrl.Serves("apache", a1) {
+				if !h.ctrl.Served().Serves("apache", a1) {
 					t.Errorf("Serves(apache, %s) = false after the push; want true", a1)
 				}
-				if pushes := nginx.pushes(); len(pushes) != 1 || pushes[0] != string(PoolsBody(5, h.view(snap))) {
+				if pushes := ngx.pushes(); len(pushes) != 1 || pushes[0] != string(PoolsBody(5, h.view(snap))) {
 					t.Errorf("pushed bodies = %q; want one: %q", pushes, PoolsBody(5, h.view(snap)))
 				}
 				if o := h.observed(); len(o) != 1 || !o[0].Changed || !o[0].Pushed || o[0].Confirmed <= 0 || o[0].Err != nil {
@@ -1009,12 +669,13 @@ func TestControllerStaticConfirm(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		nginx, del, log := newFakeNginx()
-		nginx.lag = 3
-		h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, statusPort: testStatusPort})
+		ngx, log := newFakeNginx()
+		del := ngx
+		ngx.lag = 3
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: ngx, statusPort: testStatusPort})
 		var duringPolls []error
 		want := map[string]bool{} // what Serves must say during the polls
-		nginx.onPoll = func() { duringPolls = append(duringPolls, servesWant(h.ctrl, []string{a1, a2}, want)) }
+		ngx.onPoll = func() { duringPolls = append(duringPolls, servesWant(h.ctrl, []string{a1, a2}, want)) }
 
 		steps := []struct {
 			name     string
@@ -1045,7 +706,7 @@ func TestControllerStaticConfirm(t *testing.T) {
 				"ConfigHash " + testStatusAddr + " = " + hash,
 			}
 			if i == 0 {
-				wantEvents = append([]string{"Forget " + testProxyID}, wantEvents...)
+				wantEvents = append([]string{"Session " + testProxyID}, wantEvents...)
 			}
 			if got := log.take(); !slices.Equal(got, wantEvents) {
 				t.Errorf("%s: events =\n%q\nwant\n%q (no push in static mode)", st.name, got, wantEvents)
@@ -1082,9 +743,11 @@ func TestControllerConfirmTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		nginx, del, log := newFakeNginx()
-		nginx.stuck = true
-		h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, statusPort: testStatusPort, confirmTimeout: confirmTimeout})
+		ngx, log := newFakeNginx()
+		del := ngx
+		ngx.stuck = true
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: ngx, statusPort: testStatusPort})
+		ngx.confirmTimeout = confirmTimeout
 		snap := apacheSnap(t, 1, a1)
 		hash, _ := h.finished(t, snap)
 		h.src.set(snap)
@@ -1103,11 +766,18 @@ func TestControllerConfirmTimeout(t *testing.T) {
 				t.Errorf("attempt %d changed the live config; want the same bytes", i)
 			}
 		}
-		if h.ctrl.Serves("apache", a1) {
+		if h.ctrl.Served().Serves("apache", a1) {
 			t.Errorf("Serves(apache, %s) = true; want false while nginx does not confirm", a1)
 		}
-		if o := h.observed(); len(o) != 0 {
-			t.Errorf("outcomes = %+v; want none (a failed confirmation is retried, not observed)", o)
+		failed := h.observed()
+		// (The last attempt may still be confirming.)
+		if len(failed) != len(calls) && len(failed) != len(calls)-1 {
+			t.Errorf("%d outcomes for %d attempts; want every pass observed", len(failed), len(calls))
+		}
+		for _, o := range failed {
+			if o.Err == nil || !strings.Contains(o.Err.Error(), "did not run config "+hash) {
+				t.Errorf("outcome %+v; want the confirmation's error", o)
+			}
 		}
 		events := log.take()
 		for i, e := range events {
@@ -1118,9 +788,9 @@ func TestControllerConfirmTimeout(t *testing.T) {
 		}
 
 		// nginx catches up: the next retry confirms, then all is quiet.
-		nginx.set(func(n *fakeNginx) { n.stuck = false })
+		ngx.set(func(n *fakeNginx) { n.stuck = false })
 		advance(10 * time.Second)
-		if !h.ctrl.Serves("apache", a1) {
+		if !h.ctrl.Served().Serves("apache", a1) {
 			t.Errorf("Serves(apache, %s) = false after nginx caught up; want true", a1)
 		}
 		// (The attempt may have been polling when nginx caught up.)
@@ -1130,8 +800,8 @@ func TestControllerConfirmTimeout(t *testing.T) {
 		}
 		// (Confirmed is zero here: nginx answered the first poll, and
 		// no time passes on the bubble's clock.)
-		if o := h.observed(); len(o) != 1 || o[0].Err != nil || o[0].Revision != 1 {
-			t.Errorf("outcomes = %+v; want one success at revision 1", o)
+		if o := h.observed()[len(failed):]; len(o) != 1 || o[0].Err != nil || o[0].Revision != 1 {
+			t.Errorf("outcomes after nginx caught up = %+v; want one success at revision 1", o)
 		}
 		_, before := del.snapshot()
 		advance(time.Minute)
@@ -1158,8 +828,7 @@ func TestControllerKick(t *testing.T) {
 		}},
 		{name: "dynamic, Kick", dynamic: true, kick: true, want: func(hash string) []string {
 			return []string{
-				"Forget " + testProxyID,
-				"Token " + testProxyID,
+				"Session " + testProxyID,
 				"PushPools " + testStatusAddr + " v1",
 				"Deliver " + testProxyID + " changed=false",
 				"ConfigHash " + testStatusAddr + " = " + hash,
@@ -1170,7 +839,7 @@ func TestControllerKick(t *testing.T) {
 		}},
 		{name: "static, Kick", kick: true, want: func(hash string) []string {
 			return []string{
-				"Forget " + testProxyID,
+				"Session " + testProxyID,
 				"Deliver " + testProxyID + " changed=false",
 				"ConfigHash " + testStatusAddr + " = " + hash,
 			}
@@ -1179,18 +848,19 @@ func TestControllerKick(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				nginx, del, log := newFakeNginx()
-				h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: tt.dynamic, statusPort: testStatusPort})
+				ngx, log := newFakeNginx()
+				del := ngx
+				h := startWith(t, harnessConfig{tmpl: Default(), nginx: ngx, dynamic: tt.dynamic, statusPort: testStatusPort})
 				snap := apacheSnap(t, 1, a1)
 				hash, _ := h.finished(t, snap)
 				h.src.set(snap)
 				advance(time.Second)
-				if !h.ctrl.Serves("apache", a1) {
+				if !h.ctrl.Served().Serves("apache", a1) {
 					t.Fatalf("Serves(apache, %s) = false after the first pass; want true", a1)
 				}
 				log.take()
 				if tt.kick {
-					h.ctrl.Kick()
+					h.host.restart()
 				} else {
 					h.src.notify()
 				}
@@ -1198,10 +868,10 @@ func TestControllerKick(t *testing.T) {
 				if got, want := log.take(), tt.want(hash); !slices.Equal(got, want) {
 					t.Errorf("events =\n%q\nwant\n%q", got, want)
 				}
-				if got, want := len(del.forgotten()), map[bool]int{false: 1, true: 2}[tt.kick]; got != want {
+				if got, want := len(del.started()), map[bool]int{false: 1, true: 2}[tt.kick]; got != want {
 					t.Errorf("Forget called %d times; want %d", got, want)
 				}
-				if !h.ctrl.Serves("apache", a1) {
+				if !h.ctrl.Served().Serves("apache", a1) {
 					t.Errorf("Serves(apache, %s) = false; want true", a1)
 				}
 			})
@@ -1214,12 +884,13 @@ func TestControllerKick(t *testing.T) {
 // and is retried.
 func TestControllerDynamicPushRejected(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		nginx, del, log := newFakeNginx()
+		ngx, log := newFakeNginx()
+		del := ngx
 		del.token = "stale" // not the token nginx wants
-		h := startWith(t, harnessConfig{tmpl: Default(), del: del, status: nginx, dynamic: true, statusPort: testStatusPort})
+		h := startWith(t, harnessConfig{tmpl: Default(), nginx: ngx, dynamic: true, statusPort: testStatusPort})
 		snap := apacheSnap(t, 1, "10.0.0.1:80")
 		_, full := h.finished(t, snap)
-		del.live, nginx.running = full, full // nginx runs the dynamic config
+		del.live, ngx.running = full, full // nginx runs the dynamic config
 		h.src.set(snap)
 		advance(2 * time.Second)
 		events := log.take()
@@ -1238,7 +909,7 @@ func TestControllerDynamicPushRejected(t *testing.T) {
 		if pushes < 2 {
 			t.Errorf("%d pushes in 2s; want the refused push retried: %q", pushes, events)
 		}
-		if h.ctrl.Serves("apache", "10.0.0.1:80") {
+		if h.ctrl.Served().Serves("apache", "10.0.0.1:80") {
 			t.Errorf("Serves = true; want false while the push is refused")
 		}
 	})
@@ -1268,7 +939,7 @@ func TestControllerWaitServes(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				h := start(t, tmpl, &fakeDeliverer{})
+				h := start(t, tmpl, &fakeNginx{})
 				h.src.set(apacheSnap(t, 1, served))
 				advance(time.Second)
 
@@ -1280,7 +951,7 @@ func TestControllerWaitServes(t *testing.T) {
 				// Passes that change nothing for addr do not end the wait.
 				h.src.set(apacheSnap(t, 2, served, "10.0.0.2:80"))
 				begin := time.Now()
-				err = h.ctrl.WaitServes(ctx, tt.service, tt.addr, tt.want)
+				err = h.ctrl.Served().WaitServes(ctx, tt.service, tt.addr, tt.want)
 				took := time.Since(begin)
 				if len(tt.wantErr) == 0 {
 					if err != nil || took != 0 {
@@ -1352,14 +1023,15 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				nginx, del, log := newFakeNginx()
+				ngx, log := newFakeNginx()
+				del := ngx
 				del.fail = func(_ int, cfg string) error {
 					if strings.Contains(cfg, missing) {
-						return fmt.Errorf(`%w: nginx: [emerg] open() "/etc/nginx/upstreamd/legacy.conf" failed (2: No such file or directory)`, ErrCheckFailed)
+						return fmt.Errorf(`%w: nginx: [emerg] open() "/etc/nginx/upstreamd/legacy.conf" failed (2: No such file or directory)`, nginx.ErrCheckFailed)
 					}
 					return nil
 				}
-				h := startWith(t, harnessConfig{tmpl: tmpl, del: del, status: nginx, dynamic: tt.dynamic, statusPort: testStatusPort})
+				h := startWith(t, harnessConfig{tmpl: tmpl, nginx: ngx, dynamic: tt.dynamic, statusPort: testStatusPort})
 				all := []string{a1, a2, l1}
 				good, bad1, bad2 := poolSnap(t, 1, a1), poolSnap(t, 2, a1, l1), poolSnap(t, 3, a1, a2, l1)
 				var served []string // what Serves knows before the rejection
@@ -1370,7 +1042,7 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 					served = []string{a1}
 				case "running":
 					_, full := h.finished(t, good)
-					del.live, nginx.running = full, full
+					del.live, ngx.running = full, full
 				}
 				if err := servesExactly(h.ctrl, all, served); err != nil {
 					t.Fatalf("before the rejection: %v", err)
@@ -1380,7 +1052,7 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 
 				h.src.set(bad1)
 				advance(time.Second)
-				if _, calls := del.snapshot(); len(calls) == 0 || !errors.Is(calls[len(calls)-1].err, ErrCheckFailed) {
+				if _, calls := del.snapshot(); len(calls) == 0 || !errors.Is(calls[len(calls)-1].err, nginx.ErrCheckFailed) {
 					t.Fatalf("deliveries = %+v; want the last rejected", calls)
 				}
 				if poolsAPI {
@@ -1395,16 +1067,16 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 					// the rejected config is not delivered again.
 					var running string
 					if tt.restarting {
-						nginx.set(func(n *fakeNginx) { running, n.running = n.running, "" })
+						ngx.set(func(n *fakeNginx) { running, n.running = n.running, "" })
 					}
-					h.ctrl.Kick()
+					h.host.restart()
 					advance(time.Second)
 					events := log.take()
 					if tt.restarting {
 						if n := countPrefix(events, "PushPools "+testStatusAddr+" v2: no status server"); n < 2 {
 							t.Errorf("Kick while nginx restarts: events %q; want the push retried", events)
 						}
-						nginx.set(func(n *fakeNginx) { n.running = running })
+						ngx.set(func(n *fakeNginx) { n.running = running })
 						advance(10 * time.Second)
 						events = append(events, log.take()...)
 					}
@@ -1425,7 +1097,7 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 					if n := countPrefix(events, "PushPools "+testStatusAddr+" v3"); n != 1 {
 						t.Errorf("membership change: events %q; want one push of revision 3", events)
 					}
-					pushes := nginx.pushes()
+					pushes := ngx.pushes()
 					if w := string(PoolsBody(3, h.view(bad2))); len(pushes) == 0 || pushes[len(pushes)-1] != w {
 						t.Errorf("pushed bodies = %q; want the last to be %q", pushes, w)
 					}

@@ -10,8 +10,8 @@ import (
 //go:embed default.conf.tmpl
 var defaultTemplate string
 
-// DefaultTemplateName names the built-in template in messages.
-const DefaultTemplateName = "built-in default template"
+// defaultTemplateName names the built-in template in messages.
+const defaultTemplateName = "built-in default template"
 
 // Template is a parsed config template.
 type Template struct {
@@ -36,24 +36,36 @@ func Parse(name, text string) (*Template, error) {
 // block with upstream keepalive, retries of idempotent requests on the next
 // upstream, and a 503 answer while the pool is empty.
 func Default() *Template {
-	t, err := Parse(DefaultTemplateName, defaultTemplate)
+	t, err := Parse(defaultTemplateName, defaultTemplate)
 	if err != nil {
 		panic(err) // covered by tests
 	}
 	return t
 }
 
+// RenderError says that a template failed on a view. The same template
+// fails the same way on the same view: it is not worth a retry.
+type RenderError struct {
+	Template string // where the template came from
+	Err      error
+}
+
+func (e *RenderError) Error() string { return "render " + e.Template + ": " + e.Err.Error() }
+
+func (e *RenderError) Unwrap() error { return e.Err }
+
 // Render executes the template against the view. It does no I/O and reads
-// no clock: the same template and view always give the same bytes.
+// no clock: the same template and view always give the same bytes. Its
+// errors are *RenderError.
 func Render(t *Template, v View) ([]byte, error) {
 	tmpl, err := t.tmpl.Clone()
 	if err != nil {
-		return nil, fmt.Errorf("render %s: %w", t.name, err)
+		return nil, &RenderError{Template: t.name, Err: err}
 	}
 	tmpl.Funcs(funcMap(v.KVs))
 	var buf bytes.Buffer
 	if err := tmpl.Execute(&buf, v); err != nil {
-		return nil, fmt.Errorf("render %s: %w", t.name, err)
+		return nil, &RenderError{Template: t.name, Err: err}
 	}
 	return buf.Bytes(), nil
 }

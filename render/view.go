@@ -1,12 +1,16 @@
-// Package render turns the registrations in etcd into an nginx config and
-// puts it live safely.
+// Package render turns the registrations in etcd into what nginx must
+// serve, and makes it serve it.
 //
-// Rendering is a pure function of a template and a typed View (Render); the
-// Deliverer stages the result in the proxy container, checks it with
-// `nginx -t`, swaps it into place and sends HUP; the Controller watches the
-// registrations, debounces, renders and delivers only when the bytes change.
-// Templates get confd's functions (getv, gets, ls, …) over the validated
-// keys, so templates written for the seed's confd keep working.
+// Everything that decides is pure: NewView groups a validated snapshot by
+// service; Render executes a template (confd's functions, so the seed's
+// templates work) on that View; Finish appends upstreamd's status server;
+// PoolsBody is what the Lua balancer takes; plan says, from what is known
+// of the proxy (proxyState), which steps a pass takes. The Controller is
+// the one part that acts: it waits for a change of the registrations or
+// of the proxy, debounces, and applies the plan through an nginx Session,
+// then records in Served what nginx is known to serve. To change what a
+// pass does, change plan and its table test; to change how it is done,
+// change the nginx package.
 package render
 
 import (

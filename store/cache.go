@@ -2,15 +2,12 @@ package store
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sort"
 	"sync"
-	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
-	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // Snapshot is the validated content of a prefix at one revision.
@@ -21,39 +18,38 @@ type Snapshot struct {
 	Revision int64
 }
 
-// Cache keeps a validated copy of every registration under a prefix: one
-// Get, then a Watch from the next revision. Invalid keys and values are
-// left out and logged once per change. After a failure it reloads with
-// backoff; until the first load succeeds it has no snapshot, so callers
-// never mistake "etcd unreachable" for "no backends".
+// Cache keeps a validated copy of every registration under a prefix,
+// through Watch. Invalid keys and values are left out and logged once per
+// write. Until the first load succeeds it has no snapshot, so callers
+// never mistake "etcd unreachable" for "no backends". One Cache serves
+// every reader of the registrations in a process.
 type Cache struct {
 	cli    *Client
 	prefix string
 	log    zerolog.Logger
 
+	changed wake.Fanout
+
 	mu      sync.Mutex
 	entries map[string]Entry
 	rev     int64
 	loaded  bool
-
-	changed chan struct{}
 }
 
 // NewCache returns a cache of the registrations under prefix (the keys
 // under KeysPrefix(prefix)); Start fills it.
 func (c *Client) NewCache(prefix string, log zerolog.Logger) *Cache {
-	return &Cache{
-		cli:     c,
-		prefix:  KeysPrefix(prefix),
-		log:     log,
-		entries: map[string]Entry{},
-		changed: make(chan struct{}, 1),
-	}
+	return &Cache{cli: c, prefix: KeysPrefix(prefix), log: log, entries: map[string]Entry{}}
 }
 
-// Changed receives a value after the snapshot changed; several changes may
-// collapse into one.
-func (k *Cache) Changed() <-chan struct{} { return k.changed }
+// Start loads and watches until ctx ends. It returns nil on cancellation.
+func (k *Cache) Start(ctx context.Context) error {
+	return k.cli.Watch(ctx, k.prefix, k.apply)
+}
+
+// Subscribe returns a channel that receives a value after the snapshot
+// changed (and after each reload); several changes may collapse into one.
+func (k *Cache) Subscribe() <-chan struct{} { return k.changed.Subscribe() }
 
 // Snapshot returns the current content; ok is false until the first load.
 func (k *Cache) Snapshot() (snap Snapshot, ok bool) {
@@ -70,117 +66,51 @@ func (k *Cache) Snapshot() (snap Snapshot, ok bool) {
 	return snap, true
 }
 
-func (k *Cache) notify() {
-	select {
-	case k.changed <- struct{}{}:
-	default:
-	}
-}
-
-// Start loads and watches until ctx ends. It returns nil on cancellation.
-func (k *Cache) Start(ctx context.Context) error {
-	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
-		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0))
-	failing := false
-	for ctx.Err() == nil {
-		err := k.loadAndWatch(ctx, func() {
-			if failing {
-				k.log.Info().Str("prefix", k.prefix).Msg("etcd watch recovered")
-				failing = false
-			}
-			bo.Reset()
-		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil { // watch ended cleanly: reload at once
-			continue
-		}
-		if !failing {
-			k.log.Error().Err(err).Str("prefix", k.prefix).Msg("etcd watch failed; keeping the last snapshot and retrying with backoff")
-			failing = true
-		} else {
-			k.log.Debug().Err(err).Msg("etcd watch still failing")
-		}
-		t := time.NewTimer(bo.NextBackOff())
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-	}
-	return nil
-}
-
-// loadAndWatch loads the prefix, calls loaded, then applies the watch until
-// it fails.
-func (k *Cache) loadAndWatch(ctx context.Context, loaded func()) error {
-	kvs, rev, err := k.cli.List(ctx, k.prefix)
-	if err != nil {
-		return err
-	}
-	entries := make(map[string]Entry, len(kvs))
-	for _, kv := range kvs {
-		if e, ok := k.parse(kv.Key, kv.Value, kv.Lease); ok {
-			entries[kv.Key] = e
-		}
-	}
+// apply brings the copy to an Update from Watch and tells the subscribers.
+func (k *Cache) apply(u Update) {
 	k.mu.Lock()
-	k.entries, k.rev, k.loaded = entries, rev, true
+	if u.Reset {
+		k.entries = make(map[string]Entry, len(u.KVs))
+	}
+	for _, key := range u.Deleted {
+		delete(k.entries, key)
+	}
+	for _, kv := range u.KVs {
+		// Parsed once per write, so an invalid key is logged once per write.
+		if e, ok := k.parse(kv); ok {
+			k.entries[kv.Key] = e
+		} else {
+			delete(k.entries, kv.Key)
+		}
+	}
+	k.rev, k.loaded = u.Revision, true
 	k.mu.Unlock()
-	k.notify()
-	loaded()
-	k.log.Debug().Str("prefix", k.prefix).Int("keys", len(entries)).Int64("revision", rev).Msg("etcd snapshot loaded")
-
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	cli, err := k.cli.etcd(ctx)
-	if err != nil {
-		return err
+	if u.Reset {
+		k.log.Debug().Str("prefix", k.prefix).Int("keys", len(u.KVs)).Int64("revision", u.Revision).Msg("etcd snapshot loaded")
 	}
-	wch := cli.Watch(wctx, k.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	for wr := range wch {
-		if err := wr.Err(); err != nil {
-			if wr.CompactRevision != 0 {
-				return fmt.Errorf("watch %s: compacted at %d: %w", k.prefix, wr.CompactRevision, err)
-			}
-			return fmt.Errorf("watch %s: %w", k.prefix, err)
-		}
-		if len(wr.Events) == 0 {
-			continue
-		}
-		k.mu.Lock()
-		for _, ev := range wr.Events {
-			key := string(ev.Kv.Key)
-			switch ev.Type {
-			case clientv3.EventTypeDelete:
-				delete(k.entries, key)
-			case clientv3.EventTypePut:
-				if e, ok := k.parse(key, ev.Kv.Value, ev.Kv.Lease); ok {
-					k.entries[key] = e
-				} else {
-					delete(k.entries, key)
-				}
-			}
-		}
-		k.rev = wr.Header.Revision
-		k.mu.Unlock()
-		k.notify()
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return errors.New("watch channel closed")
+	k.changed.Wake()
 }
 
-func (k *Cache) parse(key string, value []byte, lease int64) (Entry, bool) {
-	e, err := ParseEntry(k.prefix, key, value)
+func (k *Cache) parse(kv KV) (Entry, bool) {
+	e, err := ParseEntry(k.prefix, kv.Key, kv.Value)
 	if err != nil {
-		// Logged once per write: a key is parsed again only when it changes.
-		k.log.Warn().Str("key", clip(key)).Err(err).Msg("skipping invalid registration")
+		k.log.Warn().Str("key", clip(kv.Key)).Err(err).Msg("skipping invalid registration")
 		return Entry{}, false
 	}
-	e.Lease = lease
+	e.Lease = kv.Lease
 	return e, true
+}
+
+// ReadSnapshot reads the registrations under prefix once, validated as a
+// Cache's would be (invalid entries are logged and left out): for the
+// one-shot commands.
+func (c *Client) ReadSnapshot(ctx context.Context, prefix string, log zerolog.Logger) (Snapshot, error) {
+	k := c.NewCache(prefix, log)
+	kvs, rev, err := c.List(ctx, k.prefix)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	k.apply(Update{Reset: true, KVs: kvs, Revision: rev})
+	snap, _ := k.Snapshot()
+	return snap, nil
 }

@@ -206,26 +206,9 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	return out, resp.Header.Revision, nil
 }
 
-// Get returns one value; found is false when the key does not exist.
-func (c *Client) Get(ctx context.Context, key string) (value []byte, found bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	cli, err := c.etcd(ctx)
-	if err != nil {
-		return nil, false, err
-	}
-	resp, err := cli.Get(ctx, key)
-	if err != nil {
-		return nil, false, fmt.Errorf("etcd get %s: %w", key, err)
-	}
-	if len(resp.Kvs) == 0 {
-		return nil, false, nil
-	}
-	return resp.Kvs[0].Value, true, nil
-}
-
-// Put writes key=value, attached to lease when lease is non-zero.
-func (c *Client) Put(ctx context.Context, key, value string, lease int64) error {
+// Put writes key=value, attached to lease when lease is non-zero, and
+// returns the store revision after the write.
+func (c *Client) Put(ctx context.Context, key, value string, lease int64) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var opts []clientv3.OpOption
@@ -234,27 +217,30 @@ func (c *Client) Put(ctx context.Context, key, value string, lease int64) error 
 	}
 	cli, err := c.etcd(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := cli.Put(ctx, key, value, opts...); err != nil {
+	resp, err := cli.Put(ctx, key, value, opts...)
+	if err != nil {
 		if isLeaseNotFound(err) {
-			return fmt.Errorf("etcd put %s: %w", key, ErrLeaseLost)
+			return 0, fmt.Errorf("etcd put %s: %w", key, ErrLeaseLost)
 		}
-		return fmt.Errorf("etcd put %s: %w", key, err)
+		return 0, fmt.Errorf("etcd put %s: %w", key, err)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
-// Delete removes a key; a missing key is not an error.
-func (c *Client) Delete(ctx context.Context, key string) error {
+// Delete removes a key (a missing key is not an error) and returns the
+// store revision after it.
+func (c *Client) Delete(ctx context.Context, key string) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	cli, err := c.etcd(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := cli.Delete(ctx, key); err != nil {
-		return fmt.Errorf("etcd delete %s: %w", key, err)
+	resp, err := cli.Delete(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("etcd delete %s: %w", key, err)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }

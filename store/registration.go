@@ -2,7 +2,11 @@
 //
 // It owns the key layout (/services/<service>/<host:port> → JSON), the
 // validation of everything read back (etcd is shared, so every key and value
-// is untrusted input), leases, and a watched, validated cache of a prefix.
+// is untrusted: ParseEntry is the one parser), leases, and Watch: the one
+// list-then-watch of a prefix, which survives outages and compactions by
+// listing again. Cache keeps a validated copy of the registrations on top
+// of Watch; the renderer and the registrar share one. Every request carries
+// its own deadline.
 package store
 
 import (

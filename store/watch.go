@@ -2,53 +2,99 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/upstreamd/upstreamd/internal/retry"
 )
 
-// WatchPrefix calls changed after every change under prefix, and once after
-// each (re)connection, since changes may have been missed meanwhile. It
-// reconnects with backoff and returns nil when ctx ends.
-func (c *Client) WatchPrefix(ctx context.Context, prefix string, changed func()) error {
-	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
-		backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
-	for ctx.Err() == nil {
-		err := c.watchOnce(ctx, prefix, func() { bo.Reset(); changed() })
+// Update is one step of Watch: after each (re)load, everything under the
+// prefix; then each batch of changes.
+type Update struct {
+	// Reset: KVs is everything under the prefix, and whatever was known
+	// before is to be dropped.
+	Reset bool
+	// KVs are the keys written (every key, on a Reset); Deleted are the
+	// keys deleted.
+	KVs     []KV
+	Deleted []string
+	// Revision is the etcd revision the update brings a copy to.
+	Revision int64
+}
+
+// Watch keeps handle informed of every key under prefix until ctx ends:
+// it lists the prefix and hands everything over (a Reset), then watches
+// from the next revision and hands over each batch of changes. After a
+// failure (etcd unreachable, no leader, a compacted revision) it lists
+// again, with backoff, so nothing is missed: the next Reset replaces it
+// all. It logs once when it starts failing and once when it recovers, and
+// returns nil when ctx ends. handle runs on Watch's goroutine.
+func (c *Client) Watch(ctx context.Context, prefix string, handle func(Update)) error {
+	bo := retry.New(100*time.Millisecond, 5*time.Second)
+	for {
+		err := c.listAndWatch(ctx, prefix, handle, func() {
+			if bo.Succeeded() {
+				c.log.Info().Str("prefix", prefix).Msg("etcd watch recovered")
+			}
+		})
 		if ctx.Err() != nil {
 			return nil
 		}
-		d := bo.NextBackOff()
-		c.log.Debug().Err(err).Str("prefix", prefix).Dur("retry_in", d).Msg("etcd watch ended; reconnecting")
-		select {
-		case <-ctx.Done():
-		case <-time.After(d):
+		wait, first := bo.Failed()
+		ev := c.log.Debug()
+		if first {
+			ev = c.log.Error()
+		}
+		ev.Err(err).Str("prefix", prefix).Dur("retry_in", wait).Msg("etcd watch failed; keeping what was read and retrying with backoff")
+		if !retry.Wait(ctx, wait) {
+			return nil
 		}
 	}
-	return nil
 }
 
-func (c *Client) watchOnce(ctx context.Context, prefix string, changed func()) error {
-	_, rev, err := c.List(ctx, prefix)
+// listAndWatch lists prefix, hands it over, calls listed, then hands over
+// the watch's changes until the watch fails. It always returns an error
+// (or nil once ctx ended).
+func (c *Client) listAndWatch(ctx context.Context, prefix string, handle func(Update), listed func()) error {
+	kvs, rev, err := c.List(ctx, prefix)
 	if err != nil {
 		return err
 	}
-	changed()
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
+	handle(Update{Reset: true, KVs: kvs, Revision: rev})
+	listed()
 	cli, err := c.etcd(ctx)
 	if err != nil {
 		return err
 	}
+	// Without a leader the watch would wait silently; make it fail instead.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
 	for wr := range cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
+			if wr.CompactRevision != 0 {
+				return fmt.Errorf("watch %s: compacted at %d: %w", prefix, wr.CompactRevision, err)
+			}
 			return fmt.Errorf("watch %s: %w", prefix, err)
 		}
-		if len(wr.Events) > 0 {
-			changed()
+		if len(wr.Events) == 0 {
+			continue
 		}
+		u := Update{Revision: wr.Header.Revision}
+		for _, ev := range wr.Events {
+			switch ev.Type {
+			case clientv3.EventTypeDelete:
+				u.Deleted = append(u.Deleted, string(ev.Kv.Key))
+			case clientv3.EventTypePut:
+				u.KVs = append(u.KVs, KV{Key: string(ev.Kv.Key), Value: ev.Kv.Value, Lease: ev.Kv.Lease})
+			}
+		}
+		handle(u)
 	}
-	return fmt.Errorf("watch %s: channel closed", prefix)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errors.New("watch " + prefix + ": channel closed")
 }

@@ -6,18 +6,17 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	units "github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
@@ -26,14 +25,14 @@ import (
 // Config is the TOML spec file. Every key is documented in
 // cmd/upstreamd/upstreamd.example.toml and the README; unknown keys are errors.
 type Config struct {
-	Project string        `toml:"project"`
-	Node    string        `toml:"node"`
-	Docker  DockerConfig  `toml:"docker"`
-	Etcd    EtcdConfig    `toml:"etcd"`
-	Network NetworkConfig `toml:"network"`
-	Proxy   ProxyConfig   `toml:"proxy"`
-	Metrics MetricsConfig `toml:"metrics"`
-	Service []ServiceConf `toml:"service"`
+	Project string          `toml:"project"`
+	Node    string          `toml:"node"`
+	Docker  DockerConfig    `toml:"docker"`
+	Etcd    EtcdConfig      `toml:"etcd"`
+	Network NetworkConfig   `toml:"network"`
+	Proxy   ProxyConfig     `toml:"proxy"`
+	Metrics MetricsConfig   `toml:"metrics"`
+	Service []ServiceConfig `toml:"service"`
 
 	file string // where it was read from, for messages
 }
@@ -86,8 +85,8 @@ type ProxyConfig struct {
 	CPUs        float64  `toml:"cpus"`
 }
 
-// ServiceConf describes one backend service.
-type ServiceConf struct {
+// ServiceConfig describes one backend service.
+type ServiceConfig struct {
 	Name      string       `toml:"name"`
 	Image     string       `toml:"image"`
 	Replicas  *int         `toml:"replicas"`
@@ -259,7 +258,7 @@ func (c *Config) applyDefaults() {
 		p.Dynamic = &dynamic
 	}
 	if len(c.Service) == 0 {
-		c.Service = []ServiceConf{{Name: defaultService}}
+		c.Service = []ServiceConfig{{Name: defaultService}}
 	}
 	for i := range c.Service {
 		s := &c.Service[i]
@@ -273,8 +272,8 @@ func (c *Config) applyDefaults() {
 		if s.Port == 0 {
 			s.Port = 80
 		}
-		setDur(&s.StopGrace, 10*time.Second)
-		setStr(&s.Restart, "no")
+		setDur(&s.StopGrace, orchestrator.DefaultStopGrace)
+		setStr(&s.Restart, orchestrator.DefaultRestart)
 		setStr(&s.Health.Path, "/")
 		setDur(&s.Health.Interval, 2*time.Second)
 		setDur(&s.Health.Timeout, time.Second)
@@ -303,11 +302,29 @@ func setInt(p **int, def int) {
 }
 
 // Validate checks every value; the error names the file, the key and why.
+// Every error of the file is reported, not only the first.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(key, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: %s: %s", c.file, key, fmt.Sprintf(format, args...)))
 	}
+	c.validateGlobal(bad)
+	c.validateProxy(bad)
+	seen := map[string]bool{}
+	for i, s := range c.Service {
+		s.validate(i, seen, bad)
+	}
+	if !seen[c.Proxy.Service] {
+		bad("proxy.service", "%q is not a configured service", c.Proxy.Service)
+	}
+	return errors.Join(errs...)
+}
+
+// badFunc records one invalid value: the key and why.
+type badFunc func(key, format string, args ...any)
+
+// validateGlobal checks the keys outside [proxy] and [[service]].
+func (c *Config) validateGlobal(bad badFunc) {
 	if err := store.ValidName(c.Project); err != nil {
 		bad("project", "%v", err)
 	}
@@ -353,11 +370,15 @@ func (c *Config) Validate() error {
 		bad("docker.timeout", "must be positive")
 	}
 
+}
+
+// validateProxy checks [proxy].
+func (c *Config) validateProxy(bad badFunc) {
 	p := c.Proxy
 	if p.Image == "" {
 		bad("proxy.image", "must not be empty")
 	}
-	if err := validPublish(p.Publish); err != nil {
+	if _, _, err := containers.ParsePublish(p.Publish); err != nil {
 		bad("proxy.publish", "%v", err)
 	}
 	if p.Port < 1 || p.Port > 65535 {
@@ -389,77 +410,62 @@ func (c *Config) Validate() error {
 		bad("proxy", "%v", err)
 	}
 
-	seen := map[string]bool{}
-	for i, s := range c.Service {
-		k := fmt.Sprintf("service[%d]", i)
-		if s.Name != "" {
-			k = fmt.Sprintf("service[%d] (%s)", i, s.Name)
-		}
-		if err := store.ValidName(s.Name); err != nil {
-			bad(k+".name", "%v", err)
-		}
-		if seen[s.Name] {
-			bad(k+".name", "duplicate service %q", s.Name)
-		}
-		seen[s.Name] = true
-		if s.Image == "" {
-			bad(k+".image", "must not be empty")
-		}
-		if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
-			bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
-		}
-		if s.Port < 1 || s.Port > 65535 {
-			bad(k+".port", "%d out of range 1-65535", s.Port)
-		}
-		for j, e := range s.Env {
-			if !strings.Contains(e, "=") {
-				bad(fmt.Sprintf("%s.env[%d]", k, j), "%q is not KEY=VALUE", e)
-			}
-		}
-		switch s.Restart {
-		case "no", "on-failure", "unless-stopped", "always":
-		default:
-			bad(k+".restart", "%q is not a restart policy: no, on-failure, unless-stopped or always", s.Restart)
-		}
-		if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
-			bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())
-		}
-		h := s.Health
-		if !strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, " \t\r\n") {
-			bad(k+".health.path", "%q must start with / and contain no spaces", h.Path)
-		}
-		if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > 10*time.Minute {
-			bad(k+".health.interval", "%s out of range 100ms-10m", h.Interval.D())
-		}
-		if h.Timeout.D() <= 0 || h.Timeout.D() > h.Interval.D() {
-			bad(k+".health.timeout", "%s must be positive and at most the interval (%s)", h.Timeout.D(), h.Interval.D())
-		}
-		if *h.Rise < 1 || *h.Rise > 100 {
-			bad(k+".health.rise", "%d out of range 1-100", *h.Rise)
-		}
-		if *h.Fall < 1 || *h.Fall > 100 {
-			bad(k+".health.fall", "%d out of range 1-100", *h.Fall)
-		}
-		if _, err := parseLimits(s.Memory, s.CPUs); err != nil {
-			bad(k, "%v", err)
-		}
-	}
-	if !seen[p.Service] {
-		bad("proxy.service", "%q is not a configured service", p.Service)
-	}
-	return errors.Join(errs...)
 }
 
-func validPublish(addr string) error {
-	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Port() != 0 {
-		return nil
+// validate checks service i; seen collects the names checked so far.
+func (s ServiceConfig) validate(i int, seen map[string]bool, bad badFunc) {
+	k := fmt.Sprintf("service[%d]", i)
+	if s.Name != "" {
+		k = fmt.Sprintf("service[%d] (%s)", i, s.Name)
 	}
-	if rest, ok := strings.CutPrefix(addr, ":"); ok {
-		if n, err := strconv.Atoi(rest); err == nil && n > 0 && n < 65536 {
-			return nil
+	if err := store.ValidName(s.Name); err != nil {
+		bad(k+".name", "%v", err)
+	}
+	if seen[s.Name] {
+		bad(k+".name", "duplicate service %q", s.Name)
+	}
+	seen[s.Name] = true
+	if s.Image == "" {
+		bad(k+".image", "must not be empty")
+	}
+	if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
+		bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		bad(k+".port", "%d out of range 1-65535", s.Port)
+	}
+	for j, e := range s.Env {
+		if !strings.Contains(e, "=") {
+			bad(fmt.Sprintf("%s.env[%d]", k, j), "%q is not KEY=VALUE", e)
 		}
 	}
-	return fmt.Errorf("%q is not IP:PORT (such as 127.0.0.1:8080) or :PORT", addr)
+	switch s.Restart {
+	case "no", "on-failure", "unless-stopped", "always":
+	default:
+		bad(k+".restart", "%q is not a restart policy: no, on-failure, unless-stopped or always", s.Restart)
+	}
+	if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
+		bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())
+	}
+	h := s.Health
+	if !strings.HasPrefix(h.Path, "/") || strings.ContainsAny(h.Path, " \t\r\n") {
+		bad(k+".health.path", "%q must start with / and contain no spaces", h.Path)
+	}
+	if h.Interval.D() < 100*time.Millisecond || h.Interval.D() > 10*time.Minute {
+		bad(k+".health.interval", "%s out of range 100ms-10m", h.Interval.D())
+	}
+	if h.Timeout.D() <= 0 || h.Timeout.D() > h.Interval.D() {
+		bad(k+".health.timeout", "%s must be positive and at most the interval (%s)", h.Timeout.D(), h.Interval.D())
+	}
+	if *h.Rise < 1 || *h.Rise > 100 {
+		bad(k+".health.rise", "%d out of range 1-100", *h.Rise)
+	}
+	if *h.Fall < 1 || *h.Fall > 100 {
+		bad(k+".health.fall", "%d out of range 1-100", *h.Fall)
+	}
+	if _, err := parseLimits(s.Memory, s.CPUs); err != nil {
+		bad(k, "%v", err)
+	}
 }
 
 func parseLimits(memory string, cpus float64) (orchestrator.Limits, error) {

@@ -104,6 +104,16 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	return root
 }
 
+// load returns a command's logger and spec, from the flags.
+func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *Config, error) {
+	log, err := g.logger(stderr)
+	if err != nil {
+		return log, nil, err
+	}
+	cfg, err := LoadConfig(g.config)
+	return log, cfg, err
+}
+
 // logger builds the process logger from the flags.
 func (g *globalFlags) logger(w io.Writer) (zerolog.Logger, error) {
 	level, err := zerolog.ParseLevel(g.logLevel)

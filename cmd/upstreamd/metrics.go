@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 )
@@ -30,7 +31,7 @@ func newMetrics() *metrics {
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "upstreamd_render_passes_total",
-			Help: "Render passes by result: reload (a new config went live), push (pools changed without reload), unchanged, rejected (nginx -t said no), refused (would empty a pool this node finds healthy), error.",
+			Help: "Render passes by result: reload (a new config went live), push (pools changed without reload), unchanged, rejected (nginx -t said no), refused (would empty a pool this node finds healthy), waiting (no registrations read or no proxy running yet), error (the template failed, or the proxy could not be reached, refused a push, a delivery or a HUP, or did not confirm a reload).",
 		}, []string{"result"}),
 		took: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "upstreamd_render_pass_seconds",
@@ -49,7 +50,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.passes, m.took, m.confirm, m.backends)
-	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "error"} {
+	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
 		m.passes.WithLabelValues(r) // exported at zero from the start
 	}
 	return m
@@ -58,8 +59,10 @@ func newMetrics() *metrics {
 // observe records one render pass.
 func (m *metrics) observe(o render.Outcome) {
 	switch {
-	case errors.Is(o.Err, render.ErrCheckFailed):
+	case errors.Is(o.Err, nginx.ErrCheckFailed):
 		m.passes.WithLabelValues("rejected").Inc()
+	case errors.Is(o.Err, render.ErrNotReady):
+		m.passes.WithLabelValues("waiting").Inc()
 	case errors.Is(o.Err, render.ErrWouldEmpty):
 		m.passes.WithLabelValues("refused").Inc()
 	case o.Err != nil:

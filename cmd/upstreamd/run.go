@@ -7,12 +7,13 @@ import (
 	"io"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
@@ -24,11 +25,7 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger(stderr)
-			if err != nil {
-				return err
-			}
-			cfg, err := LoadConfig(g.config)
+			log, cfg, err := g.load(stderr)
 			if err != nil {
 				return err
 			}
@@ -39,71 +36,87 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 
 // runDaemon wires the components and runs them until ctx ends.
 func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	tmpl, err := cfg.LoadTemplate()
+	d, err := wire(cfg, log)
 	if err != nil {
 		return err
 	}
-	docker, err := containers.New(containers.Config{
+	defer d.close()
+	log.Info().Str("version", version).Str("config", cfg.file).Str("project", cfg.Project).
+		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
+	err = d.run(ctx)
+	log.Info().Msg("upstreamd stopped; the proxy and backends keep running")
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// daemon is `upstreamd run` wired: one adapter per outside system, one
+// watch of the registrations, and the two loops that meet in etcd and in
+// what nginx serves.
+type daemon struct {
+	cfg           *Config
+	log           zerolog.Logger
+	docker        *containers.Client
+	etcd          *store.Client
+	registrations *store.Cache
+	orch          *orchestrator.Orchestrator
+	ctrl          *render.Controller
+	metrics       *metrics
+}
+
+// wire builds the daemon from the config.
+func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
+	tmpl, err := cfg.LoadTemplate()
+	if err != nil {
+		return nil, err
+	}
+	scfg, err := cfg.StoreConfig()
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{cfg: cfg, log: log, metrics: newMetrics()}
+	d.docker, err = containers.New(containers.Config{
 		Host:    cfg.Docker.Host,
 		Timeout: cfg.Docker.Timeout.D(),
 		Logger:  log.With().Str("component", "docker").Logger(),
 	})
 	if err != nil {
-		return err
-	}
-	defer docker.Close()
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		return err
+		return nil, err
 	}
 	scfg.Logger = log.With().Str("component", "etcd").Logger()
-	etcd, err := store.New(scfg)
-	if err != nil {
-		return err
+	if d.etcd, err = store.New(scfg); err != nil {
+		d.docker.Close()
+		return nil, err
 	}
-	defer etcd.Close()
-
-	spec := cfg.Spec()
-	log.Info().Str("version", version).Str("config", cfg.file).Str("project", spec.Project).
-		Str("node", spec.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
-	// One clear line each when a dependency is down at start-up; the
-	// components then retry on their own with backoff.
-	go waitReachable(ctx, log, "docker engine", func(ctx context.Context) error {
-		v, err := docker.Ping(ctx)
-		if err == nil {
-			log.Info().Str("engine", v).Msg("docker engine reachable")
-		}
-		return err
+	// One watch of the registrations: the renderer reads them, the
+	// registrar compares them with the healthy backends.
+	d.registrations = d.etcd.NewCache(cfg.Etcd.Prefix, log.With().Str("component", "watch").Logger())
+	// What nginx serves: the renderer records it, drains and rolling
+	// updates wait on it.
+	served := render.NewServed()
+	d.orch = orchestrator.New(orchestrator.Config{
+		Spec:          cfg.Spec(),
+		Docker:        d.docker,
+		Store:         d.etcd,
+		Registrations: d.registrations,
+		LeaseTTL:      cfg.Etcd.LeaseTTL.D(),
+		Pool:          served,
+		Logger:        log,
 	})
-	go waitReachable(ctx, log, "etcd", func(ctx context.Context) error {
-		err := etcd.Ping(ctx)
-		if err == nil {
-			log.Info().Msg("etcd reachable")
-		}
-		return err
-	})
-
-	m := newMetrics()
-	cache := etcd.NewCache(cfg.Etcd.Prefix, log.With().Str("component", "watch").Logger())
-	deliverer := render.NewDeliverer(render.DelivererConfig{
-		API:        docker,
+	proxies := nginx.New(nginx.Config{
+		Docker:     d.docker,
 		ConfigPath: cfg.Proxy.ConfigPath,
 		MainPath:   cfg.Proxy.MainConfig,
-		Logger:     log.With().Str("component", "deliver").Logger(),
+		StatusPort: *cfg.Proxy.StatusPort,
+		Logger:     log.With().Str("component", "nginx").Logger(),
 	})
-	var orch *orchestrator.Orchestrator
-	readyCh := make(chan struct{}) // closed when orch is ready
-	ctrl := render.NewController(render.ControllerConfig{
-		Template:  tmpl,
-		Source:    cache,
-		Deliverer: deliverer,
-		Status:    render.NewStatusClient(2 * time.Second),
-		Proxy: func(context.Context) (render.Proxy, error) {
-			if p := orch.Proxy(); p.ID != "" {
-				return render.Proxy{ID: p.ID, IP: p.IP}, nil
-			}
-			return render.Proxy{}, render.ErrNoProxy
-		},
+	d.ctrl = render.NewController(render.ControllerConfig{
+		Template:    tmpl,
+		Source:      d.registrations,
+		Host:        d.orch,
+		Sessions:    render.NginxSessions(proxies),
+		Served:      served,
 		Services:    cfg.ServiceNames(),
 		Default:     cfg.Proxy.Service,
 		Listen:      cfg.Proxy.Port,
@@ -112,73 +125,60 @@ func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
-		Ready:       readyCh,
-		HealthyHere: func(service string) int { return orch.HealthyBackends(service) },
-		Observe: func(o render.Outcome) {
-			m.observe(o)
-			if o.Changed || o.Pushed {
-				orch.Wake() // drains and rolling updates wait for this
-			}
-		},
+		Observe:     d.metrics.observe,
 	})
-	orch = orchestrator.New(orchestrator.Config{
-		Spec:          spec,
-		Docker:        docker,
-		Store:         etcd,
-		LeaseTTL:      cfg.Etcd.LeaseTTL.D(),
-		OnProxyChange: ctrl.Kick,
-		Pool:          ctrl,
-		Logger:        log,
-	})
+	return d, nil
+}
 
+// run runs every component until ctx ends or one fails.
+func (d *daemon) run(ctx context.Context) error {
 	grp, gctx := errgroup.WithContext(ctx)
+	// One clear line each when a dependency is down at start-up; the
+	// components then retry on their own with backoff.
+	grp.Go(func() error { return waitReachable(gctx, d.log, "docker engine", d.docker.Ping) })
 	grp.Go(func() error {
-		select {
-		case <-orch.Ready():
-			close(readyCh)
-		case <-gctx.Done():
-		}
-		return nil
+		return waitReachable(gctx, d.log, "etcd", func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
 	})
-	grp.Go(func() error { return cache.Start(gctx) })
-	grp.Go(func() error { return ctrl.Start(gctx) })
-	grp.Go(func() error { return orch.Start(gctx) })
-	if cfg.Metrics.Listen != "" {
+	grp.Go(func() error { return d.registrations.Start(gctx) })
+	grp.Go(func() error { return d.orch.Start(gctx) })
+	grp.Go(func() error { return d.ctrl.Start(gctx) })
+	if listen := d.cfg.Metrics.Listen; listen != "" {
 		grp.Go(func() error {
-			log.Info().Str("listen", cfg.Metrics.Listen).Msg("serving /metrics and /healthz")
-			if err := m.serve(gctx, cfg.Metrics.Listen, orch.Backends); err != nil {
-				return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+			d.log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
+			if err := d.metrics.serve(gctx, listen, d.orch.Backends); err != nil {
+				return fmt.Errorf("metrics.listen %s: %w", listen, err)
 			}
 			return nil
 		})
 	}
-	err = grp.Wait()
-	log.Info().Msg("upstreamd stopped; the proxy and backends keep running")
-	if errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	return grp.Wait()
 }
 
-// waitReachable calls ping until it succeeds, logging the first failure
-// once as an error and later ones at debug level.
-func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) error) {
-	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(500*time.Millisecond),
-		backoff.WithMaxInterval(15*time.Second), backoff.WithMaxElapsedTime(0))
-	for first := true; ctx.Err() == nil; first = false {
-		err := ping(ctx)
-		if err == nil || ctx.Err() != nil {
-			return
+// close releases the adapters' connections.
+func (d *daemon) close() {
+	d.etcd.Close()
+	d.docker.Close()
+}
+
+// waitReachable pings until what answers, logging the first failure as an
+// error and later ones at debug level, then one line when it answers.
+func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) (string, error)) error {
+	_ = retry.Until(ctx, retry.New(500*time.Millisecond, 15*time.Second), func(ctx context.Context) error {
+		version, err := ping(ctx)
+		if err == nil {
+			ev := log.Info()
+			if version != "" {
+				ev = ev.Str("version", version)
+			}
+			ev.Msgf("%s reachable", what)
 		}
-		d := bo.NextBackOff()
+		return err
+	}, func(err error, wait time.Duration, first bool) {
 		if first {
-			log.Error().Err(err).Dur("retry_in", d).Msgf("%s unreachable; retrying with backoff", what)
+			log.Error().Err(err).Dur("retry_in", wait).Msgf("%s unreachable; retrying with backoff", what)
 		} else {
 			log.Debug().Err(err).Msgf("%s still unreachable", what)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(d):
-		}
-	}
+	})
+	return nil
 }

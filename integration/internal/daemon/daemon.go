@@ -65,6 +65,13 @@ func (p *Process) Logs() string { return p.logs.String() }
 // Done is closed when the process has exited.
 func (p *Process) Done() <-chan struct{} { return p.done }
 
+// Err returns how the process exited (nil for exit status 0); call it once
+// Done is closed.
+func (p *Process) Err() error {
+	<-p.done
+	return p.err
+}
+
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error {
 	select {

@@ -1,10 +1,13 @@
-package render
+package nginx
 
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +56,7 @@ func closedAddr(t *testing.T) string {
 	return addr
 }
 
-func TestStatusClientPushPools(t *testing.T) {
+func TestStatusPushPools(t *testing.T) {
 	const (
 		token = "0123456789abcdef0123456789abcdef"
 		body  = "7\napache 10.0.0.1:80 10.0.0.2:80\nstatic\n"
@@ -68,6 +71,7 @@ func TestStatusClientPushPools(t *testing.T) {
 	}{
 		{name: "accepted", status: http.StatusOK, answer: "ok 7\n"},
 		{name: "no pools API in the live config", status: http.StatusNotFound, wantErr: true, wantNoServer: true, wantInErr: []string{"404"}},
+		{name: "a static config's status server", status: http.StatusMethodNotAllowed, answer: "<html>405 Not Allowed</html>", wantErr: true, wantNoServer: true, wantInErr: []string{"405"}},
 		{name: "wrong token", status: http.StatusForbidden, answer: "<html>403 Forbidden</html>\n", wantErr: true, wantInErr: []string{"status 403", "403 Forbidden"}},
 		{name: "bad body", status: http.StatusBadRequest, wantErr: true, wantInErr: []string{"status 400"}},
 		{name: "server error", status: http.StatusInternalServerError, answer: "lua error", wantErr: true, wantInErr: []string{"status 500", "lua error"}},
@@ -79,10 +83,10 @@ func TestStatusClientPushPools(t *testing.T) {
 			if tt.status != 0 {
 				addr, requests = newStatusServer(t, tt.status, tt.answer)
 			}
-			c := NewStatusClient(5 * time.Second)
-			err := c.PushPools(t.Context(), addr, token, []byte(body))
+			c := newStatusClient(5 * time.Second)
+			err := c.pushPools(t.Context(), addr, token, []byte(body))
 			if (err != nil) != tt.wantErr {
-				t.Fatalf("PushPools = %v; want error: %v", err, tt.wantErr)
+				t.Fatalf("pushPools = %v; want error: %v", err, tt.wantErr)
 			}
 			if err != nil {
 				if got := errors.Is(err, ErrNoStatusServer); got != tt.wantNoServer {
@@ -108,7 +112,7 @@ func TestStatusClientPushPools(t *testing.T) {
 	}
 }
 
-func TestStatusClientConfigHash(t *testing.T) {
+func TestStatusConfigHash(t *testing.T) {
 	tests := []struct {
 		name         string
 		status       int // 0: nothing listens
@@ -130,10 +134,10 @@ func TestStatusClientConfigHash(t *testing.T) {
 			if tt.status != 0 {
 				addr, requests = newStatusServer(t, tt.status, tt.answer)
 			}
-			c := NewStatusClient(5 * time.Second)
-			got, err := c.ConfigHash(t.Context(), addr)
+			c := newStatusClient(5 * time.Second)
+			got, err := c.configHash(t.Context(), addr)
 			if (err != nil) != tt.wantErr {
-				t.Fatalf("ConfigHash = %q, %v; want error: %v", got, err, tt.wantErr)
+				t.Fatalf("configHash = %q, %v; want error: %v", got, err, tt.wantErr)
 			}
 			if err != nil {
 				if isNo := errors.Is(err, ErrNoStatusServer); isNo != tt.wantNoServer {
@@ -143,7 +147,7 @@ func TestStatusClientConfigHash(t *testing.T) {
 					t.Errorf("error = %q; want it to name %s", err, addr)
 				}
 			} else if got != tt.want {
-				t.Errorf("ConfigHash = %q; want %q", got, tt.want)
+				t.Errorf("configHash = %q; want %q", got, tt.want)
 			}
 			if tt.status == 0 {
 				return
@@ -152,5 +156,64 @@ func TestStatusClientConfigHash(t *testing.T) {
 				t.Errorf("requests = %+v; want one GET /upstreamd/status", r)
 			}
 		})
+	}
+}
+
+// statusSession returns a Session whose status server is addr (a test
+// server on 127.0.0.1) and whose proxy holds the pools token.
+func statusSession(t *testing.T, addr string, confirm time.Duration) (*Session, *fakeProxy) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newFakeProxy(map[string]string{"/etc/nginx/upstreamd/token": "00112233445566778899aabbccddeeff"})
+	c := New(Config{Docker: p, ConfigPath: testConfig, MainPath: testMain, StatusPort: n, ConfirmTimeout: confirm})
+	return c.Session(Proxy{ID: "proxy-1", IP: host}), p
+}
+
+func TestSessionPushPools(t *testing.T) {
+	addr, requests := newStatusServer(t, http.StatusOK, "ok 3\n")
+	s, p := statusSession(t, addr, time.Second)
+	for range 2 {
+		if err := s.PushPools(t.Context(), []byte("3\napache 10.0.0.1:80\n")); err != nil {
+			t.Fatalf("PushPools: %v", err)
+		}
+	}
+	reqs := requests()
+	if len(reqs) != 2 || reqs[0].token != "00112233445566778899aabbccddeeff" || reqs[1].token != reqs[0].token {
+		t.Errorf("requests = %+v; want two PUTs with the volume's token", reqs)
+	}
+	if got, want := p.take(), []string{"ReadFile proxy-1 /etc/nginx/upstreamd/token"}; !slices.Equal(got, want) {
+		t.Errorf("docker calls = %q; want %q (the token read once per Session)", got, want)
+	}
+
+	noAddr := New(Config{Docker: p, ConfigPath: testConfig, MainPath: testMain, StatusPort: 8099}).Session(Proxy{ID: "proxy-1"})
+	if noAddr.HasStatus() {
+		t.Error("HasStatus = true for a proxy without an address; want false")
+	}
+	if err := noAddr.PushPools(t.Context(), []byte("1\n")); !errors.Is(err, ErrNoStatusServer) {
+		t.Errorf("PushPools without an address = %v; want ErrNoStatusServer", err)
+	}
+}
+
+func TestSessionWaitConfig(t *testing.T) {
+	addr, _ := newStatusServer(t, http.StatusOK, "config 1111111111111111\n")
+	s, _ := statusSession(t, addr, 200*time.Millisecond)
+	if _, err := s.WaitConfig(t.Context(), "1111111111111111"); err != nil {
+		t.Errorf("WaitConfig of the running hash = %v; want nil", err)
+	}
+	_, err := s.WaitConfig(t.Context(), "2222222222222222")
+	if err == nil {
+		t.Fatal("WaitConfig of a hash nginx never answers = nil; want an error")
+	}
+	for _, want := range []string{"2222222222222222", "200ms", "1111111111111111"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error = %q; want it to contain %q", err, want)
+		}
 	}
 }

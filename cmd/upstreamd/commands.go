@@ -37,37 +37,13 @@ func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.C
 	return etcd, nil
 }
 
-// loadSnapshot reads the registrations as the daemon's watch would see them:
-// invalid keys are logged and left out.
-func loadSnapshot(ctx context.Context, etcd *store.Client, prefix string, log zerolog.Logger) (store.Snapshot, error) {
-	kvs, rev, err := etcd.List(ctx, store.KeysPrefix(prefix))
-	if err != nil {
-		return store.Snapshot{}, err
-	}
-	snap := store.Snapshot{Revision: rev}
-	for _, kv := range kvs {
-		e, err := store.ParseEntry(prefix, kv.Key, kv.Value)
-		if err != nil {
-			log.Warn().Err(err).Msg("skipping invalid registration")
-			continue
-		}
-		e.Lease = kv.Lease
-		snap.Entries = append(snap.Entries, e)
-	}
-	return snap, nil
-}
-
 func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return &cobra.Command{
 		Use:   "render",
 		Short: "print the config that would be rendered from the registrations in etcd now; touches nothing",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger(stderr)
-			if err != nil {
-				return err
-			}
-			cfg, err := LoadConfig(g.config)
+			log, cfg, err := g.load(stderr)
 			if err != nil {
 				return err
 			}
@@ -80,7 +56,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			defer etcd.Close()
-			snap, err := loadSnapshot(cmd.Context(), etcd, cfg.Etcd.Prefix, log)
+			snap, err := etcd.ReadSnapshot(cmd.Context(), cfg.Etcd.Prefix, log)
 			if err != nil {
 				return err
 			}
@@ -121,11 +97,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "list the project's containers and the registrations in etcd",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger(stderr)
-			if err != nil {
-				return err
-			}
-			cfg, err := LoadConfig(g.config)
+			log, cfg, err := g.load(stderr)
 			if err != nil {
 				return err
 			}
@@ -149,7 +121,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			defer etcd.Close()
-			snap, err := loadSnapshot(cmd.Context(), etcd, cfg.Etcd.Prefix, log)
+			snap, err := etcd.ReadSnapshot(cmd.Context(), cfg.Etcd.Prefix, log)
 			if err != nil {
 				return err
 			}
@@ -196,11 +168,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"spec file's replicas apply again.",
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := g.logger(stderr)
-			if err != nil {
-				return err
-			}
-			cfg, err := LoadConfig(g.config)
+			log, cfg, err := g.load(stderr)
 			if err != nil {
 				return err
 			}
@@ -228,13 +196,13 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			defer etcd.Close()
 			key := orchestrator.OverridesPrefix(cfg.Project) + svc
 			if reset {
-				if err := etcd.Delete(cmd.Context(), key); err != nil {
+				if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 					return err
 				}
 				_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
 				return err
 			}
-			if err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
+			if _, err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
 				return err
 			}
 			_, err = fmt.Fprintf(stdout, "%s: replicas set to %d\n", svc, n)

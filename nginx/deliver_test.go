@@ -1,10 +1,9 @@
-package render
+package nginx
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path"
 	"regexp"
 	"slices"
@@ -17,195 +16,6 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 )
-
-const (
-	testMain   = "/etc/nginx/nginx.conf"
-	testConfig = "/etc/nginx/conf.d/upstreamd.conf"
-	testStaged = "/etc/nginx/.upstreamd-staged-upstreamd.conf"
-	testCheck  = "/etc/nginx/.upstreamd-check-nginx.conf"
-)
-
-func TestCheckConfig(t *testing.T) {
-	// The image's nginx.conf: quotes with # and nested quotes in log_format,
-	// a glob include that does not match, then the one that does.
-	imageMain, err := os.ReadFile("../images/nginx/nginx.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	confD := []string{"00-first.conf", "default.conf", "notes.txt", "upstreamd.conf", "zz-last.conf"}
-	tests := []struct {
-		name       string
-		main       string
-		mainPath   string // testMain when empty
-		configPath string // testConfig when empty
-		dirs       map[string][]string
-		listErr    error
-		want       string
-		wantErr    []string // substrings of the error; empty means success
-		wantLists  []string // directories ListDir must have been asked for
-	}{
-		{
-			name: "exact path",
-			main: "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
-			want: "http {\n    include /etc/nginx/mime.types;\n    include " + testStaged + ";\n}\n",
-		},
-		{
-			name:      "glob keeps the directory's other files",
-			main:      "http {\n    include /etc/nginx/conf.d/*.conf;\n}\n",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
-			want:      "http {\n    include " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf;\n}\n",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:      "glob with only the live file",
-			main:      "http { include /etc/nginx/conf.d/*.conf; }",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
-			want:      "http { include " + testStaged + "; }",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:      "glob before the live file exists",
-			main:      "http { include /etc/nginx/conf.d/*.conf; }",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": {"default.conf"}},
-			want:      "http { include " + testStaged + "; include /etc/nginx/conf.d/default.conf; }",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:      "relative glob resolves against the main config's directory",
-			main:      "http {\n\tinclude conf.d/*.conf;\n}\n",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
-			want:      "http {\n\tinclude " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf;\n}\n",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name: "relative exact path",
-			main: "http { include conf.d/upstreamd.conf; }",
-			want: "http { include " + testStaged + "; }",
-		},
-		{
-			name:       "relative path with another main directory",
-			main:       "http { include sites/upstreamd.conf; }",
-			mainPath:   "/usr/local/nginx/conf/nginx.conf",
-			configPath: "/usr/local/nginx/conf/sites/upstreamd.conf",
-			want:       "http { include " + testStaged + "; }",
-		},
-		{
-			name: "includes in comments are ignored",
-			main: "http {\n    # include /etc/nginx/conf.d/upstreamd.conf;\n    #include /etc/nginx/conf.d/*.conf;\n    include /etc/nginx/conf.d/upstreamd.conf; # include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
-			want: "http {\n    # include /etc/nginx/conf.d/upstreamd.conf;\n    #include /etc/nginx/conf.d/*.conf;\n    include " + testStaged + "; # include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
-		},
-		{
-			name:    "only a commented-out include",
-			main:    "http {\n    # include /etc/nginx/conf.d/*.conf;\n}\n",
-			wantErr: []string{testMain, testConfig},
-		},
-		{
-			name: "hash inside quotes is not a comment",
-			main: "http {\n    log_format x '# not a comment \"q\"'; include /etc/nginx/conf.d/upstreamd.conf;\n}\n",
-			want: "http {\n    log_format x '# not a comment \"q\"'; include " + testStaged + ";\n}\n",
-		},
-		{
-			name: "double-quoted argument",
-			main: "http {\n    include \"/etc/nginx/conf.d/upstreamd.conf\";\n}\n",
-			want: "http {\n    include " + testStaged + ";\n}\n",
-		},
-		{
-			name:      "single-quoted glob",
-			main:      "http {\n    include '/etc/nginx/conf.d/*.conf' ;\n}\n",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": confD},
-			want:      "http {\n    include " + testStaged + "; include /etc/nginx/conf.d/00-first.conf; include /etc/nginx/conf.d/default.conf; include /etc/nginx/conf.d/zz-last.conf ;\n}\n",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:    "no matching include",
-			main:    "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/sites-enabled/*;\n}\n",
-			wantErr: []string{testMain, testConfig},
-		},
-		{
-			name:    "similar name is not the live file",
-			main:    "http { include /etc/nginx/conf.d/upstreamd.conf.bak; include /etc/nginx/conf.d/upstreamd; }",
-			wantErr: []string{testMain, testConfig},
-		},
-		{
-			name:    "include as part of another word",
-			main:    "http { xinclude /etc/nginx/conf.d/upstreamd.conf; }",
-			wantErr: []string{testMain, testConfig},
-		},
-		{
-			name:      "glob that does not match is left untouched",
-			main:      "include /etc/nginx/modules-enabled/*.conf;\nhttp {\n    include /etc/nginx/sites-enabled/*;\n    include /etc/nginx/conf.d/*.conf;\n}\n",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
-			want:      "include /etc/nginx/modules-enabled/*.conf;\nhttp {\n    include /etc/nginx/sites-enabled/*;\n    include " + testStaged + ";\n}\n",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:      "include at the start of the file",
-			main:      "include /etc/nginx/conf.d/*.conf;",
-			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
-			want:      "include " + testStaged + ";",
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name: "includes on one line",
-			main: "http {include mime.types;include conf.d/upstreamd.conf;}",
-			want: "http {include mime.types;include " + testStaged + ";}",
-		},
-		{
-			name:      "listing the glob's directory fails",
-			main:      "http { include /etc/nginx/conf.d/*.conf; }",
-			listErr:   errors.New("container gone"),
-			wantErr:   []string{"/etc/nginx/conf.d", "container gone"},
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-		{
-			name:      "the image's nginx.conf",
-			main:      string(imageMain),
-			dirs:      map[string][]string{"/etc/nginx/conf.d": {"upstreamd.conf"}},
-			want:      strings.Replace(string(imageMain), "include /etc/nginx/conf.d/*.conf;", "include "+testStaged+";", 1),
-			wantLists: []string{"/etc/nginx/conf.d"},
-		},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			in := CheckInput{Main: []byte(tt.main), MainPath: tt.mainPath, ConfigPath: tt.configPath, StagedPath: testStaged}
-			if in.MainPath == "" {
-				in.MainPath = testMain
-			}
-			if in.ConfigPath == "" {
-				in.ConfigPath = testConfig
-			}
-			var lists []string
-			in.ListDir = func(dir string) ([]string, error) {
-				lists = append(lists, dir)
-				if tt.listErr != nil {
-					return nil, tt.listErr
-				}
-				return tt.dirs[dir], nil
-			}
-			got, err := CheckConfig(in)
-			if fmt.Sprint(lists) != fmt.Sprint(tt.wantLists) {
-				t.Errorf("ListDir called for %q; want %q", lists, tt.wantLists)
-			}
-			if len(tt.wantErr) > 0 {
-				if err == nil {
-					t.Fatalf("CheckConfig = %q, nil; want an error", got)
-				}
-				for _, want := range tt.wantErr {
-					if !strings.Contains(err.Error(), want) {
-						t.Errorf("CheckConfig error = %q; want it to contain %q", err, want)
-					}
-				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("CheckConfig error = %v; want nil", err)
-			}
-			if string(got) != tt.want {
-				t.Errorf("CheckConfig =\n%s\nwant\n%s\n%s", got, tt.want, firstDiff(got, []byte(tt.want)))
-			}
-		})
-	}
-}
 
 // fakeProxy is a proxy container's file system plus the calls made to it.
 // ExecWithStdin runs the Deliverer's script: it writes stdin to the staged
@@ -226,7 +36,7 @@ type fakeProxy struct {
 	signalErr error  // returned by Signal when set
 }
 
-var _ proxyAPI = (*fakeProxy)(nil)
+var _ dockerAPI = (*fakeProxy)(nil)
 
 func newFakeProxy(files map[string]string) *fakeProxy {
 	p := &fakeProxy{files: map[string][]byte{}}
@@ -334,19 +144,20 @@ func (p *fakeProxy) file(name string) (string, bool) {
 
 const testMainConf = "http {\n    include /etc/nginx/mime.types;\n    include /etc/nginx/conf.d/*.conf;\n}\n"
 
-func newTestDeliverer(p *fakeProxy) *Deliverer {
-	return NewDeliverer(DelivererConfig{API: p, ConfigPath: testConfig, MainPath: testMain, Logger: zerolog.Nop()})
+// newTestSession returns a Session with the proxy container id of p.
+func newTestSession(p *fakeProxy, id string) *Session {
+	return New(Config{Docker: p, ConfigPath: testConfig, MainPath: testMain, Logger: zerolog.Nop()}).Session(Proxy{ID: id})
 }
 
 func TestDeliverUnchanged(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
 	for i, wantCalls := range [][]string{
 		{"ReadFile proxy-1 " + testConfig}, // first time: read what is live
 		nil,                                // then known from memory
 	} {
-		changed, err := d.Deliver(ctx, "proxy-1", []byte("old"))
+		changed, err := d.Deliver(ctx, []byte("old"))
 		if err != nil {
 			t.Fatalf("Deliver #%d: %v", i, err)
 		}
@@ -371,8 +182,8 @@ func TestDeliverNewConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := newFakeProxy(tt.files)
-			d := newTestDeliverer(p)
-			changed, err := d.Deliver(t.Context(), "proxy-1", []byte(tt.cfg))
+			d := newTestSession(p, "proxy-1")
+			changed, err := d.Deliver(t.Context(), []byte(tt.cfg))
 			if err != nil {
 				t.Fatalf("Deliver: %v", err)
 			}
@@ -408,7 +219,7 @@ func TestDeliverNewConfig(t *testing.T) {
 				t.Errorf("live file = %q; want %q", live, tt.cfg)
 			}
 			// Delivering the same bytes again is a no-op.
-			changed, err = d.Deliver(t.Context(), "proxy-1", []byte(tt.cfg))
+			changed, err = d.Deliver(t.Context(), []byte(tt.cfg))
 			if err != nil || changed {
 				t.Errorf("second Deliver = %v, %v; want false, nil", changed, err)
 			}
@@ -421,12 +232,12 @@ func TestDeliverNewConfig(t *testing.T) {
 
 func TestDeliverCheckFailed(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "good"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
 	p.exit = exitRejected
 	p.stderr = `nginx: [emerg] host not found in upstream "nope:80" in ` + testStaged + ":3\nnginx: configuration file " + testCheck + " test failed\n"
 
-	changed, err := d.Deliver(ctx, "proxy-1", []byte("bad"))
+	changed, err := d.Deliver(ctx, []byte("bad"))
 	if !errors.Is(err, ErrCheckFailed) {
 		t.Fatalf("Deliver error = %v; want it to match ErrCheckFailed", err)
 	}
@@ -452,7 +263,7 @@ func TestDeliverCheckFailed(t *testing.T) {
 	// through once nginx accepts it.
 	p.take()
 	p.exit, p.stderr = 0, ""
-	changed, err = d.Deliver(ctx, "proxy-1", []byte("fixed"))
+	changed, err = d.Deliver(ctx, []byte("fixed"))
 	if err != nil || !changed {
 		t.Fatalf("Deliver after a failed check = %v, %v; want true, nil", changed, err)
 	}
@@ -467,7 +278,7 @@ func TestDeliverCheckFailed(t *testing.T) {
 		t.Errorf("live file = %q; want %q", live, "fixed")
 	}
 	// And the good config, being no longer live, is delivered again.
-	if changed, err := d.Deliver(ctx, "proxy-1", []byte("good")); err != nil || !changed {
+	if changed, err := d.Deliver(ctx, []byte("good")); err != nil || !changed {
 		t.Errorf("Deliver of the previous config = %v, %v; want true, nil", changed, err)
 	}
 }
@@ -532,8 +343,8 @@ func TestDeliverErrors(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(p)
 			}
-			d := newTestDeliverer(p)
-			changed, err := d.Deliver(t.Context(), "proxy-1", []byte("new"))
+			d := newTestSession(p, "proxy-1")
+			changed, err := d.Deliver(t.Context(), []byte("new"))
 			if err == nil {
 				t.Fatalf("Deliver = %v, nil; want an error", changed)
 			}
@@ -557,10 +368,10 @@ func TestDeliverErrors(t *testing.T) {
 
 func TestDeliverSignalFailureIsRetried(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
 	p.signalErr = errors.New("engine timeout")
-	changed, err := d.Deliver(ctx, "proxy-1", []byte("new"))
+	changed, err := d.Deliver(ctx, []byte("new"))
 	if err == nil || !strings.Contains(err.Error(), "reload") || errors.Is(err, ErrCheckFailed) {
 		t.Fatalf("Deliver error = %v; want a reload error that is not ErrCheckFailed", err)
 	}
@@ -571,7 +382,7 @@ func TestDeliverSignalFailureIsRetried(t *testing.T) {
 	// bytes again must send it, not report "unchanged".
 	p.take()
 	p.signalErr = nil
-	changed, err = d.Deliver(ctx, "proxy-1", []byte("new"))
+	changed, err = d.Deliver(ctx, []byte("new"))
 	if err != nil {
 		t.Fatalf("retry: %v", err)
 	}
@@ -582,7 +393,7 @@ func TestDeliverSignalFailureIsRetried(t *testing.T) {
 		t.Errorf("retry changed = false; want true (nginx was reloaded)")
 	}
 	// Now it is really live.
-	if changed, err := d.Deliver(ctx, "proxy-1", []byte("new")); err != nil || changed {
+	if changed, err := d.Deliver(ctx, []byte("new")); err != nil || changed {
 		t.Errorf("third Deliver = %v, %v; want false, nil", changed, err)
 	}
 	if got := p.take(); len(got) != 0 {
@@ -590,11 +401,11 @@ func TestDeliverSignalFailureIsRetried(t *testing.T) {
 	}
 }
 
-func TestDeliverForget(t *testing.T) {
+func TestDeliverNewSession(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
-	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+	if _, err := d.Deliver(ctx, []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
 	p.take()
@@ -606,18 +417,18 @@ func TestDeliverForget(t *testing.T) {
 	p.files[testMain] = []byte("http { include /etc/nginx/conf.d/upstreamd.conf; }")
 	p.mu.Unlock()
 
-	// Without Forget the Deliverer trusts its memory.
-	if changed, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil || changed {
-		t.Fatalf("Deliver before Forget = %v, %v; want false, nil", changed, err)
+	// The old Session trusts its memory.
+	if changed, err := d.Deliver(ctx, []byte("v1")); err != nil || changed {
+		t.Fatalf("Deliver before a new Session = %v, %v; want false, nil", changed, err)
 	}
 	if got := p.take(); len(got) != 0 {
-		t.Errorf("calls before Forget = %q; want none", got)
+		t.Errorf("calls before a new Session = %q; want none", got)
 	}
 
-	d.Forget("proxy-1")
-	changed, err := d.Deliver(ctx, "proxy-1", []byte("v1"))
+	d = newTestSession(p, "proxy-1")
+	changed, err := d.Deliver(ctx, []byte("v1"))
 	if err != nil || !changed {
-		t.Fatalf("Deliver after Forget = %v, %v; want true, nil", changed, err)
+		t.Fatalf("Deliver in a new Session = %v, %v; want true, nil", changed, err)
 	}
 	wantCalls := []string{
 		"ReadFile proxy-1 " + testConfig, // read the live file again
@@ -627,17 +438,17 @@ func TestDeliverForget(t *testing.T) {
 		"Signal proxy-1 HUP",
 	}
 	if got := p.take(); !slices.Equal(got, wantCalls) {
-		t.Errorf("calls after Forget =\n%q\nwant\n%q", got, wantCalls)
+		t.Errorf("calls in a new Session =\n%q\nwant\n%q", got, wantCalls)
 	}
 	if got, want := string(p.copies[len(p.copies)-1][0].Data), "http { include "+testStaged+"; }"; got != want {
 		t.Errorf("check file = %q; want %q (from the new main config)", got, want)
 	}
 
-	// After Forget, a live file that already holds the bytes is read and
-	// recognised: no reload.
-	d.Forget("proxy-1")
-	if changed, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil || changed {
-		t.Errorf("Deliver of the live bytes after Forget = %v, %v; want false, nil", changed, err)
+	// A new Session reads a live file that already holds the bytes and
+	// recognises them: no reload.
+	d = newTestSession(p, "proxy-1")
+	if changed, err := d.Deliver(ctx, []byte("v1")); err != nil || changed {
+		t.Errorf("Deliver of the live bytes in a new Session = %v, %v; want false, nil", changed, err)
 	}
 	if got, want := p.take(), []string{"ReadFile proxy-1 " + testConfig}; !slices.Equal(got, want) {
 		t.Errorf("calls = %q; want %q", got, want)
@@ -646,14 +457,14 @@ func TestDeliverForget(t *testing.T) {
 
 func TestDeliverNewProxy(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
-	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+	if _, err := d.Deliver(ctx, []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
 	p.take()
 	// A different container ID is a different proxy: its live file is read.
-	changed, err := d.Deliver(ctx, "proxy-2", []byte("v1"))
+	changed, err := newTestSession(p, "proxy-2").Deliver(ctx, []byte("v1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -663,18 +474,13 @@ func TestDeliverNewProxy(t *testing.T) {
 	if got, want := p.take(), []string{"ReadFile proxy-2 " + testConfig}; !slices.Equal(got, want) {
 		t.Errorf("calls = %q; want %q", got, want)
 	}
-	// Live reads the same state.
-	b, found, err := d.Live(ctx, "proxy-2")
-	if err != nil || !found || string(b) != "v1" {
-		t.Errorf("Live = %q, %v, %v; want v1, true, nil", b, found, err)
-	}
 }
 
 func TestDeliverRewritesVanishedCheckConfig(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
-	d := newTestDeliverer(p)
+	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
-	if _, err := d.Deliver(ctx, "proxy-1", []byte("v1")); err != nil {
+	if _, err := d.Deliver(ctx, []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
 	p.mu.Lock()
@@ -682,14 +488,14 @@ func TestDeliverRewritesVanishedCheckConfig(t *testing.T) {
 	p.mu.Unlock()
 	p.take()
 
-	_, err := d.Deliver(ctx, "proxy-1", []byte("v2"))
+	_, err := d.Deliver(ctx, []byte("v2"))
 	if err == nil || errors.Is(err, ErrCheckFailed) || !strings.Contains(err.Error(), "vanished") {
 		t.Fatalf("Deliver error = %v; want a retryable error saying the check config vanished", err)
 	}
 	if live, _ := p.file(testConfig); live != "v1" {
 		t.Errorf("live file = %q; want v1 untouched", live)
 	}
-	changed, err := d.Deliver(ctx, "proxy-1", []byte("v2"))
+	changed, err := d.Deliver(ctx, []byte("v2"))
 	if err != nil || !changed {
 		t.Fatalf("retry = %v, %v; want true, nil", changed, err)
 	}
@@ -738,8 +544,8 @@ func TestDeliverToken(t *testing.T) {
 			if tt.setup != nil {
 				tt.setup(p)
 			}
-			d := newTestDeliverer(p)
-			tok, err := d.Token(t.Context(), "proxy-1")
+			d := newTestSession(p, "proxy-1")
+			tok, err := d.poolsToken(t.Context())
 			if got := p.take(); !slices.Equal(got, tt.wantCalls) {
 				t.Errorf("calls = %q; want %q", got, tt.wantCalls)
 			}
@@ -754,7 +560,7 @@ func TestDeliverToken(t *testing.T) {
 				}
 				// A failure is not remembered: the next call tries again.
 				p.readErr, p.copyErr = nil, nil
-				if _, err := d.Token(t.Context(), "proxy-1"); err != nil {
+				if _, err := d.poolsToken(t.Context()); err != nil {
 					t.Errorf("Token after the failure went away = %v; want nil", err)
 				}
 				if got := p.take(); len(got) == 0 || got[0] != readToken {
@@ -775,19 +581,18 @@ func TestDeliverToken(t *testing.T) {
 				t.Errorf("%s holds %q; want the token %q", tokenFile, f, tok)
 			}
 			// Cached: the second call asks the proxy nothing.
-			if again, err := d.Token(t.Context(), "proxy-1"); err != nil || again != tok {
+			if again, err := d.poolsToken(t.Context()); err != nil || again != tok {
 				t.Errorf("second Token = %q, %v; want %q, nil", again, err, tok)
 			}
 			if got := p.take(); len(got) != 0 {
 				t.Errorf("second Token calls = %q; want none", got)
 			}
-			// Forget drops it: the file is read again (and not rewritten).
-			d.Forget("proxy-1")
-			if again, err := d.Token(t.Context(), "proxy-1"); err != nil || again != tok {
-				t.Errorf("Token after Forget = %q, %v; want %q, nil", again, err, tok)
+			// A new Session reads the file again (and does not rewrite it).
+			if again, err := newTestSession(p, "proxy-1").poolsToken(t.Context()); err != nil || again != tok {
+				t.Errorf("Token in a new Session = %q, %v; want %q, nil", again, err, tok)
 			}
 			if got := p.take(); !slices.Equal(got, []string{readToken}) {
-				t.Errorf("calls after Forget = %q; want %q", got, []string{readToken})
+				t.Errorf("calls in a new Session = %q; want %q", got, []string{readToken})
 			}
 		})
 	}
@@ -796,7 +601,7 @@ func TestDeliverToken(t *testing.T) {
 func TestDeliverTokenRandomPerVolume(t *testing.T) {
 	seen := map[string]bool{}
 	for i := range 5 {
-		tok, err := newTestDeliverer(newFakeProxy(nil)).Token(t.Context(), "proxy-1")
+		tok, err := newTestSession(newFakeProxy(nil), "proxy-1").poolsToken(t.Context())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -809,9 +614,8 @@ func TestDeliverTokenRandomPerVolume(t *testing.T) {
 
 func TestDeliverTokenPerContainer(t *testing.T) {
 	p := newFakeProxy(map[string]string{"/etc/nginx/upstreamd/token": "00112233445566778899aabbccddeeff"})
-	d := newTestDeliverer(p)
 	for _, id := range []string{"proxy-1", "proxy-2"} {
-		if _, err := d.Token(t.Context(), id); err != nil {
+		if _, err := newTestSession(p, id).poolsToken(t.Context()); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,0 +1,70 @@
+// Package engine is the Docker engine as the integration suite uses it:
+// upstreamd's own client (containers.Client) plus what only tests do to
+// containers and networks: hang and thaw a container, run a command in it,
+// remove a network.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/client"
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/containers"
+)
+
+// Client is containers.Client with the suite's extra verbs.
+type Client struct {
+	*containers.Client
+	api *client.Client
+}
+
+// New connects to the engine of the environment (DOCKER_HOST or the
+// default socket).
+func New() (*Client, error) {
+	cc, err := containers.New(containers.Config{Logger: zerolog.Nop()})
+	if err != nil {
+		return nil, err
+	}
+	api, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return &Client{Client: cc, api: api}, nil
+}
+
+// Close closes both clients.
+func (c *Client) Close() error { return errors.Join(c.Client.Close(), c.api.Close()) }
+
+// Exec runs cmd in a running container and waits for it.
+func (c *Client) Exec(ctx context.Context, id string, cmd []string) (containers.ExecResult, error) {
+	return c.ExecWithStdin(ctx, id, cmd, nil)
+}
+
+// Pause freezes every process of a container (the engine's "hang").
+func (c *Client) Pause(ctx context.Context, id string) error {
+	if err := c.api.ContainerPause(ctx, id); err != nil {
+		return fmt.Errorf("pause container %s: %w", containers.ShortID(id), err)
+	}
+	return nil
+}
+
+// Unpause thaws a paused container.
+func (c *Client) Unpause(ctx context.Context, id string) error {
+	if err := c.api.ContainerUnpause(ctx, id); err != nil {
+		return fmt.Errorf("unpause container %s: %w", containers.ShortID(id), err)
+	}
+	return nil
+}
+
+// RemoveNetwork removes a network; a missing one counts as removed.
+func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
+	if err := c.api.NetworkRemove(ctx, name); err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("remove network %s: %w", name, err)
+	}
+	return nil
+}

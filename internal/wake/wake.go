@@ -1,0 +1,51 @@
+// Package wake is the one way a part of upstreamd wakes a loop: a channel
+// of capacity one and a send that never blocks, so any number of wake-ups
+// before the loop looks collapse into one, and the loop then reads the
+// current state afresh (level-triggered). Fanout does the same for several
+// loops that watch one thing.
+package wake
+
+import "sync"
+
+// Signal wakes one loop, which receives from C.
+type Signal struct{ c chan struct{} }
+
+// New returns a Signal with no wake-up pending.
+func New() Signal { return Signal{c: make(chan struct{}, 1)} }
+
+// Wake makes C ready, unless a wake-up is pending already.
+func (s Signal) Wake() {
+	select {
+	case s.c <- struct{}{}:
+	default:
+	}
+}
+
+// C receives once per run of wake-ups.
+func (s Signal) C() <-chan struct{} { return s.c }
+
+// Fanout wakes every loop that subscribed. The zero value is ready.
+type Fanout struct {
+	mu   sync.Mutex
+	subs []Signal
+}
+
+// Subscribe returns a channel that receives after each Wake (several may
+// collapse into one).
+func (f *Fanout) Subscribe() <-chan struct{} {
+	s := New()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.subs = append(f.subs, s)
+	return s.C()
+}
+
+// Wake wakes every subscriber.
+func (f *Fanout) Wake() {
+	f.mu.Lock()
+	subs := f.subs
+	f.mu.Unlock()
+	for _, s := range subs {
+		s.Wake()
+	}
+}

@@ -1,0 +1,113 @@
+package orchestrator
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// OverridesPrefix is where runtime replica overrides live:
+// /upstreamd/<project>/replicas/<service> = "<n>".
+func OverridesPrefix(project string) string {
+	return "/upstreamd/" + project + "/replicas/"
+}
+
+// MaxReplicas bounds replicas in the spec and in overrides.
+const MaxReplicas = 1000
+
+// ParseReplicas validates a replica count from etcd or the command line.
+func ParseReplicas(s string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("replicas %q is not a number", s)
+	}
+	if n < 1 || n > MaxReplicas {
+		return 0, fmt.Errorf("replicas %d out of range 1-%d", n, MaxReplicas)
+	}
+	return n, nil
+}
+
+// overrides is the one copy of the replica overrides in etcd, kept by a
+// store.Watch of OverridesPrefix. Passes read it from memory, so an etcd
+// outage never slows them down.
+type overrides struct {
+	prefix string
+	spec   Spec
+	log    zerolog.Logger
+	wake   func() // after every change
+
+	mu     sync.Mutex
+	raw    map[string]string // key → value, as in etcd
+	counts map[string]int    // service → valid override
+	loaded chan struct{}     // closed by the first load
+}
+
+func newOverrides(spec Spec, wake func(), log zerolog.Logger) *overrides {
+	return &overrides{prefix: OverridesPrefix(spec.Project), spec: spec, log: log, wake: wake,
+		raw: map[string]string{}, counts: map[string]int{}, loaded: make(chan struct{})}
+}
+
+// Loaded is closed once the overrides were read from etcd.
+func (o *overrides) Loaded() <-chan struct{} { return o.loaded }
+
+// Replicas returns the overrides by service, and false while they were
+// never read.
+func (o *overrides) Replicas() (map[string]int, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	select {
+	case <-o.loaded:
+		return o.counts, true
+	default:
+		return nil, false
+	}
+}
+
+// apply brings the copy to an update from store.Watch; invalid overrides
+// are logged (once per write) and skipped.
+func (o *overrides) apply(u store.Update) {
+	o.mu.Lock()
+	if u.Reset {
+		o.raw = map[string]string{}
+	}
+	for _, k := range u.Deleted {
+		delete(o.raw, k)
+	}
+	for _, kv := range u.KVs {
+		if o.valid(kv) {
+			o.raw[kv.Key] = string(kv.Value)
+		} else {
+			delete(o.raw, kv.Key)
+		}
+	}
+	counts := make(map[string]int, len(o.raw))
+	for k, v := range o.raw {
+		n, _ := ParseReplicas(v) // valid
+		counts[strings.TrimPrefix(k, o.prefix)] = n
+	}
+	o.counts = counts
+	select {
+	case <-o.loaded:
+	default:
+		close(o.loaded)
+	}
+	o.mu.Unlock()
+	o.wake()
+}
+
+func (o *overrides) valid(kv store.KV) bool {
+	if _, err := ParseReplicas(string(kv.Value)); err != nil {
+		o.log.Warn().Str("key", kv.Key).Err(err).Msg("ignoring replica override")
+		return false
+	}
+	if _, ok := o.spec.service(strings.TrimPrefix(kv.Key, o.prefix)); !ok {
+		o.log.Warn().Str("key", kv.Key).Msg("ignoring replica override of a service not in the spec")
+		return false
+	}
+	return true
+}

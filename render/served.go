@@ -1,0 +1,77 @@
+package render
+
+import (
+	"context"
+	"fmt"
+	"sync"
+)
+
+// Served is what nginx is known to serve: per service, the addresses of the
+// backends in the pools it runs. The Controller sets it once a push went
+// through or a reload was confirmed; drains wait on it before stopping a
+// backend, and rolling updates before retiring an old one. Until the first
+// pass it serves nothing, so an unknown pool is never mistaken for one
+// without a backend: a drain then waits for its timeout.
+type Served struct {
+	mu      sync.Mutex
+	set     map[string]map[string]bool // service → addresses
+	changed chan struct{}              // closed at the next change
+}
+
+// NewServed returns a Served that knows nothing yet.
+func NewServed() *Served {
+	return &Served{set: map[string]map[string]bool{}, changed: make(chan struct{})}
+}
+
+// Serves reports whether nginx is known to send traffic for service to addr.
+func (s *Served) Serves(service, addr string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.set[service][addr]
+}
+
+// Changed returns a channel closed at the next change of what is served.
+func (s *Served) Changed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+// WaitServes waits until Serves(service, addr) == want, or ctx ends.
+func (s *Served) WaitServes(ctx context.Context, service, addr string, want bool) error {
+	for {
+		s.mu.Lock()
+		ok := s.set[service][addr] == want
+		ch := s.changed
+		s.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			verb := "stop serving"
+			if want {
+				verb = "serve"
+			}
+			return fmt.Errorf("wait for nginx to %s %s of %s: %w", verb, addr, service, ctx.Err())
+		case <-ch:
+		}
+	}
+}
+
+// update records that nginx serves the pools of v.
+func (s *Served) update(v View) {
+	set := make(map[string]map[string]bool, len(v.Services))
+	for _, svc := range v.Services {
+		addrs := make(map[string]bool, len(svc.Backends))
+		for _, b := range svc.Backends {
+			addrs[b.Addr] = true
+		}
+		set[svc.Name] = addrs
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.set = set
+	close(s.changed)
+	s.changed = make(chan struct{})
+}

@@ -57,7 +57,7 @@ func (c *Client) pull(ctx context.Context, ref string) error {
 	defer cancel()
 	rc, err := c.api.ImagePull(pctx, ref, image.PullOptions{})
 	if err != nil {
-		return fmt.Errorf("image %s is not present and cannot be pulled (%v): %w; build it with `make images`", ref, err, ErrImageMissing)
+		return fmt.Errorf("image %s is not present and cannot be pulled (%w): %w; build it with `make images`", ref, err, ErrImageMissing)
 	}
 	defer rc.Close()
 	// The pull reports failures inside the progress stream.

@@ -155,7 +155,7 @@ func TestBench(t *testing.T) {
 					}
 				}
 				if p, err := b.pool("apache"); err != nil || len(p) != 3 {
-					return fmt.Errorf("pool %v, %v", p, err)
+					return fmt.Errorf("pool %v: %w", p, err)
 				}
 				return nil
 			})
@@ -396,7 +396,9 @@ func (b *bench) report() {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f/%.1f\n", r.Name, r.Requests, r.Non2xx, r.TransportErrors,
 			conv, r.Reloads, r.Pushes, float64(r.RSSBytes)/(1<<20), r.LatencyP50Ms, r.LatencyP99Ms)
 	}
-	tw.Flush()
+	if err := tw.Flush(); err != nil { // into a strings.Builder: never
+		b.t.Fatal(err)
+	}
 	fmt.Println(sb.String())
 	b.t.Log("\n" + sb.String())
 	out := os.Getenv("BENCH_OUT")

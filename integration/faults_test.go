@@ -207,7 +207,7 @@ func TestEtcdOutage(t *testing.T) {
 func TestDockerEventStreamBroken(t *testing.T) {
 	px, err := sockproxy.Start("/var/run/docker.sock")
 	require.NoError(t, err)
-	t.Cleanup(func() { px.Close() })
+	t.Cleanup(func() { _ = px.Close() }) // the test is over either way
 	s := newStack(t, withDockerHost("tcp://"+px.Addr()))
 	d := s.startDaemon()
 	s.waitConverged(3, 90*time.Second)

@@ -72,7 +72,7 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }() // a temp dir left behind is harmless
 	if binPath, err = daemon.Build(ctx, "..", dir); err != nil {
 		fmt.Fprintln(os.Stderr, "integration:", err)
 		return 1
@@ -97,7 +97,6 @@ type stackOptions struct {
 
 type option func(*stackOptions)
 
-func withReplicas(n int) option       { return func(o *stackOptions) { o.replicas = n } }
 func withTemplate(text string) option { return func(o *stackOptions) { o.template = text } }
 func withHealth(path, interval string, rise, fall int) option {
 	return func(o *stackOptions) { o.healthPath, o.interval, o.rise, o.fall = path, interval, rise, fall }
@@ -227,7 +226,9 @@ func (s *stack) removeAll() {
 	if err2 != nil {
 		s.t.Errorf("cleanup: network %s left behind: %v", s.project, err2)
 	}
-	s.docker.Close()
+	if err := s.docker.Close(); err != nil {
+		s.t.Logf("cleanup: %v", err)
+	}
 }
 
 // startDaemon runs `upstreamd run` on the stack's spec; it is stopped with

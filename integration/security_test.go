@@ -269,7 +269,7 @@ func TestContainersAreUnprivilegedWithLimits(t *testing.T) {
 		}
 		kvs, _, err := s.etcd.List(t.Context(), store.ServicePrefix(store.DefaultPrefix, "sticky"))
 		if err != nil || len(kvs) != 1 {
-			return fmt.Errorf("sticky registrations: %d, %v", len(kvs), err)
+			return fmt.Errorf("sticky registrations: %d: %w", len(kvs), err)
 		}
 		if _, err := s.servedHosts(9); err != nil {
 			return err

@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -542,8 +541,6 @@ func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
 	}
 	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, rev: 1}
 }
-
-var errFakeEtcd = errors.New("fake etcd: unavailable")
 
 func (f *fakeRegistry) Grant(_ context.Context, _ time.Duration) (*store.Lease, error) {
 	f.mu.Lock()

@@ -193,19 +193,8 @@ func (o *Orchestrator) becomeReady(ctx context.Context, firstPass <-chan struct{
 		return nil
 	case <-firstPass:
 	}
-	deadline := time.NewTimer(o.cfg.ReadyTimeout)
-	defer deadline.Stop()
-	for _, pending := o.health.Snapshot(); len(pending) > 0; _, pending = o.health.Snapshot() {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-deadline.C:
-			o.log.Warn().Dur("after", o.cfg.ReadyTimeout).Msg("some backends still await their first probe; going ahead")
-			pending = nil
-		case <-changed:
-			continue
-		}
-		break
+	if !o.awaitFirstProbes(ctx, changed) {
+		return nil
 	}
 	if retry.Until(ctx, retry.New(200*time.Millisecond, 5*time.Second), o.registrar.Flush, nil) != nil {
 		return nil // ctx ended
@@ -213,6 +202,26 @@ func (o *Orchestrator) becomeReady(ctx context.Context, firstPass <-chan struct{
 	o.log.Info().Msg("ready: etcd holds this node's healthy backends")
 	close(o.ready)
 	return nil
+}
+
+// awaitFirstProbes waits until no backend awaits its first probe, or
+// ReadyTimeout passed; it reports false when ctx ended.
+func (o *Orchestrator) awaitFirstProbes(ctx context.Context, changed <-chan struct{}) bool {
+	deadline := time.NewTimer(o.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	for {
+		if _, pending := o.health.Snapshot(); len(pending) == 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			o.log.Warn().Dur("after", o.cfg.ReadyTimeout).Msg("some backends still await their first probe; going ahead")
+			return true
+		case <-changed:
+		}
+	}
 }
 
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks

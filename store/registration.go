@@ -94,10 +94,10 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: key %q is not %s<service>/<host:port>", ErrInvalid, clip(key), p)
 	}
 	if err := ValidName(service); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: service %v", ErrInvalid, clip(key), err)
+		return Entry{}, fmt.Errorf("%w: key %q: service %w", ErrInvalid, clip(key), err)
 	}
 	if _, _, err := ParseAddr(addr); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: %v", ErrInvalid, clip(key), err)
+		return Entry{}, fmt.Errorf("%w: key %q: %w", ErrInvalid, clip(key), err)
 	}
 	if len(value) > MaxValueSize {
 		return Entry{}, fmt.Errorf("%w: key %q: value of %d bytes exceeds %d", ErrInvalid, clip(key), len(value), MaxValueSize)
@@ -106,7 +106,7 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&reg); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: value is not registration JSON: %v", ErrInvalid, clip(key), err)
+		return Entry{}, fmt.Errorf("%w: key %q: value is not registration JSON: %w", ErrInvalid, clip(key), err)
 	}
 	// Only JSON whitespace may follow. (Decoder.More is not enough: it
 	// reports false before a stray '}' or ']'.)
@@ -114,7 +114,7 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 		return Entry{}, fmt.Errorf("%w: key %q: value has trailing data", ErrInvalid, clip(key))
 	}
 	if err := reg.validate(); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: %v", ErrInvalid, clip(key), err)
+		return Entry{}, fmt.Errorf("%w: key %q: %w", ErrInvalid, clip(key), err)
 	}
 	return Entry{Key: key, Service: service, Addr: addr, Reg: reg, Value: string(value)}, nil
 }
@@ -122,7 +122,7 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 func (r Registration) validate() error {
 	if r.Host != "" {
 		if err := validHostname(r.Host); err != nil {
-			return fmt.Errorf("host: %v", err)
+			return fmt.Errorf("host: %w", err)
 		}
 	}
 	if r.IPv4 != "" {
@@ -176,7 +176,7 @@ func ParseAddr(addr string) (host string, port int, err error) {
 		return h, n, nil
 	}
 	if err := validHostname(h); err != nil {
-		return "", 0, fmt.Errorf("address %q: %v", clip(addr), err)
+		return "", 0, fmt.Errorf("address %q: %w", clip(addr), err)
 	}
 	return h, n, nil
 }

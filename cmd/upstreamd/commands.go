@@ -77,14 +77,16 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			if *cfg.Proxy.Dynamic {
 				// The pools are not in the file: show what would be pushed.
-				_, err = fmt.Fprintf(stdout, "\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
+				var b strings.Builder
+				b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
 				for _, s := range view.Services {
 					addrs := make([]string, 0, len(s.Backends))
 					for _, b := range s.Backends {
 						addrs = append(addrs, b.Addr)
 					}
-					fmt.Fprintf(stdout, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
+					fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
 				}
+				_, err = io.WriteString(stdout, b.String())
 			}
 			return err
 		},

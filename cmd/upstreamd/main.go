@@ -40,7 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "upstreamd:", err)
+		_, _ = fmt.Fprintln(stderr, "upstreamd:", err) // nowhere left to report a failure to write it
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2

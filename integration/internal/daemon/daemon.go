@@ -115,7 +115,7 @@ func (p *Process) WaitLog(ctx context.Context, substr string, timeout time.Durat
 		case <-ctx.Done():
 			return fmt.Errorf("daemon logs do not contain %q after %s", substr, timeout)
 		case <-p.done:
-			return fmt.Errorf("daemon exited (%v) before logging %q", p.err, substr)
+			return fmt.Errorf("daemon exited (%w) before logging %q", p.err, substr)
 		case <-changed:
 		}
 	}

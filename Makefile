@@ -58,6 +58,8 @@ demo-down:
 	-ids=$$($(DOCKER) ps -aq --filter label=io.upstreamd.project=upstreamd); \
 		[ -z "$$ids" ] || $(DOCKER) rm -f -v $$ids >/dev/null
 	$(COMPOSE) down -v
+	-nets=$$($(DOCKER) network ls -q --filter label=io.upstreamd.project=upstreamd); \
+		[ -z "$$nets" ] || $(DOCKER) network rm $$nets >/dev/null
 
 ## test: every test, unit and integration (real Docker, nginx, Apache, etcd)
 test: unit integration

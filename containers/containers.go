@@ -142,6 +142,21 @@ func (c *Client) Ping(ctx context.Context) (string, error) {
 	return fmt.Sprintf("%s (API %s)", v.Version, c.api.ClientVersion()), nil
 }
 
+// EngineID returns the engine's unique ID (docker info's ID): two daemons
+// with the same engine ID manage the same containers.
+func (c *Client) EngineID(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	info, err := c.api.Info(ctx)
+	if err != nil {
+		return "", fmt.Errorf("docker engine at %s: info: %w", c.api.DaemonHost(), err)
+	}
+	if info.ID == "" {
+		return "", fmt.Errorf("docker engine at %s: info has no ID", c.api.DaemonHost())
+	}
+	return info.ID, nil
+}
+
 // List returns every container, in any state, labelled with the project.
 func (c *Client) List(ctx context.Context, project string) ([]Container, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)

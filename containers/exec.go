@@ -53,6 +53,9 @@ func (c *Client) ExecWithStdin(ctx context.Context, id string, cmd []string, std
 		return ExecResult{}, fmt.Errorf("attach exec %q in container %s: %w", cmd[0], ShortID(id), err)
 	}
 	defer att.Close()
+	// The deadline bounds the hijacked stream too, not only the dial: a
+	// command that hangs (nginx -t on a stuck volume) is cut off with it.
+	defer context.AfterFunc(ctx, att.Close)()
 	werr := make(chan error, 1)
 	if stdin != nil {
 		// Write concurrently with reading, so a command that writes output
@@ -69,6 +72,9 @@ func (c *Client) ExecWithStdin(ctx context.Context, id string, cmd []string, std
 	}
 	var stdout, stderr bytes.Buffer
 	if _, err := stdcopy.StdCopy(&limitWriter{w: &stdout, n: maxExecOutput}, &limitWriter{w: &stderr, n: maxExecOutput}, att.Reader); err != nil {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+		}
 		return ExecResult{}, fmt.Errorf("read exec %q output in container %s: %w", cmd[0], ShortID(id), err)
 	}
 	if err := <-werr; err != nil {

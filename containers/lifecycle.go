@@ -53,6 +53,9 @@ type CreateSpec struct {
 	NanoCPUs int64
 	// StopTimeout is the grace the engine gives on stop before SIGKILL.
 	StopTimeout time.Duration
+	// CapDrop lists capabilities taken from the engine's default set
+	// (NET_RAW, say: no raw sockets to spoof a neighbour with).
+	CapDrop []string
 }
 
 // Create creates a container (without starting it) and returns it as
@@ -102,6 +105,7 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 		}
 	}
 	hostCfg := &container.HostConfig{
+		CapDrop:     s.CapDrop,
 		VolumesFrom: s.VolumesFrom,
 		Resources: container.Resources{
 			Memory:   s.MemoryBytes,

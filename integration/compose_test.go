@@ -3,9 +3,16 @@
 package integration
 
 import (
+	"net"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/integration/internal/engine"
 )
 
 // TestComposeFile: docker-compose.yml is valid for the compose tools on
@@ -40,4 +47,85 @@ func TestComposeFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestComposeDemo runs the demo as `make demo` does and checks what it
+// promises: nginx answers on 127.0.0.1:8080; the backends cannot reach etcd
+// (it is on a network they are not on), so none can rewrite the pools or
+// the replica counts; and the one-shot commands work from the host with
+// their defaults (etcd on 127.0.0.1:2379).
+func TestComposeDemo(t *testing.T) {
+	compose := composeTool(t)
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:2379"} {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			_ = c.Close()
+			t.Fatalf("%s answers already: stop the demo (make demo-down) before the tests", addr)
+		}
+	}
+	run := func(args ...string) string {
+		cmd := exec.Command(compose[0], append(compose[1:], args...)...)
+		cmd.Dir = ".."
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "%s %v:\n%s", compose, args, out)
+		return string(out)
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command("make", "demo-down")
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("make demo-down: %v\n%s", err, out)
+		}
+	})
+	run("up", "-d")
+	s := &stack{t: t, project: "upstreamd", publish: "127.0.0.1:8080", opts: stackOptions{service: "apache"}}
+	var err error
+	s.docker, err = engine.New()
+	require.NoError(t, err)
+	defer func() { _ = s.docker.Close() }()
+	eventually(t, 90*time.Second, "the demo serves on 127.0.0.1:8080", func() error {
+		_, err := s.servedHosts(6)
+		return err
+	})
+
+	backends := s.backends()
+	require.NotEmpty(t, backends)
+	etcdIP := ""
+	list, err := s.docker.ListAll(t.Context())
+	require.NoError(t, err)
+	for _, c := range list {
+		if c.Image == "upstreamd/etcd:latest" && c.State == containers.StateRunning {
+			for _, ip := range c.IPs {
+				etcdIP = ip
+			}
+		}
+	}
+	require.NotEmpty(t, etcdIP, "no running etcd container of the demo")
+	res, err := s.docker.Exec(t.Context(), backends[0].ID, []string{"sh", "-c",
+		"getent hosts etcd; timeout 3 bash -c 'exec 3<>/dev/tcp/" + etcdIP + "/2379' && echo REACHED"})
+	require.NoError(t, err)
+	require.NotContains(t, res.Output(), "REACHED", "a backend reaches etcd at %s", etcdIP)
+	require.NotContains(t, res.Output(), etcdIP, "a backend resolves the name etcd")
+
+	p, err := daemon.Start(binPath, []string{"status"}, nil)
+	require.NoError(t, err)
+	select {
+	case <-p.Done():
+	case <-time.After(30 * time.Second):
+		p.Kill()
+		t.Fatal("upstreamd status from the host did not finish")
+	}
+	require.NoError(t, p.Err(), "upstreamd status from the host:\n%s", p.Logs())
+	require.Contains(t, p.Logs(), "/services/apache/", "status shows the demo's registrations:\n%s", p.Logs())
+}
+
+// composeTool returns the compose command of this machine.
+func composeTool(t *testing.T) []string {
+	if _, err := exec.LookPath("docker-compose"); err == nil {
+		return []string{"docker-compose"}
+	}
+	if err := exec.Command("docker", "compose", "version").Run(); err == nil {
+		return []string{"docker", "compose"}
+	}
+	t.Skip("neither docker-compose nor docker compose is installed")
+	return nil
 }

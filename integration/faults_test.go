@@ -3,17 +3,23 @@
 package integration
 
 import (
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
 	"github.com/upstreamd/upstreamd/integration/internal/sockproxy"
+	"github.com/upstreamd/upstreamd/orchestrator"
 )
 
 // Fault injection: every test breaks one part of the running stack and
@@ -200,17 +206,25 @@ func TestEtcdOutage(t *testing.T) {
 	require.NotContains(t, d.Logs(), "backends_apache=0", "an empty pool was rendered")
 }
 
-// TestDockerEventStreamBroken: the daemon talks to the engine through a
-// proxy that cuts every connection for a while, as an engine restart
-// would. A backend killed meanwhile (its "die" event is lost) is noticed
-// after the stream reconnects (backoff, then a full pass) and replaced.
-func TestDockerEventStreamBroken(t *testing.T) {
+// dockerBehindProxy runs a converged stack whose daemon talks to the
+// engine through a proxy the test can cut or stall.
+func dockerBehindProxy(t *testing.T) (*sockproxy.Proxy, *stack, *daemon.Process) {
+	t.Helper()
 	px, err := sockproxy.Start("/var/run/docker.sock")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = px.Close() }) // the test is over either way
 	s := newStack(t, withDockerHost("tcp://"+px.Addr()))
 	d := s.startDaemon()
 	s.waitConverged(3, 90*time.Second)
+	return px, s, d
+}
+
+// TestDockerEventStreamBroken: the daemon talks to the engine through a
+// proxy that cuts every connection for a while, as an engine restart
+// would. A backend killed meanwhile (its "die" event is lost) is noticed
+// after the stream reconnects (backoff, then a full pass) and replaced.
+func TestDockerEventStreamBroken(t *testing.T) {
+	px, s, d := dockerBehindProxy(t)
 	r := s.startLoad()
 	waitRequests(t, r, 500)
 
@@ -300,8 +314,19 @@ func TestFlappingBackend(t *testing.T) {
 	t.Logf("during 12 s of flapping: %d health flips, %d pool pushes, %d reloads", flips, pushes()-pushes0, reloads(d.Logs())-reloads0)
 	require.LessOrEqual(t, pushes()-pushes0, 2, "hysteresis bounds the pool changes")
 	require.Equal(t, reloads0, reloads(d.Logs()), "pool changes never reload nginx")
+	// It did fall (the flaps were seen) and, healthy for good, comes back.
+	fell := false
+	for _, l := range strings.Split(d.Logs(), "\n") {
+		fell = fell || strings.Contains(l, flappy.Name) && strings.Contains(l, "to=unhealthy")
+	}
+	require.True(t, fell, "the flapping backend never fell")
 	// Healthy for good now: back after rise passes.
 	s.waitConverged(3, 30*time.Second)
+	back := false
+	for _, l := range strings.Split(d.Logs(), "\n") {
+		back = back || strings.Contains(l, flappy.Name) && strings.Contains(l, "from=unhealthy") && strings.Contains(l, "to=healthy")
+	}
+	require.True(t, back, "the flapping backend never came back")
 	// Requests that reached the backend in a failing second, before its
 	// fall, got its 500 (nginx retries only errors, timeouts, 502-504).
 	logLoad(t, r)
@@ -336,4 +361,209 @@ func TestKeysDeletedByHand(t *testing.T) {
 
 	requireNoFailures(t, r.Stop())
 	require.NotContains(t, d.Logs(), "backends_apache=0", "an empty pool was pushed")
+}
+
+// TestBackendHung: a backend that hangs (docker pause: it accepts
+// connections and never answers) leaves the pool within
+// interval + (fall-1)*max(interval/fall, timeout) + timeout of the hang, is
+// not replaced (it still runs), and comes back once it answers again. The
+// requests sent to it before it left the pool hang with it (nginx waits
+// proxy_read_timeout, the load client gives up after 5 s): at most one per
+// load connection; every request sent after it left the pool is served.
+func TestBackendHung(t *testing.T) {
+	s := newStack(t) // interval 500ms, timeout 400ms, fall 2, rise 2
+	s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	victim := s.backends()[0]
+	addr := net.JoinHostPort(victim.IPs[s.project], "80")
+	r := s.startLoad()
+	waitRequests(t, r, 300)
+
+	require.NoError(t, s.docker.Pause(t.Context(), victim.ID))
+	paused := time.Now()
+	eventually(t, 30*time.Second, "the hung backend leaves the pool", func() error {
+		pool, err := s.nginxPool("apache")
+		if err != nil {
+			return err
+		}
+		if pool[addr] {
+			return fmt.Errorf("%s still in the pool", addr)
+		}
+		return nil
+	})
+	out := time.Now()
+	t.Logf("hung backend out of the pool %s after the pause (bound: 500ms + 1*500ms + 400ms = 1.4s, plus a probe's timing)", out.Sub(paused).Round(time.Millisecond))
+	list, err := s.docker.List(t.Context(), s.project)
+	require.NoError(t, err)
+	states := map[string]int{}
+	for _, c := range list {
+		if c.Role == containers.RoleBackend {
+			states[c.State]++
+		}
+	}
+	require.Equal(t, map[string]int{"running": 2, "paused": 1}, states, "a hung backend is not replaced: it still runs")
+	waitRequests(t, r, 300)
+
+	require.NoError(t, s.docker.Unpause(t.Context(), victim.ID))
+	s.waitConverged(3, 30*time.Second)
+	pool, err := s.nginxPool("apache")
+	require.NoError(t, err)
+	require.True(t, pool[addr], "the thawed backend is back in the pool")
+	require.Contains(t, names(s.backends()), victim.Name, "the same container, not a replacement")
+	res := r.Stop()
+	t.Logf("load: %s", res)
+	require.LessOrEqual(t, res.Failed(), 8, "more failures than requests in flight on 8 connections when it froze")
+	for _, smp := range res.Samples {
+		if smp.Err != "" || smp.Status != http.StatusOK {
+			require.Equal(t, "read: timeout", smp.Err, "a request failed otherwise than by hanging with the backend")
+			require.True(t, smp.At.Before(out), "a request sent %s after the backend left the pool failed", smp.At.Sub(out))
+		}
+	}
+}
+
+// etcdBehindProxy points the daemon at etcd through a proxy the test can
+// cut; the test's own client talks to etcd directly.
+func etcdBehindProxy(t *testing.T, s *stack) *sockproxy.Proxy {
+	t.Helper()
+	px, err := sockproxy.StartTCP(strings.TrimPrefix(s.etcdURL, "http://"))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = px.Close() }) // the test is over either way
+	s.daemonEtcd = "http://" + px.Addr()
+	s.writeConfig()
+	return px
+}
+
+// TestEtcdPartitionLeaseExpires: the daemon loses etcd for longer than its
+// lease (etcd itself stays up): etcd drops the lease and every key of the
+// node. Meanwhile the replica count changes and etcd compacts its history,
+// so the daemon's watches cannot resume where they stopped: they must list
+// again, not go silent. Afterwards the node holds its names under a new
+// lease, its keys are back, the new count applies; nginx keeps serving.
+func TestEtcdPartitionLeaseExpires(t *testing.T) {
+	s := newStack(t)
+	px := etcdBehindProxy(t, s)
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	oldLease := s.keys()[0].Lease
+	r := s.startLoad()
+	waitRequests(t, r, 300)
+
+	px.Cut()
+	eventually(t, 30*time.Second, "the lease expired and took the keys", func() error {
+		if keys := s.keys(); len(keys) != 0 {
+			return fmt.Errorf("%d keys left", len(keys))
+		}
+		return nil
+	})
+	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{s.etcdURL}, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	defer func() { _ = admin.Close() }()
+	resp, err := admin.Put(t.Context(), orchestrator.OverridesPrefix(s.project)+"apache", "4")
+	require.NoError(t, err)
+	_, err = admin.Compact(t.Context(), resp.Header.Revision)
+	require.NoError(t, err)
+	waitRequests(t, r, 300) // nginx serves on without etcd
+	px.Restore()
+
+	s.waitConverged(4, 90*time.Second)
+	keys := s.keys()
+	require.NotEqual(t, oldLease, keys[0].Lease, "registrations under a new lease")
+	node, _, err := s.etcd.List(t.Context(), orchestrator.NodesPrefix(s.project))
+	require.NoError(t, err)
+	require.Len(t, node, 1, "the node announced again")
+	requireNoFailures(t, r.Stop())
+	require.NotContains(t, d.Logs(), "backends_apache=0", "an empty pool was rendered")
+}
+
+// TestEtcdWiped: etcd comes back empty (a new member, the data lost):
+// the lease, the node's names and its registrations are gone, and the
+// revisions start over. The daemon claims its names again, registers its
+// backends again, and nginx keeps serving throughout.
+func TestEtcdWiped(t *testing.T) {
+	port := freePort(t)
+	s := newStack(t, withEtcdPort(port))
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	r := s.startLoad()
+	waitRequests(t, r, 300)
+
+	require.NoError(t, s.etcdC.Terminate(t.Context()))
+	fresh, err := runEtcd(t, port)
+	require.NoError(t, err)
+	s.etcdC = fresh
+
+	s.waitConverged(3, 90*time.Second)
+	node, _, err := s.etcd.List(t.Context(), orchestrator.NodesPrefix(s.project))
+	require.NoError(t, err)
+	require.Len(t, node, 1, "the node announced again")
+	waitRequests(t, r, 300)
+	requireNoFailures(t, r.Stop())
+	require.NotContains(t, d.Logs(), "backends_apache=0", "an empty pool was rendered")
+}
+
+// TestDockerEventStreamStalled: the engine's event stream stops moving
+// without closing (its connection hangs; the others work). The proxy
+// is killed meanwhile: nothing but its "die" event would tell the daemon
+// (no probe watches nginx), and that event never arrives. The daemon
+// reopens the quiet stream (the engine sends no heartbeat, so quiet is all
+// it can see), and its full pass replaces the proxy well before the 30 s
+// resync would.
+func TestDockerEventStreamStalled(t *testing.T) {
+	px, s, d := dockerBehindProxy(t)
+
+	px.StallEvents()
+	defer px.Resume()
+	proxy := s.proxy()
+	require.NoError(t, s.docker.Signal(t.Context(), proxy.ID, "KILL"))
+	killed := time.Now()
+	eventually(t, 60*time.Second, "a new proxy serves", func() error {
+		list, err := s.docker.List(t.Context(), s.project)
+		if err != nil {
+			return err
+		}
+		for _, c := range list {
+			if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.ID != proxy.ID {
+				_, err := s.servedHosts(3)
+				return err
+			}
+		}
+		return errors.New("no new proxy running yet")
+	})
+	took := time.Since(killed)
+	t.Logf("killed proxy replaced and serving %s after the kill, its die event stalled", took.Round(time.Millisecond))
+	require.Contains(t, d.Logs(), "docker event stream quiet; reopening it")
+	require.Less(t, took, 28*time.Second, "replaced only by the 30 s resync, not by reopening the stalled stream")
+}
+
+// TestRestartWhileEtcdUnreachable: the daemon restarts while it cannot
+// reach etcd, with an override of 5 replicas (the spec says 3). It says
+// what it waits for and touches nothing: no backend is stopped, nothing
+// scales to the spec's count, nginx keeps serving all 5. Once etcd answers
+// it adopts them and the override stands.
+func TestRestartWhileEtcdUnreachable(t *testing.T) {
+	s := newStack(t)
+	px := etcdBehindProxy(t, s)
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	out, err := s.cli("scale", "apache", "5")
+	require.NoError(t, err, out)
+	before := s.waitConverged(5, 90*time.Second)
+	r := s.startLoad()
+	waitRequests(t, r, 300)
+
+	d.Kill()
+	px.Cut()
+	d2 := s.startDaemon()
+	require.NoError(t, d2.WaitLog(t.Context(), "no container is touched until then", 30*time.Second))
+	waitRequests(t, r, 5000) // a few seconds without etcd
+	require.Equal(t, before, hostsOf(s.backends()), "backends changed while etcd was unreachable")
+	pool, err := s.nginxPool("apache")
+	require.NoError(t, err)
+	require.Len(t, pool, 5, "nginx stopped serving some backends")
+
+	px.Restore()
+	after := s.waitConverged(5, 90*time.Second)
+	require.Equal(t, before, after, "the restarted daemon replaced backends instead of adopting them")
+	requireNoFailures(t, r.Stop())
+	require.NotContains(t, d2.Logs(), "draining backend")
 }

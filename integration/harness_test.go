@@ -93,10 +93,13 @@ type stackOptions struct {
 	dockerHost  string // [docker] host; empty: the default socket
 	etcdPort    int    // publish etcd on this fixed 127.0.0.1 port (survives a restart)
 	serviceTOML string // more keys inside [[service]]
+	project     string // the project; empty: "it" and random hex
+	service     string // the service; empty: apache
 }
 
 type option func(*stackOptions)
 
+func withReplicas(n int) option       { return func(o *stackOptions) { o.replicas = n } }
 func withTemplate(text string) option { return func(o *stackOptions) { o.template = text } }
 func withHealth(path, interval string, rise, fall int) option {
 	return func(o *stackOptions) { o.healthPath, o.interval, o.rise, o.fall = path, interval, rise, fall }
@@ -106,6 +109,8 @@ func withExtraTOML(s string) option   { return func(o *stackOptions) { o.extra +
 func withProxyTOML(s string) option   { return func(o *stackOptions) { o.proxyTOML += s + "\n" } }
 func withDockerHost(h string) option  { return func(o *stackOptions) { o.dockerHost = h } }
 func withEtcdPort(p int) option       { return func(o *stackOptions) { o.etcdPort = p } }
+func withProject(p string) option     { return func(o *stackOptions) { o.project = p } }
+func withService(name string) option  { return func(o *stackOptions) { o.service = name } }
 
 // stack is one test's world: its own etcd, project, network and port.
 type stack struct {
@@ -113,6 +118,7 @@ type stack struct {
 	project    string
 	publish    string // 127.0.0.1:port nginx is published on
 	etcdURL    string
+	daemonEtcd string // the endpoint the daemon is given, when not etcdURL
 	etcd       *store.Client
 	docker     *engine.Client
 	configFile string
@@ -136,25 +142,16 @@ func freePort(t *testing.T) int {
 
 func newStack(t *testing.T, opts ...option) *stack {
 	t.Helper()
-	o := stackOptions{replicas: 3, healthPath: "/healthz", interval: "500ms", timeout: "400ms", rise: 2, fall: 2}
+	o := stackOptions{replicas: 3, healthPath: "/healthz", interval: "500ms", timeout: "400ms", rise: 2, fall: 2,
+		project: "it" + randomHex(4), service: "apache"}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	ctx := t.Context()
-	s := &stack{t: t, project: "it" + randomHex(4), opts: o}
+	s := &stack{t: t, project: o.project, opts: o}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
-	var etcdOpts []testcontainers.ContainerCustomizer
-	if o.etcdPort != 0 {
-		etcdOpts = append(etcdOpts, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
-			hc.PortBindings = network.PortMap{network.MustParsePort("2379/tcp"): {
-				{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(o.etcdPort)}}}
-		}))
-	}
-	ec, err := etcd.Run(ctx, etcd.DefaultImage, etcdOpts...)
-	if ec != nil {
-		testcontainers.CleanupContainer(t, ec.EtcdContainer)
-	}
+	ec, err := runEtcd(t, o.etcdPort)
 	require.NoError(t, err)
 	s.etcdURL, err = ec.Endpoint(ctx)
 	require.NoError(t, err)
@@ -173,15 +170,39 @@ func newStack(t *testing.T, opts ...option) *stack {
 	return s
 }
 
+// runEtcd starts an etcd container, published on the fixed 127.0.0.1 port
+// when port is not 0; it is removed when the test ends.
+func runEtcd(t *testing.T, port int) (*etcd.Container, error) {
+	var opts []testcontainers.ContainerCustomizer
+	if port != 0 {
+		opts = append(opts, testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			hc.PortBindings = network.PortMap{network.MustParsePort("2379/tcp"): {
+				{HostIP: netip.MustParseAddr("127.0.0.1"), HostPort: strconv.Itoa(port)}}}
+		}))
+	}
+	ec, err := etcd.Run(t.Context(), etcd.DefaultImage, opts...)
+	if ec != nil {
+		testcontainers.CleanupContainer(t, ec.EtcdContainer)
+	}
+	return ec, err
+}
+
 // writeConfig writes the spec file from the options.
-func (s *stack) writeConfig() {
+func (s *stack) writeConfig() { s.writeConfigAs(s.configFile, "node-"+s.project) }
+
+// writeConfigAs writes the spec file of the options to file, for node.
+func (s *stack) writeConfigAs(file, node string) {
 	o := s.opts
 	var b strings.Builder
-	fmt.Fprintf(&b, "project = %q\nnode = %q\n", s.project, "node-"+s.project)
+	fmt.Fprintf(&b, "project = %q\nnode = %q\n", s.project, node)
 	if o.dockerHost != "" {
 		fmt.Fprintf(&b, "[docker]\nhost = %q\n", o.dockerHost)
 	}
-	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", s.etcdURL)
+	endpoint := s.etcdURL
+	if s.daemonEtcd != "" {
+		endpoint = s.daemonEtcd
+	}
+	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", endpoint)
 	fmt.Fprintf(&b, "[proxy]\npublish = %q\n", s.publish)
 	b.WriteString(o.proxyTOML)
 	if o.template != "" {
@@ -189,11 +210,11 @@ func (s *stack) writeConfig() {
 		require.NoError(s.t, os.WriteFile(f, []byte(o.template), 0o644))
 		fmt.Fprintf(&b, "template = %q\n", f)
 	}
-	fmt.Fprintf(&b, "[[service]]\nname = \"apache\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.replicas, o.serviceTOML)
+	fmt.Fprintf(&b, "[[service]]\nname = %q\nimage = \"upstreamd/apache:latest\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.service, o.replicas, o.serviceTOML)
 	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = %q\nrise = %d\nfall = %d\n",
 		o.healthPath, o.interval, o.timeout, o.rise, o.fall)
 	b.WriteString(o.extra)
-	require.NoError(s.t, os.WriteFile(s.configFile, []byte(b.String()), 0o644))
+	require.NoError(s.t, os.WriteFile(file, []byte(b.String()), 0o644))
 }
 
 // removeAll removes every container and the network of the project.
@@ -303,6 +324,17 @@ func (s *stack) backends() []containers.Container {
 	return out
 }
 
+// hostsOf returns the host names of containers (their names as DNS
+// labels), sorted: what they register and what Apache answers.
+func hostsOf(cs []containers.Container) []string {
+	out := make([]string, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, store.HostLabel(c.Name))
+	}
+	sort.Strings(out)
+	return out
+}
+
 func names(cs []containers.Container) []string {
 	out := make([]string, 0, len(cs))
 	for _, c := range cs {
@@ -322,7 +354,7 @@ func (s *stack) keys() []store.Entry {
 
 // tryKeys is keys for polling: an etcd error is returned, not fatal.
 func (s *stack) tryKeys() ([]store.Entry, error) {
-	kvs, _, err := s.etcd.List(s.t.Context(), store.ServicePrefix(store.DefaultPrefix, "apache"))
+	kvs, _, err := s.etcd.List(s.t.Context(), store.ServicePrefix(store.DefaultPrefix, s.opts.service))
 	if err != nil {
 		return nil, err
 	}
@@ -407,7 +439,7 @@ func (s *stack) waitConverged(n int, timeout time.Duration) []string {
 	s.t.Helper()
 	var want []string
 	eventually(s.t, timeout, fmt.Sprintf("%d backends running, registered and served", n), func() error {
-		want = names(s.backends())
+		want = hostsOf(s.backends())
 		if len(want) != n {
 			return fmt.Errorf("%d backends running, want %d: %v", len(want), n, want)
 		}

@@ -117,6 +117,23 @@ func TestRollingUpdateUnderLoad(t *testing.T) {
 	s.writeConfig()
 	d2 := s.startDaemon()
 
+	// Watch nginx's pool all along: never fewer than 3 backends.
+	minServed := make(chan int, 1)
+	stopWatch := make(chan struct{})
+	go func() {
+		least := 3
+		for {
+			select {
+			case <-stopWatch:
+				minServed <- least
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			if pool, err := s.nginxPool("apache"); err == nil {
+				least = min(least, len(pool))
+			}
+		}
+	}()
 	eventually(t, 3*time.Minute, "every backend runs the new spec", func() error {
 		bs := s.backends()
 		for _, b := range bs {
@@ -134,6 +151,8 @@ func TestRollingUpdateUnderLoad(t *testing.T) {
 		require.NotContains(t, old, h)
 	}
 	require.Equal(t, 3, strings.Count(d2.Logs(), "rolling update: starting a new backend"), "one at a time, three times")
+	close(stopWatch)
+	require.GreaterOrEqual(t, <-minServed, 3, "nginx served fewer backends than replicas during the update")
 	waitRequests(t, r, 500)
 
 	requireNoFailures(t, r.Stop())

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/engine"
 	"github.com/upstreamd/upstreamd/integration/internal/etcd"
@@ -105,26 +107,25 @@ func TestEtcdTLSAndAuth(t *testing.T) {
 		require.Contains(t, out, a, "`upstreamd render` through TLS+auth shows every registration")
 	}
 
-	// A wrong password: a clear error, retries, no exit, no registration.
+	// A wrong password: a clear error, retries, no exit, and nothing done:
+	// a daemon that cannot hold its node name in etcd touches no container.
 	s2 := newTLSStack(t, endpoint, certs, "upstreamd", "wrong-"+randomHex(12), 1)
 	d2 := s2.startDaemon()
 	require.NoError(t, d2.WaitLog(ctx, "authentication failed", 30*time.Second),
 		"a wrong password must be logged as an authentication error")
-	// Its backend becomes healthy (Docker needs no etcd), so the registrar
-	// has something to register and would, if etcd let it.
-	eventually(t, 60*time.Second, "the wrong-password daemon's backend is healthy and the daemon retried etcd", func() error {
+	eventually(t, 60*time.Second, "the wrong-password daemon retried etcd", func() error {
 		processRunning(t, d2, "the daemon with a wrong password")
-		logs := d2.Logs()
-		if !strings.Contains(logs, "to=healthy") {
-			return errors.New("no backend healthy yet")
-		}
-		for _, l := range strings.Split(logs, "\n") {
+		for _, l := range strings.Split(d2.Logs(), "\n") {
 			if strings.Contains(l, "etcd still unreachable") && strings.Contains(l, "authentication failed") {
 				return nil // a retry after backoff failed the same way
 			}
 		}
 		return errors.New("no retry of etcd logged yet")
 	})
+	require.Contains(t, d2.Logs(), "no container is touched until then", "the wait for etcd is said")
+	list, err := s2.docker.List(ctx, s2.project)
+	require.NoError(t, err)
+	require.Empty(t, list, "the wrong-password daemon created containers without holding its node name")
 	processRunning(t, d2, "the daemon with a wrong password")
 	kvs, err := admin.Get(ctx, "/services/", clientv3.WithPrefix())
 	require.NoError(t, err)
@@ -294,6 +295,10 @@ func TestContainersAreUnprivilegedWithLimits(t *testing.T) {
 		roles[role]++
 		require.Falsef(t, hc.Privileged, "%s (%s) is privileged", c.Name, role)
 		require.Emptyf(t, hc.CapAdd, "%s (%s) adds capabilities", c.Name, role)
+		if c.Role == containers.RoleBackend {
+			dropsRaw := slices.ContainsFunc(hc.CapDrop, func(c string) bool { return strings.TrimPrefix(c, "CAP_") == "NET_RAW" })
+			require.Truef(t, dropsRaw, "%s (%s) keeps NET_RAW (drops %v)", c.Name, role, hc.CapDrop)
+		}
 		require.Emptyf(t, hc.Binds, "%s (%s) bind-mounts host paths", c.Name, role)
 		require.Emptyf(t, hc.Devices, "%s (%s) has host devices", c.Name, role)
 		for _, m := range in.Mounts {

@@ -110,8 +110,25 @@ func (c *Client) Session(p Proxy) *Session {
 	s := &Session{cfg: c.cfg, status: c.status, proxy: p}
 	if c.cfg.StatusPort > 0 && p.IP != "" {
 		s.statusAddr = net.JoinHostPort(p.IP, strconv.Itoa(c.cfg.StatusPort))
+		s.admin = sourceIP(s.statusAddr)
 	}
 	return s
+}
+
+// sourceIP returns the address this process reaches addr from: its own on
+// the proxy's network when it runs in a container there, the network's
+// gateway when it runs on the host. A UDP "connection" sends nothing; it
+// only asks the kernel for the route.
+func sourceIP(addr string) string {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = c.Close() }() // nothing was sent
+	if a, ok := c.LocalAddr().(*net.UDPAddr); ok {
+		return a.IP.String()
+	}
+	return ""
 }
 
 // Session is one proxy container as the daemon knows it. It remembers what
@@ -122,6 +139,7 @@ type Session struct {
 	status     *statusClient
 	proxy      Proxy
 	statusAddr string // ip:port of the status server; empty when none
+	admin      string // the address the proxy sees this daemon at
 
 	live         []byte // the bytes known live, when liveKnown
 	liveKnown    bool
@@ -139,6 +157,10 @@ func (s *Session) Proxy() Proxy { return s.proxy }
 // HasStatus reports whether the status server can be reached: a status
 // port is configured and the proxy's address is known.
 func (s *Session) HasStatus() bool { return s.statusAddr != "" }
+
+// Admin returns the address the proxy sees this daemon at: the one address
+// its pools API is to accept. Empty when unknown.
+func (s *Session) Admin() string { return s.admin }
 
 // Short returns the container ID as the docker CLI shows it.
 func (p Proxy) Short() string { return containers.ShortID(p.ID) }

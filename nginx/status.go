@@ -3,6 +3,7 @@ package nginx
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -42,6 +43,8 @@ func (c *statusClient) pushPools(ctx context.Context, addr, token string, body [
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return nil
+	case http.StatusForbidden:
+		return fmt.Errorf("push pools to %s: %w", addr, errTokenRefused)
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
 		// The live config has a status server without the pools API (a
 		// static template's: nginx answers a PUT to a path it serves as
@@ -77,6 +80,10 @@ func (c *statusClient) configHash(ctx context.Context, addr string) (string, err
 	return hash, nil
 }
 
+// errTokenRefused: the pools API refused the token (403): the volume's
+// token changed (the data volume was recreated, or the file rewritten).
+var errTokenRefused = errors.New("pools token refused (403)")
+
 // errNoAddress: the proxy's address on the managed network is unknown (or
 // no status port is configured), so its status server cannot be reached.
 var errNoAddress = fmt.Errorf("%w: the proxy's address on the network is unknown", ErrNoStatusServer)
@@ -92,7 +99,11 @@ func (s *Session) PushPools(ctx context.Context, body []byte) error {
 	if err != nil {
 		return err
 	}
-	return s.status.pushPools(ctx, s.statusAddr, token, body)
+	err = s.status.pushPools(ctx, s.statusAddr, token, body)
+	if errors.Is(err, errTokenRefused) {
+		s.token = "" // read it again on the retry
+	}
+	return err
 }
 
 // ConfigHash returns the hash of the config nginx runs (render.Hash of the

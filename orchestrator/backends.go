@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // backend is one listed backend container and what a plan needs to know
@@ -81,6 +82,10 @@ func (r *reconciler) served(svc ServiceSpec, c containers.Container) bool {
 	return ip != "" && r.cfg.Pool.Serves(svc.Name, net.JoinHostPort(ip, strconv.Itoa(svc.Port)))
 }
 
+// unknownReplicas is the count of a service whose override could not be
+// read: planService keeps the backends it has, dead ones aside.
+const unknownReplicas = -1
+
 // servicePlan is what a pass does to one service.
 type servicePlan struct {
 	create int
@@ -94,8 +99,8 @@ type servicePlan struct {
 	waitedOn string                 // the new backend a rolling update waits for
 }
 
-// planService decides how n backends of the current spec come to run. It
-// is pure. Without outdated backends it scales: the extras are drained
+// planService decides how n backends of the current spec come to run (n
+// may be unknownReplicas: then as many as run now). It is pure. Without outdated backends it scales: the extras are drained
 // (unhealthy first, then the newest), the missing ones created. With
 // outdated ones it rolls, one backend at a time: start a new one, wait
 // until it is ready, then drain an old one; the pool never has fewer than
@@ -104,6 +109,9 @@ type servicePlan struct {
 func planService(n int, g classified) servicePlan {
 	p := servicePlan{requeue: g.busy}
 	up, out := g.upToDate, g.outdated
+	if n == unknownReplicas {
+		n = len(up) + len(out)
+	}
 	switch total := len(up) + len(out); {
 	case len(out) == 0 && len(up) > n:
 		rankForRemoval(up)
@@ -219,6 +227,9 @@ func (r *reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 		MemoryBytes: svc.Limits.MemoryBytes,
 		NanoCPUs:    svc.Limits.NanoCPUs,
 		StopTimeout: svc.StopGrace,
+		// A backend shares the proxy's network with its neighbours: no raw
+		// sockets to spoof them with (a web server needs none).
+		CapDrop: []string{"NET_RAW"},
 	}
 	cs.Labels[containers.LabelSpec] = specHash(cs)
 	return cs
@@ -247,7 +258,7 @@ func (r *reconciler) createBackends(ctx context.Context, want containers.CreateS
 func (r *reconciler) createBackend(ctx context.Context, want containers.CreateSpec, svc ServiceSpec) (containers.Container, error) {
 	cs := want
 	cs.Name = fmt.Sprintf("%s-%s-%s", r.cfg.Spec.Project, svc.Name, randomSuffix())
-	cs.Hostname = cs.Name
+	cs.Hostname = store.HostLabel(cs.Name) // names may have "_" or exceed a DNS label
 	c, err := r.cfg.Docker.Create(ctx, cs)
 	if err != nil {
 		return containers.Container{}, err

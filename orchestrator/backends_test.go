@@ -48,6 +48,8 @@ func TestPlanService(t *testing.T) {
 			wantDrain: []string{"sick", "young"}, wantAlive: []string{"new", "old"}},
 		{name: "scale down among equals drains the newest", n: 1, g: classified{upToDate: []backend{pb("old", h, true, 9), pb("new", h, true, 1)}},
 			wantDrain: []string{"new"}, wantAlive: []string{"old"}},
+		{name: "replicas unknown: keep what runs", n: unknownReplicas, g: classified{upToDate: []backend{pb("a", h, true, 2), pb("b", h, true, 1)}},
+			wantAlive: []string{"a", "b"}},
 		{name: "busy: look again soon", n: 1, g: classified{upToDate: []backend{pb("a", h, true, 1)}, busy: true},
 			wantAlive: []string{"a"}, wantRequeue: true},
 		{name: "rolling update starts one new backend", n: 2, g: classified{outdated: []backend{pb("o1", h, true, 9), pb("o2", h, true, 8)}},

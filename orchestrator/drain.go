@@ -21,6 +21,8 @@ type stopAPI interface {
 
 // pool tells which backends nginx serves (a render.Served).
 type pool interface {
+	// Known is closed once what nginx serves is known at all.
+	Known() <-chan struct{}
 	Serves(service, addr string) bool
 	WaitServes(ctx context.Context, service, addr string, want bool) error
 	// Changed returns a channel closed at the next change.
@@ -98,6 +100,19 @@ func (d *drainer) Drain(c containers.Container, svc ServiceSpec, reason string) 
 // until that works; it reports false when ctx ended first.
 func (d *drainer) drain(ctx context.Context, log zerolog.Logger, id string, svc ServiceSpec, addr string) bool {
 	if addr != "" && d.cfg.Pool != nil {
+		// Unknown is not drained: while nothing says what nginx serves
+		// (etcd unreachable since a restart, no pass yet), nginx may still
+		// send to the backend from the pools it keeps.
+		select {
+		case <-d.cfg.Pool.Known():
+		default:
+			log.Info().Msg("waiting to learn what nginx serves before stopping the backend")
+			select {
+			case <-d.cfg.Pool.Known():
+			case <-ctx.Done():
+				return false
+			}
+		}
 		wctx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
 		err := d.cfg.Pool.WaitServes(wctx, svc.Name, addr, false)
 		cancel()

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -40,9 +41,10 @@ type fakeContainer struct {
 // fakeDocker is an in-memory engine: containers with IDs, states, labels and
 // IPs. It records every mutating call.
 type fakeDocker struct {
-	mu   sync.Mutex
-	byID map[string]*fakeContainer
-	seq  int
+	mu      sync.Mutex
+	byID    map[string]*fakeContainer
+	seq     int
+	streams int // event streams opened
 
 	networks []string // "name/project" per EnsureNetwork call
 	netCalls []time.Time
@@ -217,8 +219,14 @@ func (f *fakeDocker) Inspect(_ context.Context, id string) (containers.Container
 	return cloneContainer(fc.c), nil
 }
 
+// EngineID is the fake engine's ID.
+func (f *fakeDocker) EngineID(context.Context) (string, error) { return "engine-1", nil }
+
 // Events streams what the test sends on f.events until ctx ends.
 func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Event, <-chan error) {
+	f.mu.Lock()
+	f.streams++
+	f.mu.Unlock()
 	out := make(chan containers.Event)
 	errc := make(chan error, 1)
 	go func() {
@@ -428,12 +436,32 @@ type fakePool struct {
 	changed chan struct{}     // closed and replaced on every set
 	waits   []poolWait        // every WaitServes call
 	active  map[poolWait]int  // WaitServes calls in progress
+	known   chan struct{}     // nil: known (closed on first use)
 }
 
 var _ pool = (*fakePool)(nil)
 
 func newFakePool() *fakePool {
 	return &fakePool{served: map[poolWait]bool{}, changed: make(chan struct{}), active: map[poolWait]int{}}
+}
+
+// Known is closed: the fake pool's answers are known from the start,
+// unless unknown is set before the first use.
+func (p *fakePool) Known() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.known == nil {
+		p.known = make(chan struct{})
+		close(p.known)
+	}
+	return p.known
+}
+
+// learn makes a pool created unknown known.
+func (p *fakePool) learn() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	close(p.known)
 }
 
 func (p *fakePool) Changed() <-chan struct{} {
@@ -517,7 +545,9 @@ type fakeRegistry struct {
 	subs      []chan struct{}
 	quiet     bool // hand edits (set, remove) reach no subscriber: a missed watch event
 	leases    map[int64]chan struct{}
+	ttls      map[int64]time.Duration
 	nextLease int64
+	grantErrs int // Grant calls that fail (etcd unreachable)
 	grants    int
 	puts      []string
 	deletes   []string
@@ -529,6 +559,7 @@ type fakeRegistry struct {
 }
 
 var (
+	_ nodeStore     = (*fakeRegistry)(nil)
 	_ registry      = (*fakeRegistry)(nil)
 	_ registrations = (*fakeRegistry)(nil)
 	_ etcdAPI       = (*fakeRegistry)(nil)
@@ -539,12 +570,17 @@ func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
 	if kv == nil {
 		kv = map[string]fakeKV{}
 	}
-	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, rev: 1}
+	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, rev: 1}
 }
 
-func (f *fakeRegistry) Grant(_ context.Context, _ time.Duration) (*store.Lease, error) {
+func (f *fakeRegistry) Grant(_ context.Context, ttl time.Duration) (*store.Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.grantErrs > 0 {
+		f.grantErrs--
+		return nil, errors.New("fake etcd: unavailable")
+	}
+	f.ttls[f.nextLease+1] = ttl
 	f.grants++
 	f.nextLease++
 	done := make(chan struct{})
@@ -603,6 +639,36 @@ func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 	f.deletes = append(f.deletes, key)
 	delete(f.kv, key)
 	return f.written(), nil
+}
+
+// Claim puts key under lease unless it exists.
+func (f *fakeRegistry) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.kv[key]; ok {
+		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
+	}
+	f.kv[key] = fakeKV{value: value, lease: lease}
+	f.written()
+	return true, store.KV{}, nil
+}
+
+// LeaseGranted answers the TTL a lease was granted with (an unknown lease
+// with a TTL the test set through holdWith).
+func (f *fakeRegistry) LeaseGranted(_ context.Context, lease int64) (time.Duration, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ttl, ok := f.ttls[lease]
+	return ttl, ok, nil
+}
+
+// holdWith sets key as held by another daemon under lease (alive, with
+// ttl).
+func (f *fakeRegistry) holdWith(key, value string, lease int64, ttl time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.kv[key] = fakeKV{value: value, lease: lease}
+	f.ttls[lease] = ttl
 }
 
 func (f *fakeRegistry) Subscribe() <-chan struct{} {
@@ -718,4 +784,51 @@ func (h *fakeHealthView) set(healthy, pending []Target) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.healthy, h.pending = healthy, pending
+}
+
+// --- leases ---
+
+// fakeLeases hands the registrar a lease the test sets, starting with 1.
+type fakeLeases struct {
+	mu      sync.Mutex
+	lease   *store.Lease
+	changed chan struct{}
+	lost    []int64
+}
+
+var _ leases = (*fakeLeases)(nil)
+
+func newFakeLeases() *fakeLeases {
+	return &fakeLeases{lease: &store.Lease{ID: 1}, changed: make(chan struct{}, 1)}
+}
+
+func (l *fakeLeases) Lease() *store.Lease {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lease
+}
+
+func (l *fakeLeases) Subscribe() <-chan struct{} { return l.changed }
+
+func (l *fakeLeases) Lost(lease *store.Lease) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lost = append(l.lost, lease.ID)
+}
+
+// set makes id the lease, as the node does after a loss.
+func (l *fakeLeases) set(id int64) {
+	l.mu.Lock()
+	l.lease = &store.Lease{ID: id}
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (l *fakeLeases) lostIDs() []int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.lost)
 }

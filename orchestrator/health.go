@@ -220,6 +220,21 @@ func (h *health) Snapshot() (healthy, pending []Target) {
 	return healthy, pending
 }
 
+// Counts returns, by service, how many probed backends are in each state
+// ("healthy", "pending", "unhealthy"): one consistent reading.
+func (h *health) Counts() map[string]map[string]int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]map[string]int{}
+	for _, p := range h.targets {
+		if out[p.t.Service] == nil {
+			out[p.t.Service] = map[string]int{"healthy": 0, "pending": 0, "unhealthy": 0}
+		}
+		out[p.t.Service][p.state.String()]++
+	}
+	return out
+}
+
 // State returns a backend's state and whether it is probed at all.
 func (h *health) State(id string) (healthState, bool) {
 	h.mu.Lock()

@@ -2,6 +2,9 @@ package orchestrator
 
 import (
 	"context"
+	"errors"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -19,6 +22,7 @@ type dockerAPI interface {
 	containerAPI
 	stopAPI
 	Events(ctx context.Context, project string) (<-chan containers.Event, <-chan error)
+	EngineID(ctx context.Context) (string, error)
 }
 
 var _ dockerAPI = (*containers.Client)(nil)
@@ -26,6 +30,7 @@ var _ dockerAPI = (*containers.Client)(nil)
 // etcdAPI is etcd as the Orchestrator uses it.
 type etcdAPI interface {
 	registry
+	nodeStore
 	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }
 
@@ -42,11 +47,18 @@ type Config struct {
 	// Registrations is the watched copy of the registrations (the
 	// renderer's too).
 	Registrations registrations
-	// LeaseTTL is the TTL of this node's registrations.
+	// LeaseTTL is the TTL of this node's lease: how long its keys outlive
+	// it when it vanishes.
 	LeaseTTL time.Duration
+	// Version is announced with the node.
+	Version string
 	// Resync is the period of the full pass run even without events (a
 	// safety net; events do the real work). Zero means 30 s.
 	Resync time.Duration
+	// StreamIdle is how long the Docker event stream may stay quiet before
+	// it is reopened (a stalled stream cannot be told from a quiet one).
+	// Zero means 10 s.
+	StreamIdle time.Duration
 	// Pool tells which backends nginx serves (a render.Served): drains
 	// wait for nginx to stop sending to a backend, rolling updates for it
 	// to serve the new one. Nil: not waited for.
@@ -67,6 +79,7 @@ type Config struct {
 type Orchestrator struct {
 	cfg        Config
 	log        zerolog.Logger
+	node       *node
 	ledger     *ledger
 	proxy      *runningProxy
 	overrides  *overrides
@@ -76,6 +89,28 @@ type Orchestrator struct {
 	registrar  *registrar
 	wake       wake.Signal
 	ready      chan struct{} // closed once etcd reflects this node's backends
+	troubles   troubles      // failures in progress, for Problems
+}
+
+// troubles holds, by loop, the error it is failing with; none when it works.
+type troubles struct {
+	mu   sync.Mutex
+	errs map[string]error
+}
+
+func (t *troubles) set(loop string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.errs == nil {
+		t.errs = map[string]error{}
+	}
+	t.errs[loop] = err
+}
+
+func (t *troubles) get(loop string) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.errs[loop]
 }
 
 // New wires an Orchestrator.
@@ -86,8 +121,19 @@ func New(cfg Config) *Orchestrator {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 5 * time.Second
 	}
+	if cfg.StreamIdle <= 0 {
+		cfg.StreamIdle = 10 * time.Second
+	}
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger, ledger: newLedger(), proxy: newRunningProxy(),
 		wake: wake.New(), ready: make(chan struct{})}
+	o.node = newNode(nodeConfig{
+		Store:   cfg.Store,
+		Project: cfg.Spec.Project,
+		Engine:  cfg.Docker.EngineID,
+		Self:    announce(cfg.Spec.Node, cfg.Version),
+		TTL:     cfg.LeaseTTL,
+		Logger:  cfg.Logger.With().Str("component", "node").Logger(),
+	})
 	o.overrides = newOverrides(cfg.Spec, o.Wake, cfg.Logger.With().Str("component", "reconcile").Logger())
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,
@@ -117,12 +163,12 @@ func New(cfg Config) *Orchestrator {
 	})
 	o.registrar = newRegistrar(registrarConfig{
 		Store:         cfg.Store,
+		Leases:        o.node,
 		Registrations: cfg.Registrations,
 		Health:        o.health,
 		Prefix:        cfg.Spec.Prefix,
 		Node:          cfg.Spec.Node,
 		Services:      cfg.Spec.serviceNames(),
-		TTL:           cfg.LeaseTTL,
 		Logger:        cfg.Logger.With().Str("component", "registrar").Logger(),
 	})
 	return o
@@ -153,16 +199,41 @@ func (o *Orchestrator) HealthyBackends(service string) int {
 	return n
 }
 
-// Backends returns the probed backends that are healthy and those pending
-// their first probe, for metrics.
-func (o *Orchestrator) Backends() (healthy, pending []Target) { return o.health.Snapshot() }
+// BackendStates returns, by service, how many backends this daemon probes
+// are healthy, pending and unhealthy.
+func (o *Orchestrator) BackendStates() map[string]map[string]int { return o.health.Counts() }
 
-// Start runs every part until ctx ends. The registrar starts after the
-// first reconcile pass, so that backends adopted after a restart are
+// Problems says what keeps the orchestrator from doing its job right now,
+// one line each: the Docker engine failing reconcile passes or the event
+// stream, etcd holding no lease for this node. Empty when all is well.
+func (o *Orchestrator) Problems() []string {
+	var out []string
+	if err := o.troubles.get("reconcile"); err != nil {
+		out = append(out, "docker: reconcile failing: "+err.Error())
+	}
+	if err := o.troubles.get("events"); err != nil {
+		out = append(out, "docker: event stream broken: "+err.Error())
+	}
+	select {
+	case <-o.node.Claimed():
+		if o.node.Lease() == nil {
+			out = append(out, "etcd: this node holds no lease (etcd unreachable?); claiming it again")
+		}
+	default:
+		out = append(out, "etcd: node not claimed yet (etcd or the docker engine unreachable?)")
+	}
+	return out
+}
+
+// Start runs every part until ctx ends. Nothing touches a container before
+// the node holds its names in etcd; Start returns an error matching
+// ErrTaken when another live daemon holds them. The registrar starts after
+// the first reconcile pass, so that backends adopted after a restart are
 // known (pending) before it may delete anything.
 func (o *Orchestrator) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})
+	g.Go(func() error { return o.node.Start(ctx) })
 	g.Go(func() error { return o.health.Start(ctx) })
 	g.Go(func() error { return o.drainer.Start(ctx) })
 	g.Go(func() error {
@@ -224,20 +295,27 @@ func (o *Orchestrator) awaitFirstProbes(ctx context.Context, changed <-chan stru
 	}
 }
 
+// announce returns this daemon's announcement as node.
+func announce(node, version string) Announcement {
+	host, _ := os.Hostname() // only said, never relied on
+	return Announcement{Node: node, Host: host, PID: os.Getpid(), Version: version, Started: time.Now().UTC()}
+}
+
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
 // to requeue; failed passes are retried with backoff. The first pass waits
-// a little for the replica overrides: a restarted daemon must not scale to
-// the spec's count and back.
+// for the node's claim and for the replica overrides: a restarted daemon
+// must not scale to the spec's count and back.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
-	wait := time.NewTimer(3 * time.Second)
 	select {
 	case <-ctx.Done():
-		wait.Stop()
+		return nil
+	case <-o.node.Claimed():
+	}
+	select { // etcd answers (the node holds its names): one List away
+	case <-ctx.Done():
 		return nil
 	case <-o.overrides.Loaded():
-	case <-wait.C:
 	}
-	wait.Stop()
 	bo := retry.New(200*time.Millisecond, 10*time.Second)
 	resync := time.NewTicker(o.cfg.Resync)
 	defer resync.Stop()
@@ -251,6 +329,7 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		if ctx.Err() != nil {
 			return nil
 		}
+		o.troubles.set("reconcile", err)
 		if pass == 1 {
 			close(firstPass)
 		}
@@ -304,20 +383,23 @@ func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
 
 // watchEvents turns Docker events into passes; a backend's death also
 // deregisters it at once, before the pass replaces it. A broken stream is
-// reopened with backoff, followed by a full pass so nothing is missed.
+// reopened with backoff, followed by a full pass so nothing is missed. A
+// stream quiet for StreamIdle is reopened too (with a full pass): the
+// engine sends no heartbeat, so a stream that stalled without closing
+// looks just like a quiet one.
 func (o *Orchestrator) watchEvents(ctx context.Context) error {
 	bo := retry.New(200*time.Millisecond, 10*time.Second)
 	for {
-		evs, errc := o.cfg.Docker.Events(ctx, o.cfg.Spec.Project)
 		opened := time.Now()
-		o.Wake() // catch up with whatever happened while not watching
-		for ev := range evs {
-			o.handleEvent(ev)
-		}
-		err := <-errc
-		if ctx.Err() != nil {
+		idle, err := o.followEvents(ctx)
+		switch {
+		case ctx.Err() != nil:
 			return nil
+		case idle:
+			o.log.Debug().Dur("idle", o.cfg.StreamIdle).Msg("docker event stream quiet; reopening it")
+			continue
 		}
+		o.troubles.set("events", err)
 		if time.Since(opened) > time.Minute {
 			bo.Succeeded()
 		}
@@ -325,6 +407,39 @@ func (o *Orchestrator) watchEvents(ctx context.Context) error {
 		o.log.Warn().Err(err).Dur("retry_in", d).Msg("docker event stream broke; reconnecting")
 		if !retry.Wait(ctx, d) {
 			return nil
+		}
+	}
+}
+
+// followEvents handles one event stream until it ends: with its error, or
+// idle=true when no event came for StreamIdle.
+func (o *Orchestrator) followEvents(ctx context.Context) (idle bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	evs, errc := o.cfg.Docker.Events(sctx, o.cfg.Spec.Project)
+	// Open for a second without breaking: the stream works.
+	works := time.AfterFunc(time.Second, func() { o.troubles.set("events", nil) })
+	defer works.Stop()
+	quiet := time.NewTimer(o.cfg.StreamIdle)
+	defer quiet.Stop()
+	o.Wake() // catch up with whatever happened while not watching
+	for {
+		select {
+		case ev, ok := <-evs:
+			if !ok {
+				return false, <-errc
+			}
+			o.handleEvent(ev)
+			quiet.Reset(o.cfg.StreamIdle)
+		case <-quiet.C:
+			cancel()
+			for ev := range evs { // what came meanwhile
+				o.handleEvent(ev)
+			}
+			if err := <-errc; !errors.Is(err, context.Canceled) {
+				return false, err // it broke just as it went quiet
+			}
+			return true, nil
 		}
 	}
 }

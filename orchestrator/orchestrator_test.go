@@ -118,6 +118,7 @@ func TestReconcileLoopBackoff(t *testing.T) {
 			Logger:        zerolog.Nop(),
 		})
 		o.overrides.apply(store.Update{Reset: true}) // none
+		close(o.node.claimed)                        // as if the node held its names
 		firstPass := make(chan struct{})
 		done := make(chan error, 1)
 		go func() { done <- o.reconcileLoop(ctx, firstPass) }()
@@ -184,6 +185,9 @@ func TestOrchestratorStart(t *testing.T) {
 		backendKeys := func() map[string]string { // key → container short ID
 			out := map[string]string{}
 			for k, v := range etcd.snapshot() {
+				if !strings.HasPrefix(k, "/services/") {
+					continue // the node's announcement
+				}
 				e, err := store.ParseEntry("/services", k, []byte(v.value))
 				if err != nil {
 					t.Errorf("registered %s = %q does not parse: %v", k, v.value, err)
@@ -274,4 +278,39 @@ func TestHandleEvent(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEventStreamReopenedWhenQuiet: the engine sends no heartbeat, so a
+// stream quiet for StreamIdle is reopened, each time with a full pass; a
+// stream that carries events stays open.
+func TestEventStreamReopenedWhenQuiet(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		docker := newFakeDocker()
+		reg := newFakeRegistry(nil)
+		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg,
+			StreamIdle: 10 * time.Second, Logger: zerolog.Nop()})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- o.watchEvents(ctx) }()
+		streams := func() int {
+			docker.mu.Lock()
+			defer docker.mu.Unlock()
+			return docker.streams
+		}
+		advance(25 * time.Second)
+		if got := streams(); got != 3 {
+			t.Errorf("%d streams opened in 25 s of quiet; want 3 (at 0, 10 and 20 s)", got)
+		}
+		for range 3 { // events every 5 s keep the stream
+			docker.events <- containers.Event{Action: "create", ID: "x", Role: containers.RoleBackend}
+			advance(5 * time.Second)
+		}
+		if got := streams(); got != 3 {
+			t.Errorf("%d streams after 15 s with events; want still 3", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watchEvents = %v; want nil", err)
+		}
+	})
 }

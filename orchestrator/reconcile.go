@@ -169,20 +169,24 @@ func (r *reconciler) freshen(ctx context.Context, list []containers.Container) [
 }
 
 // replicas returns the replica count per service: the spec's, overridden
-// from etcd.
+// from etcd. While the overrides were never read, a count is unknown (-1):
+// an override must never be replaced by the spec's count.
 func (r *reconciler) replicas() map[string]int {
-	out := map[string]int{}
-	for _, s := range r.cfg.Spec.Services {
-		out[s.Name] = s.Replicas
-	}
 	ov, ok := r.cfg.Replicas()
 	if !ok && !r.saidNoOverride {
-		r.log.Warn().Msg("replica overrides not read from etcd yet; the spec's counts apply meanwhile")
+		r.log.Warn().Msg("replica overrides not read from etcd yet; no service is scaled until they are")
 	}
 	r.saidNoOverride = !ok
-	for name, n := range ov {
-		if _, ok := out[name]; ok {
-			out[name] = n
+	out := map[string]int{}
+	for _, s := range r.cfg.Spec.Services {
+		n, set := ov[s.Name]
+		switch {
+		case !ok:
+			out[s.Name] = unknownReplicas
+		case set:
+			out[s.Name] = n
+		default:
+			out[s.Name] = s.Replicas
 		}
 	}
 	return out

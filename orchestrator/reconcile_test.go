@@ -573,7 +573,8 @@ func TestReconcileReplicaOverrides(t *testing.T) {
 		want  []int  // running backends after each pass
 	}{
 		{name: "no overrides: the spec's count", reads: []read{{}}, want: []int{3}},
-		{name: "never read from etcd: the spec's count", reads: []read{{unread: true}}, want: []int{3}},
+		{name: "overrides unknown: nothing is scaled, not to the spec's count either", reads: []read{{ov: map[string]int{"apache": 5}}, {unread: true}}, want: []int{5, 5}},
+		{name: "overrides unknown from the start: nothing is created", reads: []read{{unread: true}}, want: []int{0}},
 		{name: "an override applies", reads: []read{{ov: map[string]int{"apache": 5}}}, want: []int{5}},
 		{name: "a changed override applies", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{"apache": 2}}}, want: []int{5, 2}},
 		{name: "removed override: the spec's count again", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{}}}, want: []int{5, 3}},
@@ -1206,5 +1207,34 @@ func TestReconcileRemovedServiceDrains(t *testing.T) {
 		}
 		checkConverged(t, e, 3)
 		e.checkIdle(t, "after the drains")
+	})
+}
+
+// TestReconcileDrainWaitsWhileUnknown: after a restart, until the renderer
+// has said what nginx serves, a drained backend is not stopped, however
+// long that takes (nginx may still send to it from the pools it keeps);
+// the drain timeout counts only once it is known.
+func TestReconcileDrainWaitsWhileUnknown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newPoolEnv(t, testSpec(), 0)
+		b := e.convergeServing(t)
+		e.pool.mu.Lock()
+		e.pool.known = make(chan struct{}) // as for a daemon just restarted
+		e.pool.mu.Unlock()
+		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.reconcile(t)
+		advance(time.Minute) // far past the drain timeout
+		if got := e.docker.recorded(); len(got.stops) != 0 {
+			t.Fatalf("stopped %v while what nginx serves is unknown; want nothing", got.stops)
+		}
+		// Known now, and the victim is not served: the drain ends.
+		e.pool.learn()
+		for _, c := range b {
+			e.pool.set("apache", addrOf(c, 80), !slices.Contains(e.prober.retiredIDs(), c.ID))
+		}
+		e.waitDrains()
+		if got := e.docker.recorded(); len(got.stops) != 1 {
+			t.Errorf("stopped %v once known; want the one drained backend", got.stops)
+		}
 	})
 }

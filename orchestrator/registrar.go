@@ -15,13 +15,23 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// registry is what the Registrar writes to etcd.
+// registry is what the registrar writes to etcd.
 type registry interface {
-	Grant(ctx context.Context, ttl time.Duration) (*store.Lease, error)
-	Revoke(ctx context.Context, l *store.Lease) error
 	Put(ctx context.Context, key, value string, lease int64) (revision int64, err error)
 	Delete(ctx context.Context, key string) (revision int64, err error)
 }
+
+// leases hands out the lease the registrations live under (the node's).
+type leases interface {
+	// Lease returns the current lease; nil while there is none.
+	Lease() *store.Lease
+	// Subscribe receives after each new lease.
+	Subscribe() <-chan struct{}
+	// Lost reports a lease etcd no longer knows.
+	Lost(l *store.Lease)
+}
+
+var _ leases = (*node)(nil)
 
 var _ registry = (*store.Client)(nil)
 
@@ -46,6 +56,8 @@ var _ healthView = (*health)(nil)
 type registrarConfig struct {
 	// Store is etcd, written to.
 	Store registry
+	// Leases is the lease every key is written under.
+	Leases leases
 	// Registrations is what etcd holds under Prefix, read from.
 	Registrations registrations
 	// Health supplies the healthy and pending backends.
@@ -58,8 +70,6 @@ type registrarConfig struct {
 	// Services are the services this node registers; keys of other
 	// services are never touched.
 	Services []string
-	// TTL is the lease TTL: how long keys outlive a daemon that vanished.
-	TTL time.Duration
 	// Resync is how often etcd is compared with the healthy set even when
 	// nothing changed. Zero means 30 s.
 	Resync time.Duration
@@ -77,10 +87,12 @@ type registrar struct {
 	log   zerolog.Logger
 	wake  wake.Signal
 	flush chan chan error
-	lease *store.Lease
-	// written is the revision of this Registrar's last write: a copy older
+	// written is the revision of this registrar's last write: a copy older
 	// than that does not show it yet, and the watch brings it shortly.
 	written int64
+	// noted holds, by key, why a wanted key was not written (held by
+	// another node, or failing validation), so each is logged once.
+	noted map[string]string
 }
 
 // newRegistrar returns a Registrar; Start runs it.
@@ -88,7 +100,7 @@ func newRegistrar(cfg registrarConfig) *registrar {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
 	}
-	return &registrar{cfg: cfg, log: cfg.Logger, wake: wake.New(), flush: make(chan chan error)}
+	return &registrar{cfg: cfg, log: cfg.Logger, wake: wake.New(), flush: make(chan chan error), noted: map[string]string{}}
 }
 
 // Wake asks for a sync as soon as possible.
@@ -110,35 +122,27 @@ func (r *registrar) Flush(ctx context.Context) error {
 	}
 }
 
-// Start syncs on every health change, change of the registrations, Wake,
-// lease loss and every Resync, until ctx ends; then it revokes the lease
-// so this node's keys go at once.
+// Start syncs on every health change, change of the registrations, new
+// lease, Wake and every Resync, until ctx ends. (The node revokes the lease
+// when the daemon stops, and every key with it.)
 func (r *registrar) Start(ctx context.Context) error {
-	health, regs := r.cfg.Health.Subscribe(), r.cfg.Registrations.Subscribe()
+	health, regs, lease := r.cfg.Health.Subscribe(), r.cfg.Registrations.Subscribe(), r.cfg.Leases.Subscribe()
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	resync := time.NewTicker(r.cfg.Resync)
 	defer resync.Stop()
 	var again <-chan time.Time
 	for {
-		var leaseDone <-chan struct{}
-		if r.lease != nil {
-			leaseDone = r.lease.Done
-		}
 		var reply chan error
 		select {
 		case <-ctx.Done():
-			r.shutdown(ctx)
 			return nil
 		case <-health:
 		case <-regs:
+		case <-lease:
 		case <-r.wake.C():
 		case reply = <-r.flush:
 		case <-again:
 		case <-resync.C:
-		case <-leaseDone:
-			r.log.Warn().Str("lease", fmt.Sprintf("%x", r.lease.ID)).Msg("etcd lease lost; registering again under a new lease")
-			r.lease.Release()
-			r.lease = nil
 		}
 		again = nil
 		err := r.sync(ctx)
@@ -160,33 +164,26 @@ func (r *registrar) Start(ctx context.Context) error {
 	}
 }
 
-func (r *registrar) shutdown(ctx context.Context) {
-	if r.lease == nil {
-		return
-	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
-	defer cancel()
-	if err := r.cfg.Store.Revoke(rctx, r.lease); err != nil {
-		r.log.Warn().Err(err).Msg("revoke lease at shutdown; keys expire with its TTL instead")
-		return
-	}
-	r.log.Info().Str("lease", fmt.Sprintf("%x", r.lease.ID)).Msg("lease revoked; this node's registrations are gone")
-	r.lease = nil
-}
-
 // desired returns the registrations this node should have and the keys of
-// pending backends, to be left alone.
-func (r *registrar) desired() (put map[string]store.Registration, keep map[string]bool) {
+// pending backends, to be left alone. A registration that would not pass
+// the daemon's own validation is never wanted: it is noted instead.
+func (r *registrar) desired(notes map[string]string) (put map[string]store.Registration, keep map[string]bool) {
 	healthy, pending := r.cfg.Health.Snapshot()
 	put = make(map[string]store.Registration, len(healthy))
 	for _, t := range healthy {
-		put[store.ServiceKey(r.cfg.Prefix, t.Service, t.Addr)] = store.Registration{
-			Host:      t.Name,
+		key := store.ServiceKey(r.cfg.Prefix, t.Service, t.Addr)
+		reg := store.Registration{
+			Host:      store.HostLabel(t.Name),
 			IPv4:      t.IP,
 			Port:      t.Port,
 			Container: containers.ShortID(t.ID),
 			Node:      r.cfg.Node,
 		}
+		if _, err := store.ParseEntry(r.cfg.Prefix, key, []byte(reg.Encode())); err != nil {
+			notes[key] = fmt.Sprintf("not registering %s of %s: %v", t.Name, t.Service, err)
+			continue
+		}
+		put[key] = reg
 	}
 	keep = make(map[string]bool, len(pending))
 	for _, t := range pending {
@@ -195,10 +192,15 @@ func (r *registrar) desired() (put map[string]store.Registration, keep map[strin
 	return put, keep
 }
 
-// errNotLoaded: the registrations were never read from etcd yet.
-var errNotLoaded = errors.New("registrations not read from etcd yet")
+// Why a sync cannot run yet.
+var (
+	errNotLoaded = errors.New("registrations not read from etcd yet")
+	errNoLease   = errors.New("no etcd lease yet")
+)
 
-// sync makes etcd match the desired registrations.
+// sync makes etcd match the desired registrations. It writes only keys
+// that differ, never a key another node holds, and never a value that
+// would fail validation.
 func (r *registrar) sync(ctx context.Context) error {
 	snap, ok := r.cfg.Registrations.Snapshot()
 	switch {
@@ -207,34 +209,39 @@ func (r *registrar) sync(ctx context.Context) error {
 	case snap.Revision < r.written:
 		return nil // our last write is on its way; its arrival wakes us
 	}
-	if r.lease == nil {
-		l, err := r.cfg.Store.Grant(ctx, r.cfg.TTL)
-		if err != nil {
-			return err
-		}
-		r.lease = l
+	lease := r.cfg.Leases.Lease()
+	if lease == nil {
+		return errNoLease
 	}
-	put, keep := r.desired()
+	notes := map[string]string{}
+	put, keep := r.desired(notes)
 	var errs []error
 	for _, e := range snap.Entries {
-		if e.Reg.Node != r.cfg.Node || !r.registers(e.Service) {
-			continue // not ours: another node's or another service's
+		switch {
+		case !r.registers(e.Service):
+			continue // another service's
+		case e.Reg.Node != r.cfg.Node:
+			if _, ok := put[e.Key]; ok { // the same address, held by another node
+				notes[e.Key] = fmt.Sprintf("not registering %s: node %q holds that key", e.Key, e.Reg.Node)
+				delete(put, e.Key)
+			}
+			continue
 		}
 		want, ok := put[e.Key]
 		switch {
-		case ok && e.Value == want.Encode() && e.Lease == r.lease.ID:
+		case ok && e.Value == want.Encode() && e.Lease == lease.ID:
 			delete(put, e.Key) // already right
 		case ok, keep[e.Key]:
 			// rewritten below, under our lease; or pending its first probe
 		default:
-			errs = append(errs, r.write(ctx, e.Key, "", e.Service, e.Reg.Container))
+			errs = append(errs, r.write(ctx, lease, e.Key, "", e.Service, e.Reg.Container))
 		}
 	}
+	r.note(notes)
 	for key, reg := range put {
-		err := r.write(ctx, key, reg.Encode(), "", reg.Host)
+		err := r.write(ctx, lease, key, reg.Encode(), "", reg.Host)
 		if errors.Is(err, store.ErrLeaseLost) {
-			r.lease.Release() // gone on the server; stop its keep-alive
-			r.lease = nil
+			r.cfg.Leases.Lost(lease) // gone on the server: the node claims anew
 			return err
 		}
 		errs = append(errs, err)
@@ -242,18 +249,29 @@ func (r *registrar) sync(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// note logs each new reason a wanted key is not written, once; a reason
+// that went away can be logged again when it comes back.
+func (r *registrar) note(notes map[string]string) {
+	for key, msg := range notes {
+		if r.noted[key] != msg {
+			r.log.Warn().Str("key", key).Msg(msg)
+		}
+	}
+	r.noted = notes
+}
+
 // registers reports whether this node registers service.
 func (r *registrar) registers(service string) bool { return slices.Contains(r.cfg.Services, service) }
 
 // write puts value at key under the lease, or deletes key when value is
 // empty, and logs it.
-func (r *registrar) write(ctx context.Context, key, value, service, container string) error {
+func (r *registrar) write(ctx context.Context, lease *store.Lease, key, value, service, container string) error {
 	var rev int64
 	var err error
 	if value == "" {
 		rev, err = r.cfg.Store.Delete(ctx, key)
 	} else {
-		rev, err = r.cfg.Store.Put(ctx, key, value, r.lease.ID)
+		rev, err = r.cfg.Store.Put(ctx, key, value, lease.ID)
 	}
 	if err != nil {
 		return err

@@ -44,15 +44,17 @@ func otherNodeVal(node string) string {
 	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: node}.Encode()
 }
 
+// newTestRegistrar returns a registrar writing to reg under lease 1 of a
+// fakeLeases, which testLeases returns.
 func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duration) *registrar {
 	return newRegistrar(registrarConfig{
 		Store:         reg,
+		Leases:        newFakeLeases(),
 		Registrations: reg,
 		Health:        hv,
 		Prefix:        "/services",
 		Node:          testNode,
 		Services:      []string{"apache", "web"},
-		TTL:           10 * time.Second,
 		Resync:        resync,
 		Logger:        zerolog.Nop(),
 	})
@@ -181,10 +183,14 @@ func TestRegistrarSyncIsIdempotent(t *testing.T) {
 		}
 	}
 	got := reg.counts()
-	if got.puts != 2 || got.deletes != 0 || got.grants != 1 {
-		t.Errorf("after 3 syncs: %d puts, %d deletes, %d grants; want 2, 0, 1 (keys already right are not rewritten)", got.puts, got.deletes, got.grants)
+	if got.puts != 2 || got.deletes != 0 {
+		t.Errorf("after 3 syncs: %d puts, %d deletes; want 2 and 0 (keys already right are not rewritten)", got.puts, got.deletes)
 	}
 }
+
+// testLeases returns the fakeLeases of a registrar made by
+// newTestRegistrar.
+func testLeases(r *registrar) *fakeLeases { return r.cfg.Leases.(*fakeLeases) }
 
 func TestRegistrarPutLeaseLost(t *testing.T) {
 	reg := newFakeRegistry(nil)
@@ -197,24 +203,33 @@ func TestRegistrarPutLeaseLost(t *testing.T) {
 	if !errors.Is(err, store.ErrLeaseLost) {
 		t.Fatalf("first sync: got %v, want an error matching store.ErrLeaseLost", err)
 	}
-	// The lost lease's keep-alive is released (Lease.Release), not revoked:
-	// it is already gone on the server.
-	if got := reg.counts(); got.grants != 1 || len(got.revoked) != 0 {
-		t.Errorf("after lease loss: %d grants, revoked %v; want 1 grant and no revoke", got.grants, got.revoked)
+	// The node is told, and claims again under a new lease.
+	if got := testLeases(r).lostIDs(); !slices.Equal(got, []int64{1}) {
+		t.Errorf("leases reported lost: %v; want [1]", got)
 	}
+	testLeases(r).set(2)
 	if err := r.sync(t.Context()); err != nil {
 		t.Fatalf("second sync: %v", err)
-	}
-	if got := reg.counts(); got.grants != 2 {
-		t.Errorf("second sync: %d grants, want 2 (a new lease)", got.grants)
 	}
 	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}}); d != "" {
 		t.Errorf("etcd after the second sync differs:%s", d)
 	}
 }
 
-// startRegistrar runs r.Start in the bubble and returns a stop function
-// that cancels it and returns Start's error.
+func TestRegistrarNoLeaseYet(t *testing.T) {
+	reg := newFakeRegistry(nil)
+	hv := &fakeHealthView{}
+	hv.set([]Target{tA}, nil)
+	r := newTestRegistrar(reg, hv, 0)
+	testLeases(r).lease = nil
+	if err := r.sync(t.Context()); !errors.Is(err, errNoLease) {
+		t.Errorf("sync without a lease = %v; want errNoLease", err)
+	}
+	if got := reg.counts(); got.puts != 0 {
+		t.Errorf("%d puts without a lease; want 0", got.puts)
+	}
+}
+
 func startRegistrar(t *testing.T, r *registrar) (stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
@@ -261,7 +276,7 @@ func TestRegistrarStart(t *testing.T) {
 		})
 	})
 
-	t.Run("lease loss puts every key again under a new lease", func(t *testing.T) {
+	t.Run("a new lease puts every key again under it", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			reg := newFakeRegistry(nil)
 			hv := &fakeHealthView{}
@@ -273,13 +288,10 @@ func TestRegistrarStart(t *testing.T) {
 			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}, keyC: {valC, 1}}); d != "" {
 				t.Fatalf("setup: etcd differs:%s", d)
 			}
-			reg.expire(1)
+			testLeases(r).set(2)
 			synctest.Wait()
-			if got := reg.counts().grants; got != 2 {
-				t.Errorf("%d grants after lease loss, want 2", got)
-			}
 			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}, keyB: {valB, 2}, keyC: {valC, 2}}); d != "" {
-				t.Errorf("etcd after lease loss differs:%s", d)
+				t.Errorf("etcd after a new lease differs:%s", d)
 			}
 		})
 	})
@@ -367,43 +379,67 @@ func TestRegistrarStart(t *testing.T) {
 		})
 	})
 
-	t.Run("cancel revokes the lease with a live context", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
-			hv := &fakeHealthView{}
-			hv.set([]Target{tA}, nil)
-			r := newTestRegistrar(reg, hv, 0)
-			r.Wake()
-			stop := startRegistrar(t, r)
-			if err := stop(); err != nil {
-				t.Errorf("Start returned %v, want nil", err)
-			}
-			reg.mu.Lock()
-			revoked, revokeErr := slices.Clone(reg.revoked), slices.Clone(reg.revokeErr)
-			reg.mu.Unlock()
-			if !slices.Equal(revoked, []int64{1}) {
-				t.Errorf("revoked %v, want [1]", revoked)
-			}
-			if len(revokeErr) == 1 && revokeErr[0] != nil {
-				t.Errorf("Revoke got a context that was already done (%v); it must outlive the cancel", revokeErr[0])
-			}
-			if got := reg.snapshot(); len(got) != 0 {
-				t.Errorf("keys left after revoke: %v", got)
-			}
-		})
-	})
+}
 
-	t.Run("cancel before any lease revokes nothing", func(t *testing.T) {
-		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
-			r := newTestRegistrar(reg, &fakeHealthView{}, 0)
-			stop := startRegistrar(t, r)
-			if err := stop(); err != nil {
-				t.Errorf("Start returned %v, want nil", err)
+// TestRegistrarNeverFights: what this node would write must pass its own
+// validation and must not take a key another node holds; either way the
+// key is left alone, said once, and a later sync writes nothing.
+func TestRegistrarNeverFights(t *testing.T) {
+	underscore := regTarget("dddddddddddd", "my_project-my_svc-dddddd", "apache", "172.18.0.5", 80)
+	loopback := regTarget("eeeeeeeeeeee", "up-apache-eeeeee", "apache", "127.0.0.1", 80)
+	tests := []struct {
+		name     string
+		initial  map[string]fakeKV
+		healthy  []Target
+		want     map[string]fakeKV
+		wantPuts int
+		wantSaid int // warnings in 3 syncs
+	}{
+		{
+			name:    "a container name with underscores registers under a valid host name",
+			healthy: []Target{underscore},
+			want: map[string]fakeKV{"/services/apache/172.18.0.5:80": {store.Registration{
+				Host: "my-project-my-svc-dddddd", IPv4: "172.18.0.5", Port: 80, Container: "dddddddddddd", Node: testNode}.Encode(), 1}},
+			wantPuts: 1,
+		},
+		{
+			name:     "an address its own validation refuses is not written",
+			healthy:  []Target{loopback, tA},
+			want:     map[string]fakeKV{keyA: {valA, 1}},
+			wantPuts: 1, // tA only
+			wantSaid: 1,
+		},
+		{
+			name:     "a key another node holds is left to it",
+			initial:  map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}},
+			healthy:  []Target{tA, tC},
+			want:     map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}, keyC: {valC, 1}},
+			wantPuts: 1,
+			wantSaid: 1,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			reg := newFakeRegistry(tt.initial)
+			hv := &fakeHealthView{}
+			hv.set(tt.healthy, nil)
+			r := newTestRegistrar(reg, hv, 0)
+			var logs strings.Builder
+			r.log = zerolog.New(&logs)
+			for i := range 3 {
+				if err := r.sync(t.Context()); err != nil {
+					t.Fatalf("sync %d: %v", i, err)
+				}
 			}
-			if got := reg.counts(); got.grants != 0 || len(got.revoked) != 0 {
-				t.Errorf("%d grants, revoked %v; want none", got.grants, got.revoked)
+			if got := strings.Count(logs.String(), `"level":"warn"`); got != tt.wantSaid {
+				t.Errorf("%d warnings in 3 syncs; want %d:\n%s", got, tt.wantSaid, logs.String())
+			}
+			if d := diffKV(reg.snapshot(), tt.want); d != "" {
+				t.Errorf("etcd after 3 syncs differs:%s", d)
+			}
+			if got := reg.counts(); got.puts != tt.wantPuts || got.deletes != 0 {
+				t.Errorf("%d puts, %d deletes in 3 syncs; want %d and 0 (nothing written again)", got.puts, got.deletes, tt.wantPuts)
 			}
 		})
-	})
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -55,6 +54,8 @@ type Host interface {
 // *nginx.Session).
 type Session interface {
 	HasStatus() bool
+	// Admin is the address the proxy sees the daemon at ("" if unknown).
+	Admin() string
 	Deliver(ctx context.Context, cfg []byte) (changed bool, err error)
 	PushPools(ctx context.Context, body []byte) error
 	WaitConfig(ctx context.Context, hash string) (time.Duration, error)
@@ -127,9 +128,11 @@ type Outcome struct {
 // Controller renders and delivers whenever the registrations or the proxy
 // change, and records what nginx serves.
 type Controller struct {
-	cfg   ControllerConfig
-	log   zerolog.Logger
-	state proxyState // only the Start goroutine touches it
+	cfg ControllerConfig
+	log zerolog.Logger
+	// Only the Start goroutine touches these.
+	state   proxyState
+	applied *View // the last view nginx took (its pools, its config)
 }
 
 // NewController returns a Controller.
@@ -248,11 +251,6 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 		return Outcome{Err: fmt.Errorf("%w: no registrations loaded from etcd yet", ErrNotReady)}
 	}
 	o := Outcome{Revision: snap.Revision, Backends: len(snap.Entries)}
-	cand, err := c.candidate(snap)
-	if err != nil {
-		o.Err, o.Took = err, time.Since(start)
-		return o
-	}
 	proxy, _ := c.cfg.Host.Proxy()
 	if proxy.ID == "" {
 		c.log.Debug().Msg("no running proxy yet; not delivering")
@@ -262,62 +260,77 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 	if proxy != c.state.proxy {
 		c.state = newProxyState(proxy, c.cfg.Sessions(proxy), c.state)
 	}
+	cand, guarded := c.candidate(snap, c.state.session.Admin())
+	if cand.config == nil {
+		o.Err, o.Took = guarded, time.Since(start)
+		return o
+	}
 	steps := plan(c.state, cand)
 	if len(steps) > 0 {
 		o.Err = c.apply(ctx, steps, cand, &o)
+	}
+	if o.Err == nil {
+		o.Err = guarded // applied, but a pool was kept: look again soon
 	}
 	o.Took = time.Since(start)
 	c.logPass(o, cand)
 	return o
 }
 
-// candidate renders snap and checks that it empties no pool this node
-// finds healthy.
-func (c *Controller) candidate(snap store.Snapshot) (candidate, error) {
+// candidate renders snap for a proxy that sees the daemon at admin. A pool it would empty while this node finds
+// healthy backends of that service keeps its backends from the last view
+// nginx took (guardEmptying); the other services go ahead. The error is
+// then ErrWouldEmpty, with the candidate usable: the pass is retried.
+func (c *Controller) candidate(snap store.Snapshot, admin string) (candidate, error) {
 	view := NewView(ViewInput{Snapshot: snap, Services: c.cfg.Services, Default: c.cfg.Default,
-		Listen: c.cfg.Listen, Dynamic: c.cfg.Dynamic, StatusPort: c.cfg.StatusPort})
+		Listen: c.cfg.Listen, Dynamic: c.cfg.Dynamic, StatusPort: c.cfg.StatusPort, Admin: admin})
+	guarded := c.guardEmptying(&view)
+	if guarded != nil && c.applied == nil {
+		// Nothing is known to keep: refuse the whole pass.
+		c.log.Warn().Err(guarded).Int64("revision", snap.Revision).Msg("not applying these registrations; nginx keeps its pools")
+		return candidate{}, guarded
+	}
+	if guarded != nil {
+		c.log.Warn().Err(guarded).Int64("revision", snap.Revision).Msg("keeping that pool as nginx has it; applying the others")
+	}
 	out, err := Render(c.cfg.Template, view)
 	if err != nil {
 		// Terminal for this input; the live config stays.
 		c.log.Error().Err(err).Int64("revision", snap.Revision).Msg("render failed; live config unchanged")
 		return candidate{}, err
 	}
-	if err := c.guardEmptying(view); err != nil {
-		c.log.Warn().Err(err).Int64("revision", snap.Revision).Msg("not applying these registrations; nginx keeps its pools")
-		return candidate{}, err
-	}
 	cand := candidate{view: view, revision: snap.Revision, config: Finish(out, view), hash: Hash(out)}
 	if c.cfg.Dynamic {
 		cand.pools = string(PoolsBody(0, view))
 	}
-	return cand, nil
+	return cand, guarded
 }
 
-// guardEmptying refuses a view with an empty pool while this node still
-// finds healthy backends of that service: etcd and this node disagree, and
-// the registrar is about to put them back.
-func (c *Controller) guardEmptying(v View) error {
-	for _, s := range v.Services {
-		if len(s.Backends) > 0 {
+// guardEmptying finds the services of v with an empty pool while this node
+// still finds healthy backends of them: etcd and this node disagree (a key
+// deleted by hand, a revoked lease), and the registrar is about to put
+// them back. Each keeps the backends of the last view that went live; the
+// error, matching ErrWouldEmpty, names them.
+func (c *Controller) guardEmptying(v *View) error {
+	var errs []error
+	for i, s := range v.Services {
+		if len(s.Backends) > 0 || !s.Configured {
 			continue
 		}
 		if n := c.cfg.Host.HealthyBackends(s.Name); n > 0 {
-			return fmt.Errorf("%w of service %s: etcd lists no backend but %d are healthy here", ErrWouldEmpty, s.Name, n)
+			errs = append(errs, fmt.Errorf("%w of service %s: etcd lists no backend but %d are healthy here", ErrWouldEmpty, s.Name, n))
+			if c.applied != nil {
+				v.Services[i].Backends = c.applied.Service(s.Name).Backends
+			}
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // apply carries out the steps of a plan, recording in o and in the proxy
 // state what went through; nginx serves the view once every step did.
 func (c *Controller) apply(ctx context.Context, steps []step, cand candidate, o *Outcome) error {
 	st := &c.state
-	if slices.Contains(steps, stepPush) {
-		for _, b := range dynamicSkips(cand.view) {
-			c.log.Warn().Str("service", b.Service).Str("key", b.Key).
-				Msg("dynamic pools take IP addresses only; this backend, registered by host name, is left out")
-		}
-	}
 	for _, s := range steps {
 		var err error
 		switch s {
@@ -352,6 +365,7 @@ func (c *Controller) apply(ctx context.Context, steps []step, cand candidate, o 
 		}
 	}
 	c.cfg.Served.update(cand.view)
+	c.applied = &cand.view
 	return nil
 }
 

@@ -152,11 +152,11 @@ func (c *healthyCounts) refused() []time.Time {
 }
 
 // TestControllerGuardEmptying: registrations that leave a pool empty while
-// this node finds healthy backends of that service are refused (nothing
-// delivered or pushed, Serves unchanged) and retried with backoff; once
-// HealthyHere agrees, a retry applies them without a further trigger.
-// Registrations with backends are never refused, and only the services
-// with healthy backends here are guarded.
+// this node finds healthy backends of that service are refused for that
+// pool (nothing new delivered or pushed, Serves unchanged) and retried with
+// backoff; once HealthyHere agrees, a retry applies them without a further
+// trigger. Registrations with backends are never refused, and only the
+// services with healthy backends here are guarded.
 func TestControllerGuardEmptying(t *testing.T) {
 	const (
 		a1 = "apache/10.0.0.1:80"
@@ -210,8 +210,9 @@ func TestControllerGuardEmptying(t *testing.T) {
 				h.src.set(to)
 				if tt.refused != "" {
 					advance(3 * time.Second)
-					if got := log.take(); len(got) != 0 {
-						t.Errorf("while refused: events %q; want nothing delivered or pushed", got)
+					got := log.take()
+					if countPrefix(got, "PushPools") != 0 || slices.ContainsFunc(got, func(e string) bool { return strings.HasSuffix(e, "changed=true") }) {
+						t.Errorf("while refused: events %q; want nothing new delivered or pushed", got)
 					}
 					if err := servesExactly(h.ctrl, all, tt.from); err != nil {
 						t.Errorf("while refused: %v; want the previous pools served", err)
@@ -282,6 +283,44 @@ func TestControllerGuardEmptying(t *testing.T) {
 				advance(time.Minute)
 				if got := log.take(); len(got) != 0 {
 					t.Errorf("after applying: %q; want nothing", got)
+				}
+			})
+		})
+	}
+}
+
+// TestControllerGuardKeepsOnlyThatPool: one service's pool is kept while
+// etcd and this node disagree about it; the other service's changes go
+// live at once.
+func TestControllerGuardKeepsOnlyThatPool(t *testing.T) {
+	const (
+		a1 = "apache/10.0.0.1:80"
+		a2 = "apache/10.0.0.2:80"
+		b1 = "api/10.0.1.1:80"
+	)
+	for _, dynamic := range []bool{false, true} {
+		t.Run(map[bool]string{false: "static", true: "dynamic"}[dynamic], func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ngx, _ := newFakeNginx()
+				hh := &healthyCounts{n: map[string]int{"api": 1}}
+				h := startWith(t, harnessConfig{tmpl: Default(), nginx: ngx, dynamic: dynamic,
+					statusPort: testStatusPort, services: []string{"apache", "api"}, healthyHere: hh.get})
+				from := poolSnap(t, 1, a1, b1)
+				if dynamic {
+					_, full := h.finished(t, from)
+					ngx.live, ngx.running = full, full
+				}
+				h.src.set(from)
+				advance(time.Second)
+				// api's key is gone from etcd, apache gained a backend.
+				h.src.set(poolSnap(t, 2, a1, a2))
+				advance(time.Second)
+				if err := servesExactly(h.ctrl, []string{a1, a2, b1}, []string{a1, a2, b1}); err != nil {
+					t.Errorf("apache's new backend must be served at once, api's pool kept: %v", err)
+				}
+				o := h.observed()
+				if len(o) < 2 || !errors.Is(o[1].Err, ErrWouldEmpty) || !(o[1].Changed || o[1].Pushed) {
+					t.Errorf("outcomes %+v; want the second applied and marked ErrWouldEmpty", o)
 				}
 			})
 		})

@@ -230,6 +230,8 @@ func (s *fakeSession) addr() string { return fmt.Sprintf("%s:%d", s.p.IP, s.n.st
 
 func (s *fakeSession) HasStatus() bool { return s.n.statusPort > 0 && s.p.IP != "" }
 
+func (s *fakeSession) Admin() string { return "" }
+
 func (s *fakeSession) Deliver(_ context.Context, cfg []byte) (bool, error) {
 	n := s.n
 	n.mu.Lock()

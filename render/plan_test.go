@@ -14,6 +14,7 @@ import (
 type statusOnly bool
 
 func (s statusOnly) HasStatus() bool { return bool(s) }
+func (statusOnly) Admin() string     { return "" }
 func (statusOnly) Deliver(context.Context, []byte) (bool, error) {
 	panic("plan delivered")
 }

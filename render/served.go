@@ -9,19 +9,24 @@ import (
 // Served is what nginx is known to serve: per service, the addresses of the
 // backends in the pools it runs. The Controller sets it once a push went
 // through or a reload was confirmed; drains wait on it before stopping a
-// backend, and rolling updates before retiring an old one. Until the first
-// pass it serves nothing, so an unknown pool is never mistaken for one
-// without a backend: a drain then waits for its timeout.
+// backend, and rolling updates before retiring an old one. Until then
+// nothing is known (Known is open): "unknown" is never "not served", so a
+// drain waits for Known before it waits for the backend to leave.
 type Served struct {
 	mu      sync.Mutex
 	set     map[string]map[string]bool // service → addresses
 	changed chan struct{}              // closed at the next change
+	known   chan struct{}              // closed at the first update
 }
 
 // NewServed returns a Served that knows nothing yet.
 func NewServed() *Served {
-	return &Served{set: map[string]map[string]bool{}, changed: make(chan struct{})}
+	return &Served{set: map[string]map[string]bool{}, changed: make(chan struct{}), known: make(chan struct{})}
 }
+
+// Known is closed once nginx is known to serve something (possibly empty
+// pools): from then on, an address not served is really not served.
+func (s *Served) Known() <-chan struct{} { return s.known }
 
 // Serves reports whether nginx is known to send traffic for service to addr.
 func (s *Served) Serves(service, addr string) bool {
@@ -63,6 +68,9 @@ func (s *Served) WaitServes(ctx context.Context, service, addr string, want bool
 func (s *Served) update(v View) {
 	set := make(map[string]map[string]bool, len(v.Services))
 	for _, svc := range v.Services {
+		if !svc.Configured { // nothing routes to it, nothing is pushed for it
+			continue
+		}
 		addrs := make(map[string]bool, len(svc.Backends))
 		for _, b := range svc.Backends {
 			addrs[b.Addr] = true
@@ -74,4 +82,9 @@ func (s *Served) update(v View) {
 	s.set = set
 	close(s.changed)
 	s.changed = make(chan struct{})
+	select {
+	case <-s.known:
+	default:
+		close(s.known)
+	}
 }

@@ -33,7 +33,8 @@ func Finish(rendered []byte, v View) []byte {
 		Hash       string
 		Dynamic    bool
 		StatusPort int
-	}{Hash(rendered), v.Dynamic, v.StatusPort})
+		Admin      string
+	}{Hash(rendered), v.Dynamic, v.StatusPort, v.Admin})
 	if err != nil {
 		panic(err) // a fixed template over plain values; covered by tests
 	}

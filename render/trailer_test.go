@@ -46,6 +46,16 @@ func TestFinish(t *testing.T) {
 				"location = /upstreamd/status {",
 				`return 200 "config ` + hash + `\n";`,
 			}, dynamicOnly...),
+			wantAbsent: []string{"allow ", "deny all;"},
+		},
+		{
+			name: "dynamic, the daemon's address known: only it may change the pools",
+			view: View{StatusPort: 8081, Dynamic: true, Admin: "172.18.0.1"},
+			want: append([]string{
+				"allow 172.18.0.1;",
+				"deny all;",
+				"limit_conn upstreamd_status 8;",
+			}, dynamicOnly...),
 		},
 	}
 	for _, tt := range tests {

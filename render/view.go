@@ -56,6 +56,10 @@ type View struct {
 	// StatusPort is the port of upstreamd's status server inside the proxy
 	// (the pools API and the config hash); 0 when there is none.
 	StatusPort int
+	// Admin is the address the daemon reaches the proxy from: the only one
+	// the pools API accepts. Empty when unknown (then the token alone
+	// guards it).
+	Admin string
 	// KVs holds the validated keys and values for confd's functions.
 	KVs map[string]string
 }
@@ -84,9 +88,10 @@ type ViewInput struct {
 	Default string
 	// Listen is nginx's listen port.
 	Listen int
-	// Dynamic and StatusPort are copied to the View.
+	// Dynamic, StatusPort and Admin are copied to the View.
 	Dynamic    bool
 	StatusPort int
+	Admin      string
 }
 
 // NewView groups a snapshot's entries by service.
@@ -106,7 +111,7 @@ func NewView(in ViewInput) View {
 			Key:       e.Key,
 		})
 	}
-	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, KVs: kvs}
+	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, Admin: in.Admin, KVs: kvs}
 	seen := map[string]bool{}
 	add := func(name string, configured bool) {
 		if seen[name] {

@@ -76,3 +76,57 @@ func (l *Lease) Release() {
 		l.stop()
 	}
 }
+
+// Claim puts key=value under lease, but only if key does not exist: the
+// way a daemon takes a name. held is false when someone else holds key;
+// holder is then what it holds it with (value and lease).
+func (c *Client) Claim(ctx context.Context, key, value string, lease int64) (held bool, holder KV, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return false, KV{}, err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, value, clientv3.WithLease(clientv3.LeaseID(lease)))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		if isLeaseNotFound(err) {
+			return false, KV{}, fmt.Errorf("etcd claim %s: %w", key, ErrLeaseLost)
+		}
+		return false, KV{}, fmt.Errorf("etcd claim %s: %w", key, err)
+	}
+	if resp.Succeeded {
+		return true, KV{}, nil
+	}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			return false, KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease}, nil
+		}
+	}
+	return false, KV{}, nil // deleted between the compare and the get: try again
+}
+
+// LeaseGranted returns the TTL lease was granted with; ok is false when
+// the lease does not exist (any more).
+func (c *Client) LeaseGranted(ctx context.Context, lease int64) (ttl time.Duration, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return 0, false, err
+	}
+	resp, err := cli.TimeToLive(ctx, clientv3.LeaseID(lease))
+	if err != nil {
+		if isLeaseNotFound(err) {
+			return 0, false, nil
+		}
+		return 0, false, fmt.Errorf("etcd lease %x: %w", lease, err)
+	}
+	if resp.TTL < 0 {
+		return 0, false, nil
+	}
+	return time.Duration(resp.GrantedTTL) * time.Second, true, nil
+}

@@ -11,6 +11,8 @@ package store
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,10 +81,12 @@ func KeysPrefix(prefix string) string {
 }
 
 // ParseEntry validates a key and value read from etcd. The key must be
-// <prefix>/<service>/<host:port>, with a service name of [a-z0-9_.-] and an
-// address that ParseAddr accepts; the value must be a Registration in JSON
-// of at most MaxValueSize bytes whose fields are well formed. The error says
-// which part is wrong.
+// <prefix>/<service>/<ip:port>, with a service name ValidName accepts and
+// an address ParseAddr accepts; the value must be a JSON object of at most
+// MaxValueSize bytes with only the Registration's fields, each at most once
+// and spelled exactly, well formed. The Entry carries the value in its
+// canonical form (Registration.Encode), never the bytes read: templates
+// see only what passed. The error says which part is wrong.
 func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 	p := strings.TrimSuffix(prefix, "/") + "/"
 	rest, ok := strings.CutPrefix(key, p)
@@ -91,7 +95,7 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 	}
 	service, addr, ok := strings.Cut(rest, "/")
 	if !ok || strings.Contains(addr, "/") {
-		return Entry{}, fmt.Errorf("%w: key %q is not %s<service>/<host:port>", ErrInvalid, clip(key), p)
+		return Entry{}, fmt.Errorf("%w: key %q is not %s<service>/<ip:port>", ErrInvalid, clip(key), p)
 	}
 	if err := ValidName(service); err != nil {
 		return Entry{}, fmt.Errorf("%w: key %q: service %w", ErrInvalid, clip(key), err)
@@ -99,24 +103,62 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 	if _, _, err := ParseAddr(addr); err != nil {
 		return Entry{}, fmt.Errorf("%w: key %q: %w", ErrInvalid, clip(key), err)
 	}
-	if len(value) > MaxValueSize {
-		return Entry{}, fmt.Errorf("%w: key %q: value of %d bytes exceeds %d", ErrInvalid, clip(key), len(value), MaxValueSize)
+	reg, err := decodeRegistration(value)
+	if err != nil {
+		return Entry{}, fmt.Errorf("%w: key %q: %w", ErrInvalid, clip(key), err)
 	}
-	var reg Registration
+	return Entry{Key: key, Service: service, Addr: addr, Reg: reg, Value: reg.Encode()}, nil
+}
+
+// registrationFields are the JSON names of Registration's fields.
+var registrationFields = map[string]bool{"host": true, "ipv4_addr": true, "port": true, "container": true, "node": true}
+
+// decodeRegistration parses a registration value strictly: encoding/json
+// alone matches names case-insensitively and keeps the last of duplicate
+// names, so {"ipv4_addr":"<payload>","IPV4_ADDR":"1.2.3.4"} would pass.
+func decodeRegistration(value []byte) (Registration, error) {
+	if len(value) > MaxValueSize {
+		return Registration{}, fmt.Errorf("value of %d bytes exceeds %d", len(value), MaxValueSize)
+	}
 	dec := json.NewDecoder(bytes.NewReader(value))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&reg); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: value is not registration JSON: %w", ErrInvalid, clip(key), err)
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return Registration{}, errors.New("value is not registration JSON: not an object")
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return Registration{}, fmt.Errorf("value is not registration JSON: %w", err)
+		}
+		name, _ := tok.(string)
+		switch {
+		case !registrationFields[name]:
+			return Registration{}, fmt.Errorf("value is not registration JSON: unknown field %q", clip(name))
+		case seen[name]:
+			return Registration{}, fmt.Errorf("value is not registration JSON: field %q twice", name)
+		}
+		seen[name] = true
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return Registration{}, fmt.Errorf("value is not registration JSON: %w", err)
+		}
+	}
+	if _, err := dec.Token(); err != nil { // the closing brace
+		return Registration{}, fmt.Errorf("value is not registration JSON: %w", err)
 	}
 	// Only JSON whitespace may follow. (Decoder.More is not enough: it
 	// reports false before a stray '}' or ']'.)
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Entry{}, fmt.Errorf("%w: key %q: value has trailing data", ErrInvalid, clip(key))
+		return Registration{}, errors.New("value has trailing data")
 	}
-	if err := reg.validate(); err != nil {
-		return Entry{}, fmt.Errorf("%w: key %q: %w", ErrInvalid, clip(key), err)
+	// The names are exact and unique: the usual decoder is safe now.
+	var reg Registration
+	strict := json.NewDecoder(bytes.NewReader(value))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(&reg); err != nil {
+		return Registration{}, fmt.Errorf("value is not registration JSON: %w", err)
 	}
-	return Entry{Key: key, Service: service, Addr: addr, Reg: reg, Value: string(value)}, nil
+	return reg, reg.validate()
 }
 
 func (r Registration) validate() error {
@@ -143,17 +185,22 @@ func (r Registration) validate() error {
 	return nil
 }
 
-// ParseAddr validates host:port as nginx will dial it: an IPv4 address, an
-// IPv6 address in brackets, or a DNS name, then a decimal port in 1..65535.
-// Anything else (spaces, semicolons, braces, quotes, newlines, signs,
-// unbracketed IPv6) is refused.
+// ParseAddr validates ip:port as nginx and the Lua balancer will dial it:
+// an IPv4 address, or an IPv6 address in brackets, in canonical form (as
+// netip prints it: no leading zeros, no IPv4-mapped IPv6, lowercase hex,
+// "::" where it belongs), then a decimal port in 1..65535 without leading
+// zeros. Host names are refused: nginx resolves them at `nginx -t` time,
+// where one name it cannot resolve would fail every config, and the Lua
+// balancer cannot dial them. Loopback, unspecified, multicast and
+// link-local addresses are refused too: inside the proxy they would reach
+// the proxy itself or nothing.
 func ParseAddr(addr string) (host string, port int, err error) {
-	if len(addr) > 261 || !utf8.ValidString(addr) {
+	if len(addr) > 64 || !utf8.ValidString(addr) {
 		return "", 0, fmt.Errorf("address %q is too long or not UTF-8", clip(addr))
 	}
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil {
-		return "", 0, fmt.Errorf("address %q is not host:port", clip(addr))
+		return "", 0, fmt.Errorf("address %q is not ip:port", clip(addr))
 	}
 	if p == "" || len(p) > 5 || strings.TrimLeft(p, "0123456789") != "" {
 		return "", 0, fmt.Errorf("address %q: port %q is not a number", clip(addr), clip(p))
@@ -162,23 +209,21 @@ func ParseAddr(addr string) (host string, port int, err error) {
 	if err != nil || n < 1 || n > 65535 {
 		return "", 0, fmt.Errorf("address %q: port %s out of range 1-65535", clip(addr), p)
 	}
-	if strings.HasPrefix(addr, "[") { // bracketed: must be IPv6
-		a, err := netip.ParseAddr(h)
-		if err != nil || !a.Is6() || a.Zone() != "" {
-			return "", 0, fmt.Errorf("address %q: %q is not an IPv6 address", clip(addr), clip(h))
-		}
-		return h, n, nil
+	a, err := netip.ParseAddr(h)
+	switch {
+	case err != nil:
+		return "", 0, fmt.Errorf("address %q: %q is not an IP address (host names are not accepted)", clip(addr), clip(h))
+	case a.Zone() != "":
+		return "", 0, fmt.Errorf("address %q: %q has a zone", clip(addr), clip(h))
+	case a.Is4In6():
+		return "", 0, fmt.Errorf("address %q: IPv4-mapped IPv6; register %s", clip(addr), netip.AddrPortFrom(a.Unmap(), uint16(n)))
+	case a.IsLoopback(), a.IsUnspecified(), a.IsMulticast(), a.IsLinkLocalUnicast(), a.IsInterfaceLocalMulticast():
+		return "", 0, fmt.Errorf("address %q: %s is not an address a backend can have (loopback, unspecified, multicast or link-local)", clip(addr), a)
 	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		if !a.Is4() {
-			return "", 0, fmt.Errorf("address %q: IPv6 must be in brackets", clip(addr))
-		}
-		return h, n, nil
+	if canon := netip.AddrPortFrom(a, uint16(n)).String(); canon != addr {
+		return "", 0, fmt.Errorf("address %q is not in canonical form %s", clip(addr), canon)
 	}
-	if err := validHostname(h); err != nil {
-		return "", 0, fmt.Errorf("address %q: %w", clip(addr), err)
-	}
-	return h, n, nil
+	return a.String(), n, nil
 }
 
 // validHostname accepts RFC 1123 host names: dot-separated labels of
@@ -199,6 +244,29 @@ func validHostname(h string) error {
 		}
 	}
 	return nil
+}
+
+// HostLabel turns a container name into the host name the container gets
+// and its registration's host field carries: one RFC 1123 label. Letters
+// are lowercased, anything outside [a-z0-9-] (the "_" and "." names may
+// have) becomes "-", and a name longer than 63 bytes keeps its first 54
+// and a hash of the whole, so distinct names stay distinct.
+func HostLabel(name string) string {
+	b := []byte(strings.ToLower(name))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			b[i] = '-'
+		}
+	}
+	label := strings.Trim(string(b), "-")
+	if len(label) > 63 {
+		sum := sha256.Sum256([]byte(name))
+		label = strings.TrimRight(label[:54], "-") + "-" + hex.EncodeToString(sum[:4])
+	}
+	if label == "" {
+		return "x"
+	}
+	return label
 }
 
 // ValidName checks a service or project name: 1-63 characters of

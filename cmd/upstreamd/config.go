@@ -218,11 +218,11 @@ func (c *Config) applyDefaults() {
 		c.Project = defaultProject
 	}
 	if c.Node == "" {
-		h, err := os.Hostname()
-		if err != nil || store.ValidName(strings.ToLower(h)) != nil {
-			h = "node"
+		// The host name, made a valid name (not a constant: two daemons
+		// with one node name refuse to run side by side).
+		if h, err := os.Hostname(); err == nil {
+			c.Node = store.HostLabel(h)
 		}
-		c.Node = strings.ToLower(h)
 	}
 	if len(c.Etcd.Endpoints) == 0 {
 		c.Etcd.Endpoints = []string{defaultEtcd}

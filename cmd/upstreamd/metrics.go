@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,18 +15,27 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/upstreamd/upstreamd/nginx"
-	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 )
 
+// sources is what the metrics and the health check read from the
+// orchestrator at request time.
+type sources interface {
+	BackendStates() map[string]map[string]int
+	Problems() []string
+}
+
 // metrics are the daemon's Prometheus metrics, fed by the render
-// controller's outcomes and read from the health manager.
+// controller's outcomes and read from the orchestrator when scraped, and
+// the /healthz answer.
 type metrics struct {
-	reg      *prometheus.Registry
-	passes   *prometheus.CounterVec
-	took     prometheus.Histogram
-	confirm  prometheus.Histogram
-	backends *prometheus.GaugeVec
+	reg     *prometheus.Registry
+	passes  *prometheus.CounterVec
+	took    prometheus.Histogram
+	confirm prometheus.Histogram
+
+	mu        sync.Mutex
+	renderErr error // the last render pass's failure; nil once one works
 }
 
 func newMetrics() *metrics {
@@ -43,13 +55,9 @@ func newMetrics() *metrics {
 			Help:    "Time from HUP until nginx answered with the new config's hash.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
-		backends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "upstreamd_backends",
-			Help: "Backends probed by this daemon, by service and health state.",
-		}, []string{"service", "state"}),
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.passes, m.took, m.confirm, m.backends)
+		m.passes, m.took, m.confirm)
 	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
 		m.passes.WithLabelValues(r) // exported at zero from the start
 	}
@@ -58,6 +66,7 @@ func newMetrics() *metrics {
 
 // observe records one render pass.
 func (m *metrics) observe(o render.Outcome) {
+	var failed error
 	switch {
 	case errors.Is(o.Err, nginx.ErrCheckFailed):
 		m.passes.WithLabelValues("rejected").Inc()
@@ -67,6 +76,7 @@ func (m *metrics) observe(o render.Outcome) {
 		m.passes.WithLabelValues("refused").Inc()
 	case o.Err != nil:
 		m.passes.WithLabelValues("error").Inc()
+		failed = o.Err
 	case o.Changed:
 		m.passes.WithLabelValues("reload").Inc()
 	case o.Pushed:
@@ -74,6 +84,9 @@ func (m *metrics) observe(o render.Outcome) {
 	default:
 		m.passes.WithLabelValues("unchanged").Inc()
 	}
+	m.mu.Lock()
+	m.renderErr = failed
+	m.mu.Unlock()
 	if o.Err == nil && (o.Changed || o.Pushed) {
 		m.took.Observe(o.Took.Seconds())
 	}
@@ -82,33 +95,64 @@ func (m *metrics) observe(o render.Outcome) {
 	}
 }
 
-// updateBackends sets the backend gauges from the health manager.
-func (m *metrics) updateBackends(healthy, pending []orchestrator.Target) {
-	m.backends.Reset()
-	for _, t := range healthy {
-		m.backends.WithLabelValues(t.Service, "healthy").Inc()
-	}
-	for _, t := range pending {
-		m.backends.WithLabelValues(t.Service, "pending").Inc()
+// backendsDesc is upstreamd_backends: computed at each scrape from one
+// reading, so two scrapes at once cannot mix their counts.
+var backendsDesc = prometheus.NewDesc("upstreamd_backends",
+	"Backends probed by this daemon, by service and health state (healthy, pending, unhealthy).",
+	[]string{"service", "state"}, nil)
+
+// backendsCollector reads the backend states when scraped.
+type backendsCollector struct{ src sources }
+
+func (c backendsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backendsDesc }
+
+func (c backendsCollector) Collect(ch chan<- prometheus.Metric) {
+	for service, states := range c.src.BackendStates() {
+		for state, n := range states {
+			ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), service, state)
+		}
 	}
 }
 
-// serve answers /metrics and /healthz on addr until ctx ends.
-func (m *metrics) serve(ctx context.Context, addr string, backends func() (healthy, pending []orchestrator.Target)) error {
+// problems lists what is wrong now: the orchestrator's, then the
+// renderer's last failure.
+func (m *metrics) problems(src sources) []string {
+	out := src.Problems()
+	m.mu.Lock()
+	if m.renderErr != nil {
+		out = append(out, "render: "+m.renderErr.Error())
+	}
+	m.mu.Unlock()
+	sort.Strings(out)
+	return out
+}
+
+// handler answers /metrics and /healthz: 200 "ok" while the Docker engine,
+// etcd and the render loop work, else 503 with one line per problem.
+func (m *metrics) handler(src sources) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(backendsCollector{src: src})
 	mux := http.NewServeMux()
-	metricsHandler := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
-	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m.updateBackends(backends())
-		metricsHandler.ServeHTTP(w, r)
-	}))
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.reg, reg}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if p := m.problems(src); len(p) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(strings.Join(p, "\n") + "\n"))
+			return
+		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	return mux
+}
+
+// serve answers /metrics and /healthz on addr until ctx ends.
+func (m *metrics) serve(ctx context.Context, addr string, src sources) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: m.handler(src), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

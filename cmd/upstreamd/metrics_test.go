@@ -3,6 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -47,4 +52,87 @@ func TestMetricsObserve(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeSources is the orchestrator as the metrics read it.
+type fakeSources struct {
+	states   map[string]map[string]int
+	problems []string
+}
+
+func (f fakeSources) BackendStates() map[string]map[string]int { return f.states }
+func (f fakeSources) Problems() []string                       { return append([]string(nil), f.problems...) }
+
+func TestHealthz(t *testing.T) {
+	tests := []struct {
+		name     string
+		problems []string
+		render   render.Outcome
+		want     int
+		wantBody []string
+	}{
+		{name: "all well", render: render.Outcome{Pushed: true}, want: http.StatusOK, wantBody: []string{"ok"}},
+		{name: "nginx rejected a config: still healthy", render: render.Outcome{Err: fmt.Errorf("%w: x", nginx.ErrCheckFailed)}, want: http.StatusOK},
+		{name: "docker failing", problems: []string{"docker: reconcile failing: engine down"}, want: http.StatusServiceUnavailable,
+			wantBody: []string{"docker: reconcile failing: engine down"}},
+		{name: "etcd without a lease", problems: []string{"etcd: this node holds no lease"}, want: http.StatusServiceUnavailable,
+			wantBody: []string{"etcd: this node holds no lease"}},
+		{name: "render failing", render: render.Outcome{Err: errors.New("push pools: status 403")}, want: http.StatusServiceUnavailable,
+			wantBody: []string{"render: push pools: status 403"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMetrics()
+			m.observe(tt.render)
+			srv := httptest.NewServer(m.handler(fakeSources{problems: tt.problems}))
+			defer srv.Close()
+			resp, err := http.Get(srv.URL + "/healthz")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			if resp.StatusCode != tt.want {
+				t.Errorf("status %d; want %d (%s)", resp.StatusCode, tt.want, body)
+			}
+			for _, w := range tt.wantBody {
+				if !strings.Contains(string(body), w) {
+					t.Errorf("body %q; want it to say %q", body, w)
+				}
+			}
+		})
+	}
+}
+
+// TestBackendsMetric: every state is exported, unhealthy included, and
+// concurrent scrapes each see one consistent reading.
+func TestBackendsMetric(t *testing.T) {
+	m := newMetrics()
+	src := fakeSources{states: map[string]map[string]int{"apache": {"healthy": 2, "pending": 1, "unhealthy": 1}}}
+	srv := httptest.NewServer(m.handler(src))
+	defer srv.Close()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			for _, want := range []string{
+				`upstreamd_backends{service="apache",state="healthy"} 2`,
+				`upstreamd_backends{service="apache",state="pending"} 1`,
+				`upstreamd_backends{service="apache",state="unhealthy"} 1`,
+			} {
+				if !strings.Contains(string(body), want) {
+					t.Errorf("scrape lacks %q", want)
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

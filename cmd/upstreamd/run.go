@@ -101,6 +101,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Store:         d.etcd,
 		Registrations: d.registrations,
 		LeaseTTL:      cfg.Etcd.LeaseTTL.D(),
+		Version:       version,
 		Pool:          served,
 		Logger:        log,
 	})
@@ -145,7 +146,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if listen := d.cfg.Metrics.Listen; listen != "" {
 		grp.Go(func() error {
 			d.log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
-			if err := d.metrics.serve(gctx, listen, d.orch.Backends); err != nil {
+			if err := d.metrics.serve(gctx, listen, d.orch); err != nil {
 				return fmt.Errorf("metrics.listen %s: %w", listen, err)
 			}
 			return nil

@@ -13,6 +13,7 @@
 -- where addr is ipv4:port or [ipv6]:port.
 
 local balancer = require "ngx.balancer"
+local bit = require "bit"
 
 local M = {}
 
@@ -20,7 +21,7 @@ local DICT = "upstreamd"
 local STATE_DIR = "/etc/nginx/upstreamd"
 local POOLS_FILE = STATE_DIR .. "/pools"
 local TOKEN_FILE = STATE_DIR .. "/token"
-local MAX_BODY = 1024 * 1024
+local MAX_BODY = 16 * 1024 * 1024 -- as client_max_body_size in the trailer
 
 -- Per worker: the parsed pools and the dict generation they come from,
 -- and the round-robin position per service.
@@ -140,6 +141,19 @@ function M.require_backends(service)
   return ngx.exit(ngx.HTTP_SERVICE_UNAVAILABLE)
 end
 
+-- same compares two strings in time that depends on their lengths only, so
+-- that the answer's timing says nothing about how much of a token was right.
+local function same(a, b)
+  if type(a) ~= "string" or type(b) ~= "string" or #a ~= #b then
+    return false
+  end
+  local diff = 0
+  for i = 1, #a do
+    diff = bit.bor(diff, bit.bxor(string.byte(a, i), string.byte(b, i)))
+  end
+  return diff == 0
+end
+
 -- api serves GET (the pools in use) and PUT (new pools) on /upstreamd/pools.
 function M.api()
   local dict = ngx.shared[DICT]
@@ -153,7 +167,7 @@ function M.api()
     return ngx.exit(ngx.HTTP_NOT_ALLOWED)
   end
   local token = read_file(TOKEN_FILE)
-  if not token or #token < 16 or ngx.var.http_x_upstreamd_token ~= token then
+  if not token or #token < 16 or not same(ngx.var.http_x_upstreamd_token, token) then
     return ngx.exit(ngx.HTTP_FORBIDDEN)
   end
   ngx.req.read_body()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 	"github.com/rs/zerolog"
 
@@ -67,4 +68,25 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 		return fmt.Errorf("remove network %s: %w", name, err)
 	}
 	return nil
+}
+
+// ListAll returns every container of the engine, any project, any state.
+func (c *Client) ListAll(ctx context.Context) ([]containers.Container, error) {
+	list, err := c.api.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]containers.Container, 0, len(list))
+	for _, s := range list {
+		ips := map[string]string{}
+		if s.NetworkSettings != nil {
+			for name, ep := range s.NetworkSettings.Networks {
+				if ep != nil {
+					ips[name] = ep.IPAddress
+				}
+			}
+		}
+		out = append(out, containers.Container{ID: s.ID, Image: s.Image, State: string(s.State), IPs: ips, Labels: s.Labels})
+	}
+	return out, nil
 }

@@ -1,0 +1,257 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/wake"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// ErrTaken: another live daemon holds this daemon's node name, or runs the
+// same project on the same Docker engine. The daemon must not start: two
+// daemons would rewrite each other's keys and containers.
+var ErrTaken = errors.New("taken by another live daemon")
+
+// nodeStore is etcd as the node uses it.
+type nodeStore interface {
+	Grant(ctx context.Context, ttl time.Duration) (*store.Lease, error)
+	Revoke(ctx context.Context, l *store.Lease) error
+	Claim(ctx context.Context, key, value string, lease int64) (held bool, holder store.KV, err error)
+	LeaseGranted(ctx context.Context, lease int64) (ttl time.Duration, ok bool, err error)
+}
+
+var _ nodeStore = (*store.Client)(nil)
+
+// NodesPrefix is where a project's daemons announce themselves:
+// /upstreamd/<project>/nodes/<node>.
+func NodesPrefix(project string) string { return "/upstreamd/" + project + "/nodes/" }
+
+// enginesPrefix is where a project's daemons claim their Docker engine:
+// /upstreamd/<project>/engines/<engine ID> = the holder's announcement.
+func enginesPrefix(project string) string { return "/upstreamd/" + project + "/engines/" }
+
+// Announcement is what a daemon says of itself under NodesPrefix.
+type Announcement struct {
+	Node    string    `json:"node"`
+	Host    string    `json:"host"` // the machine's host name
+	PID     int       `json:"pid"`
+	Version string    `json:"version"`
+	Engine  string    `json:"engine"` // the Docker engine's ID
+	Started time.Time `json:"started"`
+}
+
+// nodeConfig configures a node.
+type nodeConfig struct {
+	Store   nodeStore
+	Project string
+	// Engine returns the Docker engine's ID.
+	Engine func(ctx context.Context) (string, error)
+	// Self is this daemon's announcement; Engine is filled in.
+	Self Announcement
+	// TTL is the lease's: how long this daemon's keys outlive it.
+	TTL    time.Duration
+	Logger zerolog.Logger
+}
+
+// node is this daemon in etcd: it holds the one lease every key of the
+// daemon lives under, and with it its node name and its project's claim on
+// its Docker engine. Nothing else may start before it holds them (Claimed);
+// a daemon whose names are taken does not start at all (ErrTaken). It is a
+// runnable: it grants a new lease and claims again when the lease is lost,
+// and revokes it when it stops, so the daemon's keys go at once.
+type node struct {
+	cfg     nodeConfig
+	log     zerolog.Logger
+	changed wake.Fanout // a new lease
+	lost    wake.Signal
+	claimed chan struct{}
+
+	mu    sync.Mutex
+	lease *store.Lease
+}
+
+func newNode(cfg nodeConfig) *node {
+	return &node{cfg: cfg, log: cfg.Logger, lost: wake.New(), claimed: make(chan struct{})}
+}
+
+// Claimed is closed once the node holds its names for the first time.
+func (n *node) Claimed() <-chan struct{} { return n.claimed }
+
+// Lease returns the lease keys are to be written under; nil while none.
+func (n *node) Lease() *store.Lease {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.lease
+}
+
+// Subscribe returns a channel that receives after each new lease.
+func (n *node) Subscribe() <-chan struct{} { return n.changed.Subscribe() }
+
+// Lost reports that etcd no longer knows l (a write under it failed): a
+// new one is granted.
+func (n *node) Lost(l *store.Lease) {
+	if n.Lease() == l {
+		n.lost.Wake()
+	}
+}
+
+// Start claims the node's names, then keeps them until ctx ends. It returns
+// an error matching ErrTaken when another daemon holds them.
+func (n *node) Start(ctx context.Context) error {
+	for {
+		l, err := n.claimWithRetries(ctx)
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			return nil // ctx ended
+		}
+		n.setLease(l)
+		select {
+		case <-n.claimed:
+		default:
+			close(n.claimed)
+		}
+		select {
+		case <-ctx.Done():
+			n.revoke(ctx, l)
+			return nil
+		case <-l.Done:
+			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd lease lost; claiming this node again under a new lease")
+		case <-n.lost.C():
+			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd no longer knows this node's lease; claiming this node again")
+		}
+		l.Release()
+		n.setLease(nil)
+	}
+}
+
+func (n *node) setLease(l *store.Lease) {
+	n.mu.Lock()
+	n.lease = l
+	n.mu.Unlock()
+	if l != nil {
+		n.changed.Wake()
+	}
+}
+
+func (n *node) revoke(ctx context.Context, l *store.Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	defer cancel()
+	if err := n.cfg.Store.Revoke(rctx, l); err != nil {
+		n.log.Warn().Err(err).Msg("revoke lease at shutdown; keys expire with its TTL instead")
+		return
+	}
+	n.log.Info().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("lease revoked; this node's registrations are gone")
+}
+
+// claimWithRetries grants a lease and claims the names under it, retrying
+// with backoff while etcd or Docker cannot be reached. It returns nil, nil
+// when ctx ended, and an error only for ErrTaken.
+func (n *node) claimWithRetries(ctx context.Context) (*store.Lease, error) {
+	var l *store.Lease
+	var taken error
+	err := retry.Until(ctx, retry.New(200*time.Millisecond, 5*time.Second), func(ctx context.Context) error {
+		var err error
+		l, err = n.claim(ctx)
+		if errors.Is(err, ErrTaken) {
+			taken = err
+			return nil // stop retrying
+		}
+		return err
+	}, func(err error, wait time.Duration, first bool) {
+		ev := n.log.Debug()
+		if first {
+			ev = n.log.Warn()
+		}
+		ev.Err(err).Dur("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
+			n.cfg.Self.Node, n.cfg.Project)
+	})
+	switch {
+	case taken != nil:
+		return nil, taken
+	case err != nil:
+		return nil, nil
+	}
+	return l, nil
+}
+
+// claim grants a lease and claims the node name and the engine under it.
+// A name held by a daemon that is gone (its lease is not kept alive) is
+// awaited until etcd drops it, for at most its TTL.
+func (n *node) claim(ctx context.Context) (*store.Lease, error) {
+	engine, err := n.cfg.Engine(ctx)
+	if err != nil {
+		return nil, err
+	}
+	self := n.cfg.Self
+	self.Engine = engine
+	value, err := json.Marshal(self)
+	if err != nil {
+		return nil, fmt.Errorf("announce node: %w", err)
+	}
+	l, err := n.cfg.Store.Grant(ctx, n.cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	claims := []struct{ key, value, what string }{
+		{NodesPrefix(n.cfg.Project) + self.Node, string(value), fmt.Sprintf("node name %q", self.Node)},
+		{enginesPrefix(n.cfg.Project) + engine, string(value), "this Docker engine (" + engine + ")"},
+	}
+	for _, c := range claims {
+		if err := n.await(ctx, c.key, c.value, c.what, l); err != nil {
+			n.revoke(ctx, l)
+			return nil, err
+		}
+	}
+	n.log.Info().Str("node", self.Node).Str("engine", engine).Str("lease", fmt.Sprintf("%x", l.ID)).
+		Msgf("claimed node %q of project %q", self.Node, n.cfg.Project)
+	return l, nil
+}
+
+// await claims key, waiting while its holder's lease may still run out:
+// a daemon that crashed leaves its keys until its TTL expires.
+func (n *node) await(ctx context.Context, key, value, what string, l *store.Lease) error {
+	var deadline time.Time
+	for {
+		held, holder, err := n.cfg.Store.Claim(ctx, key, value, l.ID)
+		switch {
+		case err != nil:
+			return err
+		case held:
+			return nil
+		case holder.Key == "": // gone between the compare and the get
+			continue
+		case holder.Lease == 0:
+			return fmt.Errorf("project %q: %s: %w: %s, written without a lease (by hand?); delete %s",
+				n.cfg.Project, what, ErrTaken, holder.Value, key)
+		}
+		if deadline.IsZero() {
+			ttl, ok, err := n.cfg.Store.LeaseGranted(ctx, holder.Lease)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue // the holder's lease just ended
+			}
+			deadline = time.Now().Add(ttl + time.Second)
+			n.log.Warn().Str("key", key).Dur("up_to", ttl+time.Second).
+				Msgf("%s is held (by %s); waiting to see whether its daemon is gone", what, holder.Value)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("project %q: %s: %w: %s. Stop that daemon, or give this one another node name (node = \"...\" in the spec) or another project",
+				n.cfg.Project, what, ErrTaken, holder.Value)
+		}
+		if !retry.Wait(ctx, 250*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,201 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// newTestNode returns node n1 of project up on engine-1, with a 5 s TTL.
+func newTestNode(reg *fakeRegistry) *node {
+	return newNode(nodeConfig{
+		Store:   reg,
+		Project: "up",
+		Engine:  func(context.Context) (string, error) { return "engine-1", nil },
+		Self:    Announcement{Node: "n1", Host: "host-a", PID: 42, Version: "v1"},
+		TTL:     5 * time.Second,
+		Logger:  zerolog.Nop(),
+	})
+}
+
+const (
+	nodeKey   = "/upstreamd/up/nodes/n1"
+	engineKey = "/upstreamd/up/engines/engine-1"
+)
+
+// startNode runs n.Start until the returned stop, which returns Start's
+// error. Call it inside synctest.Test.
+func startNode(t *testing.T, n *node) (stop func() error, done <-chan error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	ch := make(chan error, 1)
+	go func() { ch <- n.Start(ctx) }()
+	return func() error { cancel(); return <-ch }, ch
+}
+
+func TestNodeClaims(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newFakeRegistry(nil)
+		n := newTestNode(reg)
+		stop, _ := startNode(t, n)
+		synctest.Wait()
+		select {
+		case <-n.Claimed():
+		default:
+			t.Fatal("Claimed not closed")
+		}
+		l := n.Lease()
+		if l == nil {
+			t.Fatal("no lease after the claim")
+		}
+		kv := reg.snapshot()
+		var a Announcement
+		if err := json.Unmarshal([]byte(kv[nodeKey].value), &a); err != nil || kv[nodeKey].lease != l.ID {
+			t.Fatalf("%s = %+v (%v); want the announcement under lease %d", nodeKey, kv[nodeKey], err, l.ID)
+		}
+		if a.Node != "n1" || a.Engine != "engine-1" || a.Host != "host-a" || a.PID != 42 || a.Version != "v1" {
+			t.Errorf("announcement %+v; want node n1 on engine-1 from host-a, pid 42, v1", a)
+		}
+		if got := kv[engineKey]; got != kv[nodeKey] {
+			t.Errorf("%s = %+v; want the announcement under lease %d", engineKey, got, l.ID)
+		}
+		// Stopping revokes the lease with a context that outlives the
+		// cancel: every key of the node goes at once.
+		if err := stop(); err != nil {
+			t.Errorf("Start = %v; want nil", err)
+		}
+		reg.mu.Lock()
+		revoked, revokeErr := slices.Clone(reg.revoked), slices.Clone(reg.revokeErr)
+		reg.mu.Unlock()
+		if !slices.Equal(revoked, []int64{l.ID}) || revokeErr[0] != nil {
+			t.Errorf("revoked %v (ctx errors %v); want [%d] with a live context", revoked, revokeErr, l.ID)
+		}
+		if got := reg.snapshot(); len(got) != 0 {
+			t.Errorf("keys left after stopping: %v", got)
+		}
+	})
+}
+
+func TestNodeTaken(t *testing.T) {
+	tests := []struct {
+		name    string
+		key     string
+		gone    time.Duration // the holder's keys go after this long; 0: never (alive)
+		wantErr string
+	}{
+		{name: "node name held by a live daemon", key: nodeKey, wantErr: `node name "n1"`},
+		{name: "engine held by a live daemon of the project", key: engineKey, wantErr: "this Docker engine (engine-1)"},
+		{name: "node name of a daemon that crashed", key: nodeKey, gone: 4 * time.Second},
+		{name: "engine of a daemon that crashed", key: engineKey, gone: 4 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reg := newFakeRegistry(nil)
+				holder := `{"node":"n1","host":"host-b","pid":7}`
+				reg.holdWith(tt.key, holder, 99, 5*time.Second)
+				if tt.gone > 0 {
+					time.AfterFunc(tt.gone, func() { reg.remove(tt.key) })
+				}
+				n := newTestNode(reg)
+				stop, done := startNode(t, n)
+				advance(3 * time.Second)
+				select {
+				case <-n.Claimed():
+					t.Fatal("claimed while another daemon may still hold the name")
+				default:
+				}
+				advance(10 * time.Second) // past the holder's TTL
+				if tt.wantErr == "" {
+					select {
+					case <-n.Claimed():
+					default:
+						t.Fatal("not claimed after the crashed daemon's keys expired")
+					}
+					if err := stop(); err != nil {
+						t.Errorf("Start = %v; want nil", err)
+					}
+					return
+				}
+				var err error
+				select {
+				case err = <-done:
+				default:
+					t.Fatal("Start still running; want ErrTaken after the holder's TTL")
+				}
+				if !errors.Is(err, ErrTaken) {
+					t.Fatalf("Start = %v; want ErrTaken", err)
+				}
+				for _, want := range []string{tt.wantErr, "host-b", "another node name"} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error %q; want it to say %q", err, want)
+					}
+				}
+				for k, v := range reg.snapshot() {
+					if v.lease != 99 {
+						t.Errorf("key %s left under this daemon's lease %d", k, v.lease)
+					}
+				}
+			})
+		})
+	}
+}
+
+func TestNodeLeaseLost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newFakeRegistry(nil)
+		n := newTestNode(reg)
+		changed := n.Subscribe()
+		stop, _ := startNode(t, n)
+		defer func() { _ = stop() }()
+		synctest.Wait()
+		<-changed
+		first := n.Lease()
+		// etcd dropped the lease and its keys (an outage longer than the TTL).
+		reg.remove(nodeKey)
+		reg.remove(engineKey)
+		reg.expire(first.ID)
+		synctest.Wait()
+		second := n.Lease()
+		if second == nil || second.ID == first.ID {
+			t.Fatalf("lease %v after losing %d; want a new one", second, first.ID)
+		}
+		select {
+		case <-changed:
+		default:
+			t.Error("no notification of the new lease")
+		}
+		if kv := reg.snapshot(); kv[nodeKey].lease != second.ID || kv[engineKey].lease != second.ID {
+			t.Errorf("keys %v; want both under the new lease %d", kv, second.ID)
+		}
+	})
+}
+
+func TestNodeWaitsForEtcd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		reg := newFakeRegistry(nil)
+		reg.grantErrs = 3
+		n := newTestNode(reg)
+		stop, _ := startNode(t, n)
+		defer func() { _ = stop() }()
+		synctest.Wait()
+		select {
+		case <-n.Claimed():
+			t.Fatal("claimed while etcd is unreachable")
+		default:
+		}
+		advance(5 * time.Second)
+		select {
+		case <-n.Claimed():
+		default:
+			t.Fatal("not claimed once etcd answers")
+		}
+	})
+}

@@ -37,9 +37,14 @@ func TestBench(t *testing.T) {
 	defer b.report()
 
 	metricsPort := freePort(t)
+	// "big" and "burst" are services of the spec with one backend each, so
+	// that their pools are pushed; nothing routes to them, so the fake
+	// servers the scenarios register there receive no request.
 	s := newStack(t,
 		withHealth("/healthz", "2s", 2, 2),
-		withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", metricsPort)))
+		withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", metricsPort)),
+		withExtraTOML("[[service]]\nname = \"big\"\nimage = \"upstreamd/apache:latest\"\nreplicas = 1"),
+		withExtraTOML("[[service]]\nname = \"burst\"\nimage = \"upstreamd/apache:latest\"\nreplicas = 1"))
 	s.opts.timeout = "1s"
 	s.writeConfig()
 	b.metrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)

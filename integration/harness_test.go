@@ -309,8 +309,22 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 	}
 }
 
-// backends returns the project's backend containers that are running.
+// backends returns the running backends of the stack's service (apache
+// unless set), by name.
 func (s *stack) backends() []containers.Container {
+	s.t.Helper()
+	var out []containers.Container
+	for _, c := range s.allBackends() {
+		if c.Service == s.opts.service {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// allBackends returns the project's running backends, of every service,
+// by name.
+func (s *stack) allBackends() []containers.Container {
 	s.t.Helper()
 	list, err := s.docker.List(s.t.Context(), s.project)
 	require.NoError(s.t, err)

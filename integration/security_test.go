@@ -259,7 +259,7 @@ func TestContainersAreUnprivilegedWithLimits(t *testing.T) {
 	s.startDaemon()
 	eventually(t, 90*time.Second, "3 apache and 1 sticky backend running and registered, and a running proxy", func() error {
 		bySvc := map[string]int{}
-		for _, c := range s.backends() {
+		for _, c := range s.allBackends() {
 			bySvc[c.Service]++
 		}
 		if bySvc["apache"] != 3 || bySvc["sticky"] != 1 {

@@ -37,120 +37,111 @@ func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.C
 	return etcd, nil
 }
 
+// readRegistrations reads the registrations once, validated as the
+// daemon's watch would: invalid entries are logged and left out.
+func readRegistrations(ctx context.Context, cfg *Config, log zerolog.Logger) (store.Snapshot, error) {
+	etcd, err := connectEtcd(ctx, cfg, log)
+	if err != nil {
+		return store.Snapshot{}, err
+	}
+	defer etcd.Close()
+	return etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+}
+
 func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
-	return &cobra.Command{
+	return g.specCommand(stderr, &cobra.Command{
 		Use:   "render",
 		Short: "print the config that would be rendered from the registrations in etcd now; touches nothing",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, cfg, err := g.load(stderr)
-			if err != nil {
-				return err
-			}
-			tmpl, err := cfg.LoadTemplate()
-			if err != nil {
-				return err
-			}
-			etcd, err := connectEtcd(cmd.Context(), cfg, log)
-			if err != nil {
-				return err
-			}
-			defer etcd.Close()
-			snap, err := etcd.ReadSnapshot(cmd.Context(), cfg.Etcd.Prefix, log)
-			if err != nil {
-				return err
-			}
-			view := render.NewView(render.ViewInput{
-				Snapshot:   snap,
-				Services:   cfg.ServiceNames(),
-				Default:    cfg.Proxy.Service,
-				Listen:     cfg.Proxy.Port,
-				Dynamic:    *cfg.Proxy.Dynamic,
-				StatusPort: *cfg.Proxy.StatusPort,
-			})
-			out, err := render.Render(tmpl, view)
-			if err != nil {
-				return err
-			}
-			if _, err := stdout.Write(render.Finish(out, view)); err != nil {
-				return err
-			}
-			if *cfg.Proxy.Dynamic {
-				// The pools are not in the file: show what would be pushed.
-				var b strings.Builder
-				b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
-				for _, s := range view.Services {
-					addrs := make([]string, 0, len(s.Backends))
-					for _, b := range s.Backends {
-						addrs = append(addrs, b.Addr)
-					}
-					fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
-				}
-				_, err = io.WriteString(stdout, b.String())
-			}
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+		tmpl, err := cfg.LoadTemplate()
+		if err != nil {
 			return err
-		},
-	}
+		}
+		snap, err := readRegistrations(cmd.Context(), cfg, log)
+		if err != nil {
+			return err
+		}
+		view := render.NewView(render.ViewInput{
+			Snapshot:   snap,
+			Services:   cfg.ServiceNames(),
+			Default:    cfg.Proxy.Service,
+			Listen:     cfg.Proxy.Port,
+			Dynamic:    *cfg.Proxy.Dynamic,
+			StatusPort: *cfg.Proxy.StatusPort,
+		})
+		out, err := render.Render(tmpl, view)
+		if err != nil {
+			return err
+		}
+		if _, err := stdout.Write(render.Finish(out, view)); err != nil {
+			return err
+		}
+		if *cfg.Proxy.Dynamic {
+			// The pools are not in the file: show what would be pushed.
+			var b strings.Builder
+			b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
+			for _, s := range view.Services {
+				addrs := make([]string, 0, len(s.Backends))
+				for _, b := range s.Backends {
+					addrs = append(addrs, b.Addr)
+				}
+				fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
+			}
+			_, err = io.WriteString(stdout, b.String())
+		}
+		return err
+	})
 }
 
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
-	return &cobra.Command{
+	return g.specCommand(stderr, &cobra.Command{
 		Use:   "status",
 		Short: "list the project's containers and the registrations in etcd",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, cfg, err := g.load(stderr)
-			if err != nil {
-				return err
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+		docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
+		if err != nil {
+			return err
+		}
+		defer docker.Close()
+		list, err := docker.List(cmd.Context(), cfg.Project)
+		if err != nil {
+			return err
+		}
+		sort.Slice(list, func(i, j int) bool {
+			if list[i].Role != list[j].Role {
+				return list[i].Role < list[j].Role
 			}
-			docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
-			if err != nil {
-				return err
+			return list[i].Name < list[j].Name
+		})
+		snap, err := readRegistrations(cmd.Context(), cfg, log)
+		if err != nil {
+			return err
+		}
+		byContainer := map[string]store.Entry{}
+		for _, e := range snap.Entries {
+			byContainer[e.Reg.Container] = e
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
+		for _, c := range list {
+			addr, reg := c.IPs[cfg.Network.Name], "-"
+			if e, ok := byContainer[c.Short()]; ok {
+				reg = e.Key
 			}
-			defer docker.Close()
-			list, err := docker.List(cmd.Context(), cfg.Project)
-			if err != nil {
-				return err
+			if addr == "" {
+				addr = "-"
 			}
-			sort.Slice(list, func(i, j int) bool {
-				if list[i].Role != list[j].Role {
-					return list[i].Role < list[j].Role
-				}
-				return list[i].Name < list[j].Name
-			})
-			etcd, err := connectEtcd(cmd.Context(), cfg, log)
-			if err != nil {
-				return err
-			}
-			defer etcd.Close()
-			snap, err := etcd.ReadSnapshot(cmd.Context(), cfg.Etcd.Prefix, log)
-			if err != nil {
-				return err
-			}
-			byContainer := map[string]store.Entry{}
-			for _, e := range snap.Entries {
-				byContainer[e.Reg.Container] = e
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
-			for _, c := range list {
-				addr, reg := c.IPs[cfg.Network.Name], "-"
-				if e, ok := byContainer[c.Short()]; ok {
-					reg = e.Key
-				}
-				if addr == "" {
-					addr = "-"
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, addr, reg)
-			}
-			fmt.Fprintln(tw)
-			fmt.Fprintln(tw, "KEY\tNODE\tCONTAINER\tLEASE")
-			for _, e := range snap.Entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
-			}
-			return tw.Flush()
-		},
-	}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, addr, reg)
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "KEY\tNODE\tCONTAINER\tLEASE")
+		for _, e := range snap.Entries {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+		}
+		return tw.Flush()
+	})
 }
 
 func dash(s string) string {
@@ -162,55 +153,51 @@ func dash(s string) string {
 
 func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var reset bool
-	cmd := &cobra.Command{
+	cmd := g.specCommand(stderr, &cobra.Command{
 		Use:   "scale SERVICE [REPLICAS]",
 		Short: "set a service's replicas at run time (an override in etcd the daemon applies at once)",
 		Long: "scale writes /upstreamd/<project>/replicas/<service> in etcd; the running daemon\n" +
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +
 			"spec file's replicas apply again.",
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			log, cfg, err := g.load(stderr)
-			if err != nil {
-				return err
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error {
+		svc := args[0]
+		known := false
+		for _, s := range cfg.Service {
+			known = known || s.Name == svc
+		}
+		if !known {
+			return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.file, cfg.ServiceNames())}
+		}
+		if reset == (len(args) == 2) {
+			return usageError{fmt.Errorf("give either REPLICAS or --reset")}
+		}
+		var n int
+		if !reset { // validate before connecting: a typo must not wait on etcd
+			var err error
+			if n, err = orchestrator.ParseReplicas(args[1]); err != nil {
+				return usageError{err}
 			}
-			svc := args[0]
-			known := false
-			for _, s := range cfg.Service {
-				known = known || s.Name == svc
-			}
-			if !known {
-				return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.file, cfg.ServiceNames())}
-			}
-			if reset == (len(args) == 2) {
-				return usageError{fmt.Errorf("give either REPLICAS or --reset")}
-			}
-			var n int
-			if !reset { // validate before connecting: a typo must not wait on etcd
-				if n, err = orchestrator.ParseReplicas(args[1]); err != nil {
-					return usageError{err}
-				}
-			}
-			etcd, err := connectEtcd(cmd.Context(), cfg, log)
-			if err != nil {
-				return err
-			}
-			defer etcd.Close()
-			key := orchestrator.OverridesPrefix(cfg.Project) + svc
-			if reset {
-				if _, err := etcd.Delete(cmd.Context(), key); err != nil {
-					return err
-				}
-				_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
-				return err
-			}
-			if _, err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
-				return err
-			}
-			_, err = fmt.Fprintf(stdout, "%s: replicas set to %d\n", svc, n)
+		}
+		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+		if err != nil {
 			return err
-		},
-	}
+		}
+		defer etcd.Close()
+		key := orchestrator.OverridesPrefix(cfg.Project) + svc
+		if reset {
+			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
+			return err
+		}
+		if _, err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s: replicas set to %d\n", svc, n)
+		return err
+	})
 	cmd.Flags().BoolVar(&reset, "reset", false, "remove the override")
 	return cmd
 }

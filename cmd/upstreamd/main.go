@@ -104,6 +104,20 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	return root
 }
 
+// specCommand returns c running run with the logger and the spec the
+// global flags give: the shape of every command but version.
+func (g *globalFlags) specCommand(stderr io.Writer, c *cobra.Command,
+	run func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error) *cobra.Command {
+	c.RunE = func(cmd *cobra.Command, args []string) error {
+		log, cfg, err := g.load(stderr)
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, log, cfg)
+	}
+	return c
+}
+
 // load returns a command's logger and spec, from the flags.
 func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *Config, error) {
 	log, err := g.logger(stderr)

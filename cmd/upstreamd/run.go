@@ -20,18 +20,13 @@ import (
 )
 
 func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
-	return &cobra.Command{
+	return g.specCommand(stderr, &cobra.Command{
 		Use:   "run",
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
 		Args:  usageArgs(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, cfg, err := g.load(stderr)
-			if err != nil {
-				return err
-			}
-			return runDaemon(cmd.Context(), cfg, log)
-		},
-	}
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+		return runDaemon(cmd.Context(), cfg, log)
+	})
 }
 
 // runDaemon wires the components and runs them until ctx ends.

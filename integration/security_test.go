@@ -222,7 +222,7 @@ func registrations(ctx context.Context, cli *clientv3.Client, service string) ([
 // removed at cleanup.
 func newTLSStack(t *testing.T, endpoint string, certs pki.Files, user, password string, replicas int) *stack {
 	t.Helper()
-	s := &stack{t: t, project: "it" + randomHex(4), etcdURL: endpoint}
+	s := &stack{t: t, project: "it" + randomHex(4), etcdURL: endpoint, opts: stackOptions{service: "apache"}}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var err error
 	s.docker, err = engine.New()

@@ -81,8 +81,11 @@ func (c *Client) Create(ctx context.Context, spec CreateSpec) (Container, error)
 	if err != nil {
 		return Container{}, err
 	}
-	c.log.Info().Str("container", ct.Name).Str("id", ct.Short()).Str("image", spec.Image).
-		Str("role", spec.Labels[LabelRole]).Str("service", spec.Labels[LabelService]).Msg("container created")
+	ev := c.log.Info().Str("container", ct.Name).Str("id", ct.Short()).Str("image", spec.Image).Str("role", spec.Labels[LabelRole])
+	if svc := spec.Labels[LabelService]; svc != "" { // the proxy and the data volume have none
+		ev = ev.Str("service", svc)
+	}
+	ev.Msg("container created")
 	return ct, nil
 }
 
@@ -173,7 +176,7 @@ func (c *Client) Stop(ctx context.Context, id string, grace time.Duration) error
 		}
 		return fmt.Errorf("stop container %s: %w", ShortID(id), err)
 	}
-	c.log.Info().Str("id", ShortID(id)).Dur("grace", grace).Msg("container stopped")
+	c.log.Info().Str("id", ShortID(id)).Stringer("grace", grace).Msg("container stopped")
 	return nil
 }
 

@@ -89,8 +89,8 @@ func (d *drainer) Drain(c containers.Container, svc ServiceSpec, reason string) 
 	d.tasks.Go(func(ctx context.Context) {
 		start := time.Now()
 		if d.drain(ctx, log, c.ID, svc, addr) {
-			d.cfg.Ledger.clear(c.ID)
-			log.Info().Dur("took", time.Since(start)).Msg("backend drained and removed")
+			// The mark stays until a listing no longer shows the backend.
+			log.Info().Stringer("took", time.Since(start)).Msg("backend drained and removed")
 		}
 		d.cfg.Done()
 	})
@@ -133,7 +133,7 @@ func (d *drainer) drain(ctx context.Context, log zerolog.Logger, id string, svc 
 		return errors.Join(d.cfg.Docker.Stop(ctx, id, svc.StopGrace), d.cfg.Docker.Remove(ctx, id))
 	}, func(err error, wait time.Duration, first bool) {
 		if first {
-			log.Error().Err(err).Dur("retry_in", wait).Msg("drained backend not removed; retrying")
+			log.Error().Err(err).Stringer("retry_in", wait).Msg("drained backend not removed; retrying")
 		}
 	})
 	return err == nil

@@ -61,6 +61,8 @@ type fakeDocker struct {
 	// staleList overrides the state List reports (Inspect tells the truth),
 	// as the engine's list view lags behind a container's exit.
 	staleList map[string]string
+	// ghosts are listed though gone: a listing taken just before a removal.
+	ghosts map[string]containers.Container
 }
 
 var (
@@ -74,6 +76,7 @@ func newFakeDocker() *fakeDocker {
 		imageErr:  map[string]error{},
 		events:    make(chan containers.Event),
 		staleList: map[string]string{},
+		ghosts:    map[string]containers.Container{},
 	}
 }
 
@@ -97,6 +100,9 @@ func (f *fakeDocker) List(_ context.Context, project string) ([]containers.Conta
 			}
 			out = append(out, c)
 		}
+	}
+	for _, g := range f.ghosts {
+		out = append(out, cloneContainer(g))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil

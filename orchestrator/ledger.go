@@ -54,5 +54,19 @@ func (l *ledger) of(id string) fate {
 	return l.fates[id]
 }
 
+// forgetAbsent drops the fate of every container a listing no longer
+// shows: from then on no listing can bring it back. (A drain's mark stays
+// until then, so that a pass acting on a listing taken just before the
+// drain removed its backend cannot drain it a second time.)
+func (l *ledger) forgetAbsent(listed map[string]bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id := range l.fates {
+		if !listed[id] {
+			delete(l.fates, id)
+		}
+	}
+}
+
 // gone reports whether id died or is draining: not to be probed.
 func (l *ledger) gone(id string) bool { return l.of(id) != 0 }

@@ -172,7 +172,7 @@ func (n *node) claimWithRetries(ctx context.Context) (*store.Lease, error) {
 		if first {
 			ev = n.log.Warn()
 		}
-		ev.Err(err).Dur("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
+		ev.Err(err).Stringer("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
 			n.cfg.Self.Node, n.cfg.Project)
 	})
 	switch {
@@ -243,7 +243,7 @@ func (n *node) await(ctx context.Context, key, value, what string, l *store.Leas
 				continue // the holder's lease just ended
 			}
 			deadline = time.Now().Add(ttl + time.Second)
-			n.log.Warn().Str("key", key).Dur("up_to", ttl+time.Second).
+			n.log.Warn().Str("key", key).Stringer("up_to", ttl+time.Second).
 				Msgf("%s is held (by %s); waiting to see whether its daemon is gone", what, holder.Value)
 		}
 		if time.Now().After(deadline) {

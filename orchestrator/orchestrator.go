@@ -124,7 +124,7 @@ func New(cfg Config) *Orchestrator {
 	if cfg.StreamIdle <= 0 {
 		cfg.StreamIdle = 10 * time.Second
 	}
-	o := &Orchestrator{cfg: cfg, log: cfg.Logger, ledger: newLedger(), proxy: newRunningProxy(),
+	o := &Orchestrator{cfg: cfg, log: cfg.Logger.With().Str("component", "orchestrator").Logger(), ledger: newLedger(), proxy: newRunningProxy(),
 		wake: wake.New(), ready: make(chan struct{})}
 	o.node = newNode(nodeConfig{
 		Store:   cfg.Store,
@@ -288,7 +288,7 @@ func (o *Orchestrator) awaitFirstProbes(ctx context.Context, changed <-chan stru
 		case <-ctx.Done():
 			return false
 		case <-deadline.C:
-			o.log.Warn().Dur("after", o.cfg.ReadyTimeout).Msg("some backends still await their first probe; going ahead")
+			o.log.Warn().Stringer("after", o.cfg.ReadyTimeout).Msg("some backends still await their first probe; going ahead")
 			return true
 		case <-changed:
 		}
@@ -354,7 +354,7 @@ func (o *Orchestrator) afterPass(pass int, res Result, err error, bo *retry.Back
 		if first {
 			ev = o.log.Error()
 		}
-		ev.Err(err).Int("pass", pass).Dur("retry_in", d).Msg("reconcile failed")
+		ev.Err(err).Int("pass", pass).Stringer("retry_in", d).Msg("reconcile failed")
 		return time.After(d)
 	case bo.Succeeded():
 		o.log.Info().Int("pass", pass).Msg("reconcile recovered")
@@ -396,7 +396,7 @@ func (o *Orchestrator) watchEvents(ctx context.Context) error {
 		case ctx.Err() != nil:
 			return nil
 		case idle:
-			o.log.Debug().Dur("idle", o.cfg.StreamIdle).Msg("docker event stream quiet; reopening it")
+			o.log.Debug().Stringer("idle", o.cfg.StreamIdle).Msg("docker event stream quiet; reopening it")
 			continue
 		}
 		o.troubles.set("events", err)
@@ -404,7 +404,7 @@ func (o *Orchestrator) watchEvents(ctx context.Context) error {
 			bo.Succeeded()
 		}
 		d, _ := bo.Failed()
-		o.log.Warn().Err(err).Dur("retry_in", d).Msg("docker event stream broke; reconnecting")
+		o.log.Warn().Err(err).Stringer("retry_in", d).Msg("docker event stream broke; reconnecting")
 		if !retry.Wait(ctx, d) {
 			return nil
 		}
@@ -452,11 +452,10 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 		if o.ledger.mark(ev.ID, fateDied) && ev.Role == containers.RoleBackend {
 			o.health.Drop(ev.ID, "backend died; deregistering")
 		}
-	case "destroy": // gone from every listing from now on
+	case "destroy": // the next listing forgets its fate
 		if ev.Role == containers.RoleBackend {
 			o.health.Drop(ev.ID, "backend died; deregistering")
 		}
-		o.ledger.clear(ev.ID)
 	case "start":
 		switch ev.Role {
 		case containers.RoleBackend:

@@ -100,6 +100,11 @@ func (r *reconciler) Reconcile(ctx context.Context) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	listed := make(map[string]bool, len(all))
+	for _, c := range all {
+		listed[c.ID] = true
+	}
+	r.cfg.Ledger.forgetAbsent(listed)
 	all = r.freshen(ctx, all)
 	var data, proxies []containers.Container
 	backends := map[string][]containers.Container{}

@@ -1238,3 +1238,50 @@ func TestReconcileDrainWaitsWhileUnknown(t *testing.T) {
 		}
 	})
 }
+
+// TestReconcileDrainsOnce: a pass that acts on a listing taken just before
+// a drain removed its backend sees the backend still running; it must not
+// drain it a second time (a second "drained and removed" for the same
+// container). The mark is forgotten once a listing no longer shows it.
+func TestReconcileDrainsOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newRecEnv(t, testSpec())
+		e.reconcile(t)
+		b := running(e.docker.withRole(containers.RoleBackend, "apache"))
+		for _, c := range b {
+			e.prober.setState(c.ID, "healthy")
+		}
+		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.reconcile(t)
+		e.waitDrains()
+		retired := e.prober.retiredIDs()
+		if len(retired) != 1 {
+			t.Fatalf("retired %v; want one", retired)
+		}
+		victim := retired[0]
+		var ghost containers.Container
+		for _, c := range b {
+			if c.ID == victim {
+				ghost = c
+			}
+		}
+		e.docker.mu.Lock()
+		e.docker.ghosts[victim] = ghost // still listed, as running
+		e.docker.mu.Unlock()
+		e.reconcile(t)
+		e.waitDrains()
+		if got := e.prober.retiredIDs(); len(got) != 1 {
+			t.Errorf("retired %v; want the victim once", got)
+		}
+		if got := e.docker.recorded(); len(got.stops) != 1 {
+			t.Errorf("stopped %v; want one stop", got.stops)
+		}
+		e.docker.mu.Lock()
+		delete(e.docker.ghosts, victim)
+		e.docker.mu.Unlock()
+		e.reconcile(t)
+		if f := e.ledger.of(victim); f != 0 {
+			t.Errorf("fate of the drained backend %d; want it forgotten once no listing shows it", f)
+		}
+	})
+}

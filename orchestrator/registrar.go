@@ -157,7 +157,7 @@ func (r *registrar) Start(ctx context.Context) error {
 		case ctx.Err() == nil:
 			d, first := bo.Failed()
 			if first {
-				r.log.Error().Err(err).Dur("retry_in", d).Msg("etcd registration sync failed; retrying with backoff")
+				r.log.Error().Err(err).Stringer("retry_in", d).Msg("etcd registration sync failed; retrying with backoff")
 			}
 			again = time.After(d)
 		}
@@ -234,12 +234,12 @@ func (r *registrar) sync(ctx context.Context) error {
 		case ok, keep[e.Key]:
 			// rewritten below, under our lease; or pending its first probe
 		default:
-			errs = append(errs, r.write(ctx, lease, e.Key, "", e.Service, e.Reg.Container))
+			errs = append(errs, r.write(ctx, lease, e.Key, e.Service, e.Reg, false))
 		}
 	}
 	r.note(notes)
 	for key, reg := range put {
-		err := r.write(ctx, lease, key, reg.Encode(), "", reg.Host)
+		err := r.write(ctx, lease, key, "", reg, true)
 		if errors.Is(err, store.ErrLeaseLost) {
 			r.cfg.Leases.Lost(lease) // gone on the server: the node claims anew
 			return err
@@ -263,24 +263,28 @@ func (r *registrar) note(notes map[string]string) {
 // registers reports whether this node registers service.
 func (r *registrar) registers(service string) bool { return slices.Contains(r.cfg.Services, service) }
 
-// write puts value at key under the lease, or deletes key when value is
-// empty, and logs it.
-func (r *registrar) write(ctx context.Context, lease *store.Lease, key, value, service, container string) error {
+// write puts reg at key under the lease, or deletes key, and logs it
+// naming the container the same way both times.
+func (r *registrar) write(ctx context.Context, lease *store.Lease, key, service string, reg store.Registration, put bool) error {
 	var rev int64
 	var err error
-	if value == "" {
-		rev, err = r.cfg.Store.Delete(ctx, key)
+	if put {
+		rev, err = r.cfg.Store.Put(ctx, key, reg.Encode(), lease.ID)
 	} else {
-		rev, err = r.cfg.Store.Put(ctx, key, value, lease.ID)
+		rev, err = r.cfg.Store.Delete(ctx, key)
 	}
 	if err != nil {
 		return err
 	}
 	r.written = max(r.written, rev)
-	if value == "" {
-		r.log.Info().Str("service", service).Str("key", key).Str("container", container).Msg("deregistered")
+	ev := r.log.Info().Str("key", key).Str("container", reg.Host).Str("id", reg.Container)
+	if service != "" {
+		ev = ev.Str("service", service)
+	}
+	if put {
+		ev.Msg("registered")
 	} else {
-		r.log.Info().Str("key", key).Str("container", container).Msg("registered")
+		ev.Msg("deregistered")
 	}
 	return nil
 }

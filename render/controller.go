@@ -190,7 +190,7 @@ func (c *Controller) Start(ctx context.Context) error {
 		default:
 			d, _ := bo.Failed()
 			if !errors.Is(o.Err, ErrWouldEmpty) { // the pass said why
-				c.log.Warn().Err(o.Err).Dur("retry_in", d).Msg("render pass failed; will retry")
+				c.log.Warn().Err(o.Err).Stringer("retry_in", d).Msg("render pass failed; will retry")
 			}
 			t.retry = time.After(d)
 		}
@@ -389,14 +389,14 @@ func (c *Controller) logPass(o Outcome, cand candidate) {
 	case o.Err != nil || !o.Changed && !o.Pushed:
 		return
 	}
-	ev := c.log.Info().Str("config", cand.hash).Int64("revision", o.Revision).Dur("took", o.Took)
+	ev := c.log.Info().Str("config", cand.hash).Int64("revision", o.Revision).Stringer("took", o.Took)
 	for _, s := range cand.view.Services {
 		ev = ev.Int("backends_"+s.Name, len(s.Backends))
 	}
 	ev = ev.Str("proxy", c.state.proxy.Short())
 	switch {
 	case o.Changed:
-		ev.Dur("reload_confirmed_after", o.Confirmed).Bool("pools_pushed", o.Pushed).Msg("nginx reloaded with new config")
+		ev.Stringer("reload_confirmed_after", o.Confirmed).Bool("pools_pushed", o.Pushed).Msg("nginx reloaded with new config")
 	case cand.hash == c.state.rejected:
 		ev.Msg("pools updated; the rendered config stays rejected")
 	default:

@@ -48,7 +48,7 @@ func (c *Client) Watch(ctx context.Context, prefix string, handle func(Update)) 
 		if first {
 			ev = c.log.Error()
 		}
-		ev.Err(err).Str("prefix", prefix).Dur("retry_in", wait).Msg("etcd watch failed; keeping what was read and retrying with backoff")
+		ev.Err(err).Str("prefix", prefix).Stringer("retry_in", wait).Msg("etcd watch failed; keeping what was read and retrying with backoff")
 		if !retry.Wait(ctx, wait) {
 			return nil
 		}

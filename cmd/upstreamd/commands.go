@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -97,51 +98,85 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return g.specCommand(stderr, &cobra.Command{
 		Use:   "status",
-		Short: "list the project's containers and the registrations in etcd",
+		Short: "the project's containers, replica counts and registrations; what can be read when etcd or Docker cannot",
 		Args:  usageArgs(cobra.NoArgs),
 	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
-		docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
-		if err != nil {
-			return err
-		}
-		defer docker.Close()
-		list, err := docker.List(cmd.Context(), cfg.Project)
-		if err != nil {
-			return err
-		}
-		sort.Slice(list, func(i, j int) bool {
-			if list[i].Role != list[j].Role {
-				return list[i].Role < list[j].Role
-			}
-			return list[i].Name < list[j].Name
-		})
-		snap, err := readRegistrations(cmd.Context(), cfg, log)
-		if err != nil {
-			return err
-		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		snap, overrides, etcdErr := readEtcd(cmd.Context(), cfg, log)
+		list, dockerErr := listContainers(cmd.Context(), cfg, log)
 		byContainer := map[string]store.Entry{}
 		for _, e := range snap.Entries {
 			byContainer[e.Reg.Container] = e
 		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
 		for _, c := range list {
 			addr, reg := c.IPs[cfg.Network.Name], "-"
 			if e, ok := byContainer[c.Short()]; ok {
 				reg = e.Key
 			}
-			if addr == "" {
-				addr = "-"
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, dash(addr), reg)
+		}
+		if dockerErr != nil {
+			fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
+		}
+		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tFROM")
+		for _, svc := range cfg.Service {
+			n, from := *svc.Replicas, "spec"
+			if ov, ok := overrides[svc.Name]; ok {
+				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, addr, reg)
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", svc.Name, n, from)
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "KEY\tNODE\tCONTAINER\tLEASE")
 		for _, e := range snap.Entries {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
 		}
-		return tw.Flush()
+		if etcdErr != nil {
+			fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
+		}
+		return errors.Join(tw.Flush(), dockerErr, etcdErr)
 	})
+}
+
+// listContainers lists the project's containers, by role then name.
+func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]containers.Container, error) {
+	docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	defer docker.Close()
+	list, err := docker.List(ctx, cfg.Project)
+	sort.Slice(list, func(i, j int) bool {
+		if list[i].Role != list[j].Role {
+			return list[i].Role < list[j].Role
+		}
+		return list[i].Name < list[j].Name
+	})
+	return list, err
+}
+
+// readEtcd reads the registrations and the replica overrides once.
+func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (store.Snapshot, map[string]int, error) {
+	etcd, err := connectEtcd(ctx, cfg, log)
+	if err != nil {
+		return store.Snapshot{}, nil, err
+	}
+	defer etcd.Close()
+	snap, err := etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	if err != nil {
+		return store.Snapshot{}, nil, err
+	}
+	prefix := orchestrator.OverridesPrefix(cfg.Project)
+	kvs, _, err := etcd.List(ctx, prefix)
+	overrides := map[string]int{}
+	for _, kv := range kvs {
+		if n, perr := orchestrator.ParseReplicas(string(kv.Value)); perr == nil {
+			overrides[strings.TrimPrefix(kv.Key, prefix)] = n
+		}
+	}
+	return snap, overrides, err
 }
 
 func dash(s string) string {
@@ -154,7 +189,7 @@ func dash(s string) string {
 func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var reset bool
 	cmd := g.specCommand(stderr, &cobra.Command{
-		Use:   "scale SERVICE [REPLICAS]",
+		Use:   "scale SERVICE (REPLICAS | --reset)",
 		Short: "set a service's replicas at run time (an override in etcd the daemon applies at once)",
 		Long: "scale writes /upstreamd/<project>/replicas/<service> in etcd; the running daemon\n" +
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +

@@ -11,12 +11,15 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
+
+	"github.com/upstreamd/upstreamd/orchestrator"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -39,7 +42,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
-	if err := root.ExecuteContext(ctx); err != nil {
+	err := negativeNumber(args)
+	if err == nil {
+		err = root.ExecuteContext(ctx)
+	}
+	if err != nil {
 		_, _ = fmt.Fprintln(stderr, "upstreamd:", err) // nowhere left to report a failure to write it
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -48,6 +55,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// negativeNumber refuses an argument such as -1 before cobra reads it as
+// a flag "1" and says "unknown shorthand flag".
+func negativeNumber(args []string) error {
+	for _, a := range args {
+		if a == "--" {
+			return nil
+		}
+		if len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "0123456789") == "" {
+			return usageError{fmt.Errorf("%s: a negative number is not a valid argument (replicas are 1-%d)", a, orchestrator.MaxReplicas)}
+		}
+	}
+	return nil
 }
 
 // usageError marks errors in the command line itself.
@@ -72,10 +93,21 @@ type globalFlags struct {
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	g := &globalFlags{}
 	root := &cobra.Command{
-		Use:           "upstreamd",
-		Short:         "nginx in front of replicated containers, kept in step through etcd",
+		Use:     "upstreamd",
+		Short:   "nginx in front of replicated containers, kept in step through etcd",
+		Version: version,
+		Args:    usageArgs(cobra.NoArgs), // an unknown command is a usage error
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_ = cmd.Usage() // to stderr; the error below says what is wrong
+			return usageError{errors.New("no command given")}
+		},
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Every command's flags are checked, whether it logs or not.
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			_, err := g.logger(stderr)
+			return err
+		},
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -130,8 +162,9 @@ func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *Config, error) {
 
 // logger builds the process logger from the flags.
 func (g *globalFlags) logger(w io.Writer) (zerolog.Logger, error) {
-	level, err := zerolog.ParseLevel(g.logLevel)
-	if err != nil || g.logLevel == "" {
+	levels := map[string]zerolog.Level{"debug": zerolog.DebugLevel, "info": zerolog.InfoLevel, "warn": zerolog.WarnLevel, "error": zerolog.ErrorLevel}
+	level, ok := levels[g.logLevel]
+	if !ok {
 		return zerolog.Nop(), usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", g.logLevel)}
 	}
 	switch g.logFormat {

@@ -56,6 +56,16 @@ func TestRun(t *testing.T) {
 		{name: "extra argument", args: []string{"version", "now"}, wantCode: 2, wantStderr: []string{`"now"`}},
 		{name: "bad log format", args: []string{"--log-format", "xml", "render"}, wantCode: 2, wantStderr: []string{`--log-format "xml"`}},
 		{name: "bad log level", args: []string{"--log-level", "loud", "render"}, wantCode: 2, wantStderr: []string{`--log-level "loud"`}},
+		{name: "zerolog's trace is not one of ours", args: []string{"--log-level", "trace", "version"}, wantCode: 2, wantStderr: []string{`--log-level "trace": want debug, info, warn or error`}},
+		{name: "flags are checked for version too", args: []string{"--log-format", "xml", "version"}, wantCode: 2, wantStderr: []string{`--log-format "xml"`}},
+		{name: "--version", args: []string{"--version"}, wantCode: 0, wantStdout: "upstreamd version dev\n"},
+		{name: "unknown command is a usage error", args: []string{"nosuch"}, wantCode: 2, wantStderr: []string{`unknown command "nosuch"`}},
+		{name: "no command", args: nil, wantCode: 2, wantStderr: []string{"no command given"}},
+		{
+			name: "a negative number is an argument, not a flag",
+			spec: good, args: []string{"-c", "FILE", "scale", "apache", "-1"},
+			wantCode: 2, wantStderr: []string{"-1: a negative number is not a valid argument (replicas are 1-1000)"},
+		},
 		{
 			name: "scale to 0 is refused before contacting etcd",
 			spec: good, args: []string{"-c", "FILE", "scale", "apache", "0"},

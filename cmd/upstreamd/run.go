@@ -30,8 +30,9 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 }
 
 // runDaemon wires the components and runs them until ctx ends.
-func runDaemon(ctx context.Context, cfg *Config, log zerolog.Logger) error {
-	d, err := wire(cfg, log)
+func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
+	d, err := wire(cfg, root)
+	log := root.With().Str("component", "daemon").Logger()
 	if err != nil {
 		return err
 	}
@@ -131,16 +132,17 @@ func (d *daemon) run(ctx context.Context) error {
 	grp, gctx := errgroup.WithContext(ctx)
 	// One clear line each when a dependency is down at start-up; the
 	// components then retry on their own with backoff.
-	grp.Go(func() error { return waitReachable(gctx, d.log, "docker engine", d.docker.Ping) })
+	log := d.log.With().Str("component", "daemon").Logger()
+	grp.Go(func() error { return waitReachable(gctx, log, "docker engine", d.docker.Ping) })
 	grp.Go(func() error {
-		return waitReachable(gctx, d.log, "etcd", func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
+		return waitReachable(gctx, log, "etcd", func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
 	})
 	grp.Go(func() error { return d.registrations.Start(gctx) })
 	grp.Go(func() error { return d.orch.Start(gctx) })
 	grp.Go(func() error { return d.ctrl.Start(gctx) })
 	if listen := d.cfg.Metrics.Listen; listen != "" {
 		grp.Go(func() error {
-			d.log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
+			log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
 			if err := d.metrics.serve(gctx, listen, d.orch); err != nil {
 				return fmt.Errorf("metrics.listen %s: %w", listen, err)
 			}
@@ -171,7 +173,7 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 		return err
 	}, func(err error, wait time.Duration, first bool) {
 		if first {
-			log.Error().Err(err).Dur("retry_in", wait).Msgf("%s unreachable; retrying with backoff", what)
+			log.Error().Err(err).Stringer("retry_in", wait).Msgf("%s unreachable; retrying with backoff", what)
 		} else {
 			log.Debug().Err(err).Msgf("%s still unreachable", what)
 		}

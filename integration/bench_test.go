@@ -452,7 +452,7 @@ func burst(t *testing.T, s *stack) {
 func putFake(t *testing.T, s *stack, service, addr string) {
 	host, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
-	reg := store.Registration{Host: "fake", IPv4: host, Port: p, Node: "bench"}
+	reg := store.Registration{Host: "fake", IPv4: host, Port: p, Node: "bench", Project: s.project}
 	require.NoError(t, noRev(s.etcd.Put(t.Context(), store.ServiceKey(store.DefaultPrefix, service, addr), reg.Encode(), 0)))
 }
 

@@ -95,6 +95,8 @@ type stackOptions struct {
 	serviceTOML string // more keys inside [[service]]
 	project     string // the project; empty: "it" and random hex
 	service     string // the service; empty: apache
+	etcdTOML    string // more keys inside [etcd]
+	sharedEtcd  *stack // use this stack's etcd instead of starting one
 }
 
 type option func(*stackOptions)
@@ -111,6 +113,9 @@ func withDockerHost(h string) option  { return func(o *stackOptions) { o.dockerH
 func withEtcdPort(p int) option       { return func(o *stackOptions) { o.etcdPort = p } }
 func withProject(p string) option     { return func(o *stackOptions) { o.project = p } }
 func withService(name string) option  { return func(o *stackOptions) { o.service = name } }
+
+// withEtcdOf makes the stack use other's etcd: two projects sharing one.
+func withEtcdOf(other *stack) option { return func(o *stackOptions) { o.sharedEtcd = other } }
 
 // stack is one test's world: its own etcd, project, network and port.
 type stack struct {
@@ -151,11 +156,16 @@ func newStack(t *testing.T, opts ...option) *stack {
 	s := &stack{t: t, project: o.project, opts: o}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
-	ec, err := runEtcd(t, o.etcdPort)
-	require.NoError(t, err)
-	s.etcdURL, err = ec.Endpoint(ctx)
-	require.NoError(t, err)
-	s.etcdC = ec
+	var err error
+	if o.sharedEtcd != nil {
+		s.etcdURL, s.etcdC = o.sharedEtcd.etcdURL, o.sharedEtcd.etcdC
+	} else {
+		ec, err := runEtcd(t, o.etcdPort)
+		require.NoError(t, err)
+		s.etcdURL, err = ec.Endpoint(ctx)
+		require.NoError(t, err)
+		s.etcdC = ec
+	}
 
 	s.docker, err = engine.New()
 	require.NoError(t, err)
@@ -202,7 +212,7 @@ func (s *stack) writeConfigAs(file, node string) {
 	if s.daemonEtcd != "" {
 		endpoint = s.daemonEtcd
 	}
-	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n", endpoint)
+	fmt.Fprintf(&b, "[etcd]\nendpoints = [%q]\nlease_ttl = \"5s\"\n%s", endpoint, o.etcdTOML)
 	fmt.Fprintf(&b, "[proxy]\npublish = %q\n", s.publish)
 	b.WriteString(o.proxyTOML)
 	if o.template != "" {
@@ -358,7 +368,8 @@ func names(cs []containers.Container) []string {
 	return out
 }
 
-// keys returns the validated registrations of service apache.
+// keys returns the validated registrations of the stack's service and
+// project.
 func (s *stack) keys() []store.Entry {
 	s.t.Helper()
 	out, err := s.tryKeys()
@@ -377,6 +388,9 @@ func (s *stack) tryKeys() ([]store.Entry, error) {
 		e, err := store.ParseEntry(store.DefaultPrefix, kv.Key, kv.Value)
 		if err != nil {
 			s.t.Fatalf("the daemon wrote an invalid registration: %v", err)
+		}
+		if e.Reg.Project != s.project {
+			continue // another project's, sharing this etcd
 		}
 		e.Lease = kv.Lease
 		out = append(out, e)
@@ -531,3 +545,15 @@ func (s *stack) nginxPool(service string) (map[string]bool, error) {
 
 // noRev drops the revision an etcd write returns, for require.NoError.
 func noRev(_ int64, err error) error { return err }
+
+// requireEtcdIdle watches etcd's revision for a few seconds: idle daemons
+// write nothing (lease keep-alives write no revision).
+func requireEtcdIdle(t *testing.T, s *stack, what string) {
+	t.Helper()
+	_, before, err := s.etcd.List(t.Context(), "/")
+	require.NoError(t, err)
+	time.Sleep(3 * time.Second) // a span of idleness is what is measured
+	_, after, err := s.etcd.List(t.Context(), "/")
+	require.NoError(t, err)
+	require.Equal(t, before, after, "%s wrote %d etcd revisions in 3 s", what, after-before)
+}

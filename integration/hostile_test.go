@@ -115,7 +115,7 @@ func TestHostileRegistrations(t *testing.T) {
 	// test's own bridge network, so no packet leaves this host.
 	nowhere := unusedBridgeAddr(t, s)
 	key := store.ServiceKey(store.DefaultPrefix, "apache", nowhere+":80")
-	reg := store.Registration{Host: "nowhere", IPv4: nowhere, Port: 80, Node: "intruder"}
+	reg := store.Registration{Host: "nowhere", IPv4: nowhere, Port: 80, Node: "intruder", Project: s.project}
 	require.NoError(t, noRev(s.etcd.Put(ctx, key, reg.Encode(), 0)))
 	eventually(t, 10*time.Second, "nginx's pool takes the unanswered address", func() error {
 		if p := poolOf(rawPools(t, s), "apache"); !contains(p, nowhere+":80") {

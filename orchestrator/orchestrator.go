@@ -168,6 +168,7 @@ func New(cfg Config) *Orchestrator {
 		Health:        o.health,
 		Prefix:        cfg.Spec.Prefix,
 		Node:          cfg.Spec.Node,
+		Project:       cfg.Spec.Project,
 		Services:      cfg.Spec.serviceNames(),
 		Logger:        cfg.Logger.With().Str("component", "registrar").Logger(),
 	})

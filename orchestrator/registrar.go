@@ -64,9 +64,10 @@ type registrarConfig struct {
 	Health healthView
 	// Prefix is the registrations prefix, e.g. /services.
 	Prefix string
-	// Node is written into every registration; keys of other nodes are
-	// never deleted.
-	Node string
+	// Node and Project are written into every registration; keys of
+	// other nodes or of other projects are never deleted or rewritten.
+	Node    string
+	Project string
 	// Services are the services this node registers; keys of other
 	// services are never touched.
 	Services []string
@@ -178,6 +179,7 @@ func (r *registrar) desired(notes map[string]string) (put map[string]store.Regis
 			Port:      t.Port,
 			Container: containers.ShortID(t.ID),
 			Node:      r.cfg.Node,
+			Project:   r.cfg.Project,
 		}
 		if _, err := store.ParseEntry(r.cfg.Prefix, key, []byte(reg.Encode())); err != nil {
 			notes[key] = fmt.Sprintf("not registering %s of %s: %v", t.Name, t.Service, err)
@@ -220,9 +222,9 @@ func (r *registrar) sync(ctx context.Context) error {
 		switch {
 		case !r.registers(e.Service):
 			continue // another service's
-		case e.Reg.Node != r.cfg.Node:
-			if _, ok := put[e.Key]; ok { // the same address, held by another node
-				notes[e.Key] = fmt.Sprintf("not registering %s: node %q holds that key", e.Key, e.Reg.Node)
+		case !r.owns(e.Reg):
+			if _, ok := put[e.Key]; ok { // the same address, held by another node or project
+				notes[e.Key] = fmt.Sprintf("not registering %s: node %q of project %q holds that key", e.Key, e.Reg.Node, e.Reg.Project)
 				delete(put, e.Key)
 			}
 			continue
@@ -258,6 +260,12 @@ func (r *registrar) note(notes map[string]string) {
 		}
 	}
 	r.noted = notes
+}
+
+// owns reports whether a registration is this daemon's: its node, and its
+// project or none (as an upstreamd older than projects wrote them).
+func (r *registrar) owns(reg store.Registration) bool {
+	return reg.Node == r.cfg.Node && (reg.Project == r.cfg.Project || reg.Project == "")
 }
 
 // registers reports whether this node registers service.

@@ -16,7 +16,10 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-const testNode = "n1"
+const (
+	testNode    = "n1"
+	testProject = "p1"
+)
 
 func regTarget(id, name, service, ip string, port int) Target {
 	return Target{
@@ -34,14 +37,20 @@ var (
 	keyB = "/services/web/172.18.0.3:8080"
 	keyC = "/services/apache/172.18.0.4:80"
 	// The value format is part of the contract (the seed's secretary
-	// fields plus container and node), so it is spelled out once.
-	valA = `{"host":"up-apache-aaaaaa","ipv4_addr":"172.18.0.2","port":80,"container":"aaaaaaaaaaaa","node":"n1"}`
-	valB = `{"host":"up-web-bbbbbb","ipv4_addr":"172.18.0.3","port":8080,"container":"bbbbbbbbbbbb","node":"n1"}`
-	valC = `{"host":"up-apache-cccccc","ipv4_addr":"172.18.0.4","port":80,"container":"cccccccccccc","node":"n1"}`
+	// fields plus container, node and project), so it is spelled out once.
+	valA = `{"host":"up-apache-aaaaaa","ipv4_addr":"172.18.0.2","port":80,"container":"aaaaaaaaaaaa","node":"n1","project":"p1"}`
+	valB = `{"host":"up-web-bbbbbb","ipv4_addr":"172.18.0.3","port":8080,"container":"bbbbbbbbbbbb","node":"n1","project":"p1"}`
+	valC = `{"host":"up-apache-cccccc","ipv4_addr":"172.18.0.4","port":80,"container":"cccccccccccc","node":"n1","project":"p1"}`
 )
 
 func otherNodeVal(node string) string {
-	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: node}.Encode()
+	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: node, Project: testProject}.Encode()
+}
+
+// otherProjectVal is a key of this node's name in another project, or in
+// none (an older upstreamd's, or another tool's).
+func otherProjectVal(project string) string {
+	return store.Registration{Host: "elsewhere", IPv4: "172.18.0.9", Port: 80, Container: "999999999999", Node: testNode, Project: project}.Encode()
 }
 
 // newTestRegistrar returns a registrar writing to reg under lease 1 of a
@@ -54,6 +63,7 @@ func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duratio
 		Health:        hv,
 		Prefix:        "/services",
 		Node:          testNode,
+		Project:       testProject,
 		Services:      []string{"apache", "web"},
 		Resync:        resync,
 		Logger:        zerolog.Nop(),
@@ -121,6 +131,19 @@ func TestRegistrarSync(t *testing.T) {
 			name:    "keys of other nodes are never deleted",
 			initial: map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
 			want:    map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
+		},
+		{
+			name:    "keys of this node's name in another project are never deleted",
+			initial: map[string]fakeKV{keyC: {otherProjectVal("p2"), 9}},
+			want:    map[string]fakeKV{keyC: {otherProjectVal("p2"), 9}},
+		},
+		{
+			name:        "a key of this node without a project (an older upstreamd's) is this node's",
+			initial:     map[string]fakeKV{keyA: {otherProjectVal(""), old}, keyC: {otherProjectVal(""), old}},
+			healthy:     []Target{tA},
+			want:        map[string]fakeKV{keyA: {valA, 1}},
+			wantPuts:    1,
+			wantDeletes: []string{keyC},
 		},
 		{
 			name:    "keys of services not in Services are never touched",
@@ -399,7 +422,7 @@ func TestRegistrarNeverFights(t *testing.T) {
 			name:    "a container name with underscores registers under a valid host name",
 			healthy: []Target{underscore},
 			want: map[string]fakeKV{"/services/apache/172.18.0.5:80": {store.Registration{
-				Host: "my-project-my-svc-dddddd", IPv4: "172.18.0.5", Port: 80, Container: "dddddddddddd", Node: testNode}.Encode(), 1}},
+				Host: "my-project-my-svc-dddddd", IPv4: "172.18.0.5", Port: 80, Container: "dddddddddddd", Node: testNode, Project: testProject}.Encode(), 1}},
 			wantPuts: 1,
 		},
 		{
@@ -414,6 +437,16 @@ func TestRegistrarNeverFights(t *testing.T) {
 			initial:  map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}},
 			healthy:  []Target{tA, tC},
 			want:     map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}, keyC: {valC, 1}},
+			wantPuts: 1,
+			wantSaid: 1,
+		},
+		{
+			// Two projects on one etcd, each with a daemon of this node
+			// name: neither takes the other's key.
+			name:     "a key of this node's name in another project is left to it",
+			initial:  map[string]fakeKV{keyA: {otherProjectVal("p2"), 9}},
+			healthy:  []Target{tA, tC},
+			want:     map[string]fakeKV{keyA: {otherProjectVal("p2"), 9}, keyC: {valC, 1}},
 			wantPuts: 1,
 			wantSaid: 1,
 		},

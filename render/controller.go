@@ -92,8 +92,9 @@ type ControllerConfig struct {
 	Sessions Sessions
 	// Served is where the Controller records what nginx serves.
 	Served *Served
-	// Services, Default, Listen, Dynamic and StatusPort complete the View
-	// (see ViewInput). Dynamic needs StatusPort.
+	// Projects, Services, Default, Listen, Dynamic and StatusPort complete
+	// the View (see ViewInput). Dynamic needs StatusPort.
+	Projects   []string
 	Services   []string
 	Default    string
 	Listen     int
@@ -282,7 +283,7 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 // nginx took (guardEmptying); the other services go ahead. The error is
 // then ErrWouldEmpty, with the candidate usable: the pass is retried.
 func (c *Controller) candidate(snap store.Snapshot, admin string) (candidate, error) {
-	view := NewView(ViewInput{Snapshot: snap, Services: c.cfg.Services, Default: c.cfg.Default,
+	view := NewView(ViewInput{Snapshot: snap, Projects: c.cfg.Projects, Services: c.cfg.Services, Default: c.cfg.Default,
 		Listen: c.cfg.Listen, Dynamic: c.cfg.Dynamic, StatusPort: c.cfg.StatusPort, Admin: admin})
 	guarded := c.guardEmptying(&view)
 	if guarded != nil && c.applied == nil {

@@ -37,7 +37,7 @@ func backends(t testing.TB, n int, rev int64) store.Snapshot {
 // want renders snap the way the test controllers do.
 func want(t testing.TB, tmpl *Template, snap store.Snapshot) string {
 	t.Helper()
-	out, err := Render(tmpl, NewView(ViewInput{Snapshot: snap, Services: []string{"apache"}, Default: "apache", Listen: 80}))
+	out, err := Render(tmpl, NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: []string{"apache"}, Default: "apache", Listen: 80}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,6 +362,7 @@ func TestControllerStopsOnCancel(t *testing.T) {
 				ready := make(chan struct{})
 				close(ready)
 				ctrl := NewController(ControllerConfig{
+					Projects: anyProject,
 					Template: tmpl, Source: src, Sessions: del.session, Logger: zerolog.Nop(),
 					Host: &fakeHost{ready: ready, up: true, proxy: nginx.Proxy{ID: "proxy-1"}, changed: make(chan struct{})},
 				})
@@ -440,7 +441,7 @@ func countPrefix(events []string, prefix string) int {
 // view builds snap's View the way h's Controller does.
 func (h *harness) view(snap store.Snapshot) View {
 	c := h.ctrl.cfg
-	return NewView(ViewInput{Snapshot: snap, Services: c.Services, Default: c.Default, Listen: c.Listen,
+	return NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: c.Services, Default: c.Default, Listen: c.Listen,
 		Dynamic: c.Dynamic, StatusPort: c.StatusPort})
 }
 

@@ -414,6 +414,7 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		services = []string{"apache"}
 	}
 	h.ctrl = NewController(ControllerConfig{
+		Projects:   anyProject,
 		Template:   hc.tmpl,
 		Source:     h.src,
 		Host:       h.host,
@@ -450,3 +451,6 @@ func advance(d time.Duration) {
 	<-time.After(d)
 	synctest.Wait()
 }
+
+// anyProject takes every registration, whichever project wrote it.
+var anyProject = []string{store.AnyProject}

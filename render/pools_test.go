@@ -34,7 +34,7 @@ func TestPoolsBody(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			view := NewView(ViewInput{Snapshot: snapshotOf(t, tt.keys...), Services: tt.services, Listen: 80})
+			view := NewView(ViewInput{Projects: anyProject, Snapshot: snapshotOf(t, tt.keys...), Services: tt.services, Listen: 80})
 			if got := string(PoolsBody(tt.version, view)); got != tt.want {
 				t.Errorf("PoolsBody(%d) = %q; want %q", tt.version, got, tt.want)
 			}

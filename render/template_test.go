@@ -76,7 +76,7 @@ func loadGolden(t *testing.T, dir string) View {
 		}
 		snap.Entries = append(snap.Entries, entry)
 	}
-	return NewView(ViewInput{Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen,
+	return NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen,
 		Dynamic: in.Dynamic, StatusPort: in.StatusPort})
 }
 
@@ -208,7 +208,7 @@ func TestDefaultTemplateDynamicIgnoresMembership(t *testing.T) {
 	}
 	render := func(t *testing.T, keys []string) []byte {
 		t.Helper()
-		out, err := Render(Default(), NewView(ViewInput{Snapshot: snapshotOf(t, keys...), Services: []string{"apache"},
+		out, err := Render(Default(), NewView(ViewInput{Projects: anyProject, Snapshot: snapshotOf(t, keys...), Services: []string{"apache"},
 			Default: "apache", Listen: 80, Dynamic: true, StatusPort: 9145}))
 		if err != nil {
 			t.Fatalf("Render: %v", err)
@@ -280,6 +280,7 @@ func TestParseErrors(t *testing.T) {
 
 func TestRenderErrors(t *testing.T) {
 	view := NewView(ViewInput{
+		Projects: anyProject,
 		Snapshot: snapshotOf(t, "/services/apache/10.0.0.1:80"),
 		Services: []string{"apache"},
 		Default:  "apache",
@@ -383,7 +384,7 @@ func TestRenderDeterministic(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in := ViewInput{Services: []string{"static", "apache"}, Default: "apache", Listen: 80}
+			in := ViewInput{Projects: anyProject, Services: []string{"static", "apache"}, Default: "apache", Listen: 80}
 			in.Snapshot = bigSnapshot(t, 200, nil)
 			first, err := Render(tt.tmpl, NewView(in))
 			if err != nil {
@@ -409,6 +410,7 @@ func BenchmarkRender(b *testing.B) {
 	for _, n := range []int{10, 100, 1000, 10000} {
 		b.Run(fmt.Sprintf("backends=%d", n), func(b *testing.B) {
 			view := NewView(ViewInput{
+				Projects: anyProject,
 				Snapshot: bigSnapshot(b, n, nil),
 				Services: []string{"apache", "api", "static", "legacy"},
 				Default:  "apache",
@@ -425,5 +427,51 @@ func BenchmarkRender(b *testing.B) {
 			}
 			b.ReportMetric(float64(size), "bytes/config")
 		})
+	}
+}
+
+// TestViewTakesOnlyItsProjects: two projects on one etcd do not see each
+// other's registrations (not in pools, not through confd's functions)
+// unless a project is listed; AnyProject takes all, those without a
+// project included.
+func TestViewTakesOnlyItsProjects(t *testing.T) {
+	var snap store.Snapshot
+	for _, r := range []struct{ project, addr string }{{"a", "10.0.0.1:80"}, {"b", "10.0.0.2:80"}, {"", "10.0.0.3:80"}} {
+		reg := store.Registration{IPv4: r.addr[:strings.IndexByte(r.addr, ':')], Port: 80, Project: r.project}
+		e, err := store.ParseEntry(store.DefaultPrefix, store.ServiceKey(store.DefaultPrefix, "apache", r.addr), []byte(reg.Encode()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		snap.Entries = append(snap.Entries, e)
+	}
+	tmpl, err := Parse("t", `{{range gets "/services/apache/*"}}{{base .Key}} {{end}}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		projects []string
+		want     string
+	}{
+		{[]string{"a"}, "10.0.0.1:80 "},
+		{[]string{"b"}, "10.0.0.2:80 "},
+		{[]string{"a", "b"}, "10.0.0.1:80 10.0.0.2:80 "},
+		{[]string{store.AnyProject}, "10.0.0.1:80 10.0.0.2:80 10.0.0.3:80 "},
+		{nil, ""},
+	} {
+		view := NewView(ViewInput{Snapshot: snap, Projects: tt.projects, Services: []string{"apache"}, Default: "apache", Listen: 80})
+		var pool []string
+		for _, b := range view.Backends() {
+			pool = append(pool, b.Addr+" ")
+		}
+		if got := strings.Join(pool, ""); got != tt.want {
+			t.Errorf("projects %q: pool %q, want %q", tt.projects, got, tt.want)
+		}
+		out, err := Render(tmpl, view)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(out) != tt.want {
+			t.Errorf("projects %q: gets rendered %q, want %q", tt.projects, out, tt.want)
+		}
 	}
 }

@@ -82,6 +82,10 @@ func (v View) Backends() []Backend { return v.Service(v.Default).Backends }
 type ViewInput struct {
 	// Snapshot is the validated content of the registrations prefix.
 	Snapshot store.Snapshot
+	// Projects are the projects whose registrations the View takes (see
+	// store.InProjects); the others, in a shared etcd, are not seen at
+	// all, not even by a template's confd functions.
+	Projects []string
 	// Services are the configured service names, in spec order.
 	Services []string
 	// Default is the service routed at "/".
@@ -99,6 +103,9 @@ func NewView(in ViewInput) View {
 	byService := map[string][]Backend{}
 	kvs := make(map[string]string, len(in.Snapshot.Entries))
 	for _, e := range in.Snapshot.Entries {
+		if !store.InProjects(e.Reg.Project, in.Projects) {
+			continue
+		}
 		kvs[e.Key] = e.Value
 		byService[e.Service] = append(byService[e.Service], Backend{
 			Service:   e.Service,

@@ -34,13 +34,34 @@ const MaxValueSize = 4096
 var ErrInvalid = errors.New("invalid registration")
 
 // Registration is the JSON value of a service key: the seed secretary's
-// fields (host, ipv4_addr, port) plus the container and the node that owns it.
+// fields (host, ipv4_addr, port) plus the container, the node that owns it
+// and the project it belongs to. Projects sharing an etcd are kept apart by
+// Project: a daemon's pools take only its own project's registrations
+// unless it is told to share (see InProjects). A registration without a
+// project was written by another tool (or an older upstreamd).
 type Registration struct {
 	Host      string `json:"host"`
 	IPv4      string `json:"ipv4_addr"`
 	Port      int    `json:"port"`
 	Container string `json:"container"`
 	Node      string `json:"node"`
+	Project   string `json:"project,omitempty"`
+}
+
+// AnyProject in a list of projects takes every registration, those
+// without a project included.
+const AnyProject = "*"
+
+// InProjects says whether a registration of project belongs to the pools
+// of a daemon that takes the given projects: AnyProject takes all; a
+// registration without a project belongs to no project but AnyProject's.
+func InProjects(project string, projects []string) bool {
+	for _, p := range projects {
+		if p == AnyProject || p == project && project != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Encode returns the JSON value written to etcd.
@@ -111,7 +132,7 @@ func ParseEntry(prefix, key string, value []byte) (Entry, error) {
 }
 
 // registrationFields are the JSON names of Registration's fields.
-var registrationFields = map[string]bool{"host": true, "ipv4_addr": true, "port": true, "container": true, "node": true}
+var registrationFields = map[string]bool{"host": true, "ipv4_addr": true, "port": true, "container": true, "node": true, "project": true}
 
 // decodeRegistration parses a registration value strictly: encoding/json
 // alone matches names case-insensitively and keeps the last of duplicate
@@ -181,6 +202,9 @@ func (r Registration) validate() error {
 	}
 	if r.Node != "" && !isToken(r.Node) {
 		return fmt.Errorf("node %q has characters outside [A-Za-z0-9_.-]", clip(r.Node))
+	}
+	if r.Project != "" && !isToken(r.Project) {
+		return fmt.Errorf("project %q has characters outside [A-Za-z0-9_.-]", clip(r.Project))
 	}
 	return nil
 }

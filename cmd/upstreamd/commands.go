@@ -65,6 +65,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		view := render.NewView(render.ViewInput{
 			Snapshot:   snap,
+			Projects:   cfg.Projects(),
 			Services:   cfg.ServiceNames(),
 			Default:    cfg.Proxy.Service,
 			Listen:     cfg.Proxy.Port,
@@ -129,9 +130,17 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(tw, "%s\t%d\t%s\n", svc.Name, n, from)
 		}
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "KEY\tNODE\tCONTAINER\tLEASE")
+		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
+		others := 0
 		for _, e := range snap.Entries {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+			if !store.InProjects(e.Reg.Project, cfg.Projects()) {
+				others++
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+		}
+		if others > 0 {
+			fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Etcd.Prefix)
 		}
 		if etcdErr != nil {
 			fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -9,7 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,7 +33,9 @@ type Config struct {
 	Metrics MetricsConfig   `toml:"metrics"`
 	Service []ServiceConfig `toml:"service"`
 
-	file string // where it was read from, for messages
+	file        string          // where it was read from, for messages
+	pos         positions       // where each key was written in it
+	droppedKeys map[string]bool // keys of the wrong type, reported and left out
 }
 
 // DockerConfig says how to reach the engine.
@@ -45,16 +46,20 @@ type DockerConfig struct {
 
 // EtcdConfig says how to reach etcd and how registrations live there.
 type EtcdConfig struct {
-	Endpoints    []string `toml:"endpoints"`
-	Prefix       string   `toml:"prefix"`
-	LeaseTTL     Duration `toml:"lease_ttl"`
-	DialTimeout  Duration `toml:"dial_timeout"`
-	Username     string   `toml:"username"`
-	Password     string   `toml:"password"`
-	PasswordFile string   `toml:"password_file"`
-	CAFile       string   `toml:"ca_file"`
-	CertFile     string   `toml:"cert_file"`
-	KeyFile      string   `toml:"key_file"`
+	Endpoints []string `toml:"endpoints"`
+	Prefix    string   `toml:"prefix"`
+	// IncludeProjects names other projects whose registrations join this
+	// project's pools ("*": every registration under the prefix). By
+	// default a project's pools take only its own.
+	IncludeProjects []string `toml:"include_projects"`
+	LeaseTTL        Duration `toml:"lease_ttl"`
+	DialTimeout     Duration `toml:"dial_timeout"`
+	Username        string   `toml:"username"`
+	Password        string   `toml:"password"`
+	PasswordFile    string   `toml:"password_file"`
+	CAFile          string   `toml:"ca_file"`
+	CertFile        string   `toml:"cert_file"`
+	KeyFile         string   `toml:"key_file"`
 }
 
 // MetricsConfig says where Prometheus metrics are served.
@@ -152,63 +157,31 @@ const (
 // no file: the defaults alone.
 func LoadConfig(file string) (*Config, error) {
 	cfg := &Config{file: "(defaults)"}
+	var errs []error
 	if file != "" {
 		data, err := os.ReadFile(file)
 		if err != nil {
 			return nil, fmt.Errorf("read config: %w", err)
 		}
 		cfg.file = file
-		dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()
-		if err := dec.Decode(cfg); err != nil {
-			return nil, describeTOMLError(file, err)
-		}
+		// What could not be read is reported, and what could is still
+		// defaulted and validated: every mistake of the file in one run.
+		errs = cfg.decodeSpec(data)
 	}
 	cfg.applyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	if errs = append(errs, cfg.validate()...); len(errs) > 0 {
+		return nil, joinByLine(errs)
 	}
 	return cfg, nil
 }
 
-var (
-	goFieldRE = regexp.MustCompile(`struct field \S+`)
-	goTypeRE  = regexp.MustCompile(`a value of type (\[\])?\*?main\.(\w+)`)
-)
-
-// tomlTypeName says in TOML terms what a Go type of this package expects.
-func tomlTypeName(m string) string {
-	sub := goTypeRE.FindStringSubmatch(m)
-	switch {
-	case sub[2] == "Duration" && sub[1] == "":
-		return `a duration string such as "2s"`
-	case sub[1] != "":
-		return "an array of tables"
-	default:
-		return "a table"
-	}
-}
-
-// describeTOMLError turns go-toml's errors into file:line:col: messages.
+// describeTOMLError turns go-toml's syntax errors into file:line:col:
+// messages.
 func describeTOMLError(file string, err error) error {
-	var strict *toml.StrictMissingError
-	if errors.As(err, &strict) {
-		var errs []error
-		for _, e := range strict.Errors {
-			row, col := e.Position()
-			errs = append(errs, fmt.Errorf("%s:%d:%d: unknown key %s", file, row, col, strings.Join(e.Key(), ".")))
-		}
-		return errors.Join(errs...)
-	}
 	var de *toml.DecodeError
 	if errors.As(err, &de) {
 		row, col := de.Position()
-		// go-toml names Go struct fields; the key path says it better.
-		msg := goFieldRE.ReplaceAllString(strings.TrimPrefix(de.Error(), "toml: "), "a value")
-		msg = goTypeRE.ReplaceAllStringFunc(msg, tomlTypeName)
-		if key := strings.Join(de.Key(), "."); key != "" {
-			return fmt.Errorf("%s:%d:%d: key %s: %s", file, row, col, key, msg)
-		}
-		return fmt.Errorf("%s:%d:%d: %s", file, row, col, msg)
+		return specError{row, col, fmt.Sprintf("%s:%d:%d: %s", file, row, col, strings.TrimPrefix(de.Error(), "toml: "))}
 	}
 	return fmt.Errorf("%s: %w", file, err)
 }
@@ -230,9 +203,12 @@ func (c *Config) applyDefaults() {
 	if c.Etcd.Prefix == "" {
 		c.Etcd.Prefix = store.DefaultPrefix
 	}
-	setDur(&c.Etcd.LeaseTTL, 10*time.Second)
-	setDur(&c.Etcd.DialTimeout, 5*time.Second)
-	setDur(&c.Docker.Timeout, 30*time.Second)
+	// A number or duration the file sets is taken as it is, zero
+	// included: Validate accepts or refuses it, it never becomes the
+	// default unseen.
+	c.setDur("etcd.lease_ttl", &c.Etcd.LeaseTTL, 10*time.Second)
+	c.setDur("etcd.dial_timeout", &c.Etcd.DialTimeout, 5*time.Second)
+	c.setDur("docker.timeout", &c.Docker.Timeout, 30*time.Second)
 	if c.Network.Name == "" {
 		c.Network.Name = c.Project
 	}
@@ -242,86 +218,122 @@ func (c *Config) applyDefaults() {
 	setStr(&p.ConfigPath, defaultConfigPath)
 	setStr(&p.MainConfig, defaultMainConfig)
 	setStr(&p.ConfigDir, defaultConfigDir)
-	if p.Port == 0 {
-		p.Port = 80
-	}
-	setDur(&p.DebounceMin, render.DefaultMinDebounce)
-	setDur(&p.DebounceMax, render.DefaultMaxDebounce)
-	if p.StatusPort == nil {
-		port := defaultStatusPort
-		p.StatusPort = &port
-	}
-	if p.Dynamic == nil {
-		// The built-in template uses the Lua balancer of upstreamd/nginx;
-		// a template of one's own lists its servers unless it says so.
-		dynamic := p.Template == "" && *p.StatusPort != 0
-		p.Dynamic = &dynamic
-	}
-	if len(c.Service) == 0 {
+	c.setInt("proxy.port", &p.Port, 80)
+	c.setDur("proxy.debounce_min", &p.DebounceMin, render.DefaultMinDebounce)
+	c.setDur("proxy.debounce_max", &p.DebounceMax, render.DefaultMaxDebounce)
+	setPtr(&p.StatusPort, defaultStatusPort)
+	// The built-in template uses the Lua balancer of upstreamd/nginx; a
+	// template of one's own lists its servers unless it says so.
+	setPtr(&p.Dynamic, p.Template == "" && *p.StatusPort != 0)
+	if len(c.Service) == 0 && !c.written("service") {
 		c.Service = []ServiceConfig{{Name: defaultService}}
 	}
 	for i := range c.Service {
 		s := &c.Service[i]
+		k := fmt.Sprintf("service[%d].", i)
 		if s.Name == defaultService {
 			setStr(&s.Image, defaultImage)
 		}
-		if s.Replicas == nil {
-			n := defaultReplicas
-			s.Replicas = &n
-		}
-		if s.Port == 0 {
-			s.Port = 80
-		}
-		setDur(&s.StopGrace, orchestrator.DefaultStopGrace)
+		setPtr(&s.Replicas, defaultReplicas)
+		c.setInt(k+"port", &s.Port, 80)
+		c.setDur(k+"stop_grace", &s.StopGrace, orchestrator.DefaultStopGrace)
 		setStr(&s.Restart, orchestrator.DefaultRestart)
 		setStr(&s.Health.Path, "/")
-		setDur(&s.Health.Interval, 2*time.Second)
-		setDur(&s.Health.Timeout, time.Second)
-		setInt(&s.Health.Rise, 2)
-		setInt(&s.Health.Fall, 2)
+		c.setDur(k+"health.interval", &s.Health.Interval, 2*time.Second)
+		c.setDur(k+"health.timeout", &s.Health.Timeout, time.Second)
+		setPtr(&s.Health.Rise, 2)
+		setPtr(&s.Health.Fall, 2)
 	}
-	setStr(&p.Service, c.Service[0].Name)
+	if len(c.Service) > 0 {
+		setStr(&p.Service, c.Service[0].Name)
+	}
 }
 
+// setStr defaults an empty string: in the spec, "" means the default.
 func setStr(p *string, def string) {
 	if *p == "" {
 		*p = def
 	}
 }
 
-func setDur(p *Duration, def time.Duration) {
-	if p.d == 0 {
+// setDur defaults a duration the file does not set.
+func (c *Config) setDur(path string, p *Duration, def time.Duration) {
+	if !c.written(path) && p.d == 0 {
 		p.d = def
 	}
 }
 
-func setInt(p **int, def int) {
+// setInt defaults an integer the file does not set.
+func (c *Config) setInt(path string, p *int, def int) {
+	if !c.written(path) && *p == 0 {
+		*p = def
+	}
+}
+
+func setPtr[T any](p **T, def T) {
 	if *p == nil {
 		*p = &def
 	}
 }
 
-// Validate checks every value; the error names the file, the key and why.
-// Every error of the file is reported, not only the first.
-func (c *Config) Validate() error {
+// Validate checks every value; the error names the file, the line, the
+// key and why. Every error of the file is reported, not only the first.
+func (c *Config) Validate() error { return joinByLine(c.validate()) }
+
+func (c *Config) validate() []error {
 	var errs []error
-	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s: %s", c.file, key, fmt.Sprintf(format, args...)))
+	bad := func(path, format string, args ...any) {
+		if c.dropped(path) {
+			return // its type was wrong: said already
+		}
+		key := c.display(path)
+		if !c.written(path) && c.file != "(defaults)" {
+			key += " (not set)"
+		}
+		errs = append(errs, c.errorAt(path, key+": "+fmt.Sprintf(format, args...)))
 	}
 	c.validateGlobal(bad)
 	c.validateProxy(bad)
+	if len(c.Service) == 0 {
+		bad("service", "no service: give at least one [[service]]")
+	}
 	seen := map[string]bool{}
 	for i, s := range c.Service {
-		s.validate(i, seen, bad)
+		s.validate(fmt.Sprintf("service[%d]", i), seen, bad)
 	}
-	if !seen[c.Proxy.Service] {
+	if !seen[c.Proxy.Service] && len(c.Service) > 0 {
 		bad("proxy.service", "%q is not a configured service", c.Proxy.Service)
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
-// badFunc records one invalid value: the key and why.
-type badFunc func(key, format string, args ...any)
+// badFunc records one invalid value: the key's path (proxy.port,
+// service[1].health.rise) and why.
+type badFunc func(path, format string, args ...any)
+
+// dropped reports whether path, or a table it is in, was dropped for
+// having the wrong type.
+func (c *Config) dropped(path string) bool {
+	for p := range c.droppedKeys {
+		if path == p || strings.HasPrefix(path, p+".") || strings.HasPrefix(path, p+"[") {
+			return true
+		}
+	}
+	return false
+}
+
+// display names path for a message: a service's index gets its name.
+func (c *Config) display(path string) string {
+	rest, ok := strings.CutPrefix(path, "service[")
+	if !ok {
+		return path
+	}
+	idx, tail, _ := strings.Cut(rest, "]")
+	if i, err := strconv.Atoi(idx); err == nil && i < len(c.Service) && c.Service[i].Name != "" {
+		return fmt.Sprintf("service[%d] (%s)%s", i, c.Service[i].Name, tail)
+	}
+	return path
+}
 
 // validateGlobal checks the keys outside [proxy] and [[service]].
 func (c *Config) validateGlobal(bad badFunc) {
@@ -331,12 +343,20 @@ func (c *Config) validateGlobal(bad badFunc) {
 	if err := store.ValidName(c.Node); err != nil {
 		bad("node", "%v", err)
 	}
-	if err := store.ValidName(c.Network.Name); err != nil {
+	if err := store.ValidName(c.Network.Name); err != nil && (c.written("network.name") || store.ValidName(c.Project) == nil) {
 		bad("network.name", "%v", err)
 	}
 	for i, e := range c.Etcd.Endpoints {
 		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
 			bad(fmt.Sprintf("etcd.endpoints[%d]", i), "%q must start with http:// or https://", e)
+		}
+	}
+	for i, p := range c.Etcd.IncludeProjects {
+		if p == store.AnyProject {
+			continue
+		}
+		if err := store.ValidName(p); err != nil {
+			bad(fmt.Sprintf("etcd.include_projects[%d]", i), "%v (or \"*\" for every project)", err)
 		}
 	}
 	if !strings.HasPrefix(c.Etcd.Prefix, "/") || strings.HasSuffix(c.Etcd.Prefix, "/") && c.Etcd.Prefix != "/" {
@@ -365,6 +385,9 @@ func (c *Config) validateGlobal(bad badFunc) {
 		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
 			bad("metrics.listen", "%q is not host:port (such as 127.0.0.1:9180)", c.Metrics.Listen)
 		}
+	}
+	if d := c.Etcd.DialTimeout.D(); d < 100*time.Millisecond || d > 5*time.Minute {
+		bad("etcd.dial_timeout", "%s out of range 100ms-5m", d)
 	}
 	if c.Docker.Timeout.D() <= 0 {
 		bad("docker.timeout", "must be positive")
@@ -395,8 +418,10 @@ func (c *Config) validateProxy(bad badFunc) {
 			bad(key, "%q must be a clean absolute path", v)
 		}
 	}
-	if !strings.HasPrefix(p.ConfigPath, p.ConfigDir+"/") || !strings.HasPrefix(p.MainConfig, p.ConfigDir+"/") {
-		bad("proxy.config_dir", "%q must contain config_path and main_config, so both live in the data volume", p.ConfigDir)
+	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig} {
+		if !strings.HasPrefix(v, p.ConfigDir+"/") {
+			bad(key, "%q is not inside proxy.config_dir (%q): both files must live in the data volume", v, p.ConfigDir)
+		}
 	}
 	if p.Template != "" {
 		if _, err := os.Stat(c.resolve(p.Template)); err != nil {
@@ -406,18 +431,13 @@ func (c *Config) validateProxy(bad badFunc) {
 	if p.DebounceMin.D() <= 0 || p.DebounceMax.D() < p.DebounceMin.D() || p.DebounceMax.D() > time.Minute {
 		bad("proxy.debounce_max", "need 0 < debounce_min (%s) <= debounce_max (%s) <= 1m", p.DebounceMin.D(), p.DebounceMax.D())
 	}
-	if _, err := parseLimits(p.Memory, p.CPUs); err != nil {
-		bad("proxy", "%v", err)
-	}
+	validateLimits("proxy", p.Memory, p.CPUs, bad)
 
 }
 
-// validate checks service i; seen collects the names checked so far.
-func (s ServiceConfig) validate(i int, seen map[string]bool, bad badFunc) {
-	k := fmt.Sprintf("service[%d]", i)
-	if s.Name != "" {
-		k = fmt.Sprintf("service[%d] (%s)", i, s.Name)
-	}
+// validate checks the service at path k; seen collects the names checked
+// so far.
+func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	if err := store.ValidName(s.Name); err != nil {
 		bad(k+".name", "%v", err)
 	}
@@ -463,8 +483,16 @@ func (s ServiceConfig) validate(i int, seen map[string]bool, bad badFunc) {
 	if *h.Fall < 1 || *h.Fall > 100 {
 		bad(k+".health.fall", "%d out of range 1-100", *h.Fall)
 	}
-	if _, err := parseLimits(s.Memory, s.CPUs); err != nil {
-		bad(k, "%v", err)
+	validateLimits(k, s.Memory, s.CPUs, bad)
+}
+
+// validateLimits checks the memory and cpus keys of the table at path.
+func validateLimits(path, memory string, cpus float64, bad badFunc) {
+	if _, err := parseLimits(memory, 0); err != nil {
+		bad(path+".memory", "%v", err)
+	}
+	if _, err := parseLimits("", cpus); err != nil {
+		bad(path+".cpus", "%v", err)
 	}
 }
 
@@ -530,6 +558,12 @@ func (c *Config) Spec() orchestrator.Spec {
 		})
 	}
 	return spec
+}
+
+// Projects lists the projects whose registrations fill the pools: this
+// one and those it includes.
+func (c *Config) Projects() []string {
+	return append([]string{c.Project}, c.Etcd.IncludeProjects...)
 }
 
 // ServiceNames lists the configured services in order.

@@ -195,29 +195,29 @@ func TestLoadConfigErrors(t *testing.T) {
 		{
 			name: "unknown key",
 			body: "[proxy]\nimagez = \"x\"\n",
-			want: []string{"FILE:2:1: unknown key proxy.imagez"},
+			want: []string{"FILE:2:1: proxy.imagez: unknown key"},
 		},
 		{
 			name: "several unknown keys are all reported",
 			body: "[proxy]\nimagez = \"x\"\n[etcd]\nprefx = \"/x\"\n",
-			want: []string{"FILE:2:1: unknown key proxy.imagez", "FILE:4:1: unknown key etcd.prefx"},
+			want: []string{"FILE:2:1: proxy.imagez: unknown key", "FILE:4:1: etcd.prefx: unknown key"},
 		},
 		{
 			name:    "wrong type",
 			body:    "[proxy]\nport = \"eighty\"\n",
-			want:    []string{"FILE:2:8: key proxy.port: cannot decode TOML string into a value of type int"},
+			want:    []string{`FILE:2:1: proxy.port: want an integer, got string "eighty"`},
 			notWant: []string{"main.", "ProxyConfig", "struct field"},
 		},
 		{
 			name:    "value where a table belongs",
 			body:    "proxy = 5\n",
-			want:    []string{"FILE:1:9: key proxy: cannot decode TOML integer into a table"},
+			want:    []string{"FILE:1:1: proxy: want a table, got integer 5"},
 			notWant: []string{"main.", "ProxyConfig"},
 		},
 		{
 			name:    "value where an array of tables belongs",
 			body:    "service = 3\n",
-			want:    []string{"FILE:1:11: key service: cannot decode TOML integer into an array of tables"},
+			want:    []string{"FILE:1:1: service: want an array of tables ([[service]]), got integer 3"},
 			notWant: []string{"main.", "ServiceConf"},
 		},
 		{
@@ -228,110 +228,164 @@ func TestLoadConfigErrors(t *testing.T) {
 		{
 			name: "replicas 0",
 			body: apache + "replicas = 0\n",
-			want: []string{"FILE: service[0] (apache).replicas: 0 out of range 1-1000"},
+			want: []string{"FILE:3:1: service[0] (apache).replicas: 0 out of range 1-1000"},
 		},
 		{
 			name: "replicas -1",
 			body: apache + "replicas = -1\n",
-			want: []string{"FILE: service[0] (apache).replicas: -1 out of range 1-1000"},
+			want: []string{"FILE:3:1: service[0] (apache).replicas: -1 out of range 1-1000"},
 		},
 		{
 			name: "replicas 1001",
 			body: apache + "replicas = 1001\n",
-			want: []string{"FILE: service[0] (apache).replicas: 1001 out of range 1-1000"},
+			want: []string{"FILE:3:1: service[0] (apache).replicas: 1001 out of range 1-1000"},
 		},
 		{
 			name: "duplicate service names",
 			body: apache + apache,
-			want: []string{`FILE: service[1] (apache).name: duplicate service "apache"`},
+			want: []string{`FILE:4:1: service[1] (apache).name: duplicate service "apache"`},
 		},
 		{
 			name: "service without image",
 			body: "[[service]]\nname = \"web\"\n",
-			want: []string{"FILE: service[0] (web).image: must not be empty"},
+			want: []string{"FILE:1:3: service[0] (web).image (not set): must not be empty"},
 		},
 		{
 			name: "proxy.service names a missing service",
 			body: "[proxy]\nservice = \"nosuch\"\n",
-			want: []string{`FILE: proxy.service: "nosuch" is not a configured service`},
+			want: []string{`FILE:2:1: proxy.service: "nosuch" is not a configured service`},
 		},
 		{
 			name: "bad publish address",
 			body: "[proxy]\npublish = \"127.0.0.1\"\n",
-			want: []string{`FILE: proxy.publish: "127.0.0.1" is not IP:PORT`},
+			want: []string{`FILE:2:1: proxy.publish: "127.0.0.1" is not IP:PORT`},
 		},
 		{
 			name: "health timeout above the interval",
 			body: apache + "[service.health]\ninterval = \"2s\"\ntimeout = \"3s\"\n",
-			want: []string{"FILE: service[0] (apache).health.timeout: 3s must be positive and at most the interval (2s)"},
+			want: []string{"FILE:5:1: service[0] (apache).health.timeout: 3s must be positive and at most the interval (2s)"},
 		},
 		{
 			name: "rise 0",
 			body: apache + "[service.health]\nrise = 0\n",
-			want: []string{"FILE: service[0] (apache).health.rise: 0 out of range 1-100"},
+			want: []string{"FILE:4:1: service[0] (apache).health.rise: 0 out of range 1-100"},
 		},
 		{
 			name: "fall 0",
 			body: apache + "[service.health]\nfall = 0\n",
-			want: []string{"FILE: service[0] (apache).health.fall: 0 out of range 1-100"},
+			want: []string{"FILE:4:1: service[0] (apache).health.fall: 0 out of range 1-100"},
 		},
 		{
 			name: "bad duration",
 			body: apache + "[service.health]\ninterval = \"2x\"\n",
-			want: []string{`FILE:4:12: key service.health.interval: "2x" is not a duration such as "2s" or "250ms"`},
+			want: []string{`FILE:4:1: service[0] (apache).health.interval: "2x" is not a duration such as "2s" or "250ms"`},
 		},
 		{
-			// A bare integer must not mean nanoseconds. go-toml hands the
-			// integer's text to UnmarshalText without position or key, so
-			// this message names the file and the value only.
+			// A bare integer must not mean nanoseconds, nor seconds unsaid.
 			name: "integer duration",
 			body: "[docker]\ntimeout = 5\n",
-			want: []string{`FILE: "5" is not a duration such as "2s" or "250ms"`},
+			want: []string{`FILE:2:1: docker.timeout: 5 is a bare number; write a duration with its unit, such as "5s"`},
 		},
 		{
 			name: "missing template file",
 			body: "[proxy]\ntemplate = \"nope.tmpl\"\n",
-			want: []string{"FILE: proxy.template: ", "nope.tmpl", "no such file"},
+			want: []string{"FILE:2:1: proxy.template: ", "nope.tmpl", "no such file"},
 		},
 		{
 			name:  "password and password_file both set",
 			body:  "[etcd]\nusername = \"u\"\npassword = \"p\"\npassword_file = \"secret\"\n",
 			extra: map[string]string{"secret": "p\n"},
-			want:  []string{"FILE: etcd.password_file: give password or password_file, not both"},
+			want:  []string{"FILE:4:1: etcd.password_file: give password or password_file, not both"},
 		},
 		{
 			name:  "cert_file without key_file",
 			body:  "[etcd]\ncert_file = \"client.pem\"\n",
 			extra: map[string]string{"client.pem": "x"},
-			want:  []string{"FILE: etcd.cert_file: cert_file and key_file must be given together"},
+			want:  []string{"FILE:2:1: etcd.cert_file: cert_file and key_file must be given together"},
 		},
 		{
 			name: "config_path outside config_dir",
 			body: "[proxy]\nconfig_path = \"/tmp/upstreamd.conf\"\n",
-			want: []string{`FILE: proxy.config_dir: "/etc/nginx" must contain config_path and main_config`},
+			want: []string{`FILE:2:1: proxy.config_path: "/tmp/upstreamd.conf" is not inside proxy.config_dir ("/etc/nginx")`},
 		},
 		{
 			name: "unknown restart policy",
 			body: apache + "restart = \"sometimes\"\n",
-			want: []string{`FILE: service[0] (apache).restart: "sometimes" is not a restart policy`},
+			want: []string{`FILE:3:1: service[0] (apache).restart: "sometimes" is not a restart policy`},
 		},
 		{
 			name: "metrics.listen without a port",
 			body: "[metrics]\nlisten = \"nope\"\n",
-			want: []string{`FILE: metrics.listen: "nope" is not host:port`},
+			want: []string{`FILE:2:1: metrics.listen: "nope" is not host:port`},
 		},
 		{
 			name: "metrics.listen with an empty port",
 			body: "[metrics]\nlisten = \"127.0.0.1:\"\n",
-			want: []string{`FILE: metrics.listen: "127.0.0.1:" is not host:port`},
+			want: []string{`FILE:2:1: metrics.listen: "127.0.0.1:" is not host:port`},
+		},
+		{
+			// Unknown keys and wrong types do not hide the range checks of
+			// the other keys: every mistake of the file in one run.
+			name: "every kind of mistake in one file, each with its line",
+			body: "projet = \"x\"\n[etcd]\nlease_ttl = 10\n[proxy]\nport = \"80\"\npublish = \"nowhere\"\n" + apache + "replicas = 0\n",
+			want: []string{
+				"FILE:1:1: projet: unknown key",
+				`FILE:3:1: etcd.lease_ttl: 10 is a bare number; write a duration with its unit, such as "10s"`,
+				`FILE:5:1: proxy.port: want an integer, got string "80"`,
+				`FILE:6:1: proxy.publish: "nowhere" is not IP:PORT`,
+				"FILE:9:1: service[0] (apache).replicas: 0 out of range 1-1000",
+			},
+			notWant: []string{"etcd.lease_ttl: 0s", "proxy.port: 0"}, // dropped keys are not range-checked as zero
+		},
+		{
+			name:    "an invalid project is said once, not again for what defaults from it",
+			body:    "project = \"Bad Name\"\n",
+			want:    []string{`FILE:1:1: project: name "Bad Name"`},
+			notWant: []string{"network.name"},
+		},
+		{
+			name:    "a value of the wrong type does not also count as missing",
+			body:    "[[service]]\nname = \"web\"\nimage = 5\n",
+			want:    []string{"FILE:3:1: service[0] (web).image: want a string, got integer 5"},
+			notWant: []string{"must not be empty"},
+		},
+		{
+			name: "a written zero is not the default: health.timeout 0s",
+			body: apache + "[service.health]\ntimeout = \"0s\"\n",
+			want: []string{"FILE:4:1: service[0] (apache).health.timeout: 0s must be positive"},
+		},
+		{
+			name: "a written zero is not the default: proxy.port 0",
+			body: "[proxy]\nport = 0\n",
+			want: []string{"FILE:2:1: proxy.port: 0 out of range 1-65535"},
+		},
+		{
+			name: "a written zero is not the default: service port 0",
+			body: apache + "port = 0\n",
+			want: []string{"FILE:3:1: service[0] (apache).port: 0 out of range 1-65535"},
+		},
+		{
+			name: "a written zero is not the default: etcd.dial_timeout 0s",
+			body: "[etcd]\ndial_timeout = \"0s\"\n",
+			want: []string{"FILE:2:1: etcd.dial_timeout: 0s out of range 100ms-5m"},
+		},
+		{
+			name: "no service at all",
+			body: "service = []\n",
+			want: []string{"FILE:1:1: service: no service: give at least one [[service]]"},
+		},
+		{
+			name: "include_projects with a bad name",
+			body: "[etcd]\ninclude_projects = [\"ok\", \"Not OK\"]\n",
+			want: []string{"FILE:2:1: etcd.include_projects[1]: name \"Not OK\""},
 		},
 		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{
-				"FILE: proxy.publish: ",
-				"FILE: service[0] (apache).replicas: 0 out of range",
-				"FILE: service[0] (apache).health.rise: 0 out of range",
+				"FILE:2:1: proxy.publish: ",
+				"FILE:5:1: service[0] (apache).replicas: 0 out of range",
+				"FILE:7:1: service[0] (apache).health.rise: 0 out of range",
 			},
 		},
 	}
@@ -348,14 +402,21 @@ func TestLoadConfigErrors(t *testing.T) {
 				t.Fatalf("LoadConfig succeeded (%+v), want an error", cfg)
 			}
 			msg := err.Error()
+			last := -1
 			for _, w := range tt.want {
-				if w := strings.ReplaceAll(w, "FILE", file); !strings.Contains(msg, w) {
+				w := strings.ReplaceAll(w, "FILE", file)
+				i := strings.Index(msg, w)
+				switch {
+				case i < 0:
 					t.Errorf("error does not contain %q:\n%s", w, msg)
+				case i < last:
+					t.Errorf("%q is reported before the line above it:\n%s", w, msg)
 				}
+				last = i
 			}
 			for _, nw := range tt.notWant {
 				if strings.Contains(msg, nw) {
-					t.Errorf("error contains %q, a Go name the user never wrote:\n%s", nw, msg)
+					t.Errorf("error contains %q:\n%s", nw, msg)
 				}
 			}
 		})
@@ -465,5 +526,25 @@ func TestLoadTemplate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWrittenZeroIsHonoured: a zero the file sets is the value, not the
+// default (stop_grace = "0s" kills at once; status_port = 0 turns the
+// status server off), and cpus = 0 means no limit, as documented.
+func TestWrittenZeroIsHonoured(t *testing.T) {
+	cfg, err := LoadConfig(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := cfg.Spec()
+	if g := spec.Services[0].StopGrace; g != 0 {
+		t.Errorf("stop_grace = \"0s\" became %s", g)
+	}
+	if *cfg.Proxy.StatusPort != 0 || *cfg.Proxy.Dynamic {
+		t.Errorf("status_port = 0 gave status port %d, dynamic %v", *cfg.Proxy.StatusPort, *cfg.Proxy.Dynamic)
+	}
+	if spec.Proxy.Limits.NanoCPUs != 0 {
+		t.Errorf("cpus = 0 gave a limit of %d nano-CPUs", spec.Proxy.Limits.NanoCPUs)
 	}
 }

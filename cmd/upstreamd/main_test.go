@@ -99,7 +99,7 @@ func TestRun(t *testing.T) {
 		{
 			name: "render with a bad spec file",
 			spec: good + "[[service]]\nname = \"apache\"\nreplicas = 0\n", args: []string{"-c", "FILE", "render"},
-			wantCode: 1, wantStderr: []string{"FILE: service[0] (apache).replicas"},
+			wantCode: 1, wantStderr: []string{"FILE:5:1: service[0] (apache).replicas"},
 		},
 		{
 			name:     "render with a missing spec file",

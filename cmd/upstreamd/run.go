@@ -114,6 +114,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Host:        d.orch,
 		Sessions:    render.NginxSessions(proxies),
 		Served:      served,
+		Projects:    cfg.Projects(),
 		Services:    cfg.ServiceNames(),
 		Default:     cfg.Proxy.Service,
 		Listen:      cfg.Proxy.Port,

@@ -142,6 +142,9 @@ func (c *Client) Ping(ctx context.Context) (string, error) {
 	return fmt.Sprintf("%s (API %s)", v.Version, c.api.ClientVersion()), nil
 }
 
+// Host returns the engine endpoint the client talks to.
+func (c *Client) Host() string { return c.api.DaemonHost() }
+
 // EngineID returns the engine's unique ID (docker info's ID): two daemons
 // with the same engine ID manage the same containers.
 func (c *Client) EngineID(ctx context.Context) (string, error) {
@@ -248,6 +251,12 @@ func wrapNotFound(err error) error {
 		return errors.Join(ErrNotFound, err)
 	}
 	return err
+}
+
+// IsUnreachable reports whether err says only that the engine could not be
+// reached (no socket, refused, timed out), not that it refused a request.
+func IsUnreachable(err error) bool {
+	return client.IsErrConnectionFailed(err) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // IsNotFound reports whether err says the object does not exist.

@@ -88,10 +88,12 @@ func TestBackendKilled(t *testing.T) {
 }
 
 // TestScale: replicas 3 → 5 → 2 through `upstreamd scale` (an etcd
-// override) show in containers, etcd and nginx.
+// override) show in containers, etcd and nginx; the override shows in
+// `status` and in the log of a daemon started while it is in force; after
+// --reset the spec's count applies again.
 func TestScale(t *testing.T) {
 	s := newStack(t)
-	s.startDaemon()
+	d := s.startDaemon()
 	s.waitConverged(3, 90*time.Second)
 
 	out, err := s.cli("scale", "apache", "5")
@@ -106,6 +108,20 @@ func TestScale(t *testing.T) {
 	out, err = s.cli("status")
 	require.NoError(t, err, out)
 	require.Equal(t, 2, strings.Count(out, "/services/apache/")/2, "status lists 2 registrations twice (container and key tables):\n%s", out)
+	require.Regexp(t, `apache\s+2\s+override in etcd \(spec: 3;`, out)
+
+	// A daemon started while the override is in force says so.
+	require.NoError(t, d.Stop(20*time.Second))
+	d = s.startDaemon()
+	require.NoError(t, d.WaitLog(t.Context(), "replica override in force: apache runs 2 replicas, not the spec's 3", 30*time.Second))
+	s.waitConverged(2, 60*time.Second)
+
+	out, err = s.cli("scale", "apache", "--reset")
+	require.NoError(t, err, out)
+	s.waitConverged(3, 60*time.Second)
+	out, err = s.cli("status")
+	require.NoError(t, err, out)
+	require.Regexp(t, `apache\s+3\s+spec`, out)
 }
 
 // TestUnhealthyBackend: a running backend whose health path answers 500 is

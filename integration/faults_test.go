@@ -554,7 +554,7 @@ func TestRestartWhileEtcdUnreachable(t *testing.T) {
 	d.Kill()
 	px.Cut()
 	d2 := s.startDaemon()
-	require.NoError(t, d2.WaitLog(t.Context(), "no container is touched until then", 30*time.Second))
+	require.NoError(t, d2.WaitLog(t.Context(), "etcd unreachable; waiting for it", 30*time.Second))
 	waitRequests(t, r, 5000) // a few seconds without etcd
 	require.Equal(t, before, hostsOf(s.backends()), "backends changed while etcd was unreachable")
 	pool, err := s.nginxPool("apache")

@@ -59,3 +59,72 @@ func TestProjectsShareEtcd(t *testing.T) {
 		require.Contains(t, line, addr, "render with include_projects = [%q]:\n%s", b.project, out)
 	}
 }
+
+// TestFirstStartEtcdUnreachable: a first start while etcd cannot be
+// reached creates nothing (no network, no container, nothing published)
+// and says so in one line, repeated with backoff, naming the endpoint: no
+// other component warns about the same outage. When etcd answers, the
+// stack comes up, the proxy starting on a placeholder config that answers
+// 503 until the first render.
+func TestFirstStartEtcdUnreachable(t *testing.T) {
+	s := newStack(t)
+	px := etcdBehindProxy(t, s)
+	px.Cut()
+	d := s.startDaemonFormat("json")
+	const waiting = "etcd unreachable; waiting for it: no container is created or changed until etcd and the docker engine both answer"
+	eventually(t, 60*time.Second, "the daemon said twice that it waits for etcd", func() error {
+		if n := countMsg(d.Logs(), waiting); n < 2 {
+			return fmt.Errorf("said %d times", n)
+		}
+		return nil
+	})
+	list, err := s.docker.List(t.Context(), s.project)
+	require.NoError(t, err)
+	require.Empty(t, list, "containers created while etcd was unreachable")
+	exists, err := s.docker.NetworkExists(t.Context(), s.project)
+	require.NoError(t, err)
+	require.False(t, exists, "network created while etcd was unreachable")
+	_, _, err = s.get()
+	require.Error(t, err, "something answers on %s while etcd is unreachable", s.publish)
+	for _, m := range logLines(d.Logs()) {
+		if m["message"] == waiting {
+			require.Equal(t, "http://"+px.Addr(), fmt.Sprint(m["endpoints"].([]any)[0]), "the line names the endpoint")
+		}
+	}
+	requireOnlyWarning(t, d.Logs(), waiting)
+
+	px.Restore()
+	s.waitConverged(3, 90*time.Second)
+	require.Equal(t, 1, countMsg(d.Logs(), "placeholder config written: nginx answers 503 until the first render"))
+}
+
+// TestFirstStartDockerUnreachable: with an engine endpoint nobody answers
+// on, the daemon says so (one line per retry, with backoff, naming the
+// endpoint), never claims to be ready, and no other component warns
+// about the same outage.
+func TestFirstStartDockerUnreachable(t *testing.T) {
+	s := newStack(t, withDockerHost("unix://"+t.TempDir()+"/nobody.sock"))
+	d := s.startDaemonFormat("json")
+	const waiting = "docker engine unreachable; waiting for it: no container is created or changed until etcd and the docker engine both answer"
+	eventually(t, 60*time.Second, "the daemon said thrice that it waits for the engine", func() error {
+		if n := countMsg(d.Logs(), waiting); n < 3 {
+			return fmt.Errorf("said %d times", n)
+		}
+		return nil
+	})
+	logs := d.Logs()
+	require.Contains(t, logs, "etcd reachable")
+	require.NotContains(t, logs, "ready:")
+	requireOnlyWarning(t, logs, waiting)
+}
+
+// requireOnlyWarning fails for each warning or error logged but msg: one
+// line speaks for an outage, not one per component.
+func requireOnlyWarning(t *testing.T, logs, msg string) {
+	t.Helper()
+	for _, m := range logLines(logs) {
+		if lvl := m["level"]; (lvl == "warn" || lvl == "error") && m["message"] != msg {
+			t.Errorf("another %s line about the same outage: %v", lvl, m)
+		}
+	}
+}

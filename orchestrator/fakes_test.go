@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"path"
 	"slices"
 	"sort"
 	"strings"
@@ -63,6 +64,10 @@ type fakeDocker struct {
 	staleList map[string]string
 	// ghosts are listed though gone: a listing taken just before a removal.
 	ghosts map[string]containers.Container
+	// files holds what CopyFiles wrote, by container ID and path; writes
+	// records each write as "<id> <path>" in call order among creates.
+	files  map[string]map[string][]byte
+	writes []string
 }
 
 var (
@@ -77,6 +82,7 @@ func newFakeDocker() *fakeDocker {
 		events:    make(chan containers.Event),
 		staleList: map[string]string{},
 		ghosts:    map[string]containers.Container{},
+		files:     map[string]map[string][]byte{},
 	}
 }
 
@@ -223,6 +229,36 @@ func (f *fakeDocker) Inspect(_ context.Context, id string) (containers.Container
 		return containers.Container{}, errFakeNotFound
 	}
 	return cloneContainer(fc.c), nil
+}
+
+func (f *fakeDocker) ReadFile(_ context.Context, id, file string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.byID[id]; !ok {
+		return nil, errFakeNotFound
+	}
+	b, ok := f.files[id][file]
+	if !ok {
+		return nil, fmt.Errorf("fake engine: no file %s: %w", file, containers.ErrNotFound)
+	}
+	return b, nil
+}
+
+func (f *fakeDocker) CopyFiles(_ context.Context, id, dir string, files []containers.File) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.byID[id]; !ok {
+		return errFakeNotFound
+	}
+	if f.files[id] == nil {
+		f.files[id] = map[string][]byte{}
+	}
+	for _, file := range files {
+		p := path.Join(dir, file.Path)
+		f.files[id][p] = file.Data
+		f.writes = append(f.writes, id+" "+p)
+	}
+	return nil
 }
 
 // EngineID is the fake engine's ID.

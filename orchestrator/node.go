@@ -169,7 +169,7 @@ func (n *node) claimWithRetries(ctx context.Context) (*store.Lease, error) {
 		return err
 	}, func(err error, wait time.Duration, first bool) {
 		ev := n.log.Debug()
-		if first {
+		if first && !unreachable(err) { // unreachable: the daemon says so
 			ev = n.log.Warn()
 		}
 		ev.Err(err).Stringer("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",

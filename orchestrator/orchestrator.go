@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -90,6 +91,8 @@ type Orchestrator struct {
 	wake       wake.Signal
 	ready      chan struct{} // closed once etcd reflects this node's backends
 	troubles   troubles      // failures in progress, for Problems
+	// streamWorked: the Docker event stream was open for a while once.
+	streamWorked atomic.Bool
 }
 
 // troubles holds, by loop, the error it is failing with; none when it works.
@@ -296,6 +299,12 @@ func (o *Orchestrator) awaitFirstProbes(ctx context.Context, changed <-chan stru
 	}
 }
 
+// unreachable reports whether err says only that etcd or the engine could
+// not be reached.
+func unreachable(err error) bool {
+	return containers.IsUnreachable(err) || store.IsUnreachable(err)
+}
+
 // announce returns this daemon's announcement as node.
 func announce(node, version string) Announcement {
 	host, _ := os.Hostname() // only said, never relied on
@@ -404,8 +413,14 @@ func (o *Orchestrator) watchEvents(ctx context.Context) error {
 		if time.Since(opened) > time.Minute {
 			bo.Succeeded()
 		}
-		d, _ := bo.Failed()
-		o.log.Warn().Err(err).Stringer("retry_in", d).Msg("docker event stream broke; reconnecting")
+		// Said once per outage; before the stream ever worked, an
+		// unreachable engine is the daemon's to say.
+		d, first := bo.Failed()
+		ev := o.log.Debug()
+		if first && (o.streamWorked.Load() || !unreachable(err)) {
+			ev = o.log.Warn()
+		}
+		ev.Err(err).Stringer("retry_in", d).Msg("docker event stream broke; reconnecting")
 		if !retry.Wait(ctx, d) {
 			return nil
 		}
@@ -419,7 +434,13 @@ func (o *Orchestrator) followEvents(ctx context.Context) (idle bool, err error) 
 	defer cancel()
 	evs, errc := o.cfg.Docker.Events(sctx, o.cfg.Spec.Project)
 	// Open for a second without breaking: the stream works.
-	works := time.AfterFunc(time.Second, func() { o.troubles.set("events", nil) })
+	works := time.AfterFunc(time.Second, func() {
+		if o.troubles.get("events") != nil && o.streamWorked.Load() {
+			o.log.Info().Msg("docker event stream reconnected")
+		}
+		o.streamWorked.Store(true)
+		o.troubles.set("events", nil)
+	})
 	defer works.Stop()
 	quiet := time.NewTimer(o.cfg.StreamIdle)
 	defer quiet.Stop()

@@ -2,6 +2,7 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"slices"
@@ -95,6 +96,41 @@ func TestOverrides(t *testing.T) {
 				t.Errorf("%d wakes for %d updates; want one each", wakes, len(tt.updates))
 			}
 		})
+	}
+}
+
+// TestOverridesAreSaid: an override in force is logged when first read
+// (so a start-up log shows it), when it changes and when it goes; an
+// update that leaves it as it was says nothing.
+func TestOverridesAreSaid(t *testing.T) {
+	p := OverridesPrefix("up")
+	var logs strings.Builder
+	o := newOverrides(testSpec(), func() {}, zerolog.New(&logs))
+	steps := []struct {
+		u    store.Update
+		want string // the message logged, "" for none
+	}{
+		{store.Update{Reset: true, KVs: []store.KV{{Key: p + "apache", Value: []byte("5")}}},
+			"replica override in force: apache runs 5 replicas, not the spec's 3 (`upstreamd scale apache --reset` removes it)"},
+		{store.Update{Reset: true, KVs: []store.KV{{Key: p + "apache", Value: []byte("5")}}}, ""},
+		{store.Update{KVs: []store.KV{{Key: p + "apache", Value: []byte("4")}}},
+			"replica override in force: apache runs 4 replicas, not the spec's 3 (`upstreamd scale apache --reset` removes it)"},
+		{store.Update{Deleted: []string{p + "apache"}}, "replica override removed; the spec's count applies"},
+	}
+	for i, st := range steps {
+		logs.Reset()
+		o.apply(st.u)
+		got := ""
+		if logs.Len() > 0 {
+			var m map[string]any
+			if err := json.Unmarshal([]byte(logs.String()), &m); err != nil {
+				t.Fatalf("step %d: %v: %s", i, err, logs.String())
+			}
+			got, _ = m["message"].(string)
+		}
+		if got != st.want {
+			t.Errorf("step %d logged %q, want %q", i, got, st.want)
+		}
 	}
 }
 

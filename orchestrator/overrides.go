@@ -90,6 +90,7 @@ func (o *overrides) apply(u store.Update) {
 		n, _ := ParseReplicas(v) // valid
 		counts[strings.TrimPrefix(k, o.prefix)] = n
 	}
+	o.said(counts)
 	o.counts = counts
 	select {
 	case <-o.loaded:
@@ -110,4 +111,21 @@ func (o *overrides) valid(kv store.KV) bool {
 		return false
 	}
 	return true
+}
+
+// said logs each override that appeared, changed or went away since the
+// last copy (the first load included: an override in force at start-up is
+// in the start-up log). The caller holds mu.
+func (o *overrides) said(counts map[string]int) {
+	for _, svc := range o.spec.Services {
+		n, ok := counts[svc.Name]
+		old, had := o.counts[svc.Name]
+		switch {
+		case ok && (!had || n != old):
+			o.log.Info().Str("service", svc.Name).Int("replicas", n).Int("spec_replicas", svc.Replicas).Str("key", o.prefix+svc.Name).
+				Msgf("replica override in force: %s runs %d replicas, not the spec's %d (`upstreamd scale %s --reset` removes it)", svc.Name, n, svc.Replicas, svc.Name)
+		case !ok && had:
+			o.log.Info().Str("service", svc.Name).Int("replicas", svc.Replicas).Msg("replica override removed; the spec's count applies")
+		}
+	}
 }

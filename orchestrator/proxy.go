@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"sort"
 	"sync"
 
@@ -118,7 +119,7 @@ func (r *reconciler) reconcileProxy(ctx context.Context, data, proxies []contain
 		r.cfg.Proxy.set("", "", false)
 		return fmt.Errorf("proxy data volume: %w", err)
 	}
-	current, started, err := r.ensureProxy(ctx, r.proxySpec(dataC.ID), proxies)
+	current, started, err := r.ensureProxy(ctx, r.proxySpec(dataC.ID), dataC.ID, proxies)
 	if err != nil {
 		r.cfg.Proxy.set("", "", false)
 		return fmt.Errorf("proxy: %w", err)
@@ -157,7 +158,7 @@ func (r *reconciler) ensureData(ctx context.Context, data []containers.Container
 // ensureProxy removes every proxy that is not running or not of want, and
 // returns the one that is, created and started when missing; started says
 // it was (re)started in this pass.
-func (r *reconciler) ensureProxy(ctx context.Context, want containers.CreateSpec, proxies []containers.Container) (current containers.Container, started bool, err error) {
+func (r *reconciler) ensureProxy(ctx context.Context, want containers.CreateSpec, dataID string, proxies []containers.Container) (current containers.Container, started bool, err error) {
 	hash := want.Labels[containers.LabelSpec]
 	var errs []error
 	for _, p := range proxies {
@@ -182,6 +183,9 @@ func (r *reconciler) ensureProxy(ctx context.Context, want containers.CreateSpec
 		if err := r.cfg.Docker.EnsureImage(ctx, want.Image); err != nil {
 			return containers.Container{}, false, err
 		}
+		if err := r.ensureConfig(ctx, dataID); err != nil {
+			return containers.Container{}, false, err
+		}
 		if current, err = r.cfg.Docker.Create(ctx, want); err != nil {
 			return containers.Container{}, false, err
 		}
@@ -194,4 +198,40 @@ func (r *reconciler) ensureProxy(ctx context.Context, want containers.CreateSpec
 		started = true
 	}
 	return current, started, nil
+}
+
+// placeholder is the config a new proxy starts with, until the first
+// render replaces it: without it nginx would listen on nothing, and its
+// published port would reset every connection. It answers every request
+// with 503 and says why.
+func placeholder(port int) []byte {
+	return fmt.Appendf(nil, `# Written by upstreamd when it created the data volume; the first render
+# replaces it.
+server {
+    listen %d default_server;
+    location / {
+        default_type text/plain;
+        return 503 "upstreamd: no configuration rendered yet; try again shortly\n";
+    }
+}
+`, port)
+}
+
+// ensureConfig writes the placeholder into the data volume when the
+// rendered file is not there yet (a new data volume).
+func (r *reconciler) ensureConfig(ctx context.Context, dataID string) error {
+	p := r.cfg.Spec.Proxy
+	if p.ConfigPath == "" {
+		return nil
+	}
+	_, err := r.cfg.Docker.ReadFile(ctx, dataID, p.ConfigPath)
+	if !errors.Is(err, containers.ErrNotFound) {
+		return err // there already, or the engine failed
+	}
+	err = r.cfg.Docker.CopyFiles(ctx, dataID, path.Dir(p.ConfigPath), []containers.File{{Path: path.Base(p.ConfigPath), Data: placeholder(p.Port)}})
+	if err != nil {
+		return fmt.Errorf("write the placeholder config: %w", err)
+	}
+	r.log.Info().Str("file", p.ConfigPath).Msg("placeholder config written: nginx answers 503 until the first render")
+	return nil
 }

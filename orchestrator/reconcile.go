@@ -21,6 +21,8 @@ type containerAPI interface {
 	Start(ctx context.Context, id string) error
 	Remove(ctx context.Context, id string) error
 	Inspect(ctx context.Context, id string) (containers.Container, error)
+	ReadFile(ctx context.Context, id, file string) ([]byte, error)
+	CopyFiles(ctx context.Context, id, dir string, files []containers.File) error
 }
 
 var _ containerAPI = (*containers.Client)(nil)

@@ -24,7 +24,7 @@ func testSpec() Spec {
 		Network: "upnet",
 		Node:    testNode,
 		Prefix:  "/services",
-		Proxy:   ProxySpec{Image: "nginx:test", Publish: "127.0.0.1:8080", Port: 80, ConfigDir: "/etc/nginx"},
+		Proxy:   ProxySpec{Image: "nginx:test", Publish: "127.0.0.1:8080", Port: 80, ConfigDir: "/etc/nginx", ConfigPath: "/etc/nginx/conf.d/upstreamd.conf"},
 		Services: []ServiceSpec{{
 			Name: "apache", Image: "apache:test", Replicas: 3, Port: 80,
 			Env:       []string{"A=1"},
@@ -1284,4 +1284,36 @@ func TestReconcileDrainsOnce(t *testing.T) {
 			t.Errorf("fate of the drained backend %d; want it forgotten once no listing shows it", f)
 		}
 	})
+}
+
+// TestReconcilePlaceholderConfig: a new proxy on a new data volume starts
+// with a placeholder that answers 503 (nginx would otherwise listen on
+// nothing, and its published port reset every connection); a data volume
+// that holds a config keeps it, and a replaced proxy writes nothing.
+func TestReconcilePlaceholderConfig(t *testing.T) {
+	spec := testSpec()
+	e := newRecEnv(t, spec)
+	e.reconcile(t)
+	data := e.docker.withRole(containers.RoleData, "")[0].ID
+	if want := []string{data + " /etc/nginx/conf.d/upstreamd.conf"}; !slices.Equal(e.docker.writes, want) {
+		t.Fatalf("writes %v, want %v", e.docker.writes, want)
+	}
+	conf := string(e.docker.files[data]["/etc/nginx/conf.d/upstreamd.conf"])
+	for _, want := range []string{"listen 80 default_server;", "return 503"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("placeholder lacks %q:\n%s", want, conf)
+		}
+	}
+
+	// The proxy dies and is replaced: the volume holds a config (the
+	// placeholder here, a rendered one in life), which stays as it is.
+	e.docker.files[data]["/etc/nginx/conf.d/upstreamd.conf"] = []byte("rendered")
+	e.docker.edit(e.docker.withRole(containers.RoleProxy, "")[0].ID, func(c *containers.Container) { c.State = containers.StateExited })
+	e.reconcile(t)
+	if len(e.docker.writes) != 1 || string(e.docker.files[data]["/etc/nginx/conf.d/upstreamd.conf"]) != "rendered" {
+		t.Errorf("a replaced proxy rewrote the config: writes %v", e.docker.writes)
+	}
+	if n := len(e.docker.withRole(containers.RoleProxy, "")); n != 1 {
+		t.Errorf("%d proxies after the replacement, want 1", n)
+	}
 }

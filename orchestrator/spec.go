@@ -49,6 +49,9 @@ type ProxySpec struct {
 	Port int
 	// ConfigDir is the directory the data-volume container holds, e.g. /etc/nginx.
 	ConfigDir string
+	// ConfigPath is the rendered file, inside ConfigDir. Until the first
+	// render it holds a placeholder that answers 503 (see placeholder).
+	ConfigPath string
 	// Limits are optional resource limits.
 	Limits Limits
 }

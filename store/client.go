@@ -12,6 +12,8 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // DefaultTimeout bounds one etcd request when Config.Timeout is zero.
@@ -178,6 +180,12 @@ func (c *Client) Ping(ctx context.Context) error {
 		return fmt.Errorf("etcd at %v: %w", c.cfg.Endpoints, err)
 	}
 	return nil
+}
+
+// IsUnreachable reports whether err says only that etcd could not be
+// reached (timed out, unavailable), not that it refused a request.
+func IsUnreachable(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.Unavailable
 }
 
 // KV is one raw key and value with its lease.

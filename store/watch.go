@@ -34,18 +34,20 @@ type Update struct {
 // returns nil when ctx ends. handle runs on Watch's goroutine.
 func (c *Client) Watch(ctx context.Context, prefix string, handle func(Update)) error {
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
+	listed := false // ever: until then, an unreachable etcd is the daemon's to say
 	for {
 		err := c.listAndWatch(ctx, prefix, handle, func() {
-			if bo.Succeeded() {
+			if bo.Succeeded() && listed {
 				c.log.Info().Str("prefix", prefix).Msg("etcd watch recovered")
 			}
+			listed = true
 		})
 		if ctx.Err() != nil {
 			return nil
 		}
 		wait, first := bo.Failed()
 		ev := c.log.Debug()
-		if first {
+		if first && (listed || !IsUnreachable(err)) {
 			ev = c.log.Error()
 		}
 		ev.Err(err).Str("prefix", prefix).Stringer("retry_in", wait).Msg("etcd watch failed; keeping what was read and retrying with backoff")

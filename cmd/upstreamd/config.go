@@ -529,11 +529,12 @@ func (c *Config) Spec() orchestrator.Spec {
 		Node:    c.Node,
 		Prefix:  c.Etcd.Prefix,
 		Proxy: orchestrator.ProxySpec{
-			Image:     c.Proxy.Image,
-			Publish:   c.Proxy.Publish,
-			Port:      c.Proxy.Port,
-			ConfigDir: c.Proxy.ConfigDir,
-			Limits:    proxyLimits,
+			Image:      c.Proxy.Image,
+			Publish:    c.Proxy.Publish,
+			Port:       c.Proxy.Port,
+			ConfigDir:  c.Proxy.ConfigDir,
+			ConfigPath: c.Proxy.ConfigPath,
+			Limits:     proxyLimits,
 		},
 	}
 	for _, s := range c.Service {

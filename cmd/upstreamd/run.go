@@ -134,9 +134,12 @@ func (d *daemon) run(ctx context.Context) error {
 	// One clear line each when a dependency is down at start-up; the
 	// components then retry on their own with backoff.
 	log := d.log.With().Str("component", "daemon").Logger()
-	grp.Go(func() error { return waitReachable(gctx, log, "docker engine", d.docker.Ping) })
 	grp.Go(func() error {
-		return waitReachable(gctx, log, "etcd", func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
+		return waitReachable(gctx, log.With().Str("host", d.docker.Host()).Logger(), "docker engine", d.docker.Ping)
+	})
+	grp.Go(func() error {
+		return waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Etcd.Endpoints).Logger(), "etcd",
+			func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
 	})
 	grp.Go(func() error { return d.registrations.Start(gctx) })
 	grp.Go(func() error { return d.orch.Start(gctx) })
@@ -159,8 +162,10 @@ func (d *daemon) close() {
 	d.docker.Close()
 }
 
-// waitReachable pings until what answers, logging the first failure as an
-// error and later ones at debug level, then one line when it answers.
+// waitReachable pings until what answers, saying so at each retry (with
+// backoff, so ever more rarely), then one line when it answers. At start-up
+// these are the lines that speak for an unreachable etcd or engine: the
+// components waiting on it stay quiet until it first answers.
 func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) (string, error)) error {
 	_ = retry.Until(ctx, retry.New(500*time.Millisecond, 15*time.Second), func(ctx context.Context) error {
 		version, err := ping(ctx)
@@ -172,12 +177,8 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 			ev.Msgf("%s reachable", what)
 		}
 		return err
-	}, func(err error, wait time.Duration, first bool) {
-		if first {
-			log.Error().Err(err).Stringer("retry_in", wait).Msgf("%s unreachable; retrying with backoff", what)
-		} else {
-			log.Debug().Err(err).Msgf("%s still unreachable", what)
-		}
+	}, func(err error, wait time.Duration, _ bool) {
+		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s unreachable; waiting for it: no container is created or changed until etcd and the docker engine both answer", what)
 	})
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/rs/zerolog"
 
@@ -68,6 +69,18 @@ func (c *Client) RemoveNetwork(ctx context.Context, name string) error {
 		return fmt.Errorf("remove network %s: %w", name, err)
 	}
 	return nil
+}
+
+// NetworkExists reports whether a network of that name exists.
+func (c *Client) NetworkExists(ctx context.Context, name string) (bool, error) {
+	_, err := c.api.NetworkInspect(ctx, name, network.InspectOptions{})
+	switch {
+	case err == nil:
+		return true, nil
+	case cerrdefs.IsNotFound(err):
+		return false, nil
+	}
+	return false, fmt.Errorf("inspect network %s: %w", name, err)
 }
 
 // ListAll returns every container of the engine, any project, any state.

@@ -56,6 +56,9 @@ type CreateSpec struct {
 	// CapDrop lists capabilities taken from the engine's default set
 	// (NET_RAW, say: no raw sockets to spoof a neighbour with).
 	CapDrop []string
+	// AutoRemove has the engine remove the container when it exits (a
+	// throwaway one). Left out of spec hashes when false.
+	AutoRemove bool `json:",omitempty"`
 }
 
 // Create creates a container (without starting it) and returns it as
@@ -108,6 +111,7 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 		}
 	}
 	hostCfg := &container.HostConfig{
+		AutoRemove:  s.AutoRemove,
 		CapDrop:     s.CapDrop,
 		VolumesFrom: s.VolumesFrom,
 		Resources: container.Resources{

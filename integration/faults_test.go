@@ -167,7 +167,8 @@ func TestDataVolumeRemoved(t *testing.T) {
 
 // TestEtcdOutage: etcd stopped for 30 s. The daemon keeps running, nginx
 // keeps serving (no failed request; no empty pool rendered for lack of
-// etcd), a backend that dies meanwhile is replaced, and once etcd is back
+// etcd), a backend that dies meanwhile is replaced, `status` shows the
+// containers and says etcd failed, and once etcd is back
 // the registrations and nginx's pool match the running backends again.
 func TestEtcdOutage(t *testing.T) {
 	s := newStack(t, withEtcdPort(freePort(t)))
@@ -188,6 +189,12 @@ func TestEtcdOutage(t *testing.T) {
 		}
 		return nil
 	})
+	// status shows what Docker knows and says what etcd did not answer.
+	out, err := s.cli("status")
+	require.Error(t, err, "status with etcd down exited 0")
+	require.Contains(t, out, "ROLE")
+	require.Contains(t, out, s.project+"-proxy", "the container table is shown:\n%s", out)
+	require.Contains(t, out, "(etcd: ", "the etcd failure is said:\n%s", out)
 	for time.Since(down) < 30*time.Second {
 		select {
 		case <-d.Done():

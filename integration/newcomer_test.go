@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 )
 
 // TestProjectsShareEtcd: two projects on one etcd, with the default prefix,
@@ -126,5 +128,71 @@ func requireOnlyWarning(t *testing.T, logs, msg string) {
 		if lvl := m["level"]; (lvl == "warn" || lvl == "error") && m["message"] != msg {
 			t.Errorf("another %s line about the same outage: %v", lvl, m)
 		}
+	}
+}
+
+// seedTemplate is the seed's confd template taken literally: getvs gives
+// the registration JSON, not addresses, so nginx rejects the servers.
+const seedTemplate = `upstream apache_pool {
+{{- range getvs "/services/apache/*"}}
+    server {{.}};
+{{- end}}
+}
+server {
+    listen 80;
+    location / { proxy_pass http://apache_pool; }
+}
+`
+
+// TestTemplateRejectedBeforeAnything: a template whose output nginx -t
+// rejects stops `run` before it creates anything, with nginx's reason;
+// `render --check` says the same of what it prints; a template that
+// cannot render at all stops `run` before it even asks Docker. No
+// throwaway container is left behind.
+func TestTemplateRejectedBeforeAnything(t *testing.T) {
+	s := newStack(t, withTemplate(seedTemplate))
+	for _, tc := range []struct {
+		name, template, want string
+	}{
+		{"nginx rejects it", seedTemplate, "proxy.template renders a config nginx rejects"},
+		{"it cannot render", "server { listen 80; {{.Nope}} }\n", "proxy.template fails with no backend registered"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s.opts.template = tc.template
+			s.writeConfig()
+			p, err := daemon.Start(binPath, []string{"run", "--config", s.configFile, "--log-format", "console"}, nil)
+			require.NoError(t, err)
+			select {
+			case <-p.Done():
+			case <-time.After(60 * time.Second):
+				p.Kill()
+				t.Fatalf("the daemon is still running:\n%s", p.Logs())
+			}
+			require.Error(t, p.Err())
+			require.Contains(t, p.Logs(), tc.want)
+			list, err := s.docker.List(t.Context(), s.project)
+			require.NoError(t, err)
+			require.Empty(t, list, "containers created for a template that cannot serve")
+			exists, err := s.docker.NetworkExists(t.Context(), s.project)
+			require.NoError(t, err)
+			require.False(t, exists)
+		})
+	}
+	s.opts.template = seedTemplate
+	s.writeConfig()
+	out, err := s.cli("render", "--check")
+	require.Error(t, err)
+	require.Contains(t, out, "nginx rejected the config")
+	require.Contains(t, out, `directive "server" is not terminated by ";"`)
+	s.opts.template = "" // the built-in one
+	s.writeConfig()
+	out, err = s.cli("render", "--check")
+	require.NoError(t, err)
+	require.Contains(t, out, "nginx -t: the rendered config is valid")
+
+	all, err := s.docker.ListAll(t.Context())
+	require.NoError(t, err)
+	for _, c := range all {
+		require.NotEqual(t, "check", c.Labels["io.upstreamd.role"], "throwaway container %s left behind", c.ID)
 	}
 }

@@ -106,6 +106,35 @@ const (
 	exitNoCheck  = 93 // the check config is missing
 )
 
+// Check runs `nginx -t` on cfg as the rendered file, as Deliver would,
+// and changes nothing: the candidate is removed afterwards. A rejection
+// matches ErrCheckFailed, with nginx's message.
+func (s *Session) Check(ctx context.Context, cfg []byte) error {
+	if err := s.ensureCheck(ctx); err != nil {
+		return fmt.Errorf("check config: %w", err)
+	}
+	res, err := s.cfg.Docker.ExecWithStdin(ctx, s.proxy.ID, []string{"sh", "-c", checkScript, "upstreamd-check",
+		s.checkPath(), s.stagedPath()}, cfg)
+	if err != nil {
+		return fmt.Errorf("check config: %w", err)
+	}
+	switch res.ExitCode {
+	case 0:
+		return nil
+	case exitRejected:
+		return fmt.Errorf("%w: %s", ErrCheckFailed, strings.ReplaceAll(res.Output(), s.stagedPath(), s.cfg.ConfigPath+" (candidate)"))
+	default:
+		return fmt.Errorf("check config: exit code %d: %s", res.ExitCode, res.Output())
+	}
+}
+
+// checkScript is deliverScript without the swap: the candidate is removed
+// whatever nginx says.
+const checkScript = `[ -f "$1" ] || exit 93
+cat > "$2" || exit 90
+nginx -t -q -c "$1" || { rm -f "$2"; exit 91; }
+rm -f "$2"`
+
 // ensureCheck writes the check config into the proxy, once per Session.
 func (s *Session) ensureCheck(ctx context.Context) error {
 	if s.checkWritten {

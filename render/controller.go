@@ -92,14 +92,9 @@ type ControllerConfig struct {
 	Sessions Sessions
 	// Served is where the Controller records what nginx serves.
 	Served *Served
-	// Projects, Services, Default, Listen, Dynamic and StatusPort complete
-	// the View (see ViewInput). Dynamic needs StatusPort.
-	Projects   []string
-	Services   []string
-	Default    string
-	Listen     int
-	Dynamic    bool
-	StatusPort int
+	// View is what every pass builds its View from; each pass fills in
+	// the Snapshot and the Admin address. Dynamic needs StatusPort.
+	View ViewInput
 	// MinDebounce is the quiet time awaited after a change before rendering;
 	// MaxDebounce bounds the wait while changes keep coming. Zero means the
 	// defaults (20 ms and 250 ms).
@@ -283,8 +278,9 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 // nginx took (guardEmptying); the other services go ahead. The error is
 // then ErrWouldEmpty, with the candidate usable: the pass is retried.
 func (c *Controller) candidate(snap store.Snapshot, admin string) (candidate, error) {
-	view := NewView(ViewInput{Snapshot: snap, Projects: c.cfg.Projects, Services: c.cfg.Services, Default: c.cfg.Default,
-		Listen: c.cfg.Listen, Dynamic: c.cfg.Dynamic, StatusPort: c.cfg.StatusPort, Admin: admin})
+	in := c.cfg.View
+	in.Snapshot, in.Admin = snap, admin
+	view := NewView(in)
 	guarded := c.guardEmptying(&view)
 	if guarded != nil && c.applied == nil {
 		// Nothing is known to keep: refuse the whole pass.
@@ -301,7 +297,7 @@ func (c *Controller) candidate(snap store.Snapshot, admin string) (candidate, er
 		return candidate{}, err
 	}
 	cand := candidate{view: view, revision: snap.Revision, config: Finish(out, view), hash: Hash(out)}
-	if c.cfg.Dynamic {
+	if c.cfg.View.Dynamic {
 		cand.pools = string(PoolsBody(0, view))
 	}
 	return cand, guarded

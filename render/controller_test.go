@@ -362,7 +362,7 @@ func TestControllerStopsOnCancel(t *testing.T) {
 				ready := make(chan struct{})
 				close(ready)
 				ctrl := NewController(ControllerConfig{
-					Projects: anyProject,
+					View:     ViewInput{Projects: anyProject},
 					Template: tmpl, Source: src, Sessions: del.session, Logger: zerolog.Nop(),
 					Host: &fakeHost{ready: ready, up: true, proxy: nginx.Proxy{ID: "proxy-1"}, changed: make(chan struct{})},
 				})
@@ -440,9 +440,9 @@ func countPrefix(events []string, prefix string) int {
 
 // view builds snap's View the way h's Controller does.
 func (h *harness) view(snap store.Snapshot) View {
-	c := h.ctrl.cfg
-	return NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: c.Services, Default: c.Default, Listen: c.Listen,
-		Dynamic: c.Dynamic, StatusPort: c.StatusPort})
+	in := h.ctrl.cfg.View
+	in.Snapshot = snap
+	return NewView(in)
 }
 
 // finished returns the hash of snap's rendered config and the config that

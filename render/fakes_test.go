@@ -414,17 +414,13 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		services = []string{"apache"}
 	}
 	h.ctrl = NewController(ControllerConfig{
-		Projects:   anyProject,
-		Template:   hc.tmpl,
-		Source:     h.src,
-		Host:       h.host,
-		Sessions:   hc.nginx.session,
-		Services:   services,
-		Default:    "apache",
-		Listen:     80,
-		Dynamic:    hc.dynamic,
-		StatusPort: hc.statusPort,
-		Logger:     zerolog.Nop(),
+		Template: hc.tmpl,
+		Source:   h.src,
+		Host:     h.host,
+		Sessions: hc.nginx.session,
+		View: ViewInput{Projects: anyProject, Services: services, Default: "apache", Listen: 80,
+			Dynamic: hc.dynamic, StatusPort: hc.statusPort},
+		Logger: zerolog.Nop(),
 		Observe: func(o Outcome) {
 			h.mu.Lock()
 			defer h.mu.Unlock()

@@ -15,7 +15,6 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
-	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -50,10 +49,15 @@ func readRegistrations(ctx context.Context, cfg *Config, log zerolog.Logger) (st
 }
 
 func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
-	return g.specCommand(stderr, &cobra.Command{
+	var check bool
+	cmd := g.specCommand(stderr, &cobra.Command{
 		Use:   "render",
 		Short: "print the config that would be rendered from the registrations in etcd now; touches nothing",
-		Args:  usageArgs(cobra.NoArgs),
+		Long: "render prints the config the daemon would deliver now: the template rendered from\n" +
+			"the registrations in etcd, with upstreamd's status server appended. With --check\n" +
+			"it also runs `nginx -t` on it in a throwaway container of proxy.image (no network,\n" +
+			"removed afterwards) and exits 1 with nginx's message when nginx rejects it.",
+		Args: usageArgs(cobra.NoArgs),
 	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
 		tmpl, err := cfg.LoadTemplate()
 		if err != nil {
@@ -63,20 +67,12 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		view := render.NewView(render.ViewInput{
-			Snapshot:   snap,
-			Projects:   cfg.Projects(),
-			Services:   cfg.ServiceNames(),
-			Default:    cfg.Proxy.Service,
-			Listen:     cfg.Proxy.Port,
-			Dynamic:    *cfg.Proxy.Dynamic,
-			StatusPort: *cfg.Proxy.StatusPort,
-		})
-		out, err := render.Render(tmpl, view)
+		view := cfg.view(snap)
+		out, err := cfg.renderFor(tmpl, snap)
 		if err != nil {
 			return err
 		}
-		if _, err := stdout.Write(render.Finish(out, view)); err != nil {
+		if _, err := stdout.Write(out); err != nil {
 			return err
 		}
 		if *cfg.Proxy.Dynamic {
@@ -90,10 +86,26 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 				fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
 			}
-			_, err = io.WriteString(stdout, b.String())
+			if _, err := io.WriteString(stdout, b.String()); err != nil {
+				return err
+			}
 		}
+		if !check {
+			return nil
+		}
+		s, remove, err := cfg.throwaway(cmd.Context(), log)
+		if err != nil {
+			return err
+		}
+		defer remove()
+		if err := s.Check(cmd.Context(), out); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stderr, "nginx -t: the rendered config is valid (checked in a throwaway container of %s)\n", cfg.Proxy.Image)
 		return err
 	})
+	cmd.Flags().BoolVar(&check, "check", false, "also check the output with `nginx -t` in a throwaway container of proxy.image")
+	return cmd
 }
 
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {

@@ -40,11 +40,12 @@ func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
 	log.Info().Str("version", version).Str("config", cfg.file).Str("project", cfg.Project).
 		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
 	err = d.run(ctx)
-	log.Info().Msg("upstreamd stopped; the proxy and backends keep running")
-	if errors.Is(err, context.Canceled) {
-		return nil
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Info().Msg("upstreamd stopped on an error")
+		return err
 	}
-	return err
+	log.Info().Msg("upstreamd stopped; the proxy and backends keep running")
+	return nil
 }
 
 // daemon is `upstreamd run` wired: one adapter per outside system, one
@@ -59,6 +60,7 @@ type daemon struct {
 	orch          *orchestrator.Orchestrator
 	ctrl          *render.Controller
 	metrics       *metrics
+	checks        templateCheck // what the template renders, for nginx -t before anything is created
 }
 
 // wire builds the daemon from the config.
@@ -67,11 +69,17 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A template that cannot render stops the daemon before it touches
+	// anything; what it renders is checked with nginx once Docker answers.
+	checks, err := cfg.renderChecks(tmpl)
+	if err != nil {
+		return nil, err
+	}
 	scfg, err := cfg.StoreConfig()
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, metrics: newMetrics()}
+	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks}
 	d.docker, err = containers.New(containers.Config{
 		Host:    cfg.Docker.Host,
 		Timeout: cfg.Docker.Timeout.D(),
@@ -101,25 +109,16 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Pool:          served,
 		Logger:        log,
 	})
-	proxies := nginx.New(nginx.Config{
-		Docker:     d.docker,
-		ConfigPath: cfg.Proxy.ConfigPath,
-		MainPath:   cfg.Proxy.MainConfig,
-		StatusPort: *cfg.Proxy.StatusPort,
-		Logger:     log.With().Str("component", "nginx").Logger(),
-	})
+	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
+	ncfg.Docker = d.docker
+	proxies := nginx.New(ncfg)
 	d.ctrl = render.NewController(render.ControllerConfig{
 		Template:    tmpl,
 		Source:      d.registrations,
 		Host:        d.orch,
 		Sessions:    render.NginxSessions(proxies),
 		Served:      served,
-		Projects:    cfg.Projects(),
-		Services:    cfg.ServiceNames(),
-		Default:     cfg.Proxy.Service,
-		Listen:      cfg.Proxy.Port,
-		Dynamic:     *cfg.Proxy.Dynamic,
-		StatusPort:  *cfg.Proxy.StatusPort,
+		View:        cfg.viewInput(),
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
@@ -134,15 +133,29 @@ func (d *daemon) run(ctx context.Context) error {
 	// One clear line each when a dependency is down at start-up; the
 	// components then retry on their own with backoff.
 	log := d.log.With().Str("component", "daemon").Logger()
+	checked := make(chan struct{}) // the template passed nginx -t
 	grp.Go(func() error {
-		return waitReachable(gctx, log.With().Str("host", d.docker.Host()).Logger(), "docker engine", d.docker.Ping)
+		waitReachable(gctx, log.With().Str("host", d.docker.Host()).Logger(), "docker engine", d.docker.Ping)
+		if err := d.checkTemplate(gctx, log); err != nil {
+			return err
+		}
+		close(checked)
+		return nil
 	})
 	grp.Go(func() error {
-		return waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Etcd.Endpoints).Logger(), "etcd",
+		waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Etcd.Endpoints).Logger(), "etcd",
 			func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
+		return nil
 	})
 	grp.Go(func() error { return d.registrations.Start(gctx) })
-	grp.Go(func() error { return d.orch.Start(gctx) })
+	grp.Go(func() error {
+		select {
+		case <-gctx.Done():
+			return nil
+		case <-checked:
+		}
+		return d.orch.Start(gctx)
+	})
 	grp.Go(func() error { return d.ctrl.Start(gctx) })
 	if listen := d.cfg.Metrics.Listen; listen != "" {
 		grp.Go(func() error {
@@ -156,6 +169,28 @@ func (d *daemon) run(ctx context.Context) error {
 	return grp.Wait()
 }
 
+// checkTemplate runs nginx -t on what the template renders, in a
+// throwaway proxy, before the orchestrator may create anything: a config
+// nginx rejects ends the daemon with nginx's reason. When the check itself
+// cannot run (the engine failed), it is retried with backoff.
+func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
+	var rejected error
+	_ = retry.Until(ctx, retry.New(time.Second, 30*time.Second), func(ctx context.Context) error {
+		err := d.cfg.checkWithNginx(ctx, d.checks, log)
+		if errors.Is(err, nginx.ErrCheckFailed) {
+			rejected = err
+			return nil
+		}
+		return err
+	}, func(err error, wait time.Duration, _ bool) {
+		log.Warn().Err(err).Stringer("retry_in", wait).Msg("cannot check the template with nginx -t yet; nothing is created until it passes")
+	})
+	if rejected == nil && ctx.Err() == nil {
+		log.Info().Str("image", d.cfg.Proxy.Image).Msg("template checked with nginx -t")
+	}
+	return rejected
+}
+
 // close releases the adapters' connections.
 func (d *daemon) close() {
 	d.etcd.Close()
@@ -166,7 +201,7 @@ func (d *daemon) close() {
 // backoff, so ever more rarely), then one line when it answers. At start-up
 // these are the lines that speak for an unreachable etcd or engine: the
 // components waiting on it stay quiet until it first answers.
-func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) (string, error)) error {
+func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping func(context.Context) (string, error)) {
 	_ = retry.Until(ctx, retry.New(500*time.Millisecond, 15*time.Second), func(ctx context.Context) error {
 		version, err := ping(ctx)
 		if err == nil {
@@ -178,7 +213,10 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 		}
 		return err
 	}, func(err error, wait time.Duration, _ bool) {
-		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s unreachable; waiting for it: no container is created or changed until etcd and the docker engine both answer", what)
+		state := "unreachable; waiting for it"
+		if !containers.IsUnreachable(err) && !store.IsUnreachable(err) {
+			state = "answers with an error; retrying" // refused credentials, say
+		}
+		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s %s: no container is created or changed until etcd and the docker engine both answer", what, state)
 	})
-	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // TestProjectsShareEtcd: two projects on one etcd, with the default prefix,
@@ -180,6 +181,8 @@ func TestTemplateRejectedBeforeAnything(t *testing.T) {
 	}
 	s.opts.template = seedTemplate
 	s.writeConfig()
+	reg := store.Registration{Host: "b1", IPv4: "10.9.9.9", Port: 80, Project: s.project}
+	require.NoError(t, noRev(s.etcd.Put(t.Context(), store.ServiceKey(store.DefaultPrefix, "apache", "10.9.9.9:80"), reg.Encode(), 0)))
 	out, err := s.cli("render", "--check")
 	require.Error(t, err)
 	require.Contains(t, out, "nginx rejected the config")

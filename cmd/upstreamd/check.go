@@ -90,13 +90,11 @@ func (c *Config) nginxConfig(log zerolog.Logger) nginx.Config {
 	}
 }
 
-// throwaway starts a throwaway proxy for nginx -t; its container
-// chatter is logged at debug level only.
+// throwaway starts a throwaway proxy for nginx -t. Its container chatter
+// is not logged: "container created" in a daemon's log means one of the
+// project's.
 func (c *Config) throwaway(ctx context.Context, log zerolog.Logger) (*nginx.Session, func(), error) {
-	quiet := log
-	if log.GetLevel() > zerolog.DebugLevel {
-		quiet = log.Level(zerolog.WarnLevel)
-	}
+	quiet := log.Level(zerolog.WarnLevel)
 	docker, err := containers.New(containers.Config{Host: c.Docker.Host, Timeout: c.Docker.Timeout.D(), Logger: quiet})
 	if err != nil {
 		return nil, nil, err

@@ -291,6 +291,7 @@ func targetsOf(svc ServiceSpec, network string, cs []containers.Container) []Tar
 			IP:      ip,
 			Port:    svc.Port,
 			Health:  svc.Health,
+			Created: c.Created,
 		})
 	}
 	return out

@@ -56,6 +56,12 @@ type Target struct {
 	IP      string
 	Port    int
 	Health  HealthSpec
+	Created time.Time // when its container was created: its start period counts from then
+}
+
+// starting reports whether t is still in its start period at now.
+func (t Target) starting(now time.Time) bool {
+	return t.Health.StartPeriod > 0 && now.Sub(t.Created) < t.Health.StartPeriod
 }
 
 // healthState is where a backend stands.
@@ -88,10 +94,14 @@ type healthConfig struct {
 	// Gone reports containers that died or are draining: Sync never
 	// probes them, even when a stale listing still shows them. Nil: none.
 	Gone func(id string) bool
-	// FirstProbeDelay is the first retry delay while a backend is pending;
-	// it doubles up to the interval. Zero means 25 ms.
+	// FirstProbeDelay is the first retry delay while a backend is pending
+	// outside its start period; it doubles up to the interval. Zero means
+	// 25 ms.
 	FirstProbeDelay time.Duration
-	Logger          zerolog.Logger
+	// StartProbeInterval is the probe period of a backend in its start
+	// period. Zero means StartProbeInterval.
+	StartProbeInterval time.Duration
+	Logger             zerolog.Logger
 }
 
 // health probes backends and keeps a small state machine per backend: one
@@ -126,6 +136,9 @@ func newHealth(cfg healthConfig) *health {
 	}
 	if cfg.FirstProbeDelay <= 0 {
 		cfg.FirstProbeDelay = 25 * time.Millisecond
+	}
+	if cfg.StartProbeInterval <= 0 {
+		cfg.StartProbeInterval = StartProbeInterval
 	}
 	if cfg.Gone == nil {
 		cfg.Gone = func(string) bool { return false }
@@ -273,9 +286,13 @@ func (h *health) run(ctx context.Context, p *probed) {
 		// Probes start on a cadence, however long each takes.
 		period := spec.Interval
 		switch {
+		case state == statePending && p.t.starting(time.Now()):
+			// Starting: probe at a steady short period, so that it is
+			// served within that long of answering, however slow to start.
+			period = h.cfg.StartProbeInterval
 		case state == statePending:
-			// Probe again soon (doubling up to the interval) so a new
-			// backend gets traffic as soon as it answers.
+			// Probe again soon (doubling up to the interval) so a backend
+			// adopted after a restart is known quickly.
 			period = min(fast, spec.Interval)
 			fast *= 2
 		case state == stateHealthy && fails > 0:
@@ -309,10 +326,16 @@ func (h *health) record(p *probed, err error) (healthState, int) {
 		switch {
 		case p.state == stateHealthy && p.fails >= p.t.Health.Fall:
 			p.state = stateUnhealthy
+		case p.state == statePending && p.t.starting(time.Now()):
+			// Still starting: failures do not count until its start
+			// period is over.
 		case p.state == statePending && p.fails >= p.t.Health.Fall &&
-			time.Since(p.since) >= time.Duration(p.t.Health.Fall)*p.t.Health.Interval:
-			// A starting backend is retried quickly; those early failures
-			// give up only after as long as a healthy one takes to fall.
+			(p.t.Created.Add(p.t.Health.StartPeriod).After(p.since) ||
+				time.Since(p.since) >= time.Duration(p.t.Health.Fall)*p.t.Health.Interval):
+			// Its start period, spent pending, is over: it failed to
+			// start. A backend found already past it (adopted after a
+			// restart) gives up after as long as a healthy one takes to
+			// fall.
 			p.state = stateUnhealthy
 		}
 	}

@@ -177,9 +177,11 @@ func TestHealthStateMachine(t *testing.T) {
 	}
 }
 
-// TestHealthPending checks that a starting backend is retried quickly
-// (FirstProbeDelay, doubling up to the interval) and is given up on only
-// after Fall failures and Fall*Interval.
+// TestHealthPending checks that a backend in its start period is probed
+// every StartProbeInterval without its failures counting, and given up on
+// as the period ends; and that a pending backend past it (adopted after a
+// restart) is retried quickly (FirstProbeDelay, doubling up to the
+// interval) and given up on only after Fall failures and Fall*Interval.
 func TestHealthPending(t *testing.T) {
 	type checkpoint struct {
 		at          time.Duration // since Sync
@@ -190,10 +192,35 @@ func TestHealthPending(t *testing.T) {
 	const ms = time.Millisecond
 	tests := []struct {
 		name        string
-		failFirst   int // probes that fail before the first pass; -1 means all
+		failFirst   int           // probes that fail before the first pass; -1 means all
+		startPeriod time.Duration // from the container's creation, at Sync
 		wantOffsets []time.Duration
 		checks      []checkpoint
 	}{
+		{
+			name:        "a slow starter in its start period: probed every 50 ms, failures do not count, healthy on its first pass",
+			failFirst:   20,
+			startPeriod: 5 * time.Second,
+			// 0, 50, ..., 1000 (the 21st passes), then the 2 s interval.
+			wantOffsets: steps(0, 50*ms, 21, 3000*ms),
+			checks: []checkpoint{
+				{at: 990 * ms, wantState: "pending", wantProbes: 20},
+				{at: 1010 * ms, wantState: "healthy", wantProbes: 21, wantChanges: 1},
+				{at: 3010 * ms, wantState: "healthy", wantProbes: 22, wantChanges: 1},
+			},
+		},
+		{
+			name:        "never answers in its start period: unhealthy as it ends",
+			failFirst:   -1,
+			startPeriod: time.Second,
+			// 0, 50, ..., 950 in the start period; at 1000 it is over.
+			wantOffsets: steps(0, 50*ms, 21, 3000*ms),
+			checks: []checkpoint{
+				{at: 990 * ms, wantState: "pending", wantProbes: 20},
+				{at: 1010 * ms, wantState: "unhealthy", wantProbes: 21, wantChanges: 1},
+				{at: 3010 * ms, wantState: "unhealthy", wantProbes: 22, wantChanges: 1},
+			},
+		},
 		{
 			name:      "never answers: fast retries, unhealthy only after fall*interval",
 			failFirst: -1,
@@ -234,6 +261,8 @@ func TestHealthPending(t *testing.T) {
 				h, changes := newTestHealth(ctx, l, newLedger())
 				tg := testTarget("b1", "10.0.0.1:80", 2, 2)
 				tg.Health.Interval = 2 * time.Second
+				tg.Health.StartPeriod = tt.startPeriod
+				tg.Created = time.Now()
 				start := time.Now()
 				h.Sync([]Target{tg})
 				synctest.Wait()
@@ -261,6 +290,15 @@ func TestHealthPending(t *testing.T) {
 			})
 		})
 	}
+}
+
+// steps returns n offsets from first, step apart, then the extra ones.
+func steps(first, step time.Duration, n int, extra ...time.Duration) []time.Duration {
+	out := make([]time.Duration, 0, n+len(extra))
+	for i := range n {
+		out = append(out, first+time.Duration(i)*step)
+	}
+	return append(out, extra...)
 }
 
 // TestHealthOneProbeInFlight uses a backend that never answers: each probe

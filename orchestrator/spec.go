@@ -95,7 +95,15 @@ type HealthSpec struct {
 	Rise int
 	// Fall is the consecutive failures that deregister a healthy backend.
 	Fall int
+	// StartPeriod is how long after its container was created a backend
+	// may take to answer its first probe: until then it is probed every
+	// StartProbeInterval and its failures do not count. Zero: none.
+	StartPeriod time.Duration
 }
+
+// StartProbeInterval is how often a backend in its start period is probed:
+// it is registered within this long of answering.
+const StartProbeInterval = 50 * time.Millisecond
 
 // Defaults the spec file applies, and the orchestrator where the spec says
 // nothing (a backend of a service removed from the spec, the proxy).

@@ -114,6 +114,8 @@ type HealthConfig struct {
 	// the default.
 	Rise *int `toml:"rise"`
 	Fall *int `toml:"fall"`
+	// StartPeriod: a new backend's failures do not count for this long.
+	StartPeriod Duration `toml:"start_period"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("250ms").
@@ -151,6 +153,8 @@ const (
 	defaultImage      = "upstreamd/apache:latest"
 	defaultReplicas   = 3
 	defaultStatusPort = 8099
+	// defaultStartPeriod is long enough for a slow Apache or a JVM.
+	defaultStartPeriod = 60 * time.Second
 )
 
 // LoadConfig reads, defaults and validates a spec file. An empty path means
@@ -241,6 +245,7 @@ func (c *Config) applyDefaults() {
 		setStr(&s.Health.Path, "/")
 		c.setDur(k+"health.interval", &s.Health.Interval, 2*time.Second)
 		c.setDur(k+"health.timeout", &s.Health.Timeout, time.Second)
+		c.setDur(k+"health.start_period", &s.Health.StartPeriod, defaultStartPeriod)
 		setPtr(&s.Health.Rise, 2)
 		setPtr(&s.Health.Fall, 2)
 	}
@@ -477,6 +482,9 @@ func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	if h.Timeout.D() <= 0 || h.Timeout.D() > h.Interval.D() {
 		bad(k+".health.timeout", "%s must be positive and at most the interval (%s)", h.Timeout.D(), h.Interval.D())
 	}
+	if h.StartPeriod.D() < 0 || h.StartPeriod.D() > time.Hour {
+		bad(k+".health.start_period", "%s out of range 0-1h", h.StartPeriod.D())
+	}
 	if *h.Rise < 1 || *h.Rise > 100 {
 		bad(k+".health.rise", "%d out of range 1-100", *h.Rise)
 	}
@@ -550,11 +558,12 @@ func (c *Config) Spec() orchestrator.Spec {
 			Restart:   s.Restart,
 			Limits:    limits,
 			Health: orchestrator.HealthSpec{
-				Path:     s.Health.Path,
-				Interval: s.Health.Interval.D(),
-				Timeout:  s.Health.Timeout.D(),
-				Rise:     *s.Health.Rise,
-				Fall:     *s.Health.Fall,
+				Path:        s.Health.Path,
+				Interval:    s.Health.Interval.D(),
+				Timeout:     s.Health.Timeout.D(),
+				Rise:        *s.Health.Rise,
+				Fall:        *s.Health.Fall,
+				StartPeriod: s.Health.StartPeriod.D(),
 			},
 		})
 	}

@@ -74,7 +74,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	})
 	t.Run("spec", func(t *testing.T) {
 		spec := cfg.Spec()
-		want := orchestrator.HealthSpec{Path: "/", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 2}
+		want := orchestrator.HealthSpec{Path: "/", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 2, StartPeriod: time.Minute}
 		if len(spec.Services) != 1 || spec.Services[0].Replicas != 3 || spec.Services[0].Health != want {
 			t.Errorf("Spec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
 		}

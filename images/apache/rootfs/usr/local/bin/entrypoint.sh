@@ -10,6 +10,12 @@ hostname: $host
 </pre></body></html>
 HTML
 
+# Test hook: START_DELAY=<seconds> keeps Apache from listening that long
+# (a slow starter, as a JVM would be).
+if [ -n "${START_DELAY:-}" ]; then
+	sleep "$START_DELAY"
+fi
+
 . /etc/apache2/envvars
 # As apache2ctl does: mod_cgid's socket dir and the lock dir belong to www-data.
 mkdir -p "$APACHE_RUN_DIR/socks" "$APACHE_LOCK_DIR"

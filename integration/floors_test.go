@@ -3,6 +3,9 @@
 package integration
 
 import (
+	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,4 +26,46 @@ func TestSlowStarter(t *testing.T) {
 		}
 	}
 	require.Equal(t, 2, countMsg(d.Logs(), "backend health changed"), "each went pending → healthy once")
+}
+
+// TestTemplateSwitch: a daemon restarted with the built-in (dynamic)
+// template on a proxy whose live config came from a static template
+// delivers the new config and pushes pools (the old config answers a pool
+// push with 405: no pools API yet, not an error to retry forever); and
+// back again, the static template's config replaces the dynamic one.
+func TestTemplateSwitch(t *testing.T) {
+	s := newStack(t, withTemplate(staticTemplate))
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	live, err := s.docker.ReadFile(t.Context(), s.proxy().ID, "/etc/nginx/conf.d/upstreamd.conf")
+	require.NoError(t, err)
+	require.NotContains(t, string(live), "balancer_by_lua", "the static template's config")
+
+	switchTo := func(template string, replicas int) {
+		t.Helper()
+		require.NoError(t, d.Stop(20*time.Second))
+		s.opts.template = template
+		s.writeConfig()
+		d = s.startDaemon()
+		out, err := s.cli("scale", "apache", strconv.Itoa(replicas))
+		require.NoError(t, err, out)
+		s.waitConverged(replicas, 90*time.Second)
+	}
+	switchTo("", 4) // the built-in, dynamic template
+	eventually(t, 30*time.Second, "nginx's Lua pool holds the 4 backends", func() error {
+		pool, err := s.nginxPool("apache")
+		if err != nil {
+			return err
+		}
+		if len(pool) != 4 {
+			return fmt.Errorf("pool %v", pool)
+		}
+		return nil
+	})
+
+	switchTo(staticTemplate, 2)
+	live, err = s.docker.ReadFile(t.Context(), s.proxy().ID, "/etc/nginx/conf.d/upstreamd.conf")
+	require.NoError(t, err)
+	require.Equal(t, 2, strings.Count(string(live), "    server "), "the static config lists the 2 backends:\n%s", live)
+	require.NotContains(t, string(live), "balancer_by_lua")
 }

@@ -557,3 +557,25 @@ func requireEtcdIdle(t *testing.T, s *stack, what string) {
 	require.NoError(t, err)
 	require.Equal(t, before, after, "%s wrote %d etcd revisions in 3 s", what, after-before)
 }
+
+// staticTemplate lists the servers of every service: each change of a pool
+// is a new config, checked and reloaded.
+const staticTemplate = `
+{{- range .Services}}{{if .Backends}}
+upstream {{.Name}}_pool {
+{{- range .Backends}}
+    server {{.Addr}};
+{{- end}}
+    keepalive 32;
+}
+{{- end}}{{end}}
+server {
+    listen {{.Listen}} default_server;
+    location / {
+        proxy_pass http://{{.Default}}_pool;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_connect_timeout 500ms;
+    }
+}
+`

@@ -9,6 +9,7 @@ import (
 	"net"
 	"sort"
 	"strconv"
+	"sync"
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/store"
@@ -235,22 +236,38 @@ func (r *reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 	return cs
 }
 
-// createBackends creates and starts count backends of svc and returns
-// them as the engine sees them once started.
+// maxParallelCreates bounds the backends one scale-up creates and starts
+// at once: the engine serializes much of the work, and beyond a few the
+// calls only wait on each other.
+const maxParallelCreates = 8
+
+// createBackends creates and starts count backends of svc, up to
+// maxParallelCreates at a time, and returns them as the engine sees them
+// once started.
 func (r *reconciler) createBackends(ctx context.Context, want containers.CreateSpec, svc ServiceSpec, count, replicas int) ([]containers.Container, error) {
 	if err := r.cfg.Docker.EnsureImage(ctx, svc.Image); err != nil {
 		return nil, err
 	}
-	var out []containers.Container
-	var errs []error
-	for range count {
-		c, err := r.createBackend(ctx, want, svc)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	created := make([]containers.Container, count)
+	errs := make([]error, count)
+	slots := make(chan struct{}, maxParallelCreates)
+	var wg sync.WaitGroup
+	for i := range count {
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			created[i], errs[i] = r.createBackend(ctx, want, svc)
+			if errs[i] == nil {
+				r.log.Info().Str("service", svc.Name).Str("container", created[i].Name).Int("replicas", replicas).Msg("backend started")
+			}
+		})
+	}
+	wg.Wait()
+	out := make([]containers.Container, 0, count)
+	for i, c := range created {
+		if errs[i] == nil {
+			out = append(out, c)
 		}
-		r.log.Info().Str("service", svc.Name).Str("container", c.Name).Int("replicas", replicas).Msg("backend started")
-		out = append(out, c)
 	}
 	return out, errors.Join(errs...)
 }

@@ -68,6 +68,10 @@ type fakeDocker struct {
 	// records each write as "<id> <path>" in call order among creates.
 	files  map[string]map[string][]byte
 	writes []string
+	// createDelay is how long each Create takes; inflight and maxInflight
+	// count the Creates under way.
+	createDelay           time.Duration
+	inflight, maxInflight int
 }
 
 var (
@@ -172,7 +176,16 @@ func (fc *fakeContainer) assignIPs() {
 
 func (f *fakeDocker) Create(_ context.Context, spec containers.CreateSpec) (containers.Container, error) {
 	f.mu.Lock()
+	delay := f.createDelay
+	f.inflight++
+	f.maxInflight = max(f.maxInflight, f.inflight)
+	f.mu.Unlock()
+	if delay > 0 {
+		time.Sleep(delay) // the engine at work; fake time in a synctest bubble
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.inflight--
 	for _, fc := range f.byID {
 		if fc.c.Name == spec.Name {
 			return containers.Container{}, fmt.Errorf("fake engine: name %s in use", spec.Name)

@@ -1317,3 +1317,28 @@ func TestReconcilePlaceholderConfig(t *testing.T) {
 		t.Errorf("%d proxies after the replacement, want 1", n)
 	}
 }
+
+// TestReconcileScaleUpInParallel: the backends of one scale-up are created
+// and started at the same time, at most maxParallelCreates at once: 20
+// creates of 100 ms each take 300 ms, not 2 s.
+func TestReconcileScaleUpInParallel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		spec := testSpec()
+		spec.Services[0].Replicas = 20
+		e := newRecEnv(t, spec)
+		e.docker.createDelay = 100 * time.Millisecond
+		start := time.Now()
+		e.reconcile(t)
+		took := time.Since(start)
+		if n := len(e.docker.withRole(containers.RoleBackend, "apache")); n != 20 {
+			t.Fatalf("%d backends, want 20", n)
+		}
+		if got := e.docker.maxInflight; got != maxParallelCreates {
+			t.Errorf("at most %d creates at once, want %d", got, maxParallelCreates)
+		}
+		// 3 waves of backends (8, 8, 4), plus the data volume and proxy.
+		if want := 5 * 100 * time.Millisecond; took != want {
+			t.Errorf("the pass took %s of engine time, want %s", took, want)
+		}
+	})
+}

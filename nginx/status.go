@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -57,27 +58,79 @@ func (c *statusClient) pushPools(ctx context.Context, addr, token string, body [
 
 // configHash returns the hash of the config nginx at addr is running.
 func (c *statusClient) configHash(ctx context.Context, addr string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/upstreamd/status", nil)
+	body, err := c.get(ctx, addr, "/upstreamd/status", "read config hash")
 	if err != nil {
-		return "", fmt.Errorf("read config hash from %s: %w", addr, err)
+		return "", err
 	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("read config hash from %s: %w: %w", addr, ErrNoStatusServer, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if err != nil {
-		return "", fmt.Errorf("read config hash from %s: %w", addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("read config hash from %s: %w: status %d", addr, ErrNoStatusServer, resp.StatusCode)
-	}
-	hash, ok := strings.CutPrefix(strings.TrimSpace(string(body)), "config ")
+	hash, ok := strings.CutPrefix(strings.TrimSpace(body), "config ")
 	if !ok {
 		return "", fmt.Errorf("read config hash from %s: unexpected answer %q", addr, body)
 	}
 	return hash, nil
+}
+
+// get fetches path from the status server at addr; what names the
+// request in errors. A non-200 answer matches ErrNoStatusServer.
+func (c *statusClient) get(ctx context.Context, addr, path, what string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return "", fmt.Errorf("%s from %s: %w", what, addr, err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("%s from %s: %w: %w", what, addr, ErrNoStatusServer, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err != nil {
+		return "", fmt.Errorf("%s from %s: %w", what, addr, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s from %s: %w: status %d", what, addr, ErrNoStatusServer, resp.StatusCode)
+	}
+	return string(body), nil
+}
+
+// Ejections is what the Lua balancer says of the peers it skipped after
+// they failed to connect.
+type Ejections struct {
+	// Total counts the ejections since nginx started.
+	Total int64
+	// Down lists the peers (ip:port) skipped now.
+	Down []string
+}
+
+// parseEjections reads the balancer's answer: "ejections <n>", then one
+// "down <ip:port>" line per peer skipped now.
+func parseEjections(body string) (Ejections, error) {
+	var e Ejections
+	lines := strings.Split(strings.TrimSpace(body), "\n")
+	n, ok := strings.CutPrefix(lines[0], "ejections ")
+	total, err := strconv.ParseInt(n, 10, 64)
+	if !ok || err != nil {
+		return e, fmt.Errorf("unexpected ejections answer %q", lines[0])
+	}
+	e.Total = total
+	for _, l := range lines[1:] {
+		if addr, ok := strings.CutPrefix(l, "down "); ok {
+			e.Down = append(e.Down, addr)
+		}
+	}
+	return e, nil
+}
+
+// Ejections asks the balancer which peers it skipped after a failure. An
+// error matching ErrNoStatusServer means the config nginx runs has no
+// dynamic pools.
+func (s *Session) Ejections(ctx context.Context) (Ejections, error) {
+	if s.statusAddr == "" {
+		return Ejections{}, errNoAddress
+	}
+	body, err := s.status.get(ctx, s.statusAddr, "/upstreamd/ejections", "read ejections")
+	if err != nil {
+		return Ejections{}, err
+	}
+	return parseEjections(body)
 }
 
 // errTokenRefused: the pools API refused the token (403): the volume's

@@ -233,3 +233,26 @@ func TestSessionPushPoolsTokenRefused(t *testing.T) {
 		t.Errorf("docker calls = %q; want %q (the token read again after the 403)", got, want)
 	}
 }
+
+func TestParseEjections(t *testing.T) {
+	tests := []struct {
+		body    string
+		want    Ejections
+		wantErr bool
+	}{
+		{body: "ejections 0\n", want: Ejections{}},
+		{body: "ejections 7\ndown 172.18.0.3:80\ndown [fd00::3]:8080\n", want: Ejections{Total: 7, Down: []string{"172.18.0.3:80", "[fd00::3]:8080"}}},
+		{body: "nonsense\n", wantErr: true},
+		{body: "ejections many\n", wantErr: true},
+	}
+	for _, tt := range tests {
+		got, err := parseEjections(tt.body)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("parseEjections(%q) error %v, want error %v", tt.body, err, tt.wantErr)
+			continue
+		}
+		if got.Total != tt.want.Total || strings.Join(got.Down, ",") != strings.Join(tt.want.Down, ",") {
+			t.Errorf("parseEjections(%q) = %+v, want %+v", tt.body, got, tt.want)
+		}
+	}
+}

@@ -14,7 +14,9 @@
 package render
 
 import (
+	"fmt"
 	"sort"
+	"time"
 
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -38,7 +40,19 @@ type Service struct {
 	// Configured is true for the services of the spec, false for those
 	// only found in etcd (another deployment's, in a shared etcd).
 	Configured bool
+	// ConnectTimeout is how long nginx waits for a connection to one of
+	// its backends before it tries the next, in nginx's syntax ("100ms").
+	ConnectTimeout string
 }
+
+// DefaultConnectTimeout is a service's connect timeout unless its spec
+// says otherwise: a connection on a bridge or a LAN takes well under a
+// millisecond, and a vanished container's address does not refuse, it
+// hangs until this runs out.
+const DefaultConnectTimeout = 100 * time.Millisecond
+
+// nginxTime writes d in nginx's time syntax, in whole milliseconds.
+func nginxTime(d time.Duration) string { return fmt.Sprintf("%dms", max(d.Milliseconds(), 1)) }
 
 // View is the data a template renders from. It is built from one validated
 // etcd snapshot, so every address in it has been checked.
@@ -72,7 +86,7 @@ func (v View) Service(name string) Service {
 			return s
 		}
 	}
-	return Service{Name: name, Backends: []Backend{}}
+	return Service{Name: name, Backends: []Backend{}, ConnectTimeout: nginxTime(DefaultConnectTimeout)}
 }
 
 // Backends returns the backends of the default service.
@@ -92,6 +106,9 @@ type ViewInput struct {
 	Default string
 	// Listen is nginx's listen port.
 	Listen int
+	// ConnectTimeouts are the services' connect timeouts; a service not
+	// in it gets DefaultConnectTimeout.
+	ConnectTimeouts map[string]time.Duration
 	// Dynamic, StatusPort and Admin are copied to the View.
 	Dynamic    bool
 	StatusPort int
@@ -130,7 +147,11 @@ func NewView(in ViewInput) View {
 			bs = []Backend{}
 		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].Addr < bs[j].Addr })
-		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured})
+		timeout, ok := in.ConnectTimeouts[name]
+		if !ok {
+			timeout = DefaultConnectTimeout
+		}
+		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured, ConnectTimeout: nginxTime(timeout)})
 	}
 	for _, name := range in.Services {
 		add(name, true)

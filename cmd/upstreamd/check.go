@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -16,13 +17,18 @@ import (
 
 // viewInput is what the template's View is built from, but the snapshot.
 func (c *Config) viewInput() render.ViewInput {
+	timeouts := make(map[string]time.Duration, len(c.Service))
+	for _, s := range c.Service {
+		timeouts[s.Name] = s.ConnectTimeout.D()
+	}
 	return render.ViewInput{
-		Projects:   c.Projects(),
-		Services:   c.ServiceNames(),
-		Default:    c.Proxy.Service,
-		Listen:     c.Proxy.Port,
-		Dynamic:    *c.Proxy.Dynamic,
-		StatusPort: *c.Proxy.StatusPort,
+		Projects:        c.Projects(),
+		Services:        c.ServiceNames(),
+		Default:         c.Proxy.Service,
+		Listen:          c.Proxy.Port,
+		ConnectTimeouts: timeouts,
+		Dynamic:         *c.Proxy.Dynamic,
+		StatusPort:      *c.Proxy.StatusPort,
 	}
 }
 

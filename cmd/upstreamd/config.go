@@ -92,17 +92,19 @@ type ProxyConfig struct {
 
 // ServiceConfig describes one backend service.
 type ServiceConfig struct {
-	Name      string       `toml:"name"`
-	Image     string       `toml:"image"`
-	Replicas  *int         `toml:"replicas"`
-	Port      int          `toml:"port"`
-	Env       []string     `toml:"env"`
-	Command   []string     `toml:"command"`
-	StopGrace Duration     `toml:"stop_grace"`
-	Restart   string       `toml:"restart"`
-	Memory    string       `toml:"memory"`
-	CPUs      float64      `toml:"cpus"`
-	Health    HealthConfig `toml:"health"`
+	Name      string   `toml:"name"`
+	Image     string   `toml:"image"`
+	Replicas  *int     `toml:"replicas"`
+	Port      int      `toml:"port"`
+	Env       []string `toml:"env"`
+	Command   []string `toml:"command"`
+	StopGrace Duration `toml:"stop_grace"`
+	// ConnectTimeout: nginx's connect timeout to a backend of the service.
+	ConnectTimeout Duration     `toml:"connect_timeout"`
+	Restart        string       `toml:"restart"`
+	Memory         string       `toml:"memory"`
+	CPUs           float64      `toml:"cpus"`
+	Health         HealthConfig `toml:"health"`
 }
 
 // HealthConfig is a service's probe.
@@ -241,6 +243,7 @@ func (c *Config) applyDefaults() {
 		setPtr(&s.Replicas, defaultReplicas)
 		c.setInt(k+"port", &s.Port, 80)
 		c.setDur(k+"stop_grace", &s.StopGrace, orchestrator.DefaultStopGrace)
+		c.setDur(k+"connect_timeout", &s.ConnectTimeout, render.DefaultConnectTimeout)
 		setStr(&s.Restart, orchestrator.DefaultRestart)
 		setStr(&s.Health.Path, "/")
 		c.setDur(k+"health.interval", &s.Health.Interval, 2*time.Second)
@@ -468,6 +471,9 @@ func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	case "no", "on-failure", "unless-stopped", "always":
 	default:
 		bad(k+".restart", "%q is not a restart policy: no, on-failure, unless-stopped or always", s.Restart)
+	}
+	if d := s.ConnectTimeout.D(); d < time.Millisecond || d > time.Minute || d%time.Millisecond != 0 {
+		bad(k+".connect_timeout", "%s must be whole milliseconds in 1ms-1m", d)
 	}
 	if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
 		bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())

@@ -114,6 +114,37 @@ func (c backendsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Ejections, as nginx's balancer counts them, read at each scrape.
+var (
+	ejectionsDesc = prometheus.NewDesc("upstreamd_nginx_ejections_total",
+		"Peers nginx's balancer skipped after they failed to connect or timed out, since nginx started (dynamic pools only).", nil, nil)
+	ejectedDesc = prometheus.NewDesc("upstreamd_nginx_ejected_peers",
+		"Peers nginx's balancer skips now after a failure (for 5 s, or until a push brings them back).", nil, nil)
+)
+
+// ejections reads what the balancer of the running proxy says, or fails.
+type ejections func(ctx context.Context) (nginx.Ejections, error)
+
+// ejectionsCollector asks the proxy at each scrape; nothing is exported
+// while it cannot answer (no proxy, static pools).
+type ejectionsCollector struct{ read ejections }
+
+func (c ejectionsCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ejectionsDesc
+	ch <- ejectedDesc
+}
+
+func (c ejectionsCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	e, err := c.read(ctx)
+	if err != nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(ejectionsDesc, prometheus.CounterValue, float64(e.Total))
+	ch <- prometheus.MustNewConstMetric(ejectedDesc, prometheus.GaugeValue, float64(len(e.Down)))
+}
+
 // problems lists what is wrong now: the orchestrator's, then the
 // renderer's last failure.
 func (m *metrics) problems(src sources) []string {
@@ -129,9 +160,13 @@ func (m *metrics) problems(src sources) []string {
 
 // handler answers /metrics and /healthz: 200 "ok" while the Docker engine,
 // etcd and the render loop work, else 503 with one line per problem.
-func (m *metrics) handler(src sources) http.Handler {
+// read, when not nil, reads the proxy's ejections at each scrape.
+func (m *metrics) handler(src sources, read ejections) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(backendsCollector{src: src})
+	if read != nil {
+		reg.MustRegister(ejectionsCollector{read: read})
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.reg, reg}, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -147,12 +182,12 @@ func (m *metrics) handler(src sources) http.Handler {
 }
 
 // serve answers /metrics and /healthz on addr until ctx ends.
-func (m *metrics) serve(ctx context.Context, addr string, src sources) error {
+func (m *metrics) serve(ctx context.Context, addr string, src sources, read ejections) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: m.handler(src), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: m.handler(src, read), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

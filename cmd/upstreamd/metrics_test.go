@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -84,7 +85,7 @@ func TestHealthz(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newMetrics()
 			m.observe(tt.render)
-			srv := httptest.NewServer(m.handler(fakeSources{problems: tt.problems}))
+			srv := httptest.NewServer(m.handler(fakeSources{problems: tt.problems}, nil))
 			defer srv.Close()
 			resp, err := http.Get(srv.URL + "/healthz")
 			if err != nil {
@@ -109,7 +110,7 @@ func TestHealthz(t *testing.T) {
 func TestBackendsMetric(t *testing.T) {
 	m := newMetrics()
 	src := fakeSources{states: map[string]map[string]int{"apache": {"healthy": 2, "pending": 1, "unhealthy": 1}}}
-	srv := httptest.NewServer(m.handler(src))
+	srv := httptest.NewServer(m.handler(src, nil))
 	defer srv.Close()
 	var wg sync.WaitGroup
 	for range 8 {
@@ -135,4 +136,51 @@ func TestBackendsMetric(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestEjectionsMetric: the balancer's ejections are exported as nginx
+// answers them, and not at all while it cannot answer.
+func TestEjectionsMetric(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		read ejections
+		want []string
+		not  []string
+	}{
+		{
+			name: "answers",
+			read: func(context.Context) (nginx.Ejections, error) {
+				return nginx.Ejections{Total: 7, Down: []string{"172.18.0.3:80"}}, nil
+			},
+			want: []string{"upstreamd_nginx_ejections_total 7", "upstreamd_nginx_ejected_peers 1"},
+		},
+		{
+			name: "no proxy",
+			read: func(context.Context) (nginx.Ejections, error) {
+				return nginx.Ejections{}, errors.New("no proxy running")
+			},
+			not: []string{"upstreamd_nginx_ejections_total", "upstreamd_nginx_ejected_peers"},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(newMetrics().handler(fakeSources{}, tt.read))
+			defer srv.Close()
+			resp, err := http.Get(srv.URL + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			_ = resp.Body.Close()
+			for _, w := range tt.want {
+				if !strings.Contains(string(body), w) {
+					t.Errorf("/metrics lacks %q", w)
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(string(body), w) {
+					t.Errorf("/metrics has %q", w)
+				}
+			}
+		})
+	}
 }

@@ -61,6 +61,16 @@ type daemon struct {
 	ctrl          *render.Controller
 	metrics       *metrics
 	checks        templateCheck // what the template renders, for nginx -t before anything is created
+	proxies       *nginx.Client
+}
+
+// ejections reads the running proxy's balancer ejections, for /metrics.
+func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
+	p, _ := d.orch.Proxy()
+	if p.ID == "" {
+		return nginx.Ejections{}, errors.New("no proxy running")
+	}
+	return d.proxies.Session(p).Ejections(ctx)
 }
 
 // wire builds the daemon from the config.
@@ -112,6 +122,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker
 	proxies := nginx.New(ncfg)
+	d.proxies = proxies
 	d.ctrl = render.NewController(render.ControllerConfig{
 		Template:    tmpl,
 		Source:      d.registrations,
@@ -160,7 +171,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if listen := d.cfg.Metrics.Listen; listen != "" {
 		grp.Go(func() error {
 			log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
-			if err := d.metrics.serve(gctx, listen, d.orch); err != nil {
+			if err := d.metrics.serve(gctx, listen, d.orch, d.ejections); err != nil {
 				return fmt.Errorf("metrics.listen %s: %w", listen, err)
 			}
 			return nil

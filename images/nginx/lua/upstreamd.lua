@@ -22,6 +22,12 @@ local STATE_DIR = "/etc/nginx/upstreamd"
 local POOLS_FILE = STATE_DIR .. "/pools"
 local TOKEN_FILE = STATE_DIR .. "/token"
 local MAX_BODY = 16 * 1024 * 1024 -- as client_max_body_size in the trailer
+-- A peer that failed to connect (refused, timed out) is skipped by every
+-- worker for this long, or until a push brings it back as a new member:
+-- nginx's max_fails=1 fail_timeout, shared across workers. The daemon's
+-- push of the pool without it usually comes first.
+local FAIL_TIMEOUT = 5
+local DOWN = "down:" -- dict key prefix of a skipped peer: down:<ip:port>
 
 -- Per worker: the parsed pools and the dict generation they come from,
 -- and the round-robin position per service.
@@ -93,14 +99,26 @@ function M.init_worker()
   end
 end
 
+-- eject marks the peer a request just failed to reach, so that no worker
+-- picks it for FAIL_TIMEOUT: one request waits out a dead peer's connect
+-- timeout, not one per worker and round.
+local function eject(dict, key)
+  if dict:add(DOWN .. key, true, FAIL_TIMEOUT) then
+    dict:incr("ejections", 1, 0)
+    ngx.log(ngx.WARN, "upstreamd: ", key, " failed; skipped for ", FAIL_TIMEOUT, " s")
+  end
+end
+
 -- balance picks the next peer of service, round robin, never one this
--- request already tried (proxy_next_upstream retries call it again).
+-- request already tried (proxy_next_upstream retries call it again), and
+-- a peer that failed lately only when every other one has been tried.
 function M.balance(service)
   local peers = current()[service]
   local n = peers and #peers or 0
   if n == 0 then
     return ngx.exit(ngx.ERROR)
   end
+  local dict = ngx.shared[DICT]
   local ctx = ngx.ctx
   local tried = ctx.upstreamd_tried
   if not tried then
@@ -109,24 +127,39 @@ function M.balance(service)
     if n > 1 then
       balancer.set_more_tries(n - 1)
     end
+  elseif ctx.upstreamd_last and balancer.get_last_failure() == "failed" then
+    -- A retry after a connect error or timeout ("next" is an answer
+    -- such as a 502, from a peer that is up).
+    eject(dict, ctx.upstreamd_last)
   end
   local i = rr[service] or 0
+  local pick, pick_key
   for _ = 1, n do
     i = i % n + 1
     local p = peers[i]
     local key = p[1] .. ":" .. p[2]
     if not tried[key] then
-      tried[key] = true
-      rr[service] = i
-      local ok, err = balancer.set_current_peer(p[1], p[2])
-      if not ok then
-        ngx.log(ngx.ERR, "upstreamd: set peer ", key, ": ", err)
-        return ngx.exit(ngx.ERROR)
+      if not dict:get(DOWN .. key) then
+        pick, pick_key = i, key
+        break
       end
-      return
+      if not pick then
+        pick, pick_key = i, key -- the first skipped one, if all are
+      end
     end
   end
-  return ngx.exit(ngx.ERROR)
+  if not pick then
+    return ngx.exit(ngx.ERROR)
+  end
+  tried[pick_key] = true
+  ctx.upstreamd_last = pick_key
+  rr[service] = pick
+  local p = peers[pick]
+  local ok, err = balancer.set_current_peer(p[1], p[2])
+  if not ok then
+    ngx.log(ngx.ERR, "upstreamd: set peer ", pick_key, ": ", err)
+    return ngx.exit(ngx.ERROR)
+  end
 end
 
 -- require_backends answers 503 while service has no healthy backend.
@@ -189,9 +222,39 @@ function M.api()
   else
     ngx.log(ngx.WARN, "upstreamd: cannot keep pools in ", tmp, ": ", err)
   end
+  -- An address new to a pool is a new backend (the engine reuses the
+  -- addresses of dead containers): whatever failed there before is not it.
+  local before = parse(dict:get("pools") or "")
+  for name, peers in pairs(parse(pools)) do
+    local old = {}
+    for _, p in ipairs(before[name] or {}) do
+      old[p[1] .. ":" .. p[2]] = true
+    end
+    for _, p in ipairs(peers) do
+      local key = p[1] .. ":" .. p[2]
+      if not old[key] then
+        dict:delete(DOWN .. key)
+      end
+    end
+  end
   publish(dict, tonumber(version), pools)
   ngx.header["Content-Type"] = "text/plain"
   ngx.say("ok ", version)
+end
+
+-- ejections answers how many peers were skipped after a failure since
+-- nginx started, and which are skipped now:
+--   ejections <n>\n then one "down <ip:port>" line each.
+function M.ejections()
+  local dict = ngx.shared[DICT]
+  ngx.header["Content-Type"] = "text/plain"
+  local out = { "ejections " .. tostring(dict:get("ejections") or 0) }
+  for _, k in ipairs(dict:get_keys(0)) do
+    if string.sub(k, 1, #DOWN) == DOWN then
+      out[#out + 1] = "down " .. string.sub(k, #DOWN + 1)
+    end
+  end
+  ngx.print(table.concat(out, "\n"), "\n")
 end
 
 return M

@@ -84,26 +84,35 @@ func (s *Session) Deliver(ctx context.Context, cfg []byte) (changed bool, err er
 	case exitNoCheck:
 		s.checkWritten = false // written again on the retry
 		return false, fmt.Errorf("deliver config: check config %s vanished from the proxy", s.checkPath())
+	case exitNoHUP:
+		// Live, but nginx was not told: the retry sends HUP through the
+		// engine instead.
+		s.live, s.liveKnown, s.hupOwed = cfg, true, true
+		return true, fmt.Errorf("deliver config: reload: kill -HUP 1 in the proxy failed: %s", res.Output())
 	default:
 		return false, fmt.Errorf("deliver config: exit code %d: %s", res.ExitCode, res.Output())
 	}
-	s.live, s.liveKnown = cfg, true
-	return s.reload(ctx)
+	s.live, s.liveKnown, s.hupOwed = cfg, true, false
+	return true, nil
 }
 
 // deliverScript runs in the proxy with $1 the check config, $2 the staged
 // candidate and $3 the live file: write the candidate from stdin, check it,
-// and only if nginx accepts it rename it over the live file (same volume,
-// so atomic). Each step has its own exit code.
+// only if nginx accepts it rename it over the live file (same volume, so
+// atomic), and send nginx HUP: one round trip to the engine for a reload.
+// nginx's master is the container's PID 1 (as for the engine's own kill).
+// Each step has its own exit code.
 const deliverScript = `[ -f "$1" ] || exit 93
 cat > "$2" || exit 90
 nginx -t -q -c "$1" || exit 91
-mv -f "$2" "$3" || exit 92`
+mv -f "$2" "$3" || exit 92
+kill -HUP 1 || exit 94`
 
 // Exit codes of deliverScript that mean something to Deliver.
 const (
 	exitRejected = 91 // nginx -t failed: the candidate is invalid
 	exitNoCheck  = 93 // the check config is missing
+	exitNoHUP    = 94 // live, but the HUP failed
 )
 
 // Check runs `nginx -t` on cfg as the rendered file, as Deliver would,

@@ -29,6 +29,7 @@ type fakeProxy struct {
 	stdins    []string
 	signals   []string
 	exit      int    // exit code of the next Execs (after writing the staged file)
+	hupFails  bool   // the script's kill -HUP 1 fails (exit 94, after the swap)
 	stderr    string // stderr of the next Execs
 	readErr   error  // returned by ReadFile when set
 	copyErr   error  // returned by CopyFiles when set
@@ -112,6 +113,10 @@ func (p *fakeProxy) ExecWithStdin(_ context.Context, id string, cmd []string, st
 	}
 	p.files[live] = p.files[staged]
 	delete(p.files, staged)
+	if p.hupFails {
+		return containers.ExecResult{ExitCode: exitNoHUP, Stderr: []byte("kill: permission denied")}, nil
+	}
+	p.signals = append(p.signals, "HUP (script)")
 	return containers.ExecResult{}, nil
 }
 
@@ -196,7 +201,6 @@ func TestDeliverNewConfig(t *testing.T) {
 				"ReadDir proxy-1 /etc/nginx/conf.d",
 				"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]",
 				"Exec proxy-1",
-				"Signal proxy-1 HUP",
 			}
 			if got := p.take(); !slices.Equal(got, wantCalls) {
 				t.Errorf("calls =\n%q\nwant\n%q", got, wantCalls)
@@ -217,6 +221,9 @@ func TestDeliverNewConfig(t *testing.T) {
 			}
 			if live, _ := p.file(testConfig); live != tt.cfg {
 				t.Errorf("live file = %q; want %q", live, tt.cfg)
+			}
+			if !slices.Equal(p.signals, []string{"HUP (script)"}) {
+				t.Errorf("signals = %q; want one HUP, from the delivery's own exec", p.signals)
 			}
 			// Delivering the same bytes again is a no-op.
 			changed, err = d.Deliver(t.Context(), []byte(tt.cfg))
@@ -269,7 +276,6 @@ func TestDeliverCheckFailed(t *testing.T) {
 	}
 	wantCalls := []string{
 		"Exec proxy-1",
-		"Signal proxy-1 HUP",
 	}
 	if got := p.take(); !slices.Equal(got, wantCalls) {
 		t.Errorf("calls = %q; want %q (check config, main config and live file remembered)", got, wantCalls)
@@ -370,6 +376,7 @@ func TestDeliverSignalFailureIsRetried(t *testing.T) {
 	p := newFakeProxy(map[string]string{testMain: testMainConf, testConfig: "old"})
 	d := newTestSession(p, "proxy-1")
 	ctx := t.Context()
+	p.hupFails = true
 	p.signalErr = errors.New("engine timeout")
 	changed, err := d.Deliver(ctx, []byte("new"))
 	if err == nil || !strings.Contains(err.Error(), "reload") || errors.Is(err, ErrCheckFailed) {
@@ -435,7 +442,6 @@ func TestDeliverNewSession(t *testing.T) {
 		"ReadFile proxy-1 " + testMain,   // and the main config
 		"CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]",
 		"Exec proxy-1",
-		"Signal proxy-1 HUP",
 	}
 	if got := p.take(); !slices.Equal(got, wantCalls) {
 		t.Errorf("calls in a new Session =\n%q\nwant\n%q", got, wantCalls)
@@ -499,7 +505,7 @@ func TestDeliverRewritesVanishedCheckConfig(t *testing.T) {
 	if err != nil || !changed {
 		t.Fatalf("retry = %v, %v; want true, nil", changed, err)
 	}
-	want := []string{"Exec proxy-1", "ReadDir proxy-1 /etc/nginx/conf.d", "CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1", "Signal proxy-1 HUP"}
+	want := []string{"Exec proxy-1", "ReadDir proxy-1 /etc/nginx/conf.d", "CopyFiles proxy-1 /etc/nginx [.upstreamd-check-nginx.conf]", "Exec proxy-1"}
 	if got := p.take(); !slices.Equal(got, want) {
 		t.Errorf("calls = %q; want %q (the check config written again)", got, want)
 	}

@@ -75,6 +75,9 @@ type Container struct {
 	// IPs maps network name to the container's IPv4 address on it.
 	IPs     map[string]string
 	Created time.Time
+	// Started is when it last started; only Inspect knows it (zero from
+	// List).
+	Started time.Time
 	Labels  map[string]string
 }
 
@@ -198,9 +201,14 @@ func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 	}
 	if r.State != nil {
 		ct.State = r.State.Status
+		if t, err := time.Parse(time.RFC3339Nano, r.State.StartedAt); err == nil && t.Year() > 1 {
+			ct.Started = t
+		}
 	}
 	if t, err := time.Parse(time.RFC3339Nano, r.Created); err == nil {
-		ct.Created = t
+		// To the second, as List has it: the same container compares
+		// equal whichever call described it.
+		ct.Created = t.Truncate(time.Second).UTC()
 	}
 	if r.NetworkSettings != nil {
 		for name, ep := range r.NetworkSettings.Networks {
@@ -218,7 +226,7 @@ func fromSummary(s container.Summary) Container {
 		ID:      s.ID,
 		Image:   s.Image,
 		State:   string(s.State),
-		Created: time.Unix(s.Created, 0),
+		Created: time.Unix(s.Created, 0).UTC(),
 		Labels:  s.Labels,
 		IPs:     map[string]string{},
 	}

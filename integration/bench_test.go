@@ -5,6 +5,7 @@ package integration
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
 	"github.com/upstreamd/upstreamd/store"
@@ -67,6 +69,8 @@ func TestBench(t *testing.T) {
 				t0 := time.Now()
 				require.NoError(t, s.docker.Signal(t.Context(), victim.ID, "KILL"))
 				r.converged(b.waitPool(t0, func(p map[string]bool) bool { return !p[addr] }))
+				waitFor(t, time.Second) // the requests in flight at the kill are over
+				r.slowest(t0, time.Now())
 			}
 			s.waitConverged(3, 90*time.Second)
 		})
@@ -86,21 +90,23 @@ func TestBench(t *testing.T) {
 		})
 	})
 	t.Run("scale-up", func(t *testing.T) {
-		b.run("scale 3 -> 6", func(r *result) {
-			t0 := time.Now()
-			out, err := s.cli("scale", "apache", "6")
-			require.NoError(t, err, out)
-			r.converged(b.waitPool(t0, func(p map[string]bool) bool { return len(p) == 6 }))
-			s.waitConverged(6, 90*time.Second)
-		})
+		b.run("scale 3 -> 6", func(r *result) { r.converged(b.scale(6)) })
 	})
 	t.Run("scale-down", func(t *testing.T) {
-		b.run("scale 6 -> 3 (drained)", func(r *result) {
-			t0 := time.Now()
-			out, err := s.cli("scale", "apache", "3")
-			require.NoError(t, err, out)
-			r.converged(b.waitPool(t0, func(p map[string]bool) bool { return len(p) == 3 }))
-			s.waitConverged(3, 90*time.Second)
+		b.run("scale 6 -> 3 (drained)", func(r *result) { r.converged(b.scale(3)) })
+	})
+	t.Run("first-answer", func(t *testing.T) {
+		b.run("new backend: container start -> first answer at the front door (x5)", func(r *result) {
+			for i := 0; i < 5; i++ {
+				b.firstAnswerOfNew(r, 4)
+				b.scale(3)
+			}
+		})
+	})
+	t.Run("scale-up-20", func(t *testing.T) {
+		b.run("scale 3 -> 20", func(r *result) {
+			r.converged(b.scale(20))
+			b.scale(3)
 		})
 	})
 	t.Run("burst", func(t *testing.T) {
@@ -168,6 +174,24 @@ func TestBench(t *testing.T) {
 		})
 	})
 
+	// Backends that listen only 5 s after they start, in a stack of their
+	// own: served as soon as they answer.
+	t.Run("slow-starter", func(t *testing.T) {
+		s3 := newStack(t, withReplicas(1), withHealth("/healthz", "2s", 2, 2),
+			withServiceTOML(`env = ["START_DELAY=5"]`),
+			withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
+		d3 := s3.startDaemon()
+		s3.waitConverged(1, 90*time.Second)
+		b3 := &bench{t: t, s: s3, daemon: d3, metrics: metricsURL(s3)}
+		b3.run("new backend listening 5 s after start: container start -> first answer (x3)", func(r *result) {
+			for i := 0; i < 3; i++ {
+				b3.firstAnswerOfNew(r, 2)
+				b3.scale(1)
+			}
+		})
+		b.results = append(b.results, b3.results...)
+	})
+
 	// A template of one's own lists its servers: every change reloads.
 	t.Run("static-1000", func(t *testing.T) {
 		s2 := newStack(t, withTemplate(staticTemplate),
@@ -220,24 +244,63 @@ type bench struct {
 }
 
 type result struct {
-	Name            string    `json:"name"`
-	Seconds         float64   `json:"seconds"`
-	Requests        int       `json:"requests"`
-	Non2xx          int       `json:"non_2xx"`
-	TransportErrors int       `json:"transport_errors"`
-	ErrorKinds      []string  `json:"error_kinds,omitempty"`
-	LatencyP50Ms    float64   `json:"latency_p50_ms"`
-	LatencyP99Ms    float64   `json:"latency_p99_ms"`
-	ConvergenceMs   []float64 `json:"convergence_ms,omitempty"`
-	ConvP50Ms       float64   `json:"convergence_p50_ms"`
-	ConvP99Ms       float64   `json:"convergence_p99_ms"`
-	ConvMaxMs       float64   `json:"convergence_max_ms"`
-	Reloads         int       `json:"reloads"`
-	Pushes          int       `json:"pool_pushes"`
-	RSSBytes        int64     `json:"daemon_rss_bytes"`
+	Name            string   `json:"name"`
+	Seconds         float64  `json:"seconds"`
+	Requests        int      `json:"requests"`
+	Non2xx          int      `json:"non_2xx"`
+	TransportErrors int      `json:"transport_errors"`
+	ErrorKinds      []string `json:"error_kinds,omitempty"`
+	LatencyP50Ms    float64  `json:"latency_p50_ms"`
+	LatencyP99Ms    float64  `json:"latency_p99_ms"`
+	LatencyMaxMs    float64  `json:"latency_max_ms"`
+	// SlowestMs is, per action, the slowest request in flight around it.
+	SlowestMs []float64 `json:"slowest_ms,omitempty"`
+	// FirstAnswerMs is, per new backend, from its container's start to
+	// its first answer at the front door.
+	FirstAnswerMs []float64 `json:"first_answer_ms,omitempty"`
+	ConvergenceMs []float64 `json:"convergence_ms,omitempty"`
+	ConvP50Ms     float64   `json:"convergence_p50_ms"`
+	ConvP99Ms     float64   `json:"convergence_p99_ms"`
+	ConvMaxMs     float64   `json:"convergence_max_ms"`
+	Reloads       int       `json:"reloads"`
+	Pushes        int       `json:"pool_pushes"`
+	RSSBytes      int64     `json:"daemon_rss_bytes"`
 
 	countersReset bool
+	load          *load.Runner
 }
+
+// slowest records the slowest request sent from before t0 until until.
+func (r *result) slowest(t0, until time.Time) {
+	var worst time.Duration
+	for _, smp := range r.load.Result().Samples {
+		if smp.At.After(t0.Add(-time.Second)) && smp.At.Before(until) {
+			worst = max(worst, smp.Latency)
+		}
+	}
+	r.SlowestMs = append(r.SlowestMs, ms(worst))
+}
+
+// firstAnswer records the time from started to the first answer of the
+// backend with host name host at the front door, waiting up to 30 s.
+func (r *result) firstAnswer(t *testing.T, host string, started time.Time) {
+	t.Helper()
+	eventuallyFast(t, 30*time.Second, host+" answers at the front door", func() error {
+		var first time.Time
+		for _, smp := range r.load.Result().Samples {
+			if smp.Host == host && (first.IsZero() || smp.At.Add(smp.Latency).Before(first)) {
+				first = smp.At.Add(smp.Latency)
+			}
+		}
+		if first.IsZero() {
+			return fmt.Errorf("no answer from %s yet", host)
+		}
+		r.FirstAnswerMs = append(r.FirstAnswerMs, ms(first.Sub(started)))
+		return nil
+	})
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func (r *result) converged(d time.Duration) {
 	r.ConvergenceMs = append(r.ConvergenceMs, float64(d.Microseconds())/1000)
@@ -255,6 +318,7 @@ func (b *bench) runWith(name string, workers int, scenario func(r *result)) {
 		cfg.Workers, cfg.MaxRequests = 1, 1 // a single request: the run is idle
 	}
 	lr := load.Start(b.t.Context(), cfg)
+	r.load = lr
 	start := time.Now()
 	func() {
 		defer func() {
@@ -266,6 +330,7 @@ func (b *bench) runWith(name string, workers int, scenario func(r *result)) {
 			}
 			r.LatencyP50Ms = float64(res.Percentile(50).Microseconds()) / 1000
 			r.LatencyP99Ms = float64(res.Percentile(99).Microseconds()) / 1000
+			r.LatencyMaxMs = ms(res.Percentile(100))
 		}()
 		scenario(r)
 	}()
@@ -287,6 +352,49 @@ func (b *bench) runWith(name string, workers int, scenario func(r *result)) {
 	b.results = append(b.results, r)
 	b.t.Logf("%s: %d requests, %d non-2xx, %d transport errors, convergence %v ms, %d reloads, %d pushes",
 		name, r.Requests, r.Non2xx, r.TransportErrors, r.ConvergenceMs, r.Reloads, r.Pushes)
+}
+
+// scale sets apache's replicas to n and returns how long nginx's pool took
+// to hold n backends; it returns once they run, are registered and served.
+func (b *bench) scale(n int) time.Duration {
+	b.t.Helper()
+	t0 := time.Now()
+	out, err := b.s.cli("scale", "apache", strconv.Itoa(n))
+	require.NoError(b.t, err, out)
+	took := b.waitPool(t0, func(p map[string]bool) bool { return len(p) == n })
+	b.s.waitConverged(n, 3*time.Minute)
+	return took
+}
+
+// firstAnswerOfNew scales apache to n (one more than runs) and records,
+// for the new backend, the time from its container's start to its first
+// answer at the front door.
+func (b *bench) firstAnswerOfNew(r *result, n int) {
+	b.t.Helper()
+	before := map[string]bool{}
+	for _, c := range b.s.backends() {
+		before[c.ID] = true
+	}
+	out, err := b.s.cli("scale", "apache", strconv.Itoa(n))
+	require.NoError(b.t, err, out)
+	var fresh containers.Container
+	eventuallyFast(b.t, 60*time.Second, "the new backend started", func() error {
+		for _, c := range b.s.backends() {
+			if !before[c.ID] {
+				full, err := b.s.docker.Inspect(b.t.Context(), c.ID)
+				if err != nil {
+					return err
+				}
+				if full.Started.IsZero() {
+					return fmt.Errorf("%s not started yet", c.Name)
+				}
+				fresh = full
+				return nil
+			}
+		}
+		return errors.New("no new backend yet")
+	})
+	r.firstAnswer(b.t, store.HostLabel(fresh.Name), fresh.Started)
 }
 
 // passes reads the daemon's reload and push counters.
@@ -370,14 +478,15 @@ func (b *bench) report() {
 	}
 	var sb strings.Builder
 	tw := tabwriter.NewWriter(&sb, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SCENARIO\tREQUESTS\tNON-2XX\tERRORS\tCONV p50/p99/max ms\tRELOADS\tPUSHES\tRSS MB\tLAT p50/p99 ms")
+	fmt.Fprintln(tw, "SCENARIO\tREQUESTS\tNON-2XX\tERRORS\tCONV p50/p99/max ms\tRELOADS\tPUSHES\tRSS MB\tLAT p50/p99/max ms\tSLOWEST min/med/max ms\tFIRST ANSWER min/med/max ms")
 	for _, r := range b.results {
 		conv := "-"
 		if len(r.ConvergenceMs) > 0 {
 			conv = fmt.Sprintf("%.0f/%.0f/%.0f", r.ConvP50Ms, r.ConvP99Ms, r.ConvMaxMs)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f/%.1f\n", r.Name, r.Requests, r.Non2xx, r.TransportErrors,
-			conv, r.Reloads, r.Pushes, float64(r.RSSBytes)/(1<<20), r.LatencyP50Ms, r.LatencyP99Ms)
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%d\t%.1f\t%.1f/%.1f/%.0f\t%s\t%s\n", r.Name, r.Requests, r.Non2xx, r.TransportErrors,
+			conv, r.Reloads, r.Pushes, float64(r.RSSBytes)/(1<<20), r.LatencyP50Ms, r.LatencyP99Ms, r.LatencyMaxMs,
+			spread(r.SlowestMs), spread(r.FirstAnswerMs))
 	}
 	if err := tw.Flush(); err != nil { // into a strings.Builder: never
 		b.t.Fatal(err)
@@ -400,6 +509,16 @@ func (b *bench) report() {
 		return
 	}
 	b.t.Logf("results written to %s", out)
+}
+
+// spread writes min/median/max of xs, or "-".
+func spread(xs []float64) string {
+	if len(xs) == 0 {
+		return "-"
+	}
+	sorted := append([]float64(nil), xs...)
+	sort.Float64s(sorted)
+	return fmt.Sprintf("%.0f/%.0f/%.0f", sorted[0], sorted[len(sorted)/2], sorted[len(sorted)-1])
 }
 
 func metricsURL(s *stack) string {

@@ -100,6 +100,10 @@ func TestScale(t *testing.T) {
 	require.NoError(t, err, out)
 	require.Contains(t, out, "replicas set to 5")
 	s.waitConverged(5, 90*time.Second)
+	// Each new backend became healthy once: the next pass, which sees it
+	// listed rather than inspected, did not start its probing over.
+	s.waitPoolMatchesKeys(30 * time.Second)
+	require.Equal(t, 5, strings.Count(d.Logs(), "from=pending"), "health changes:\n%s", d.Logs())
 
 	out, err = s.cli("scale", "apache", "2")
 	require.NoError(t, err, out)

@@ -259,6 +259,9 @@ func (r *reconciler) createBackends(ctx context.Context, want containers.CreateS
 			created[i], errs[i] = r.createBackend(ctx, want, svc)
 			if errs[i] == nil {
 				r.log.Info().Str("service", svc.Name).Str("container", created[i].Name).Int("replicas", replicas).Msg("backend started")
+				for _, t := range targetsOf(svc, r.cfg.Spec.Network, created[i:i+1]) {
+					r.cfg.Health.Add(t) // probed now, not after the slowest start
+				}
 			}
 		})
 	}

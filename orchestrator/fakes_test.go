@@ -403,6 +403,7 @@ type fakeProber struct {
 	dead    []string // dropped because they died
 	retired []string // dropped to be drained
 	states  map[string]healthState
+	added   []string // IDs Add was called with
 }
 
 var _ probes = (*fakeProber)(nil)
@@ -415,6 +416,12 @@ func (p *fakeProber) Sync(targets []Target) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.syncs = append(p.syncs, slices.Clone(targets))
+}
+
+func (p *fakeProber) Add(t Target) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.added = append(p.added, t.ID)
 }
 
 func (p *fakeProber) Drop(id, why string) {

@@ -174,23 +174,41 @@ func (h *health) Sync(targets []Target) {
 		}
 	}
 	for id, t := range want {
-		if _, ok := h.targets[id]; ok {
-			continue
+		if _, ok := h.targets[id]; !ok {
+			h.startLocked(t)
 		}
-		p := &probed{t: t, state: statePending, since: time.Now()}
-		pctx, cancel := context.WithCancel(context.Background())
-		p.cancel = cancel
-		h.targets[id] = p
-		h.probers.Go(func(ctx context.Context) {
-			stop := context.AfterFunc(ctx, cancel)
-			defer stop()
-			h.run(pctx, p)
-		})
 	}
 	h.mu.Unlock()
 	if changed {
 		h.changed.Wake()
 	}
+}
+
+// Add starts probing t now, unless it is probed already or gone: a
+// backend of a scale-up is probed as soon as it started, not when the
+// whole pass is done. The pass's Sync then finds it in place.
+func (h *health) Add(t Target) {
+	if h.cfg.Gone(t.ID) {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.targets[t.ID]; !ok {
+		h.startLocked(t)
+	}
+}
+
+// startLocked starts the prober of t; the caller holds mu.
+func (h *health) startLocked(t Target) {
+	p := &probed{t: t, state: statePending, since: time.Now()}
+	pctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	h.targets[t.ID] = p
+	h.probers.Go(func(ctx context.Context) {
+		stop := context.AfterFunc(ctx, cancel)
+		defer stop()
+		h.run(pctx, p)
+	})
 }
 
 // Drop stops probing a backend at once, for why ("backend died;

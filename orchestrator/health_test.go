@@ -556,3 +556,35 @@ func TestHealthHungBackendLeavesInTime(t *testing.T) {
 		})
 	}
 }
+
+// TestHealthAdd: a backend added as it starts is probed at once; the
+// pass's Sync that lists it afterwards keeps its prober (no second one,
+// no state reset), and Add of a probed or gone backend does nothing.
+func TestHealthAdd(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		l := newProbeLog(func(context.Context, string, int) error { return nil })
+		lg := newLedger()
+		h, _ := newTestHealth(ctx, l, lg)
+		tg := testTarget("b1", "10.0.0.1:80", 2, 2)
+		h.Add(tg)
+		synctest.Wait()
+		if got := stateOf(t, h, tg.ID); got != "healthy" || l.count(tg.Addr) != 1 {
+			t.Fatalf("after Add: state %s, %d probes; want healthy after 1", got, l.count(tg.Addr))
+		}
+		h.Sync([]Target{tg})
+		h.Add(tg)
+		synctest.Wait()
+		if n := l.count(tg.Addr); n != 1 {
+			t.Errorf("%d probes after Sync and Add of a probed backend; want 1 (one prober, on its interval)", n)
+		}
+		gone := testTarget("b2", "10.0.0.2:80", 2, 2)
+		lg.mark(gone.ID, fateDied)
+		h.Add(gone)
+		synctest.Wait()
+		if got := stateOf(t, h, gone.ID); got != "absent" {
+			t.Errorf("a dead backend was added: state %s", got)
+		}
+	})
+}

@@ -30,6 +30,7 @@ var _ containerAPI = (*containers.Client)(nil)
 // probes is what the Reconciler needs from the Health manager.
 type probes interface {
 	Sync(targets []Target)
+	Add(t Target)
 	Drop(id, why string)
 	State(id string) (healthState, bool)
 }

@@ -1336,6 +1336,13 @@ func TestReconcileScaleUpInParallel(t *testing.T) {
 		if got := e.docker.maxInflight; got != maxParallelCreates {
 			t.Errorf("at most %d creates at once, want %d", got, maxParallelCreates)
 		}
+		// Each was handed to the prober as it started, before the pass's Sync.
+		e.prober.mu.Lock()
+		added := len(e.prober.added)
+		e.prober.mu.Unlock()
+		if added != 20 {
+			t.Errorf("%d backends probed as they started, want 20", added)
+		}
 		// 3 waves of backends (8, 8, 4), plus the data volume and proxy.
 		if want := 5 * 100 * time.Millisecond; took != want {
 			t.Errorf("the pass took %s of engine time, want %s", took, want)

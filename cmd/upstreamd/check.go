@@ -113,24 +113,19 @@ func (c *Config) throwaway(ctx context.Context, log zerolog.Logger) (*nginx.Sess
 	return s, func() { remove(); docker.Close() }, nil
 }
 
-// checkWithNginx runs `nginx -t` on what the template renders, in a
-// throwaway container of the proxy image. A config nginx rejects with a
+// checkWithNginx runs `nginx -t` on what the template renders, in s. A
+// config nginx rejects with a
 // backend per service is an error (matching nginx.ErrCheckFailed); one it
 // rejects with no backend at all is a warning: nginx then keeps what it
 // runs until a backend registers.
-func (c *Config) checkWithNginx(ctx context.Context, tc templateCheck, log zerolog.Logger) error {
-	s, remove, err := c.throwaway(ctx, log)
-	if err != nil {
-		return err
-	}
-	defer remove()
+func (c *Config) checkWithNginx(ctx context.Context, s *nginx.Session, tc templateCheck, log zerolog.Logger) error {
 	if err := s.Check(ctx, tc.sample); err != nil {
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			return fmt.Errorf("%s: proxy.template renders a config nginx rejects (checked with one made-up backend per service at 192.0.2.x): %w", c.file, err)
 		}
 		return err
 	}
-	err = s.Check(ctx, tc.empty)
+	err := s.Check(ctx, tc.empty)
 	if errors.Is(err, nginx.ErrCheckFailed) {
 		log.Warn().Err(err).Msg("the template renders a config nginx rejects while a service has no backend; nginx keeps the config it runs until one registers")
 		return nil

@@ -187,7 +187,12 @@ func (d *daemon) run(ctx context.Context) error {
 func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 	var rejected error
 	_ = retry.Until(ctx, retry.New(time.Second, 30*time.Second), func(ctx context.Context) error {
-		err := d.cfg.checkWithNginx(ctx, d.checks, log)
+		s, remove, err := d.checkSession(ctx, log)
+		if err != nil {
+			return err
+		}
+		defer remove()
+		err = d.cfg.checkWithNginx(ctx, s, d.checks, log)
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			rejected = err
 			return nil
@@ -200,6 +205,22 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 		log.Info().Str("image", d.cfg.Proxy.Image).Msg("template checked with nginx -t")
 	}
 	return rejected
+}
+
+// checkSession returns where to run the start-up nginx -t: the project's
+// running proxy when it runs proxy.image (a restart: nothing to create,
+// one exec per check), else a throwaway proxy.
+func (d *daemon) checkSession(ctx context.Context, log zerolog.Logger) (*nginx.Session, func(), error) {
+	list, err := d.docker.List(ctx, d.cfg.Project)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, c := range list {
+		if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.Image == d.cfg.Proxy.Image {
+			return d.proxies.Session(nginx.Proxy{ID: c.ID}), func() {}, nil
+		}
+	}
+	return d.cfg.throwaway(ctx, log)
 }
 
 // close releases the adapters' connections.

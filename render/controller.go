@@ -165,16 +165,24 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 	t := triggers{changed: c.cfg.Source.Subscribe()}
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
+	var idle time.Time // when the last pass ended
 	for first := true; ; first = false {
 		_, t.proxy = c.cfg.Host.Proxy()
 		if !first && !c.wait(ctx, &t) {
 			return nil
 		}
 		t.retry = nil
-		if !c.debounce(ctx, &t) {
-			return nil
+		// A change after a quiet spell goes out at once (a killed backend
+		// leaves the pool without waiting); what follows it within a
+		// pass is collected by the debounce, so a burst still makes few
+		// passes.
+		if first || time.Since(idle) < c.cfg.MinDebounce {
+			if !c.debounce(ctx, &t) {
+				return nil
+			}
 		}
 		o := c.pass(ctx)
+		idle = time.Now()
 		if c.cfg.Observe != nil {
 			c.cfg.Observe(o)
 		}

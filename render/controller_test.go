@@ -61,8 +61,8 @@ func TestControllerNoSnapshotYet(t *testing.T) {
 		if o, n := h.observed(), h.waited(); len(o) != 0 || n == 0 {
 			t.Errorf("before any snapshot: outcomes %+v and %d waiting passes; want only waiting ones", o, n)
 		}
-		// Once the first snapshot arrives it is delivered, after the
-		// minimum debounce.
+		// Once the first snapshot arrives it is delivered at once: a
+		// change after a quiet spell waits for no debounce.
 		snap := backends(t, 2, 7)
 		setAt := time.Now()
 		h.src.set(snap)
@@ -71,8 +71,8 @@ func TestControllerNoSnapshotYet(t *testing.T) {
 		if len(calls) != 1 {
 			t.Fatalf("Deliver called %d times after the first snapshot; want 1", len(calls))
 		}
-		if got := calls[0].at.Sub(setAt); got != DefaultMinDebounce {
-			t.Errorf("delivered %v after the change; want after DefaultMinDebounce (%v)", got, DefaultMinDebounce)
+		if got := calls[0].at.Sub(setAt); got != 0 {
+			t.Errorf("delivered %v after the change; want at once", got)
 		}
 		if w := want(t, tmpl, snap); live != w || calls[0].id != "proxy-1" {
 			t.Errorf("delivered %q to %q; want %q to proxy-1", live, calls[0].id, w)

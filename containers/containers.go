@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -73,8 +74,11 @@ type Container struct {
 	SpecHash string
 	State    string
 	// IPs maps network name to the container's IPv4 address on it.
-	IPs     map[string]string
-	Created time.Time
+	IPs map[string]string
+	// Published maps a container port (tcp) to the host port it is
+	// published on; empty when none is.
+	Published map[int]int
+	Created   time.Time
 	// Started is when it last started; only Inspect knows it (zero from
 	// List).
 	Started time.Time
@@ -216,6 +220,19 @@ func (c *Client) Inspect(ctx context.Context, id string) (Container, error) {
 				ct.IPs[name] = ep.IPAddress
 			}
 		}
+		for port, bindings := range r.NetworkSettings.Ports {
+			if port.Proto() != "tcp" {
+				continue
+			}
+			for _, b := range bindings {
+				if hp, err := strconv.Atoi(b.HostPort); err == nil && hp > 0 {
+					if ct.Published == nil {
+						ct.Published = map[int]int{}
+					}
+					ct.Published[port.Int()] = hp
+				}
+			}
+		}
 	}
 	fillLabels(&ct)
 	return ct, nil
@@ -232,6 +249,14 @@ func fromSummary(s container.Summary) Container {
 	}
 	if len(s.Names) > 0 {
 		ct.Name = strings.TrimPrefix(s.Names[0], "/")
+	}
+	for _, p := range s.Ports {
+		if p.Type == "tcp" && p.PublicPort > 0 {
+			if ct.Published == nil {
+				ct.Published = map[int]int{}
+			}
+			ct.Published[int(p.PrivatePort)] = int(p.PublicPort)
+		}
 	}
 	if s.NetworkSettings != nil {
 		for name, ep := range s.NetworkSettings.Networks {

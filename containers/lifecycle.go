@@ -41,6 +41,9 @@ type CreateSpec struct {
 	// PublishAddr is the host address ("127.0.0.1:8080" or ":8080"); empty
 	// means the port is not published.
 	PublishAddr string
+	// PublishIP, when PublishAddr is empty, publishes ExposedPort on this
+	// host address at a port the engine picks (see Container.Published).
+	PublishIP string `json:",omitempty"`
 	// Volumes are anonymous volumes to create, by container path.
 	Volumes []string
 	// VolumesFrom names containers whose volumes are mounted.
@@ -131,6 +134,8 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 				return nil, nil, nil, err
 			}
 			hostCfg.PortBindings = nat.PortMap{port: {{HostIP: host, HostPort: hport}}}
+		} else if s.PublishIP != "" {
+			hostCfg.PortBindings = nat.PortMap{port: {{HostIP: s.PublishIP}}}
 		}
 	}
 	var netCfg *network.NetworkingConfig

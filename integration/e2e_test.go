@@ -112,7 +112,7 @@ func TestScale(t *testing.T) {
 	out, err = s.cli("status")
 	require.NoError(t, err, out)
 	require.Equal(t, 2, strings.Count(out, "/services/apache/")/2, "status lists 2 registrations twice (container and key tables):\n%s", out)
-	require.Regexp(t, `apache\s+2\s+override in etcd \(spec: 3;`, out)
+	require.Regexp(t, `apache\s+2\s+2\s+override in etcd \(spec: 3;`, out)
 
 	// A daemon started while the override is in force says so.
 	require.NoError(t, d.Stop(20*time.Second))
@@ -125,7 +125,7 @@ func TestScale(t *testing.T) {
 	s.waitConverged(3, 60*time.Second)
 	out, err = s.cli("status")
 	require.NoError(t, err, out)
-	require.Regexp(t, `apache\s+3\s+spec`, out)
+	require.Regexp(t, `apache\s+3\s+3\s+spec`, out)
 }
 
 // TestUnhealthyBackend: a running backend whose health path answers 500 is

@@ -79,8 +79,8 @@ func (r *reconciler) served(svc ServiceSpec, c containers.Container) bool {
 	if r.cfg.Pool == nil {
 		return true
 	}
-	ip := c.IPs[r.cfg.Spec.Network]
-	return ip != "" && r.cfg.Pool.Serves(svc.Name, net.JoinHostPort(ip, strconv.Itoa(svc.Port)))
+	ip, port, ok := r.cfg.Spec.backendAddr(c, svc.Port)
+	return ok && r.cfg.Pool.Serves(svc.Name, net.JoinHostPort(ip, strconv.Itoa(port)))
 }
 
 // unknownReplicas is the count of a service whose override could not be
@@ -205,7 +205,7 @@ func (r *reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 		alive = append(alive, created...)
 		errs = append(errs, err)
 	}
-	return targetsOf(svc, r.cfg.Spec.Network, alive), p.requeue, errors.Join(errs...)
+	return targetsOf(svc, r.cfg.Spec, alive), p.requeue, errors.Join(errs...)
 }
 
 // backendSpec is the CreateSpec of a backend of svc, without its name.
@@ -224,6 +224,7 @@ func (r *reconciler) backendSpec(svc ServiceSpec) containers.CreateSpec {
 		Network:     spec.Network,
 		Aliases:     []string{svc.Name},
 		ExposedPort: svc.Port,
+		PublishIP:   publishIP(spec),
 		Restart:     containers.RestartPolicy(svc.Restart),
 		MemoryBytes: svc.Limits.MemoryBytes,
 		NanoCPUs:    svc.Limits.NanoCPUs,
@@ -259,7 +260,7 @@ func (r *reconciler) createBackends(ctx context.Context, want containers.CreateS
 			created[i], errs[i] = r.createBackend(ctx, want, svc)
 			if errs[i] == nil {
 				r.log.Info().Str("service", svc.Name).Str("container", created[i].Name).Int("replicas", replicas).Msg("backend started")
-				for _, t := range targetsOf(svc, r.cfg.Spec.Network, created[i:i+1]) {
+				for _, t := range targetsOf(svc, r.cfg.Spec, created[i:i+1]) {
 					r.cfg.Health.Add(t) // probed now, not after the slowest start
 				}
 			}
@@ -296,20 +297,20 @@ func (r *reconciler) createBackend(ctx context.Context, want containers.CreateSp
 
 // targetsOf returns probe targets for the running backends that have an
 // address on the network.
-func targetsOf(svc ServiceSpec, network string, cs []containers.Container) []Target {
+func targetsOf(svc ServiceSpec, spec Spec, cs []containers.Container) []Target {
 	var out []Target
 	for _, c := range cs {
-		ip := c.IPs[network]
-		if c.State != containers.StateRunning && c.State != containers.StatePaused || ip == "" {
+		ip, port, ok := spec.backendAddr(c, svc.Port)
+		if c.State != containers.StateRunning && c.State != containers.StatePaused || !ok {
 			continue
 		}
 		out = append(out, Target{
 			ID:      c.ID,
 			Name:    c.Name,
 			Service: svc.Name,
-			Addr:    net.JoinHostPort(ip, strconv.Itoa(svc.Port)),
+			Addr:    net.JoinHostPort(ip, strconv.Itoa(port)),
 			IP:      ip,
-			Port:    svc.Port,
+			Port:    port,
 			Health:  svc.Health,
 			Created: c.Created,
 		})
@@ -323,4 +324,13 @@ func randomSuffix() string {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return hex.EncodeToString(b)
+}
+
+// publishIP is where backends are published: the node's address when
+// they are advertised there, else nowhere.
+func publishIP(spec Spec) string {
+	if spec.Advertise == AdvertiseHost {
+		return spec.NodeAddress
+	}
+	return ""
 }

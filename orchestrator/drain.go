@@ -37,8 +37,8 @@ type drainerConfig struct {
 	Ledger *ledger
 	// Pool says when nginx stopped sending to a backend; nil: not waited for.
 	Pool pool
-	// Network is where backends have the address nginx dials.
-	Network string
+	// Spec says where backends have the address nginx dials.
+	Spec Spec
 	// Timeout bounds the wait for nginx; zero means 10 s.
 	Timeout time.Duration
 	// Done is called after each drain ended (the Reconciler's Wake).
@@ -83,8 +83,8 @@ func (d *drainer) Drain(c containers.Container, svc ServiceSpec, reason string) 
 	log.Info().Str("reason", reason).Msg("draining backend")
 	d.cfg.Health.Drop(c.ID, "backend retired; deregistering before it is drained")
 	addr := ""
-	if ip := c.IPs[d.cfg.Network]; ip != "" {
-		addr = net.JoinHostPort(ip, strconv.Itoa(svc.Port))
+	if ip, port, ok := d.cfg.Spec.backendAddr(c, svc.Port); ok {
+		addr = net.JoinHostPort(ip, strconv.Itoa(port))
 	}
 	d.tasks.Go(func(ctx context.Context) {
 		start := time.Now()

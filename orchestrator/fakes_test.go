@@ -894,3 +894,6 @@ func (l *fakeLeases) lostIDs() []int64 {
 	defer l.mu.Unlock()
 	return slices.Clone(l.lost)
 }
+
+// Campaign wins at once: a cluster of one.
+func (f *fakeRegistry) Campaign(context.Context, string, string, int64) error { return nil }

@@ -46,6 +46,9 @@ type Announcement struct {
 	Version string    `json:"version"`
 	Engine  string    `json:"engine"` // the Docker engine's ID
 	Started time.Time `json:"started"`
+	// Spec is a hash of the spec the daemon runs, what is node-specific
+	// left out: every node of a project should show the same.
+	Spec string `json:"spec,omitempty"`
 }
 
 // nodeConfig configures a node.

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,7 @@ var _ dockerAPI = (*containers.Client)(nil)
 type etcdAPI interface {
 	registry
 	nodeStore
+	electionStore
 	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }
 
@@ -69,6 +71,13 @@ type Config struct {
 	// ReadyTimeout bounds how long Ready waits for the first probes of the
 	// backends found at start; zero means 5 s.
 	ReadyTimeout time.Duration
+	// ProxyPlacement is "every" (a proxy on each node; also the one node
+	// of a single host) or "leader" (one proxy in the project, on the node
+	// etcd elects). Empty means "every".
+	ProxyPlacement string
+	// ProxyAddress is the proxy's public address (host:port), announced
+	// when this node leads.
+	ProxyAddress string
 	// newProber overrides the HTTP prober (tests).
 	newProber func(HealthSpec) prober
 	Logger    zerolog.Logger
@@ -84,6 +93,8 @@ type Orchestrator struct {
 	ledger     *ledger
 	proxy      *runningProxy
 	overrides  *overrides
+	placement  *placement
+	elector    *elector // nil unless ProxyPlacement is "leader"
 	health     *health
 	drainer    *drainer
 	reconciler *reconciler
@@ -133,11 +144,32 @@ func New(cfg Config) *Orchestrator {
 		Store:   cfg.Store,
 		Project: cfg.Spec.Project,
 		Engine:  cfg.Docker.EngineID,
-		Self:    announce(cfg.Spec.Node, cfg.Version),
+		Self:    announce(cfg.Spec, cfg.Version),
 		TTL:     cfg.LeaseTTL,
 		Logger:  cfg.Logger.With().Str("component", "node").Logger(),
 	})
 	o.overrides = newOverrides(cfg.Spec, o.Wake, cfg.Logger.With().Str("component", "reconcile").Logger())
+	o.placement = newPlacement(placementConfig{
+		Store:    cfg.Store,
+		Spec:     cfg.Spec,
+		Node:     cfg.Spec.Node,
+		Project:  cfg.Spec.Project,
+		Leases:   o.node,
+		Replicas: o.overrides.Replicas,
+		Logger:   cfg.Logger.With().Str("component", "placement").Logger(),
+	})
+	var runProxy func() bool
+	if cfg.ProxyPlacement == PlacementLeader {
+		o.elector = newElector(electorConfig{
+			Store:   cfg.Store,
+			Leases:  o.node,
+			Project: cfg.Spec.Project,
+			Self:    Leader{Node: cfg.Spec.Node, Address: cfg.ProxyAddress},
+			Changed: o.Wake,
+			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
+		})
+		runProxy = o.elector.Leading
+	}
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,
 		Gone:      o.ledger.gone,
@@ -148,7 +180,7 @@ func New(cfg Config) *Orchestrator {
 		Health:  o.health,
 		Ledger:  o.ledger,
 		Pool:    cfg.Pool,
-		Network: cfg.Spec.Network,
+		Spec:    cfg.Spec,
 		Timeout: cfg.DrainTimeout,
 		Done:    o.Wake,
 		Logger:  cfg.Logger.With().Str("component", "drain").Logger(),
@@ -159,9 +191,10 @@ func New(cfg Config) *Orchestrator {
 		Health:   o.health,
 		Drains:   o.drainer,
 		Ledger:   o.ledger,
-		Replicas: o.overrides.Replicas,
+		Replicas: o.placement.Local,
 		Pool:     cfg.Pool,
 		Proxy:    o.proxy,
+		RunProxy: runProxy,
 		Logger:   cfg.Logger.With().Str("component", "reconcile").Logger(),
 	})
 	o.registrar = newRegistrar(registrarConfig{
@@ -177,6 +210,16 @@ func New(cfg Config) *Orchestrator {
 	})
 	return o
 }
+
+// Proxy placements.
+const (
+	PlacementEvery  = "every"
+	PlacementLeader = "leader"
+)
+
+// Leading reports whether this node runs the proxy: always with placement
+// "every", while it is elected with "leader".
+func (o *Orchestrator) Leading() bool { return o.elector == nil || o.elector.Leading() }
 
 // Wake asks for a reconcile pass.
 func (o *Orchestrator) Wake() { o.wake.Wake() }
@@ -215,6 +258,12 @@ func (o *Orchestrator) Problems() []string {
 	if err := o.troubles.get("reconcile"); err != nil {
 		out = append(out, "docker: reconcile failing: "+err.Error())
 	}
+	if err := o.troubles.get("placement"); err != nil {
+		out = append(out, "etcd: placing replicas failing: "+err.Error())
+	}
+	for svc, n := range o.placement.Short() {
+		out = append(out, fmt.Sprintf("placement: %d replica(s) of %s cannot be placed (max_per_node × live nodes is too small)", n, svc))
+	}
 	if err := o.troubles.get("events"); err != nil {
 		out = append(out, "docker: event stream broken: "+err.Error())
 	}
@@ -239,9 +288,18 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	firstPass := make(chan struct{})
 	g.Go(func() error { return o.node.Start(ctx) })
 	g.Go(func() error { return o.health.Start(ctx) })
+	if o.elector != nil {
+		g.Go(func() error { return o.elector.Start(ctx) })
+	}
 	g.Go(func() error { return o.drainer.Start(ctx) })
 	g.Go(func() error {
 		return o.cfg.Store.Watch(ctx, OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
+	})
+	g.Go(func() error {
+		return o.cfg.Store.Watch(ctx, enginesPrefix(o.cfg.Spec.Project), func(u store.Update) { o.placement.applyNodes(u); o.Wake() })
+	})
+	g.Go(func() error {
+		return o.cfg.Store.Watch(ctx, SlotsPrefix(o.cfg.Spec.Project), func(u store.Update) { o.placement.applySlots(u); o.Wake() })
 	})
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })
@@ -306,9 +364,9 @@ func unreachable(err error) bool {
 }
 
 // announce returns this daemon's announcement as node.
-func announce(node, version string) Announcement {
+func announce(spec Spec, version string) Announcement {
 	host, _ := os.Hostname() // only said, never relied on
-	return Announcement{Node: node, Host: host, PID: os.Getpid(), Version: version, Started: time.Now().UTC()}
+	return Announcement{Node: spec.Node, Host: host, PID: os.Getpid(), Version: version, Started: time.Now().UTC(), Spec: spec.Digest()}
 }
 
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
@@ -321,10 +379,12 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		return nil
 	case <-o.node.Claimed():
 	}
-	select { // etcd answers (the node holds its names): one List away
-	case <-ctx.Done():
-		return nil
-	case <-o.overrides.Loaded():
+	for _, loaded := range []<-chan struct{}{o.overrides.Loaded(), o.placement.Loaded()} {
+		select { // etcd answers (the node holds its names): one List away
+		case <-ctx.Done():
+			return nil
+		case <-loaded:
+		}
 	}
 	bo := retry.New(200*time.Millisecond, 10*time.Second)
 	resync := time.NewTicker(o.cfg.Resync)
@@ -335,11 +395,16 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		case <-o.wake.C():
 		default:
 		}
+		perr := o.placement.Step(ctx)
 		res, err := o.reconciler.Reconcile(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		if err == nil {
+			perr = errors.Join(perr, o.placement.Settle(ctx, res.Running))
+		}
 		o.troubles.set("reconcile", err)
+		o.troubles.set("placement", perr)
 		if pass == 1 {
 			close(firstPass)
 		}

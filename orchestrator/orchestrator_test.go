@@ -154,7 +154,14 @@ func TestReconcileLoopBackoff(t *testing.T) {
 			Logger:        zerolog.Nop(),
 		})
 		o.overrides.apply(store.Update{Reset: true}) // none
-		close(o.node.claimed)                        // as if the node held its names
+		o.placement.applyNodes(store.Update{Reset: true})
+		o.placement.applySlots(store.Update{Reset: true}) // a cluster of one, nothing placed
+		lease, err := reg.Grant(ctx, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.node.setLease(lease) // as if the node held its names
+		close(o.node.claimed)
 		firstPass := make(chan struct{})
 		done := make(chan error, 1)
 		go func() { done <- o.reconcileLoop(ctx, firstPass) }()

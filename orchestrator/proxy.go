@@ -114,6 +114,9 @@ func (r *reconciler) proxySpec(dataID string) containers.CreateSpec {
 // adopted afterwards, never recreated while it exists) and one running,
 // up-to-date proxy mounting it, and publishes that proxy.
 func (r *reconciler) reconcileProxy(ctx context.Context, data, proxies []containers.Container) error {
+	if r.cfg.RunProxy != nil && !r.cfg.RunProxy() {
+		return r.noProxy(ctx, proxies)
+	}
 	dataC, err := r.ensureData(ctx, data)
 	if err != nil {
 		r.cfg.Proxy.set("", "", false)
@@ -234,4 +237,18 @@ func (r *reconciler) ensureConfig(ctx context.Context, dataID string) error {
 	}
 	r.log.Info().Str("file", p.ConfigPath).Msg("placeholder config written: nginx answers 503 until the first render")
 	return nil
+}
+
+// noProxy removes the proxies of a node that is not to run one (another
+// node leads); its data volume stays for when it leads again.
+func (r *reconciler) noProxy(ctx context.Context, proxies []containers.Container) error {
+	r.cfg.Proxy.set("", "", false)
+	var errs []error
+	for _, p := range proxies {
+		r.log.Info().Str("container", p.Name).Msg("removing the proxy: another node leads and runs the project's proxy")
+		if err := r.cfg.Docker.Remove(ctx, p.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -48,6 +48,9 @@ var _ drains = (*drainer)(nil)
 type Result struct {
 	// RequeueAfter, when non-zero, asks for another pass after this long.
 	RequeueAfter time.Duration
+	// Running counts, by service, the backends found running (draining
+	// ones included) at the start of the pass.
+	Running map[string]int
 }
 
 // reconcilerConfig configures a Reconciler.
@@ -70,8 +73,11 @@ type reconcilerConfig struct {
 	// enough.
 	Pool pool
 	// Proxy is where the running proxy is published for the renderer.
-	Proxy  *runningProxy
-	Logger zerolog.Logger
+	Proxy *runningProxy
+	// RunProxy says whether this node is to run the proxy (it leads);
+	// nil: always.
+	RunProxy func() bool
+	Logger   zerolog.Logger
 }
 
 // reconciler makes the containers match the spec. Reconcile is idempotent:
@@ -124,9 +130,14 @@ func (r *reconciler) Reconcile(ctx context.Context) (Result, error) {
 
 	var errs []error
 	var targets []Target
-	var res Result
+	res := Result{Running: map[string]int{}}
 	replicas := r.replicas()
 	for _, svc := range spec.Services {
+		for _, c := range backends[svc.Name] {
+			if c.State == containers.StateRunning || c.State == containers.StatePaused || c.State == containers.StateRestarting {
+				res.Running[svc.Name]++
+			}
+		}
 		ts, requeue, err := r.reconcileService(ctx, svc, replicas[svc.Name], backends[svc.Name])
 		targets = append(targets, ts...)
 		if err != nil {

@@ -74,7 +74,7 @@ func newEnv(t *testing.T, spec Spec, p *fakePool, drainTimeout time.Duration) *r
 		Health:  e.prober,
 		Ledger:  e.ledger,
 		Pool:    pl,
-		Network: spec.Network,
+		Spec:    spec,
 		Timeout: drainTimeout,
 		Done: func() {
 			e.mu.Lock()

@@ -33,6 +33,12 @@ type Spec struct {
 	Node string
 	// Prefix is the etcd registrations prefix, e.g. /services.
 	Prefix string
+	// Advertise says which address of a backend is registered, probed and
+	// dialled: AdvertiseContainer (its address on Network; one host) or
+	// AdvertiseHost (its port published on NodeAddress; a cluster).
+	Advertise string
+	// NodeAddress is this node's address other hosts reach it at.
+	NodeAddress string
 	// Proxy describes the nginx container and its data volume.
 	Proxy ProxySpec
 	// Services are the backend services, in order.
@@ -58,9 +64,13 @@ type ProxySpec struct {
 
 // ServiceSpec describes one replicated backend service.
 type ServiceSpec struct {
-	Name     string
-	Image    string
+	Name  string
+	Image string
+	// Replicas counts the cluster: each live node runs its share.
 	Replicas int
+	// MaxPerNode bounds the replicas one node runs (the seed's
+	// Conflicts=); zero means unlimited.
+	MaxPerNode int
 	// Port is the container port the backend serves on.
 	Port int
 	// Env and Cmd are passed to the container; Cmd empty means the image's.
@@ -115,6 +125,25 @@ const (
 	DefaultRestart = "no"
 )
 
+// Advertise modes.
+const (
+	AdvertiseContainer = "container"
+	AdvertiseHost      = "host"
+)
+
+// backendAddr is where nginx dials a backend listening on port: its
+// address on the project's network, or, with AdvertiseHost, the node's
+// address and the host port the engine published port on. ok is false
+// while the container has no such address (not started, not published).
+func (s Spec) backendAddr(c containers.Container, port int) (ip string, p int, ok bool) {
+	if s.Advertise == AdvertiseHost {
+		hp := c.Published[port]
+		return s.NodeAddress, hp, hp > 0 && s.NodeAddress != ""
+	}
+	ip = c.IPs[s.Network]
+	return ip, port, ip != ""
+}
+
 // serviceNames lists the services in spec order.
 func (s Spec) serviceNames() []string {
 	out := make([]string, 0, len(s.Services))
@@ -139,6 +168,19 @@ func (s Spec) service(name string) (ServiceSpec, bool) {
 func specHash(c containers.CreateSpec) string {
 	c.Name, c.Hostname = "", "" // per-instance, not part of the spec
 	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // plain data always marshals
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:6])
+}
+
+// Digest is a short hash of the spec without what differs from node to
+// node (the node's name and address): the nodes of one project announce
+// it, and a node running another spec is pointed out.
+func (s Spec) Digest() string {
+	s.Node, s.NodeAddress = "", ""
+	b, err := json.Marshal(s)
 	if err != nil {
 		panic(err) // plain data always marshals
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
@@ -115,7 +117,8 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Args:  usageArgs(cobra.NoArgs),
 	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		snap, overrides, etcdErr := readEtcd(cmd.Context(), cfg, log)
+		view, etcdErr := readEtcd(cmd.Context(), cfg, log)
+		snap, overrides := view.snap, view.overrides
 		list, dockerErr := listContainers(cmd.Context(), cfg, log)
 		byContainer := map[string]store.Entry{}
 		for _, e := range snap.Entries {
@@ -133,13 +136,40 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
 		}
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tFROM")
+		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
 		for _, svc := range cfg.Service {
 			n, from := *svc.Replicas, "spec"
 			if ov, ok := overrides[svc.Name]; ok {
 				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\n", svc.Name, n, from)
+			placed := fmt.Sprint(view.placed[svc.Name])
+			if etcdErr == nil && view.placed[svc.Name] < n {
+				placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
+		}
+		fmt.Fprintln(tw)
+		switch {
+		case cfg.Proxy.Placement == orchestrator.PlacementEvery:
+			fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
+		case view.leader != nil:
+			fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
+		case etcdErr == nil:
+			fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
+		}
+		fmt.Fprintln(tw, "NODE\tHOST\tVERSION\tSTARTED\tSLOTS")
+		for _, a := range view.nodes {
+			var held []string
+			for _, svc := range cfg.Service {
+				if k := view.slots[a.Node][svc.Name]; k > 0 {
+					held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
+				}
+			}
+			started := "-"
+			if !a.Started.IsZero() {
+				started = a.Started.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Version), started, dash(strings.Join(held, " ")))
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
@@ -179,25 +209,73 @@ func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]con
 }
 
 // readEtcd reads the registrations and the replica overrides once.
-func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (store.Snapshot, map[string]int, error) {
+// etcdView is what status reads from etcd.
+type etcdView struct {
+	snap      store.Snapshot
+	overrides map[string]int              // service → replicas
+	nodes     []orchestrator.Announcement // live nodes, by name
+	slots     map[string]map[string]int   // node → service → slots held
+	placed    map[string]int              // service → slots held by anyone
+	leader    *orchestrator.Leader        // nil: none elected
+}
+
+func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
+	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
 	etcd, err := connectEtcd(ctx, cfg, log)
 	if err != nil {
-		return store.Snapshot{}, nil, err
+		return v, err
 	}
 	defer etcd.Close()
-	snap, err := etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
-	if err != nil {
-		return store.Snapshot{}, nil, err
+	if v.snap, err = etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log); err != nil {
+		return v, err
 	}
 	prefix := orchestrator.OverridesPrefix(cfg.Project)
 	kvs, _, err := etcd.List(ctx, prefix)
-	overrides := map[string]int{}
+	if err != nil {
+		return v, err
+	}
 	for _, kv := range kvs {
 		if n, perr := orchestrator.ParseReplicas(string(kv.Value)); perr == nil {
-			overrides[strings.TrimPrefix(kv.Key, prefix)] = n
+			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
 		}
 	}
-	return snap, overrides, err
+	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project)); err != nil {
+		return v, err
+	}
+	for _, kv := range kvs {
+		var a orchestrator.Announcement
+		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
+			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
+		}
+		v.nodes = append(v.nodes, a)
+	}
+	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project)+"/")
+	if err != nil {
+		return v, err
+	}
+	if ok {
+		v.leader = &orchestrator.Leader{}
+		if json.Unmarshal(kv.Value, v.leader) != nil {
+			v.leader.Node = "? (unreadable: " + kv.Key + ")"
+		}
+	}
+	prefix = orchestrator.SlotsPrefix(cfg.Project)
+	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
+		return v, err
+	}
+	for _, kv := range kvs {
+		var slot orchestrator.Slot
+		if json.Unmarshal(kv.Value, &slot) != nil || slot.Node == "" {
+			slot.Node = "?"
+		}
+		svc, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, prefix), "/")
+		if v.slots[slot.Node] == nil {
+			v.slots[slot.Node] = map[string]int{}
+		}
+		v.slots[slot.Node][svc]++
+		v.placed[svc]++
+	}
+	return v, nil
 }
 
 func dash(s string) string {

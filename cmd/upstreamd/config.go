@@ -67,9 +67,15 @@ type MetricsConfig struct {
 	Listen string `toml:"listen"`
 }
 
-// NetworkConfig names the bridge network.
+// NetworkConfig names the bridge network and says which address of a
+// backend is advertised.
 type NetworkConfig struct {
 	Name string `toml:"name"`
+	// Advertise: "container" (the backend's address on the network; one
+	// host) or "host" (its port published on NodeAddress; a cluster).
+	Advertise string `toml:"advertise"`
+	// NodeAddress is this host's address the other hosts reach it at.
+	NodeAddress string `toml:"node_address"`
 }
 
 // ProxyConfig describes nginx.
@@ -84,21 +90,26 @@ type ProxyConfig struct {
 	ConfigDir   string   `toml:"config_dir"`
 	DebounceMin Duration `toml:"debounce_min"`
 	DebounceMax Duration `toml:"debounce_max"`
-	StatusPort  *int     `toml:"status_port"`
-	Dynamic     *bool    `toml:"dynamic"`
-	Memory      string   `toml:"memory"`
-	CPUs        float64  `toml:"cpus"`
+	// Placement: "every" (a proxy on each node) or "leader" (one proxy in
+	// the project, on the node etcd elects).
+	Placement  string  `toml:"placement"`
+	StatusPort *int    `toml:"status_port"`
+	Dynamic    *bool   `toml:"dynamic"`
+	Memory     string  `toml:"memory"`
+	CPUs       float64 `toml:"cpus"`
 }
 
 // ServiceConfig describes one backend service.
 type ServiceConfig struct {
-	Name      string   `toml:"name"`
-	Image     string   `toml:"image"`
-	Replicas  *int     `toml:"replicas"`
-	Port      int      `toml:"port"`
-	Env       []string `toml:"env"`
-	Command   []string `toml:"command"`
-	StopGrace Duration `toml:"stop_grace"`
+	Name     string `toml:"name"`
+	Image    string `toml:"image"`
+	Replicas *int   `toml:"replicas"`
+	// MaxPerNode bounds the replicas one node runs; nil: unlimited.
+	MaxPerNode *int     `toml:"max_per_node"`
+	Port       int      `toml:"port"`
+	Env        []string `toml:"env"`
+	Command    []string `toml:"command"`
+	StopGrace  Duration `toml:"stop_grace"`
 	// ConnectTimeout: nginx's connect timeout to a backend of the service.
 	ConnectTimeout Duration     `toml:"connect_timeout"`
 	Restart        string       `toml:"restart"`
@@ -218,7 +229,9 @@ func (c *Config) applyDefaults() {
 	if c.Network.Name == "" {
 		c.Network.Name = c.Project
 	}
+	setStr(&c.Network.Advertise, orchestrator.AdvertiseContainer)
 	p := &c.Proxy
+	setStr(&p.Placement, orchestrator.PlacementEvery)
 	setStr(&p.Image, defaultProxyImage)
 	setStr(&p.Publish, defaultPublish)
 	setStr(&p.ConfigPath, defaultConfigPath)
@@ -241,6 +254,7 @@ func (c *Config) applyDefaults() {
 			setStr(&s.Image, defaultImage)
 		}
 		setPtr(&s.Replicas, defaultReplicas)
+		setPtr(&s.MaxPerNode, orchestrator.MaxReplicas)
 		c.setInt(k+"port", &s.Port, 80)
 		c.setDur(k+"stop_grace", &s.StopGrace, orchestrator.DefaultStopGrace)
 		c.setDur(k+"connect_timeout", &s.ConnectTimeout, render.DefaultConnectTimeout)
@@ -302,6 +316,7 @@ func (c *Config) validate() []error {
 	}
 	c.validateGlobal(bad)
 	c.validateProxy(bad)
+	c.validateNetwork(bad, localAddrs)
 	if len(c.Service) == 0 {
 		bad("service", "no service: give at least one [[service]]")
 	}
@@ -318,6 +333,9 @@ func (c *Config) validate() []error {
 // badFunc records one invalid value: the key's path (proxy.port,
 // service[1].health.rise) and why.
 type badFunc func(path, format string, args ...any)
+
+// localAddrs lists this host's addresses (tests replace it).
+var localAddrs = net.InterfaceAddrs
 
 // dropped reports whether path, or a table it is in, was dropped for
 // having the wrong type.
@@ -412,6 +430,11 @@ func (c *Config) validateProxy(bad badFunc) {
 	if _, _, err := containers.ParsePublish(p.Publish); err != nil {
 		bad("proxy.publish", "%v", err)
 	}
+	switch p.Placement {
+	case orchestrator.PlacementEvery, orchestrator.PlacementLeader:
+	default:
+		bad("proxy.placement", "%q is not %q or %q", p.Placement, orchestrator.PlacementEvery, orchestrator.PlacementLeader)
+	}
 	if p.Port < 1 || p.Port > 65535 {
 		bad("proxy.port", "%d out of range 1-65535", p.Port)
 	}
@@ -458,6 +481,9 @@ func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	}
 	if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
 		bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
+	}
+	if n := *s.MaxPerNode; n < 1 || n > orchestrator.MaxReplicas {
+		bad(k+".max_per_node", "%d out of range 1-%d (%d, the default, is no bound)", n, orchestrator.MaxReplicas, orchestrator.MaxReplicas)
 	}
 	if s.Port < 1 || s.Port > 65535 {
 		bad(k+".port", "%d out of range 1-65535", s.Port)
@@ -542,6 +568,9 @@ func (c *Config) Spec() orchestrator.Spec {
 		Network: c.Network.Name,
 		Node:    c.Node,
 		Prefix:  c.Etcd.Prefix,
+		// Validated: one of the two, with an address of this host.
+		Advertise:   c.Network.Advertise,
+		NodeAddress: c.Network.NodeAddress,
 		Proxy: orchestrator.ProxySpec{
 			Image:      c.Proxy.Image,
 			Publish:    c.Proxy.Publish,
@@ -553,16 +582,21 @@ func (c *Config) Spec() orchestrator.Spec {
 	}
 	for _, s := range c.Service {
 		limits, _ := parseLimits(s.Memory, s.CPUs) // validated
+		maxPerNode := *s.MaxPerNode
+		if maxPerNode >= orchestrator.MaxReplicas {
+			maxPerNode = 0 // no bound
+		}
 		spec.Services = append(spec.Services, orchestrator.ServiceSpec{
-			Name:      s.Name,
-			Image:     s.Image,
-			Replicas:  *s.Replicas,
-			Port:      s.Port,
-			Env:       s.Env,
-			Cmd:       s.Command,
-			StopGrace: s.StopGrace.D(),
-			Restart:   s.Restart,
-			Limits:    limits,
+			Name:       s.Name,
+			Image:      s.Image,
+			Replicas:   *s.Replicas,
+			MaxPerNode: maxPerNode,
+			Port:       s.Port,
+			Env:        s.Env,
+			Cmd:        s.Command,
+			StopGrace:  s.StopGrace.D(),
+			Restart:    s.Restart,
+			Limits:     limits,
 			Health: orchestrator.HealthSpec{
 				Path:        s.Health.Path,
 				Interval:    s.Health.Interval.D(),
@@ -628,4 +662,61 @@ func (c *Config) StoreConfig() (store.Config, error) {
 		CertFile:    c.resolve(e.CertFile),
 		KeyFile:     c.resolve(e.KeyFile),
 	}, nil
+}
+
+// validateNetwork checks the advertise mode and the node's address: an
+// address other hosts are to dial must be one this host has.
+func (c *Config) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, error)) {
+	n := c.Network
+	switch n.Advertise {
+	case orchestrator.AdvertiseContainer:
+	case orchestrator.AdvertiseHost:
+		if n.NodeAddress == "" {
+			bad("network.node_address", "required with advertise = %q: the address other hosts reach this one at", orchestrator.AdvertiseHost)
+		}
+	default:
+		bad("network.advertise", "%q is not %q or %q", n.Advertise, orchestrator.AdvertiseContainer, orchestrator.AdvertiseHost)
+	}
+	if n.NodeAddress == "" {
+		return
+	}
+	ip := net.ParseIP(n.NodeAddress)
+	if ip == nil || ip.To4() == nil || ip.IsUnspecified() {
+		bad("network.node_address", "%q is not an IPv4 address of this host", n.NodeAddress)
+		return
+	}
+	addrs, err := localAddrs()
+	if err != nil {
+		bad("network.node_address", "cannot list this host's addresses to check %s: %v", n.NodeAddress, err)
+		return
+	}
+	var have []string
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok {
+			if ipn.IP.Equal(ip) {
+				return
+			}
+			if ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+				have = append(have, ipn.IP.String())
+			}
+		}
+	}
+	bad("network.node_address", "%s is not an address of this host (it has %s)", n.NodeAddress, strings.Join(have, ", "))
+}
+
+// ProxyAddress is the proxy's public address as announced when this node
+// leads: proxy.publish, with the node's address (or host name) where it
+// publishes on every address.
+func (c *Config) ProxyAddress() string {
+	host, port, err := containers.ParsePublish(c.Proxy.Publish)
+	if err != nil {
+		return c.Proxy.Publish
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = c.Network.NodeAddress
+		if host == "" {
+			host, _ = os.Hostname()
+		}
+	}
+	return net.JoinHostPort(host, port)
 }

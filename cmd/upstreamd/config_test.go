@@ -338,6 +338,31 @@ func TestLoadConfigErrors(t *testing.T) {
 			notWant: []string{"etcd.lease_ttl: 0s", "proxy.port: 0"}, // dropped keys are not range-checked as zero
 		},
 		{
+			name: "advertise host without node_address",
+			body: "[network]\nadvertise = \"host\"\n",
+			want: []string{`network.node_address (not set): required with advertise = "host"`},
+		},
+		{
+			name: "node_address not of this host",
+			body: "[network]\nadvertise = \"host\"\nnode_address = \"192.0.2.77\"\n",
+			want: []string{"FILE:3:1: network.node_address: 192.0.2.77 is not an address of this host (it has "},
+		},
+		{
+			name: "node_address not an address",
+			body: "[network]\nnode_address = \"hosta\"\n",
+			want: []string{`FILE:2:1: network.node_address: "hosta" is not an IPv4 address of this host`},
+		},
+		{
+			name: "unknown advertise and placement",
+			body: "[network]\nadvertise = \"public\"\n[proxy]\nplacement = \"one\"\n",
+			want: []string{`FILE:2:1: network.advertise: "public" is not "container" or "host"`, `FILE:4:1: proxy.placement: "one" is not "every" or "leader"`},
+		},
+		{
+			name: "max_per_node below 1",
+			body: apache + "max_per_node = 0\n",
+			want: []string{"service[0] (apache).max_per_node: 0 out of range 1-1000 (1000, the default, is no bound)"},
+		},
+		{
 			name:    "an invalid project is said once, not again for what defaults from it",
 			body:    "project = \"Bad Name\"\n",
 			want:    []string{`FILE:1:1: project: name "Bad Name"`},

@@ -110,14 +110,16 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	// updates wait on it.
 	served := render.NewServed()
 	d.orch = orchestrator.New(orchestrator.Config{
-		Spec:          cfg.Spec(),
-		Docker:        d.docker,
-		Store:         d.etcd,
-		Registrations: d.registrations,
-		LeaseTTL:      cfg.Etcd.LeaseTTL.D(),
-		Version:       version,
-		Pool:          served,
-		Logger:        log,
+		Spec:           cfg.Spec(),
+		Docker:         d.docker,
+		Store:          d.etcd,
+		Registrations:  d.registrations,
+		LeaseTTL:       cfg.Etcd.LeaseTTL.D(),
+		Version:        version,
+		ProxyPlacement: cfg.Proxy.Placement,
+		ProxyAddress:   cfg.ProxyAddress(),
+		Pool:           served,
+		Logger:         log,
 	})
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker

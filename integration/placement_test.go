@@ -1,0 +1,93 @@
+//go:build integration
+
+package integration
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// hostIPv4 returns an IPv4 address of this machine that its containers
+// reach it at: the first of a physical-looking interface, else docker0's.
+func hostIPv4(t *testing.T) string {
+	t.Helper()
+	ifs, err := net.Interfaces()
+	require.NoError(t, err)
+	fallback := ""
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 || strings.HasPrefix(ifc.Name, "veth") || strings.HasPrefix(ifc.Name, "br-") {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		require.NoError(t, err)
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+				if ifc.Name == "docker0" {
+					fallback = ipn.IP.String()
+					continue
+				}
+				return ipn.IP.String()
+			}
+		}
+	}
+	require.NotEmpty(t, fallback, "no IPv4 address on this machine but loopback")
+	return fallback
+}
+
+// TestAdvertiseHostAndLeader runs the cluster's modes on one machine:
+// advertise = "host" publishes each backend on the node's address, and
+// registers, probes and serves it there, under the seed's key shape
+// (/services/apache/<address>:<port>); with proxy.placement = "leader"
+// the one node is elected and runs the proxy, and status says where it
+// is. A killed backend is replaced and the pool follows, as with container
+// addresses.
+func TestAdvertiseHostAndLeader(t *testing.T) {
+	addr := hostIPv4(t)
+	s := newStack(t,
+		withProxyTOML(`placement = "leader"`),
+		withExtraTOML(fmt.Sprintf("[network]\nadvertise = \"host\"\nnode_address = %q\n", addr)))
+	d := s.startDaemon()
+	s.waitConverged(3, 90*time.Second)
+	require.NoError(t, d.WaitLog(t.Context(), "elected: this node runs the project's proxy", 10*time.Second))
+
+	checkKeys := func() {
+		t.Helper()
+		pool, err := s.nginxPool("apache")
+		require.NoError(t, err)
+		keys := s.keys()
+		require.Len(t, keys, 3)
+		for _, e := range keys {
+			host, port, err := net.SplitHostPort(strings.TrimPrefix(e.Key, "/services/apache/"))
+			require.NoError(t, err, e.Key)
+			require.Equal(t, addr, host, "key %s: registered at the node's address", e.Key)
+			require.Equal(t, addr, e.Reg.IPv4, "key %s: ipv4_addr", e.Key)
+			require.Equal(t, port, fmt.Sprint(e.Reg.Port), "key %s: port is the published one", e.Key)
+			require.True(t, pool[addr+":"+port], "nginx pool %v lacks %s", pool, e.Key)
+		}
+	}
+	checkKeys()
+
+	out, err := s.cli("status")
+	require.NoError(t, err, out)
+	require.Contains(t, out, fmt.Sprintf("PROXY: on the leader, node node-%s, at 127.0.0.1:", s.project))
+	require.Regexp(t, `apache\s+3\s+3\s+spec`, out)
+	require.Regexp(t, fmt.Sprintf(`node-%s\s+\S+\s+\S+\s+\S+\s+apache:3`, s.project), out)
+
+	victim := s.backends()[0]
+	require.NoError(t, s.docker.Signal(t.Context(), victim.ID, "KILL"))
+	eventually(t, 10*time.Second, "the killed backend's key is deleted", func() error {
+		if contains(s.registeredHosts(), store.HostLabel(victim.Name)) {
+			return fmt.Errorf("%s still registered", victim.Name)
+		}
+		return nil
+	})
+	s.waitConverged(3, 90*time.Second)
+	checkKeys()
+}

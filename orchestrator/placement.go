@@ -1,0 +1,427 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// SlotsPrefix is where a project's replicas are placed on nodes:
+// /upstreamd/<project>/slots/<service>/<i> = {"node": …}, for i in
+// [0, replicas), each under its holder's lease.
+func SlotsPrefix(project string) string { return "/upstreamd/" + project + "/slots/" }
+
+// SlotKey is the key of slot i of service.
+func SlotKey(project, service string, i int) string {
+	return SlotsPrefix(project) + service + "/" + strconv.Itoa(i)
+}
+
+// Slot is the value of a slot key.
+type Slot struct {
+	Node string `json:"node"`
+}
+
+// slotStore is etcd as placement writes it.
+type slotStore interface {
+	Claim(ctx context.Context, key, value string, lease int64) (held bool, holder store.KV, err error)
+	Delete(ctx context.Context, key string) (int64, error)
+}
+
+// placementConfig configures a placement.
+type placementConfig struct {
+	Store   slotStore
+	Spec    Spec
+	Node    string
+	Leases  leases
+	Logger  zerolog.Logger
+	Project string
+	// Replicas returns the replica overrides by service, and false while
+	// they were never read (as reconcilerConfig.Replicas).
+	Replicas func() (map[string]int, bool)
+}
+
+// placement spreads each service's replicas over the project's live nodes:
+// replicas count the cluster, and each is a slot in etcd that one node
+// claims under its lease (at most the service's MaxPerNode per node). A
+// pass (Step) compares the slots this node holds with its fair share of
+// them, claims free ones or gives extra ones up; the reconciler then runs
+// as many backends as this node holds slots (Local). A slot given up is
+// drained first: it stays claimed until this node runs no more backends
+// than it keeps (Settle), so that the node taking it over never makes the
+// service run short. A node that dies loses its lease and with it its
+// slots, which the others claim: fleet's rescheduling, done by etcd.
+//
+// The copies of the nodes and slots come from two store.Watches (applyNodes,
+// applySlots); a pass never waits on a read.
+type placement struct {
+	cfg placementConfig
+	log zerolog.Logger
+
+	mu        sync.Mutex
+	nodes     map[string]string // engine claim key → its live node
+	slots     map[string]string // slot key → holder node
+	gotNodes  bool
+	gotSlots  bool
+	loaded    chan struct{}     // closed once both copies were read
+	releasing map[string]bool   // keys of slots this node gives up once drained
+	local     map[string]int    // service → backends this node is to run
+	placed    bool              // local was computed once
+	short     map[string]int    // service → replicas no node can take (max_per_node)
+	said      map[string]int    // what was said of short, to say changes once
+	digest    string            // this node's Spec.Digest
+	differ    map[string]string // node → the other spec digest said of it
+}
+
+func newPlacement(cfg placementConfig) *placement {
+	return &placement{cfg: cfg, log: cfg.Logger, nodes: map[string]string{}, slots: map[string]string{},
+		releasing: map[string]bool{}, local: map[string]int{}, short: map[string]int{}, said: map[string]int{},
+		loaded: make(chan struct{}), digest: cfg.Spec.Digest(), differ: map[string]string{}}
+}
+
+// Loaded is closed once the nodes and the slots were read from etcd.
+func (p *placement) Loaded() <-chan struct{} { return p.loaded }
+
+// markLoaded closes loaded once both copies were read. The caller holds mu.
+func (p *placement) markLoaded() {
+	if !p.gotNodes || !p.gotSlots {
+		return
+	}
+	select {
+	case <-p.loaded:
+	default:
+		close(p.loaded)
+	}
+}
+
+// applyNodes brings the copy of the live nodes to u, a store.Watch of
+// the engine claims (enginesPrefix): a daemon is a live node once it holds
+// both its node name and its engine. Its node name alone is not enough: a
+// second daemon refused for the engine holds its name for a moment.
+func (p *placement) applyNodes(u store.Update) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nodes = applyCopy(p.nodes, u, func(kv store.KV) (string, bool) {
+		var a Announcement
+		if err := json.Unmarshal(kv.Value, &a); err != nil || a.Node == "" {
+			p.log.Warn().Str("key", kv.Key).Msg("engine claimed with an unreadable announcement; not counting it as a node")
+			return "", false
+		}
+		if a.Spec != "" && a.Spec != p.digest && p.differ[a.Node] != a.Spec {
+			p.differ[a.Node] = a.Spec
+			p.log.Warn().Str("node", a.Node).Str("its_spec", a.Spec).Str("this_spec", p.digest).
+				Msgf("node %s runs another spec than this node (its hash %s, this one %s); each node places replicas by its own spec: give every node the same file (node names and addresses aside)", a.Node, a.Spec, p.digest)
+		}
+		return a.Node, true
+	})
+	p.gotNodes = true
+	p.markLoaded()
+}
+
+// applySlots brings the copy of the slots to u (a store.Watch of
+// SlotsPrefix). A slot whose value does not parse is held by nobody known:
+// it is not free either (someone wrote it), and it is logged.
+func (p *placement) applySlots(u store.Update) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.slots = applyCopy(p.slots, u, func(kv store.KV) (string, bool) {
+		var s Slot
+		if err := json.Unmarshal(kv.Value, &s); err != nil || s.Node == "" {
+			p.log.Warn().Str("key", kv.Key).Msg("slot held by an unreadable value; leaving it alone")
+			return "?", true
+		}
+		return s.Node, true
+	})
+	p.gotSlots = true
+	p.markLoaded()
+}
+
+// applyCopy brings m, key → node, to u; node parses a written key (false:
+// leave it out).
+func applyCopy(m map[string]string, u store.Update, node func(store.KV) (string, bool)) map[string]string {
+	if u.Reset {
+		m = map[string]string{}
+	}
+	for _, k := range u.Deleted {
+		delete(m, k)
+	}
+	for _, kv := range u.KVs {
+		if n, ok := node(kv); ok {
+			m[kv.Key] = n
+		} else {
+			delete(m, kv.Key)
+		}
+	}
+	return m
+}
+
+// Local returns how many backends of each service this node is to run,
+// and false until the first Step placed them.
+func (p *placement) Local() (map[string]int, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.placed {
+		return nil, false
+	}
+	out := make(map[string]int, len(p.local))
+	for k, v := range p.local {
+		out[k] = v
+	}
+	return out, true
+}
+
+// Short returns, by service, the replicas no live node may take (each
+// holds max_per_node already); empty when every replica is placed.
+func (p *placement) Short() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.short))
+	for k, v := range p.short {
+		out[k] = v
+	}
+	return out
+}
+
+// Step places this node's share of every service: it claims free slots up
+// to its share and marks extra ones for release. Without the replica
+// overrides, the copies of nodes and slots, or a lease, it changes nothing
+// (what runs keeps running). It returns the first etcd error; the slots
+// it could claim are claimed.
+func (p *placement) Step(ctx context.Context) error {
+	ov, ok := p.cfg.Replicas()
+	lease := p.cfg.Leases.Lease()
+	p.mu.Lock()
+	ready := ok && p.gotNodes && p.gotSlots && lease != nil
+	p.mu.Unlock()
+	if !ready {
+		return nil
+	}
+	var errs []error
+	for _, svc := range p.cfg.Spec.Services {
+		n := svc.Replicas
+		if v, set := ov[svc.Name]; set {
+			n = v
+		}
+		errs = append(errs, p.stepService(ctx, svc, n, lease))
+	}
+	p.mu.Lock()
+	p.placed = true
+	p.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas int, lease *store.Lease) error {
+	me := p.cfg.Node
+	p.mu.Lock()
+	prefix := SlotsPrefix(p.cfg.Project) + svc.Name + "/"
+	held := map[string]int{} // node → slots it holds below replicas
+	var mine, free []int
+	occupied := map[int]bool{}
+	for key, node := range p.slots {
+		i, ok := slotIndex(prefix, key)
+		if !ok {
+			continue
+		}
+		if node == me && !p.releasing[key] && i >= replicas {
+			p.releasing[key] = true // scaled down: drained, then given up
+		}
+		if i >= replicas {
+			continue
+		}
+		occupied[i] = true
+		held[node]++
+		if node == me && !p.releasing[key] {
+			mine = append(mine, i)
+		}
+	}
+	for i := range replicas {
+		if !occupied[i] {
+			free = append(free, i)
+		}
+	}
+	live := make([]string, 0, len(p.nodes)+1)
+	seen := map[string]bool{}
+	for _, n := range p.nodes {
+		if !seen[n] {
+			seen[n] = true
+			live = append(live, n)
+		}
+	}
+	if !seen[me] {
+		live = append(live, me) // its claim is under the lease this pass holds
+	}
+	shares, short := fairShares(replicas, live, held, svc.MaxPerNode)
+	share := shares[me]
+	sort.Ints(mine)
+	// Give up the highest slots beyond the share: they are drained first.
+	for len(mine) > share {
+		key := prefix + strconv.Itoa(mine[len(mine)-1])
+		p.releasing[key] = true
+		mine = mine[:len(mine)-1]
+		p.log.Info().Str("service", svc.Name).Str("slot", key).Int("share", share).
+			Msg("giving a slot up to another node: its backend is drained first")
+	}
+	p.setShort(svc.Name, short, replicas, len(live), svc.MaxPerNode)
+	p.mu.Unlock()
+
+	var err error
+	value, _ := json.Marshal(Slot{Node: me})
+	for _, i := range free {
+		if len(mine) >= share {
+			break
+		}
+		key := prefix + strconv.Itoa(i)
+		got, _, cerr := p.cfg.Store.Claim(ctx, key, string(value), lease.ID)
+		if cerr != nil {
+			if errors.Is(cerr, store.ErrLeaseLost) {
+				p.cfg.Leases.Lost(lease)
+			}
+			err = cerr
+			break
+		}
+		if got {
+			mine = append(mine, i)
+			p.mu.Lock()
+			p.slots[key] = me // the watch confirms it
+			p.mu.Unlock()
+		}
+	}
+	p.mu.Lock()
+	p.local[svc.Name] = len(mine)
+	p.mu.Unlock()
+	return err
+}
+
+// setShort records and says (once per change) how many replicas of service
+// cannot be placed. The caller holds mu.
+func (p *placement) setShort(service string, short, replicas, nodes, maxPerNode int) {
+	if short == 0 {
+		delete(p.short, service)
+	} else {
+		p.short[service] = short
+	}
+	if p.said[service] == short {
+		return
+	}
+	p.said[service] = short
+	if short == 0 {
+		p.log.Info().Str("service", service).Int("replicas", replicas).Msg("every replica is placed")
+		return
+	}
+	p.log.Warn().Str("service", service).Int("replicas", replicas).Int("unplaced", short).Int("nodes", nodes).Int("max_per_node", maxPerNode).
+		Msgf("cannot place %d of %d replicas of %s: %d live node(s) × max_per_node %d; running what can be placed",
+			short, replicas, service, nodes, maxPerNode)
+}
+
+// Settle gives up the slots marked for release once this node runs no
+// more backends of their service than it keeps (running counts the
+// backends of each service that still run, draining ones included).
+func (p *placement) Settle(ctx context.Context, running map[string]int) error {
+	p.mu.Lock()
+	var keys []string
+	for key := range p.releasing {
+		svc := serviceOfSlot(SlotsPrefix(p.cfg.Project), key)
+		if running[svc] <= p.local[svc] {
+			keys = append(keys, key)
+		}
+	}
+	p.mu.Unlock()
+	var errs []error
+	for _, key := range keys {
+		if _, err := p.cfg.Store.Delete(ctx, key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.mu.Lock()
+		delete(p.releasing, key)
+		delete(p.slots, key)
+		p.mu.Unlock()
+		p.log.Info().Str("slot", key).Msg("slot given up")
+	}
+	return errors.Join(errs...)
+}
+
+// Holding returns the slots held by each node, by service (status).
+func (p *placement) Holding() map[string]map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]map[string]int{}
+	prefix := SlotsPrefix(p.cfg.Project)
+	for key, node := range p.slots {
+		svc := serviceOfSlot(prefix, key)
+		if out[node] == nil {
+			out[node] = map[string]int{}
+		}
+		out[node][svc]++
+	}
+	return out
+}
+
+// slotIndex parses key as <prefix><i>.
+func slotIndex(prefix, key string) (int, bool) {
+	rest, ok := strings.CutPrefix(key, prefix)
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(rest)
+	return i, err == nil && i >= 0 && strconv.Itoa(i) == rest
+}
+
+// serviceOfSlot returns the service of a slot key.
+func serviceOfSlot(prefix, key string) string {
+	svc, _, _ := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+	return svc
+}
+
+// fairShares spreads replicas over the live nodes as evenly as maxPerNode
+// (0: unlimited) allows, and returns each node's share and how many
+// replicas no node may take. Where the split is uneven, the extra
+// replicas go to the nodes that hold the most already (then by name), so
+// that a node that keeps its slots is never asked to move one. Every node
+// computes the same answer from the same copy of etcd.
+func fairShares(replicas int, live []string, held map[string]int, maxPerNode int) (map[string]int, int) {
+	order := append([]string(nil), live...)
+	sort.Slice(order, func(i, j int) bool {
+		if held[order[i]] != held[order[j]] {
+			return held[order[i]] > held[order[j]]
+		}
+		return order[i] < order[j]
+	})
+	shares := make(map[string]int, len(order))
+	room := func(n string) int {
+		if maxPerNode <= 0 {
+			return replicas
+		}
+		return maxPerNode - shares[n]
+	}
+	left := replicas
+	for left > 0 {
+		var open []string
+		for _, n := range order {
+			if room(n) > 0 {
+				open = append(open, n)
+			}
+		}
+		if len(open) == 0 {
+			break
+		}
+		per, extra := left/len(open), left%len(open)
+		for i, n := range open {
+			give := per
+			if i < extra {
+				give++
+			}
+			give = min(give, room(n))
+			shares[n] += give
+			left -= give
+		}
+	}
+	return shares, left
+}

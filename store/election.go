@@ -1,0 +1,56 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Campaign stands value for election under prefix with lease (the
+// caller's, kept alive by the caller) and returns once it leads, or with
+// ctx's error. Leadership lasts as long as the lease: when the lease ends,
+// so does the candidacy, and etcd's next candidate leads. A campaign
+// ended by ctx withdraws its candidacy. This is etcd's own election
+// (client/v3/concurrency): the leader is the candidate whose key is
+// oldest.
+func (c *Client) Campaign(ctx context.Context, prefix, value string, lease int64) error {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return err
+	}
+	s, err := concurrency.NewSession(cli, concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("etcd election %s: %w", prefix, err)
+	}
+	// Orphan, never Close: Close would revoke the lease, which is the
+	// node's and holds every other key of it. The caller keeps it alive.
+	defer s.Orphan()
+	if err := concurrency.NewElection(s, prefix).Campaign(ctx, value); err != nil {
+		if isLeaseNotFound(err) {
+			return fmt.Errorf("etcd election %s: %w", prefix, ErrLeaseLost)
+		}
+		return fmt.Errorf("etcd election %s: %w", prefix, err)
+	}
+	return nil
+}
+
+// Leader returns the candidate that leads the election under prefix (the
+// oldest key); ok is false when there is none.
+func (c *Client) Leader(ctx context.Context, prefix string) (kv KV, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return KV{}, false, err
+	}
+	resp, err := cli.Get(ctx, prefix, clientv3.WithFirstCreate()...)
+	if err != nil {
+		return KV{}, false, fmt.Errorf("etcd leader of %s: %w", prefix, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return KV{}, false, nil
+	}
+	return KV{Key: string(resp.Kvs[0].Key), Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, true, nil
+}

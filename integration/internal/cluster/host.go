@@ -150,7 +150,7 @@ func (h *Host) execEnv(ctx context.Context, cmd, env []string) (containers.ExecR
 }
 
 // WriteFile writes data to file in the host (mode 0644, owned by root),
-// creating missing directories.
+// creating missing directories; not under /run (see ReadFile).
 func (h *Host) WriteFile(ctx context.Context, file string, data []byte) error {
 	return h.writeFile(ctx, file, data, 0o644)
 }
@@ -178,7 +178,8 @@ func (h *Host) writeFile(ctx context.Context, file string, data []byte, perm os.
 	return nil
 }
 
-// ReadFile returns the content of a file in the host.
+// ReadFile returns the content of a file in the host (not under /run, a
+// tmpfs the archive API does not see: use Exec there).
 func (h *Host) ReadFile(ctx context.Context, file string) ([]byte, error) {
 	data, err := h.c.exec.ReadFile(ctx, h.ID, file)
 	if err != nil {
@@ -224,39 +225,41 @@ func (h *Host) StartDaemon(ctx context.Context, args, env []string) error {
 	return nil
 }
 
+// stopDaemon is run by sh -c with a signal number and a number of 50 ms
+// waits: it signals the daemon, waits until it exited and prints its exit
+// status. (/run is a tmpfs in the host, seen by exec but not by the archive
+// API, hence a script rather than ReadFile.)
+const stopDaemon = `pid=$(cat ` + daemonPID + ` 2>/dev/null) || { echo "upstreamd is not running" >&2; exit 1; }
+kill -"$1" "$pid" || exit 1
+i=0
+until [ -e ` + daemonExit + ` ]; do
+	i=$((i+1)); [ $i -gt "$2" ] && { echo "upstreamd (pid $pid) still runs" >&2; exit 1; }
+	sleep 0.05
+done
+cat ` + daemonExit
+
 // StopDaemon sends sig to the daemon started by StartDaemon (or the
-// entrypoint) and waits until it exited. It returns the daemon's exit
-// status as a shell reports it (128+n after signal n).
+// entrypoint) and waits until it exited, at most until ctx's deadline or a
+// minute. It returns the daemon's exit status as a shell reports it (128+n
+// after signal n).
 func (h *Host) StopDaemon(ctx context.Context, sig syscall.Signal) (int, error) {
-	script := `pid=$(cat ` + daemonPID + ` 2>/dev/null) || { echo "upstreamd is not running" >&2; exit 1; }; kill -` +
-		strconv.Itoa(int(sig)) + ` "$pid"`
-	res, err := h.Exec(ctx, []string{"sh", "-c", script})
+	wait := time.Minute
+	if d, ok := ctx.Deadline(); ok {
+		wait = time.Until(d)
+	}
+	waits := strconv.Itoa(int(wait / (50 * time.Millisecond)))
+	res, err := h.Exec(ctx, []string{"sh", "-c", stopDaemon, "sh", strconv.Itoa(int(sig)), waits})
 	if err != nil {
 		return 0, fmt.Errorf("stop daemon: %w", err)
 	}
 	if res.ExitCode != 0 {
 		return 0, fmt.Errorf("host %s: stop daemon with %s: %s", h.Name, sig, res.Output())
 	}
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		data, err := h.c.exec.ReadFile(ctx, h.ID, daemonExit)
-		switch {
-		case err == nil:
-			code, err := strconv.Atoi(strings.TrimSpace(string(data)))
-			if err != nil {
-				return 0, fmt.Errorf("host %s: stop daemon: exit status %q: %w", h.Name, data, err)
-			}
-			return code, nil
-		case !errors.Is(err, containers.ErrNotFound):
-			return 0, fmt.Errorf("host %s: stop daemon: %w", h.Name, err)
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("host %s: stop daemon: not exited after %s: %w", h.Name, sig, ctx.Err())
-		case <-tick.C:
-		}
+	code, err := strconv.Atoi(strings.TrimSpace(string(res.Stdout)))
+	if err != nil {
+		return 0, fmt.Errorf("host %s: stop daemon: exit status %q: %w", h.Name, res.Stdout, err)
 	}
+	return code, nil
 }
 
 // DaemonLogs returns everything the daemon wrote to DaemonLog; empty when

@@ -15,14 +15,22 @@
 #     last exit status (the same files the Go harness's StartDaemon writes).
 #     The binary is not in the image: copy it in or bind-mount it.
 #
-# SIGTERM stops upstreamd first (so it can hand over), then dockerd. A start
-# after `docker kill` is a reboot: stale runtime state in /run is removed.
+# SIGTERM stops upstreamd first (so it can hand over), then dockerd.
 set -u
 
 log() { echo "host-entrypoint: $*" >&2; }
 
-rm -rf /run/docker /run/docker.pid /run/docker.sock /run/containerd \
-	/run/host-ready /run/upstreamd.pid /run/upstreamd.exit
+# A start after `docker kill` is a reboot: /run starts empty, on a tmpfs.
+# Not only for tidiness: on the outer engine's fuse-overlayfs a socket
+# removed by one boot may come back (one restart in eight or so failed with
+# "listen unix /var/run/docker.sock: bind: address already in use"). What
+# this tmpfs holds is seen by `docker exec`, not by `docker cp`.
+if ! mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run 2>/dev/null; then
+	log "cannot mount a tmpfs on /run (no CAP_SYS_ADMIN?); removing stale files instead"
+	rm -rf /run/docker /run/docker.pid /run/docker.sock /run/containerd \
+		/run/host-ready /run/upstreamd.pid /run/upstreamd.exit
+fi
+mkdir -p -m 1777 /run/lock
 
 args=(--storage-driver=overlay2 -H unix:///var/run/docker.sock -H tcp://0.0.0.0:2375 --tls=false)
 # Inner containers' cgroups go under this container's own cgroup (cgroup v1

@@ -422,15 +422,16 @@ func (c *Cluster) saveImages(ctx context.Context, images []string, cache string)
 
 // imagesKey names the tarball of images after their IDs.
 func (c *Cluster) imagesKey(ctx context.Context, images []string) (string, error) {
-	h := sha256.New()
+	var ids strings.Builder
 	for _, ref := range images {
 		ins, err := c.api.ImageInspect(ctx, ref)
 		if err != nil {
 			return "", fmt.Errorf("cluster %s: inspect image %s: %w", c.Name, ref, err)
 		}
-		fmt.Fprintf(h, "%s=%s\n", ref, ins.ID)
+		ids.WriteString(ref + "=" + ins.ID + "\n")
 	}
-	return fmt.Sprintf("images-%x.tar", h.Sum(nil)[:8]), nil
+	sum := sha256.Sum256([]byte(ids.String()))
+	return fmt.Sprintf("images-%x.tar", sum[:8]), nil
 }
 
 // loadImages loads the tarball into the host's engine.
@@ -439,7 +440,7 @@ func (h *Host) loadImages(ctx context.Context, tar string) error {
 	if err != nil {
 		return fmt.Errorf("host %s: load images: %w", h.Name, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	resp, err := h.docker.ImageLoad(ctx, f, client.ImageLoadWithQuiet(true))
 	if err != nil {
 		return fmt.Errorf("host %s: load images: %w", h.Name, err)

@@ -35,7 +35,7 @@ func (c *Cluster) waitFor(ctx context.Context, timeout time.Duration, id, what s
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s: %w (last: %v); its last output:\n%s",
+			return fmt.Errorf("%s: %w (last: %w); its last output:\n%s",
 				what, ctx.Err(), err, c.tail(context.WithoutCancel(ctx), id, 20))
 		case <-tick.C:
 		}

@@ -75,8 +75,15 @@ func TestClusterSmoke(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 0, res.ExitCode, "curl %s from %s: %s", url, from.Name, res.Output())
 		require.Contains(t, string(res.Stdout), "hostname: web")
+		// From a container of the next host's engine (nginx's way to the
+		// backends of other hosts): out through that host's NAT.
+		get := fmt.Sprintf(`exec 3<>/dev/tcp/%s/%s && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && cat <&3`, h.Addr, ports[i])
+		res, err = from.Exec(ctx, []string{"docker", "exec", "web", "bash", "-c", get})
+		require.NoError(t, err)
+		require.Equal(t, 0, res.ExitCode, "GET %s from a container on %s: %s", url, from.Name, res.Output())
+		require.Contains(t, string(res.Stdout), "hostname: web")
 	}
-	lap("apache in every host, reached from the machine and from another host")
+	lap("apache in every host, reached from the machine, another host and a container of another host")
 
 	// etcd: 3 members, writes go on with one of them dead.
 	etcd, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})

@@ -22,7 +22,7 @@ export DOCKER_BUILDKIT ?= $(shell $(DOCKER) buildx version >/dev/null 2>&1 && ec
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build images base demo demo-down test unit integration bench fuzz lint clean
+.PHONY: build images base demo demo-down cluster-demo cluster-demo-down test unit integration bench fuzz lint clean
 
 ## build: the daemon binary at bin/upstreamd
 build:
@@ -60,6 +60,27 @@ demo-down:
 	$(COMPOSE) down -v
 	-nets=$$($(DOCKER) network ls -q --filter label=io.upstreamd.project=upstreamd); \
 		[ -z "$$nets" ] || $(DOCKER) network rm $$nets >/dev/null
+
+CLUSTER := $(COMPOSE) -f docker-compose.cluster.yml -p upstreamd-demo-cluster
+
+## cluster-demo: the seed's three machines: 3 nested Docker hosts, 3 etcd members, a daemon per host
+cluster-demo: images
+	@mkdir -p .cluster-demo
+	@echo "saving upstreamd/apache and upstreamd/nginx for the hosts' engines (.cluster-demo/apps.tar)"
+	$(DOCKER) save -o .cluster-demo/apps.tar upstreamd/apache:latest upstreamd/nginx:latest
+	$(CLUSTER) up -d
+	@echo "waiting for the elected proxy (the hosts load the images first: about a minute) ..."
+	@for i in $$(seq 1 240); do \
+		addr=$$($(DOCKER) exec upstreamd-demo-hosta upstreamd status 2>/dev/null | sed -n 's/^PROXY: on the leader, node [^,]*, at //p'); \
+		if [ -n "$$addr" ] && curl -fsS -m 2 "http://$$addr/" 2>/dev/null | grep -q hostname; then \
+			echo "up: curl http://$$addr/  (leader and nodes: docker exec upstreamd-demo-hosta upstreamd status)"; exit 0; \
+		fi; sleep 1; \
+	done; echo "no proxy answered within 4 minutes; see: $(CLUSTER) logs hosta" >&2; exit 1
+
+## cluster-demo-down: remove the cluster demo (hosts, their engines' containers, etcd, volumes)
+cluster-demo-down:
+	$(CLUSTER) down -v --remove-orphans
+	rm -rf .cluster-demo
 
 ## test: every test, unit and integration (real Docker, nginx, Apache, etcd)
 test: unit integration

@@ -27,6 +27,7 @@ import (
 	"github.com/testcontainers/testcontainers-go"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/integration/internal/cluster"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/engine"
 	"github.com/upstreamd/upstreamd/integration/internal/etcd"
@@ -37,7 +38,7 @@ import (
 var binPath string
 
 // images the suite needs; `make images` builds them.
-var requiredImages = []string{"upstreamd/nginx:latest", "upstreamd/apache:latest", etcd.DefaultImage}
+var requiredImages = []string{"upstreamd/nginx:latest", "upstreamd/apache:latest", etcd.DefaultImage, cluster.HostImage}
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 

@@ -71,6 +71,11 @@ type Config struct {
 	// ReadyTimeout bounds how long Ready waits for the first probes of the
 	// backends found at start; zero means 5 s.
 	ReadyTimeout time.Duration
+	// Mirror, with ProxyPlacement "leader", is where the leader's nginx
+	// pools are mirrored from etcd (a render.Served): drains and rolling
+	// updates wait on it, and Pool (this node's nginx, a render.Served
+	// too) is what this node publishes while it leads.
+	Mirror servedMirror
 	// ProxyPlacement is "every" (a proxy on each node; also the one node
 	// of a single host) or "leader" (one proxy in the project, on the node
 	// etcd elects). Empty means "every".
@@ -95,6 +100,7 @@ type Orchestrator struct {
 	overrides  *overrides
 	placement  *placement
 	elector    *elector // nil unless ProxyPlacement is "leader"
+	pool       pool     // what drains wait on: Pool, or Mirror when a leader runs the proxy
 	health     *health
 	drainer    *drainer
 	reconciler *reconciler
@@ -159,7 +165,11 @@ func New(cfg Config) *Orchestrator {
 		Logger:   cfg.Logger.With().Str("component", "placement").Logger(),
 	})
 	var runProxy func() bool
+	o.pool = cfg.Pool
 	if cfg.ProxyPlacement == PlacementLeader {
+		if cfg.Mirror != nil {
+			o.pool = cfg.Mirror
+		}
 		o.elector = newElector(electorConfig{
 			Store:   cfg.Store,
 			Leases:  o.node,
@@ -179,7 +189,7 @@ func New(cfg Config) *Orchestrator {
 		Docker:  cfg.Docker,
 		Health:  o.health,
 		Ledger:  o.ledger,
-		Pool:    cfg.Pool,
+		Pool:    o.pool,
 		Spec:    cfg.Spec,
 		Timeout: cfg.DrainTimeout,
 		Done:    o.Wake,
@@ -192,7 +202,7 @@ func New(cfg Config) *Orchestrator {
 		Drains:   o.drainer,
 		Ledger:   o.ledger,
 		Replicas: o.placement.Local,
-		Pool:     cfg.Pool,
+		Pool:     o.pool,
 		Proxy:    o.proxy,
 		RunProxy: runProxy,
 		Logger:   cfg.Logger.With().Str("component", "reconcile").Logger(),
@@ -290,6 +300,12 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	g.Go(func() error { return o.health.Start(ctx) })
 	if o.elector != nil {
 		g.Go(func() error { return o.elector.Start(ctx) })
+		if local, ok := o.cfg.Pool.(servedSet); ok && o.cfg.Mirror != nil {
+			g.Go(func() error { return o.publishServed(ctx, local) })
+			g.Go(func() error {
+				return o.cfg.Store.Watch(ctx, ServedKey(o.cfg.Spec.Project), o.mirrorServed(o.cfg.Mirror))
+			})
+		}
 	}
 	g.Go(func() error { return o.drainer.Start(ctx) })
 	g.Go(func() error {
@@ -443,14 +459,14 @@ func (o *Orchestrator) afterPass(pass int, res Result, err error, bo *retry.Back
 // wakeOnServed runs a pass whenever what nginx serves changed: drains and
 // rolling updates wait for that.
 func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
-	if o.cfg.Pool == nil {
+	if o.pool == nil {
 		return nil
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-o.cfg.Pool.Changed():
+		case <-o.pool.Changed():
 			o.Wake()
 		}
 	}

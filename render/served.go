@@ -3,6 +3,7 @@ package render
 import (
 	"context"
 	"fmt"
+	"sort"
 	"sync"
 )
 
@@ -64,6 +65,41 @@ func (s *Served) WaitServes(ctx context.Context, service, addr string, want bool
 	}
 }
 
+// Set returns what nginx serves, service → addresses (sorted); nil while
+// nothing is known.
+func (s *Served) Set() map[string][]string {
+	select {
+	case <-s.known:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]string, len(s.set))
+	for svc, addrs := range s.set {
+		list := make([]string, 0, len(addrs))
+		for a := range addrs {
+			list = append(list, a)
+		}
+		sort.Strings(list)
+		out[svc] = list
+	}
+	return out
+}
+
+// Mirror makes s say what another Served's Set said: what the nginx of
+// another node serves, as that node published it.
+func (s *Served) Mirror(set map[string][]string) {
+	m := make(map[string]map[string]bool, len(set))
+	for svc, addrs := range set {
+		m[svc] = make(map[string]bool, len(addrs))
+		for _, a := range addrs {
+			m[svc][a] = true
+		}
+	}
+	s.replace(m)
+}
+
 // update records that nginx serves the pools of v.
 func (s *Served) update(v View) {
 	set := make(map[string]map[string]bool, len(v.Services))
@@ -77,6 +113,11 @@ func (s *Served) update(v View) {
 		}
 		set[svc.Name] = addrs
 	}
+	s.replace(set)
+}
+
+// replace sets what is served and tells the waiters.
+func (s *Served) replace(set map[string]map[string]bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.set = set

@@ -116,6 +116,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Registrations:  d.registrations,
 		LeaseTTL:       cfg.Etcd.LeaseTTL.D(),
 		Version:        version,
+		Mirror:         render.NewServed(),
 		ProxyPlacement: cfg.Proxy.Placement,
 		ProxyAddress:   cfg.ProxyAddress(),
 		Pool:           served,

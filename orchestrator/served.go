@@ -1,0 +1,93 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// ServedKey is where the node that runs the project's one proxy (placement
+// "leader") publishes what its nginx serves, under its lease, so that every
+// node drains its backends against the nginx that sends to them.
+func ServedKey(project string) string { return "/upstreamd/" + project + "/served" }
+
+// ServedPools is the value of ServedKey.
+type ServedPools struct {
+	Node  string              `json:"node"`
+	Pools map[string][]string `json:"pools"` // service → addresses nginx sends to
+}
+
+// servedSet is the local nginx's pools (a render.Served): the leader
+// publishes them.
+type servedSet interface {
+	pool
+	Set() map[string][]string
+}
+
+// servedMirror is another node's nginx, as it published its pools (a
+// render.Served fed by Mirror).
+type servedMirror interface {
+	pool
+	Mirror(set map[string][]string)
+}
+
+// publishServed writes the local nginx's pools to ServedKey whenever they
+// change while this node leads (once per change: an idle cluster writes
+// nothing).
+func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error {
+	leading := o.elector.changed.Subscribe()
+	last := ""
+	var retry <-chan time.Time
+	for {
+		changed := local.Changed()
+		retry = nil
+		switch set := local.Set(); {
+		case !o.elector.Leading():
+			last = "" // published again on leading again
+		case set != nil:
+			b, _ := json.Marshal(ServedPools{Node: o.cfg.Spec.Node, Pools: set}) // plain data
+			if v := string(b); v != last {
+				if l := o.node.Lease(); l == nil {
+					retry = time.After(200 * time.Millisecond)
+				} else if _, err := o.cfg.Store.Put(ctx, ServedKey(o.cfg.Spec.Project), v, l.ID); err != nil {
+					o.log.Debug().Err(err).Msg("publishing what nginx serves; retrying")
+					retry = time.After(200 * time.Millisecond)
+				} else {
+					last = v
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-leading:
+		case <-retry:
+		}
+	}
+}
+
+// mirrorServed keeps mirror at what the leader's nginx serves. No key (no
+// proxy runs, or it just died) is nothing served: a new leader's nginx
+// starts from the registrations, without the backends being drained.
+func (o *Orchestrator) mirrorServed(mirror servedMirror) func(store.Update) {
+	return func(u store.Update) {
+		var cur *ServedPools
+		for _, kv := range u.KVs {
+			var sp ServedPools
+			if err := json.Unmarshal(kv.Value, &sp); err != nil {
+				o.log.Warn().Err(err).Str("key", kv.Key).Msg("unreadable record of what the leader's nginx serves; taking it as nothing")
+				sp = ServedPools{}
+			}
+			cur = &sp
+		}
+		switch {
+		case cur != nil:
+			mirror.Mirror(cur.Pools)
+		case u.Reset || len(u.Deleted) > 0:
+			mirror.Mirror(nil)
+		}
+	}
+}

@@ -97,7 +97,7 @@ integration: images
 ## bench: render benchmarks, then the load scenarios on the real stack (table + bench-results.json)
 bench: images
 	$(GO) test -run '^$$' -bench . -benchmem ./render/
-	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench$$' -v ./integration/ 2>&1 \
+	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench(Cluster)?$$' -v ./integration/ 2>&1 \
 		| tee bench.log | grep -vE '🐳|✅|⏳|🔔|🚫|^  [A-Z]|Connected to docker' ; exit $${PIPESTATUS[0]}
 
 ## fuzz: fuzz the etcd key/value parser for a minute

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -107,6 +109,16 @@ func TestBench(t *testing.T) {
 		b.run("scale 3 -> 20", func(r *result) {
 			r.converged(b.scale(20))
 			b.scale(3)
+		})
+	})
+	t.Run("engine-floor", func(t *testing.T) {
+		// What the engine alone takes, under the same load: the floor of a
+		// scale-up, which no daemon can beat.
+		b.run("engine alone: create + start 3 Apache containers at once, until each answers", func(r *result) {
+			r.converged(engineFloor(t, s, 3))
+		})
+		b.run("engine alone: the same for 17", func(r *result) {
+			r.converged(engineFloor(t, s, 17))
 		})
 	})
 	t.Run("burst", func(t *testing.T) {
@@ -590,4 +602,56 @@ func eventuallyFast(t *testing.T, timeout time.Duration, what string, cond func(
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// engineFloor creates and starts n Apache containers at once on the
+// project's network (labelled for no project, so the daemon ignores them)
+// and returns the time until each answered HTTP; they are removed after.
+func engineFloor(t *testing.T, s *stack, n int) time.Duration {
+	t.Helper()
+	ids := make([]string, n)
+	errs := make([]error, n)
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			c, err := s.docker.Create(t.Context(), containers.CreateSpec{
+				Name: fmt.Sprintf("floor-%s-%d", s.project, i), Image: "upstreamd/apache:latest",
+				Network: s.project, ExposedPort: 80, Labels: map[string]string{"io.upstreamd.bench": "floor"}})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			ids[i] = c.ID
+			if errs[i] = s.docker.Start(t.Context(), c.ID); errs[i] != nil {
+				return
+			}
+			full, err := s.docker.Inspect(t.Context(), c.ID)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			hc := &http.Client{Timeout: time.Second}
+			for time.Since(t0) < time.Minute {
+				resp, err := hc.Get("http://" + net.JoinHostPort(full.IPs[s.project], "80") + "/")
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						return
+					}
+				}
+				time.Sleep(10 * time.Millisecond) // polling the container: no event says it listens
+			}
+			errs[i] = fmt.Errorf("%s never answered", c.Name)
+		})
+	}
+	wg.Wait()
+	took := time.Since(t0)
+	for _, id := range ids {
+		if id != "" {
+			_ = s.docker.Remove(context.Background(), id)
+		}
+	}
+	require.NoError(t, errors.Join(errs...))
+	return took
 }

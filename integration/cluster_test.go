@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -123,7 +125,7 @@ func (sc *seedCluster) host(name string) *cluster.Host {
 func (sc *seedCluster) running(role containers.Role) map[string][]containers.Container {
 	out := map[string][]containers.Container{}
 	for name, dc := range sc.engines {
-		ctx, cancel := context.WithTimeout(sc.t.Context(), 2*time.Second)
+		ctx, cancel := context.WithTimeout(sc.t.Context(), 500*time.Millisecond) // a dead host's engine hangs
 		list, err := dc.List(ctx, sc.project)
 		cancel()
 		if err != nil {
@@ -226,8 +228,17 @@ func TestCluster(t *testing.T) {
 		out := res.Output()
 		require.Contains(t, out, fmt.Sprintf("PROXY: on the leader, node %s, at %s", l.Node, l.Address))
 		for _, h := range sc.c.Hosts {
-			require.Regexp(t, h.Name+`\s+\S+\s+\S+\s+\S+\s+apache:1`, out)
+			require.Regexp(t, h.Name+`\s+\S+\s+`+regexp.QuoteMeta(h.Addr)+`\s+\S+\s+\S+\s+apache:1`, out)
 		}
+	})
+
+	t.Run("an idle cluster writes nothing to etcd", func(t *testing.T) {
+		_, before, err := sc.etcd.List(t.Context(), "/")
+		require.NoError(t, err)
+		time.Sleep(5 * time.Second) // a span of idleness is what is measured
+		_, after, err := sc.etcd.List(t.Context(), "/")
+		require.NoError(t, err)
+		require.Equal(t, before, after, "3 idle daemons wrote %d etcd revisions in 5 s", after-before)
 	})
 
 	t.Run("a host killed under load", func(t *testing.T) {
@@ -367,10 +378,10 @@ func TestCluster(t *testing.T) {
 // nonLeader returns a host that does not lead.
 func (sc *seedCluster) nonLeader(l orchestrator.Leader) *cluster.Host { return sc.otherThan(l.Node) }
 
-// otherThan returns the first host not named name.
-func (sc *seedCluster) otherThan(name string) *cluster.Host {
+// otherThan returns the first host named none of names.
+func (sc *seedCluster) otherThan(names ...string) *cluster.Host {
 	for _, h := range sc.c.Hosts {
-		if h.Name != name {
+		if !slices.Contains(names, h.Name) {
 			return h
 		}
 	}

@@ -115,13 +115,18 @@ func TestHostileRegistrations(t *testing.T) {
 	// etcd authentication (TestEtcdTLSAndAuth) is what keeps
 	// strangers from writing such keys. The address is an unused one on the
 	// test's own bridge network, so no packet leaves this host.
+	// Two ports at that address (a vanished host with two backends): the
+	// connect timeout at one takes the whole address out, so the other
+	// costs no second wait per worker.
 	nowhere := unusedBridgeAddr(t, s)
-	key := store.ServiceKey(store.DefaultPrefix, "apache", nowhere+":80")
-	reg := store.Registration{Host: "nowhere", IPv4: nowhere, Port: 80, Node: "intruder", Project: s.project}
 	intruded := time.Now()
-	require.NoError(t, noRev(s.etcd.Put(ctx, key, reg.Encode(), 0)))
-	eventually(t, 10*time.Second, "nginx's pool takes the unanswered address", func() error {
-		if p := poolOf(rawPools(t, s), "apache"); !contains(p, nowhere+":80") {
+	for _, port := range []int{80, 81} {
+		key := store.ServiceKey(store.DefaultPrefix, "apache", fmt.Sprintf("%s:%d", nowhere, port))
+		reg := store.Registration{Host: "nowhere", IPv4: nowhere, Port: port, Node: "intruder", Project: s.project}
+		require.NoError(t, noRev(s.etcd.Put(ctx, key, reg.Encode(), 0)))
+	}
+	eventually(t, 10*time.Second, "nginx's pool takes the unanswered addresses", func() error {
+		if p := poolOf(rawPools(t, s), "apache"); !contains(p, nowhere+":80") || !contains(p, nowhere+":81") {
 			return fmt.Errorf("apache pool %v", p)
 		}
 		return nil
@@ -144,6 +149,7 @@ func TestHostileRegistrations(t *testing.T) {
 	t.Logf("%d of %d requests waited for the unanswered address, then were served by another backend", slow, after)
 	ej := rawStatus(t, s, "/upstreamd/ejections")
 	require.NotContains(t, ej, "ejections 0\n", "the balancer never skipped the unanswered address")
+	require.Regexp(t, `(?m)^host-ejections [1-9]`, ej, "a connect timeout did not take the whole address out")
 }
 
 // TestUnknownImage: a service whose image does not exist is an error that

@@ -5,6 +5,7 @@ package integration
 import (
 	"fmt"
 	"net"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -78,7 +79,8 @@ func TestAdvertiseHostAndLeader(t *testing.T) {
 	require.NoError(t, err, out)
 	require.Contains(t, out, fmt.Sprintf("PROXY: on the leader, node node-%s, at 127.0.0.1:", s.project))
 	require.Regexp(t, `apache\s+3\s+3\s+spec`, out)
-	require.Regexp(t, fmt.Sprintf(`node-%s\s+\S+\s+\S+\s+\S+\s+apache:3`, s.project), out)
+	require.Regexp(t, `running\s+`+regexp.QuoteMeta(addr)+`:\d+\s+/services/apache/`, out, "status shows a backend at its advertised address")
+	require.Regexp(t, fmt.Sprintf(`node-%s\s+\S+\s+%s\s+\S+\s+\S+\s+apache:3`, s.project, regexp.QuoteMeta(addr)), out)
 
 	victim := s.backends()[0]
 	require.NoError(t, s.docker.Signal(t.Context(), victim.ID, "KILL"))

@@ -98,10 +98,14 @@ type Ejections struct {
 	Total int64
 	// Down lists the peers (ip:port) skipped now.
 	Down []string
+	// DownHosts lists the IPs skipped whole now (a connect there timed
+	// out: a host that vanished).
+	DownHosts []string
 }
 
 // parseEjections reads the balancer's answer: "ejections <n>", then one
-// "down <ip:port>" line per peer skipped now.
+// "down <ip:port>" line per peer skipped now and one "down-host <ip>" line
+// per IP skipped whole.
 func parseEjections(body string) (Ejections, error) {
 	var e Ejections
 	lines := strings.Split(strings.TrimSpace(body), "\n")
@@ -114,6 +118,9 @@ func parseEjections(body string) (Ejections, error) {
 	for _, l := range lines[1:] {
 		if addr, ok := strings.CutPrefix(l, "down "); ok {
 			e.Down = append(e.Down, addr)
+		}
+		if ip, ok := strings.CutPrefix(l, "down-host "); ok {
+			e.DownHosts = append(e.DownHosts, ip)
 		}
 	}
 	return e, nil

@@ -242,6 +242,7 @@ func TestParseEjections(t *testing.T) {
 	}{
 		{body: "ejections 0\n", want: Ejections{}},
 		{body: "ejections 7\ndown 172.18.0.3:80\ndown [fd00::3]:8080\n", want: Ejections{Total: 7, Down: []string{"172.18.0.3:80", "[fd00::3]:8080"}}},
+		{body: "ejections 2\ndown 10.0.0.5:32768\ndown-host 10.0.0.5\n", want: Ejections{Total: 2, Down: []string{"10.0.0.5:32768"}, DownHosts: []string{"10.0.0.5"}}},
 		{body: "nonsense\n", wantErr: true},
 		{body: "ejections many\n", wantErr: true},
 	}

@@ -40,8 +40,11 @@ func enginesPrefix(project string) string { return "/upstreamd/" + project + "/e
 
 // Announcement is what a daemon says of itself under NodesPrefix.
 type Announcement struct {
-	Node    string    `json:"node"`
-	Host    string    `json:"host"` // the machine's host name
+	Node string `json:"node"`
+	Host string `json:"host"` // the machine's host name
+	// Address is network.node_address: where other hosts reach this one
+	// (empty on a single host).
+	Address string    `json:"address,omitempty"`
 	PID     int       `json:"pid"`
 	Version string    `json:"version"`
 	Engine  string    `json:"engine"` // the Docker engine's ID

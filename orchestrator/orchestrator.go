@@ -382,7 +382,8 @@ func unreachable(err error) bool {
 // announce returns this daemon's announcement as node.
 func announce(spec Spec, version string) Announcement {
 	host, _ := os.Hostname() // only said, never relied on
-	return Announcement{Node: spec.Node, Host: host, PID: os.Getpid(), Version: version, Started: time.Now().UTC(), Spec: spec.Digest()}
+	return Announcement{Node: spec.Node, Host: host, Address: spec.NodeAddress, PID: os.Getpid(), Version: version,
+		Started: time.Now().UTC(), Spec: spec.Digest()}
 }
 
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks

@@ -2,8 +2,10 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -293,5 +295,29 @@ func TestPlacementWaitsForEtcd(t *testing.T) {
 	}
 	if len(e.kv) != 0 {
 		t.Fatalf("claimed without a lease: %v", e.kv)
+	}
+}
+
+// TestPlacementSaysWhichNodeDiffers: a node announcing another spec hash
+// is named once (not at every update), and placement goes on.
+func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
+	var logs strings.Builder
+	spec := clusterSpec(3, 0)
+	p := newPlacement(placementConfig{Store: &slotEtcd{kv: map[string]string{}}, Spec: spec, Node: "a", Project: "p",
+		Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
+		Logger: zerolog.New(&logs)})
+	same, _ := json.Marshal(Announcement{Node: "b", Spec: spec.Digest()})
+	other, _ := json.Marshal(Announcement{Node: "c", Spec: "0123456789ab"})
+	u := store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: same}, {Key: enginesPrefix("p") + "e2", Value: other}}}
+	p.applyNodes(u)
+	p.applyNodes(u)
+	if n := strings.Count(logs.String(), "runs another spec"); n != 1 {
+		t.Fatalf("said %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "node c runs another spec") || strings.Contains(logs.String(), "node b runs") {
+		t.Fatalf("names the wrong node:\n%s", logs.String())
+	}
+	if len(p.nodes) != 2 {
+		t.Fatalf("nodes %v, want both counted", p.nodes)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -127,6 +128,9 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
 		for _, c := range list {
 			addr, reg := c.IPs[cfg.Network.Name], "-"
+			if hp := c.Published[portOf(c)]; cfg.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
+				addr = net.JoinHostPort(cfg.Network.NodeAddress, strconv.Itoa(hp))
+			}
 			if e, ok := byContainer[c.Short()]; ok {
 				reg = e.Key
 			}
@@ -157,7 +161,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		case etcdErr == nil:
 			fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
 		}
-		fmt.Fprintln(tw, "NODE\tHOST\tVERSION\tSTARTED\tSLOTS")
+		fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
 		for _, a := range view.nodes {
 			var held []string
 			for _, svc := range cfg.Service {
@@ -169,7 +173,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if !a.Started.IsZero() {
 				started = a.Started.UTC().Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Version), started, dash(strings.Join(held, " ")))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
@@ -276,6 +280,12 @@ func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, e
 		v.placed[svc]++
 	}
 	return v, nil
+}
+
+// portOf is a backend's container port, from its label.
+func portOf(c containers.Container) int {
+	p, _ := strconv.Atoi(c.Labels[containers.LabelPort])
+	return p
 }
 
 func dash(s string) string {

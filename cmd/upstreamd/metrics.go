@@ -120,6 +120,8 @@ var (
 		"Peers nginx's balancer skipped after they failed to connect or timed out, since nginx started (dynamic pools only).", nil, nil)
 	ejectedDesc = prometheus.NewDesc("upstreamd_nginx_ejected_peers",
 		"Peers nginx's balancer skips now after a failure (for 5 s, or until a push brings them back).", nil, nil)
+	ejectedHostsDesc = prometheus.NewDesc("upstreamd_nginx_ejected_hosts",
+		"IPs nginx's balancer skips whole now, every peer at them, after a connect there timed out (a vanished host).", nil, nil)
 )
 
 // ejections reads what the balancer of the running proxy says, or fails.
@@ -132,6 +134,7 @@ type ejectionsCollector struct{ read ejections }
 func (c ejectionsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- ejectionsDesc
 	ch <- ejectedDesc
+	ch <- ejectedHostsDesc
 }
 
 func (c ejectionsCollector) Collect(ch chan<- prometheus.Metric) {
@@ -143,6 +146,7 @@ func (c ejectionsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(ejectionsDesc, prometheus.CounterValue, float64(e.Total))
 	ch <- prometheus.MustNewConstMetric(ejectedDesc, prometheus.GaugeValue, float64(len(e.Down)))
+	ch <- prometheus.MustNewConstMetric(ejectedHostsDesc, prometheus.GaugeValue, float64(len(e.DownHosts)))
 }
 
 // problems lists what is wrong now: the orchestrator's, then the

@@ -28,6 +28,14 @@ local MAX_BODY = 16 * 1024 * 1024 -- as client_max_body_size in the trailer
 -- push of the pool without it usually comes first.
 local FAIL_TIMEOUT = 5
 local DOWN = "down:" -- dict key prefix of a skipped peer: down:<ip:port>
+-- A connect that timed out (rather than being refused) says the address
+-- itself is gone: a dead host, whose every port hangs. Then every peer at
+-- that IP is skipped, so a lost host costs one connect timeout, not one per
+-- backend on it. (With container addresses each peer has its own IP.) A
+-- read timeout counts too (nginx reports both as 504): a slow request on
+-- a live host moves the rest of that host's traffic to other hosts for a
+-- few seconds, it fails nothing.
+local DOWN_HOST = "downhost:" -- dict key prefix of a skipped IP
 
 -- Per worker: the parsed pools and the dict generation they come from,
 -- and the round-robin position per service.
@@ -102,11 +110,20 @@ end
 -- eject marks the peer a request just failed to reach, so that no worker
 -- picks it for FAIL_TIMEOUT: one request waits out a dead peer's connect
 -- timeout, not one per worker and round.
-local function eject(dict, key)
+local function eject(dict, key, host)
   if dict:add(DOWN .. key, true, FAIL_TIMEOUT) then
     dict:incr("ejections", 1, 0)
     ngx.log(ngx.WARN, "upstreamd: ", key, " failed; skipped for ", FAIL_TIMEOUT, " s")
   end
+  if host and dict:add(DOWN_HOST .. host, true, FAIL_TIMEOUT) then
+    dict:incr("host_ejections", 1, 0)
+    ngx.log(ngx.WARN, "upstreamd: connect to ", key, " timed out; every peer at ", host, " skipped for ", FAIL_TIMEOUT, " s")
+  end
+end
+
+-- down reports whether the peer (host, port) is skipped.
+local function down(dict, host, key)
+  return dict:get(DOWN .. key) or dict:get(DOWN_HOST .. host)
 end
 
 -- balance picks the next peer of service, round robin, never one this
@@ -127,10 +144,14 @@ function M.balance(service)
     if n > 1 then
       balancer.set_more_tries(n - 1)
     end
-  elseif ctx.upstreamd_last and balancer.get_last_failure() == "failed" then
+  else
     -- A retry after a connect error or timeout ("next" is an answer
-    -- such as a 502, from a peer that is up).
-    eject(dict, ctx.upstreamd_last)
+    -- such as a 502, from a peer that is up); a timeout (504) takes the
+    -- peer's whole IP out.
+    local state, code = balancer.get_last_failure()
+    if ctx.upstreamd_last and state == "failed" then
+      eject(dict, ctx.upstreamd_last, code == 504 and ctx.upstreamd_last_host or nil)
+    end
   end
   local i = rr[service] or 0
   local pick, pick_key
@@ -139,7 +160,7 @@ function M.balance(service)
     local p = peers[i]
     local key = p[1] .. ":" .. p[2]
     if not tried[key] then
-      if not dict:get(DOWN .. key) then
+      if not down(dict, p[1], key) then
         pick, pick_key = i, key
         break
       end
@@ -153,6 +174,7 @@ function M.balance(service)
   end
   tried[pick_key] = true
   ctx.upstreamd_last = pick_key
+  ctx.upstreamd_last_host = peers[pick][1]
   rr[service] = pick
   local p = peers[pick]
   local ok, err = balancer.set_current_peer(p[1], p[2])
@@ -234,6 +256,7 @@ function M.api()
       local key = p[1] .. ":" .. p[2]
       if not old[key] then
         dict:delete(DOWN .. key)
+        dict:delete(DOWN_HOST .. p[1]) -- a new backend there: the host is up
       end
     end
   end
@@ -244,14 +267,19 @@ end
 
 -- ejections answers how many peers were skipped after a failure since
 -- nginx started, and which are skipped now:
---   ejections <n>\n then one "down <ip:port>" line each.
+--   ejections <n>\n, host-ejections <n>\n (IPs skipped whole), then one
+--   "down <ip:port>" line per peer and one "down-host <ip>" line per IP
+--   skipped now.
 function M.ejections()
   local dict = ngx.shared[DICT]
   ngx.header["Content-Type"] = "text/plain"
-  local out = { "ejections " .. tostring(dict:get("ejections") or 0) }
+  local out = { "ejections " .. tostring(dict:get("ejections") or 0),
+    "host-ejections " .. tostring(dict:get("host_ejections") or 0) }
   for _, k in ipairs(dict:get_keys(0)) do
     if string.sub(k, 1, #DOWN) == DOWN then
       out[#out + 1] = "down " .. string.sub(k, #DOWN + 1)
+    elseif string.sub(k, 1, #DOWN_HOST) == DOWN_HOST then
+      out[#out + 1] = "down-host " .. string.sub(k, #DOWN_HOST + 1)
     end
   end
   ngx.print(table.concat(out, "\n"), "\n")

@@ -231,6 +231,16 @@ const (
 // "every", while it is elected with "leader".
 func (o *Orchestrator) Leading() bool { return o.elector == nil || o.elector.Leading() }
 
+// wakeIf returns a watch handler that applies an update and asks for a
+// pass when it changed something.
+func (o *Orchestrator) wakeIf(apply func(store.Update) bool) func(store.Update) {
+	return func(u store.Update) {
+		if apply(u) {
+			o.Wake()
+		}
+	}
+}
+
 // Wake asks for a reconcile pass.
 func (o *Orchestrator) Wake() { o.wake.Wake() }
 
@@ -312,10 +322,10 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 		return o.cfg.Store.Watch(ctx, OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
 	})
 	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, enginesPrefix(o.cfg.Spec.Project), func(u store.Update) { o.placement.applyNodes(u); o.Wake() })
+		return o.cfg.Store.Watch(ctx, enginesPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applyNodes))
 	})
 	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, SlotsPrefix(o.cfg.Spec.Project), func(u store.Update) { o.placement.applySlots(u); o.Wake() })
+		return o.cfg.Store.Watch(ctx, SlotsPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applySlots))
 	})
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })

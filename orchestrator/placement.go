@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"sort"
 	"strconv"
 	"strings"
@@ -65,19 +66,20 @@ type placement struct {
 	cfg placementConfig
 	log zerolog.Logger
 
-	mu        sync.Mutex
-	nodes     map[string]string // engine claim key → its live node
-	slots     map[string]string // slot key → holder node
-	gotNodes  bool
-	gotSlots  bool
-	loaded    chan struct{}     // closed once both copies were read
-	releasing map[string]bool   // keys of slots this node gives up once drained
-	local     map[string]int    // service → backends this node is to run
-	placed    bool              // local was computed once
-	short     map[string]int    // service → replicas no node can take (max_per_node)
-	said      map[string]int    // what was said of short, to say changes once
-	digest    string            // this node's Spec.Digest
-	differ    map[string]string // node → the other spec digest said of it
+	mu         sync.Mutex
+	nodes      map[string]string // engine claim key → its live node
+	slots      map[string]string // slot key → holder node
+	gotNodes   bool
+	gotSlots   bool
+	loaded     chan struct{}     // closed once both copies were read
+	releasing  map[string]bool   // keys of slots this node gives up once drained
+	local      map[string]int    // service → backends this node is to run
+	placed     bool              // local was computed once
+	short      map[string]int    // service → replicas no node can take (max_per_node)
+	said       map[string]int    // what was said of short, to say changes once
+	digest     string            // this node's Spec.Digest
+	differ     map[string]string // node → the other spec digest said of it
+	saidBridge bool              // warned that container addresses do not cross hosts
 }
 
 func newPlacement(cfg placementConfig) *placement {
@@ -104,10 +106,12 @@ func (p *placement) markLoaded() {
 // applyNodes brings the copy of the live nodes to u, a store.Watch of
 // the engine claims (enginesPrefix): a daemon is a live node once it holds
 // both its node name and its engine. Its node name alone is not enough: a
-// second daemon refused for the engine holds its name for a moment.
-func (p *placement) applyNodes(u store.Update) {
+// second daemon refused for the engine holds its name for a moment. It
+// reports whether the copy changed.
+func (p *placement) applyNodes(u store.Update) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	before := maps.Clone(p.nodes)
 	p.nodes = applyCopy(p.nodes, u, func(kv store.KV) (string, bool) {
 		var a Announcement
 		if err := json.Unmarshal(kv.Value, &a); err != nil || a.Node == "" {
@@ -123,14 +127,35 @@ func (p *placement) applyNodes(u store.Update) {
 	})
 	p.gotNodes = true
 	p.markLoaded()
+	p.sayUnreachable()
+	return !maps.Equal(before, p.nodes)
+}
+
+// sayUnreachable warns, once, when this node advertises container
+// addresses while other nodes share the project: their proxies cannot
+// reach addresses on this host's bridge network. The caller holds mu.
+func (p *placement) sayUnreachable() {
+	if p.cfg.Spec.Advertise == AdvertiseHost || p.saidBridge {
+		return
+	}
+	for _, n := range p.nodes {
+		if n != p.cfg.Node {
+			p.saidBridge = true
+			p.log.Warn().Str("other_node", n).Msg("another node runs this project, but this node registers its backends at their addresses on its own bridge network, which other hosts cannot reach: set network.advertise = \"host\" and network.node_address on every node of a cluster")
+			return
+		}
+	}
 }
 
 // applySlots brings the copy of the slots to u (a store.Watch of
-// SlotsPrefix). A slot whose value does not parse is held by nobody known:
-// it is not free either (someone wrote it), and it is logged.
-func (p *placement) applySlots(u store.Update) {
+// SlotsPrefix) and reports whether it changed (this node's own claims come
+// back as no change: Step recorded them). A slot whose value does not
+// parse is held by nobody known: it is not free either (someone wrote it),
+// and it is logged.
+func (p *placement) applySlots(u store.Update) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	before := maps.Clone(p.slots)
 	p.slots = applyCopy(p.slots, u, func(kv store.KV) (string, bool) {
 		var s Slot
 		if err := json.Unmarshal(kv.Value, &s); err != nil || s.Node == "" {
@@ -141,6 +166,7 @@ func (p *placement) applySlots(u store.Update) {
 	})
 	p.gotSlots = true
 	p.markLoaded()
+	return !maps.Equal(before, p.slots)
 }
 
 // applyCopy brings m, key → node, to u; node parses a written key (false:

@@ -321,3 +321,33 @@ func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
 		t.Fatalf("nodes %v, want both counted", p.nodes)
 	}
 }
+
+// TestPlacementWarnsOfBridgeAddresses: a node advertising container
+// addresses in a project other nodes share is told, once, that the other
+// hosts cannot reach them; with advertise = "host" nothing is said.
+func TestPlacementWarnsOfBridgeAddresses(t *testing.T) {
+	for _, advertise := range []string{AdvertiseContainer, AdvertiseHost} {
+		var logs strings.Builder
+		spec := clusterSpec(3, 0)
+		spec.Advertise = advertise
+		p := newPlacement(placementConfig{Store: &slotEtcd{kv: map[string]string{}}, Spec: spec, Node: "a", Project: "p",
+			Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
+			Logger: zerolog.New(&logs)})
+		a, _ := json.Marshal(Announcement{Node: "a"})
+		b, _ := json.Marshal(Announcement{Node: "b"})
+		p.applyNodes(store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: a}}})
+		if strings.Contains(logs.String(), "cannot reach") {
+			t.Fatalf("%s: warned while alone:\n%s", advertise, logs.String())
+		}
+		u := store.Update{KVs: []store.KV{{Key: enginesPrefix("p") + "e2", Value: b}}}
+		p.applyNodes(u)
+		p.applyNodes(u)
+		want := 0
+		if advertise == AdvertiseContainer {
+			want = 1
+		}
+		if n := strings.Count(logs.String(), "cannot reach"); n != want {
+			t.Fatalf("%s: warned %d times, want %d:\n%s", advertise, n, want, logs.String())
+		}
+	}
+}

@@ -6,12 +6,15 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -87,11 +90,30 @@ func New(cfg Config) (*Client, error) {
 			Password:             cfg.Password,
 			TLS:                  tlsCfg,
 			Logger:               zap.NewNop(),
+			DialOptions:          []grpc.DialOption{grpc.WithContextDialer(dialEtcd)},
 		},
 		timeout: timeout,
 		log:     cfg.Logger,
 		slot:    make(chan struct{}, 1),
 	}, nil
+}
+
+// deadMemberTimeout is how long data sent to an etcd member may go
+// unacknowledged before the connection is dropped and another member is
+// used: well under the shortest lease TTL (2 s), well over a LAN's or a
+// loaded host's round trip.
+const deadMemberTimeout = 800 * time.Millisecond
+
+// dialEtcd opens a connection to an etcd member (host:port, or unix:path).
+func dialEtcd(ctx context.Context, addr string) (net.Conn, error) {
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}
+	d := net.Dialer{Control: userTimeout(deadMemberTimeout)}
+	return d.DialContext(ctx, "tcp", addr)
 }
 
 // etcd returns the connected client, connecting first when there is none.

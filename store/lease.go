@@ -45,11 +45,62 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for range ch { // drained; closes when the lease is gone or kctx ends
+		for {
+			for range ch { // drained; closes when the lease is gone or kctx ends
+			}
+			if kctx.Err() != nil {
+				return
+			}
+			// The client closes it also when no answer came for a TTL (the
+			// member under the stream died, say): ask etcd whether the
+			// lease lives, and keep it alive again if it does.
+			if ch = c.keepAgain(kctx, cli, resp.ID); ch == nil {
+				return
+			}
 		}
 	}()
 	c.log.Info().Str("lease", fmt.Sprintf("%x", resp.ID)).Int64("ttl_s", secs).Msg("etcd lease granted")
 	return &Lease{ID: int64(resp.ID), Done: done, stop: stop}, nil
+}
+
+// keepAgain keeps lease id alive again when etcd still has it; nil when it
+// is gone or etcd did not say within a second (a whole TTL without an
+// answer: etcd most likely let it expire too, and waiting longer would only
+// keep a cut-off node acting as if it held it).
+func (c *Client) keepAgain(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) <-chan *clientv3.LeaseKeepAliveResponse {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		qctx, cancel := context.WithDeadline(ctx, deadline)
+		resp, err := cli.TimeToLive(qctx, id)
+		cancel()
+		switch {
+		case err == nil && resp.TTL > 0:
+			ch, err := cli.KeepAlive(ctx, id)
+			if err != nil {
+				return nil
+			}
+			c.log.Info().Str("lease", fmt.Sprintf("%x", int64(id))).Int64("ttl_left_s", resp.TTL).
+				Msg("etcd lease keep-alive resumed after a gap (an etcd member went away?)")
+			return ch
+		case err == nil || isLeaseNotFound(err):
+			return nil // gone
+		}
+		if !sleepCtx(ctx, 100*time.Millisecond) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // Revoke stops the keep-alive and revokes the lease, deleting every key

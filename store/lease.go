@@ -8,6 +8,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/upstreamd/upstreamd/internal/retry"
 )
 
 func isLeaseNotFound(err error) bool {
@@ -85,22 +87,11 @@ func (c *Client) keepAgain(ctx context.Context, cli *clientv3.Client, id clientv
 		case err == nil || isLeaseNotFound(err):
 			return nil // gone
 		}
-		if !sleepCtx(ctx, 100*time.Millisecond) {
+		if !retry.Wait(ctx, 100*time.Millisecond) {
 			return nil
 		}
 	}
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // Revoke stops the keep-alive and revokes the lease, deleting every key

@@ -227,10 +227,6 @@ const (
 	PlacementLeader = "leader"
 )
 
-// Leading reports whether this node runs the proxy: always with placement
-// "every", while it is elected with "leader".
-func (o *Orchestrator) Leading() bool { return o.elector == nil || o.elector.Leading() }
-
 // wakeIf returns a watch handler that applies an update and asks for a
 // pass when it changed something.
 func (o *Orchestrator) wakeIf(apply func(store.Update) bool) func(store.Update) {

@@ -32,6 +32,15 @@ func ParseReplicas(s string) (int, error) {
 	return n, nil
 }
 
+// replicasOf is svc's replica count: its override when there is one, else
+// the spec's.
+func replicasOf(svc ServiceSpec, ov map[string]int) int {
+	if n, set := ov[svc.Name]; set {
+		return n
+	}
+	return svc.Replicas
+}
+
 // overrides is the one copy of the replica overrides in etcd, kept by a
 // store.Watch of OverridesPrefix. Passes read it from memory, so an etcd
 // outage never slows them down.

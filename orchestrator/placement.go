@@ -229,13 +229,10 @@ func (p *placement) Step(ctx context.Context) error {
 	if !ready {
 		return nil
 	}
+	live := p.liveNodes()
 	var errs []error
 	for _, svc := range p.cfg.Spec.Services {
-		n := svc.Replicas
-		if v, set := ov[svc.Name]; set {
-			n = v
-		}
-		errs = append(errs, p.stepService(ctx, svc, n, lease))
+		errs = append(errs, p.stepService(ctx, svc, replicasOf(svc, ov), live, lease))
 	}
 	p.mu.Lock()
 	p.placed = true
@@ -243,7 +240,27 @@ func (p *placement) Step(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas int, lease *store.Lease) error {
+// liveNodes returns the names of the live nodes, this one included (its
+// claim is under the lease the step holds, whether or not the watch has
+// shown it yet).
+func (p *placement) liveNodes() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	live := make([]string, 0, len(p.nodes)+1)
+	seen := map[string]bool{}
+	for _, n := range p.nodes {
+		if !seen[n] {
+			seen[n] = true
+			live = append(live, n)
+		}
+	}
+	if !seen[p.cfg.Node] {
+		live = append(live, p.cfg.Node)
+	}
+	return live
+}
+
+func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas int, live []string, lease *store.Lease) error {
 	me := p.cfg.Node
 	p.mu.Lock()
 	prefix := SlotsPrefix(p.cfg.Project) + svc.Name + "/"
@@ -272,23 +289,12 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 			free = append(free, i)
 		}
 	}
-	live := make([]string, 0, len(p.nodes)+1)
-	seen := map[string]bool{}
-	for _, n := range p.nodes {
-		if !seen[n] {
-			seen[n] = true
-			live = append(live, n)
-		}
-	}
-	if !seen[me] {
-		live = append(live, me) // its claim is under the lease this pass holds
-	}
 	shares, short := fairShares(replicas, live, held, svc.MaxPerNode)
 	share := shares[me]
 	sort.Ints(mine)
 	// Give up the highest slots beyond the share: they are drained first.
 	for len(mine) > share {
-		key := prefix + strconv.Itoa(mine[len(mine)-1])
+		key := SlotKey(p.cfg.Project, svc.Name, mine[len(mine)-1])
 		p.releasing[key] = true
 		mine = mine[:len(mine)-1]
 		p.log.Info().Str("service", svc.Name).Str("slot", key).Int("share", share).
@@ -303,7 +309,7 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 		if len(mine) >= share {
 			break
 		}
-		key := prefix + strconv.Itoa(i)
+		key := SlotKey(p.cfg.Project, svc.Name, i)
 		got, _, cerr := p.cfg.Store.Claim(ctx, key, string(value), lease.ID)
 		if cerr != nil {
 			if errors.Is(cerr, store.ErrLeaseLost) {
@@ -372,22 +378,6 @@ func (p *placement) Settle(ctx context.Context, running map[string]int) error {
 		p.log.Info().Str("slot", key).Msg("slot given up")
 	}
 	return errors.Join(errs...)
-}
-
-// Holding returns the slots held by each node, by service (status).
-func (p *placement) Holding() map[string]map[string]int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := map[string]map[string]int{}
-	prefix := SlotsPrefix(p.cfg.Project)
-	for key, node := range p.slots {
-		svc := serviceOfSlot(prefix, key)
-		if out[node] == nil {
-			out[node] = map[string]int{}
-		}
-		out[node][svc]++
-	}
-	return out
 }
 
 // slotIndex parses key as <prefix><i>.

@@ -65,8 +65,9 @@ type reconcilerConfig struct {
 	Drains drains
 	// Ledger records the backends that died or are draining.
 	Ledger *ledger
-	// Replicas returns the replica overrides by service, and false while
-	// they were never read (then the spec's counts apply). Nil: none.
+	// Replicas returns the backends to run by service (the placement's),
+	// and false while they are unknown; a service it leaves out runs the
+	// spec's count. Nil: the spec's counts.
 	Replicas func() (map[string]int, bool)
 	// Pool tells which backends nginx serves: a rolling update retires an
 	// old backend only once nginx serves the new one. Nil: healthy is
@@ -187,25 +188,23 @@ func (r *reconciler) freshen(ctx context.Context, list []containers.Container) [
 	return out
 }
 
-// replicas returns the replica count per service: the spec's, overridden
-// from etcd. While the overrides were never read, a count is unknown (-1):
-// an override must never be replaced by the spec's count.
+// replicas returns the replica count per service this node runs (the
+// placement's; the spec's where it says nothing). While they are unknown
+// (the overrides, nodes or slots not read from etcd yet, or no lease), a
+// count is unknown (-1): an override or a placement must never be replaced
+// by the spec's count.
 func (r *reconciler) replicas() map[string]int {
 	ov, ok := r.cfg.Replicas()
 	if !ok && !r.saidNoOverride {
-		r.log.Warn().Msg("replica overrides not read from etcd yet; no service is scaled until they are")
+		r.log.Warn().Msg("replicas not placed yet (replica overrides, nodes or slots not read from etcd, or no lease); no service is scaled until they are")
 	}
 	r.saidNoOverride = !ok
 	out := map[string]int{}
 	for _, s := range r.cfg.Spec.Services {
-		n, set := ov[s.Name]
-		switch {
-		case !ok:
+		if ok {
+			out[s.Name] = replicasOf(s, ov)
+		} else {
 			out[s.Name] = unknownReplicas
-		case set:
-			out[s.Name] = n
-		default:
-			out[s.Name] = s.Replicas
 		}
 	}
 	return out

@@ -39,10 +39,10 @@ type servedMirror interface {
 func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error {
 	leading := o.elector.changed.Subscribe()
 	last := ""
-	var retry <-chan time.Time
+	var again <-chan time.Time
 	for {
 		changed := local.Changed()
-		retry = nil
+		again = nil
 		switch set := local.Set(); {
 		case !o.elector.Leading():
 			last = "" // published again on leading again
@@ -50,10 +50,10 @@ func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error
 			b, _ := json.Marshal(ServedPools{Node: o.cfg.Spec.Node, Pools: set}) // plain data
 			if v := string(b); v != last {
 				if l := o.node.Lease(); l == nil {
-					retry = time.After(200 * time.Millisecond)
+					again = time.After(200 * time.Millisecond)
 				} else if _, err := o.cfg.Store.Put(ctx, ServedKey(o.cfg.Spec.Project), v, l.ID); err != nil {
 					o.log.Debug().Err(err).Msg("publishing what nginx serves; retrying")
-					retry = time.After(200 * time.Millisecond)
+					again = time.After(200 * time.Millisecond)
 				} else {
 					last = v
 				}
@@ -64,7 +64,7 @@ func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error
 			return nil
 		case <-changed:
 		case <-leading:
-		case <-retry:
+		case <-again:
 		}
 	}
 }

@@ -610,6 +610,7 @@ type fakeRegistry struct {
 	ttls      map[int64]time.Duration
 	nextLease int64
 	grantErrs int // Grant calls that fail (etcd unreachable)
+	claimErrs int // Claim calls that fail (etcd unreachable)
 	grants    int
 	puts      []string
 	deletes   []string
@@ -707,6 +708,10 @@ func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 func (f *fakeRegistry) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.claimErrs > 0 {
+		f.claimErrs--
+		return false, store.KV{}, errors.New("etcd unreachable")
+	}
 	if v, ok := f.kv[key]; ok {
 		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
 	}

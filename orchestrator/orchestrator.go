@@ -431,7 +431,9 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		if pass == 1 {
 			close(firstPass)
 		}
-		again = o.afterPass(pass, res, err, bo)
+		// A placement that failed (etcd out of reach) is retried like a
+		// failed pass: no watch event may come to ask for it again.
+		again = o.afterPass(pass, res, errors.Join(err, perr), bo)
 		select {
 		case <-ctx.Done():
 			return nil

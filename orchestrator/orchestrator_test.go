@@ -203,6 +203,49 @@ func TestReconcileLoopBackoff(t *testing.T) {
 	})
 }
 
+// TestPlacementFailureRetried: slot claims that fail (etcd out of reach
+// for a moment) are retried with backoff like a failed pass, since no
+// watch event comes to ask for them again; the backends start once a
+// claim goes through.
+func TestPlacementFailureRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		docker := newFakeDocker()
+		reg := newFakeRegistry(nil)
+		reg.claimErrs = 2
+		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg,
+			newProber: func(HealthSpec) prober { return func(context.Context, string) error { return nil } },
+			Logger:    zerolog.Nop()})
+		o.overrides.apply(store.Update{Reset: true})
+		o.placement.applyNodes(store.Update{Reset: true})
+		o.placement.applySlots(store.Update{Reset: true})
+		lease, err := reg.Grant(ctx, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.node.setLease(lease)
+		close(o.node.claimed)
+		done := make(chan error, 1)
+		go func() { done <- o.reconcileLoop(ctx, make(chan struct{})) }()
+		synctest.Wait()
+		if got := len(running(docker.withRole(containers.RoleBackend, "apache"))); got != 0 {
+			t.Fatalf("%d backends while no slot could be claimed, want 0", got)
+		}
+		if len(o.Problems()) == 0 {
+			t.Errorf("no problem reported while placing fails")
+		}
+		advance(5 * time.Second) // well before the 30 s resync
+		if got := len(running(docker.withRole(containers.RoleBackend, "apache"))); got != 3 {
+			t.Fatalf("%d backends after the claims went through, want 3", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("reconcileLoop returned %v, want nil", err)
+		}
+	})
+}
+
 // TestOrchestratorStart runs every part over fakes: the backends come up,
 // pass their probes and get registered; a backend's death deregisters it
 // and replaces it; cancelling revokes the lease.

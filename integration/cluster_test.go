@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -56,11 +57,20 @@ func newSeedCluster(t *testing.T) *seedCluster {
 		require.NoError(t, h.CopyFile(t.Context(), binPath, cluster.DaemonBinary, 0o755))
 		require.NoError(t, h.WriteFile(t.Context(), "/etc/upstreamd/upstreamd.toml", []byte(sc.spec(h, h.Name))))
 	}
+	// The daemons' logs, when the test failed (or UPSTREAMD_TEST_LOGS is
+	// set): a line per t.Logf, each naming its host, so that an excerpt
+	// of the output keeps what it keeps of them whole.
 	t.Cleanup(func() {
-		if t.Failed() {
-			for _, h := range c.Hosts {
-				logs, _ := h.DaemonLogs(context.Background())
-				t.Logf("daemon logs of %s:\n%s", h.Name, tail(logs, 120))
+		if !t.Failed() && os.Getenv("UPSTREAMD_TEST_LOGS") == "" {
+			return
+		}
+		for _, h := range c.Hosts {
+			logs, err := h.DaemonLogs(context.Background())
+			if err != nil {
+				t.Logf("%s: %v", h.Name, err)
+			}
+			for _, line := range strings.Split(tail(strings.TrimSpace(logs), 150), "\n") {
+				t.Logf("%s: %s", h.Name, line)
 			}
 		}
 	})

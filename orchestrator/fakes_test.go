@@ -599,11 +599,18 @@ type fakeKV struct {
 // fakeRegistry is an in-memory etcd as the Registrar and the Orchestrator
 // use it: keys with values and leases, leases whose Done the test closes,
 // and the watched copy of the registrations (Snapshot, Subscribe), which
-// sees every write at once unless quiet. Overrides are served to Watch.
+// sees every write at once unless quiet. As in etcd, every write makes a
+// revision, but the watched copy is at the revision of the last change
+// under /services, and a deletion that finds no key writes nothing and
+// answers 0 (store.Delete's contract). Overrides are served to Watch.
 type fakeRegistry struct {
-	mu        sync.Mutex
-	kv        map[string]fakeKV
-	rev       int64
+	mu      sync.Mutex
+	kv      map[string]fakeKV
+	rev     int64
+	watched int64 // the revision of the last change under /services/
+	// ghosts are keys the watched copy still shows though etcd deleted
+	// them: an expiry the watch has not brought yet.
+	ghosts    map[string]fakeKV
 	subs      []chan struct{}
 	quiet     bool // hand edits (set, remove) reach no subscriber: a missed watch event
 	leases    map[int64]chan struct{}
@@ -633,7 +640,7 @@ func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
 	if kv == nil {
 		kv = map[string]fakeKV{}
 	}
-	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, rev: 1}
+	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, rev: 1, watched: 1}
 }
 
 func (f *fakeRegistry) Grant(_ context.Context, ttl time.Duration) (*store.Lease, error) {
@@ -651,9 +658,13 @@ func (f *fakeRegistry) Grant(_ context.Context, ttl time.Duration) (*store.Lease
 	return &store.Lease{ID: f.nextLease, Done: done}, nil
 }
 
-// written bumps the revision and tells the subscribers; f.mu is held.
-func (f *fakeRegistry) written() int64 {
+// written bumps the revision for a write of key ("": of keys anywhere)
+// and tells the subscribers; f.mu is held.
+func (f *fakeRegistry) written(key string) int64 {
 	f.rev++
+	if key == "" || strings.HasPrefix(key, "/services/") {
+		f.watched = f.rev
+	}
 	for _, ch := range f.subs {
 		select {
 		case ch <- struct{}{}:
@@ -677,7 +688,7 @@ func (f *fakeRegistry) Revoke(ctx context.Context, l *store.Lease) error {
 			delete(f.kv, k)
 		}
 	}
-	f.written()
+	f.written("")
 	return nil
 }
 
@@ -693,15 +704,18 @@ func (f *fakeRegistry) Put(_ context.Context, key, value string, lease int64) (i
 	}
 	f.puts = append(f.puts, key)
 	f.kv[key] = fakeKV{value: value, lease: lease}
-	return f.written(), nil
+	return f.written(key), nil
 }
 
 func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.deletes = append(f.deletes, key)
+	if _, ok := f.kv[key]; !ok {
+		return 0, nil
+	}
 	delete(f.kv, key)
-	return f.written(), nil
+	return f.written(key), nil
 }
 
 // Claim puts key under lease unless it exists.
@@ -716,7 +730,7 @@ func (f *fakeRegistry) Claim(_ context.Context, key, value string, lease int64) 
 		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
 	}
 	f.kv[key] = fakeKV{value: value, lease: lease}
-	f.written()
+	f.written(key)
 	return true, store.KV{}, nil
 }
 
@@ -755,13 +769,15 @@ func (f *fakeRegistry) Snapshot() (store.Snapshot, bool) {
 		f.readFails--
 		return store.Snapshot{}, false
 	}
-	snap := store.Snapshot{Revision: f.rev}
-	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
-		e, err := store.ParseEntry("/services", k, []byte(f.kv[k].value))
+	snap := store.Snapshot{Revision: f.watched}
+	shown := maps.Clone(f.kv)
+	maps.Copy(shown, f.ghosts)
+	for _, k := range slices.Sorted(maps.Keys(shown)) {
+		e, err := store.ParseEntry("/services", k, []byte(shown[k].value))
 		if err != nil {
 			continue
 		}
-		e.Lease = f.kv[k].lease
+		e.Lease = shown[k].lease
 		snap.Entries = append(snap.Entries, e)
 	}
 	return snap, true
@@ -805,7 +821,7 @@ func (f *fakeRegistry) remove(key string) {
 		f.rev++
 		return
 	}
-	f.written()
+	f.written(key)
 }
 
 type registryCounts struct {

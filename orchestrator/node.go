@@ -120,6 +120,12 @@ func (n *node) Start(ctx context.Context) error {
 		if l == nil {
 			return nil // ctx ended
 		}
+		// A Lost of the lease before, come after it was let go, is not
+		// this lease's: forget it.
+		select {
+		case <-n.lost.C():
+		default:
+		}
 		n.setLease(l)
 		select {
 		case <-n.claimed:

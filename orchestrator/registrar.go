@@ -89,7 +89,10 @@ type registrar struct {
 	wake  wake.Signal
 	flush chan chan error
 	// written is the revision of this registrar's last write: a copy older
-	// than that does not show it yet, and the watch brings it shortly.
+	// than that does not show it yet, and the watch brings it shortly. A
+	// deletion of a key already gone (its lease expired meanwhile) wrote
+	// nothing and counts for nothing: the watch would never reach the
+	// revision etcd answered it with, and no sync would write again.
 	written int64
 	// noted holds, by key, why a wanted key was not written (held by
 	// another node, or failing validation), so each is logged once.

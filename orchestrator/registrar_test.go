@@ -476,3 +476,37 @@ func TestRegistrarNeverFights(t *testing.T) {
 		})
 	}
 }
+
+// TestRegistrarDeleteOfGoneKey: a backend's key expired with a lost lease
+// while the watch had not shown it yet, so the registrar deleted a key etcd
+// no longer held; meanwhile other keys (slots, another node's) were
+// written. That deletion wrote nothing, and must not make the registrar
+// wait for a revision its watch of /services will never reach: before,
+// the next healthy backend was never registered (found by TestCluster in
+// CI: a host cut off from etcd came back with 2 of 3 backends registered).
+func TestRegistrarDeleteOfGoneKey(t *testing.T) {
+	reg := newFakeRegistry(nil)
+	reg.ghosts = map[string]fakeKV{keyA: {valA, 1}}                                                          // expired in etcd, still in the copy
+	if _, _, err := reg.Claim(t.Context(), "/upstreamd/p1/slots/apache/0", `{"node":"n2"}`, 9); err != nil { // another node's write
+		t.Fatal(err)
+	}
+	hv := &fakeHealthView{}
+	r := newTestRegistrar(reg, hv, 0)
+	if err := r.sync(t.Context()); err != nil {
+		t.Fatalf("sync with the unhealthy backend's key gone: %v", err)
+	}
+	if got := reg.counts(); got.deletes != 1 {
+		t.Fatalf("%d deletes; want 1 (the copy still shows the key)", got.deletes)
+	}
+	reg.mu.Lock()
+	reg.ghosts = nil // the watch brings the expiry, at its older revision
+	reg.mu.Unlock()
+
+	hv.set([]Target{tC}, nil) // the replacement is healthy
+	if err := r.sync(t.Context()); err != nil {
+		t.Fatalf("sync with a healthy replacement: %v", err)
+	}
+	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyC: {valC, 1}, "/upstreamd/p1/slots/apache/0": {`{"node":"n2"}`, 9}}); d != "" {
+		t.Errorf("etcd after the replacement turned healthy differs:%s", d)
+	}
+}

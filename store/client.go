@@ -260,7 +260,10 @@ func (c *Client) Put(ctx context.Context, key, value string, lease int64) (int64
 }
 
 // Delete removes a key (a missing key is not an error) and returns the
-// store revision after it.
+// revision of the deletion, which a watch of the key shows; 0 when there
+// was no such key: etcd then writes no revision and a watch sees nothing,
+// so a caller that waits for its watch to reach the revision it wrote
+// must not wait for one.
 func (c *Client) Delete(ctx context.Context, key string) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
@@ -271,6 +274,9 @@ func (c *Client) Delete(ctx context.Context, key string) (int64, error) {
 	resp, err := cli.Delete(ctx, key)
 	if err != nil {
 		return 0, fmt.Errorf("etcd delete %s: %w", key, err)
+	}
+	if resp.Deleted == 0 {
+		return 0, nil
 	}
 	return resp.Header.Revision, nil
 }

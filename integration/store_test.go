@@ -1,0 +1,52 @@
+//go:build integration
+
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// TestStoreDeleteRevision pins store.Delete's contract on a real etcd: the
+// revision it returns for a key it deleted is the one a watch of the key
+// shows, and a key that did not exist answers 0, since etcd writes no
+// revision then (the registrar waits for its watch to reach what it
+// wrote: a current revision answered for nothing would make it wait
+// forever).
+func TestStoreDeleteRevision(t *testing.T) {
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	updates := make(chan store.Update, 16)
+	go func() { _ = c.Watch(ctx, "/watched/", func(u store.Update) { updates <- u }) }()
+	require.True(t, (<-updates).Reset, "the watch starts with a listing")
+
+	_, err = c.Put(ctx, "/watched/a", "1", 0)
+	require.NoError(t, err)
+	require.Len(t, (<-updates).KVs, 1)
+	_, err = c.Put(ctx, "/elsewhere/b", "2", 0) // a revision the watch does not see
+	require.NoError(t, err)
+
+	rev, err := c.Delete(ctx, "/watched/missing")
+	require.NoError(t, err)
+	require.Zero(t, rev, "deleting a key that does not exist writes no revision")
+
+	rev, err = c.Delete(ctx, "/watched/a")
+	require.NoError(t, err)
+	u := <-updates
+	require.Equal(t, []string{"/watched/a"}, u.Deleted)
+	require.Equal(t, u.Revision, rev, "the deletion's revision is the one its watch shows")
+}

@@ -22,7 +22,7 @@ export DOCKER_BUILDKIT ?= $(shell $(DOCKER) buildx version >/dev/null 2>&1 && ec
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build images base demo demo-down cluster-demo cluster-demo-down test unit integration bench fuzz lint clean
+.PHONY: build images base demo demo-token demo-down cluster-demo cluster-demo-down test unit integration bench fuzz lint clean
 
 ## build: the daemon binary at bin/upstreamd
 build:
@@ -43,14 +43,21 @@ images: base
 	done
 
 ## demo: images, then etcd + upstreamd with compose; nginx answers on 127.0.0.1:8080
-demo: images
+demo: images demo-token
 	$(COMPOSE) up -d
 	@echo "waiting for nginx on http://127.0.0.1:8080/ ..."
 	@for i in $$(seq 1 120); do \
 		if curl -fsS -m 2 http://127.0.0.1:8080/ 2>/dev/null | grep -q hostname; then \
-			echo "up: curl http://127.0.0.1:8080/ (see README: watching failover)"; exit 0; \
+			echo "up: curl http://127.0.0.1:8080/ (see README: watching failover)"; \
+			echo "status page: http://127.0.0.1:9180/?token=$$(cat .demo/admin.token)"; exit 0; \
 		fi; sleep 0.5; \
 	done; echo "nginx did not answer within 60 s; see: $(COMPOSE) logs upstreamd" >&2; exit 1
+
+## demo-token: the demo's admin token (.demo/admin.token), made once
+demo-token: .demo/admin.token
+.demo/admin.token:
+	@mkdir -p .demo
+	@od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > $@
 
 ## demo-down: stop the demo and remove every container it created
 demo-down:
@@ -66,6 +73,7 @@ CLUSTER := $(COMPOSE) -f docker-compose.cluster.yml -p upstreamd-demo-cluster
 ## cluster-demo: the seed's three machines: 3 nested Docker hosts, 3 etcd members, a daemon per host
 cluster-demo: images
 	@mkdir -p .cluster-demo
+	@[ -s .cluster-demo/admin.token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > .cluster-demo/admin.token
 	@echo "saving upstreamd/apache and upstreamd/nginx for the hosts' engines (.cluster-demo/apps.tar)"
 	$(DOCKER) save -o .cluster-demo/apps.tar upstreamd/apache:latest upstreamd/nginx:latest
 	$(CLUSTER) up -d
@@ -73,7 +81,8 @@ cluster-demo: images
 	@for i in $$(seq 1 240); do \
 		addr=$$($(DOCKER) exec upstreamd-demo-hosta upstreamd status 2>/dev/null | sed -n 's/^PROXY: on the leader, node [^,]*, at //p'); \
 		if [ -n "$$addr" ] && curl -fsS -m 2 "http://$$addr/" 2>/dev/null | grep -q hostname; then \
-			echo "up: curl http://$$addr/  (leader and nodes: docker exec upstreamd-demo-hosta upstreamd status)"; exit 0; \
+			echo "up: curl http://$$addr/  (leader and nodes: docker exec upstreamd-demo-hosta upstreamd status)"; \
+			echo "status pages: http://10.77.0.1{1,2,3}:9180/?token=$$(cat .cluster-demo/admin.token)"; exit 0; \
 		fi; sleep 1; \
 	done; echo "no proxy answered within 4 minutes; see: $(CLUSTER) logs hosta" >&2; exit 1
 

@@ -4,6 +4,8 @@ package integration
 
 import (
 	"net"
+	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -56,7 +58,7 @@ func TestComposeFile(t *testing.T) {
 // their defaults (etcd on 127.0.0.1:2379).
 func TestComposeDemo(t *testing.T) {
 	compose := composeTool(t)
-	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:2379"} {
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:2379", "127.0.0.1:9180"} {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			_ = c.Close()
 			t.Fatalf("%s answers already: stop the demo (make demo-down) before the tests", addr)
@@ -76,9 +78,12 @@ func TestComposeDemo(t *testing.T) {
 			t.Errorf("make demo-down: %v\n%s", err, out)
 		}
 	})
+	token := exec.Command("make", "demo-token")
+	token.Dir = ".."
+	out, err := token.CombinedOutput()
+	require.NoError(t, err, "make demo-token:\n%s", out)
 	run("up", "-d")
 	s := &stack{t: t, project: "upstreamd", publish: "127.0.0.1:8080", opts: stackOptions{service: "apache"}}
-	var err error
 	s.docker, err = engine.New()
 	require.NoError(t, err)
 	defer func() { _ = s.docker.Close() }()
@@ -116,6 +121,22 @@ func TestComposeDemo(t *testing.T) {
 	}
 	require.NoError(t, p.Err(), "upstreamd status from the host:\n%s", p.Logs())
 	require.Contains(t, p.Logs(), "/services/apache/", "status shows the demo's registrations:\n%s", p.Logs())
+
+	// The admin listener listens on every address of the daemon's
+	// container: the token is required, and makes the page answer.
+	tok, err := os.ReadFile("../.demo/admin.token")
+	require.NoError(t, err)
+	s.admin = "127.0.0.1:9180"
+	var code int
+	eventually(t, 30*time.Second, "the demo's admin listener answers", func() error {
+		code, _, err = s.adminGet("/api/v1/status")
+		return err
+	})
+	require.Equal(t, http.StatusUnauthorized, code, "the status API without the token")
+	code, page, err := s.adminGet("/?token=" + strings.TrimSpace(string(tok)))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code, "the page with the token: %s", page)
+	require.Contains(t, string(page), `data-state="healthy"`)
 }
 
 // composeTool returns the compose command of this machine.

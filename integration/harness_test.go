@@ -130,6 +130,7 @@ type stack struct {
 	configFile string
 	opts       stackOptions
 	etcdC      *etcd.Container
+	admin      string // 127.0.0.1:port of the daemon's admin listener
 }
 
 func randomHex(n int) string {
@@ -156,6 +157,7 @@ func newStack(t *testing.T, opts ...option) *stack {
 	ctx := t.Context()
 	s := &stack{t: t, project: o.project, opts: o}
 	s.publish = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 
 	var err error
 	if o.sharedEtcd != nil {
@@ -221,11 +223,32 @@ func (s *stack) writeConfigAs(file, node string) {
 		require.NoError(s.t, os.WriteFile(f, []byte(o.template), 0o644))
 		fmt.Fprintf(&b, "template = %q\n", f)
 	}
+	if !strings.Contains(o.extra, "[metrics]") && !strings.Contains(o.extra, "[admin]") {
+		fmt.Fprintf(&b, "[admin]\nlisten = %q\n", s.admin)
+	}
 	fmt.Fprintf(&b, "[[service]]\nname = %q\nimage = \"upstreamd/apache:latest\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.service, o.replicas, o.serviceTOML)
 	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = %q\nrise = %d\nfall = %d\n",
 		o.healthPath, o.interval, o.timeout, o.rise, o.fall)
 	b.WriteString(o.extra)
 	require.NoError(s.t, os.WriteFile(file, []byte(b.String()), 0o644))
+}
+
+// adminGet GETs path of the daemon's admin listener and returns the
+// status code and body.
+func (s *stack) adminGet(path string) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(s.t.Context(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.admin+path, nil)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, err
 }
 
 // removeAll removes every container and the network of the project.

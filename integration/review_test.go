@@ -48,10 +48,17 @@ func TestSecondDaemonRefuses(t *testing.T) {
 	list, err := s.docker.List(t.Context(), s.project)
 	require.NoError(t, err)
 
+	// The second daemon's spec differs from the first's in its admin
+	// listener only (a second listener on one address fails first).
+	live := s.admin
+	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	sameNode := filepath.Join(t.TempDir(), "same-node.toml")
+	s.writeConfigAs(sameNode, "node-"+s.project)
 	otherNode := filepath.Join(t.TempDir(), "other-node.toml")
 	s.writeConfigAs(otherNode, "node-b-"+s.project)
+	s.admin = live
 	for _, tc := range []struct{ name, config, want string }{
-		{name: "same node name", config: s.configFile, want: fmt.Sprintf("node name %q", "node-"+s.project)},
+		{name: "same node name", config: sameNode, want: fmt.Sprintf("node name %q", "node-"+s.project)},
 		{name: "same project on the same engine", config: otherNode, want: "this Docker engine"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -201,7 +202,14 @@ func (r *reconciler) reconcileService(ctx context.Context, svc ServiceSpec, n in
 	}
 	alive := p.alive
 	if p.create > 0 {
-		created, err := r.createBackends(ctx, want, svc, p.create, n)
+		why := fmt.Sprintf("%d replicas wanted, %d running", n, len(p.alive))
+		switch {
+		case len(g.dead) > 0:
+			why = "replacing a backend that died"
+		case p.rolling == "start":
+			why = "rolling update to a new spec"
+		}
+		created, err := r.createBackends(ctx, want, svc, p.create, n, why)
 		alive = append(alive, created...)
 		errs = append(errs, err)
 	}
@@ -245,7 +253,7 @@ const maxParallelCreates = 8
 // createBackends creates and starts count backends of svc, up to
 // maxParallelCreates at a time, and returns them as the engine sees them
 // once started.
-func (r *reconciler) createBackends(ctx context.Context, want containers.CreateSpec, svc ServiceSpec, count, replicas int) ([]containers.Container, error) {
+func (r *reconciler) createBackends(ctx context.Context, want containers.CreateSpec, svc ServiceSpec, count, replicas int, why string) ([]containers.Container, error) {
 	if err := r.cfg.Docker.EnsureImage(ctx, svc.Image); err != nil {
 		return nil, err
 	}
@@ -259,7 +267,9 @@ func (r *reconciler) createBackends(ctx context.Context, want containers.CreateS
 			defer func() { <-slots }()
 			created[i], errs[i] = r.createBackend(ctx, want, svc)
 			if errs[i] == nil {
-				r.log.Info().Str("service", svc.Name).Str("container", created[i].Name).Int("replicas", replicas).Msg("backend started")
+				r.log.Info().Str("service", svc.Name).Str("container", created[i].Name).Int("replicas", replicas).Str("reason", why).Msg("backend started")
+				r.cfg.Events.Record(events.Event{Kind: events.Started, Service: svc.Name, Container: created[i].Name, ID: containers.ShortID(created[i].ID), Reason: why,
+					Message: fmt.Sprintf("%s of %s started (%s)", created[i].Name, svc.Name, why)})
 				for _, t := range targetsOf(svc, r.cfg.Spec, created[i:i+1]) {
 					r.cfg.Health.Add(t) // probed now, not after the slowest start
 				}

@@ -3,6 +3,7 @@ package orchestrator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 )
 
@@ -43,6 +45,7 @@ type drainerConfig struct {
 	Timeout time.Duration
 	// Done is called after each drain ended (the Reconciler's Wake).
 	Done   func()
+	Events *events.Journal
 	Logger zerolog.Logger
 }
 
@@ -81,6 +84,8 @@ func (d *drainer) Drain(c containers.Container, svc ServiceSpec, reason string) 
 	}
 	log := d.log.With().Str("service", svc.Name).Str("container", c.Name).Logger()
 	log.Info().Str("reason", reason).Msg("draining backend")
+	d.cfg.Events.Record(events.Event{Kind: events.Draining, Service: svc.Name, Container: c.Name, ID: containers.ShortID(c.ID), Reason: reason,
+		Message: fmt.Sprintf("draining %s of %s (%s): deregistered, stopped once nginx no longer sends to it", c.Name, svc.Name, reason)})
 	d.cfg.Health.Drop(c.ID, "backend retired; deregistering before it is drained")
 	addr := ""
 	if ip, port, ok := d.cfg.Spec.backendAddr(c, svc.Port); ok {
@@ -90,7 +95,10 @@ func (d *drainer) Drain(c containers.Container, svc ServiceSpec, reason string) 
 		start := time.Now()
 		if d.drain(ctx, log, c.ID, svc, addr) {
 			// The mark stays until a listing no longer shows the backend.
-			log.Info().Stringer("took", time.Since(start)).Msg("backend drained and removed")
+			took := time.Since(start)
+			log.Info().Stringer("took", took).Msg("backend drained and removed")
+			d.cfg.Events.Record(events.Event{Kind: events.Drained, Service: svc.Name, Container: c.Name, ID: containers.ShortID(c.ID),
+				Message: fmt.Sprintf("%s of %s drained, stopped and removed after %s", c.Name, svc.Name, took.Round(time.Millisecond))})
 		}
 		d.cfg.Done()
 	})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
@@ -43,6 +44,7 @@ type electorConfig struct {
 	Self    Leader
 	// Changed is called when this node starts or stops leading.
 	Changed func()
+	Events  *events.Journal
 	Logger  zerolog.Logger
 }
 
@@ -148,11 +150,13 @@ func (e *elector) lead(ctx context.Context, l *store.Lease, value string, newLea
 	}
 	e.log.Info().Str("node", e.cfg.Self.Node).Str("address", e.cfg.Self.Address).Str("lease", fmt.Sprintf("%x", l.ID)).
 		Msg("elected: this node runs the project's proxy")
+	e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s elected: it runs the project's proxy", e.cfg.Self.Node)})
 	e.set(true)
 	<-lctx.Done()
 	if ctx.Err() == nil {
 		e.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).
 			Msg("leadership lost with this node's lease (etcd out of reach, or the lease expired): stopping the proxy here; another node takes over")
+		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s lost the lead with its lease: its proxy stops, another node takes over", e.cfg.Self.Node)})
 	}
 	e.set(false)
 	return nil

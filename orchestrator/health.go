@@ -12,6 +12,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
@@ -101,6 +103,7 @@ type healthConfig struct {
 	// StartProbeInterval is the probe period of a backend in its start
 	// period. Zero means StartProbeInterval.
 	StartProbeInterval time.Duration
+	Events             *events.Journal
 	Logger             zerolog.Logger
 }
 
@@ -126,7 +129,12 @@ type probed struct {
 	passes int
 	fails  int
 	since  time.Time
-	err    error
+	err    error // the last failed probe's
+	// last is when the last probe ended, took how long it ran, and lastErr
+	// its error (nil: it passed).
+	last    time.Time
+	took    time.Duration
+	lastErr error
 }
 
 // newHealth returns a Health manager with no targets.
@@ -266,6 +274,44 @@ func (h *health) Counts() map[string]map[string]int {
 	return out
 }
 
+// BackendHealth is where one probed backend stands, for the admin API.
+type BackendHealth struct {
+	Service   string
+	Container string // name
+	ID        string
+	Addr      string // what is probed and registered
+	Node      string
+	State     string // healthy, pending or unhealthy
+	Since     time.Time
+	// LastProbe is when the last probe ended (zero: none yet), Took how
+	// long it ran and Error why it failed ("" when it passed).
+	LastProbe time.Time
+	Took      time.Duration
+	Error     string
+}
+
+// Backends returns every probed backend, by service and address.
+func (h *health) Backends() []BackendHealth {
+	h.mu.Lock()
+	out := make([]BackendHealth, 0, len(h.targets))
+	for _, p := range h.targets {
+		b := BackendHealth{Service: p.t.Service, Container: p.t.Name, ID: containers.ShortID(p.t.ID), Addr: p.t.Addr,
+			State: p.state.String(), Since: p.since, LastProbe: p.last, Took: p.took}
+		if p.lastErr != nil {
+			b.Error = p.lastErr.Error()
+		}
+		out = append(out, b)
+	}
+	h.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Service != out[j].Service {
+			return out[i].Service < out[j].Service
+		}
+		return out[i].Addr < out[j].Addr
+	})
+	return out
+}
+
 // State returns a backend's state and whether it is probed at all.
 func (h *health) State(id string) (healthState, bool) {
 	h.mu.Lock()
@@ -300,7 +346,7 @@ func (h *health) run(ctx context.Context, p *probed) {
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer within %s", spec.Timeout)
 		}
-		state, fails := h.record(p, err)
+		state, fails := h.record(p, err, time.Since(started))
 		// Probes start on a cadence, however long each takes.
 		period := spec.Interval
 		switch {
@@ -324,8 +370,9 @@ func (h *health) run(ctx context.Context, p *probed) {
 
 // record applies one probe result and reports the state after it and the
 // consecutive failures so far.
-func (h *health) record(p *probed, err error) (healthState, int) {
+func (h *health) record(p *probed, err error, took time.Duration) (healthState, int) {
 	h.mu.Lock()
+	p.last, p.took, p.lastErr = time.Now(), took, err
 	if h.targets[p.t.ID] != p { // removed while probing
 		h.mu.Unlock()
 		return stateUnhealthy, 0
@@ -371,6 +418,12 @@ func (h *health) record(p *probed, err error) (healthState, int) {
 	}
 	ev.Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
 		Str("from", from.String()).Str("to", to.String()).Msg("backend health changed")
+	msg := fmt.Sprintf("%s of %s is %s (was %s)", p.t.Name, p.t.Service, to, from)
+	if to == stateUnhealthy && err != nil {
+		msg += ": " + err.Error()
+	}
+	h.cfg.Events.Record(events.Event{Kind: events.HealthChanged, Service: p.t.Service, Container: p.t.Name, ID: containers.ShortID(p.t.ID),
+		Addr: p.t.Addr, From: from.String(), To: to.String(), Message: msg})
 	h.changed.Wake()
 	return to, fails
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
@@ -64,6 +65,7 @@ type nodeConfig struct {
 	Self Announcement
 	// TTL is the lease's: how long this daemon's keys outlive it.
 	TTL    time.Duration
+	Events *events.Journal
 	Logger zerolog.Logger
 }
 
@@ -141,6 +143,8 @@ func (n *node) Start(ctx context.Context) error {
 		case <-n.lost.C():
 			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd no longer knows this node's lease; claiming this node again")
 		}
+		n.cfg.Events.Record(events.Event{Kind: events.LeaseLost,
+			Message: fmt.Sprintf("etcd lease of node %s lost (etcd out of reach, or it expired): its keys are gone until it claims again", n.cfg.Self.Node)})
 		l.Release()
 		n.setLease(nil)
 	}

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
@@ -83,6 +84,9 @@ type Config struct {
 	// ProxyAddress is the proxy's public address (host:port), announced
 	// when this node leads.
 	ProxyAddress string
+	// Events records what happens (containers dying, health flips,
+	// registrations, drains, the proxy, the election); nil: nothing is.
+	Events *events.Journal
 	// newProber overrides the HTTP prober (tests).
 	newProber func(HealthSpec) prober
 	Logger    zerolog.Logger
@@ -152,6 +156,7 @@ func New(cfg Config) *Orchestrator {
 		Engine:  cfg.Docker.EngineID,
 		Self:    announce(cfg.Spec, cfg.Version),
 		TTL:     cfg.LeaseTTL,
+		Events:  cfg.Events,
 		Logger:  cfg.Logger.With().Str("component", "node").Logger(),
 	})
 	o.overrides = newOverrides(cfg.Spec, o.Wake, cfg.Logger.With().Str("component", "reconcile").Logger())
@@ -176,6 +181,7 @@ func New(cfg Config) *Orchestrator {
 			Project: cfg.Spec.Project,
 			Self:    Leader{Node: cfg.Spec.Node, Address: cfg.ProxyAddress},
 			Changed: o.Wake,
+			Events:  cfg.Events,
 			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
 		})
 		runProxy = o.elector.Leading
@@ -183,6 +189,7 @@ func New(cfg Config) *Orchestrator {
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,
 		Gone:      o.ledger.gone,
+		Events:    cfg.Events,
 		Logger:    cfg.Logger.With().Str("component", "health").Logger(),
 	})
 	o.drainer = newDrainer(drainerConfig{
@@ -193,6 +200,7 @@ func New(cfg Config) *Orchestrator {
 		Spec:    cfg.Spec,
 		Timeout: cfg.DrainTimeout,
 		Done:    o.Wake,
+		Events:  cfg.Events,
 		Logger:  cfg.Logger.With().Str("component", "drain").Logger(),
 	})
 	o.reconciler = newReconciler(reconcilerConfig{
@@ -205,6 +213,7 @@ func New(cfg Config) *Orchestrator {
 		Pool:     o.pool,
 		Proxy:    o.proxy,
 		RunProxy: runProxy,
+		Events:   cfg.Events,
 		Logger:   cfg.Logger.With().Str("component", "reconcile").Logger(),
 	})
 	o.registrar = newRegistrar(registrarConfig{
@@ -216,6 +225,7 @@ func New(cfg Config) *Orchestrator {
 		Node:          cfg.Spec.Node,
 		Project:       cfg.Spec.Project,
 		Services:      cfg.Spec.serviceNames(),
+		Events:        cfg.Events,
 		Logger:        cfg.Logger.With().Str("component", "registrar").Logger(),
 	})
 	return o
@@ -261,6 +271,23 @@ func (o *Orchestrator) HealthyBackends(service string) int {
 	}
 	return n
 }
+
+// Backends returns every backend this node probes, with its health.
+func (o *Orchestrator) Backends() []BackendHealth {
+	out := o.health.Backends()
+	for i := range out {
+		out[i].Node = o.cfg.Spec.Node
+	}
+	return out
+}
+
+// Local returns how many backends of each service this node is to run
+// (its placed share), and false before the first placement.
+func (o *Orchestrator) Local() (map[string]int, bool) { return o.placement.Local() }
+
+// Leading reports whether this node runs the project's proxy: it leads,
+// or every node runs one.
+func (o *Orchestrator) Leading() bool { return o.elector == nil || o.elector.Leading() }
 
 // BackendStates returns, by service, how many backends this daemon probes
 // are healthy, pending and unhealthy.
@@ -561,8 +588,14 @@ func (o *Orchestrator) handleEvent(ev containers.Event) {
 	case "die":
 		// Any role: the next pass asks the engine about it, since its
 		// listing may still show it running.
-		if o.ledger.mark(ev.ID, fateDied) && ev.Role == containers.RoleBackend {
-			o.health.Drop(ev.ID, "backend died; deregistering")
+		if o.ledger.mark(ev.ID, fateDied) {
+			if ev.Role == containers.RoleBackend {
+				o.health.Drop(ev.ID, "backend died; deregistering")
+			}
+			if ev.Role == containers.RoleBackend || ev.Role == containers.RoleProxy {
+				o.cfg.Events.Record(events.Event{Kind: events.Died, Container: ev.Name, ID: containers.ShortID(ev.ID),
+					Message: fmt.Sprintf("%s %s died", ev.Role, ev.Name)})
+			}
 		}
 	case "destroy": // the next listing forgets its fate
 		if ev.Role == containers.RoleBackend {

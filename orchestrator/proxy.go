@@ -9,6 +9,7 @@ import (
 	"sync"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/nginx"
 )
 
@@ -198,6 +199,8 @@ func (r *reconciler) ensureProxy(ctx context.Context, want containers.CreateSpec
 			return containers.Container{}, false, err
 		}
 		r.log.Info().Str("container", current.Name).Str("publish", r.cfg.Spec.Proxy.Publish).Msg("proxy started")
+		r.cfg.Events.Record(events.Event{Kind: events.ProxyCreated, Container: current.Name, ID: containers.ShortID(current.ID),
+			Message: fmt.Sprintf("proxy %s started, published on %s", current.Name, r.cfg.Spec.Proxy.Publish)})
 		started = true
 	}
 	return current, started, nil
@@ -246,6 +249,8 @@ func (r *reconciler) noProxy(ctx context.Context, proxies []containers.Container
 	var errs []error
 	for _, p := range proxies {
 		r.log.Info().Str("container", p.Name).Msg("removing the proxy: another node leads and runs the project's proxy")
+		r.cfg.Events.Record(events.Event{Kind: events.ProxyRemoved, Container: p.Name, ID: containers.ShortID(p.ID),
+			Message: fmt.Sprintf("proxy %s removed: another node leads and runs the project's proxy", p.Name)})
 		if err := r.cfg.Docker.Remove(ctx, p.ID); err != nil {
 			errs = append(errs, err)
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 )
 
 // containerAPI is what the Reconciler needs from the Docker engine.
@@ -78,6 +79,7 @@ type reconcilerConfig struct {
 	// RunProxy says whether this node is to run the proxy (it leads);
 	// nil: always.
 	RunProxy func() bool
+	Events   *events.Journal
 	Logger   zerolog.Logger
 }
 

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
@@ -74,6 +76,7 @@ type registrarConfig struct {
 	// Resync is how often etcd is compared with the healthy set even when
 	// nothing changed. Zero means 30 s.
 	Resync time.Duration
+	Events *events.Journal
 	Logger zerolog.Logger
 }
 
@@ -292,10 +295,15 @@ func (r *registrar) write(ctx context.Context, lease *store.Lease, key, service 
 	if service != "" {
 		ev = ev.Str("service", service)
 	}
+	svc, addr, _ := strings.Cut(strings.TrimPrefix(key, store.KeysPrefix(r.cfg.Prefix)), "/")
+	e := events.Event{Kind: events.Deregistered, Service: svc, Container: reg.Host, ID: reg.Container, Addr: addr,
+		Message: fmt.Sprintf("%s of %s deregistered (%s)", reg.Host, svc, addr)}
 	if put {
 		ev.Msg("registered")
+		e.Kind, e.Message = events.Registered, fmt.Sprintf("%s of %s registered at %s", reg.Host, svc, addr)
 	} else {
 		ev.Msg("deregistered")
 	}
+	r.cfg.Events.Record(e)
 	return nil
 }

@@ -119,6 +119,12 @@ type Outcome struct {
 	// Confirmed is how long nginx took, after HUP, to answer with the new
 	// config's hash; zero when not confirmed.
 	Confirmed time.Duration
+	// Config is what the pass rendered (template and trailer), Hash the
+	// rendered template's hash, and Pools the backends of each service
+	// (addresses, sorted as rendered); empty when nothing was rendered.
+	Config []byte
+	Hash   string
+	Pools  map[string][]string
 }
 
 // Controller renders and delivers whenever the registrations or the proxy
@@ -269,6 +275,7 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 		o.Err, o.Took = guarded, time.Since(start)
 		return o
 	}
+	o.Config, o.Hash, o.Pools = cand.config, cand.hash, poolsOf(cand.view)
 	steps := plan(c.state, cand)
 	if len(steps) > 0 {
 		o.Err = c.apply(ctx, steps, cand, &o)
@@ -407,4 +414,17 @@ func (c *Controller) logPass(o Outcome, cand candidate) {
 	default:
 		ev.Msg("pools updated without reload")
 	}
+}
+
+// poolsOf lists the backend addresses of each service of v.
+func poolsOf(v View) map[string][]string {
+	out := make(map[string][]string, len(v.Services))
+	for _, s := range v.Services {
+		addrs := make([]string, 0, len(s.Backends))
+		for _, b := range s.Backends {
+			addrs = append(addrs, b.Addr)
+		}
+		out[s.Name] = addrs
+	}
+	return out
 }

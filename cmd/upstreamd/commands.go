@@ -16,7 +16,9 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
+	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -112,11 +114,29 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 }
 
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
-	return g.specCommand(stderr, &cobra.Command{
+	var asJSON bool
+	var adminAddr string
+	cmd := g.specCommand(stderr, &cobra.Command{
 		Use:   "status",
 		Short: "the project's containers, replica counts and registrations; what can be read when etcd or Docker cannot",
-		Args:  usageArgs(cobra.NoArgs),
+		Long: "status reads Docker and etcd itself and prints tables; it works while the daemon is down.\n" +
+			"With --json it prints the running daemon's own view instead (GET /api/v1/status of its\n" +
+			"admin listener, admin.listen): backends with their health, last probe and registration,\n" +
+			"the proxy's config, the nodes and the leader.",
+		Args: usageArgs(cobra.NoArgs),
 	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+		if asJSON {
+			c, err := adminClient(cfg, adminAddr)
+			if err != nil {
+				return err
+			}
+			data, err := c.StatusJSON(cmd.Context())
+			if err != nil {
+				return err
+			}
+			_, err = stdout.Write(data)
+			return err
+		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		view, etcdErr := readEtcd(cmd.Context(), cfg, log)
 		snap, overrides := view.snap, view.overrides
@@ -193,6 +213,78 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		return errors.Join(tw.Flush(), dockerErr, etcdErr)
 	})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the running daemon's status as JSON (from its admin listener)")
+	cmd.Flags().StringVar(&adminAddr, "admin", "", "the daemon's admin listener, host:port (default: admin.listen of the spec)")
+	return cmd
+}
+
+// adminClient returns a client of the daemon's admin listener: addr, else
+// the spec's admin.listen, with the spec's token.
+func adminClient(cfg *Config, addr string) (*admin.Client, error) {
+	if addr == "" {
+		addr = cfg.Admin.Listen
+	}
+	if addr == "" {
+		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.file)}
+	}
+	token, err := cfg.AdminToken()
+	if err != nil {
+		return nil, fmt.Errorf("admin.token_file: %w", err)
+	}
+	return admin.NewClient(addr, token)
+}
+
+func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var asJSON, noFollow bool
+	var last int
+	var adminAddr string
+	cmd := g.specCommand(stderr, &cobra.Command{
+		Use:   "events",
+		Short: "stream the running daemon's events: containers dying, health changes, registrations, drains, reloads",
+		Long: "events prints the last events the running daemon kept, then each new one as it happens,\n" +
+			"until interrupted (from GET /api/v1/events of its admin listener, admin.listen). With\n" +
+			"--json, one JSON object per line.",
+		Args: usageArgs(cobra.NoArgs),
+	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *Config) error {
+		c, err := adminClient(cfg, adminAddr)
+		if err != nil {
+			return err
+		}
+		kept, err := c.Events(cmd.Context(), 0)
+		if err != nil {
+			return err
+		}
+		since := int64(0)
+		evs := kept.Events
+		if n := len(evs); n > 0 {
+			since = evs[n-1].Seq
+		}
+		if last > 0 && len(evs) > last {
+			evs = evs[len(evs)-last:]
+		}
+		enc := json.NewEncoder(stdout)
+		show := func(e events.Event) {
+			if asJSON {
+				_ = enc.Encode(e)
+				return
+			}
+			_, _ = fmt.Fprintln(stdout, e.String())
+		}
+		for _, e := range evs {
+			show(e)
+		}
+		if noFollow {
+			return nil
+		}
+		return c.Follow(cmd.Context(), since, show, func(n int64) {
+			_, _ = fmt.Fprintf(stderr, "(%d events went by faster than they could be read)\n", n)
+		})
+	})
+	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event and line")
+	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "print the kept events and exit")
+	cmd.Flags().IntVarP(&last, "last", "n", 20, "how many of the kept events to print first (0: all)")
+	cmd.Flags().StringVar(&adminAddr, "admin", "", "the daemon's admin listener, host:port (default: admin.listen of the spec)")
+	return cmd
 }
 
 // listContainers lists the project's containers, by role then name.
@@ -224,15 +316,24 @@ type etcdView struct {
 }
 
 func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
-	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
 	etcd, err := connectEtcd(ctx, cfg, log)
 	if err != nil {
-		return v, err
+		return etcdView{}, err
 	}
 	defer etcd.Close()
-	if v.snap, err = etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log); err != nil {
-		return v, err
+	snap, err := etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	if err != nil {
+		return etcdView{}, err
 	}
+	v, err := readCluster(ctx, etcd, cfg)
+	v.snap = snap
+	return v, err
+}
+
+// readCluster reads the replica overrides, the nodes, the leader and the
+// slots of the project (everything of etcdView but the registrations).
+func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView, error) {
+	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
 	prefix := orchestrator.OverridesPrefix(cfg.Project)
 	kvs, _, err := etcd.List(ctx, prefix)
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	units "github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
 
+	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
@@ -30,6 +31,7 @@ type Config struct {
 	Etcd    EtcdConfig      `toml:"etcd"`
 	Network NetworkConfig   `toml:"network"`
 	Proxy   ProxyConfig     `toml:"proxy"`
+	Admin   AdminConfig     `toml:"admin"`
 	Metrics MetricsConfig   `toml:"metrics"`
 	Service []ServiceConfig `toml:"service"`
 
@@ -62,7 +64,19 @@ type EtcdConfig struct {
 	KeyFile         string   `toml:"key_file"`
 }
 
-// MetricsConfig says where Prometheus metrics are served.
+// AdminConfig says where the admin listener answers: the status page, the
+// JSON API, /metrics, /healthz and /readyz.
+type AdminConfig struct {
+	// Listen is host:port; "" turns the listener off. Default
+	// 127.0.0.1:9180.
+	Listen string `toml:"listen"`
+	// TokenFile holds the token every request must carry (all but
+	// /healthz and /readyz); required when Listen is not loopback.
+	TokenFile string `toml:"token_file"`
+}
+
+// MetricsConfig is the older [metrics] table: its listen is now
+// admin.listen, which serves /metrics as before.
 type MetricsConfig struct {
 	Listen string `toml:"listen"`
 }
@@ -230,6 +244,11 @@ func (c *Config) applyDefaults() {
 		c.Network.Name = c.Project
 	}
 	setStr(&c.Network.Advertise, orchestrator.AdvertiseContainer)
+	if !c.written("admin.listen") {
+		// The older [metrics] listen, else the default.
+		c.Admin.Listen = c.Metrics.Listen
+		setStr(&c.Admin.Listen, admin.DefaultListen)
+	}
 	p := &c.Proxy
 	setStr(&p.Placement, orchestrator.PlacementEvery)
 	setStr(&p.Image, defaultProxyImage)
@@ -411,6 +430,21 @@ func (c *Config) validateGlobal(bad badFunc) {
 		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
 			bad("metrics.listen", "%q is not host:port (such as 127.0.0.1:9180)", c.Metrics.Listen)
 		}
+		if c.written("admin.listen") {
+			bad("metrics.listen", "replaced by admin.listen, which serves /metrics too: remove [metrics]")
+		}
+	}
+	if c.Admin.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Admin.Listen); err != nil || port == "" {
+			bad("admin.listen", "%q is not host:port (such as 127.0.0.1:9180); \"\" turns the admin listener off", c.Admin.Listen)
+		} else if !admin.IsLoopback(c.Admin.Listen) && c.Admin.TokenFile == "" {
+			bad("admin.listen", "%q is reachable from other hosts: set admin.token_file to a file holding the token every request must carry (or listen on 127.0.0.1)", c.Admin.Listen)
+		}
+	}
+	if f := c.Admin.TokenFile; f != "" {
+		if _, err := c.AdminToken(); err != nil {
+			bad("admin.token_file", "%v", err)
+		}
 	}
 	if d := c.Etcd.DialTimeout.D(); d < 100*time.Millisecond || d > 5*time.Minute {
 		bad("etcd.dial_timeout", "%s out of range 100ms-5m", d)
@@ -553,6 +587,29 @@ func parseLimits(memory string, cpus float64) (orchestrator.Limits, error) {
 }
 
 // resolve makes a path in the config relative to the config file's directory.
+// AdminToken reads admin.token_file: the token, its surrounding white
+// space trimmed; "" when there is no file. An empty or short token is an
+// error.
+func (c *Config) AdminToken() (string, error) {
+	if c.Admin.TokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.resolve(c.Admin.TokenFile))
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(b))
+	switch {
+	case tok == "":
+		return "", fmt.Errorf("%s is empty", c.Admin.TokenFile)
+	case len(tok) < 16:
+		return "", fmt.Errorf("the token in %s has %d characters: use at least 16 (e.g. openssl rand -hex 16)", c.Admin.TokenFile, len(tok))
+	case strings.ContainsAny(tok, " \t\r\n"):
+		return "", fmt.Errorf("the token in %s holds white space: one token on one line", c.Admin.TokenFile)
+	}
+	return tok, nil
+}
+
 func (c *Config) resolve(p string) string {
 	if p == "" || filepath.IsAbs(p) || c.file == "(defaults)" {
 		return p

@@ -324,6 +324,27 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{`FILE:2:1: metrics.listen: "127.0.0.1:" is not host:port`},
 		},
 		{
+			name: "admin.listen on every address without a token",
+			body: "[admin]\nlisten = \"0.0.0.0:9180\"\n",
+			want: []string{`FILE:2:1: admin.listen: "0.0.0.0:9180" is reachable from other hosts: set admin.token_file`},
+		},
+		{
+			name:  "admin.token_file too short",
+			body:  "[admin]\nlisten = \"0.0.0.0:9180\"\ntoken_file = \"token\"\n",
+			extra: map[string]string{"token": "secret\n"},
+			want:  []string{`FILE:3:1: admin.token_file: the token in token has 6 characters: use at least 16`},
+		},
+		{
+			name: "admin.token_file missing",
+			body: "[admin]\ntoken_file = \"nowhere\"\n",
+			want: []string{`FILE:2:1: admin.token_file: open `},
+		},
+		{
+			name: "metrics.listen beside admin.listen",
+			body: "[admin]\nlisten = \"127.0.0.1:9181\"\n[metrics]\nlisten = \"127.0.0.1:9180\"\n",
+			want: []string{`FILE:4:1: metrics.listen: replaced by admin.listen, which serves /metrics too: remove [metrics]`},
+		},
+		{
 			// Unknown keys and wrong types do not hide the range checks of
 			// the other keys: every mistake of the file in one run.
 			name: "every kind of mistake in one file, each with its line",
@@ -571,5 +592,54 @@ func TestWrittenZeroIsHonoured(t *testing.T) {
 	}
 	if spec.Proxy.Limits.NanoCPUs != 0 {
 		t.Errorf("cpus = 0 gave a limit of %d nano-CPUs", spec.Proxy.Limits.NanoCPUs)
+	}
+}
+
+// TestAdminListen: the admin listener is on by default on loopback, an
+// empty listen turns it off, and the older [metrics] listen is read as
+// admin.listen.
+func TestAdminListen(t *testing.T) {
+	for _, tt := range []struct{ name, body, want string }{
+		{"default", "", "127.0.0.1:9180"},
+		{"off", "[admin]\nlisten = \"\"\n", ""},
+		{"another port", "[admin]\nlisten = \"127.0.0.1:9999\"\n", "127.0.0.1:9999"},
+		{"the older [metrics]", "[metrics]\nlisten = \"127.0.0.1:9100\"\n", "127.0.0.1:9100"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "upstreamd.toml")
+			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := LoadConfig(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Admin.Listen != tt.want {
+				t.Errorf("admin.listen = %q; want %q", cfg.Admin.Listen, tt.want)
+			}
+		})
+	}
+}
+
+// TestShippedSpecs: the specs the demos mount are valid (their token
+// files are made by make, and the cluster's node addresses are the nested
+// hosts': only these may be said here).
+func TestShippedSpecs(t *testing.T) {
+	files, err := filepath.Glob("../../images/host/demo/*.toml")
+	if err != nil || len(files) != 3 {
+		t.Fatalf("the cluster demo's specs: %v %v", files, err)
+	}
+	for _, f := range append(files, "../../images/upstreamd/compose.toml") {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			_, err := LoadConfig(f)
+			if err == nil {
+				return
+			}
+			for _, line := range strings.Split(err.Error(), "\n") {
+				if !strings.Contains(line, "admin.token_file: open ") && !strings.Contains(line, "is not an address of this host") {
+					t.Errorf("%s: %s", f, line)
+				}
+			}
+		})
 	}
 }

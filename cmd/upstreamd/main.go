@@ -122,6 +122,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newRunCmd(g, stderr),
 		newRenderCmd(g, stdout, stderr),
 		newStatusCmd(g, stdout, stderr),
+		newEventsCmd(g, stdout, stderr),
 		newScaleCmd(g, stdout, stderr),
 		&cobra.Command{
 			Use:   "version",

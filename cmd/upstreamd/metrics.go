@@ -3,10 +3,8 @@ package main
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -162,44 +160,14 @@ func (m *metrics) problems(src sources) []string {
 	return out
 }
 
-// handler answers /metrics and /healthz: 200 "ok" while the Docker engine,
-// etcd and the render loop work, else 503 with one line per problem.
-// read, when not nil, reads the proxy's ejections at each scrape.
+// handler answers /metrics: the daemon's metrics, the backends' states
+// read from src, and when read is not nil the proxy's ejections, read at
+// each scrape.
 func (m *metrics) handler(src sources, read ejections) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(backendsCollector{src: src})
 	if read != nil {
 		reg.MustRegister(ejectionsCollector{read: read})
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{m.reg, reg}, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if p := m.problems(src); len(p) > 0 {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(strings.Join(p, "\n") + "\n"))
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	return mux
-}
-
-// serve answers /metrics and /healthz on addr until ctx ends.
-func (m *metrics) serve(ctx context.Context, addr string, src sources, read ejections) error {
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: m.handler(src, read), ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+	return promhttp.HandlerFor(prometheus.Gatherers{m.reg, reg}, promhttp.HandlerOpts{})
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
 )
@@ -85,7 +87,8 @@ func TestHealthz(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			m := newMetrics()
 			m.observe(tt.render)
-			srv := httptest.NewServer(m.handler(fakeSources{problems: tt.problems}, nil))
+			src := fakeSources{problems: tt.problems}
+			srv := httptest.NewServer(admin.NewServer(admin.Config{Problems: func() []string { return m.problems(src) }, Journal: events.New(0)}))
 			defer srv.Close()
 			resp, err := http.Get(srv.URL + "/healthz")
 			if err != nil {

@@ -11,7 +11,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -62,6 +64,10 @@ type daemon struct {
 	metrics       *metrics
 	checks        templateCheck // what the template renders, for nginx -t before anything is created
 	proxies       *nginx.Client
+	journal       *events.Journal // what happened, for the admin API and page
+	history       *admin.History  // the configs nginx took
+	cluster       clusterCache    // the nodes and leader, read from etcd for status
+	started       time.Time
 }
 
 // ejections reads the running proxy's balancer ejections, for /metrics.
@@ -89,7 +95,8 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks}
+	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
+	d.history = admin.NewHistory(d.journal)
 	d.docker, err = containers.New(containers.Config{
 		Host:    cfg.Docker.Host,
 		Timeout: cfg.Docker.Timeout.D(),
@@ -120,6 +127,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		ProxyPlacement: cfg.Proxy.Placement,
 		ProxyAddress:   cfg.ProxyAddress(),
 		Pool:           served,
+		Events:         d.journal,
 		Logger:         log,
 	})
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
@@ -136,17 +144,28 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
-		Observe:     d.metrics.observe,
+		Observe: func(o render.Outcome) {
+			d.metrics.observe(o)
+			d.history.Observe(o)
+		},
 	})
 	return d, nil
 }
 
 // run runs every component until ctx ends or one fails.
 func (d *daemon) run(ctx context.Context) error {
+	log := d.log.With().Str("component", "daemon").Logger()
+	token, err := d.cfg.AdminToken()
+	if err != nil {
+		return fmt.Errorf("admin.token_file: %w", err)
+	}
+	l, err := d.listenAdmin(log)
+	if err != nil {
+		return err
+	}
 	grp, gctx := errgroup.WithContext(ctx)
 	// One clear line each when a dependency is down at start-up; the
 	// components then retry on their own with backoff.
-	log := d.log.With().Str("component", "daemon").Logger()
 	checked := make(chan struct{}) // the template passed nginx -t
 	grp.Go(func() error {
 		waitReachable(gctx, log.With().Str("host", d.docker.Host()).Logger(), "docker engine", d.docker.Ping)
@@ -171,11 +190,13 @@ func (d *daemon) run(ctx context.Context) error {
 		return d.orch.Start(gctx)
 	})
 	grp.Go(func() error { return d.ctrl.Start(gctx) })
-	if listen := d.cfg.Metrics.Listen; listen != "" {
+	if l != nil {
+		srv := d.adminServer(token)
 		grp.Go(func() error {
-			log.Info().Str("listen", listen).Msg("serving /metrics and /healthz")
-			if err := d.metrics.serve(gctx, listen, d.orch, d.ejections); err != nil {
-				return fmt.Errorf("metrics.listen %s: %w", listen, err)
+			log.Info().Str("listen", l.Addr().String()).Bool("token", token != "").
+				Msgf("admin listener: status page at http://%s/, JSON API under %s, /metrics, /healthz, /readyz", l.Addr(), admin.APIVersion)
+			if err := srv.Serve(gctx, l); err != nil {
+				return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
 			}
 			return nil
 		})

@@ -1,0 +1,117 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"fmt"
+	"html/template"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/upstreamd/upstreamd/internal/events"
+)
+
+//go:embed page.html.tmpl
+var pageSource string
+
+// pageEvents is how many events the page shows.
+const pageEvents = 60
+
+var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
+	"ago":   ago,
+	"deref": func(t *time.Time) time.Time { return *t },
+	"clock": func(t time.Time) string { return t.Local().Format("15:04:05.000") },
+	"stamp": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"ms":    func(f float64) string { return fmt.Sprintf("%.1f ms", f) },
+	"short": func(s string) string { return strings.TrimPrefix(s, "sha256:") },
+	"severity": func(k events.Kind) string {
+		switch k {
+		case events.Died, events.ConfigRejected, events.RenderFailed, events.LeaseLost, events.PlacementShort:
+			return "bad"
+		case events.Registered, events.Reloaded, events.Started, events.ProxyCreated:
+			return "good"
+		case events.HealthChanged:
+			return "info"
+		}
+		return "note"
+	},
+	"healthClass": func(e events.Event) string {
+		switch e.To {
+		case "healthy":
+			return "good"
+		case "unhealthy":
+			return "bad"
+		}
+		return "note"
+	},
+}).Parse(pageSource))
+
+// view is what the page template renders.
+type view struct {
+	S      Status
+	Events []events.Event // newest first
+	Token  string
+}
+
+// ago is how long before now t was, said briefly.
+func ago(now, t time.Time) string {
+	if t.IsZero() {
+		return "—"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh%02dm ago", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+// render renders the page (whole, or only the live part that the stream
+// replaces).
+func (s *Server) render(ctx context.Context, name string, token string) ([]byte, error) {
+	v := view{S: s.cfg.Status(ctx), Token: token}
+	last := s.cfg.Journal.Last(pageEvents)
+	for i := len(last) - 1; i >= 0; i-- {
+		v.Events = append(v.Events, last[i])
+	}
+	var b bytes.Buffer
+	if err := pageTemplate.ExecuteTemplate(&b, name, v); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+// page is GET /: the status page, live through /live (SSE).
+func (s *Server) page(w http.ResponseWriter, r *http.Request) {
+	out, err := s.render(r.Context(), "page", r.URL.Query().Get("token"))
+	if err != nil {
+		http.Error(w, "render the page: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+	_, _ = w.Write(out)
+}
+
+// live is the page's stream: the live part of the page, rendered again
+// after each change, as "view" messages.
+func (s *Server) live(w http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("token")
+	s.follow(w, r, s.cfg.Journal.LastSeq(), false, func(ctx context.Context) (string, []byte) {
+		out, err := s.render(ctx, "live", token)
+		if err != nil {
+			return "error", []byte(err.Error())
+		}
+		return "view", out
+	})
+}

@@ -1,0 +1,304 @@
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/internal/events"
+)
+
+// DefaultListen is where the admin listener answers by default.
+const DefaultListen = "127.0.0.1:9180"
+
+// Config configures a Server.
+type Config struct {
+	// Token, when set, is required of every request but /healthz and
+	// /readyz: "Authorization: Bearer <token>", or ?token= (what a browser
+	// opening the page can send).
+	Token string
+	// Status assembles the daemon's status at each request.
+	Status func(ctx context.Context) Status
+	// Problems lists what is wrong now (empty: healthy).
+	Problems func() []string
+	// Ready reports whether etcd reflects this node's backends.
+	Ready func() bool
+	// Journal holds the events.
+	Journal *events.Journal
+	// Metrics answers /metrics; nil: 404.
+	Metrics http.Handler
+	// Heartbeat is how often an idle stream sends a comment, so that
+	// proxies and browsers keep it open; zero means 15 s.
+	Heartbeat time.Duration
+	Logger    zerolog.Logger
+}
+
+// Server answers the admin endpoints.
+type Server struct {
+	cfg Config
+	mux *http.ServeMux
+}
+
+// NewServer returns a Server.
+func NewServer(cfg Config) *Server {
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 15 * time.Second
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.Handle("GET /metrics", s.auth(s.metrics()))
+	s.mux.Handle("GET "+APIVersion+"/status", s.auth(http.HandlerFunc(s.status)))
+	s.mux.Handle("GET "+APIVersion+"/events", s.auth(http.HandlerFunc(s.events)))
+	s.mux.Handle("GET "+APIVersion+"/stream", s.auth(http.HandlerFunc(s.stream)))
+	s.mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.page)))
+	s.mux.Handle("GET /live", s.auth(http.HandlerFunc(s.live)))
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	s.mux.ServeHTTP(w, r)
+}
+
+// Serve answers on l until ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// auth requires the token, when there is one.
+func (s *Server) auth(h http.Handler) http.Handler {
+	if s.cfg.Token == "" {
+		return h
+	}
+	want := []byte(s.cfg.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.URL.Query().Get("token")
+		if v, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			got = v
+		}
+		if subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="upstreamd"`)
+			http.Error(w, "401 unauthorized: this listener requires the token of admin.token_file (Authorization: Bearer <token>, or ?token=<token>)", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) metrics() http.Handler {
+	if s.cfg.Metrics == nil {
+		return http.NotFoundHandler()
+	}
+	return s.cfg.Metrics
+}
+
+// healthz: 200 "ok" while the Docker engine, etcd and the render loop
+// work; else 503 with one line per problem.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	s.answer(w, s.cfg.Problems(), nil)
+}
+
+// readyz: healthz, and etcd reflects this node's backends (the daemon
+// finished its first reconcile and probes); 503 with the reasons while
+// not.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	var waiting []string
+	if s.cfg.Ready != nil && !s.cfg.Ready() {
+		waiting = append(waiting, "not ready: etcd does not reflect this node's backends yet (first reconcile and probes under way)")
+	}
+	s.answer(w, s.cfg.Problems(), waiting)
+}
+
+func (s *Server) answer(w http.ResponseWriter, problems, more []string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if all := append(problems, more...); len(all) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(strings.Join(all, "\n") + "\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, s.cfg.Status(r.Context()))
+}
+
+// events: GET /api/v1/events[?since=<seq>][&limit=<n>] lists the events
+// kept, oldest first. With Accept: text/event-stream (or ?follow=1) it
+// streams them instead: what is kept first, then each as it happens.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	since, err := intParam(q.Get("since"), 0)
+	if err != nil {
+		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	limit, err := intParam(q.Get("limit"), 0)
+	if err != nil || limit < 0 {
+		http.Error(w, "limit: not a count", http.StatusBadRequest)
+		return
+	}
+	if q.Get("follow") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+		s.follow(w, r, since, true, nil)
+		return
+	}
+	evs, missed, _ := s.cfg.Journal.Since(since)
+	if limit > 0 && len(evs) > int(limit) {
+		evs = evs[len(evs)-int(limit):]
+	}
+	if evs == nil {
+		evs = []events.Event{}
+	}
+	writeJSON(w, Events{Events: evs, Missed: missed})
+}
+
+// stream is GET /api/v1/stream: the events, as follow streams them, and
+// the whole Status ("status" messages) at once and after each change.
+func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
+	since, err := intParam(r.URL.Query().Get("since"), 0)
+	if err != nil {
+		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.follow(w, r, since, true, func(ctx context.Context) (string, []byte) {
+		data, _ := json.Marshal(s.cfg.Status(ctx))
+		return "status", data
+	})
+}
+
+// viewEvery bounds how often a stream sends a fresh view while events keep
+// coming.
+const viewEvery = 200 * time.Millisecond
+
+// follow streams Server-Sent Events: with sendEvents, each event after
+// since as an "event" message whose id is its Seq (a reconnecting
+// EventSource resumes where it was); with view, what view returns, at
+// once, after each batch of events (at most every viewEvery) and at each
+// heartbeat.
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view func(context.Context) (string, []byte)) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	if id, err := strconv.ParseInt(r.Header.Get("Last-Event-ID"), 10, 64); err == nil && id > since {
+		since = id
+	}
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	ctx := r.Context()
+	beat := time.NewTicker(s.cfg.Heartbeat)
+	defer beat.Stop()
+	var lastView time.Time
+	dirty := view != nil
+	for {
+		evs, missed, changed := s.cfg.Journal.Since(since)
+		if sendEvents {
+			if missed > 0 {
+				writeSSE(w, "", "missed", []byte(strconv.FormatInt(missed, 10)))
+			}
+			for _, e := range evs {
+				data, _ := json.Marshal(e)
+				writeSSE(w, strconv.FormatInt(e.Seq, 10), "event", data)
+			}
+		}
+		if len(evs) > 0 {
+			since = evs[len(evs)-1].Seq
+			dirty = dirty || view != nil
+		}
+		if dirty && time.Since(lastView) >= viewEvery {
+			name, data := view(ctx)
+			writeSSE(w, "", name, data)
+			lastView, dirty = time.Now(), false
+		}
+		flusher.Flush()
+		var later <-chan time.Time
+		if dirty { // throttled: send it once the bound allows
+			later = time.After(viewEvery - time.Since(lastView))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-later:
+		case <-beat.C:
+			if view != nil {
+				dirty = true // last probes and "since" move on
+			} else {
+				_, _ = fmt.Fprint(w, ": keep-alive\n\n")
+			}
+		}
+	}
+}
+
+// writeSSE writes one Server-Sent Event; data may hold several lines.
+func writeSSE(w http.ResponseWriter, id, event string, data []byte) {
+	var b strings.Builder
+	if id != "" {
+		b.WriteString("id: " + id + "\n")
+	}
+	b.WriteString("event: " + event + "\n")
+	for _, line := range strings.Split(string(data), "\n") {
+		b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+	}
+	b.WriteString("\n")
+	_, _ = w.Write([]byte(b.String()))
+}
+
+func intParam(v string, def int64) (int64, error) {
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a number", v)
+	}
+	return n, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// IsLoopback reports whether listen (host:port) binds loopback addresses
+// only: "localhost", 127.0.0.0/8 or ::1. An empty host binds them all.
+func IsLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil || host == "" {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

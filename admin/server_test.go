@@ -1,0 +1,240 @@
+package admin
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/nginx"
+	"github.com/upstreamd/upstreamd/render"
+)
+
+func testStatus(backends ...Backend) Status {
+	return Status{
+		Project: "demo", Node: "n1", Version: "test", Started: time.Now().Add(-time.Minute), Now: time.Now(), Ready: true,
+		Problems: []string{},
+		Services: []Service{{Name: "apache", Replicas: 3, Local: 3, Backends: backends}},
+		Proxy:    Proxy{Running: true, Container: "demo-proxy", ID: "abc"},
+	}
+}
+
+func newTestServer(t *testing.T, token string, st Status) (*httptest.Server, *events.Journal) {
+	t.Helper()
+	j := events.New(0)
+	srv := httptest.NewServer(NewServer(Config{
+		Token: token, Journal: j, Heartbeat: time.Hour,
+		Status:   func(context.Context) Status { return st },
+		Problems: func() []string { return st.Problems },
+		Ready:    func() bool { return st.Ready },
+		Metrics:  http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "metrics\n") }),
+	}))
+	t.Cleanup(srv.Close)
+	return srv, j
+}
+
+func get(t *testing.T, url string, header ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestToken(t *testing.T) {
+	const token = "0123456789abcdef0123"
+	srv, _ := newTestServer(t, token, testStatus())
+	for _, path := range []string{"/", "/api/v1/status", "/api/v1/events", "/metrics"} {
+		if code, body := get(t, srv.URL+path); code != http.StatusUnauthorized || !strings.Contains(body, "admin.token_file") {
+			t.Errorf("GET %s without the token: %d %q; want 401 naming admin.token_file", path, code, body)
+		}
+		if code, _ := get(t, srv.URL+path, "Authorization", "Bearer wrong-token-wrong-token"); code != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong token: %d; want 401", path, code)
+		}
+		if code, _ := get(t, srv.URL+path, "Authorization", "Bearer "+token); code != http.StatusOK {
+			t.Errorf("GET %s with the token: %d; want 200", path, code)
+		}
+	}
+	if code, _ := get(t, srv.URL+"/?token="+token); code != http.StatusOK {
+		t.Errorf("the page with ?token=: %d; want 200", code)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, _ := get(t, srv.URL+path); code != http.StatusOK {
+			t.Errorf("GET %s without the token: %d; want 200 (probes carry no token)", path, code)
+		}
+	}
+}
+
+func TestReadyz(t *testing.T) {
+	st := testStatus()
+	st.Ready = false
+	srv, _ := newTestServer(t, "", st)
+	if code, body := get(t, srv.URL+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "not ready") {
+		t.Errorf("/readyz before ready: %d %q; want 503 saying not ready", code, body)
+	}
+	if code, _ := get(t, srv.URL+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz before ready: %d; want 200 (nothing is broken)", code)
+	}
+	st = testStatus()
+	st.Problems = []string{"etcd: unreachable"}
+	srv, _ = newTestServer(t, "", st)
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body := get(t, srv.URL+path); code != http.StatusServiceUnavailable || !strings.Contains(body, "etcd: unreachable") {
+			t.Errorf("%s with etcd down: %d %q; want 503 naming the problem", path, code, body)
+		}
+	}
+}
+
+func TestEventsAPI(t *testing.T) {
+	srv, j := newTestServer(t, "", testStatus())
+	for _, k := range []events.Kind{events.Died, events.Deregistered, events.PoolPushed} {
+		j.Record(events.Event{Kind: k, Message: string(k)})
+	}
+	var evs Events
+	_, body := get(t, srv.URL+"/api/v1/events")
+	if err := json.Unmarshal([]byte(body), &evs); err != nil || len(evs.Events) != 3 || evs.Events[0].Kind != events.Died {
+		t.Fatalf("events: %v %s; want died, deregistered, pool-pushed", err, body)
+	}
+	_, body = get(t, srv.URL+"/api/v1/events?since=2")
+	if err := json.Unmarshal([]byte(body), &evs); err != nil || len(evs.Events) != 1 || evs.Events[0].Seq != 3 {
+		t.Fatalf("events since 2: %s; want the third only", body)
+	}
+	if code, _ := get(t, srv.URL+"/api/v1/events?since=x"); code != http.StatusBadRequest {
+		t.Errorf("since=x: %d; want 400", code)
+	}
+
+	// Following: what is kept after since, then each new event.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := NewClient(strings.TrimPrefix(srv.URL, "http://"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan events.Event, 10)
+	go func() { _ = c.Follow(ctx, 1, func(e events.Event) { got <- e }, nil) }()
+	for _, want := range []int64{2, 3} {
+		if e := <-got; e.Seq != want {
+			t.Fatalf("followed event %d; want %d", e.Seq, want)
+		}
+	}
+	j.Record(events.Event{Kind: events.Started, Message: "new"})
+	select {
+	case e := <-got:
+		if e.Seq != 4 || e.Kind != events.Started {
+			t.Fatalf("followed %+v; want the new event 4", e)
+		}
+	case <-ctx.Done():
+		t.Fatal("the new event never came")
+	}
+}
+
+func TestPage(t *testing.T) {
+	now := time.Now()
+	st := testStatus(
+		Backend{Container: "demo-apache-1", Addr: "172.18.0.2:80", State: "healthy", Since: now, LastProbe: &now, Registered: true, Served: true},
+		Backend{Container: "demo-apache-2", Addr: "172.18.0.3:80", State: "healthy", Since: now},
+		Backend{Container: `<script>alert(1)</script>`, Addr: "172.18.0.4:80", State: "unhealthy", Since: now, ProbeError: "connection refused"},
+	)
+	st.Proxy.Rejected = &Rejected{Time: now, Hash: "abc", Message: `unknown directive "bogus"`}
+	srv, j := newTestServer(t, "", st)
+	j.Record(events.Event{Kind: events.Died, Message: "backend demo-apache-9 died"})
+	code, page := get(t, srv.URL+"/")
+	if code != http.StatusOK {
+		t.Fatalf("GET /: %d", code)
+	}
+	for _, want := range []string{
+		`data-state="healthy" data-container="demo-apache-1"`, `data-state="unhealthy"`, "connection refused",
+		"config rejected", "unknown directive &#34;bogus&#34;", "backend demo-apache-9 died", "new EventSource(",
+		"&lt;script&gt;alert(1)&lt;/script&gt;",
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "<script>alert(1)") {
+		t.Error("a container name went into the page unescaped")
+	}
+	if n := strings.Count(page, `class="backend"`); n != 3 {
+		t.Errorf("%d backend rows; want 3", n)
+	}
+
+	// The live part comes through /live as "view" messages.
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/live", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("/live: Content-Type %q", ct)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	if !sc.Scan() || sc.Text() != "event: view" {
+		t.Fatalf("/live starts with %q; want a view", sc.Text())
+	}
+	var view strings.Builder
+	for sc.Scan() && sc.Text() != "" {
+		view.WriteString(strings.TrimPrefix(sc.Text(), "data: ") + "\n")
+	}
+	if n := strings.Count(view.String(), `class="backend"`); n != 3 || strings.Contains(view.String(), "<html") {
+		t.Errorf("the view has %d backend rows (want 3) and must not be a whole page", n)
+	}
+}
+
+func TestHistory(t *testing.T) {
+	j := events.New(0)
+	h := NewHistory(j)
+	pools := map[string][]string{"apache": {"a:80", "b:80"}}
+	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server a:80;\n}\n"), Hash: "h1", Pools: pools})
+	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server b:80;\n}\n"), Hash: "h2", Pools: pools, Confirmed: 30 * time.Millisecond})
+	h.Observe(render.Outcome{Pushed: true, Hash: "h2", Pools: map[string][]string{"apache": {"b:80"}}})
+	bad := fmt.Errorf("%w: nginx: [emerg] unknown directive \"bogus\"", nginx.ErrCheckFailed)
+	h.Observe(render.Outcome{Err: bad, Hash: "h3"})
+	h.Observe(render.Outcome{Err: bad, Hash: "h3"}) // said once
+	h.Observe(render.Outcome{Err: fmt.Errorf("%w: no proxy", render.ErrNotReady)})
+	h.Observe(render.Outcome{Err: errors.New("push pools: status 403")})
+
+	var p Proxy
+	h.Fill(&p)
+	if p.Hash != "h2" || !strings.Contains(p.Diff, "-  server a:80;") || !strings.Contains(p.Diff, "+  server b:80;") {
+		t.Errorf("live %q, diff %q; want h2 and the change from a to b", p.Hash, p.Diff)
+	}
+	if p.Rejected == nil || p.Rejected.Hash != "h3" || !strings.Contains(p.Rejected.Message, `unknown directive "bogus"`) {
+		t.Errorf("rejected %+v; want h3 with nginx's message", p.Rejected)
+	}
+	if p.Pushed == nil || p.ConfirmedMS != 30 || p.RenderError != "push pools: status 403" {
+		t.Errorf("pushed %v, confirmed %v, render error %q", p.Pushed, p.ConfirmedMS, p.RenderError)
+	}
+	if got := h.Served()["apache"]; len(got) != 1 || got[0] != "b:80" {
+		t.Errorf("served %v; want the pushed pool [b:80]", got)
+	}
+	var kinds []events.Kind
+	for _, e := range j.Last(0) {
+		kinds = append(kinds, e.Kind)
+	}
+	want := []events.Kind{events.Reloaded, events.Reloaded, events.PoolPushed, events.ConfigRejected, events.RenderFailed}
+	if fmt.Sprint(kinds) != fmt.Sprint(want) {
+		t.Errorf("events %v; want %v", kinds, want)
+	}
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// listenAdmin opens the admin listener; nil when it is off. The default
+// address, taken by another daemon of this host (another project), is
+// said and skipped; an address the spec names must be had.
+func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
+	listen := d.cfg.Admin.Listen
+	if listen == "" {
+		return nil, nil
+	}
+	if d.cfg.Metrics.Listen != "" {
+		log.Warn().Str("listen", listen).Msg("[metrics] listen is now admin.listen ([admin] listen = ...): it serves /metrics as before, and the status page, the JSON API and /readyz")
+	}
+	l, err := net.Listen("tcp", listen)
+	explicit := d.cfg.written("admin.listen") || d.cfg.Metrics.Listen != ""
+	if errors.Is(err, syscall.EADDRINUSE) && !explicit {
+		log.Warn().Str("listen", listen).Msg("the default admin address is in use (another upstreamd on this host?): no status page, API or /metrics; set [admin] listen to another port, or \"\" to say so")
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("admin.listen %s: %w", listen, err)
+	}
+	return l, nil
+}
+
+// adminServer is the admin listener's handler.
+func (d *daemon) adminServer(token string) *admin.Server {
+	return admin.NewServer(admin.Config{
+		Token:    token,
+		Status:   d.status,
+		Problems: func() []string { return d.metrics.problems(d.orch) },
+		Ready: func() bool {
+			select {
+			case <-d.orch.Ready():
+				return true
+			default:
+				return false
+			}
+		},
+		Journal: d.journal,
+		Metrics: d.metrics.handler(d.orch, d.ejections),
+		Logger:  d.log.With().Str("component", "admin").Logger(),
+	})
+}
+
+// clusterCache keeps what status reads from etcd of the cluster for a
+// moment: the page asks for it after every event.
+type clusterCache struct {
+	mu   sync.Mutex
+	at   time.Time
+	view etcdView
+	err  error
+}
+
+const clusterCacheFor = time.Second
+
+func (c *clusterCache) get(ctx context.Context, read func(context.Context) (etcdView, error)) (etcdView, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) < clusterCacheFor {
+		return c.view, c.err
+	}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c.view, c.err = read(rctx)
+	c.at = time.Now()
+	return c.view, c.err
+}
+
+// status assembles GET /api/v1/status from what the daemon holds: the
+// health of its backends, the registrations it watches, what nginx was
+// given; and the nodes and the leader, read from etcd.
+func (d *daemon) status(ctx context.Context) admin.Status {
+	st := admin.Status{
+		Project: d.cfg.Project, Node: d.cfg.Node, Version: version, Started: d.started, Now: time.Now(),
+		Problems: d.metrics.problems(d.orch),
+		Nodes:    []admin.Node{},
+	}
+	if st.Problems == nil {
+		st.Problems = []string{}
+	}
+	select {
+	case <-d.orch.Ready():
+		st.Ready = len(st.Problems) == 0
+	default:
+	}
+	cl, clErr := d.cluster.get(ctx, func(ctx context.Context) (etcdView, error) { return readCluster(ctx, d.etcd, d.cfg) })
+	if clErr != nil {
+		st.NodesError = clErr.Error()
+	}
+	snap, _ := d.registrations.Snapshot()
+	served := d.history.Served()
+	local, _ := d.orch.Local()
+	backends := d.orch.Backends()
+	for _, svc := range d.cfg.Service {
+		s := admin.Service{Name: svc.Name, Replicas: *svc.Replicas, Local: local[svc.Name],
+			Backends: []admin.Backend{}, Registered: []admin.Registration{}, Served: served[svc.Name]}
+		if n, ok := cl.overrides[svc.Name]; ok {
+			s.Replicas = n
+		}
+		if s.Served == nil {
+			s.Served = []string{}
+		}
+		registered := map[string]bool{}
+		for _, e := range snap.Entries {
+			if e.Service != svc.Name || !store.InProjects(e.Reg.Project, d.cfg.Projects()) {
+				continue
+			}
+			registered[e.Addr] = true
+			s.Registered = append(s.Registered, admin.Registration{Key: e.Key, Addr: e.Addr, Container: e.Reg.Host, Node: e.Reg.Node, Project: e.Reg.Project})
+		}
+		for _, b := range backends {
+			if b.Service != svc.Name {
+				continue
+			}
+			ab := admin.Backend{Container: b.Container, ID: b.ID, Addr: b.Addr, Node: b.Node, State: b.State, Since: b.Since,
+				ProbeMS: float64(b.Took.Microseconds()) / 1000, ProbeError: b.Error,
+				Registered: registered[b.Addr], Served: slices.Contains(s.Served, b.Addr)}
+			if !b.LastProbe.IsZero() {
+				t := b.LastProbe
+				ab.LastProbe = &t
+			}
+			s.Backends = append(s.Backends, ab)
+		}
+		st.Services = append(st.Services, s)
+	}
+	if p, _ := d.orch.Proxy(); p.ID != "" {
+		st.Proxy.Running, st.Proxy.ID = true, containers.ShortID(p.ID)
+		st.Proxy.Container = d.cfg.Project + "-proxy"
+	}
+	d.history.Fill(&st.Proxy)
+	if cl.leader != nil {
+		st.Leader = &admin.Leader{Node: cl.leader.Node, Address: cl.leader.Address}
+	}
+	for _, a := range cl.nodes {
+		st.Nodes = append(st.Nodes, admin.Node{Name: a.Node, Host: a.Host, Address: a.Address, Version: a.Version, Started: a.Started,
+			Leader: cl.leader != nil && cl.leader.Node == a.Node, Slots: cl.slots[a.Node]})
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
+	return st
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/cluster"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
@@ -240,6 +241,21 @@ func TestCluster(t *testing.T) {
 		for _, h := range sc.c.Hosts {
 			require.Regexp(t, h.Name+`\s+\S+\s+`+regexp.QuoteMeta(h.Addr)+`\s+\S+\s+\S+\s+apache:1`, out)
 		}
+		// A non-leader's own view, from its admin listener: every node,
+		// the leader and its address, no proxy of its own.
+		other := sc.nonLeader(l)
+		res, err = other.Exec(t.Context(), []string{cluster.DaemonBinary, "status", "--json"})
+		require.NoError(t, err)
+		require.Zero(t, res.ExitCode, res.Output())
+		var st admin.Status
+		require.NoError(t, json.Unmarshal(res.Stdout, &st), res.Output())
+		require.Len(t, st.Nodes, 3, "nodes in %s's status", other.Name)
+		require.NotNil(t, st.Leader)
+		require.Equal(t, l, orchestrator.Leader{Node: st.Leader.Node, Address: st.Leader.Address})
+		require.False(t, st.Proxy.Running, "%s runs no proxy", other.Name)
+		require.Len(t, st.Services, 1)
+		require.Len(t, st.Services[0].Registered, 3, "every node's registrations")
+		require.Len(t, st.Services[0].Backends, 1, "%s probes its own backend", other.Name)
 	})
 
 	t.Run("an idle cluster writes nothing to etcd", func(t *testing.T) {

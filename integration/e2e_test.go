@@ -7,6 +7,7 @@ import (
 	"net"
 	"sort"
 
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/events"
 )
 
 // TestSeedStack: the seed's stack comes up from nothing; nginx serves pages
@@ -203,10 +205,35 @@ func TestRejectedConfigNeverGoesLive(t *testing.T) {
 	served, err := s.servedHosts(20)
 	require.NoError(t, err, "nginx keeps serving")
 	require.Equal(t, three, served, "nginx keeps the last good pool")
+	// The operator sees it: the status names the refused config with
+	// nginx's words, and the event feed says so.
+	st, err := s.adminStatus()
+	require.NoError(t, err)
+	require.NotNil(t, st.Proxy.Rejected, "the status shows the rejected config")
+	require.Contains(t, st.Proxy.Rejected.Message, "this_is_not_an_nginx_directive")
+	evs, err := s.adminEvents(0)
+	require.NoError(t, err)
+	require.True(t, slices.ContainsFunc(evs, func(e events.Event) bool {
+		return e.Kind == events.ConfigRejected && strings.Contains(e.Message, "this_is_not_an_nginx_directive")
+	}), "no config-rejected event naming nginx's reason: %v", evs)
 
 	out, err = s.cli("scale", "apache", "5")
 	require.NoError(t, err, out)
 	s.waitConverged(5, 90*time.Second)
+	// A good config went live: the rejection is over, and the status shows
+	// what changed from the config before.
+	eventually(t, 10*time.Second, "the status shows the new config live", func() error {
+		st, err := s.adminStatus()
+		switch {
+		case err != nil:
+			return err
+		case st.Proxy.Rejected != nil:
+			return fmt.Errorf("still rejected: %+v", st.Proxy.Rejected)
+		case !strings.Contains(st.Proxy.Diff, "+") || !strings.Contains(st.Proxy.Diff, "server "):
+			return fmt.Errorf("diff %q", st.Proxy.Diff)
+		}
+		return nil
+	})
 }
 
 // TestRestartAdopts: a restarted daemon adopts the running containers (same

@@ -195,6 +195,33 @@ func TestEtcdOutage(t *testing.T) {
 	require.Contains(t, out, "ROLE")
 	require.Contains(t, out, s.project+"-proxy", "the container table is shown:\n%s", out)
 	require.Contains(t, out, "(etcd: ", "the etcd failure is said:\n%s", out)
+	// The admin listener keeps answering, and says what is wrong: /healthz
+	// fails naming etcd, the page shows it at the top, the status API says
+	// the nodes could not be read.
+	eventually(t, 30*time.Second, "/healthz and the page say etcd is down", func() error {
+		code, body, err := s.adminGet("/healthz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(string(body), "etcd") {
+			return fmt.Errorf("/healthz: %d %s", code, body)
+		}
+		code, page, err := s.adminGet("/")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || !strings.Contains(string(page), `class="problems"`) || !strings.Contains(string(page), "etcd") {
+			return fmt.Errorf("the page (%d) shows no etcd problem", code)
+		}
+		st, err := s.adminStatus()
+		if err != nil {
+			return err
+		}
+		if st.NodesError == "" || st.Ready {
+			return fmt.Errorf("status: nodes_error %q, ready %v", st.NodesError, st.Ready)
+		}
+		return nil
+	})
 	for time.Since(down) < 30*time.Second {
 		select {
 		case <-d.Done():

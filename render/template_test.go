@@ -28,7 +28,10 @@ type goldenInput struct {
 	// server and, when dynamic, the Lua setup).
 	Dynamic    bool `json:"dynamic"`
 	StatusPort int  `json:"status_port"`
-	Entries    []struct {
+	// Routes are the services' routes and proxy settings (durations in
+	// nanoseconds).
+	Routes  map[string]Route `json:"routes"`
+	Entries []struct {
 		Key string `json:"key"`
 		// Value is the registration as a JSON object, or a JSON string
 		// holding the raw etcd value verbatim (for values that are not JSON).
@@ -77,7 +80,7 @@ func loadGolden(t *testing.T, dir string) View {
 		snap.Entries = append(snap.Entries, entry)
 	}
 	return NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen,
-		Dynamic: in.Dynamic, StatusPort: in.StatusPort})
+		Dynamic: in.Dynamic, StatusPort: in.StatusPort, Routes: in.Routes})
 }
 
 func TestDefaultTemplateGolden(t *testing.T) {

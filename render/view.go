@@ -43,6 +43,17 @@ type Service struct {
 	// ConnectTimeout is how long nginx waits for a connection to one of
 	// its backends before it tries the next, in nginx's syntax ("100ms").
 	ConnectTimeout string
+	// Hosts, PathPrefix and StripPrefix are where the service is reached
+	// (see Route); the built-in template routes by them (View.Servers).
+	Hosts       []string
+	PathPrefix  string
+	StripPrefix bool
+	// ReadTimeout and SendTimeout are nginx's proxy timeouts in its
+	// syntax; empty: nginx's default. MaxBodySize is client_max_body_size
+	// (empty: nginx's default). Headers are added to every response.
+	ReadTimeout, SendTimeout string
+	MaxBodySize              string
+	Headers                  []Header
 }
 
 // DefaultConnectTimeout is a service's connect timeout unless its spec
@@ -60,8 +71,12 @@ type View struct {
 	// Services lists every configured service in spec order, each possibly
 	// without backends, then services found in etcd but not configured.
 	Services []Service
-	// Default is the service the default template routes "/" to.
+	// Default is the service for the requests no route takes ("" for a
+	// 404); with the seed's one service, everything.
 	Default string
+	// Servers are the server blocks of the built-in template, computed
+	// from the services' routes: each host's, then the default server.
+	Servers []Server
 	// Listen is the port nginx listens on inside the proxy container.
 	Listen int
 	// Dynamic says pools are pushed to nginx's Lua balancer at run time
@@ -102,13 +117,14 @@ type ViewInput struct {
 	Projects []string
 	// Services are the configured service names, in spec order.
 	Services []string
-	// Default is the service routed at "/".
+	// Default is the service for the requests no route takes ("": 404).
 	Default string
 	// Listen is nginx's listen port.
 	Listen int
-	// ConnectTimeouts are the services' connect timeouts; a service not
-	// in it gets DefaultConnectTimeout.
-	ConnectTimeouts map[string]time.Duration
+	// Routes are the configured services' routes and proxy settings; a
+	// service not in it answers every host and path (when Default) with
+	// DefaultConnectTimeout.
+	Routes map[string]Route
 	// Dynamic, StatusPort and Admin are copied to the View.
 	Dynamic    bool
 	StatusPort int
@@ -147,11 +163,13 @@ func NewView(in ViewInput) View {
 			bs = []Backend{}
 		}
 		sort.Slice(bs, func(i, j int) bool { return bs[i].Addr < bs[j].Addr })
-		timeout, ok := in.ConnectTimeouts[name]
-		if !ok {
-			timeout = DefaultConnectTimeout
+		r := in.Routes[name]
+		if r.ConnectTimeout <= 0 {
+			r.ConnectTimeout = DefaultConnectTimeout
 		}
-		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured, ConnectTimeout: nginxTime(timeout)})
+		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured,
+			ConnectTimeout: nginxTime(r.ConnectTimeout), ReadTimeout: optTime(r.ReadTimeout), SendTimeout: optTime(r.SendTimeout),
+			Hosts: r.Hosts, PathPrefix: r.PathPrefix, StripPrefix: r.StripPrefix, MaxBodySize: r.MaxBodySize, Headers: r.Headers})
 	}
 	for _, name := range in.Services {
 		add(name, true)
@@ -166,5 +184,14 @@ func NewView(in ViewInput) View {
 	for _, name := range extra {
 		add(name, false)
 	}
+	v.Servers = servers(v.Services, in.Default)
 	return v
+}
+
+// optTime is d in nginx's syntax, or "" for zero.
+func optTime(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return nginxTime(d)
 }

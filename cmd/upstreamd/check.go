@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"time"
 
 	"github.com/rs/zerolog"
 
@@ -17,18 +16,18 @@ import (
 
 // viewInput is what the template's View is built from, but the snapshot.
 func (c *Config) viewInput() render.ViewInput {
-	timeouts := make(map[string]time.Duration, len(c.Service))
+	routes := make(map[string]render.Route, len(c.Service))
 	for _, s := range c.Service {
-		timeouts[s.Name] = s.ConnectTimeout.D()
+		routes[s.Name] = s.route()
 	}
 	return render.ViewInput{
-		Projects:        c.Projects(),
-		Services:        c.ServiceNames(),
-		Default:         c.Proxy.Service,
-		Listen:          c.Proxy.Port,
-		ConnectTimeouts: timeouts,
-		Dynamic:         *c.Proxy.Dynamic,
-		StatusPort:      *c.Proxy.StatusPort,
+		Projects:   c.Projects(),
+		Services:   c.ServiceNames(),
+		Default:    c.Proxy.Service,
+		Listen:     c.Proxy.Port,
+		Routes:     routes,
+		Dynamic:    *c.Proxy.Dynamic,
+		StatusPort: *c.Proxy.StatusPort,
 	}
 }
 

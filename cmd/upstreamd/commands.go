@@ -20,6 +20,7 @@ import (
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -79,6 +80,17 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		if _, err := stdout.Write(out); err != nil {
 			return err
+		}
+		if cfg.Proxy.Template == "" {
+			// Where the built-in template sends each request.
+			var b strings.Builder
+			b.WriteString("\n# Routes:\n")
+			for _, line := range render.RouteText(view) {
+				b.WriteString("#   " + line + "\n")
+			}
+			if _, err := io.WriteString(stdout, b.String()); err != nil {
+				return err
+			}
 		}
 		if *cfg.Proxy.Dynamic {
 			// The pools are not in the file: show what would be pushed.

@@ -3,11 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -125,11 +127,23 @@ type ServiceConfig struct {
 	Command    []string `toml:"command"`
 	StopGrace  Duration `toml:"stop_grace"`
 	// ConnectTimeout: nginx's connect timeout to a backend of the service.
-	ConnectTimeout Duration     `toml:"connect_timeout"`
-	Restart        string       `toml:"restart"`
-	Memory         string       `toml:"memory"`
-	CPUs           float64      `toml:"cpus"`
-	Health         HealthConfig `toml:"health"`
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// Hosts, PathPrefix and StripPrefix route requests to the service
+	// (the built-in template); none: the default service takes them.
+	Hosts       []string `toml:"hosts"`
+	PathPrefix  string   `toml:"path_prefix"`
+	StripPrefix bool     `toml:"strip_prefix"`
+	// ReadTimeout and SendTimeout are nginx's proxy timeouts (zero:
+	// nginx's 60 s); ClientMaxBodySize its client_max_body_size ("":
+	// nginx's 1m); ResponseHeaders are added to every response.
+	ReadTimeout       Duration          `toml:"read_timeout"`
+	SendTimeout       Duration          `toml:"send_timeout"`
+	ClientMaxBodySize string            `toml:"client_max_body_size"`
+	ResponseHeaders   map[string]string `toml:"response_headers"`
+	Restart           string            `toml:"restart"`
+	Memory            string            `toml:"memory"`
+	CPUs              float64           `toml:"cpus"`
+	Health            HealthConfig      `toml:"health"`
 }
 
 // HealthConfig is a service's probe.
@@ -285,9 +299,32 @@ func (c *Config) applyDefaults() {
 		setPtr(&s.Health.Rise, 2)
 		setPtr(&s.Health.Fall, 2)
 	}
-	if len(c.Service) > 0 {
+	if len(c.Service) > 0 && !c.routed() {
+		// The seed: one service at "/" of every host. Once a service is
+		// routed by host or path, the default is only what the spec says.
 		setStr(&p.Service, c.Service[0].Name)
 	}
+}
+
+// routed reports whether a service is routed by host or path.
+func (c *Config) routed() bool {
+	for _, s := range c.Service {
+		if len(s.Hosts) > 0 || s.PathPrefix != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// route is the service's render.Route.
+func (s ServiceConfig) route() render.Route {
+	r := render.Route{Hosts: s.Hosts, PathPrefix: s.PathPrefix, StripPrefix: s.StripPrefix,
+		ConnectTimeout: s.ConnectTimeout.D(), ReadTimeout: s.ReadTimeout.D(), SendTimeout: s.SendTimeout.D(),
+		MaxBodySize: s.ClientMaxBodySize}
+	for _, name := range slices.Sorted(maps.Keys(s.ResponseHeaders)) {
+		r.Headers = append(r.Headers, render.Header{Name: name, Value: s.ResponseHeaders[name]})
+	}
+	return r
 }
 
 // setStr defaults an empty string: in the spec, "" means the default.
@@ -343,9 +380,10 @@ func (c *Config) validate() []error {
 	for i, s := range c.Service {
 		s.validate(fmt.Sprintf("service[%d]", i), seen, bad)
 	}
-	if !seen[c.Proxy.Service] && len(c.Service) > 0 {
+	if c.Proxy.Service != "" && !seen[c.Proxy.Service] && len(c.Service) > 0 {
 		bad("proxy.service", "%q is not a configured service", c.Proxy.Service)
 	}
+	c.validateRoutes(bad)
 	return errs
 }
 
@@ -535,6 +573,7 @@ func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	if d := s.ConnectTimeout.D(); d < time.Millisecond || d > time.Minute || d%time.Millisecond != 0 {
 		bad(k+".connect_timeout", "%s must be whole milliseconds in 1ms-1m", d)
 	}
+	s.validateProxying(k, bad)
 	if s.StopGrace.D() < 0 || s.StopGrace.D() > 10*time.Minute {
 		bad(k+".stop_grace", "%s out of range 0-10m", s.StopGrace.D())
 	}

@@ -324,6 +324,29 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{`FILE:2:1: metrics.listen: "127.0.0.1:" is not host:port`},
 		},
 		{
+			name: "routes: bad host, path and settings",
+			body: apache + "hosts = [\"Www.Example\", \"a..b\"]\npath_prefix = \"/api/\"\nread_timeout = \"10ms\"\nclient_max_body_size = \"10 MB\"\n[service.response_headers]\n\"X Bad\" = \"1\"\nX-Quote = \"a\\\"b\"\n",
+			want: []string{
+				`FILE:3:1: service[0] (apache).hosts[0]: "Www.Example" is not a host name in lower case`,
+				`FILE:3:1: service[0] (apache).hosts[1]: "a..b" is not a host name`,
+				`FILE:4:1: service[0] (apache).path_prefix: "/api/" is not a path prefix`,
+				`FILE:5:1: service[0] (apache).read_timeout: 10ms out of range 1s-24h`,
+				`FILE:6:1: service[0] (apache).client_max_body_size: "10 MB" is not a size`,
+				`service[0] (apache).response_headers.X Bad: "X Bad" is not a header name`,
+				`service[0] (apache).response_headers.X-Quote: "a\"b": a value must be non-empty, without quotes`,
+			},
+		},
+		{
+			name: "strip_prefix without path_prefix",
+			body: apache + "strip_prefix = true\n",
+			want: []string{`FILE:3:1: service[0] (apache).strip_prefix: strips path_prefix, which is not set`},
+		},
+		{
+			name: "two services route the same host and path",
+			body: apache + "hosts = [\"a.example\"]\n[[service]]\nname = \"web\"\nimage = \"x\"\nhosts = [\"b.example\", \"a.example\"]\n",
+			want: []string{`service[1] (web): apache and web both route / of host a.example: give one of them another host or path_prefix`},
+		},
+		{
 			name: "admin.listen on every address without a token",
 			body: "[admin]\nlisten = \"0.0.0.0:9180\"\n",
 			want: []string{`FILE:2:1: admin.listen: "0.0.0.0:9180" is reachable from other hosts: set admin.token_file`},

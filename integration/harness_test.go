@@ -98,11 +98,16 @@ type stackOptions struct {
 	service     string // the service; empty: apache
 	etcdTOML    string // more keys inside [etcd]
 	sharedEtcd  *stack // use this stack's etcd instead of starting one
+	image       string // the service's image; empty: upstreamd/apache:latest
+	stopGrace   string // the service's stop_grace; empty: 2s
 }
 
 type option func(*stackOptions)
 
-func withReplicas(n int) option       { return func(o *stackOptions) { o.replicas = n } }
+func withReplicas(n int) option { return func(o *stackOptions) { o.replicas = n } }
+func withImage(image, stopGrace string) option {
+	return func(o *stackOptions) { o.image, o.stopGrace = image, stopGrace }
+}
 func withTemplate(text string) option { return func(o *stackOptions) { o.template = text } }
 func withHealth(path, interval string, rise, fall int) option {
 	return func(o *stackOptions) { o.healthPath, o.interval, o.rise, o.fall = path, interval, rise, fall }
@@ -226,7 +231,14 @@ func (s *stack) writeConfigAs(file, node string) {
 	if !strings.Contains(o.extra, "[metrics]") && !strings.Contains(o.extra, "[admin]") {
 		fmt.Fprintf(&b, "[admin]\nlisten = %q\n", s.admin)
 	}
-	fmt.Fprintf(&b, "[[service]]\nname = %q\nimage = \"upstreamd/apache:latest\"\nreplicas = %d\nstop_grace = \"2s\"\n%s", o.service, o.replicas, o.serviceTOML)
+	image, grace := o.image, o.stopGrace
+	if image == "" {
+		image = "upstreamd/apache:latest"
+	}
+	if grace == "" {
+		grace = "2s"
+	}
+	fmt.Fprintf(&b, "[[service]]\nname = %q\nimage = %q\nreplicas = %d\nstop_grace = %q\n%s", o.service, image, o.replicas, grace, o.serviceTOML)
 	fmt.Fprintf(&b, "[service.health]\npath = %q\ninterval = %q\ntimeout = %q\nrise = %d\nfall = %d\n",
 		o.healthPath, o.interval, o.timeout, o.rise, o.fall)
 	b.WriteString(o.extra)

@@ -238,3 +238,29 @@ func TestHistory(t *testing.T) {
 		t.Errorf("events %v; want %v", kinds, want)
 	}
 }
+
+func TestIsLoopback(t *testing.T) {
+	for listen, want := range map[string]bool{
+		"127.0.0.1:9180": true, "127.1.2.3:1": true, "[::1]:9180": true, "localhost:9180": true,
+		"0.0.0.0:9180": false, ":9180": false, "[::]:9180": false, "10.0.0.1:9180": false, "nonsense": false,
+	} {
+		if got := IsLoopback(listen); got != want {
+			t.Errorf("IsLoopback(%q) = %v; want %v", listen, got, want)
+		}
+	}
+}
+
+func TestClientAddress(t *testing.T) {
+	for listen, want := range map[string]string{
+		"127.0.0.1:9180": "http://127.0.0.1:9180", "0.0.0.0:9180": "http://127.0.0.1:9180",
+		":9180": "http://127.0.0.1:9180", "[::]:9180": "http://[::1]:9180", "10.0.0.1:80": "http://10.0.0.1:80",
+	} {
+		c, err := NewClient(listen, "")
+		if err != nil || c.URL() != want {
+			t.Errorf("NewClient(%q): %v, %v; want %s", listen, c.URL(), err, want)
+		}
+	}
+	if _, err := NewClient("nope", ""); err == nil {
+		t.Error("NewClient(\"nope\"): no error")
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/internal/events"
 )
 
@@ -101,8 +102,16 @@ func TestAdminAPI(t *testing.T) {
 		since = before[len(before)-1].Seq
 	}
 
+	// upstreamd events, following the daemon's stream from a terminal.
+	follow, err := daemon.Start(binPath, []string{"events", "--json", "--config", s.configFile}, nil)
+	require.NoError(t, err)
+	defer follow.Kill()
+	require.NoError(t, follow.WaitLog(t.Context(), `"kind":"registered"`, 10*time.Second), "the kept events first:\n%s", follow.Logs())
+
 	victim := s.backends()[0]
 	require.NoError(t, s.docker.Signal(t.Context(), victim.ID, "KILL"))
+	require.NoError(t, follow.WaitLog(t.Context(), `"kind":"died","container":"`+victim.Name+`"`, 10*time.Second),
+		"upstreamd events shows the kill as it happens:\n%s", follow.Logs())
 	var replacement string
 	names := []string{"died", "deregistered", "pool pushed", "replaced", "healthy", "registered"}
 	want := []func(events.Event) bool{

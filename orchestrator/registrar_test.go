@@ -13,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -508,5 +509,27 @@ func TestRegistrarDeleteOfGoneKey(t *testing.T) {
 	}
 	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyC: {valC, 1}, "/upstreamd/p1/slots/apache/0": {`{"node":"n2"}`, 9}}); d != "" {
 		t.Errorf("etcd after the replacement turned healthy differs:%s", d)
+	}
+}
+
+// TestRegistrarRecordsEvents: each key written or deleted is an event
+// naming the container and the service, for the admin API's feed.
+func TestRegistrarRecordsEvents(t *testing.T) {
+	reg := newFakeRegistry(map[string]fakeKV{keyC: {valC, 1}})
+	hv := &fakeHealthView{}
+	hv.set([]Target{tA}, nil)
+	r := newTestRegistrar(reg, hv, 0)
+	j := events.New(0)
+	r.cfg.Events = j
+	if err := r.sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range j.Last(0) {
+		got = append(got, fmt.Sprintf("%s %s %s %s", e.Kind, e.Service, e.Container, e.Addr))
+	}
+	want := []string{"deregistered apache up-apache-cccccc 172.18.0.4:80", "registered apache up-apache-aaaaaa 172.18.0.2:80"}
+	if !slices.Equal(got, want) {
+		t.Errorf("events %q; want %q", got, want)
 	}
 }

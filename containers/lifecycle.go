@@ -44,6 +44,10 @@ type CreateSpec struct {
 	// PublishIP, when PublishAddr is empty, publishes ExposedPort on this
 	// host address at a port the engine picks (see Container.Published).
 	PublishIP string `json:",omitempty"`
+	// TLSPort, when not zero, is a second container port published on
+	// TLSPublishAddr (the proxy's HTTPS).
+	TLSPort        int    `json:",omitempty"`
+	TLSPublishAddr string `json:",omitempty"`
 	// Volumes are anonymous volumes to create, by container path.
 	Volumes []string
 	// VolumesFrom names containers whose volumes are mounted.
@@ -137,6 +141,21 @@ func (s CreateSpec) engineConfig() (*container.Config, *container.HostConfig, *n
 		} else if s.PublishIP != "" {
 			hostCfg.PortBindings = nat.PortMap{port: {{HostIP: s.PublishIP}}}
 		}
+	}
+	if s.TLSPort > 0 && s.TLSPublishAddr != "" {
+		port := nat.Port(strconv.Itoa(s.TLSPort) + "/tcp")
+		host, hport, err := ParsePublish(s.TLSPublishAddr)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if cfg.ExposedPorts == nil {
+			cfg.ExposedPorts = nat.PortSet{}
+		}
+		if hostCfg.PortBindings == nil {
+			hostCfg.PortBindings = nat.PortMap{}
+		}
+		cfg.ExposedPorts[port] = struct{}{}
+		hostCfg.PortBindings[port] = []nat.PortBinding{{HostIP: host, HostPort: hport}}
 	}
 	var netCfg *network.NetworkingConfig
 	if s.Network != "" {

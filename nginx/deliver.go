@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/upstreamd/upstreamd/containers"
@@ -215,4 +217,35 @@ func (s *Session) poolsToken(ctx context.Context) (string, error) {
 	}
 	s.token = tok
 	return tok, nil
+}
+
+// writeFileScript writes stdin to $1 through a temporary file (mode 0600,
+// so keys are not readable by nginx's workers; the master reads them).
+const writeFileScript = `umask 077
+mkdir -p "$(dirname "$1")" || exit 1
+cat > "$1.tmp" || exit 1
+mv -f "$1.tmp" "$1"`
+
+// WriteFiles writes the files (by path) into the proxy, those this
+// session has not written yet. Their names are their content's hash, so
+// nothing the live config reads changes; the config that names them is
+// delivered, and checked with them, after.
+func (s *Session) WriteFiles(ctx context.Context, files map[string][]byte) error {
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		if s.written[p] {
+			continue
+		}
+		res, err := s.cfg.Docker.ExecWithStdin(ctx, s.proxy.ID, []string{"sh", "-c", writeFileScript, "upstreamd-write", p}, files[p])
+		if err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("write %s: exit code %d: %s", p, res.ExitCode, res.Output())
+		}
+		if s.written == nil {
+			s.written = map[string]bool{}
+		}
+		s.written[p] = true
+	}
+	return nil
 }

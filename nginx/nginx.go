@@ -149,6 +149,8 @@ type Session struct {
 	// hupOwed: the live file was replaced but the HUP after it failed, so
 	// nginx still runs the previous config.
 	hupOwed bool
+	// written are the files WriteFiles wrote into this proxy.
+	written map[string]bool
 }
 
 // Proxy returns the container this Session is with.

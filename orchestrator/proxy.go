@@ -107,9 +107,15 @@ func (r *reconciler) proxySpec(dataID string) containers.CreateSpec {
 		NanoCPUs:    spec.Proxy.Limits.NanoCPUs,
 		StopTimeout: DefaultStopGrace,
 	}
+	if spec.Proxy.PublishTLS != "" {
+		cs.TLSPort, cs.TLSPublishAddr = TLSPort, spec.Proxy.PublishTLS
+	}
 	cs.Labels[containers.LabelSpec] = specHash(cs)
 	return cs
 }
+
+// TLSPort is nginx's TLS port inside the proxy.
+const TLSPort = 443
 
 // reconcileProxy keeps exactly one data-volume container (created once,
 // adopted afterwards, never recreated while it exists) and one running,

@@ -51,6 +51,9 @@ type ProxySpec struct {
 	Image string
 	// Publish is the host address nginx is published on, e.g. 127.0.0.1:8080.
 	Publish string
+	// PublishTLS is the host address nginx's TLS port (TLSPort) is
+	// published on; empty: no TLS.
+	PublishTLS string
 	// Port is the port nginx listens on inside the container.
 	Port int
 	// ConfigDir is the directory the data-volume container holds, e.g. /etc/nginx.

@@ -57,6 +57,10 @@ type Session interface {
 	// Admin is the address the proxy sees the daemon at ("" if unknown).
 	Admin() string
 	Deliver(ctx context.Context, cfg []byte) (changed bool, err error)
+	// WriteFiles makes sure the proxy has the files (certificates), by
+	// path; files are named by their content, so none the live config
+	// reads changes.
+	WriteFiles(ctx context.Context, files map[string][]byte) error
 	PushPools(ctx context.Context, body []byte) error
 	WaitConfig(ctx context.Context, hash string) (time.Duration, error)
 }
@@ -351,6 +355,9 @@ func (c *Controller) apply(ctx context.Context, steps []step, cand candidate, o 
 				err = nil // no pools API live yet: stepPush, after the new config
 			}
 		case stepDeliver:
+			if err = st.session.WriteFiles(ctx, cand.view.Files()); err != nil {
+				break
+			}
 			o.Changed, err = st.session.Deliver(ctx, cand.config)
 			if errors.Is(err, nginx.ErrCheckFailed) {
 				st.rejected = cand.hash

@@ -232,6 +232,8 @@ func (s *fakeSession) HasStatus() bool { return s.n.statusPort > 0 && s.p.IP != 
 
 func (s *fakeSession) Admin() string { return "" }
 
+func (s *fakeSession) WriteFiles(context.Context, map[string][]byte) error { return nil }
+
 func (s *fakeSession) Deliver(_ context.Context, cfg []byte) (bool, error) {
 	n := s.n
 	n.mu.Lock()

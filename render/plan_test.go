@@ -18,7 +18,8 @@ func (statusOnly) Admin() string     { return "" }
 func (statusOnly) Deliver(context.Context, []byte) (bool, error) {
 	panic("plan delivered")
 }
-func (statusOnly) PushPools(context.Context, []byte) error { panic("plan pushed") }
+func (statusOnly) WriteFiles(context.Context, map[string][]byte) error { panic("plan wrote files") }
+func (statusOnly) PushPools(context.Context, []byte) error             { panic("plan pushed") }
 func (statusOnly) WaitConfig(context.Context, string) (time.Duration, error) {
 	panic("plan confirmed")
 }

@@ -26,6 +26,8 @@ type Route struct {
 	MaxBodySize string
 	// Headers are added to every response of the service.
 	Headers []Header
+	// HTTPSRedirect sends plain-HTTP requests to HTTPS (with TLS).
+	HTTPSRedirect bool
 }
 
 // Header is a response header.
@@ -43,6 +45,8 @@ type Server struct {
 	// Fallback is the service for the paths no location matches
 	// ("" for a 404).
 	Fallback string
+	// Cert is the certificate the server presents over TLS (nil: no TLS).
+	Cert *TLSCert
 }
 
 // Default reports whether s is the default server.
@@ -164,9 +168,16 @@ type Proxying struct {
 	Service
 	Dynamic bool
 	Strip   bool
+	// Redirect, when set, is where a plain request goes instead
+	// ("https://$host"; the request URI is appended).
+	Redirect string
 }
 
 // Proxying returns the service named name, as a location proxies to it.
 func (v View) Proxying(name string, strip bool) Proxying {
-	return Proxying{Service: v.Service(name), Dynamic: v.Dynamic, Strip: strip}
+	p := Proxying{Service: v.Service(name), Dynamic: v.Dynamic, Strip: strip}
+	if p.HTTPSRedirect && v.TLS != nil {
+		p.Redirect = v.TLS.Redirect()
+	}
+	return p
 }

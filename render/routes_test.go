@@ -21,13 +21,13 @@ func TestServers(t *testing.T) {
 	}
 	got := fmt.Sprint(servers(services, "seed"))
 	want := "[" +
-		"{[a] [{/api/v1 deep false} {/api apiv2 false}] www} " +
-		"{[www.a] [{/api/v1 deep false} {/docs docs false} {/api api false}] www} " +
-		"{[] [{/api/v1 deep false} {/api api false}] seed}]"
+		"{[a] [{/api/v1 deep false} {/api apiv2 false}] www <nil>} " +
+		"{[www.a] [{/api/v1 deep false} {/docs docs false} {/api api false}] www <nil>} " +
+		"{[] [{/api/v1 deep false} {/api api false}] seed <nil>}]"
 	if got != want {
 		t.Errorf("servers:\n got %s\nwant %s", got, want)
 	}
-	if got := fmt.Sprint(servers(services[:2], "")); got != "[{[a www.a] [] www} {[] [] }]" {
+	if got := fmt.Sprint(servers(services[:2], "")); got != "[{[a www.a] [] www <nil>} {[] []  <nil>}]" {
 		t.Errorf("hosts alike share a block, no default: %s", got)
 	}
 }

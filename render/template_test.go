@@ -31,6 +31,7 @@ type goldenInput struct {
 	// Routes are the services' routes and proxy settings (durations in
 	// nanoseconds).
 	Routes  map[string]Route `json:"routes"`
+	TLS     *TLS             `json:"tls"`
 	Entries []struct {
 		Key string `json:"key"`
 		// Value is the registration as a JSON object, or a JSON string
@@ -80,7 +81,7 @@ func loadGolden(t *testing.T, dir string) View {
 		snap.Entries = append(snap.Entries, entry)
 	}
 	return NewView(ViewInput{Projects: anyProject, Snapshot: snap, Services: in.Services, Default: in.Default, Listen: in.Listen,
-		Dynamic: in.Dynamic, StatusPort: in.StatusPort, Routes: in.Routes})
+		Dynamic: in.Dynamic, StatusPort: in.StatusPort, Routes: in.Routes, TLS: in.TLS})
 }
 
 func TestDefaultTemplateGolden(t *testing.T) {

@@ -54,6 +54,8 @@ type Service struct {
 	ReadTimeout, SendTimeout string
 	MaxBodySize              string
 	Headers                  []Header
+	// HTTPSRedirect: with TLS, plain requests get a redirect to HTTPS.
+	HTTPSRedirect bool
 }
 
 // DefaultConnectTimeout is a service's connect timeout unless its spec
@@ -77,6 +79,8 @@ type View struct {
 	// Servers are the server blocks of the built-in template, computed
 	// from the services' routes: each host's, then the default server.
 	Servers []Server
+	// TLS is what the proxy serves over TLS; nil: plain HTTP only.
+	TLS *TLS
 	// Listen is the port nginx listens on inside the proxy container.
 	Listen int
 	// Dynamic says pools are pushed to nginx's Lua balancer at run time
@@ -125,6 +129,8 @@ type ViewInput struct {
 	// service not in it answers every host and path (when Default) with
 	// DefaultConnectTimeout.
 	Routes map[string]Route
+	// TLS, when not nil, adds a TLS listener to every server block.
+	TLS *TLS
 	// Dynamic, StatusPort and Admin are copied to the View.
 	Dynamic    bool
 	StatusPort int
@@ -169,7 +175,8 @@ func NewView(in ViewInput) View {
 		}
 		v.Services = append(v.Services, Service{Name: name, Backends: bs, Configured: configured,
 			ConnectTimeout: nginxTime(r.ConnectTimeout), ReadTimeout: optTime(r.ReadTimeout), SendTimeout: optTime(r.SendTimeout),
-			Hosts: r.Hosts, PathPrefix: r.PathPrefix, StripPrefix: r.StripPrefix, MaxBodySize: r.MaxBodySize, Headers: r.Headers})
+			Hosts: r.Hosts, PathPrefix: r.PathPrefix, StripPrefix: r.StripPrefix, MaxBodySize: r.MaxBodySize, Headers: r.Headers,
+			HTTPSRedirect: r.HTTPSRedirect && in.TLS != nil})
 	}
 	for _, name := range in.Services {
 		add(name, true)
@@ -185,6 +192,10 @@ func NewView(in ViewInput) View {
 		add(name, false)
 	}
 	v.Servers = servers(v.Services, in.Default)
+	if in.TLS != nil {
+		v.TLS = in.TLS
+		v.Servers = splitByCert(v.Servers, in.TLS)
+	}
 	return v
 }
 

@@ -26,6 +26,7 @@ func (c *Config) viewInput() render.ViewInput {
 		Default:    c.Proxy.Service,
 		Listen:     c.Proxy.Port,
 		Routes:     routes,
+		TLS:        c.tls,
 		Dynamic:    *c.Proxy.Dynamic,
 		StatusPort: *c.Proxy.StatusPort,
 	}
@@ -69,12 +70,13 @@ func (c *Config) sampleSnapshot() store.Snapshot {
 // at all, and with one made-up backend per service.
 type templateCheck struct {
 	empty, sample []byte
+	files         map[string][]byte // the certificates the configs name
 }
 
 // renderChecks renders the template on both views; an error names the
 // template, the view and the reason.
 func (c *Config) renderChecks(tmpl *render.Template) (templateCheck, error) {
-	var tc templateCheck
+	tc := templateCheck{files: c.view(store.Snapshot{}).Files()}
 	var err error
 	if tc.empty, err = c.renderFor(tmpl, store.Snapshot{}); err != nil {
 		return tc, fmt.Errorf("%s: proxy.template fails with no backend registered (as at a first start): %w", c.file, err)
@@ -118,6 +120,9 @@ func (c *Config) throwaway(ctx context.Context, log zerolog.Logger) (*nginx.Sess
 // rejects with no backend at all is a warning: nginx then keeps what it
 // runs until a backend registers.
 func (c *Config) checkWithNginx(ctx context.Context, s *nginx.Session, tc templateCheck, log zerolog.Logger) error {
+	if err := s.WriteFiles(ctx, tc.files); err != nil {
+		return err
+	}
 	if err := s.Check(ctx, tc.sample); err != nil {
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			return fmt.Errorf("%s: proxy.template renders a config nginx rejects (checked with one made-up backend per service at 192.0.2.x): %w", c.file, err)

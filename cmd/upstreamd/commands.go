@@ -115,6 +115,9 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		defer remove()
+		if err := s.WriteFiles(cmd.Context(), view.Files()); err != nil {
+			return err
+		}
 		if err := s.Check(cmd.Context(), out); err != nil {
 			return err
 		}

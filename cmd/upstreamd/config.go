@@ -34,12 +34,14 @@ type Config struct {
 	Network NetworkConfig   `toml:"network"`
 	Proxy   ProxyConfig     `toml:"proxy"`
 	Admin   AdminConfig     `toml:"admin"`
+	TLS     TLSConfig       `toml:"tls"`
 	Metrics MetricsConfig   `toml:"metrics"`
 	Service []ServiceConfig `toml:"service"`
 
 	file        string          // where it was read from, for messages
 	pos         positions       // where each key was written in it
 	droppedKeys map[string]bool // keys of the wrong type, reported and left out
+	tls         *render.TLS     // the certificates, read and checked by validateTLS
 }
 
 // DockerConfig says how to reach the engine.
@@ -96,8 +98,10 @@ type NetworkConfig struct {
 
 // ProxyConfig describes nginx.
 type ProxyConfig struct {
-	Image       string   `toml:"image"`
-	Publish     string   `toml:"publish"`
+	Image   string `toml:"image"`
+	Publish string `toml:"publish"`
+	// PublishTLS is where nginx's TLS port is published; "": no TLS.
+	PublishTLS  string   `toml:"publish_tls"`
 	Port        int      `toml:"port"`
 	Service     string   `toml:"service"`
 	Template    string   `toml:"template"`
@@ -140,10 +144,12 @@ type ServiceConfig struct {
 	SendTimeout       Duration          `toml:"send_timeout"`
 	ClientMaxBodySize string            `toml:"client_max_body_size"`
 	ResponseHeaders   map[string]string `toml:"response_headers"`
-	Restart           string            `toml:"restart"`
-	Memory            string            `toml:"memory"`
-	CPUs              float64           `toml:"cpus"`
-	Health            HealthConfig      `toml:"health"`
+	// HTTPSRedirect sends plain-HTTP requests to HTTPS (with TLS).
+	HTTPSRedirect bool         `toml:"https_redirect"`
+	Restart       string       `toml:"restart"`
+	Memory        string       `toml:"memory"`
+	CPUs          float64      `toml:"cpus"`
+	Health        HealthConfig `toml:"health"`
 }
 
 // HealthConfig is a service's probe.
@@ -320,7 +326,7 @@ func (c *Config) routed() bool {
 func (s ServiceConfig) route() render.Route {
 	r := render.Route{Hosts: s.Hosts, PathPrefix: s.PathPrefix, StripPrefix: s.StripPrefix,
 		ConnectTimeout: s.ConnectTimeout.D(), ReadTimeout: s.ReadTimeout.D(), SendTimeout: s.SendTimeout.D(),
-		MaxBodySize: s.ClientMaxBodySize}
+		MaxBodySize: s.ClientMaxBodySize, HTTPSRedirect: s.HTTPSRedirect}
 	for _, name := range slices.Sorted(maps.Keys(s.ResponseHeaders)) {
 		r.Headers = append(r.Headers, render.Header{Name: name, Value: s.ResponseHeaders[name]})
 	}
@@ -384,6 +390,7 @@ func (c *Config) validate() []error {
 		bad("proxy.service", "%q is not a configured service", c.Proxy.Service)
 	}
 	c.validateRoutes(bad)
+	c.validateTLS(bad)
 	return errs
 }
 
@@ -670,6 +677,7 @@ func (c *Config) Spec() orchestrator.Spec {
 		Proxy: orchestrator.ProxySpec{
 			Image:      c.Proxy.Image,
 			Publish:    c.Proxy.Publish,
+			PublishTLS: c.Proxy.PublishTLS,
 			Port:       c.Proxy.Port,
 			ConfigDir:  c.Proxy.ConfigDir,
 			ConfigPath: c.Proxy.ConfigPath,

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// selfSigned writes a self-signed certificate for names, valid until
+// notAfter, and its key, into dir as <name>.pem and <name>.key.
+func selfSigned(t *testing.T, dir, name string, names []string, notAfter time.Time) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: names,
+		NotBefore: time.Now().Add(-96 * time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for file, block := range map[string]*pem.Block{name + ".pem": {Type: "CERTIFICATE", Bytes: der}, name + ".key": {Type: "EC PRIVATE KEY", Bytes: kder}} {
+		if err := os.WriteFile(filepath.Join(dir, file), pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestTLSConfig(t *testing.T) {
+	dir := t.TempDir()
+	later := time.Now().Add(30 * 24 * time.Hour)
+	selfSigned(t, dir, "a", []string{"a.example"}, later)
+	selfSigned(t, dir, "b", []string{"b.example", "*.b.example"}, later)
+	selfSigned(t, dir, "old", []string{"old.example"}, time.Now().Add(-time.Hour))
+	selfSigned(t, dir, "nameless", nil, later)
+	const tlsOn = "[proxy]\npublish_tls = \"127.0.0.1:8443\"\n"
+	cert := func(c, k string) string {
+		return "[[tls.certificate]]\ncert_file = \"" + c + "\"\nkey_file = \"" + k + "\"\n"
+	}
+	for _, tt := range []struct {
+		name, body string
+		want       []string // error lines; none: valid
+	}{
+		{"two certificates", tlsOn + cert("a.pem", "a.key") + cert("b.pem", "b.key"), nil},
+		{"key of another certificate", tlsOn + cert("a.pem", "b.key"), []string{"tls.certificate[0]: a.pem and b.key: tls: private key does not match public key"}},
+		{"expired", tlsOn + cert("old.pem", "old.key"), []string{"tls.certificate[0]: old.pem expired on "}},
+		{"no names", tlsOn + cert("nameless.pem", "nameless.key"), []string{"tls.certificate[0]: nameless.pem names no host"}},
+		{"missing file", tlsOn + cert("none.pem", "a.key"), []string{"tls.certificate[0]: cert_file: open "}},
+		{"publish_tls without certificates", tlsOn, []string{"proxy.publish_tls: publishes TLS, but no [[tls.certificate]] is given"}},
+		{"certificates without publish_tls", cert("a.pem", "a.key"), []string{"tls.certificate[0]: certificates given, but proxy.publish_tls"}},
+		{"https_redirect without TLS", "[[service]]\nname = \"apache\"\nhttps_redirect = true\n", []string{"service[0] (apache).https_redirect: redirects to HTTPS, which is not served"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(dir, "upstreamd.toml")
+			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := LoadConfig(file)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatal(err)
+				}
+				files := cfg.view(store.Snapshot{}).Files()
+				if cfg.tls == nil || len(cfg.tls.Certs) != 2 || len(files) != 4 || cfg.tls.PublicPort != 8443 {
+					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}

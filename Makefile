@@ -107,7 +107,7 @@ integration: images
 ## bench: render benchmarks, then the load scenarios on the real stack (table + bench-results.json)
 bench: images
 	$(GO) test -run '^$$' -bench . -benchmem ./render/
-	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench(Cluster)?$$' -v ./integration/ 2>&1 \
+	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench(Cluster|TLS)?$$' -v ./integration/ 2>&1 \
 		| tee bench.log | grep -vE '🐳|✅|⏳|🔔|🚫|^  [A-Z]|Connected to docker' ; exit $${PIPESTATUS[0]}
 
 ## fuzz: fuzz the etcd key/value parser for a minute
@@ -119,4 +119,4 @@ lint:
 	$(GOLANGCI_LINT) run ./...
 
 clean:
-	rm -rf bin images/upstreamd/upstreamd images/wsecho/wsecho integration.log bench.log bench-results.json
+	rm -rf bin images/upstreamd/upstreamd images/wsecho/wsecho integration.log bench.log bench-results.json bench-tls.json

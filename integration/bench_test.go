@@ -46,7 +46,7 @@ func TestBench(t *testing.T) {
 	// servers the scenarios register there receive no request.
 	s := newStack(t,
 		withHealth("/healthz", "2s", 2, 2),
-		withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", metricsPort)),
+		withExtraTOML(fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:%d\"", metricsPort)),
 		withExtraTOML("[[service]]\nname = \"big\"\nimage = \"upstreamd/apache:latest\"\nreplicas = 1"),
 		withExtraTOML("[[service]]\nname = \"burst\"\nimage = \"upstreamd/apache:latest\"\nreplicas = 1"))
 	s.opts.timeout = "1s"
@@ -191,7 +191,7 @@ func TestBench(t *testing.T) {
 	t.Run("slow-starter", func(t *testing.T) {
 		s3 := newStack(t, withReplicas(1), withHealth("/healthz", "2s", 2, 2),
 			withServiceTOML(`env = ["START_DELAY=5"]`),
-			withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
+			withExtraTOML(fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
 		d3 := s3.startDaemon()
 		s3.waitConverged(1, 90*time.Second)
 		b3 := &bench{t: t, s: s3, daemon: d3, metrics: metricsURL(s3)}
@@ -207,7 +207,7 @@ func TestBench(t *testing.T) {
 	// A template of one's own lists its servers: every change reloads.
 	t.Run("static-1000", func(t *testing.T) {
 		s2 := newStack(t, withTemplate(staticTemplate),
-			withExtraTOML(fmt.Sprintf("[metrics]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
+			withExtraTOML(fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:%d\"", freePort(t))))
 		d2 := s2.startDaemon()
 		s2.waitConverged(3, 90*time.Second)
 		b2 := &bench{t: t, s: s2, daemon: d2, metrics: metricsURL(s2)}

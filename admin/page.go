@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/upstreamd/upstreamd/internal/events"
@@ -25,10 +24,9 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 	"clock": func(t time.Time) string { return t.Local().Format("15:04:05.000") },
 	"stamp": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"ms":    func(f float64) string { return fmt.Sprintf("%.1f ms", f) },
-	"short": func(s string) string { return strings.TrimPrefix(s, "sha256:") },
 	"severity": func(k events.Kind) string {
 		switch k {
-		case events.Died, events.ConfigRejected, events.RenderFailed, events.LeaseLost, events.PlacementShort:
+		case events.Died, events.ConfigRejected, events.RenderFailed, events.LeaseLost:
 			return "bad"
 		case events.Registered, events.Reloaded, events.Started, events.ProxyCreated:
 			return "good"

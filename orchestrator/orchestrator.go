@@ -285,10 +285,6 @@ func (o *Orchestrator) Backends() []BackendHealth {
 // (its placed share), and false before the first placement.
 func (o *Orchestrator) Local() (map[string]int, bool) { return o.placement.Local() }
 
-// Leading reports whether this node runs the project's proxy: it leads,
-// or every node runs one.
-func (o *Orchestrator) Leading() bool { return o.elector == nil || o.elector.Leading() }
-
 // BackendStates returns, by service, how many backends this daemon probes
 // are healthy, pending and unhealthy.
 func (o *Orchestrator) BackendStates() map[string]map[string]int { return o.health.Counts() }

@@ -17,24 +17,25 @@ type Kind string
 
 // The kinds, in roughly the order a killed backend produces them.
 const (
-	Died            Kind = "died"            // a container of the project died (docker's die event)
-	HealthChanged   Kind = "health"          // a backend's health state flipped (From → To)
-	Deregistered    Kind = "deregistered"    // a backend's key left etcd
-	PoolPushed      Kind = "pool-pushed"     // nginx's dynamic pools were updated without a reload
-	Reloaded        Kind = "reloaded"        // a new config went live and nginx confirmed the reload
-	ConfigRejected  Kind = "config-rejected" // nginx -t refused a rendered config (Message holds nginx's words)
-	RenderFailed    Kind = "render-failed"   // a render pass failed on the way to nginx
-	Started         Kind = "started"         // a backend was created and started (Reason says why)
-	Registered      Kind = "registered"      // a healthy backend's key was written to etcd
-	Draining        Kind = "draining"        // a backend is being taken out of service (Reason says why)
-	Drained         Kind = "drained"         // a drained backend was stopped and removed
-	ProxyCreated    Kind = "proxy-created"   // the proxy container was (re)created
-	ProxyRemoved    Kind = "proxy-removed"   // the proxy was removed (another node leads)
-	LeaderChanged   Kind = "leader"          // this node won or lost the project's election
-	LeaseLost       Kind = "lease-lost"      // this node's etcd lease ended; it claims again
-	PlacementShort  Kind = "placement-short" // replicas no live node may take
-	DefaultCapacity      = 500               // events kept by a Journal made with capacity 0
+	Died           Kind = "died"            // a container of the project died (docker's die event)
+	HealthChanged  Kind = "health"          // a backend's health state flipped (From → To)
+	Deregistered   Kind = "deregistered"    // a backend's key left etcd
+	PoolPushed     Kind = "pool-pushed"     // nginx's dynamic pools were updated without a reload
+	Reloaded       Kind = "reloaded"        // a new config went live and nginx confirmed the reload
+	ConfigRejected Kind = "config-rejected" // nginx -t refused a rendered config (Message holds nginx's words)
+	RenderFailed   Kind = "render-failed"   // a render pass failed on the way to nginx
+	Started        Kind = "started"         // a backend was created and started (Reason says why)
+	Registered     Kind = "registered"      // a healthy backend's key was written to etcd
+	Draining       Kind = "draining"        // a backend is being taken out of service (Reason says why)
+	Drained        Kind = "drained"         // a drained backend was stopped and removed
+	ProxyCreated   Kind = "proxy-created"   // the proxy container was (re)created
+	ProxyRemoved   Kind = "proxy-removed"   // the proxy was removed (another node leads)
+	LeaderChanged  Kind = "leader"          // this node won or lost the project's election
+	LeaseLost      Kind = "lease-lost"      // this node's etcd lease ended; it claims again
 )
+
+// DefaultCapacity is how many events a Journal made with capacity 0 keeps.
+const DefaultCapacity = 500
 
 // Event is one thing that happened. Empty fields do not apply.
 type Event struct {
@@ -58,11 +59,6 @@ func (e Event) String() string {
 	return fmt.Sprintf("%s  %-15s %s", e.Time.Local().Format("15:04:05.000"), e.Kind, e.Message)
 }
 
-// Recorder records events; a nil *Journal records nothing.
-type Recorder interface {
-	Record(e Event)
-}
-
 // Journal keeps the last events in a ring.
 type Journal struct {
 	mu      sync.Mutex
@@ -72,8 +68,6 @@ type Journal struct {
 	changed chan struct{}
 }
 
-var _ Recorder = (*Journal)(nil)
-
 // New returns a Journal keeping the last capacity events (0: the default).
 func New(capacity int) *Journal {
 	if capacity <= 0 {
@@ -82,7 +76,8 @@ func New(capacity int) *Journal {
 	return &Journal{ring: make([]Event, 0, capacity), changed: make(chan struct{})}
 }
 
-// Record adds e, numbered and stamped now (when its Time is zero).
+// Record adds e, numbered and stamped now (when its Time is zero); a nil
+// *Journal records nothing.
 func (j *Journal) Record(e Event) {
 	if j == nil {
 		return

@@ -25,7 +25,7 @@ type History struct {
 	mu       sync.Mutex
 	live     []byte // the config nginx serves
 	liveHash string
-	previous []byte // the config before it
+	diff     string // the unified diff of the config before it against it
 	changed  time.Time
 	confirm  time.Duration
 	pushed   time.Time
@@ -63,7 +63,14 @@ func (h *History) Observe(o render.Outcome) {
 	}
 	h.failed = ""
 	if o.Changed {
-		h.previous, h.live, h.liveHash = h.live, o.Config, o.Hash
+		if h.live != nil {
+			// Once per config change, not at every read of the status.
+			h.diff, _ = difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+				A: difflib.SplitLines(string(h.live)), B: difflib.SplitLines(string(o.Config)),
+				FromFile: "before", ToFile: "live " + o.Hash, Context: 2,
+			})
+		}
+		h.live, h.liveHash = o.Config, o.Hash
 		h.changed, h.confirm, h.rejected = now, o.Confirmed, nil
 		h.journal.Record(events.Event{Kind: events.Reloaded,
 			Message: fmt.Sprintf("nginx reloaded with config %s (%s), confirmed after %s", o.Hash, poolsText(o.Pools), o.Confirmed.Round(time.Millisecond))})
@@ -127,12 +134,7 @@ func (h *History) Fill(p *Proxy) {
 		p.Rejected = &r
 	}
 	p.RenderError = h.failed
-	if h.previous != nil {
-		p.Diff, _ = difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
-			A: difflib.SplitLines(string(h.previous)), B: difflib.SplitLines(string(h.live)),
-			FromFile: "before", ToFile: "live " + h.liveHash, Context: 2,
-		})
-	}
+	p.Diff = h.diff
 }
 
 // Served returns the addresses nginx was last given, by service.

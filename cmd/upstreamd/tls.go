@@ -34,9 +34,12 @@ var now = time.Now
 // error: it never reaches nginx.
 func (c *Config) validateTLS(bad badFunc) {
 	p := c.Proxy
+	t := &render.TLS{Port: orchestrator.TLSPort, PublicPort: 443}
 	if p.PublishTLS != "" {
-		if _, _, err := containers.ParsePublish(p.PublishTLS); err != nil {
+		if _, port, err := containers.ParsePublish(p.PublishTLS); err != nil {
 			bad("proxy.publish_tls", "%v", err)
+		} else if port != "" {
+			t.PublicPort, _ = strconv.Atoi(port)
 		}
 		if len(c.TLS.Certificate) == 0 {
 			bad("proxy.publish_tls", "publishes TLS, but no [[tls.certificate]] is given")
@@ -48,10 +51,6 @@ func (c *Config) validateTLS(bad badFunc) {
 		if s.HTTPSRedirect && p.PublishTLS == "" {
 			bad(fmt.Sprintf("service[%d].https_redirect", i), "redirects to HTTPS, which is not served: set proxy.publish_tls and a [[tls.certificate]]")
 		}
-	}
-	t := &render.TLS{Port: orchestrator.TLSPort, PublicPort: 443}
-	if _, port, err := containers.ParsePublish(p.PublishTLS); err == nil && port != "" {
-		t.PublicPort, _ = strconv.Atoi(port)
 	}
 	ok := true
 	for i, cc := range c.TLS.Certificate {

@@ -104,7 +104,7 @@ func TestBenchTLS(t *testing.T) {
 	})
 
 	const workers, each = 8, 5 * time.Second
-	tlsCfg := &tls.Config{RootCAs: ca.pool, ServerName: "site.example"}
+	tlsCfg := &tls.Config{RootCAs: ca.Pool, ServerName: "site.example"}
 	plainNew := func() *http.Client {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	}

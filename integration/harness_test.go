@@ -457,22 +457,35 @@ func (s *stack) tryRegisteredHosts() ([]string, error) {
 
 var hostRE = regexp.MustCompile(`hostname: (\S+)`)
 
-// get sends one GET / through nginx on a new connection.
+// get sends one GET / through nginx on a new connection (getVia, with the
+// Host header of the address).
 func (s *stack) get() (status int, host string, err error) {
-	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + s.publish + "/")
+	status, host, _, err = s.getVia("", "/")
+	return status, host, err
+}
+
+// getVia sends GET path with a Host header ("": the address's) through
+// nginx on a new connection, following no redirect, and returns the
+// status, the backend that answered ("" when none said) and the body.
+func (s *stack) getVia(host, path string) (int, string, string, error) {
+	req, err := http.NewRequestWithContext(s.t.Context(), http.MethodGet, "http://"+s.publish+path, nil)
 	if err != nil {
-		return 0, "", err
+		return 0, "", "", err
+	}
+	req.Host = host
+	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, "", err
-	}
+	var backend string
 	if m := hostRE.FindSubmatch(body); m != nil {
-		host = string(m[1])
+		backend = string(m[1])
 	}
-	return resp.StatusCode, host, nil
+	return resp.StatusCode, backend, string(body), err
 }
 
 // servedHosts sends n requests through nginx and returns the set of

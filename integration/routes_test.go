@@ -4,7 +4,6 @@ package integration
 
 import (
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,29 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 )
-
-// getVia sends GET path with a Host header through nginx and returns the
-// status, the backend that answered ("" when none said) and the body.
-func (s *stack) getVia(host, path string) (int, string, string, error) {
-	req, err := http.NewRequestWithContext(s.t.Context(), http.MethodGet, "http://"+s.publish+path, nil)
-	if err != nil {
-		return 0, "", "", err
-	}
-	req.Host = host
-	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, "", "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	var backend string
-	if m := hostRE.FindSubmatch(body); m != nil {
-		backend = string(m[1])
-	}
-	return resp.StatusCode, backend, string(body), err
-}
 
 // TestRouting: two services routed by host and by path through the real
 // nginx: the apache service answers www.example (and *.www.example), the

@@ -345,6 +345,11 @@ func TestLoadConfigErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "a host given twice",
+			body: apache + "hosts = [\"a.example\", \"b.example\", \"a.example\"]\n",
+			want: []string{`FILE:3:1: service[0] (apache).hosts[2]: "a.example" is given twice`},
+		},
+		{
 			name: "strip_prefix without path_prefix",
 			body: apache + "strip_prefix = true\n",
 			want: []string{`FILE:3:1: service[0] (apache).strip_prefix: strips path_prefix, which is not set`},

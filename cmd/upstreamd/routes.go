@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,8 +24,11 @@ var bodySize = regexp.MustCompile(`^[0-9]{1,9}[kKmMgG]?$`)
 // validateProxying checks the routing and proxy settings of service k.
 func (s ServiceConfig) validateProxying(k string, bad badFunc) {
 	for j, h := range s.Hosts {
-		if len(h) > 253 || !hostName.MatchString(h) {
+		switch {
+		case len(h) > 253 || !hostName.MatchString(h):
 			bad(fmt.Sprintf("%s.hosts[%d]", k, j), "%q is not a host name in lower case (a.example, or *.example for every subdomain)", h)
+		case slices.Index(s.Hosts, h) < j:
+			bad(fmt.Sprintf("%s.hosts[%d]", k, j), "%q is given twice", h)
 		}
 	}
 	if p := s.PathPrefix; p != "" && (!pathPrefix.MatchString(p) || strings.Contains(p, "/./") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {

@@ -7,7 +7,7 @@ DOCKER  ?= docker
 # docker-compose 1.29 (Debian) or Compose v2, whichever is installed.
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo "docker compose")
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-IMAGES  := nginx apache etcd upstreamd host wsecho
+IMAGES  := nginx apache etcd upstreamd host wsecho pebble
 # golangci-lint, pinned here only (config: .golangci.yml). `go run pkg@version`
 # builds it with the local Go outside this module (go.mod is untouched) and
 # caches the binary (first build ~2 min here, then ~1 s of overhead).
@@ -32,7 +32,7 @@ build:
 base:
 	./images/mkbase.sh
 
-## images: build upstreamd/{nginx,apache,etcd,upstreamd,host,wsecho}:latest (cached on a second run)
+## images: build upstreamd/{nginx,apache,etcd,upstreamd,host,wsecho,pebble}:latest (cached on a second run)
 images: base
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o images/upstreamd/upstreamd ./cmd/upstreamd
 	CGO_ENABLED=0 $(GO) build -trimpath -o images/wsecho/wsecho ./integration/internal/wsecho

@@ -219,23 +219,34 @@ func (s *Session) poolsToken(ctx context.Context) (string, error) {
 	return tok, nil
 }
 
-// writeFileScript writes stdin to $1 through a temporary file (mode 0600,
-// so keys are not readable by nginx's workers; the master reads them).
-const writeFileScript = `umask 077
-mkdir -p "$(dirname "$1")" || exit 1
-cat > "$1.tmp" || exit 1
-mv -f "$1.tmp" "$1"`
+// writeFileScript writes stdin to $2 through a temporary file, with umask
+// $1: 077 (mode 0600) for keys, which nginx's workers must not read (the
+// master reads them); 022 for what the workers serve.
+const writeFileScript = `umask "$1"
+mkdir -p "$(dirname "$2")" || exit 1
+cat > "$2.tmp" || exit 1
+mv -f "$2.tmp" "$2"`
 
-// WriteFiles writes the files (by path) into the proxy, those this
-// session has not written yet. Their names are their content's hash, so
-// nothing the live config reads changes; the config that names them is
-// delivered, and checked with them, after.
+// WriteFiles writes the files (by path) into the proxy, readable by root
+// only, those this session has not written yet. Their names are their
+// content's hash, so nothing the live config reads changes; the config
+// that names them is delivered, and checked with them, after.
 func (s *Session) WriteFiles(ctx context.Context, files map[string][]byte) error {
+	return s.writeFiles(ctx, files, "077")
+}
+
+// WritePublicFiles is WriteFiles for files nginx's workers serve as they
+// are (ACME challenge answers): readable by all.
+func (s *Session) WritePublicFiles(ctx context.Context, files map[string][]byte) error {
+	return s.writeFiles(ctx, files, "022")
+}
+
+func (s *Session) writeFiles(ctx context.Context, files map[string][]byte, umask string) error {
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		if s.written[p] {
 			continue
 		}
-		res, err := s.cfg.Docker.ExecWithStdin(ctx, s.proxy.ID, []string{"sh", "-c", writeFileScript, "upstreamd-write", p}, files[p])
+		res, err := s.cfg.Docker.ExecWithStdin(ctx, s.proxy.ID, []string{"sh", "-c", writeFileScript, "upstreamd-write", umask, p}, files[p])
 		if err != nil {
 			return fmt.Errorf("write %s: %w", p, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -61,6 +62,9 @@ type Session interface {
 	// path; files are named by their content, so none the live config
 	// reads changes.
 	WriteFiles(ctx context.Context, files map[string][]byte) error
+	// WritePublicFiles is WriteFiles for files nginx's workers serve
+	// (ACME challenge answers).
+	WritePublicFiles(ctx context.Context, files map[string][]byte) error
 	PushPools(ctx context.Context, body []byte) error
 	WaitConfig(ctx context.Context, hash string) (time.Duration, error)
 }
@@ -76,6 +80,17 @@ type Sessions func(nginx.Proxy) Session
 // NginxSessions returns the Sessions of an nginx.Client.
 func NginxSessions(c *nginx.Client) Sessions {
 	return func(p nginx.Proxy) Session { return c.Session(p) }
+}
+
+// Certificates are what changes at run time besides the registrations:
+// the certificates kept in etcd and the ACME HTTP-01 answers.
+type Certificates interface {
+	// Subscribe returns a channel that receives after each change.
+	Subscribe() <-chan struct{}
+	// Certs are served after the View's own (the configured files).
+	Certs() []TLSCert
+	// Challenges are the HTTP-01 answers, by token.
+	Challenges() map[string]string
 }
 
 // Defaults for ControllerConfig.
@@ -107,6 +122,9 @@ type ControllerConfig struct {
 	Logger zerolog.Logger
 	// Observe, when set, is told about every pass.
 	Observe func(Outcome)
+	// Certs, when set, adds certificates to View.TLS and HTTP-01 answers
+	// under View.ACME.
+	Certs Certificates
 }
 
 // Outcome describes one render pass, for metrics and tests.
@@ -139,6 +157,8 @@ type Controller struct {
 	// Only the Start goroutine touches these.
 	state   proxyState
 	applied *View // the last view nginx took (its pools, its config)
+
+	answers answers // the HTTP-01 answers the proxy has
 }
 
 // NewController returns a Controller.
@@ -162,6 +182,7 @@ func (c *Controller) Served() *Served { return c.cfg.Served }
 // a change of the proxy, a retry that is due.
 type triggers struct {
 	changed <-chan struct{}
+	certs   <-chan struct{}
 	proxy   <-chan struct{}
 	retry   <-chan time.Time
 }
@@ -174,6 +195,9 @@ func (c *Controller) Start(ctx context.Context) error {
 	case <-c.cfg.Host.Ready():
 	}
 	t := triggers{changed: c.cfg.Source.Subscribe()}
+	if c.cfg.Certs != nil {
+		t.certs = c.cfg.Certs.Subscribe()
+	}
 	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	var idle time.Time // when the last pass ended
 	for first := true; ; first = false {
@@ -226,6 +250,7 @@ func (c *Controller) wait(ctx context.Context, t *triggers) bool {
 	case <-ctx.Done():
 		return false
 	case <-t.changed:
+	case <-t.certs:
 	case <-t.proxy:
 	case <-t.retry:
 	}
@@ -248,6 +273,7 @@ func (c *Controller) debounce(ctx context.Context, t *triggers) bool {
 		case <-quiet.C:
 			return true
 		case <-t.changed:
+		case <-t.certs:
 		case <-t.proxy:
 			_, t.proxy = c.cfg.Host.Proxy() // closed for good: take the next one
 		}
@@ -273,6 +299,12 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 	}
 	if proxy != c.state.proxy {
 		c.state = newProxyState(proxy, c.cfg.Sessions(proxy), c.state)
+		c.answers.reset()
+	}
+	answered, err := c.writeAnswers(ctx)
+	if err != nil {
+		o.Err, o.Took = err, time.Since(start)
+		return o
 	}
 	cand, guarded := c.candidate(snap, c.state.session.Admin())
 	if cand.config == nil {
@@ -285,6 +317,8 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 		o.Err = c.apply(ctx, steps, cand, &o)
 	}
 	if o.Err == nil {
+		// The answers are served once a config with their location is.
+		c.answers.add(answered)
 		o.Err = guarded // applied, but a pool was kept: look again soon
 	}
 	o.Took = time.Since(start)
@@ -299,6 +333,11 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 func (c *Controller) candidate(snap store.Snapshot, admin string) (candidate, error) {
 	in := c.cfg.View
 	in.Snapshot, in.Admin = snap, admin
+	if c.cfg.Certs != nil && in.TLS != nil {
+		t := *in.TLS
+		t.Certs = append(slices.Clip(t.Certs), c.cfg.Certs.Certs()...)
+		in.TLS = &t
+	}
 	view := NewView(in)
 	guarded := c.guardEmptying(&view)
 	if guarded != nil && c.applied == nil {

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -1132,4 +1134,76 @@ include /etc/nginx/upstreamd/{{.Name}}.conf;
 			})
 		})
 	}
+}
+
+// fakeCerts is a Certificates source.
+type fakeCerts struct {
+	mu         sync.Mutex
+	certs      []TLSCert
+	challenges map[string]string
+	changed    chan struct{}
+}
+
+func (f *fakeCerts) Subscribe() <-chan struct{} { return f.changed }
+func (f *fakeCerts) Certs() []TLSCert {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.certs
+}
+func (f *fakeCerts) Challenges() map[string]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.challenges)
+}
+func (f *fakeCerts) set(certs []TLSCert, challenges map[string]string) {
+	f.mu.Lock()
+	f.certs, f.challenges = certs, challenges
+	f.mu.Unlock()
+	select {
+	case f.changed <- struct{}{}:
+	default:
+	}
+}
+
+// TestControllerCertsAndAnswers: certificates from etcd join the
+// configured TLS (none configured: TLS starts with the first), and ACME
+// answers are written into the proxy before a pass, served once a config
+// with their location is live; an answer alone changes no config.
+func TestControllerCertsAndAnswers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tmpl, err := Parse("default.conf.tmpl", defaultTemplate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		del, _ := newFakeNginx()
+		fc := &fakeCerts{changed: make(chan struct{}, 1)}
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc, noIP: true,
+			tls: &TLS{Port: 443, PublicPort: 443}, acme: "/etc/nginx/upstreamd-acme"})
+		h.src.set(backends(t, 1, 3))
+		advance(time.Second)
+		live, _ := del.snapshot()
+		if strings.Contains(live, "ssl_certificate") || !strings.Contains(live, "root /etc/nginx/upstreamd-acme;") {
+			t.Fatalf("before any certificate: TLS or no ACME location in\n%s", live)
+		}
+		const token = "tok_0123456789abcdef"
+		answered := make(chan error, 1)
+		go func() { answered <- h.ctrl.WaitAnswer(t.Context(), "a.example", token, token+".x") }()
+		fc.set(nil, map[string]string{token: token + ".x"})
+		advance(time.Second)
+		if err := <-answered; err != nil {
+			t.Fatal(err)
+		}
+		if want := "/etc/nginx/upstreamd-acme/.well-known/acme-challenge/" + token; !slices.Contains(del.public, want) {
+			t.Errorf("public files %q; want %s", del.public, want)
+		}
+		if _, calls := del.snapshot(); len(calls) == 0 || calls[len(calls)-1].cfg != live || calls[len(calls)-1].changed {
+			t.Errorf("deliveries %+v; an answer alone must not change the config", calls)
+		}
+		fc.set([]TLSCert{NewTLSCert("/etc/nginx", []string{"a.example"}, []byte("cert"), []byte("key"))}, nil)
+		advance(time.Second)
+		live, _ = del.snapshot()
+		if !strings.Contains(live, "listen 443 ssl http2") || !strings.Contains(live, "ssl_certificate /etc/nginx/upstreamd-tls/") {
+			t.Errorf("the certificate from etcd is not served:\n%s", live)
+		}
+	})
 }

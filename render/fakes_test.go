@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -171,6 +172,7 @@ type fakeNginx struct {
 	loading        string   // the live config nginx is reloading to …
 	polls          int      // … and the polls answered since it went live
 	pushed         []string // the bodies the pools API accepted
+	public         []string // the paths of the public files written
 }
 
 // newFakeNginx returns a fake proxy recording into a new event log.
@@ -233,6 +235,16 @@ func (s *fakeSession) HasStatus() bool { return s.n.statusPort > 0 && s.p.IP != 
 func (s *fakeSession) Admin() string { return "" }
 
 func (s *fakeSession) WriteFiles(context.Context, map[string][]byte) error { return nil }
+func (s *fakeSession) WritePublicFiles(_ context.Context, files map[string][]byte) error {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	for p := range files {
+		if !slices.Contains(s.n.public, p) {
+			s.n.public = append(s.n.public, p)
+		}
+	}
+	return nil
+}
 
 func (s *fakeSession) Deliver(_ context.Context, cfg []byte) (bool, error) {
 	n := s.n
@@ -392,6 +404,10 @@ type harnessConfig struct {
 	dynamic     bool
 	statusPort  int
 	services    []string        // the configured services; nil: apache alone
+	certs       Certificates    // nil: none
+	tls         *TLS            // the configured TLS (certificates from files)
+	acme        string          // View.ACME
+	noIP        bool            // the proxy's address is unknown
 	ready       <-chan struct{} // nil: ready at once
 	healthyHere func(service string) int
 }
@@ -411,6 +427,9 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		ready: ready, healthy: hc.healthyHere, up: true, changed: make(chan struct{}),
 		proxy: nginx.Proxy{ID: testProxyID, IP: testProxyIP, Generation: 1},
 	}}
+	if hc.noIP {
+		h.host.proxy.IP = ""
+	}
 	services := hc.services
 	if services == nil {
 		services = []string{"apache"}
@@ -421,7 +440,8 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		Host:     h.host,
 		Sessions: hc.nginx.session,
 		View: ViewInput{Projects: anyProject, Services: services, Default: "apache", Listen: 80,
-			Dynamic: hc.dynamic, StatusPort: hc.statusPort},
+			Dynamic: hc.dynamic, StatusPort: hc.statusPort, TLS: hc.tls, ACME: hc.acme},
+		Certs:  hc.certs,
 		Logger: zerolog.Nop(),
 		Observe: func(o Outcome) {
 			h.mu.Lock()

@@ -19,7 +19,10 @@ func (statusOnly) Deliver(context.Context, []byte) (bool, error) {
 	panic("plan delivered")
 }
 func (statusOnly) WriteFiles(context.Context, map[string][]byte) error { panic("plan wrote files") }
-func (statusOnly) PushPools(context.Context, []byte) error             { panic("plan pushed") }
+func (statusOnly) WritePublicFiles(context.Context, map[string][]byte) error {
+	panic("plan wrote files")
+}
+func (statusOnly) PushPools(context.Context, []byte) error { panic("plan pushed") }
 func (statusOnly) WaitConfig(context.Context, string) (time.Duration, error) {
 	panic("plan confirmed")
 }

@@ -44,8 +44,12 @@ func NewTLSCert(configDir string, names []string, cert, key []byte) TLSCert {
 
 // covers reports whether the certificate is valid for host (a server
 // name, possibly itself a wildcard).
-func (c TLSCert) covers(host string) bool {
-	for _, n := range c.Names {
+func (c TLSCert) covers(host string) bool { return Covers(c.Names, host) }
+
+// Covers reports whether a certificate valid for names is valid for host:
+// a wildcard name covers one label, and no wildcard host.
+func Covers(names []string, host string) bool {
+	for _, n := range names {
 		if n == host {
 			return true
 		}

@@ -81,6 +81,9 @@ type View struct {
 	Servers []Server
 	// TLS is what the proxy serves over TLS; nil: plain HTTP only.
 	TLS *TLS
+	// ACME is the directory (in the proxy) that HTTP-01 answers are
+	// served from, under /.well-known/acme-challenge/; "": none.
+	ACME string
 	// Listen is the port nginx listens on inside the proxy container.
 	Listen int
 	// Dynamic says pools are pushed to nginx's Lua balancer at run time
@@ -129,8 +132,11 @@ type ViewInput struct {
 	// service not in it answers every host and path (when Default) with
 	// DefaultConnectTimeout.
 	Routes map[string]Route
-	// TLS, when not nil, adds a TLS listener to every server block.
+	// TLS, when it has certificates, adds a TLS listener to every server
+	// block.
 	TLS *TLS
+	// ACME is copied to the View.
+	ACME string
 	// Dynamic, StatusPort and Admin are copied to the View.
 	Dynamic    bool
 	StatusPort int
@@ -157,7 +163,10 @@ func NewView(in ViewInput) View {
 			Key:       e.Key,
 		})
 	}
-	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, Admin: in.Admin, KVs: kvs}
+	if in.TLS != nil && len(in.TLS.Certs) == 0 {
+		in.TLS = nil // none yet (ACME is ordering them): plain HTTP until then
+	}
+	v := View{Default: in.Default, Listen: in.Listen, Dynamic: in.Dynamic, StatusPort: in.StatusPort, Admin: in.Admin, KVs: kvs, ACME: in.ACME}
 	seen := map[string]bool{}
 	add := func(name string, configured bool) {
 		if seen[name] {

@@ -236,6 +236,24 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	return out, resp.Header.Revision, nil
 }
 
+// Get reads one key; ok is false when it does not exist.
+func (c *Client) Get(ctx context.Context, key string) (kv KV, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return KV{}, false, err
+	}
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		return KV{}, false, fmt.Errorf("etcd get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return KV{}, false, nil
+	}
+	return KV{Key: key, Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, true, nil
+}
+
 // Put writes key=value, attached to lease when lease is non-zero, and
 // returns the store revision after the write.
 func (c *Client) Put(ctx context.Context, key, value string, lease int64) (int64, error) {

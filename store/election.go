@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -53,4 +54,31 @@ func (c *Client) Leader(ctx context.Context, prefix string) (kv KV, ok bool, err
 		return KV{}, false, nil
 	}
 	return KV{Key: string(resp.Kvs[0].Key), Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, true, nil
+}
+
+// Lock takes the etcd mutex at key (client/v3/concurrency) under a lease
+// of its own with ttl, kept alive while held, and returns once it holds
+// it, or with ctx's error. unlock releases it and revokes the lease; the
+// lease is returned for keys that must vanish with the holder (they do
+// when its process dies, after ttl).
+func (c *Client) Lock(ctx context.Context, key string, ttl time.Duration) (lease int64, unlock func(), err error) {
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := concurrency.NewSession(cli, concurrency.WithTTL(max(int(ttl.Seconds()), 1)), concurrency.WithContext(ctx))
+	if err != nil {
+		return 0, nil, fmt.Errorf("etcd lock %s: %w", key, err)
+	}
+	m := concurrency.NewMutex(s, key)
+	if err := m.Lock(ctx); err != nil {
+		_ = s.Close()
+		return 0, nil, fmt.Errorf("etcd lock %s: %w", key, err)
+	}
+	return int64(s.Lease()), func() {
+		ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+		defer cancel()
+		_ = m.Unlock(ctx)
+		_ = s.Close()
+	}, nil
 }

@@ -56,7 +56,7 @@ func (d *daemon) adminServer(token string) *admin.Server {
 			}
 		},
 		Journal: d.journal,
-		Metrics: d.metrics.handler(d.orch, d.ejections),
+		Metrics: d.metrics.handler(d.orch, d.ejections, d.servedCerts),
 		Logger:  d.log.With().Str("component", "admin").Logger(),
 	})
 }

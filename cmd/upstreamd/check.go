@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"strconv"
 
 	"github.com/rs/zerolog"
@@ -20,7 +21,12 @@ func (c *Config) viewInput() render.ViewInput {
 	for _, s := range c.Service {
 		routes[s.Name] = s.route()
 	}
+	acme := ""
+	if c.tls != nil && c.acmeOn() {
+		acme = path.Join(c.Proxy.ConfigDir, acmeDir)
+	}
 	return render.ViewInput{
+		ACME:       acme,
 		Projects:   c.Projects(),
 		Services:   c.ServiceNames(),
 		Default:    c.Proxy.Service,

@@ -35,6 +35,7 @@ type Config struct {
 	Proxy   ProxyConfig     `toml:"proxy"`
 	Admin   AdminConfig     `toml:"admin"`
 	TLS     TLSConfig       `toml:"tls"`
+	ACME    ACMEConfig      `toml:"acme"`
 	Metrics MetricsConfig   `toml:"metrics"`
 	Service []ServiceConfig `toml:"service"`
 

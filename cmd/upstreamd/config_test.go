@@ -115,7 +115,13 @@ func TestExampleConfig(t *testing.T) {
 		t.Run(key, func(t *testing.T) {
 			// [[tls.certificate]] needs files: the example shows one in
 			// comments and leaves the list empty.
-			if leaf, ok := strings.CutPrefix(key, "tls.certificate."); ok {
+			// [acme] is on when the table is there: the example shows it in
+			// comments too.
+			leaf, cert := strings.CutPrefix(key, "tls.certificate.")
+			if acmeLeaf, acme := strings.CutPrefix(key, "acme."); cert || acme {
+				if acme {
+					leaf = acmeLeaf
+				}
 				if !strings.Contains(string(data), "# "+leaf+" = ") {
 					t.Errorf("key %s is not shown (commented) in %s", key, exampleFile)
 				}

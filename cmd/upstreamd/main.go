@@ -124,6 +124,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newStatusCmd(g, stdout, stderr),
 		newEventsCmd(g, stdout, stderr),
 		newScaleCmd(g, stdout, stderr),
+		newCertsCmd(g, stdout, stderr),
 		&cobra.Command{
 			Use:   "version",
 			Short: "print the version",

@@ -31,6 +31,7 @@ type metrics struct {
 	passes  *prometheus.CounterVec
 	took    prometheus.Histogram
 	confirm prometheus.Histogram
+	orders  *prometheus.CounterVec
 
 	mu        sync.Mutex
 	renderErr error // the last render pass's failure; nil once one works
@@ -53,9 +54,15 @@ func newMetrics() *metrics {
 			Help:    "Time from HUP until nginx answered with the new config's hash.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
 		}),
+		orders: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "upstreamd_acme_orders_total",
+			Help: "ACME orders by this daemon, by result: issued (stored in etcd), failed (retried with backoff; the log says why).",
+		}, []string{"result"}),
 	}
 	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.passes, m.took, m.confirm)
+		m.passes, m.took, m.confirm, m.orders)
+	m.orders.WithLabelValues("issued")
+	m.orders.WithLabelValues("failed")
 	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
 		m.passes.WithLabelValues(r) // exported at zero from the start
 	}
@@ -90,6 +97,46 @@ func (m *metrics) observe(o render.Outcome) {
 	}
 	if o.Confirmed > 0 {
 		m.confirm.Observe(o.Confirmed.Seconds())
+	}
+}
+
+// observeOrder records one ACME order.
+func (m *metrics) observeOrder(_ string, err error) {
+	if err != nil {
+		m.orders.WithLabelValues("failed").Inc()
+		return
+	}
+	m.orders.WithLabelValues("issued").Inc()
+}
+
+// certExpiryDesc is upstreamd_cert_expiry_seconds, per host name a served
+// certificate names.
+var certExpiryDesc = prometheus.NewDesc("upstreamd_cert_expiry_seconds",
+	"Seconds until the certificate the proxy serves for host expires (negative: expired), by source: file ([[tls.certificate]]), acme or import (kept in etcd).",
+	[]string{"host", "source"}, nil)
+
+// servedCert is one certificate the proxy serves, for the metrics.
+type servedCert struct {
+	names    []string
+	source   string
+	notAfter time.Time
+}
+
+// certsCollector reads the served certificates when scraped; a host named
+// by several is reported for the first, the one nginx picks.
+type certsCollector struct{ list func() []servedCert }
+
+func (c certsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- certExpiryDesc }
+
+func (c certsCollector) Collect(ch chan<- prometheus.Metric) {
+	seen := map[string]bool{}
+	for _, cert := range c.list() {
+		for _, h := range cert.names {
+			if !seen[h] {
+				seen[h] = true
+				ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, time.Until(cert.notAfter).Seconds(), h, cert.source)
+			}
+		}
 	}
 }
 
@@ -163,9 +210,12 @@ func (m *metrics) problems(src sources) []string {
 // handler answers /metrics: the daemon's metrics, the backends' states
 // read from src, and when read is not nil the proxy's ejections, read at
 // each scrape.
-func (m *metrics) handler(src sources, read ejections) http.Handler {
+func (m *metrics) handler(src sources, read ejections, served func() []servedCert) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(backendsCollector{src: src})
+	if served != nil {
+		reg.MustRegister(certsCollector{list: served})
+	}
 	if read != nil {
 		reg.MustRegister(ejectionsCollector{read: read})
 	}

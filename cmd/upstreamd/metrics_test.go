@@ -113,7 +113,7 @@ func TestHealthz(t *testing.T) {
 func TestBackendsMetric(t *testing.T) {
 	m := newMetrics()
 	src := fakeSources{states: map[string]map[string]int{"apache": {"healthy": 2, "pending": 1, "unhealthy": 1}}}
-	srv := httptest.NewServer(m.handler(src, nil))
+	srv := httptest.NewServer(m.handler(src, nil, nil))
 	defer srv.Close()
 	var wg sync.WaitGroup
 	for range 8 {
@@ -166,7 +166,7 @@ func TestEjectionsMetric(t *testing.T) {
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(newMetrics().handler(fakeSources{}, tt.read))
+			srv := httptest.NewServer(newMetrics().handler(fakeSources{}, tt.read, nil))
 			defer srv.Close()
 			resp, err := http.Get(srv.URL + "/metrics")
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -12,6 +13,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/certs"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
@@ -67,6 +69,9 @@ type daemon struct {
 	journal       *events.Journal // what happened, for the admin API and page
 	history       *admin.History  // the configs nginx took
 	cluster       clusterCache    // the nodes and leader, read from etcd for status
+	certs         *certs.Cache    // the certificates and ACME answers in etcd; nil without TLS
+	acme          *certs.Manager  // orders certificates; nil without [acme]
+	fileCerts     []servedCert    // the [[tls.certificate]] files, for the metrics
 	started       time.Time
 }
 
@@ -130,6 +135,17 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Events:         d.journal,
 		Logger:         log,
 	})
+	view := cfg.viewInput()
+	var certSource render.Certificates
+	if cfg.tls != nil {
+		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
+		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir}
+		for _, c := range cfg.tls.Certs {
+			if leaf, err := certs.Check(c.Cert, c.Key, time.Now()); err == nil { // checked at load
+				d.fileCerts = append(d.fileCerts, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
+			}
+		}
+	}
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker
 	proxies := nginx.New(ncfg)
@@ -140,7 +156,8 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Host:        d.orch,
 		Sessions:    render.NginxSessions(proxies),
 		Served:      served,
-		View:        cfg.viewInput(),
+		View:        view,
+		Certs:       certSource,
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
@@ -149,7 +166,38 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 			d.history.Observe(o)
 		},
 	})
+	if cfg.acmeOn() {
+		roots, err := cfg.acmeRoots()
+		if err != nil {
+			d.close()
+			return nil, err
+		}
+		d.acme = certs.NewManager(certs.ManagerConfig{
+			Project: cfg.Project, Node: cfg.Node,
+			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: roots, Hosts: cfg.ACME.Hosts,
+			Store: d.etcd, Cache: d.certs,
+			CanOrder: func() (bool, <-chan struct{}) {
+				p, changed := d.orch.Proxy()
+				return p.ID != "", changed
+			},
+			WaitAnswer: d.ctrl.WaitAnswer,
+			Observe:    d.metrics.observeOrder,
+			Logger:     log.With().Str("component", "acme").Logger(),
+		})
+	}
 	return d, nil
+}
+
+// servedCerts lists the certificates the proxy serves, files first, for
+// the metrics.
+func (d *daemon) servedCerts() []servedCert {
+	out := slices.Clip(d.fileCerts)
+	if d.certs != nil {
+		for _, c := range d.certs.Certs() {
+			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})
+		}
+	}
+	return out
 }
 
 // run runs every component until ctx ends or one fails.
@@ -190,6 +238,12 @@ func (d *daemon) run(ctx context.Context) error {
 		return d.orch.Start(gctx)
 	})
 	grp.Go(func() error { return d.ctrl.Start(gctx) })
+	if d.certs != nil {
+		grp.Go(func() error { return d.certs.Start(gctx) })
+	}
+	if d.acme != nil {
+		grp.Go(func() error { return d.acme.Start(gctx) })
+	}
 	if l != nil {
 		srv := d.adminServer(token)
 		grp.Go(func() error {
@@ -275,4 +329,27 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 		}
 		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s %s: no container is created or changed until etcd and the docker engine both answer", what, state)
 	})
+}
+
+// acmeDir is where, under proxy.config_dir, the proxy serves the ACME
+// HTTP-01 answers from (/.well-known/acme-challenge/<token>).
+const acmeDir = "upstreamd-acme"
+
+// etcdCerts are the certificates and ACME answers in etcd, as the render
+// Controller takes them.
+type etcdCerts struct {
+	cache     *certs.Cache
+	configDir string
+}
+
+func (e etcdCerts) Subscribe() <-chan struct{}    { return e.cache.Subscribe() }
+func (e etcdCerts) Challenges() map[string]string { return e.cache.Challenges() }
+
+func (e etcdCerts) Certs() []render.TLSCert {
+	all := e.cache.Certs()
+	out := make([]render.TLSCert, 0, len(all))
+	for _, c := range all {
+		out = append(out, render.NewTLSCert(e.configDir, c.Names(), []byte(c.Cert), []byte(c.Key)))
+	}
+	return out
 }

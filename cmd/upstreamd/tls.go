@@ -1,12 +1,17 @@
 package main
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net/mail"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/upstreamd/upstreamd/certs"
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -25,6 +30,29 @@ type CertConfig struct {
 	KeyFile  string `toml:"key_file"`
 }
 
+// ACMEConfig is the [acme] table: certificates ordered from an ACME CA
+// for the services' host names, kept in etcd.
+type ACMEConfig struct {
+	// Email is the account's contact (optional).
+	Email string `toml:"email"`
+	// Directory is the CA's ACME directory URL (Let's Encrypt's by
+	// default).
+	Directory string `toml:"directory"`
+	// CAFile is a PEM file of the CA that signs the directory's HTTPS
+	// certificate, for a private ACME server; the system's roots otherwise.
+	CAFile string `toml:"ca_file"`
+	// Hosts are the names to order certificates for; by default every
+	// host name of every service that no [[tls.certificate]] covers
+	// (wildcards excepted: HTTP-01 cannot validate them).
+	Hosts []string `toml:"hosts"`
+}
+
+// DefaultACMEDirectory is Let's Encrypt's production directory.
+const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
+
+// acmeOn reports whether the file has an [acme] table.
+func (c *Config) acmeOn() bool { return c.written("acme") }
+
 // now is the clock certificates are checked against (tests replace it).
 var now = time.Now
 
@@ -41,15 +69,12 @@ func (c *Config) validateTLS(bad badFunc) {
 		} else if port != "" {
 			t.PublicPort, _ = strconv.Atoi(port)
 		}
-		if len(c.TLS.Certificate) == 0 {
-			bad("proxy.publish_tls", "publishes TLS, but no [[tls.certificate]] is given")
-		}
 	} else if len(c.TLS.Certificate) > 0 {
 		bad("tls.certificate[0]", "certificates given, but proxy.publish_tls (where nginx's TLS port is published, e.g. \"0.0.0.0:443\") is not set")
 	}
 	for i, s := range c.Service {
 		if s.HTTPSRedirect && p.PublishTLS == "" {
-			bad(fmt.Sprintf("service[%d].https_redirect", i), "redirects to HTTPS, which is not served: set proxy.publish_tls and a [[tls.certificate]]")
+			bad(fmt.Sprintf("service[%d].https_redirect", i), "redirects to HTTPS, which is not served: set proxy.publish_tls and a [[tls.certificate]] or [acme]")
 		}
 	}
 	ok := true
@@ -63,9 +88,70 @@ func (c *Config) validateTLS(bad badFunc) {
 		}
 		t.Certs = append(t.Certs, cert)
 	}
-	if ok && len(t.Certs) > 0 && p.PublishTLS != "" {
+	c.validateACME(bad, t)
+	if ok && p.PublishTLS != "" {
 		c.tls = t
 	}
+}
+
+// validateACME checks the [acme] table and sets its defaults.
+func (c *Config) validateACME(bad badFunc, t *render.TLS) {
+	if !c.acmeOn() {
+		return
+	}
+	a := &c.ACME
+	setStr(&a.Directory, DefaultACMEDirectory)
+	if c.Proxy.PublishTLS == "" {
+		bad("acme", "orders certificates, which are served over TLS: set proxy.publish_tls (e.g. \"0.0.0.0:443\")")
+	}
+	if u, err := url.Parse(a.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
+		bad("acme.directory", "%q is not an https:// URL of an ACME directory", a.Directory)
+	}
+	if a.Email != "" {
+		if _, err := mail.ParseAddress(a.Email); err != nil || strings.ContainsAny(a.Email, "<> ") {
+			bad("acme.email", "%q is not an e-mail address", a.Email)
+		}
+	}
+	if a.CAFile != "" {
+		if b, err := os.ReadFile(c.resolve(a.CAFile)); err != nil {
+			bad("acme.ca_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			bad("acme.ca_file", "%s holds no PEM certificate", a.CAFile)
+		}
+	}
+	for i, h := range a.Hosts {
+		if len(h) > 253 || !hostName.MatchString(h) || strings.HasPrefix(h, "*.") {
+			bad(fmt.Sprintf("acme.hosts[%d]", i), "%q is not a host name an HTTP-01 challenge can validate (no wildcards, no ports)", h)
+		}
+	}
+	if len(a.Hosts) == 0 {
+		a.Hosts = c.acmeHosts(t)
+		if len(a.Hosts) == 0 {
+			bad("acme", "no host name to order a certificate for: give the services hosts (service.hosts) or list acme.hosts")
+		}
+	}
+}
+
+// acmeHosts are the host names ACME orders by default: every service's,
+// in spec order, except wildcards and those a configured certificate
+// covers.
+func (c *Config) acmeHosts(t *render.TLS) []string {
+	var out []string
+	for _, s := range c.Service {
+		for _, h := range s.Hosts {
+			if strings.HasPrefix(h, "*.") || slices.Contains(out, h) {
+				continue
+			}
+			covered := false
+			for _, cert := range t.Certs {
+				covered = covered || render.Covers(cert.Names, h)
+			}
+			if !covered {
+				out = append(out, h)
+			}
+		}
+	}
+	return out
 }
 
 // readCert reads and checks one certificate and its key.
@@ -81,21 +167,26 @@ func (c *Config) readCert(cc CertConfig) (render.TLSCert, error) {
 	if err != nil {
 		return render.TLSCert{}, fmt.Errorf("key_file: %w", err)
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	leaf, err := certs.Check(certPEM, keyPEM, now())
 	if err != nil {
 		return render.TLSCert{}, fmt.Errorf("%s and %s: %w", cc.CertFile, cc.KeyFile, err)
 	}
-	leaf, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return render.TLSCert{}, fmt.Errorf("%s: %w", cc.CertFile, err)
-	}
-	switch t := now(); {
-	case t.After(leaf.NotAfter):
-		return render.TLSCert{}, fmt.Errorf("%s expired on %s", cc.CertFile, leaf.NotAfter.UTC().Format(time.RFC3339))
-	case t.Before(leaf.NotBefore):
-		return render.TLSCert{}, fmt.Errorf("%s is not valid before %s", cc.CertFile, leaf.NotBefore.UTC().Format(time.RFC3339))
-	case len(leaf.DNSNames) == 0:
-		return render.TLSCert{}, fmt.Errorf("%s names no host (no DNS subjectAltName)", cc.CertFile)
-	}
 	return render.NewTLSCert(c.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), nil
+}
+
+// acmeRoots are the roots that verify the ACME directory: acme.ca_file's,
+// or nil for the system's.
+func (c *Config) acmeRoots() (*x509.CertPool, error) {
+	if c.ACME.CAFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.resolve(c.ACME.CAFile))
+	if err != nil {
+		return nil, fmt.Errorf("acme.ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("acme.ca_file: %s holds no PEM certificate", c.ACME.CAFile)
+	}
+	return pool, nil
 }

@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -56,15 +57,28 @@ func TestTLSConfig(t *testing.T) {
 	for _, tt := range []struct {
 		name, body string
 		want       []string // error lines; none: valid
+		certs      int      // when valid: the certificates read
+		acme       []string // when valid: the hosts ACME orders
 	}{
-		{"two certificates", tlsOn + cert("a.pem", "a.key") + cert("b.pem", "b.key"), nil},
-		{"key of another certificate", tlsOn + cert("a.pem", "b.key"), []string{"tls.certificate[0]: a.pem and b.key: tls: private key does not match public key"}},
-		{"expired", tlsOn + cert("old.pem", "old.key"), []string{"tls.certificate[0]: old.pem expired on "}},
-		{"no names", tlsOn + cert("nameless.pem", "nameless.key"), []string{"tls.certificate[0]: nameless.pem names no host"}},
-		{"missing file", tlsOn + cert("none.pem", "a.key"), []string{"tls.certificate[0]: cert_file: open "}},
-		{"publish_tls without certificates", tlsOn, []string{"proxy.publish_tls: publishes TLS, but no [[tls.certificate]] is given"}},
-		{"certificates without publish_tls", cert("a.pem", "a.key"), []string{"tls.certificate[0]: certificates given, but proxy.publish_tls"}},
-		{"https_redirect without TLS", "[[service]]\nname = \"apache\"\nhttps_redirect = true\n", []string{"service[0] (apache).https_redirect: redirects to HTTPS, which is not served"}},
+		{"two certificates", tlsOn + cert("a.pem", "a.key") + cert("b.pem", "b.key"), nil, 2, nil},
+		{"key of another certificate", tlsOn + cert("a.pem", "b.key"), []string{"tls.certificate[0]: a.pem and b.key: tls: private key does not match public key"}, 0, nil},
+		{"expired", tlsOn + cert("old.pem", "old.key"), []string{"tls.certificate[0]: old.pem and old.key: expired on "}, 0, nil},
+		{"no names", tlsOn + cert("nameless.pem", "nameless.key"), []string{"tls.certificate[0]: nameless.pem and nameless.key: names no host"}, 0, nil},
+		{"missing file", tlsOn + cert("none.pem", "a.key"), []string{"tls.certificate[0]: cert_file: open "}, 0, nil},
+		// Certificates then come from etcd (imported, or ordered by ACME).
+		{"publish_tls without certificates", tlsOn, nil, 0, nil},
+		{"acme", tlsOn + cert("b.pem", "b.key") + "[acme]\nemail = \"ops@a.example\"\n[[service]]\nname = \"apache\"\nhosts = [\"a.example\", \"*.c.example\", \"x.b.example\"]\n", nil, 1, []string{"a.example"}},
+		{"acme without TLS", "[acme]\nhosts = [\"a.example\"]\n", []string{"acme: orders certificates, which are served over TLS: set proxy.publish_tls"}, 0, nil},
+		{"acme without hosts", tlsOn + "[acme]\n", []string{"acme: no host name to order a certificate for"}, 0, nil},
+		{"acme hosts covered by files", tlsOn + cert("a.pem", "a.key") + "[acme]\n[[service]]\nname = \"apache\"\nhosts = [\"a.example\"]\n", []string{"acme: no host name to order"}, 0, nil},
+		{"acme bad values", tlsOn + "[acme]\nemail = \"nobody\"\ndirectory = \"http://ca.example/dir\"\nca_file = \"a.key\"\nhosts = [\"*.a.example\", \"A.example\"]\n", []string{
+			"acme.email: \"nobody\" is not an e-mail address",
+			"acme.directory: \"http://ca.example/dir\" is not an https:// URL",
+			"acme.ca_file: a.key holds no PEM certificate",
+			"acme.hosts[0]: \"*.a.example\" is not a host name an HTTP-01 challenge can validate",
+			"acme.hosts[1]: \"A.example\" is not a host name"}, 0, nil},
+		{"certificates without publish_tls", cert("a.pem", "a.key"), []string{"tls.certificate[0]: certificates given, but proxy.publish_tls"}, 0, nil},
+		{"https_redirect without TLS", "[[service]]\nname = \"apache\"\nhttps_redirect = true\n", []string{"service[0] (apache).https_redirect: redirects to HTTPS, which is not served"}, 0, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			file := filepath.Join(dir, "upstreamd.toml")
@@ -77,8 +91,11 @@ func TestTLSConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 				files := cfg.view(store.Snapshot{}).Files()
-				if cfg.tls == nil || len(cfg.tls.Certs) != 2 || len(files) != 4 || cfg.tls.PublicPort != 8443 {
+				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
 					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
+				}
+				if !slices.Equal(cfg.ACME.Hosts, tt.acme) {
+					t.Errorf("acme.hosts = %q, want %q", cfg.ACME.Hosts, tt.acme)
 				}
 				return
 			}

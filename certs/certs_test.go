@@ -1,0 +1,192 @@
+package certs
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// pair makes a self-signed certificate for names valid from notBefore to
+// notAfter, and its key, as PEM.
+func pair(t *testing.T, names []string, notBefore, notAfter time.Time) (certPEM, keyPEM string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "test"},
+		DNSNames: names, NotBefore: notBefore, NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
+		string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}))
+}
+
+func record(t *testing.T, source string, names []string, notBefore, notAfter time.Time) Record {
+	c, k := pair(t, names, notBefore, notAfter)
+	return Record{Cert: c, Key: k, Source: source}
+}
+
+func TestParse(t *testing.T) {
+	now := time.Now()
+	good := record(t, SourceACME, []string{"a.example"}, now.Add(-time.Hour), now.Add(90*24*time.Hour))
+	other := record(t, SourceACME, []string{"b.example"}, now.Add(-time.Hour), now.Add(time.Hour))
+	for _, tt := range []struct {
+		name  string
+		value string
+		want  string // error text; "": valid
+	}{
+		{"valid", good.Encode(), ""},
+		{"not JSON", "-----BEGIN CERTIFICATE-----", "not a certificate record"},
+		{"key of another", Record{Cert: good.Cert, Key: other.Key}.Encode(), "private key does not match public key"},
+		{"expired", record(t, SourceImport, []string{"a.example"}, now.Add(-2*time.Hour), now.Add(-time.Hour)).Encode(), "expired on "},
+		{"not yet valid", record(t, SourceImport, []string{"a.example"}, now.Add(time.Hour), now.Add(2*time.Hour)).Encode(), "not valid before "},
+		{"no names", record(t, SourceImport, nil, now.Add(-time.Hour), now.Add(time.Hour)).Encode(), "names no host"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse(HostKey("p", "a.example"), []byte(tt.value), now)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.Name != "a.example" || !slices.Equal(c.Names(), []string{"a.example"}) || c.Source != SourceACME {
+					t.Errorf("parsed %q %q %q", c.Name, c.Names(), c.Source)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRenewAt(t *testing.T) {
+	from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	leaf := &x509.Certificate{NotBefore: from, NotAfter: from.Add(90 * 24 * time.Hour)}
+	if got, want := RenewAt(leaf), from.Add(60*24*time.Hour); !got.Equal(want) {
+		t.Errorf("RenewAt = %s, want %s (two thirds of 90 days)", got, want)
+	}
+}
+
+// TestCacheChecksWhatItReads: certificates and challenge answers from etcd
+// are untrusted input; what cannot be served is left out.
+func TestCacheChecksWhatItReads(t *testing.T) {
+	now := time.Now()
+	k := NewCache(nil, "p", zerolog.Nop())
+	good := record(t, SourceACME, []string{"a.example"}, now.Add(-time.Hour), now.Add(time.Hour))
+	expired := record(t, SourceImport, []string{"b.example"}, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	token := "tok_0123456789abcdef"
+	k.apply(store.Update{Reset: true, Revision: 5, KVs: []store.KV{
+		{Key: HostKey("p", "a.example"), Value: []byte(good.Encode())},
+		{Key: HostKey("p", "b.example"), Value: []byte(expired.Encode())},
+		{Key: AccountKey("p"), Value: []byte(`{"key":"secret"}`)},
+		{Key: ChallengesPrefix("p") + token, Value: []byte(token + ".thumbprint_0123456789")},
+		{Key: ChallengesPrefix("p") + "../../etc/passwd", Value: []byte("x")},
+		{Key: ChallengesPrefix("p") + "tok_fedcba9876543210", Value: []byte("<script>")},
+	}})
+	if rev, ok := k.Loaded(); !ok || rev != 5 {
+		t.Fatalf("Loaded() = %d, %v", rev, ok)
+	}
+	if got := k.Certs(); len(got) != 1 || got[0].Name != "a.example" {
+		t.Errorf("Certs() = %v, want a.example only", got)
+	}
+	if got := k.Challenges(); len(got) != 1 || got[token] != token+".thumbprint_0123456789" {
+		t.Errorf("Challenges() = %v, want the one well-formed answer", got)
+	}
+	// A later write that breaks a certificate drops it; a deletion too.
+	k.apply(store.Update{Revision: 6, KVs: []store.KV{{Key: HostKey("p", "a.example"), Value: []byte("{}")}},
+		Deleted: []string{ChallengesPrefix("p") + token}})
+	if len(k.Certs()) != 0 || len(k.Challenges()) != 0 {
+		t.Errorf("after the update: %d certs, %d challenges; want none", len(k.Certs()), len(k.Challenges()))
+	}
+}
+
+// fakeStore is the Manager's etcd, in memory.
+type fakeStore struct{ kv map[string]string }
+
+func (f *fakeStore) Get(_ context.Context, key string) (store.KV, bool, error) {
+	v, ok := f.kv[key]
+	return store.KV{Key: key, Value: []byte(v)}, ok, nil
+}
+
+func (f *fakeStore) Put(_ context.Context, key, value string, _ int64) (int64, error) {
+	f.kv[key] = value
+	return 1, nil
+}
+
+func (f *fakeStore) Delete(_ context.Context, key string) (int64, error) {
+	delete(f.kv, key)
+	return 1, nil
+}
+
+func (f *fakeStore) Lock(context.Context, string, time.Duration) (int64, func(), error) {
+	return 0, nil, errors.New("locked by a test")
+}
+
+// TestManagerDue: what is ordered when: a host without a certificate at
+// once, one with an ACME certificate at its renewal time, one an imported
+// certificate covers never, and one whose order failed after its backoff.
+func TestManagerDue(t *testing.T) {
+	now := time.Now()
+	k := NewCache(nil, "p", zerolog.Nop())
+	fresh := record(t, SourceACME, []string{"fresh.example"}, now.Add(-time.Hour), now.Add(89*24*time.Hour))
+	fresh.RenewAt = now.Add(59 * 24 * time.Hour)
+	renew := record(t, SourceACME, []string{"renew.example"}, now.Add(-time.Hour), now.Add(89*24*time.Hour))
+	renew.RenewAt = now.Add(-time.Second) // upstreamd certs renew
+	own := record(t, SourceImport, []string{"*.own.example"}, now.Add(-time.Hour), now.Add(24*time.Hour))
+	k.apply(store.Update{Reset: true, Revision: 1, KVs: []store.KV{
+		{Key: HostKey("p", "fresh.example"), Value: []byte(fresh.Encode())},
+		{Key: HostKey("p", "renew.example"), Value: []byte(renew.Encode())},
+		{Key: HostKey("p", "own"), Value: []byte(own.Encode())},
+	}})
+	var observed []string
+	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"new.example", "fresh.example", "renew.example", "www.own.example"},
+		Store: &fakeStore{kv: map[string]string{}}, Cache: k, Logger: zerolog.Nop(),
+		Observe: func(host string, err error) { observed = append(observed, host+": "+err.Error()) }})
+	m.now = func() time.Time { return now }
+	due, next := m.due()
+	if !slices.Equal(due, []string{"new.example", "renew.example"}) {
+		t.Errorf("due = %q, want new.example and renew.example", due)
+	}
+	if !next.Equal(now.Add(idleCheck)) {
+		t.Errorf("next = %s, want the idle check (fresh.example renews in 59 days)", next.Sub(now))
+	}
+
+	// A failed order (here: the lock) is retried after the backoff, not before.
+	m.orderUnderLock(context.Background(), due)
+	if len(observed) != 2 || !strings.Contains(observed[0], "take the ACME lock: locked by a test") {
+		t.Errorf("observed %q", observed)
+	}
+	due, next = m.due()
+	if len(due) != 0 {
+		t.Errorf("due right after the failure: %q", due)
+	}
+	if d := next.Sub(now); d < m.cfg.RetryMin/2 || d > m.cfg.RetryMin*2 {
+		t.Errorf("next try in %s, want about %s", d, m.cfg.RetryMin)
+	}
+	m.now = func() time.Time { return now.Add(3 * m.cfg.RetryMin) }
+	if due, _ = m.due(); !slices.Equal(due, []string{"new.example", "renew.example"}) {
+		t.Errorf("due after the backoff = %q", due)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"slices"
 	"strings"
@@ -188,5 +189,39 @@ func TestManagerDue(t *testing.T) {
 	m.now = func() time.Time { return now.Add(3 * m.cfg.RetryMin) }
 	if due, _ = m.due(); !slices.Equal(due, []string{"new.example", "renew.example"}) {
 		t.Errorf("due after the backoff = %q", due)
+	}
+}
+
+// lockingStore is a fakeStore whose lock is free.
+type lockingStore struct{ fakeStore }
+
+func (f *lockingStore) Lock(context.Context, string, time.Duration) (int64, func(), error) {
+	return 7, func() {}, nil
+}
+
+// TestManagerReadsAgainUnderTheLock: a host another node ordered while
+// this one waited for the lock is not ordered again, though this node's
+// watch has not shown it yet.
+func TestManagerReadsAgainUnderTheLock(t *testing.T) {
+	now := time.Now()
+	k := NewCache(nil, "p", zerolog.Nop())
+	k.apply(store.Update{Reset: true, Revision: 1}) // nothing seen yet
+	theirs := record(t, SourceACME, []string{"a.example"}, now.Add(-time.Minute), now.Add(90*24*time.Hour))
+	theirs.RenewAt = now.Add(60 * 24 * time.Hour)
+	st := &lockingStore{fakeStore{kv: map[string]string{HostKey("p", "a.example"): theirs.Encode()}}}
+	var observed []string
+	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: st, Cache: k,
+		Directory: "https://ca.invalid/dir", Logger: zerolog.Nop(),
+		Observe: func(host string, err error) { observed = append(observed, fmt.Sprint(host, err)) }})
+	due, _ := m.due()
+	if !slices.Equal(due, []string{"a.example"}) {
+		t.Fatalf("due = %q before the watch shows the other node's certificate", due)
+	}
+	m.orderUnderLock(context.Background(), due)
+	if len(observed) != 0 {
+		t.Errorf("ordered again (or failed): %q", observed)
+	}
+	if got := st.kv[HostKey("p", "a.example")]; got != theirs.Encode() {
+		t.Error("the other node's certificate was replaced")
 	}
 }

@@ -50,3 +50,53 @@ func TestStoreDeleteRevision(t *testing.T) {
 	require.Equal(t, []string{"/watched/a"}, u.Deleted)
 	require.Equal(t, u.Revision, rev, "the deletion's revision is the one its watch shows")
 }
+
+// TestStoreLock: the ACME lock on a real etcd. A second holder waits until
+// the first unlocks; a key put under the holder's lease (a challenge
+// answer) goes with the unlock.
+func TestStoreLock(t *testing.T) {
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	clients := make([]*store.Client, 2)
+	for i := range clients {
+		clients[i], err = store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = clients[i].Close() })
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	lease, unlock, err := clients[0].Lock(ctx, "/locks/acme", 5*time.Second)
+	require.NoError(t, err)
+	_, err = clients[0].Put(ctx, "/answers/token", "auth", lease)
+	require.NoError(t, err)
+
+	second := make(chan error, 1)
+	go func() {
+		_, unlock2, err := clients[1].Lock(ctx, "/locks/acme", 5*time.Second)
+		if err == nil {
+			defer unlock2()
+		}
+		second <- err
+	}()
+	// The second waits while the first holds it; the first's lease
+	// carries the answer.
+	waitCtx, waitCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer waitCancel()
+	select {
+	case err := <-second:
+		t.Fatalf("a second holder got the lock while the first held it (err %v)", err)
+	case <-waitCtx.Done():
+	}
+	_, ok, err := clients[1].Get(ctx, "/answers/token")
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	unlock()
+	require.NoError(t, <-second, "the second holder gets the lock once the first unlocks")
+	_, ok, err = clients[1].Get(ctx, "/answers/token")
+	require.NoError(t, err)
+	require.False(t, ok, "the key under the holder's lease went with the unlock")
+}

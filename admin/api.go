@@ -39,6 +39,29 @@ type Status struct {
 	// Leader is the node that runs the project's proxy when
 	// proxy.placement is "leader"; nil otherwise, or while none leads.
 	Leader *Leader `json:"leader,omitempty"`
+	// Certificates are those the proxy serves over TLS (files first, then
+	// etcd's); absent without TLS.
+	Certificates []Certificate `json:"certificates,omitempty"`
+	// ACME is the state of each host [acme] keeps a certificate for, as
+	// this daemon last ordered it; absent without [acme].
+	ACME []ACMEHost `json:"acme,omitempty"`
+}
+
+// Certificate is one certificate the proxy serves.
+type Certificate struct {
+	// Source is file, acme or import.
+	Source   string    `json:"source"`
+	Names    []string  `json:"names"`
+	NotAfter time.Time `json:"not_after"`
+}
+
+// ACMEHost is one host [acme] keeps a certificate for.
+type ACMEHost struct {
+	Host string `json:"host"`
+	// Error is why this daemon's last order failed, and NextTry when it
+	// orders again; both absent when its last order (if any) went through.
+	Error   string     `json:"error,omitempty"`
+	NextTry *time.Time `json:"next_try,omitempty"`
 }
 
 // Service is one configured service.

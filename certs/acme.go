@@ -76,15 +76,36 @@ type Manager struct {
 	log zerolog.Logger
 	now func() time.Time
 
-	// Only Start's goroutine touches these.
-	failing map[string]*hostRetry
+	mu      sync.Mutex            // guards failing, which Failing reads
+	failing map[string]*hostRetry // written by Start's goroutine only
 }
 
 // hostRetry is the backoff of a host whose last order failed.
 type hostRetry struct {
 	bo   *retry.Backoff
 	next time.Time
+	err  error
 }
+
+// Failure is why a host's last order failed, and when it is tried again.
+type Failure struct {
+	Err  error
+	Next time.Time
+}
+
+// Failing returns the hosts whose last order failed.
+func (m *Manager) Failing() map[string]Failure {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]Failure, len(m.failing))
+	for h, r := range m.failing {
+		out[h] = Failure{Err: r.err, Next: r.next}
+	}
+	return out
+}
+
+// Hosts are the hosts the Manager keeps certificates for.
+func (m *Manager) Hosts() []string { return slices.Clone(m.cfg.Hosts) }
 
 // NewManager returns a Manager; Start runs it.
 func NewManager(cfg ManagerConfig) *Manager {
@@ -257,7 +278,9 @@ func (m *Manager) order(ctx context.Context, client *lego.Client, host string) {
 		m.failed(host, fmt.Errorf("store the certificate: %w", err))
 		return
 	}
+	m.mu.Lock()
 	delete(m.failing, host)
+	m.mu.Unlock()
 	if m.cfg.Observe != nil {
 		m.cfg.Observe(host, nil)
 	}
@@ -268,13 +291,15 @@ func (m *Manager) order(ctx context.Context, client *lego.Client, host string) {
 
 // failed records a failed order of host and when to try again.
 func (m *Manager) failed(host string, err error) {
+	m.mu.Lock()
 	r := m.failing[host]
 	if r == nil {
 		r = &hostRetry{bo: retry.New(m.cfg.RetryMin, m.cfg.RetryMax)}
 		m.failing[host] = r
 	}
 	wait, _ := r.bo.Failed()
-	r.next = m.now().Add(wait)
+	r.next, r.err = m.now().Add(wait), err
+	m.mu.Unlock()
 	if m.cfg.Observe != nil {
 		m.cfg.Observe(host, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/certs"
 	"github.com/upstreamd/upstreamd/integration/internal/acmeca"
 )
@@ -157,6 +158,14 @@ func TestACME(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Contains(t, string(body), `upstreamd_acme_orders_total{result="issued"} 2`)
 	require.Regexp(t, `upstreamd_cert_expiry_seconds\{host="a\.example",source="acme"\} [0-9.e+]+\n`, string(body))
+	st, err := s.adminStatus()
+	require.NoError(t, err)
+	require.Equal(t, []admin.ACMEHost{{Host: "a.example"}, {Host: "b.example"}}, st.ACME, "both hosts ordered, none failing")
+	require.Len(t, st.Certificates, 2)
+	for _, c := range st.Certificates {
+		require.Equal(t, "acme", c.Source)
+		require.Equal(t, stored.Leaf.NotAfter.Year(), c.NotAfter.Year())
+	}
 
 	// A restarted daemon serves them from etcd and orders nothing.
 	require.NoError(t, d.Stop(20*time.Second))

@@ -155,5 +155,25 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 			Leader: cl.leader != nil && cl.leader.Node == a.Node, Slots: cl.slots[a.Node]})
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
+	d.fillCerts(&st)
 	return st
+}
+
+// fillCerts adds the served certificates and the ACME hosts to st.
+func (d *daemon) fillCerts(st *admin.Status) {
+	for _, c := range d.servedCerts() {
+		st.Certificates = append(st.Certificates, admin.Certificate{Source: c.source, Names: c.names, NotAfter: c.notAfter})
+	}
+	if d.acme == nil {
+		return
+	}
+	failing := d.acme.Failing()
+	for _, h := range d.acme.Hosts() {
+		a := admin.ACMEHost{Host: h}
+		if f, ok := failing[h]; ok {
+			next := f.Next
+			a.Error, a.NextTry = f.Err.Error(), &next
+		}
+		st.ACME = append(st.ACME, a)
+	}
 }

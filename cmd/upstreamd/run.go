@@ -43,6 +43,9 @@ func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
 	defer d.close()
 	log.Info().Str("version", version).Str("config", cfg.file).Str("project", cfg.Project).
 		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
+	if warn := cfg.acmeReach(); warn != "" {
+		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", cfg.ACME.Hosts).Msg(warn)
+	}
 	err = d.run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		log.Info().Msg("upstreamd stopped on an error")

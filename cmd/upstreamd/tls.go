@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net/mail"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -189,4 +190,18 @@ func (c *Config) acmeRoots() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("acme.ca_file: %s holds no PEM certificate", c.ACME.CAFile)
 	}
 	return pool, nil
+}
+
+// acmeReach says, when [acme] is on and nginx's plain port is published
+// elsewhere than on port 80 of an outside address, what the operator must
+// make sure of: the CA validates on port 80 of each host name.
+func (c *Config) acmeReach() string {
+	if !c.acmeOn() {
+		return ""
+	}
+	host, port, err := containers.ParsePublish(c.Proxy.Publish)
+	if err == nil && port == "80" && (host == "" || !netip.MustParseAddr(host).IsLoopback()) {
+		return ""
+	}
+	return "ACME validates on port 80 of each host name, and proxy.publish is not port 80 of an outside address: make sure port 80 of these names reaches the proxy (a port forward, a load balancer), or every order fails"
 }

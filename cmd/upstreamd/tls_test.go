@@ -110,3 +110,19 @@ func TestTLSConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestACMEReach: the warning when the CA's port 80 may not reach nginx.
+func TestACMEReach(t *testing.T) {
+	for publish, warn := range map[string]bool{
+		":80": false, "0.0.0.0:80": false, "203.0.113.5:80": false,
+		"127.0.0.1:80": true, "127.0.0.1:8080": true, ":8080": true,
+	} {
+		cfg := &Config{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
+		if got := cfg.acmeReach() != ""; got != warn {
+			t.Errorf("publish %s: warned %v, want %v", publish, got, warn)
+		}
+	}
+	if (&Config{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).acmeReach() != "" {
+		t.Error("warned without [acme]")
+	}
+}

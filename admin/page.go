@@ -20,6 +20,9 @@ const pageEvents = 60
 
 var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 	"ago":   ago,
+	"until": until,
+	// soon: a certificate expiring within 20 days (ACME renews 30 before).
+	"soon":  func(now, t time.Time) bool { return t.Sub(now) < 20*24*time.Hour },
 	"deref": func(t *time.Time) time.Time { return *t },
 	"clock": func(t time.Time) string { return t.Local().Format("15:04:05.000") },
 	"stamp": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
@@ -70,6 +73,22 @@ func ago(now, t time.Time) string {
 		return fmt.Sprintf("%dh%02dm ago", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
+}
+
+// until is how long after now t is, said briefly; "expired" when past.
+func until(now, t time.Time) string {
+	d := t.Sub(now)
+	switch {
+	case d < 0:
+		return "expired " + ago(now, t)
+	case d < time.Minute:
+		return fmt.Sprintf("in %ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("in %dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("in %dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("in %dd", int(d.Hours()/24))
 }
 
 // render renders the page (whole, or only the live part that the stream

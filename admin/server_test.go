@@ -154,6 +154,10 @@ func TestPage(t *testing.T) {
 		Backend{Container: `<script>alert(1)</script>`, Addr: "172.18.0.4:80", State: "unhealthy", Since: now, ProbeError: "connection refused"},
 	)
 	st.Proxy.Rejected = &Rejected{Time: now, Hash: "abc", Message: `unknown directive "bogus"`}
+	next := now.Add(90 * time.Second)
+	st.Certificates = []Certificate{{Source: "acme", Names: []string{"a.example"}, NotAfter: now.Add(89*24*time.Hour + time.Minute)},
+		{Source: "file", Names: []string{"old.example", "*.old.example"}, NotAfter: now.Add(3*24*time.Hour + time.Minute)}}
+	st.ACME = []ACMEHost{{Host: "a.example"}, {Host: "b.example", Error: "the CA said no", NextTry: &next}}
 	srv, j := newTestServer(t, "", st)
 	j.Record(events.Event{Kind: events.Died, Message: "backend demo-apache-9 died"})
 	code, page := get(t, srv.URL+"/")
@@ -164,10 +168,15 @@ func TestPage(t *testing.T) {
 		`data-state="healthy" data-container="demo-apache-1"`, `data-state="unhealthy"`, "connection refused",
 		"config rejected", "unknown directive &#34;bogus&#34;", "backend demo-apache-9 died", "new EventSource(",
 		"&lt;script&gt;alert(1)&lt;/script&gt;",
+		"<td>a.example</td><td>acme</td>", ">in 89d</td>", `class="bad">in 3d</td>`, "<td>old.example, *.old.example</td>",
+		"ACME cannot order for b.example (next try in 1m): the CA said no",
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("the page lacks %q", want)
 		}
+	}
+	if strings.Contains(page, "cannot order for a.example") {
+		t.Error("a host whose last order went through is shown failing")
 	}
 	if strings.Contains(page, "<script>alert(1)") {
 		t.Error("a container name went into the page unescaped")

@@ -138,17 +138,22 @@ const idleCheck = time.Hour
 func (m *Manager) Start(ctx context.Context) error {
 	changed := m.cfg.Cache.Subscribe()
 	m.log.Info().Strs("hosts", m.cfg.Hosts).Str("directory", m.cfg.Directory).Msg("ACME: keeping a certificate for each host in etcd")
-	for {
+	for ctx.Err() == nil {
 		can, canChanged := m.cfg.CanOrder()
 		_, loaded := m.cfg.Cache.Loaded()
 		wait := idleCheck
 		if loaded && can {
 			due, next := m.due()
-			if len(due) > 0 {
-				m.orderUnderLock(ctx, due)
+			if len(due) > 0 && m.orderUnderLock(ctx, due) {
 				continue // look again: the cache has what was stored, or the backoff
 			}
-			m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
+			if len(due) > 0 {
+				// etcd holds them fresh (another node ordered them) and
+				// this node's watch has not shown it yet: wait for it.
+				next = m.now().Add(time.Second)
+			} else {
+				m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
+			}
 			wait = min(wait, time.Until(next))
 		}
 		timer := time.NewTimer(max(wait, 0))
@@ -162,6 +167,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 		timer.Stop()
 	}
+	return nil
 }
 
 // due returns the hosts to order now, and when the next is due.
@@ -202,8 +208,9 @@ func (m *Manager) due() (due []string, next time.Time) {
 const lockTTL = 15 * time.Second
 
 // orderUnderLock takes the project's ACME lock, then orders each host that
-// is still due (another node may have just stored it).
-func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) {
+// is still due (another node may have just stored it). It reports whether
+// it ordered, or failed to, any host: false when etcd held them all fresh.
+func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted bool) {
 	lease, unlock, err := m.cfg.Store.Lock(ctx, LockKey(m.cfg.Project), lockTTL)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -211,30 +218,33 @@ func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) {
 				m.failed(h, fmt.Errorf("take the ACME lock: %w", err))
 			}
 		}
-		return
+		return true
 	}
 	defer unlock()
 	var client *lego.Client
 	for _, h := range hosts {
 		if ctx.Err() != nil {
-			return
+			return true
 		}
 		if fresh, err := m.storedFresh(ctx, h); err != nil || fresh {
 			if err != nil {
 				m.failed(h, err)
+				acted = true
 			}
 			continue
 		}
+		acted = true
 		if client == nil {
 			if client, err = m.client(ctx, lease); err != nil {
 				for _, h := range hosts {
 					m.failed(h, err)
 				}
-				return
+				return true
 			}
 		}
 		m.order(ctx, client, h)
 	}
+	return acted
 }
 
 // storedFresh reads host's certificate from etcd itself (the watch may lag

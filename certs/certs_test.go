@@ -217,11 +217,43 @@ func TestManagerReadsAgainUnderTheLock(t *testing.T) {
 	if !slices.Equal(due, []string{"a.example"}) {
 		t.Fatalf("due = %q before the watch shows the other node's certificate", due)
 	}
-	m.orderUnderLock(context.Background(), due)
+	if m.orderUnderLock(context.Background(), due) {
+		t.Error("orderUnderLock reports it acted")
+	}
 	if len(observed) != 0 {
 		t.Errorf("ordered again (or failed): %q", observed)
 	}
 	if got := st.kv[HostKey("p", "a.example")]; got != theirs.Encode() {
 		t.Error("the other node's certificate was replaced")
+	}
+}
+
+// blockingStore's lock waits for its context, as etcd's does while another
+// node holds it.
+type blockingStore struct{ fakeStore }
+
+func (f *blockingStore) Lock(ctx context.Context, _ string, _ time.Duration) (int64, func(), error) {
+	<-ctx.Done()
+	return 0, nil, ctx.Err()
+}
+
+// TestManagerStops: Start returns once its context ends, also while it
+// waits for the lock.
+func TestManagerStops(t *testing.T) {
+	k := NewCache(nil, "p", zerolog.Nop())
+	k.apply(store.Update{Reset: true, Revision: 1})
+	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: &blockingStore{fakeStore{kv: map[string]string{}}},
+		Cache: k, Logger: zerolog.Nop(), CanOrder: func() (bool, <-chan struct{}) { return true, nil }})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Start(ctx) }()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Start returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Start did not return after its context ended")
 	}
 }

@@ -185,11 +185,8 @@ func (m *Manager) due() (due []string, next time.Time) {
 			continue // the operator's certificate is served for it
 		}
 		at := now
-		if c, ok := m.cfg.Cache.Get(h); ok && c.Source == SourceACME && c.Leaf.VerifyHostname(h) == nil {
-			at = c.RenewAt
-			if at.IsZero() {
-				at = RenewAt(c.Leaf)
-			}
+		if c, ok := m.cfg.Cache.Get(h); ok {
+			at = c.renewalFor(h, now)
 		}
 		if r := m.failing[h]; r != nil && r.next.After(at) {
 			at = r.next
@@ -255,15 +252,25 @@ func (m *Manager) storedFresh(ctx context.Context, host string) (bool, error) {
 	if err != nil || !ok {
 		return false, err
 	}
-	c, err := Parse(kv.Key, kv.Value, m.now())
-	if err != nil || c.Source != SourceACME || c.Leaf.VerifyHostname(host) != nil {
+	now := m.now()
+	c, err := Parse(kv.Key, kv.Value, now)
+	if err != nil {
 		return false, nil //nolint:nilerr // not usable: order it
 	}
-	at := c.RenewAt
-	if at.IsZero() {
-		at = RenewAt(c.Leaf)
+	return c.renewalFor(host, now).After(now), nil
+}
+
+// renewalFor is when c, kept under host's name, is to be ordered again:
+// its RenewAt (two thirds into its lifetime unless `certs renew` asked
+// sooner); now when it is not an ACME certificate valid for host.
+func (c Cert) renewalFor(host string, now time.Time) time.Time {
+	if c.Source != SourceACME || c.Leaf.VerifyHostname(host) != nil {
+		return now
 	}
-	return at.After(m.now()), nil
+	if c.RenewAt.IsZero() {
+		return RenewAt(c.Leaf)
+	}
+	return c.RenewAt
 }
 
 // order orders one host's certificate and stores it.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
@@ -43,6 +44,8 @@ type Config struct {
 	pos         positions       // where each key was written in it
 	droppedKeys map[string]bool // keys of the wrong type, reported and left out
 	tls         *render.TLS     // the certificates, read and checked by validateTLS
+	fileCerts   []servedCert    // the same certificates' names and expiry, for the metrics
+	acmeRoots   *x509.CertPool  // acme.ca_file's roots (nil: the system's), read by validateACME
 }
 
 // DockerConfig says how to reach the engine.

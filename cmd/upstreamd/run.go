@@ -74,7 +74,6 @@ type daemon struct {
 	cluster       clusterCache    // the nodes and leader, read from etcd for status
 	certs         *certs.Cache    // the certificates and ACME answers in etcd; nil without TLS
 	acme          *certs.Manager  // orders certificates; nil without [acme]
-	fileCerts     []servedCert    // the [[tls.certificate]] files, for the metrics
 	started       time.Time
 }
 
@@ -143,11 +142,6 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	if cfg.tls != nil {
 		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
 		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir}
-		for _, c := range cfg.tls.Certs {
-			if leaf, err := certs.Check(c.Cert, c.Key, time.Now()); err == nil { // checked at load
-				d.fileCerts = append(d.fileCerts, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
-			}
-		}
 	}
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker
@@ -170,14 +164,9 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		},
 	})
 	if cfg.acmeOn() {
-		roots, err := cfg.acmeRoots()
-		if err != nil {
-			d.close()
-			return nil, err
-		}
 		d.acme = certs.NewManager(certs.ManagerConfig{
 			Project: cfg.Project, Node: cfg.Node,
-			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: roots, Hosts: cfg.ACME.Hosts,
+			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
 			Store: d.etcd, Cache: d.certs,
 			CanOrder: func() (bool, <-chan struct{}) {
 				p, changed := d.orch.Proxy()
@@ -194,7 +183,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 // servedCerts lists the certificates the proxy serves, files first, for
 // the metrics.
 func (d *daemon) servedCerts() []servedCert {
-	out := slices.Clip(d.fileCerts)
+	out := slices.Clip(d.cfg.fileCerts)
 	if d.certs != nil {
 		for _, c := range d.certs.Certs() {
 			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})

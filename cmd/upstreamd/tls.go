@@ -81,13 +81,14 @@ func (c *Config) validateTLS(bad badFunc) {
 	ok := true
 	for i, cc := range c.TLS.Certificate {
 		k := fmt.Sprintf("tls.certificate[%d]", i)
-		cert, err := c.readCert(cc)
+		cert, leaf, err := c.readCert(cc)
 		if err != nil {
 			bad(k, "%v", err)
 			ok = false
 			continue
 		}
 		t.Certs = append(t.Certs, cert)
+		c.fileCerts = append(c.fileCerts, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
 	}
 	c.validateACME(bad, t)
 	if ok && p.PublishTLS != "" {
@@ -114,9 +115,10 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 		}
 	}
 	if a.CAFile != "" {
+		c.acmeRoots = x509.NewCertPool()
 		if b, err := os.ReadFile(c.resolve(a.CAFile)); err != nil {
 			bad("acme.ca_file", "%v", err)
-		} else if !x509.NewCertPool().AppendCertsFromPEM(b) {
+		} else if !c.acmeRoots.AppendCertsFromPEM(b) {
 			bad("acme.ca_file", "%s holds no PEM certificate", a.CAFile)
 		}
 	}
@@ -156,40 +158,23 @@ func (c *Config) acmeHosts(t *render.TLS) []string {
 }
 
 // readCert reads and checks one certificate and its key.
-func (c *Config) readCert(cc CertConfig) (render.TLSCert, error) {
+func (c *Config) readCert(cc CertConfig) (render.TLSCert, *x509.Certificate, error) {
 	if cc.CertFile == "" || cc.KeyFile == "" {
-		return render.TLSCert{}, fmt.Errorf("cert_file and key_file are both required")
+		return render.TLSCert{}, nil, fmt.Errorf("cert_file and key_file are both required")
 	}
 	certPEM, err := os.ReadFile(c.resolve(cc.CertFile))
 	if err != nil {
-		return render.TLSCert{}, fmt.Errorf("cert_file: %w", err)
+		return render.TLSCert{}, nil, fmt.Errorf("cert_file: %w", err)
 	}
 	keyPEM, err := os.ReadFile(c.resolve(cc.KeyFile))
 	if err != nil {
-		return render.TLSCert{}, fmt.Errorf("key_file: %w", err)
+		return render.TLSCert{}, nil, fmt.Errorf("key_file: %w", err)
 	}
 	leaf, err := certs.Check(certPEM, keyPEM, now())
 	if err != nil {
-		return render.TLSCert{}, fmt.Errorf("%s and %s: %w", cc.CertFile, cc.KeyFile, err)
+		return render.TLSCert{}, nil, fmt.Errorf("%s and %s: %w", cc.CertFile, cc.KeyFile, err)
 	}
-	return render.NewTLSCert(c.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), nil
-}
-
-// acmeRoots are the roots that verify the ACME directory: acme.ca_file's,
-// or nil for the system's.
-func (c *Config) acmeRoots() (*x509.CertPool, error) {
-	if c.ACME.CAFile == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(c.resolve(c.ACME.CAFile))
-	if err != nil {
-		return nil, fmt.Errorf("acme.ca_file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("acme.ca_file: %s holds no PEM certificate", c.ACME.CAFile)
-	}
-	return pool, nil
+	return render.NewTLSCert(c.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), leaf, nil
 }
 
 // acmeReach says, when [acme] is on and nginx's plain port is published

@@ -91,7 +91,7 @@ func TestTLSConfig(t *testing.T) {
 					t.Fatal(err)
 				}
 				files := cfg.view(store.Snapshot{}).Files()
-				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
+				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(cfg.fileCerts) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
 					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
 				}
 				if !slices.Equal(cfg.ACME.Hosts, tt.acme) {

@@ -4,7 +4,9 @@ package integration
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -53,6 +55,7 @@ func TestAdvertiseHostAndLeader(t *testing.T) {
 	addr := hostIPv4(t)
 	s := newStack(t,
 		withProxyTOML(`placement = "leader"`),
+		withServiceTOML(`read_timeout = "1s"`),
 		withExtraTOML(fmt.Sprintf("[network]\nadvertise = \"host\"\nnode_address = %q\n", addr)))
 	d := s.startDaemon()
 	s.waitConverged(3, 90*time.Second)
@@ -92,4 +95,23 @@ func TestAdvertiseHostAndLeader(t *testing.T) {
 	})
 	s.waitConverged(3, 90*time.Second)
 	checkKeys()
+
+	// Every backend shares the node's address here, as on a cluster's
+	// host. A request slower than read_timeout times out on each backend
+	// in turn (504): each of them answered its connection, so the balancer
+	// skips those peers for a while (as nginx's max_fails=1 would) but
+	// never their whole address, which only a connect timeout (a host that
+	// is gone) may take out; and nothing fails meanwhile.
+	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + s.publish + "/cgi-bin/slow?ms=1500")
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusGatewayTimeout, resp.StatusCode, "a request slower than read_timeout on every backend")
+	ej := rawStatus(t, s, "/upstreamd/ejections")
+	require.Regexp(t, `(?m)^ejections [1-9]`, ej, "the peers that timed out are not skipped")
+	require.Contains(t, ej, "host-ejections 0\n", "a read timeout took the live host's address out")
+	require.NotContains(t, ej, "down-host ", "a read timeout took the live host's address out")
+	_, err = s.servedHosts(12)
+	require.NoError(t, err, "requests right after the slow one")
 }

@@ -32,9 +32,9 @@ local DOWN = "down:" -- dict key prefix of a skipped peer: down:<ip:port>
 -- itself is gone: a dead host, whose every port hangs. Then every peer at
 -- that IP is skipped, so a lost host costs one connect timeout, not one per
 -- backend on it. (With container addresses each peer has its own IP.) A
--- read timeout counts too (nginx reports both as 504): a slow request on
--- a live host moves the rest of that host's traffic to other hosts for a
--- few seconds, it fails nothing.
+-- read timeout (nginx reports it as 504 too) says only that one request
+-- was slow on a host that answered: it skips that peer, never its host,
+-- so one slow request cannot take every backend of a live host out.
 local DOWN_HOST = "downhost:" -- dict key prefix of a skipped IP
 
 -- Per worker: the parsed pools and the dict generation they come from,
@@ -121,6 +121,20 @@ local function eject(dict, key, host)
   end
 end
 
+-- connected reports whether the attempt that just failed had connected to
+-- its peer: $upstream_connect_time lists one time per attempt, "-" for one
+-- that never connected (a retry adds an empty entry after " : " for the
+-- attempt being chosen). Unknown counts as connected: never eject a host
+-- on a guess.
+local function connected()
+  local times = ngx.var.upstream_connect_time
+  if not times then
+    return true
+  end
+  local last = string.match(string.gsub(times, "[%s:,]+$", ""), "([^%s:,]+)$")
+  return last ~= "-"
+end
+
 -- down reports whether the peer (host, port) is skipped.
 local function down(dict, host, key)
   return dict:get(DOWN .. key) or dict:get(DOWN_HOST .. host)
@@ -146,11 +160,16 @@ function M.balance(service)
     end
   else
     -- A retry after a connect error or timeout ("next" is an answer
-    -- such as a 502, from a peer that is up); a timeout (504) takes the
-    -- peer's whole IP out.
+    -- such as a 502, from a peer that is up); a connect timeout (a 504
+    -- before any connection) takes the peer's whole IP out, a read
+    -- timeout only the peer.
     local state, code = balancer.get_last_failure()
     if ctx.upstreamd_last and state == "failed" then
-      eject(dict, ctx.upstreamd_last, code == 504 and ctx.upstreamd_last_host or nil)
+      local host = nil
+      if code == 504 and not connected() then
+        host = ctx.upstreamd_last_host
+      end
+      eject(dict, ctx.upstreamd_last, host)
     end
   end
   local i = rr[service] or 0

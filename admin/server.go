@@ -150,7 +150,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 // streams them instead: what is kept first, then each as it happens.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	since, err := intParam(q.Get("since"), 0)
+	since, err := s.cfg.Journal.After(q.Get("since"))
 	if err != nil {
 		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
 		return
@@ -171,13 +171,13 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if evs == nil {
 		evs = []events.Event{}
 	}
-	writeJSON(w, Events{Events: evs, Missed: missed})
+	writeJSON(w, Events{Run: s.cfg.Journal.Run(), Events: evs, Missed: missed})
 }
 
 // stream is GET /api/v1/stream: the events, as follow streams them, and
 // the whole Status ("status" messages) at once and after each change.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
-	since, err := intParam(r.URL.Query().Get("since"), 0)
+	since, err := s.cfg.Journal.After(r.URL.Query().Get("since"))
 	if err != nil {
 		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
 		return
@@ -193,8 +193,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 const viewEvery = 200 * time.Millisecond
 
 // follow streams Server-Sent Events: with sendEvents, each event after
-// since as an "event" message whose id is its Seq (a reconnecting
-// EventSource resumes where it was); with view, what view returns, at
+// since as an "event" message whose id is its Cursor (a reconnecting
+// EventSource resumes where it was, or from the first event of a run that
+// began since); with view, what view returns, at
 // once, after each batch of events (at most every viewEvery) and at each
 // heartbeat.
 func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view func(context.Context) (string, []byte)) {
@@ -203,8 +204,13 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
-	if id, err := strconv.ParseInt(r.Header.Get("Last-Event-ID"), 10, 64); err == nil && id > since {
-		since = id
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		// A reconnecting EventSource: the last id it saw, this run's or
+		// (the daemon restarted) another's; one that makes no sense is
+		// ignored.
+		if seq, err := s.cfg.Journal.After(id); err == nil {
+			since = seq
+		}
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
@@ -224,7 +230,7 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 			}
 			for _, e := range evs {
 				data, _ := json.Marshal(e)
-				writeSSE(w, strconv.FormatInt(e.Seq, 10), "event", data)
+				writeSSE(w, e.Cursor(), "event", data)
 			}
 		}
 		if len(evs) > 0 {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,8 +25,14 @@ const DefaultListen = "127.0.0.1:9180"
 type Config struct {
 	// Token, when set, is required of every request but /healthz and
 	// /readyz: "Authorization: Bearer <token>", or ?token= (what a browser
-	// opening the page can send).
+	// opening the page can send). Without one, every request must be
+	// addressed (Host) to a loopback name or Listen's host: a page of
+	// another site cannot reach the listener through DNS rebinding. With
+	// one, the token is the check, and the listener answers any name.
 	Token string
+	// Listen is admin.listen: without a token, requests must name it
+	// (its host) or a loopback name in their Host header.
+	Listen string
 	// Status assembles the daemon's status at each request.
 	Status func(ctx context.Context) Status
 	// Problems lists what is wrong now (empty: healthy).
@@ -44,8 +51,9 @@ type Config struct {
 
 // Server answers the admin endpoints.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg   Config
+	mux   *http.ServeMux
+	hosts []string // the names a request must address without a token
 }
 
 // NewServer returns a Server.
@@ -53,7 +61,12 @@ func NewServer(cfg Config) *Server {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 15 * time.Second
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), hosts: []string{"localhost", "127.0.0.1", "::1"}}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) && !slices.Contains(s.hosts, strings.ToLower(host)) {
+			s.hosts = append(s.hosts, strings.ToLower(host))
+		}
+	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", s.auth(s.metrics()))
@@ -68,7 +81,42 @@ func NewServer(cfg Config) *Server {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if s.cfg.Token == "" && !s.addressed(r.Host) {
+		http.Error(w, fmt.Sprintf("403 forbidden: this admin listener has no token (admin.token_file), so it answers only requests "+
+			"addressed to %s (any port), not to %q: a page of another site could reach it through a name that resolves to this host "+
+			"(DNS rebinding). To reach it under other names, set admin.token_file",
+			strings.Join(s.hostNames(), ", "), r.Host), http.StatusForbidden)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// addressed reports whether hostport, a request's Host header, names
+// this listener: a loopback name or the host of admin.listen, with any
+// port (an SSH tunnel's local port, a published one). Without a Host
+// (HTTP/1.0) the request comes from no browser: it is let through.
+func (s *Server) addressed(hostport string) bool {
+	if hostport == "" {
+		return true
+	}
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	return slices.Contains(s.hosts, host)
+}
+
+// hostNames are the names addressed accepts, as a Host header says them.
+func (s *Server) hostNames() []string {
+	out := make([]string, len(s.hosts))
+	for i, h := range s.hosts {
+		if strings.Contains(h, ":") {
+			h = "[" + h + "]"
+		}
+		out[i] = h
+	}
+	return out
 }
 
 // Serve answers on l until ctx ends.

@@ -425,3 +425,58 @@ func TestFollowAcrossRestart(t *testing.T) {
 		t.Errorf("Follow after ctx ended: %v; want nil", err)
 	}
 }
+
+// TestHostCheck: a listener without a token answers only requests
+// addressed to it by a loopback name or its listen address; a page of
+// another site that a browser on this host reaches through a name
+// rebound to 127.0.0.1 (DNS rebinding) is refused. With a token the
+// token is the check (the compose and cluster demos reach it by other
+// names).
+func TestHostCheck(t *testing.T) {
+	st := testStatus()
+	server := func(token, listen string) *Server {
+		return NewServer(Config{Token: token, Listen: listen, Journal: events.New(0), Heartbeat: time.Hour,
+			Status: func(context.Context) Status { return st }, Problems: func() []string { return nil }})
+	}
+	for _, c := range []struct {
+		name, token, listen, host string
+		want                      int
+	}{
+		{"localhost", "", "127.0.0.1:9180", "localhost:9180", http.StatusOK},
+		{"localhost without the port", "", "127.0.0.1:9180", "localhost", http.StatusOK},
+		{"LOCALHOST.", "", "127.0.0.1:9180", "LOCALHOST.:9180", http.StatusOK},
+		{"127.0.0.1", "", "127.0.0.1:9180", "127.0.0.1:9180", http.StatusOK},
+		{"127.0.0.1 through a tunnel's port", "", "127.0.0.1:9180", "127.0.0.1:19180", http.StatusOK},
+		{"[::1]", "", "[::1]:9180", "[::1]:9180", http.StatusOK},
+		{"[::1] without the port", "", "127.0.0.1:9180", "[::1]", http.StatusOK},
+		{"the listen address", "", "127.0.0.2:9180", "127.0.0.2:9180", http.StatusOK},
+		{"no Host (HTTP/1.0)", "", "127.0.0.1:9180", "", http.StatusOK},
+		{"a rebound name", "", "127.0.0.1:9180", "attacker.example:9180", http.StatusForbidden},
+		{"a rebound name without the port", "", "127.0.0.1:9180", "attacker.example", http.StatusForbidden},
+		{"localhost as a subdomain", "", "127.0.0.1:9180", "localhost.attacker.example:9180", http.StatusForbidden},
+		{"another loopback address", "", "127.0.0.1:9180", "127.0.0.2:9180", http.StatusForbidden},
+		{"with a token, any name", "0123456789abcdef0123", "0.0.0.0:9180", "admin.example:9180", http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, path := range []string{"/", "/api/v1/status", "/api/v1/events", "/healthz", "/metrics"} {
+				req := httptest.NewRequest(http.MethodGet, path, nil)
+				req.Host = c.host
+				if c.token != "" {
+					req.Header.Set("Authorization", "Bearer "+c.token)
+				}
+				rec := httptest.NewRecorder()
+				server(c.token, c.listen).ServeHTTP(rec, req)
+				got := rec.Code
+				if got == http.StatusNotFound { // /metrics without a handler
+					got = http.StatusOK
+				}
+				if got != c.want {
+					t.Errorf("GET %s with Host %q: %d %.80q; want %d", path, c.host, rec.Code, rec.Body.String(), c.want)
+				}
+				if c.want == http.StatusForbidden && !strings.Contains(rec.Body.String(), "admin.token_file") {
+					t.Errorf("GET %s with Host %q: %q; want it to say why, and admin.token_file", path, c.host, rec.Body.String())
+				}
+			}
+		})
+	}
+}

@@ -21,6 +21,18 @@ import (
 // DefaultListen is where the admin listener answers by default.
 const DefaultListen = "127.0.0.1:9180"
 
+// The listener's limits. WriteTimeout cannot be the server's: the
+// streams last; each answer and each write of a stream has writeTimeout.
+const (
+	readHeaderTimeout = 5 * time.Second
+	// readTimeout bounds reading a whole request (the API takes no body).
+	readTimeout = 10 * time.Second
+	// idleTimeout closes a kept-alive connection that sends nothing more.
+	idleTimeout    = 30 * time.Second
+	writeTimeout   = 10 * time.Second
+	maxHeaderBytes = 64 << 10
+)
+
 // Config configures a Server.
 type Config struct {
 	// Token, when set, is required of every request but /healthz and
@@ -119,10 +131,20 @@ func (s *Server) hostNames() []string {
 	return out
 }
 
-// Serve answers on l until ctx ends.
+// Serve answers on l until ctx ends, and returns once the connections
+// closed (the streams end with ctx).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	shut := make(chan struct{})
 	go func() {
+		defer close(shut)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
@@ -131,6 +153,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	<-shut
 	return nil
 }
 

@@ -212,3 +212,56 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 		t.Fatalf("the stream ended after %d views", n)
 	})
 }
+
+// openStream GETs path with a context of its own; close cancels it.
+func openStream(t *testing.T, client *http.Client, path string) (resp *http.Response, body string, close func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost"+path, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	close = func() {
+		cancel()
+		_ = resp.Body.Close()
+	}
+	t.Cleanup(close)
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		body = string(b)
+	}
+	return resp, body, close
+}
+
+// TestStreamLimit: beyond MaxStreams streams (of every kind together), a
+// new one gets a 503 that says the limit and when to try again; the
+// other answers go on, and a stream that ends frees its place.
+func TestStreamLimit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client, _ := bubbleServer(t, Config{MaxStreams: 2, Heartbeat: 15 * time.Second})
+		live, _, closeLive := openStream(t, client, "/live")
+		follow, _, _ := openStream(t, client, "/api/v1/events?follow=1")
+		for _, r := range []*http.Response{live, follow} {
+			if r.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s; want 200 (under the limit)", r.Request.URL.Path, r.Status)
+			}
+		}
+		for _, path := range []string{"/api/v1/stream", "/live", "/api/v1/events?follow=1"} {
+			resp, body, _ := openStream(t, client, path)
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+				!strings.Contains(body, "at most 2 streams") {
+				t.Errorf("GET %s beyond the limit: %s, Retry-After %q, %q; want 503 with Retry-After, saying the limit",
+					path, resp.Status, resp.Header.Get("Retry-After"), body)
+			}
+		}
+		if resp, _, _ := openStream(t, client, "/api/v1/status"); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /api/v1/status with the streams full: %s; want 200", resp.Status)
+		}
+		closeLive()
+		synctest.Wait()
+		if resp, body, _ := openStream(t, client, "/api/v1/stream"); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /api/v1/stream once a stream ended: %s %q; want 200", resp.Status, body)
+		}
+	})
+}

@@ -55,6 +55,9 @@ type Config struct {
 	Journal *events.Journal
 	// Metrics answers /metrics; nil: 404.
 	Metrics http.Handler
+	// MaxStreams bounds the streams open at once (/live, /api/v1/stream,
+	// followed /api/v1/events, together); zero means 32.
+	MaxStreams int
 	// Heartbeat is how often an idle stream sends a comment, so that
 	// proxies and browsers keep it open; zero means 15 s.
 	Heartbeat time.Duration
@@ -63,17 +66,28 @@ type Config struct {
 
 // Server answers the admin endpoints.
 type Server struct {
-	cfg   Config
-	mux   *http.ServeMux
-	hosts []string // the names a request must address without a token
+	cfg     Config
+	mux     *http.ServeMux
+	hosts   []string      // the names a request must address without a token
+	streams chan struct{} // one token per stream open
 }
+
+// defaultMaxStreams is MaxStreams when unset.
+const defaultMaxStreams = 32
+
+// retryStream is how long a stream refused for the limit is told to wait.
+const retryStream = 10 * time.Second
 
 // NewServer returns a Server.
 func NewServer(cfg Config) *Server {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 15 * time.Second
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), hosts: []string{"localhost", "127.0.0.1", "::1"}}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = defaultMaxStreams
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), hosts: []string{"localhost", "127.0.0.1", "::1"},
+		streams: make(chan struct{}, cfg.MaxStreams)}
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) && !slices.Contains(s.hosts, strings.ToLower(host)) {
 			s.hosts = append(s.hosts, strings.ToLower(host))
@@ -273,6 +287,16 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		w.Header().Set("Retry-After", strconv.Itoa(int(retryStream.Seconds())))
+		http.Error(w, fmt.Sprintf("503 service unavailable: this admin listener serves at most %d streams at once "+
+			"(/live, /api/v1/stream and followed /api/v1/events together) and that many are open; "+
+			"try again in %s, or close one", s.cfg.MaxStreams, retryStream), http.StatusServiceUnavailable)
 		return
 	}
 	if id := r.Header.Get("Last-Event-ID"); id != "" {

@@ -265,3 +265,26 @@ func TestStreamLimit(t *testing.T) {
 		}
 	})
 }
+
+// TestStreamWriteDeadline: a client that stops reading its stream loses
+// it within writeTimeout of the write it does not take, and its place
+// among MaxStreams with it; so does a slow reader of any other answer.
+func TestStreamWriteDeadline(t *testing.T) {
+	for _, path := range []string{"/api/v1/events?follow=1", "/live", "/api/v1/stream", "/api/v1/status"} {
+		t.Run(path, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client, l := bubbleServer(t, Config{MaxStreams: 1, Heartbeat: 15 * time.Second})
+				stuck := rawRequest(t, l, path, "") // and never read
+				time.Sleep(writeTimeout)
+				synctest.Wait()
+				if resp, body, _ := openStream(t, client, "/api/v1/events?follow=1"); resp.StatusCode != http.StatusOK {
+					t.Errorf("a stream %s after a client stopped reading %s: %s %q; want 200 (its place freed)",
+						writeTimeout, path, resp.Status, body)
+				}
+				if took := closedWithin(t, stuck, time.Minute); took > 0 {
+					t.Errorf("the stuck connection was closed %s later; want by then", took)
+				}
+			})
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -107,6 +108,9 @@ func NewServer(cfg Config) *Server {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// The server's WriteTimeout, per answer: the streams push theirs on
+	// at each write.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
 	if s.cfg.Token == "" && !s.addressed(r.Host) {
 		http.Error(w, fmt.Sprintf("403 forbidden: this admin listener has no token (admin.token_file), so it answers only requests "+
 			"addressed to %s (any port), not to %q: a page of another site could reach it through a name that resolves to this host "+
@@ -284,8 +288,7 @@ const viewEvery = 200 * time.Millisecond
 // once, after each batch of events (at most every viewEvery) and at each
 // heartbeat.
 func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view func(context.Context) (string, []byte)) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
@@ -312,6 +315,7 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	out := &sse{w: w, rc: http.NewResponseController(w)}
 	ctx := r.Context()
 	beat := time.NewTicker(s.cfg.Heartbeat)
 	defer beat.Stop()
@@ -321,11 +325,11 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 		evs, missed, changed := s.cfg.Journal.Since(since)
 		if sendEvents {
 			if missed > 0 {
-				writeSSE(w, "", "missed", []byte(strconv.FormatInt(missed, 10)))
+				out.message("", "missed", []byte(strconv.FormatInt(missed, 10)))
 			}
 			for _, e := range evs {
 				data, _ := json.Marshal(e)
-				writeSSE(w, e.Cursor(), "event", data)
+				out.message(e.Cursor(), "event", data)
 			}
 		}
 		if len(evs) > 0 {
@@ -334,10 +338,12 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 		}
 		if dirty && time.Since(lastView) >= viewEvery {
 			name, data := view(ctx)
-			writeSSE(w, "", name, data)
+			out.message("", name, data)
 			lastView, dirty = time.Now(), false
 		}
-		flusher.Flush()
+		if err := out.send(); err != nil {
+			return // gone, or not reading
+		}
 		var later <-chan time.Time
 		if dirty { // throttled: send it once the bound allows
 			later = time.After(viewEvery - time.Since(lastView))
@@ -351,24 +357,45 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 			if view != nil {
 				dirty = true // last probes and "since" move on
 			} else {
-				_, _ = fmt.Fprint(w, ": keep-alive\n\n")
+				out.comment("keep-alive")
 			}
 		}
 	}
 }
 
-// writeSSE writes one Server-Sent Event; data may hold several lines.
-func writeSSE(w http.ResponseWriter, id, event string, data []byte) {
-	var b strings.Builder
+// sse writes a Server-Sent Events answer: messages gather and go out
+// together, each batch within writeTimeout.
+type sse struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf bytes.Buffer
+}
+
+// message adds one message; data may hold several lines.
+func (e *sse) message(id, event string, data []byte) {
 	if id != "" {
-		b.WriteString("id: " + id + "\n")
+		e.buf.WriteString("id: " + id + "\n")
 	}
-	b.WriteString("event: " + event + "\n")
+	e.buf.WriteString("event: " + event + "\n")
 	for _, line := range strings.Split(string(data), "\n") {
-		b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+		e.buf.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
 	}
-	b.WriteString("\n")
-	_, _ = w.Write([]byte(b.String()))
+	e.buf.WriteString("\n")
+}
+
+// comment adds a comment, which keeps the connection busy.
+func (e *sse) comment(text string) { e.buf.WriteString(": " + text + "\n\n") }
+
+// send writes what was added and flushes it. A client that does not take
+// it within writeTimeout loses the stream (an error, as when it is gone):
+// a stuck reader must not hold a stream and its goroutine for ever.
+func (e *sse) send() error {
+	_ = e.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := e.w.Write(e.buf.Bytes()); err != nil {
+		return err
+	}
+	e.buf.Reset()
+	return e.rc.Flush()
 }
 
 func intParam(v string, def int64) (int64, error) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -287,4 +288,62 @@ func TestStreamWriteDeadline(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestStreamsShareTheStatus: with many streams open (/live and
+// /api/v1/stream alike), the status is computed once per change and
+// once per heartbeat, and every stream gets that one, not one computed
+// for each stream.
+func TestStreamsShareTheStatus(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var computed atomic.Int64
+		j := events.New(0)
+		client, _ := bubbleServer(t, Config{Journal: j, Heartbeat: 15 * time.Second,
+			Status: func(context.Context) Status { computed.Add(1); return testStatus() }})
+		var streams []<-chan string
+		for range 10 {
+			for _, path := range []string{"/live", "/api/v1/stream"} {
+				resp, _, _ := openStream(t, client, path)
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("GET %s: %s", path, resp.Status)
+				}
+				streams = append(streams, sseReader(resp.Body))
+			}
+		}
+		// each waits until every stream had the status again.
+		each := func(when string) {
+			t.Helper()
+			for i, msgs := range streams {
+				for m := ""; m != "view" && m != "status"; {
+					select {
+					case m = <-msgs:
+					case <-time.After(time.Minute):
+						t.Fatalf("%s: stream %d had no status within a minute", when, i)
+					}
+				}
+			}
+		}
+		var before int64 // computed before the change
+		for _, c := range []struct {
+			when   string
+			change func()
+		}{
+			{"at once", func() {}},
+			{"after an event", func() { j.Record(events.Event{Kind: events.Died}) }},
+			{"after three events", func() {
+				for range 3 {
+					j.Record(events.Event{Kind: events.Died})
+				}
+			}},
+			{"at the heartbeat", func() { time.Sleep(15 * time.Second) }},
+		} {
+			c.change()
+			each(c.when)
+			synctest.Wait()
+			if n := computed.Load() - before; n != 1 {
+				t.Errorf("%s: the status was computed %d times for %d streams; want once", c.when, n, len(streams))
+			}
+			before = computed.Load()
+		}
+	})
 }

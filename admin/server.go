@@ -68,6 +68,7 @@ type Config struct {
 // Server answers the admin endpoints.
 type Server struct {
 	cfg     Config
+	feed    *feed // the status, once for every stream
 	mux     *http.ServeMux
 	hosts   []string      // the names a request must address without a token
 	streams chan struct{} // one token per stream open
@@ -88,7 +89,7 @@ func NewServer(cfg Config) *Server {
 		cfg.MaxStreams = defaultMaxStreams
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), hosts: []string{"localhost", "127.0.0.1", "::1"},
-		streams: make(chan struct{}, cfg.MaxStreams)}
+		streams: make(chan struct{}, cfg.MaxStreams), feed: newFeed(cfg.Status, cfg.Journal, cfg.Heartbeat)}
 	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
 		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) && !slices.Contains(s.hosts, strings.ToLower(host)) {
 			s.hosts = append(s.hosts, strings.ToLower(host))
@@ -250,7 +251,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if q.Get("follow") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
-		s.follow(w, r, since, true, nil)
+		s.follow(w, r, since, true, noView)
 		return
 	}
 	evs, missed, _ := s.cfg.Journal.Since(since)
@@ -271,23 +272,15 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	s.follow(w, r, since, true, func(ctx context.Context) (string, []byte) {
-		data, _ := json.Marshal(s.cfg.Status(ctx))
-		return "status", data
-	})
+	s.follow(w, r, since, true, statusJSON)
 }
-
-// viewEvery bounds how often a stream sends a fresh view while events keep
-// coming.
-const viewEvery = 200 * time.Millisecond
 
 // follow streams Server-Sent Events: with sendEvents, each event after
 // since as an "event" message whose id is its Cursor (a reconnecting
 // EventSource resumes where it was, or from the first event of a run that
-// began since); with view, what view returns, at
-// once, after each batch of events (at most every viewEvery) and at each
-// heartbeat.
-func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view func(context.Context) (string, []byte)) {
+// began since); with a view, the status in that format, at once and after
+// each change, as the feed computes it for every stream.
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view format) {
 	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
@@ -317,13 +310,24 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 	w.WriteHeader(http.StatusOK)
 	out := &sse{w: w, rc: http.NewResponseController(w)}
 	ctx := r.Context()
-	beat := time.NewTicker(s.cfg.Heartbeat)
-	defer beat.Stop()
-	var lastView time.Time
-	dirty := view != nil
+	var first, sent uint64
+	if view != noView {
+		var leave func()
+		first, leave = s.feed.subscribe()
+		defer leave()
+	}
+	var beat <-chan time.Time
+	if view == noView { // else the feed's frames keep the stream busy
+		t := time.NewTicker(s.cfg.Heartbeat)
+		defer t.Stop()
+		beat = t.C
+	}
 	for {
-		evs, missed, changed := s.cfg.Journal.Since(since)
+		var changed, fresh <-chan struct{}
 		if sendEvents {
+			var evs []events.Event
+			var missed int64
+			evs, missed, changed = s.cfg.Journal.Since(since)
 			if missed > 0 {
 				out.message("", "missed", []byte(strconv.FormatInt(missed, 10)))
 			}
@@ -331,34 +335,28 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 				data, _ := json.Marshal(e)
 				out.message(e.Cursor(), "event", data)
 			}
+			if len(evs) > 0 {
+				since = evs[len(evs)-1].Seq
+			}
 		}
-		if len(evs) > 0 {
-			since = evs[len(evs)-1].Seq
-			dirty = dirty || view != nil
-		}
-		if dirty && time.Since(lastView) >= viewEvery {
-			name, data := view(ctx)
-			out.message("", name, data)
-			lastView, dirty = time.Now(), false
+		if view != noView {
+			var f frame
+			f, fresh = s.feed.latest(view)
+			if f.gen >= first && f.gen > sent {
+				out.message("", f.name, f.data)
+				sent = f.gen
+			}
 		}
 		if err := out.send(); err != nil {
 			return // gone, or not reading
-		}
-		var later <-chan time.Time
-		if dirty { // throttled: send it once the bound allows
-			later = time.After(viewEvery - time.Since(lastView))
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-later:
-		case <-beat.C:
-			if view != nil {
-				dirty = true // last probes and "since" move on
-			} else {
-				out.comment("keep-alive")
-			}
+		case <-fresh:
+		case <-beat:
+			out.comment("keep-alive")
 		}
 	}
 }

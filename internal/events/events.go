@@ -187,6 +187,13 @@ func (j *Journal) index(i int) int {
 	return (j.next + i) % len(j.ring)
 }
 
+// Changed returns a channel closed at the next Record.
+func (j *Journal) Changed() <-chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.changed
+}
+
 // LastSeq returns the Seq of the newest event (0: none yet).
 func (j *Journal) LastSeq() int64 {
 	j.mu.Lock()

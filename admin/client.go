@@ -125,6 +125,9 @@ func (c *Client) Events(ctx context.Context, since string) (Events, error) {
 // missed, the stream broke, it is back. An answer that will not change
 // (401: the token) ends it with an error.
 func (c *Client) Follow(ctx context.Context, since string, handle func(events.Event), say func(string)) error {
+	if say == nil {
+		say = func(string) {}
+	}
 	run, _, _ := strings.Cut(since, "-")
 	var broken time.Time
 	bo := retry.New(500*time.Millisecond, 5*time.Second)

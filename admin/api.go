@@ -156,6 +156,10 @@ type Leader struct {
 // Events is GET /api/v1/events: the newest events the daemon keeps,
 // oldest first.
 type Events struct {
+	// Run is the daemon's run id, which its events carry: ?since=RUN-SEQ
+	// resumes after an event of this run, or from the first event of a
+	// later one.
+	Run    string         `json:"run"`
 	Events []events.Event `json:"events"`
 	// Missed counts events that are no longer kept (with ?since=).
 	Missed int64 `json:"missed,omitempty"`

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"bytes"
-	"context"
 	_ "embed"
 	"fmt"
 	"html/template"
@@ -53,7 +52,6 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 type view struct {
 	S      Status
 	Events []events.Event // newest first
-	Token  string
 }
 
 // ago is how long before now t was, said briefly.
@@ -91,11 +89,11 @@ func until(now, t time.Time) string {
 	return fmt.Sprintf("in %dd", int(d.Hours()/24))
 }
 
-// render renders the page (whole, or only the live part that the stream
-// replaces).
-func (s *Server) render(ctx context.Context, name string, token string) ([]byte, error) {
-	v := view{S: s.cfg.Status(ctx), Token: token}
-	last := s.cfg.Journal.Last(pageEvents)
+// renderPage renders the page template name ("page": the whole page;
+// "live": the part the stream replaces) of st and the last events of j.
+func renderPage(name string, st Status, j *events.Journal) ([]byte, error) {
+	v := view{S: st}
+	last := j.Last(pageEvents)
 	for i := len(last) - 1; i >= 0; i-- {
 		v.Events = append(v.Events, last[i])
 	}
@@ -108,7 +106,7 @@ func (s *Server) render(ctx context.Context, name string, token string) ([]byte,
 
 // page is GET /: the status page, live through /live (SSE).
 func (s *Server) page(w http.ResponseWriter, r *http.Request) {
-	out, err := s.render(r.Context(), "page", r.URL.Query().Get("token"))
+	out, err := renderPage("page", s.cfg.Status(r.Context()), s.cfg.Journal)
 	if err != nil {
 		http.Error(w, "render the page: "+err.Error(), http.StatusInternalServerError)
 		return
@@ -123,12 +121,5 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 // live is the page's stream: the live part of the page, rendered again
 // after each change, as "view" messages.
 func (s *Server) live(w http.ResponseWriter, r *http.Request) {
-	token := r.URL.Query().Get("token")
-	s.follow(w, r, s.cfg.Journal.LastSeq(), false, func(ctx context.Context) (string, []byte) {
-		out, err := s.render(ctx, "live", token)
-		if err != nil {
-			return "error", []byte(err.Error())
-		}
-		return "view", out
-	})
+	s.follow(w, r, 0, false, pageView)
 }

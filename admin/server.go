@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,12 +22,30 @@ import (
 // DefaultListen is where the admin listener answers by default.
 const DefaultListen = "127.0.0.1:9180"
 
+// The listener's limits. WriteTimeout cannot be the server's: the
+// streams last; each answer and each write of a stream has writeTimeout.
+const (
+	readHeaderTimeout = 5 * time.Second
+	// readTimeout bounds reading a whole request (the API takes no body).
+	readTimeout = 10 * time.Second
+	// idleTimeout closes a kept-alive connection that sends nothing more.
+	idleTimeout    = 30 * time.Second
+	writeTimeout   = 10 * time.Second
+	maxHeaderBytes = 64 << 10
+)
+
 // Config configures a Server.
 type Config struct {
 	// Token, when set, is required of every request but /healthz and
 	// /readyz: "Authorization: Bearer <token>", or ?token= (what a browser
-	// opening the page can send).
+	// opening the page can send). Without one, every request must be
+	// addressed (Host) to a loopback name or Listen's host: a page of
+	// another site cannot reach the listener through DNS rebinding. With
+	// one, the token is the check, and the listener answers any name.
 	Token string
+	// Listen is admin.listen: without a token, requests must name it
+	// (its host) or a loopback name in their Host header.
+	Listen string
 	// Status assembles the daemon's status at each request.
 	Status func(ctx context.Context) Status
 	// Problems lists what is wrong now (empty: healthy).
@@ -36,6 +56,9 @@ type Config struct {
 	Journal *events.Journal
 	// Metrics answers /metrics; nil: 404.
 	Metrics http.Handler
+	// MaxStreams bounds the streams open at once (/live, /api/v1/stream,
+	// followed /api/v1/events, together); zero means 32.
+	MaxStreams int
 	// Heartbeat is how often an idle stream sends a comment, so that
 	// proxies and browsers keep it open; zero means 15 s.
 	Heartbeat time.Duration
@@ -44,16 +67,34 @@ type Config struct {
 
 // Server answers the admin endpoints.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg     Config
+	feed    *feed // the status, once for every stream
+	mux     *http.ServeMux
+	hosts   []string      // the names a request must address without a token
+	streams chan struct{} // one token per stream open
 }
+
+// defaultMaxStreams is MaxStreams when unset.
+const defaultMaxStreams = 32
+
+// retryStream is how long a stream refused for the limit is told to wait.
+const retryStream = 10 * time.Second
 
 // NewServer returns a Server.
 func NewServer(cfg Config) *Server {
 	if cfg.Heartbeat <= 0 {
 		cfg.Heartbeat = 15 * time.Second
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = defaultMaxStreams
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), hosts: []string{"localhost", "127.0.0.1", "::1"},
+		streams: make(chan struct{}, cfg.MaxStreams), feed: newFeed(cfg.Status, cfg.Journal, cfg.Heartbeat)}
+	if host, _, err := net.SplitHostPort(cfg.Listen); err == nil {
+		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) && !slices.Contains(s.hosts, strings.ToLower(host)) {
+			s.hosts = append(s.hosts, strings.ToLower(host))
+		}
+	}
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("GET /metrics", s.auth(s.metrics()))
@@ -68,13 +109,61 @@ func NewServer(cfg Config) *Server {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// The server's WriteTimeout, per answer: the streams push theirs on
+	// at each write.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
+	if s.cfg.Token == "" && !s.addressed(r.Host) {
+		http.Error(w, fmt.Sprintf("403 forbidden: this admin listener has no token (admin.token_file), so it answers only requests "+
+			"addressed to %s (any port), not to %q: a page of another site could reach it through a name that resolves to this host "+
+			"(DNS rebinding). To reach it under other names, set admin.token_file",
+			strings.Join(s.hostNames(), ", "), r.Host), http.StatusForbidden)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
 }
 
-// Serve answers on l until ctx ends.
+// addressed reports whether hostport, a request's Host header, names
+// this listener: a loopback name or the host of admin.listen, with any
+// port (an SSH tunnel's local port, a published one). Without a Host
+// (HTTP/1.0) the request comes from no browser: it is let through.
+func (s *Server) addressed(hostport string) bool {
+	if hostport == "" {
+		return true
+	}
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	return slices.Contains(s.hosts, host)
+}
+
+// hostNames are the names addressed accepts, as a Host header says them.
+func (s *Server) hostNames() []string {
+	out := make([]string, len(s.hosts))
+	for i, h := range s.hosts {
+		if strings.Contains(h, ":") {
+			h = "[" + h + "]"
+		}
+		out[i] = h
+	}
+	return out
+}
+
+// Serve answers on l until ctx ends, and returns once the connections
+// closed (the streams end with ctx).
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	shut := make(chan struct{})
 	go func() {
+		defer close(shut)
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
@@ -83,6 +172,7 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
+	<-shut
 	return nil
 }
 
@@ -150,7 +240,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 // streams them instead: what is kept first, then each as it happens.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	since, err := intParam(q.Get("since"), 0)
+	since, err := s.cfg.Journal.After(q.Get("since"))
 	if err != nil {
 		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
 		return
@@ -161,7 +251,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if q.Get("follow") != "" || strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
-		s.follow(w, r, since, true, nil)
+		s.follow(w, r, since, true, noView)
 		return
 	}
 	evs, missed, _ := s.cfg.Journal.Since(since)
@@ -171,103 +261,139 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if evs == nil {
 		evs = []events.Event{}
 	}
-	writeJSON(w, Events{Events: evs, Missed: missed})
+	writeJSON(w, Events{Run: s.cfg.Journal.Run(), Events: evs, Missed: missed})
 }
 
 // stream is GET /api/v1/stream: the events, as follow streams them, and
 // the whole Status ("status" messages) at once and after each change.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
-	since, err := intParam(r.URL.Query().Get("since"), 0)
+	since, err := s.cfg.Journal.After(r.URL.Query().Get("since"))
 	if err != nil {
 		http.Error(w, "since: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	s.follow(w, r, since, true, func(ctx context.Context) (string, []byte) {
-		data, _ := json.Marshal(s.cfg.Status(ctx))
-		return "status", data
-	})
+	s.follow(w, r, since, true, statusJSON)
 }
 
-// viewEvery bounds how often a stream sends a fresh view while events keep
-// coming.
-const viewEvery = 200 * time.Millisecond
-
 // follow streams Server-Sent Events: with sendEvents, each event after
-// since as an "event" message whose id is its Seq (a reconnecting
-// EventSource resumes where it was); with view, what view returns, at
-// once, after each batch of events (at most every viewEvery) and at each
-// heartbeat.
-func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view func(context.Context) (string, []byte)) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+// since as an "event" message whose id is its Cursor (a reconnecting
+// EventSource resumes where it was, or from the first event of a run that
+// began since); with a view, the status in that format, at once and after
+// each change, as the feed computes it for every stream.
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sendEvents bool, view format) {
+	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
-	if id, err := strconv.ParseInt(r.Header.Get("Last-Event-ID"), 10, 64); err == nil && id > since {
-		since = id
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		w.Header().Set("Retry-After", strconv.Itoa(int(retryStream.Seconds())))
+		http.Error(w, fmt.Sprintf("503 service unavailable: this admin listener serves at most %d streams at once "+
+			"(/live, /api/v1/stream and followed /api/v1/events together) and that many are open; "+
+			"try again in %s, or close one", s.cfg.MaxStreams, retryStream), http.StatusServiceUnavailable)
+		return
+	}
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		// A reconnecting EventSource: the last id it saw, this run's or
+		// (the daemon restarted) another's; one that makes no sense is
+		// ignored.
+		if seq, err := s.cfg.Journal.After(id); err == nil {
+			since = seq
+		}
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
+	out := &sse{w: w, rc: http.NewResponseController(w)}
 	ctx := r.Context()
-	beat := time.NewTicker(s.cfg.Heartbeat)
-	defer beat.Stop()
-	var lastView time.Time
-	dirty := view != nil
+	var first, sent uint64
+	if view != noView {
+		var leave func()
+		first, leave = s.feed.subscribe()
+		defer leave()
+	}
+	var beat <-chan time.Time
+	if view == noView { // else the feed's frames keep the stream busy
+		t := time.NewTicker(s.cfg.Heartbeat)
+		defer t.Stop()
+		beat = t.C
+	}
 	for {
-		evs, missed, changed := s.cfg.Journal.Since(since)
+		var changed, fresh <-chan struct{}
 		if sendEvents {
+			var evs []events.Event
+			var missed int64
+			evs, missed, changed = s.cfg.Journal.Since(since)
 			if missed > 0 {
-				writeSSE(w, "", "missed", []byte(strconv.FormatInt(missed, 10)))
+				out.message("", "missed", []byte(strconv.FormatInt(missed, 10)))
 			}
 			for _, e := range evs {
 				data, _ := json.Marshal(e)
-				writeSSE(w, strconv.FormatInt(e.Seq, 10), "event", data)
+				out.message(e.Cursor(), "event", data)
+			}
+			if len(evs) > 0 {
+				since = evs[len(evs)-1].Seq
 			}
 		}
-		if len(evs) > 0 {
-			since = evs[len(evs)-1].Seq
-			dirty = dirty || view != nil
+		if view != noView {
+			var f frame
+			f, fresh = s.feed.latest(view)
+			if f.gen >= first && f.gen > sent {
+				out.message("", f.name, f.data)
+				sent = f.gen
+			}
 		}
-		if dirty && time.Since(lastView) >= viewEvery {
-			name, data := view(ctx)
-			writeSSE(w, "", name, data)
-			lastView, dirty = time.Now(), false
-		}
-		flusher.Flush()
-		var later <-chan time.Time
-		if dirty { // throttled: send it once the bound allows
-			later = time.After(viewEvery - time.Since(lastView))
+		if err := out.send(); err != nil {
+			return // gone, or not reading
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-later:
-		case <-beat.C:
-			if view != nil {
-				dirty = true // last probes and "since" move on
-			} else {
-				_, _ = fmt.Fprint(w, ": keep-alive\n\n")
-			}
+		case <-fresh:
+		case <-beat:
+			out.comment("keep-alive")
 		}
 	}
 }
 
-// writeSSE writes one Server-Sent Event; data may hold several lines.
-func writeSSE(w http.ResponseWriter, id, event string, data []byte) {
-	var b strings.Builder
+// sse writes a Server-Sent Events answer: messages gather and go out
+// together, each batch within writeTimeout.
+type sse struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf bytes.Buffer
+}
+
+// message adds one message; data may hold several lines.
+func (e *sse) message(id, event string, data []byte) {
 	if id != "" {
-		b.WriteString("id: " + id + "\n")
+		e.buf.WriteString("id: " + id + "\n")
 	}
-	b.WriteString("event: " + event + "\n")
+	e.buf.WriteString("event: " + event + "\n")
 	for _, line := range strings.Split(string(data), "\n") {
-		b.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
+		e.buf.WriteString("data: " + strings.TrimSuffix(line, "\r") + "\n")
 	}
-	b.WriteString("\n")
-	_, _ = w.Write([]byte(b.String()))
+	e.buf.WriteString("\n")
+}
+
+// comment adds a comment, which keeps the connection busy.
+func (e *sse) comment(text string) { e.buf.WriteString(": " + text + "\n\n") }
+
+// send writes what was added and flushes it. A client that does not take
+// it within writeTimeout loses the stream (an error, as when it is gone):
+// a stuck reader must not hold a stream and its goroutine for ever.
+func (e *sse) send() error {
+	_ = e.rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := e.w.Write(e.buf.Bytes()); err != nil {
+		return err
+	}
+	e.buf.Reset()
+	return e.rc.Flush()
 }
 
 func intParam(v string, def int64) (int64, error) {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,7 +130,7 @@ func TestEventsAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan events.Event, 10)
-	go func() { _ = c.Follow(ctx, 1, func(e events.Event) { got <- e }, nil) }()
+	go func() { _ = c.Follow(ctx, j.Run()+"-1", func(e events.Event) { got <- e }, func(string) {}) }()
 	for _, want := range []int64{2, 3} {
 		if e := <-got; e.Seq != want {
 			t.Fatalf("followed event %d; want %d", e.Seq, want)
@@ -271,5 +272,211 @@ func TestClientAddress(t *testing.T) {
 	}
 	if _, err := NewClient("nope", ""); err == nil {
 		t.Error("NewClient(\"nope\"): no error")
+	}
+}
+
+// sseEvents reads the "event" messages of an SSE stream until it has n,
+// with the id of each.
+func sseEvents(t *testing.T, body io.Reader, n int) (ids []string, evs []events.Event) {
+	t.Helper()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var id, kind, data string
+	for len(evs) < n && sc.Scan() {
+		switch line := sc.Text(); {
+		case line == "":
+			if kind == "event" {
+				var e events.Event
+				if err := json.Unmarshal([]byte(data), &e); err != nil {
+					t.Fatalf("event %q: %v", data, err)
+				}
+				ids, evs = append(ids, id), append(evs, e)
+			}
+			id, kind, data = "", "", ""
+		case strings.HasPrefix(line, "id: "):
+			id = strings.TrimPrefix(line, "id: ")
+		case strings.HasPrefix(line, "event: "):
+			kind = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			data += strings.TrimPrefix(line, "data: ")
+		}
+	}
+	if len(evs) < n {
+		t.Fatalf("the stream ended after %d events (%v); want %d", len(evs), sc.Err(), n)
+	}
+	return ids, evs
+}
+
+// TestEventsAfterRestart: a reader that comes back after the daemon
+// restarted, with the last id or seq of the run before (above the new
+// numbering), gets the new run's events from the first, not nothing.
+func TestEventsAfterRestart(t *testing.T) {
+	srv, j := newTestServer(t, "", testStatus())
+	for _, k := range []events.Kind{events.Started, events.Registered, events.Reloaded} {
+		j.Record(events.Event{Kind: k, Message: string(k)})
+	}
+	previous := events.New(0)
+	for range 50 {
+		previous.Record(events.Event{Kind: events.Died})
+	}
+	last := previous.Last(1)[0]
+	seqsOf := func(evs []events.Event) []int64 {
+		var out []int64
+		for _, e := range evs {
+			out = append(out, e.Seq)
+		}
+		return out
+	}
+	for _, since := range []string{"50", last.Cursor()} {
+		var evs Events
+		code, body := get(t, srv.URL+"/api/v1/events?since="+since)
+		if err := json.Unmarshal([]byte(body), &evs); code != http.StatusOK || err != nil || fmt.Sprint(seqsOf(evs.Events)) != "[1 2 3]" {
+			t.Errorf("events?since=%s of the run before: %d %s; want this run's 1, 2, 3", since, code, body)
+		}
+		if evs.Run != j.Run() {
+			t.Errorf("events?since=%s: run %q; want %q", since, evs.Run, j.Run())
+		}
+	}
+	for _, id := range []string{"50", last.Cursor()} {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/v1/events?follow=1", nil)
+		req.Header.Set("Last-Event-ID", id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, evs := sseEvents(t, resp.Body, 3)
+		_ = resp.Body.Close()
+		cancel()
+		if fmt.Sprint(seqsOf(evs)) != "[1 2 3]" || ids[0] != j.Run()+"-1" {
+			t.Errorf("followed with Last-Event-ID %s of the run before: %v, ids %v; want 1, 2, 3 with ids %s-SEQ", id, seqsOf(evs), ids, j.Run())
+		}
+	}
+	for _, since := range []string{"-9223372036854775808", "-1", "x", "abc-x"} {
+		if code, body := get(t, srv.URL+"/api/v1/events?since="+since); code != http.StatusBadRequest || !strings.Contains(body, "since") {
+			t.Errorf("events?since=%s: %d %q; want 400 naming since", since, code, body)
+		}
+	}
+}
+
+// swapHandler serves what it holds: a daemon restarted behind one address.
+type swapHandler struct{ h atomic.Pointer[Server] }
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.h.Load().ServeHTTP(w, r) }
+
+// TestFollowAcrossRestart: `upstreamd events` (Client.Follow) keeps
+// following when the daemon restarts: it connects again and prints the
+// new run's events from its first.
+func TestFollowAcrossRestart(t *testing.T) {
+	server := func(j *events.Journal) *Server {
+		return NewServer(Config{Journal: j, Heartbeat: time.Hour, Status: func(context.Context) Status { return testStatus() }})
+	}
+	before, after := events.New(0), events.New(0)
+	for range 5 {
+		before.Record(events.Event{Kind: events.Died})
+	}
+	var swap swapHandler
+	swap.h.Store(server(before))
+	srv := httptest.NewServer(&swap)
+	t.Cleanup(srv.Close)
+	c, err := NewClient(strings.TrimPrefix(srv.URL, "http://"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	got := make(chan events.Event, 10)
+	notes := make(chan string, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Follow(ctx, before.Run()+"-3", func(e events.Event) { got <- e }, func(n string) { notes <- n })
+	}()
+	for _, want := range []int64{4, 5} {
+		if e := <-got; e.Seq != want || e.Run != before.Run() {
+			t.Fatalf("followed %s; want %s-%d", e.Cursor(), before.Run(), want)
+		}
+	}
+	// The restart: a new journal behind the address, the stream cut.
+	after.Record(events.Event{Kind: events.Started})
+	after.Record(events.Event{Kind: events.Registered})
+	swap.h.Store(server(after))
+	srv.CloseClientConnections()
+	for _, want := range []int64{1, 2} {
+		select {
+		case e := <-got:
+			if e.Seq != want || e.Run != after.Run() {
+				t.Fatalf("after the restart: followed %s; want %s-%d", e.Cursor(), after.Run(), want)
+			}
+		case err := <-done:
+			t.Fatalf("Follow ended at the restart: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the new run's events never came")
+		}
+	}
+	var said []string
+	for len(notes) > 0 {
+		said = append(said, <-notes)
+	}
+	if s := strings.Join(said, "\n"); !strings.Contains(s, "restarted") {
+		t.Errorf("Follow said %q; want it to say the daemon restarted", s)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Follow after ctx ended: %v; want nil", err)
+	}
+}
+
+// TestHostCheck: a listener without a token answers only requests
+// addressed to it by a loopback name or its listen address; a page of
+// another site that a browser on this host reaches through a name
+// rebound to 127.0.0.1 (DNS rebinding) is refused. With a token the
+// token is the check (the compose and cluster demos reach it by other
+// names).
+func TestHostCheck(t *testing.T) {
+	st := testStatus()
+	server := func(token, listen string) *Server {
+		return NewServer(Config{Token: token, Listen: listen, Journal: events.New(0), Heartbeat: time.Hour,
+			Status: func(context.Context) Status { return st }, Problems: func() []string { return nil }})
+	}
+	for _, c := range []struct {
+		name, token, listen, host string
+		want                      int
+	}{
+		{"localhost", "", "127.0.0.1:9180", "localhost:9180", http.StatusOK},
+		{"localhost without the port", "", "127.0.0.1:9180", "localhost", http.StatusOK},
+		{"LOCALHOST.", "", "127.0.0.1:9180", "LOCALHOST.:9180", http.StatusOK},
+		{"127.0.0.1", "", "127.0.0.1:9180", "127.0.0.1:9180", http.StatusOK},
+		{"127.0.0.1 through a tunnel's port", "", "127.0.0.1:9180", "127.0.0.1:19180", http.StatusOK},
+		{"[::1]", "", "[::1]:9180", "[::1]:9180", http.StatusOK},
+		{"[::1] without the port", "", "127.0.0.1:9180", "[::1]", http.StatusOK},
+		{"the listen address", "", "127.0.0.2:9180", "127.0.0.2:9180", http.StatusOK},
+		{"no Host (HTTP/1.0)", "", "127.0.0.1:9180", "", http.StatusOK},
+		{"a rebound name", "", "127.0.0.1:9180", "attacker.example:9180", http.StatusForbidden},
+		{"a rebound name without the port", "", "127.0.0.1:9180", "attacker.example", http.StatusForbidden},
+		{"localhost as a subdomain", "", "127.0.0.1:9180", "localhost.attacker.example:9180", http.StatusForbidden},
+		{"another loopback address", "", "127.0.0.1:9180", "127.0.0.2:9180", http.StatusForbidden},
+		{"with a token, any name", "0123456789abcdef0123", "0.0.0.0:9180", "admin.example:9180", http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			for _, path := range []string{"/", "/api/v1/status", "/api/v1/events", "/healthz", "/metrics"} {
+				req := httptest.NewRequest(http.MethodGet, path, nil)
+				req.Host = c.host
+				if c.token != "" {
+					req.Header.Set("Authorization", "Bearer "+c.token)
+				}
+				rec := httptest.NewRecorder()
+				server(c.token, c.listen).ServeHTTP(rec, req)
+				got := rec.Code
+				if got == http.StatusNotFound { // /metrics without a handler
+					got = http.StatusOK
+				}
+				if got != c.want {
+					t.Errorf("GET %s with Host %q: %d %.80q; want %d", path, c.host, rec.Code, rec.Body.String(), c.want)
+				}
+				if c.want == http.StatusForbidden && !strings.Contains(rec.Body.String(), "admin.token_file") {
+					t.Errorf("GET %s with Host %q: %q; want it to say why, and admin.token_file", path, c.host, rec.Body.String())
+				}
+			}
+		})
 	}
 }

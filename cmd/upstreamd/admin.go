@@ -45,6 +45,7 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 func (d *daemon) adminServer(token string) *admin.Server {
 	return admin.NewServer(admin.Config{
 		Token:    token,
+		Listen:   d.cfg.Admin.Listen,
 		Status:   d.status,
 		Problems: func() []string { return d.metrics.problems(d.orch) },
 		Ready: func() bool {

@@ -257,22 +257,23 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "events",
 		Short: "stream the running daemon's events: containers dying, health changes, registrations, drains, reloads",
 		Long: "events prints the last events the running daemon kept, then each new one as it happens,\n" +
-			"until interrupted (from GET /api/v1/events of its admin listener, admin.listen). With\n" +
-			"--json, one JSON object per line.",
+			"until interrupted (from GET /api/v1/events of its admin listener, admin.listen); when the\n" +
+			"daemon restarts it connects again and goes on with the new run's events. With --json,\n" +
+			"one JSON object per line.",
 		Args: usageArgs(cobra.NoArgs),
 	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *Config) error {
 		c, err := adminClient(cfg, adminAddr)
 		if err != nil {
 			return err
 		}
-		kept, err := c.Events(cmd.Context(), 0)
+		kept, err := c.Events(cmd.Context(), "")
 		if err != nil {
 			return err
 		}
-		since := int64(0)
+		since := kept.Run + "-0"
 		evs := kept.Events
 		if n := len(evs); n > 0 {
-			since = evs[n-1].Seq
+			since = evs[n-1].Cursor()
 		}
 		if last > 0 && len(evs) > last {
 			evs = evs[len(evs)-last:]
@@ -291,8 +292,8 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if noFollow {
 			return nil
 		}
-		return c.Follow(cmd.Context(), since, show, func(n int64) {
-			_, _ = fmt.Fprintf(stderr, "(%d events went by faster than they could be read)\n", n)
+		return c.Follow(cmd.Context(), since, show, func(note string) {
+			_, _ = fmt.Fprintf(stderr, "(%s)\n", note)
 		})
 	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "one JSON object per event and line")

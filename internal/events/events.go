@@ -4,10 +4,20 @@
 // stream. A component records an event next to the log line that says the
 // same; the journal never blocks it, and a reader that falls behind the
 // ring is told how many events it missed.
+//
+// The numbering starts again at each run of the daemon: a journal has a
+// random run id, every event carries it, and an event's cursor (RUN-SEQ,
+// the stream's "id:") tells a reader that comes back after a restart that
+// the numbers it knew are another run's.
 package events
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -39,8 +49,10 @@ const DefaultCapacity = 500
 
 // Event is one thing that happened. Empty fields do not apply.
 type Event struct {
-	// Seq numbers the journal's events from 1, without gaps.
+	// Seq numbers the journal's events from 1, without gaps; Run is the
+	// journal's run id (a daemon's run: Seq starts again at the next).
 	Seq       int64     `json:"seq"`
+	Run       string    `json:"run"`
 	Time      time.Time `json:"time"`
 	Kind      Kind      `json:"kind"`
 	Service   string    `json:"service,omitempty"`
@@ -59,8 +71,13 @@ func (e Event) String() string {
 	return fmt.Sprintf("%s  %-15s %s", e.Time.Local().Format("15:04:05.000"), e.Kind, e.Message)
 }
 
+// Cursor is where a reader that saw e resumes: RUN-SEQ.
+func (e Event) Cursor() string { return e.Run + "-" + strconv.FormatInt(e.Seq, 10) }
+
 // Journal keeps the last events in a ring.
 type Journal struct {
+	run string // random: tells this run's numbering from another's
+
 	mu      sync.Mutex
 	ring    []Event
 	next    int   // where the next event goes in ring
@@ -73,7 +90,39 @@ func New(capacity int) *Journal {
 	if capacity <= 0 {
 		capacity = DefaultCapacity
 	}
-	return &Journal{ring: make([]Event, 0, capacity), changed: make(chan struct{})}
+	id := make([]byte, 4)
+	_, _ = rand.Read(id) // never fails
+	return &Journal{run: hex.EncodeToString(id), ring: make([]Event, 0, capacity), changed: make(chan struct{})}
+}
+
+// Run is the journal's run id, which its events carry.
+func (j *Journal) Run() string { return j.run }
+
+// ErrCursor is a cursor that is neither RUN-SEQ nor a SEQ.
+var ErrCursor = errors.New("not an event's cursor (RUN-SEQ, or a sequence number from 0)")
+
+// After returns the Seq after which a reader resumes that last saw cursor:
+// an event's Cursor (RUN-SEQ), or a bare SEQ taken to be this run's; ""
+// is 0, from the first event. A cursor of another run (the daemon
+// restarted since), or a SEQ this run never reached (only a previous run
+// numbered so far), resumes at 0: this run's events are all new to the
+// reader.
+func (j *Journal) After(cursor string) (int64, error) {
+	if cursor == "" {
+		return 0, nil
+	}
+	run, num, ok := strings.Cut(cursor, "-")
+	if !ok {
+		run, num = j.run, cursor
+	}
+	seq, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || seq < 0 || run == "" {
+		return 0, fmt.Errorf("%q: %w", cursor, ErrCursor)
+	}
+	if run != j.run || seq > j.LastSeq() {
+		return 0, nil
+	}
+	return seq, nil
 }
 
 // Record adds e, numbered and stamped now (when its Time is zero); a nil
@@ -85,7 +134,7 @@ func (j *Journal) Record(e Event) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.seq++
-	e.Seq = j.seq
+	e.Seq, e.Run = j.seq, j.run
 	if e.Time.IsZero() {
 		e.Time = time.Now()
 	}
@@ -110,8 +159,10 @@ func (j *Journal) Since(seq int64) (evs []Event, missed int64, changed <-chan st
 	return evs, missed, j.changed
 }
 
-// since is Since; the caller holds mu.
+// since is Since; the caller holds mu. A seq below 0 counts from 0, and
+// one above the last returns nothing.
 func (j *Journal) since(seq int64) (evs []Event, missed int64) {
+	seq = min(max(seq, 0), j.seq)
 	oldest := j.seq - int64(len(j.ring)) + 1 // Seq of the oldest held
 	if seq+1 < oldest {
 		missed = oldest - seq - 1
@@ -134,6 +185,13 @@ func (j *Journal) index(i int) int {
 		return i
 	}
 	return (j.next + i) % len(j.ring)
+}
+
+// Changed returns a channel closed at the next Record.
+func (j *Journal) Changed() <-chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.changed
 }
 
 // LastSeq returns the Seq of the newest event (0: none yet).

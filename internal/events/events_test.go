@@ -1,6 +1,7 @@
 package events
 
 import (
+	"math"
 	"slices"
 	"testing"
 )
@@ -58,4 +59,75 @@ func TestJournalRing(t *testing.T) {
 func TestNilJournalRecordsNothing(t *testing.T) {
 	var j *Journal
 	j.Record(Event{Kind: Died}) // must not panic
+}
+
+func TestJournalSinceOutOfRange(t *testing.T) {
+	j := New(3)
+	for range 5 {
+		j.Record(Event{Kind: Died})
+	}
+	for _, c := range []struct {
+		name   string
+		seq    int64
+		want   []int64
+		missed int64
+	}{
+		{"huge negative", math.MinInt64, []int64{3, 4, 5}, 2},
+		{"negative", -1, []int64{3, 4, 5}, 2},
+		{"above the last", 6, nil, 0},
+		{"huge", math.MaxInt64, nil, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			evs, missed, _ := j.Since(c.seq)
+			if !slices.Equal(seqs(evs), c.want) || missed != c.missed {
+				t.Errorf("Since(%d) = %v, %d missed; want %v, %d", c.seq, seqs(evs), missed, c.want, c.missed)
+			}
+		})
+	}
+}
+
+func TestJournalRuns(t *testing.T) {
+	j, other := New(3), New(3)
+	if j.Run() == "" || j.Run() == other.Run() {
+		t.Fatalf("runs %q and %q; want two different ids", j.Run(), other.Run())
+	}
+	for range 5 {
+		j.Record(Event{Kind: Died})
+	}
+	last := j.Last(1)[0]
+	if last.Run != j.Run() || last.Cursor() != j.Run()+"-5" {
+		t.Errorf("the last event: run %q, cursor %q; want %q, %q", last.Run, last.Cursor(), j.Run(), j.Run()+"-5")
+	}
+	for _, c := range []struct {
+		cursor string
+		want   int64
+		bad    bool
+	}{
+		{cursor: "", want: 0},
+		{cursor: "0", want: 0},
+		{cursor: "4", want: 4},
+		{cursor: j.Run() + "-4", want: 4},
+		{cursor: j.Run() + "-5", want: 5},
+		// A previous run's: this run's events from the first.
+		{cursor: other.Run() + "-4", want: 0},
+		{cursor: other.Run() + "-400", want: 0},
+		// A bare number this run never reached: a previous run's.
+		{cursor: "6", want: 0},
+		{cursor: "9223372036854775807", want: 0},
+		{cursor: j.Run() + "-6", want: 0},
+		{cursor: "-1", bad: true},
+		{cursor: "-9223372036854775808", bad: true},
+		{cursor: j.Run() + "--1", bad: true},
+		{cursor: "x", bad: true},
+		{cursor: j.Run() + "-x", bad: true},
+		{cursor: "-", bad: true},
+	} {
+		got, err := j.After(c.cursor)
+		switch {
+		case c.bad && err == nil:
+			t.Errorf("After(%q) = %d; want an error", c.cursor, got)
+		case !c.bad && (err != nil || got != c.want):
+			t.Errorf("After(%q) = %d, %v; want %d", c.cursor, got, err, c.want)
+		}
+	}
 }

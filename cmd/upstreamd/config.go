@@ -524,6 +524,7 @@ func (c *Config) validateProxy(bad badFunc) {
 	if sp := *p.StatusPort; sp < 0 || sp > 65535 || sp == p.Port {
 		bad("proxy.status_port", "%d must be 0 (off) or a port in 1-65535 other than proxy.port", sp)
 	}
+	c.validateTLSPorts(bad)
 	if *p.Dynamic && *p.StatusPort == 0 {
 		bad("proxy.dynamic", "dynamic pools need the status server: set proxy.status_port")
 	}
@@ -820,7 +821,7 @@ func (c *Config) ProxyAddress() string {
 	if err != nil {
 		return c.Proxy.Publish
 	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
+	if anyAddress(host) {
 		host = c.Network.NodeAddress
 		if host == "" {
 			host, _ = os.Hostname()

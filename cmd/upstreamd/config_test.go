@@ -468,6 +468,23 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{"FILE:2:1: etcd.include_projects[1]: name \"Not OK\""},
 		},
 		{
+			// 443 is nginx's TLS port in the proxy: a certificate (a file,
+			// etcd or ACME) adds a TLS listener on it at any time.
+			name: "status_port on the TLS port",
+			body: "[proxy]\npublish_tls = \"127.0.0.1:8443\"\nstatus_port = 443\n",
+			want: []string{"FILE:3:1: proxy.status_port: 443 is nginx's TLS port in the proxy (proxy.publish_tls is set: a certificate from a file, etcd or ACME turns TLS on): choose another port"},
+		},
+		{
+			name: "port on the TLS port",
+			body: "[proxy]\npublish_tls = \":443\"\nport = 443\n",
+			want: []string{"FILE:3:1: proxy.port: 443 is nginx's TLS port in the proxy"},
+		},
+		{
+			name: "publish and publish_tls on one host port",
+			body: "[proxy]\npublish = \"0.0.0.0:8443\"\npublish_tls = \"127.0.0.1:8443\"\n",
+			want: []string{`FILE:3:1: proxy.publish_tls: "127.0.0.1:8443" takes the host port of proxy.publish ("0.0.0.0:8443")`},
+		},
+		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{

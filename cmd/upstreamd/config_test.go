@@ -506,6 +506,11 @@ func TestLoadConfigErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "path_prefix too long",
+			body: apache + "path_prefix = \"/" + strings.Repeat("p", 1024) + "\"\n",
+			want: []string{`FILE:3:1: service[0] (apache).path_prefix: 1025 characters: at most 1024`},
+		},
+		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{

@@ -32,7 +32,10 @@ func (s ServiceConfig) validateProxying(k string, bad badFunc) {
 			bad(fmt.Sprintf("%s.hosts[%d]", k, j), "%q is given twice", h)
 		}
 	}
-	if p := s.PathPrefix; p != "" && (!pathPrefix.MatchString(p) || strings.Contains(p, "/./") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {
+	switch p := s.PathPrefix; {
+	case len(p) > maxPathPrefix:
+		bad(k+".path_prefix", "%d characters: at most %d", len(p), maxPathPrefix)
+	case p != "" && (!pathPrefix.MatchString(p) || strings.Contains(p, "/./") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")):
 		bad(k+".path_prefix", "%q is not a path prefix such as \"/api\" (segments of letters, digits and . _ ~ -; no trailing /, no . or .. segment)", p)
 	}
 	if s.StripPrefix && s.PathPrefix == "" {
@@ -53,8 +56,9 @@ func (s ServiceConfig) validateProxying(k string, bad badFunc) {
 }
 
 // Lengths nginx reads: a parameter of its config takes at most about 4
-// KB.
+// KB, and a location is the prefix and a slash.
 const (
+	maxPathPrefix  = 1024
 	maxHeaderName  = 256
 	maxHeaderValue = 4000
 )

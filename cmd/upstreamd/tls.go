@@ -150,6 +150,12 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 			bad("acme.ca_file", "%s holds no PEM certificate", a.CAFile)
 		}
 	}
+	for i, s := range c.Service {
+		// The proxy answers the CA there, on every host.
+		if p := s.PathPrefix; p == render.ChallengePrefix || strings.HasPrefix(p, render.ChallengePrefix+"/") {
+			bad(fmt.Sprintf("service[%d].path_prefix", i), "%q is where [acme] answers the CA's HTTP-01 challenges: route another path", p)
+		}
+	}
 	for i, h := range a.Hosts {
 		if len(h) > 253 || !hostName.MatchString(h) || strings.HasPrefix(h, "*.") {
 			bad(fmt.Sprintf("acme.hosts[%d]", i), "%q is not a host name an HTTP-01 challenge can validate (no wildcards, no ports)", h)

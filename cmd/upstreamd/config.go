@@ -529,8 +529,9 @@ func (c *Config) validateProxy(bad badFunc) {
 		bad("proxy.dynamic", "dynamic pools need the status server: set proxy.status_port")
 	}
 	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig, "proxy.config_dir": p.ConfigDir} {
-		if !path.IsAbs(v) || path.Clean(v) != v {
-			bad(key, "%q must be a clean absolute path", v)
+		// The paths reach nginx's config and its command line as they are.
+		if !path.IsAbs(v) || path.Clean(v) != v || strings.ContainsFunc(v, func(r rune) bool { return !isAlnum(r) && !strings.ContainsRune("._-/", r) }) {
+			bad(key, "%q must be a clean absolute path of letters, digits and . _ - /", v)
 		}
 	}
 	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig} {

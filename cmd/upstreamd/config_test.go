@@ -511,6 +511,15 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{`FILE:3:1: service[0] (apache).path_prefix: 1025 characters: at most 1024`},
 		},
 		{
+			name: "proxy paths with characters nginx reads as syntax",
+			body: "[proxy]\nconfig_dir = \"/etc/my nginx\"\nconfig_path = \"/etc/my nginx/conf.d/u;x.conf\"\nmain_config = \"/etc/my nginx/n$.conf\"\n",
+			want: []string{
+				`FILE:2:1: proxy.config_dir: "/etc/my nginx" must be a clean absolute path of letters, digits and . _ - /`,
+				`FILE:3:1: proxy.config_path: "/etc/my nginx/conf.d/u;x.conf" must be a clean absolute path of letters, digits and . _ - /`,
+				`FILE:4:1: proxy.main_config: "/etc/my nginx/n$.conf" must be a clean absolute path of letters, digits and . _ - /`,
+			},
+		},
+		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{

@@ -15,10 +15,13 @@ import (
 	"time"
 )
 
+// ChallengePrefix is the path the proxy serves HTTP-01 answers under.
+const ChallengePrefix = "/.well-known/acme-challenge"
+
 // ChallengePath is where, under View.ACME, the proxy serves the HTTP-01
 // answer of token.
 func ChallengePath(root, token string) string {
-	return path.Join(root, ".well-known/acme-challenge", token)
+	return path.Join(root, ChallengePrefix, token)
 }
 
 // answers records the HTTP-01 answers written into the current proxy, for
@@ -108,7 +111,7 @@ func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string
 	if proxy.IP == "" {
 		return nil // not reachable from here: the pass's word is all there is
 	}
-	url := "http://" + net.JoinHostPort(proxy.IP, strconv.Itoa(c.cfg.View.Listen)) + "/.well-known/acme-challenge/" + token
+	url := "http://" + net.JoinHostPort(proxy.IP, strconv.Itoa(c.cfg.View.Listen)) + ChallengePrefix + "/" + token
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	var last error
 	for good := 0; good < 3; {

@@ -79,6 +79,9 @@ type View struct {
 	// Servers are the server blocks of the built-in template, computed
 	// from the services' routes: each host's, then the default server.
 	Servers []Server
+	// ServerNamesHash sizes nginx's server names hash for the Servers'
+	// names; nil when nginx's defaults hold them.
+	ServerNamesHash *NamesHash
 	// TLS is what the proxy serves over TLS; nil: plain HTTP only.
 	TLS *TLS
 	// ACME is the directory (in the proxy) that HTTP-01 answers are
@@ -201,6 +204,7 @@ func NewView(in ViewInput) View {
 		add(name, false)
 	}
 	v.Servers = servers(v.Services, in.Default)
+	v.ServerNamesHash = namesHash(v.Servers)
 	if in.TLS != nil {
 		v.TLS = in.TLS
 		v.Servers = splitByCert(v.Servers, in.TLS)

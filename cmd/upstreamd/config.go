@@ -524,12 +524,14 @@ func (c *Config) validateProxy(bad badFunc) {
 	if sp := *p.StatusPort; sp < 0 || sp > 65535 || sp == p.Port {
 		bad("proxy.status_port", "%d must be 0 (off) or a port in 1-65535 other than proxy.port", sp)
 	}
+	c.validateTLSPorts(bad)
 	if *p.Dynamic && *p.StatusPort == 0 {
 		bad("proxy.dynamic", "dynamic pools need the status server: set proxy.status_port")
 	}
 	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig, "proxy.config_dir": p.ConfigDir} {
-		if !path.IsAbs(v) || path.Clean(v) != v {
-			bad(key, "%q must be a clean absolute path", v)
+		// The paths reach nginx's config and its command line as they are.
+		if !path.IsAbs(v) || path.Clean(v) != v || strings.ContainsFunc(v, func(r rune) bool { return !isAlnum(r) && !strings.ContainsRune("._-/", r) }) {
+			bad(key, "%q must be a clean absolute path of letters, digits and . _ - /", v)
 		}
 	}
 	for key, v := range map[string]string{"proxy.config_path": p.ConfigPath, "proxy.main_config": p.MainConfig} {
@@ -820,7 +822,7 @@ func (c *Config) ProxyAddress() string {
 	if err != nil {
 		return c.Proxy.Publish
 	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
+	if anyAddress(host) {
 		host = c.Network.NodeAddress
 		if host == "" {
 			host, _ = os.Hostname()

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -468,6 +469,57 @@ func TestLoadConfigErrors(t *testing.T) {
 			want: []string{"FILE:2:1: etcd.include_projects[1]: name \"Not OK\""},
 		},
 		{
+			// 443 is nginx's TLS port in the proxy: a certificate (a file,
+			// etcd or ACME) adds a TLS listener on it at any time.
+			name: "status_port on the TLS port",
+			body: "[proxy]\npublish_tls = \"127.0.0.1:8443\"\nstatus_port = 443\n",
+			want: []string{"FILE:3:1: proxy.status_port: 443 is nginx's TLS port in the proxy (proxy.publish_tls is set: a certificate from a file, etcd or ACME turns TLS on): choose another port"},
+		},
+		{
+			name: "port on the TLS port",
+			body: "[proxy]\npublish_tls = \":443\"\nport = 443\n",
+			want: []string{"FILE:3:1: proxy.port: 443 is nginx's TLS port in the proxy"},
+		},
+		{
+			name: "publish and publish_tls on one host port",
+			body: "[proxy]\npublish = \"0.0.0.0:8443\"\npublish_tls = \"127.0.0.1:8443\"\n",
+			want: []string{`FILE:3:1: proxy.publish_tls: "127.0.0.1:8443" takes the host port of proxy.publish ("0.0.0.0:8443")`},
+		},
+		{
+			name: "response header values nginx refuses",
+			body: apache + "[service.response_headers]\nX-Price = \"costs 5$\"\nX-A = \"$nosuchvar\"\nX-B = \"${host\"\nX-C = \"${1}\"\nX-D = \"$host$\"\nX-E = \"" + strings.Repeat("v", 4001) + "\"\n",
+			want: []string{
+				`FILE:4:1: service[0] (apache).response_headers.X-Price: "costs 5$": a $ must start an nginx variable ($host or ${host}); nginx has no way to write a literal $`,
+				`FILE:5:1: service[0] (apache).response_headers.X-A: "$nosuchvar": $nosuchvar is not a variable nginx knows`,
+				`FILE:6:1: service[0] (apache).response_headers.X-B: "${host": ${ without its }`,
+				`FILE:7:1: service[0] (apache).response_headers.X-C: "${1}": $1 is not a variable nginx knows`,
+				`FILE:8:1: service[0] (apache).response_headers.X-D: "$host$": a $ must start`,
+				`FILE:9:1: service[0] (apache).response_headers.X-E: a value of 4001 bytes: at most 4000`,
+			},
+		},
+		{
+			name: "response header names differing in case",
+			body: apache + "[service.response_headers]\nX-A = \"1\"\nx-a = \"2\"\n" + strings.Repeat("N", 257) + " = \"1\"\n",
+			want: []string{
+				`FILE:5:1: service[0] (apache).response_headers.x-a: the same header as X-A (header names are case-insensitive): keep one`,
+				`FILE:6:1: service[0] (apache).response_headers.` + strings.Repeat("N", 257) + `: a name of 257 characters: at most 256`,
+			},
+		},
+		{
+			name: "path_prefix too long",
+			body: apache + "path_prefix = \"/" + strings.Repeat("p", 1024) + "\"\n",
+			want: []string{`FILE:3:1: service[0] (apache).path_prefix: 1025 characters: at most 1024`},
+		},
+		{
+			name: "proxy paths with characters nginx reads as syntax",
+			body: "[proxy]\nconfig_dir = \"/etc/my nginx\"\nconfig_path = \"/etc/my nginx/conf.d/u;x.conf\"\nmain_config = \"/etc/my nginx/n$.conf\"\n",
+			want: []string{
+				`FILE:2:1: proxy.config_dir: "/etc/my nginx" must be a clean absolute path of letters, digits and . _ - /`,
+				`FILE:3:1: proxy.config_path: "/etc/my nginx/conf.d/u;x.conf" must be a clean absolute path of letters, digits and . _ - /`,
+				`FILE:4:1: proxy.main_config: "/etc/my nginx/n$.conf" must be a clean absolute path of letters, digits and . _ - /`,
+			},
+		},
+		{
 			name: "several problems are all reported",
 			body: "[proxy]\npublish = \"nowhere\"\n" + apache + "replicas = 0\n[service.health]\nrise = 0\n",
 			want: []string{
@@ -506,6 +558,44 @@ func TestLoadConfigErrors(t *testing.T) {
 				if strings.Contains(msg, nw) {
 					t.Errorf("error contains %q:\n%s", nw, msg)
 				}
+			}
+		})
+	}
+}
+
+// TestResponseHeaderVariables: a $ in a response header's value must start
+// a variable nginx knows, as nginx reads it ($name, ${name}, any case, the
+// families by prefix); anything else is refused, naming the variable.
+func TestResponseHeaderVariables(t *testing.T) {
+	for _, tt := range []struct {
+		value, want string // want: part of the error; "": accepted
+	}{
+		{"DENY", ""},
+		{"$host", ""},
+		{"$HOST", ""},
+		{"${request_id}x", ""},
+		{"$scheme://$host$request_uri", ""},
+		{"$host-$remote_addr.$server_port/", ""},
+		{"$http_x_forwarded_proto $sent_http_content_type $cookie_s $arg_q", ""},
+		{"$upstream_http_x_backend $upstream_cookie_id $upstream_trailer_x $sent_trailer_x", ""},
+		{"costs 5$", "a $ must start an nginx variable"},
+		{"$ 5", "a $ must start an nginx variable"},
+		{"$-", "a $ must start an nginx variable"},
+		{"$nosuchvar", "$nosuchvar is not a variable nginx knows"},
+		{"$hostx", "$hostx is not a variable nginx knows"},
+		{"$http_", "$http_ is not a variable nginx knows"},
+		{"$1", "$1 is not a variable nginx knows"},
+		{"${host", "${ without its }"},
+		{"${ho-st}", "${ho-st} is not a variable: a name is letters, digits and _"},
+		{"${}", "${} is not a variable"},
+	} {
+		t.Run(tt.value, func(t *testing.T) {
+			_, err := LoadConfig(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("error %v, want one with %q", err, tt.want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"regexp"
 	"slices"
@@ -31,7 +32,10 @@ func (s ServiceConfig) validateProxying(k string, bad badFunc) {
 			bad(fmt.Sprintf("%s.hosts[%d]", k, j), "%q is given twice", h)
 		}
 	}
-	if p := s.PathPrefix; p != "" && (!pathPrefix.MatchString(p) || strings.Contains(p, "/./") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {
+	switch p := s.PathPrefix; {
+	case len(p) > maxPathPrefix:
+		bad(k+".path_prefix", "%d characters: at most %d", len(p), maxPathPrefix)
+	case p != "" && (!pathPrefix.MatchString(p) || strings.Contains(p, "/./") || strings.Contains(p, "/../") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")):
 		bad(k+".path_prefix", "%q is not a path prefix such as \"/api\" (segments of letters, digits and . _ ~ -; no trailing /, no . or .. segment)", p)
 	}
 	if s.StripPrefix && s.PathPrefix == "" {
@@ -48,21 +52,51 @@ func (s ServiceConfig) validateProxying(k string, bad badFunc) {
 	if b := s.ClientMaxBodySize; b != "" && !bodySize.MatchString(b) {
 		bad(k+".client_max_body_size", "%q is not a size in nginx's syntax such as \"10m\", \"512k\" or \"0\" (no limit)", b)
 	}
-	for name, value := range s.ResponseHeaders {
+	s.validateHeaders(k, bad)
+}
+
+// Lengths nginx reads: a parameter of its config takes at most about 4
+// KB, and a location is the prefix and a slash.
+const (
+	maxPathPrefix  = 1024
+	maxHeaderName  = 256
+	maxHeaderValue = 4000
+)
+
+// validateHeaders checks the response headers of service k, in name
+// order, so that of two names differing in case the second is the one
+// said.
+func (s ServiceConfig) validateHeaders(k string, bad badFunc) {
+	seen := map[string]string{} // lower-case name → the name as written
+	for _, name := range slices.Sorted(maps.Keys(s.ResponseHeaders)) {
+		value := s.ResponseHeaders[name]
 		key := fmt.Sprintf("%s.response_headers.%s", k, name)
+		if first, ok := seen[strings.ToLower(name)]; ok {
+			bad(key, "the same header as %s (header names are case-insensitive): keep one", first)
+			continue
+		}
+		seen[strings.ToLower(name)] = name
 		switch {
-		case name == "" || strings.ContainsFunc(name, func(r rune) bool { return !isTokenChar(r) }):
+		case name == "" || strings.ContainsFunc(name, func(r rune) bool { return r != '-' && !isAlnum(r) }):
 			bad(key, "%q is not a header name (letters, digits and -)", name)
+		case len(name) > maxHeaderName:
+			bad(key, "a name of %d characters: at most %d", len(name), maxHeaderName)
 		case http.CanonicalHeaderKey(name) == "Content-Length" || http.CanonicalHeaderKey(name) == "Transfer-Encoding" || http.CanonicalHeaderKey(name) == "Connection":
 			bad(key, "%s is nginx's to set", name)
 		case value == "" || strings.ContainsAny(value, "\"\\") || strings.ContainsFunc(value, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 			bad(key, "%q: a value must be non-empty, without quotes, backslashes or control characters ($name is an nginx variable)", value)
+		case len(value) > maxHeaderValue:
+			bad(key, "a value of %d bytes: at most %d", len(value), maxHeaderValue)
+		default:
+			if err := checkVariables(value); err != nil {
+				bad(key, "%q: %v", value, err)
+			}
 		}
 	}
 }
 
-func isTokenChar(r rune) bool {
-	return r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
+func isAlnum(r rune) bool {
+	return r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z'
 }
 
 // validateRoutes checks that no two services claim one host and path, and

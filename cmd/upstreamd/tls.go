@@ -96,6 +96,34 @@ func (c *Config) validateTLS(bad badFunc) {
 	}
 }
 
+// validateTLSPorts refuses the ports TLS would collide with. With
+// proxy.publish_tls set, nginx listens on its TLS port in the proxy as soon
+// as it has a certificate, and one can come at any time (from etcd or
+// ACME): neither nginx's plain port nor the status server may be on it, and
+// the host port it is published on must be free of proxy.publish.
+func (c *Config) validateTLSPorts(bad badFunc) {
+	p := c.Proxy
+	if p.PublishTLS == "" {
+		return
+	}
+	for _, k := range []struct {
+		key  string
+		port int
+	}{{"proxy.port", p.Port}, {"proxy.status_port", *p.StatusPort}} {
+		if k.port == orchestrator.TLSPort {
+			bad(k.key, "%d is nginx's TLS port in the proxy (proxy.publish_tls is set: a certificate from a file, etcd or ACME turns TLS on): choose another port", k.port)
+		}
+	}
+	host, port, err := containers.ParsePublish(p.Publish)
+	thost, tport, terr := containers.ParsePublish(p.PublishTLS)
+	if err == nil && terr == nil && port == tport && (host == thost || anyAddress(host) || anyAddress(thost)) {
+		bad("proxy.publish_tls", "%q takes the host port of proxy.publish (%q): publish them on different ports", p.PublishTLS, p.Publish)
+	}
+}
+
+// anyAddress reports whether a published host address is every address.
+func anyAddress(host string) bool { return host == "" || host == "0.0.0.0" || host == "::" }
+
 // validateACME checks the [acme] table and sets its defaults.
 func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 	if !c.acmeOn() {
@@ -120,6 +148,12 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 			bad("acme.ca_file", "%v", err)
 		} else if !c.acmeRoots.AppendCertsFromPEM(b) {
 			bad("acme.ca_file", "%s holds no PEM certificate", a.CAFile)
+		}
+	}
+	for i, s := range c.Service {
+		// The proxy answers the CA there, on every host.
+		if p := s.PathPrefix; p == render.ChallengePrefix || strings.HasPrefix(p, render.ChallengePrefix+"/") {
+			bad(fmt.Sprintf("service[%d].path_prefix", i), "%q is where [acme] answers the CA's HTTP-01 challenges: route another path", p)
 		}
 	}
 	for i, h := range a.Hosts {

@@ -77,6 +77,12 @@ func TestTLSConfig(t *testing.T) {
 			"acme.ca_file: a.key holds no PEM certificate",
 			"acme.hosts[0]: \"*.a.example\" is not a host name an HTTP-01 challenge can validate",
 			"acme.hosts[1]: \"A.example\" is not a host name"}, 0, nil},
+		// The built-in template serves the ACME answers at
+		// /.well-known/acme-challenge/: no service may route it.
+		{"acme beside a path_prefix at its answers", tlsOn + "[acme]\n[[service]]\nname = \"apache\"\nhosts = [\"a.example\"]\npath_prefix = \"/.well-known/acme-challenge\"\n[[service]]\nname = \"b\"\nimage = \"x\"\npath_prefix = \"/.well-known/acme-challenge/x\"\n", []string{
+			`service[0] (apache).path_prefix: "/.well-known/acme-challenge" is where [acme] answers the CA's HTTP-01 challenges: route another path`,
+			`service[1] (b).path_prefix: "/.well-known/acme-challenge/x" is where [acme] answers`}, 0, nil},
+		{"acme beside /.well-known", tlsOn + "[acme]\n[[service]]\nname = \"apache\"\nhosts = [\"a.example\"]\npath_prefix = \"/.well-known\"\n[[service]]\nname = \"b\"\nimage = \"x\"\npath_prefix = \"/.well-known/acme-challenges\"\n", nil, 0, []string{"a.example"}},
 		{"certificates without publish_tls", cert("a.pem", "a.key"), []string{"tls.certificate[0]: certificates given, but proxy.publish_tls"}, 0, nil},
 		{"https_redirect without TLS", "[[service]]\nname = \"apache\"\nhttps_redirect = true\n", []string{"service[0] (apache).https_redirect: redirects to HTTPS, which is not served"}, 0, nil},
 	} {

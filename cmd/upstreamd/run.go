@@ -155,6 +155,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Served:      served,
 		View:        view,
 		Certs:       certSource,
+		ConfigDir:   cfg.Proxy.ConfigDir,
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),

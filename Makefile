@@ -7,7 +7,12 @@ DOCKER  ?= docker
 # docker-compose 1.29 (Debian) or Compose v2, whichever is installed.
 COMPOSE ?= $(shell command -v docker-compose >/dev/null 2>&1 && echo docker-compose || echo "docker compose")
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-IMAGES  := nginx apache etcd upstreamd host wsecho pebble
+# The images (upstreamd/<name>:latest, from images/<name>) each target
+# runs: the demo's; the cluster's (the demo and the benchmarks: nested
+# hosts); every one, with the tests' WebSocket backend and ACME CA.
+DEMO_IMAGES    := nginx apache etcd upstreamd
+CLUSTER_IMAGES := nginx apache etcd host
+IMAGES         := nginx apache etcd upstreamd host wsecho pebble
 # golangci-lint, pinned here only (config: .golangci.yml). `go run pkg@version`
 # builds it with the local Go outside this module (go.mod is untouched) and
 # caches the binary (first build ~2 min here, then ~1 s of overhead).
@@ -22,7 +27,7 @@ export DOCKER_BUILDKIT ?= $(shell $(DOCKER) buildx version >/dev/null 2>&1 && ec
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build images base demo demo-token demo-down cluster-demo cluster-demo-down test unit integration bench fuzz lint clean
+.PHONY: build images demo-images cluster-images base demo demo-token demo-down cluster-demo cluster-demo-down test unit integration bench fuzz lint clean
 
 ## build: the daemon binary at bin/upstreamd
 build:
@@ -32,19 +37,34 @@ build:
 base:
 	./images/mkbase.sh
 
-## images: build upstreamd/{nginx,apache,etcd,upstreamd,host,wsecho,pebble}:latest (cached on a second run)
-images: base
+# build-images builds upstreamd/<name>:latest for each name in $(1), cached
+# on a second run, after the binaries they take (the daemon's also goes to
+# the cluster demo's hosts).
+define build-images
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o images/upstreamd/upstreamd ./cmd/upstreamd
-	CGO_ENABLED=0 $(GO) build -trimpath -o images/wsecho/wsecho ./integration/internal/wsecho
-	@for i in $(IMAGES); do \
+	$(if $(filter wsecho,$(1)),CGO_ENABLED=0 $(GO) build -trimpath -o images/wsecho/wsecho ./integration/internal/wsecho)
+	@for i in $(1); do \
 		echo "building upstreamd/$$i:latest"; \
 		$(DOCKER) build -q -t upstreamd/$$i:latest images/$$i 2>&1 >/dev/null \
 			| grep -vE 'DEPRECATED: The legacy builder|BuildKit is currently disabled|environment-variable\.|^ *$$' >&2; \
 		[ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done
+endef
 
-## demo: images, then etcd + upstreamd with compose; nginx answers on 127.0.0.1:8080
-demo: images demo-token
+## images: build every image, upstreamd/{nginx,apache,etcd,upstreamd,host,wsecho,pebble}:latest (cached on a second run)
+images: base
+	$(call build-images,$(IMAGES))
+
+## demo-images: build the demo's images only, upstreamd/{nginx,apache,etcd,upstreamd}:latest
+demo-images: base
+	$(call build-images,$(DEMO_IMAGES))
+
+## cluster-images: build the cluster's images only, upstreamd/{nginx,apache,etcd,host}:latest
+cluster-images: base
+	$(call build-images,$(CLUSTER_IMAGES))
+
+## demo: the demo's images, then etcd + upstreamd with compose; nginx answers on 127.0.0.1:8080
+demo: demo-images demo-token
 	$(COMPOSE) up -d
 	@echo "waiting for nginx on http://127.0.0.1:8080/ ..."
 	@for i in $$(seq 1 120); do \
@@ -72,7 +92,7 @@ demo-down:
 CLUSTER := $(COMPOSE) -f docker-compose.cluster.yml -p upstreamd-demo-cluster
 
 ## cluster-demo: the seed's three machines: 3 nested Docker hosts, 3 etcd members, a daemon per host
-cluster-demo: images
+cluster-demo: cluster-images
 	@mkdir -p .cluster-demo
 	@[ -s .cluster-demo/admin.token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > .cluster-demo/admin.token
 	@echo "saving upstreamd/apache and upstreamd/nginx for the hosts' engines (.cluster-demo/apps.tar)"
@@ -100,13 +120,13 @@ unit:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-## integration: what validation accepts nginx accepts, then the testcontainers suite; builds the images first
+## integration: every image first, then what validation accepts nginx accepts, then the testcontainers suite
 integration: images
 	$(GO) test -tags integration -count=1 -timeout 10m -run '^TestNginxAcceptsWhatValidationAccepts$$' ./cmd/upstreamd/
 	$(GO) test -tags integration -count=1 -timeout 60m -v ./integration/... 2>&1 | tee integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; exit $${PIPESTATUS[0]}
 
 ## bench: render benchmarks, then the load scenarios on the real stack (table + bench-results.json)
-bench: images
+bench: cluster-images
 	$(GO) test -run '^$$' -bench . -benchmem ./render/
 	$(GO) test -tags 'integration bench' -count=1 -timeout 40m -run '^TestBench(Cluster|TLS)?$$' -v ./integration/ 2>&1 \
 		| tee bench.log | grep -vE '🐳|✅|⏳|🔔|🚫|^  [A-Z]|Connected to docker' ; exit $${PIPESTATUS[0]}

@@ -35,6 +35,7 @@ type Store interface {
 	Put(ctx context.Context, key, value string, lease int64) (int64, error)
 	Delete(ctx context.Context, key string) (int64, error)
 	Lock(ctx context.Context, key string, ttl time.Duration) (lease int64, unlock func(), err error)
+	orphanStore
 }
 
 var _ Store = (*store.Client)(nil)
@@ -144,7 +145,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		wait := idleCheck
 		if loaded && can {
 			due, next := m.due()
-			if len(due) > 0 && m.orderUnderLock(ctx, due) {
+			if (len(due) > 0 || m.hasOrphans()) && m.orderUnderLock(ctx, due) {
 				continue // look again: the cache has what was stored, or the backoff
 			}
 			if len(due) > 0 {
@@ -204,7 +205,8 @@ func (m *Manager) due() (due []string, next time.Time) {
 // it: a node that dies while it orders frees them after this.
 const lockTTL = 15 * time.Second
 
-// orderUnderLock takes the project's ACME lock, then orders each host that
+// orderUnderLock takes the project's ACME lock, deletes the certificates
+// of hosts no longer ordered (deleteOrphans), then orders each host that
 // is still due (another node may have just stored it). It reports whether
 // it ordered, or failed to, any host: false when etcd held them all fresh.
 func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted bool) {
@@ -218,6 +220,7 @@ func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted boo
 		return true
 	}
 	defer unlock()
+	m.deleteOrphans(ctx)
 	var client *lego.Client
 	for _, h := range hosts {
 		if ctx.Err() != nil {

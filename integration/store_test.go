@@ -13,6 +13,22 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
+// etcdClients starts an etcd container and returns n clients of it.
+func etcdClients(t *testing.T, n int) []*store.Client {
+	t.Helper()
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	clients := make([]*store.Client, n)
+	for i := range clients {
+		clients[i], err = store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = clients[i].Close() })
+	}
+	return clients
+}
+
 // TestStoreDeleteRevision pins store.Delete's contract on a real etcd: the
 // revision it returns for a key it deleted is the one a watch of the key
 // shows, and a key that did not exist answers 0, since etcd writes no
@@ -20,13 +36,7 @@ import (
 // wrote: a current revision answered for nothing would make it wait
 // forever).
 func TestStoreDeleteRevision(t *testing.T) {
-	ec, err := runEtcd(t, 0)
-	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
+	c := etcdClients(t, 1)[0]
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -34,7 +44,7 @@ func TestStoreDeleteRevision(t *testing.T) {
 	go func() { _ = c.Watch(ctx, "/watched/", func(u store.Update) { updates <- u }) }()
 	require.True(t, (<-updates).Reset, "the watch starts with a listing")
 
-	_, err = c.Put(ctx, "/watched/a", "1", 0)
+	_, err := c.Put(ctx, "/watched/a", "1", 0)
 	require.NoError(t, err)
 	require.Len(t, (<-updates).KVs, 1)
 	_, err = c.Put(ctx, "/elsewhere/b", "2", 0) // a revision the watch does not see
@@ -55,16 +65,7 @@ func TestStoreDeleteRevision(t *testing.T) {
 // the first unlocks; a key put under the holder's lease (a challenge
 // answer) goes with the unlock.
 func TestStoreLock(t *testing.T) {
-	ec, err := runEtcd(t, 0)
-	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	clients := make([]*store.Client, 2)
-	for i := range clients {
-		clients[i], err = store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = clients[i].Close() })
-	}
+	clients := etcdClients(t, 2)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
@@ -99,4 +100,33 @@ func TestStoreLock(t *testing.T) {
 	_, ok, err = clients[1].Get(ctx, "/answers/token")
 	require.NoError(t, err)
 	require.False(t, ok, "the key under the holder's lease went with the unlock")
+}
+
+// TestStoreDeleteIfValue: store.DeleteIfValue on a real etcd deletes a key
+// only while it holds the value read, and not a missing key.
+func TestStoreDeleteIfValue(t *testing.T) {
+	c := etcdClients(t, 1)[0]
+	ctx := t.Context()
+
+	_, err := c.Put(ctx, "/certs/a", "read", 0)
+	require.NoError(t, err)
+	_, err = c.Put(ctx, "/certs/a", "written since", 0)
+	require.NoError(t, err)
+	deleted, err := c.DeleteIfValue(ctx, "/certs/a", "read")
+	require.NoError(t, err)
+	require.False(t, deleted, "a key written over since it was read is deleted")
+	_, ok, err := c.Get(ctx, "/certs/a")
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	deleted, err = c.DeleteIfValue(ctx, "/certs/a", "written since")
+	require.NoError(t, err)
+	require.True(t, deleted)
+	_, ok, err = c.Get(ctx, "/certs/a")
+	require.NoError(t, err)
+	require.False(t, ok)
+
+	deleted, err = c.DeleteIfValue(ctx, "/certs/missing", "")
+	require.NoError(t, err)
+	require.False(t, deleted, "a missing key compares equal to the empty value")
 }

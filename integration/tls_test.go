@@ -4,18 +4,25 @@ package integration
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/certs"
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/pki"
+	"github.com/upstreamd/upstreamd/render"
 )
 
 // newTestCA returns a throwaway certificate authority.
@@ -148,4 +155,100 @@ func TestTLS(t *testing.T) {
 	require.Equal(t, http.StatusOK, code)
 	require.Equal(t, backend, b)
 	require.Equal(t, []string{"a.example"}, names)
+}
+
+// tlsFiles lists the certificate files in the proxy's data volume, as
+// "mode name".
+func (s *stack) tlsFiles() ([]string, error) {
+	const dir = "/etc/nginx/" + render.TLSDir
+	res, err := s.docker.Exec(s.t.Context(), s.proxy().ID, []string{"sh", "-c",
+		`[ -d "$1" ] || exit 0; find "$1" -mindepth 1 -maxdepth 1 -printf '%m %f\n' | sort`, "ls", dir})
+	if err != nil {
+		return nil, err
+	}
+	if res.ExitCode != 0 {
+		return nil, fmt.Errorf("list %s: %s", dir, res.Output())
+	}
+	return strings.Fields(strings.ReplaceAll(strings.TrimSpace(string(res.Stdout)), " ", "_")), nil
+}
+
+// TestTLSOldFilesRemoved: a certificate from etcd replaced by another is
+// served, and its old files, the private key first, are gone from the
+// proxy's data volume; one removed leaves no file behind. An ACME
+// certificate for a host the spec's [acme] does not name is not served.
+func TestTLSOldFilesRemoved(t *testing.T) {
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	ca.issue(t, dir, "c1", "c.example")
+	ca.issue(t, dir, "c2", "c.example")
+	ca.issue(t, dir, "e", "e.example")
+	tlsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	s := newStack(t, withReplicas(1), withProxyTOML(fmt.Sprintf("publish_tls = %q", tlsAddr)),
+		withServiceTOML(`hosts = ["c.example", "e.example"]`))
+	s.startDaemon()
+	files := func(name string) []string {
+		certPEM, err := os.ReadFile(filepath.Join(dir, name+".pem"))
+		require.NoError(t, err)
+		keyPEM, err := os.ReadFile(filepath.Join(dir, name+".key"))
+		require.NoError(t, err)
+		c := render.NewTLSCert("/etc/nginx", nil, certPEM, keyPEM)
+		return []string{"600_" + path.Base(c.CertPath), "600_" + path.Base(c.KeyPath)}
+	}
+	serves := func(name string) {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, name+".pem"))
+		require.NoError(t, err)
+		blk, _ := pem.Decode(b)
+		want, err := x509.ParseCertificate(blk.Bytes)
+		require.NoError(t, err)
+		eventually(t, 60*time.Second, "nginx serves "+name, func() error {
+			c, err := servedCert(t.Context(), ca.Pool, tlsAddr, "c.example")
+			if err != nil {
+				return err
+			}
+			if !c.Equal(want) {
+				return fmt.Errorf("serial %s served", c.SerialNumber.Text(16))
+			}
+			return nil
+		})
+	}
+	onlyFiles := func(want []string) {
+		t.Helper()
+		slices.Sort(want)
+		eventually(t, 30*time.Second, fmt.Sprintf("the data volume holds %q", want), func() error {
+			got, err := s.tlsFiles()
+			if err != nil {
+				return err
+			}
+			if !slices.Equal(got, want) {
+				return fmt.Errorf("it holds %q", got)
+			}
+			return nil
+		})
+	}
+
+	_, err := s.cli("certs", "import", "c.example", "--cert", filepath.Join(dir, "c1.pem"), "--key", filepath.Join(dir, "c1.key"))
+	require.NoError(t, err)
+	serves("c1")
+	onlyFiles(files("c1"))
+
+	// An ACME certificate of a host no [acme] names, then the replacement
+	// of c.example: once that is served, etcd's change before it was seen.
+	ePEM, err := os.ReadFile(filepath.Join(dir, "e.pem"))
+	require.NoError(t, err)
+	eKey, err := os.ReadFile(filepath.Join(dir, "e.key"))
+	require.NoError(t, err)
+	_, err = s.etcd.Put(t.Context(), certs.HostKey(s.project, "e.example"),
+		certs.Record{Cert: string(ePEM), Key: string(eKey), Source: certs.SourceACME}.Encode(), 0)
+	require.NoError(t, err)
+	_, err = s.cli("certs", "import", "c.example", "--cert", filepath.Join(dir, "c2.pem"), "--key", filepath.Join(dir, "c2.key"))
+	require.NoError(t, err)
+	serves("c2")
+	onlyFiles(files("c2"))
+	_, err = servedCert(t.Context(), ca.Pool, tlsAddr, "e.example")
+	require.Error(t, err, "the ACME certificate of a host [acme] does not name is served")
+
+	_, err = s.cli("certs", "remove", "c.example")
+	require.NoError(t, err)
+	onlyFiles(nil)
 }

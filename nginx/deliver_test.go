@@ -102,6 +102,13 @@ func (p *fakeProxy) ExecWithStdin(_ context.Context, id string, cmd []string, st
 	if p.execErr != nil {
 		return containers.ExecResult{}, p.execErr
 	}
+	switch cmd[3] { // sh -c script name args...
+	case "upstreamd-write": // umask path
+		p.files[cmd[5]] = append([]byte(nil), stdin...)
+		return containers.ExecResult{}, nil
+	case "upstreamd-prune": // dirs...
+		return p.prune(cmd[4:], stdin), nil
+	}
 	n := len(cmd) // sh -c script name check staged live
 	check, staged, live := cmd[n-3], cmd[n-2], cmd[n-1]
 	if _, ok := p.files[check]; !ok {

@@ -149,8 +149,10 @@ type Session struct {
 	// hupOwed: the live file was replaced but the HUP after it failed, so
 	// nginx still runs the previous config.
 	hupOwed bool
-	// written are the files WriteFiles wrote into this proxy.
+	// written are the files WriteFiles wrote into this proxy (and Prune
+	// has not removed); swept are the directories Prune looked through.
 	written map[string]bool
+	swept   map[string]bool
 }
 
 // Proxy returns the container this Session is with.

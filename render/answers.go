@@ -29,7 +29,7 @@ func ChallengePath(root, token string) string {
 type answers struct {
 	mu      sync.Mutex
 	written map[string]bool
-	changed chan struct{} // closed, and replaced, at each add
+	changed chan struct{} // closed, and replaced, at each set
 }
 
 func (a *answers) reset() {
@@ -38,11 +38,11 @@ func (a *answers) reset() {
 	a.mu.Unlock()
 }
 
-func (a *answers) add(tokens []string) {
+// set records tokens as the answers written, and served: those of the
+// challenges in etcd (the files of the others are removed).
+func (a *answers) set(tokens []string) {
 	a.mu.Lock()
-	if a.written == nil {
-		a.written = map[string]bool{}
-	}
+	a.written = make(map[string]bool, len(tokens))
 	for _, t := range tokens {
 		a.written[t] = true
 	}
@@ -54,7 +54,7 @@ func (a *answers) add(tokens []string) {
 }
 
 // has reports whether token's answer is written; if not, the channel is
-// closed at the next add.
+// closed at the next set.
 func (a *answers) has(token string) (bool, <-chan struct{}) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"time"
 
@@ -65,6 +66,10 @@ type Session interface {
 	// WritePublicFiles is WriteFiles for files nginx's workers serve
 	// (ACME challenge answers).
 	WritePublicFiles(ctx context.Context, files map[string][]byte) error
+	// Prune removes the files directly in dirs that keep does not name,
+	// and returns their paths. Called once a config is live and
+	// confirmed, with keep naming every file it reads.
+	Prune(ctx context.Context, dirs []string, keep map[string]bool) ([]string, error)
 	PushPools(ctx context.Context, body []byte) error
 	WaitConfig(ctx context.Context, hash string) (time.Duration, error)
 }
@@ -125,6 +130,12 @@ type ControllerConfig struct {
 	// Certs, when set, adds certificates to View.TLS and HTTP-01 answers
 	// under View.ACME.
 	Certs Certificates
+	// ConfigDir is the proxy's config dir, under which certificate files
+	// are delivered (TLSDir). Once a config is live and confirmed, the
+	// files there it does not name, and the HTTP-01 answers under
+	// View.ACME whose challenge is no longer in Certs, are removed.
+	// Empty: nothing is removed.
+	ConfigDir string
 }
 
 // Outcome describes one render pass, for metrics and tests.
@@ -318,7 +329,11 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 	}
 	if o.Err == nil {
 		// The answers are served once a config with their location is.
-		c.answers.add(answered)
+		c.answers.set(answered)
+		if slices.Contains(steps, stepDeliver) {
+			// cand is live and confirmed: what it does not name can go.
+			c.prune(ctx, cand, answered)
+		}
 		o.Err = guarded // applied, but a pool was kept: look again soon
 	}
 	o.Took = time.Since(start)
@@ -425,6 +440,37 @@ func (c *Controller) apply(ctx context.Context, steps []step, cand candidate, o 
 	c.cfg.Served.update(cand.view)
 	c.applied = &cand.view
 	return nil
+}
+
+// prune removes from the proxy the certificate files that cand, the config
+// now live and confirmed, does not name, and the HTTP-01 answers other than
+// answered (those of the challenges in etcd). It runs in the pass, after
+// the config went live: no other config is being checked then, and one
+// nginx rejected never gets here, so every file the running nginx reads
+// stays. A failure is logged; the next pass that delivers tries again.
+func (c *Controller) prune(ctx context.Context, cand candidate, answered []string) {
+	if c.cfg.ConfigDir == "" {
+		return
+	}
+	dirs := []string{path.Join(c.cfg.ConfigDir, TLSDir)}
+	keep := map[string]bool{}
+	for p := range cand.view.Files() {
+		keep[p] = true
+	}
+	if root := c.cfg.View.ACME; root != "" {
+		dirs = append(dirs, path.Dir(ChallengePath(root, "token")))
+		for _, t := range answered {
+			keep[ChallengePath(root, t)] = true
+		}
+	}
+	removed, err := c.state.session.Prune(ctx, dirs, keep)
+	if len(removed) > 0 {
+		c.log.Info().Strs("removed", removed).Str("proxy", c.state.proxy.Short()).
+			Msg("removed files from the proxy that the live config and the ACME challenges no longer name")
+	}
+	if err != nil {
+		c.log.Warn().Err(err).Str("proxy", c.state.proxy.Short()).Msg("could not remove old certificate or answer files; trying again at the next delivery")
+	}
 }
 
 // push sends the candidate's pools to the Lua balancer.

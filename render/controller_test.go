@@ -1207,3 +1207,87 @@ func TestControllerCertsAndAnswers(t *testing.T) {
 		}
 	})
 }
+
+// TestControllerPrunesOldFiles: once a config is live and confirmed, the
+// certificate files it does not name and the answers of challenges no
+// longer in etcd are removed from the proxy (those of an earlier daemon
+// too); a config nginx rejects removes nothing, so every file the running
+// nginx reads stays.
+func TestControllerPrunesOldFiles(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		tmpl, err := Parse("default.conf.tmpl", defaultTemplate)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const (
+			tlsDir  = "/etc/nginx/" + TLSDir
+			acme    = "/etc/nginx/upstreamd-acme"
+			answers = acme + "/.well-known/acme-challenge"
+		)
+		certA := NewTLSCert("/etc/nginx", []string{"a.example"}, []byte("cert A"), []byte("key A"))
+		certB := NewTLSCert("/etc/nginx", []string{"a.example"}, []byte("cert B"), []byte("key B"))
+		certC := NewTLSCert("/etc/nginx", []string{"a.example"}, []byte("cert C"), []byte("key C"))
+		del, _ := newFakeNginx()
+		// Left by an earlier daemon: an old key and a finished challenge.
+		del.files = map[string]bool{tlsDir + "/0123456789abcdef.key": true, answers + "/tok_old_0123456789ab": true, "/etc/nginx/nginx.conf": true}
+		del.fail = func(_ int, cfg string) error {
+			if strings.Contains(cfg, certC.CertPath) {
+				return fmt.Errorf("%w: nginx: [emerg] cannot load certificate", nginx.ErrCheckFailed)
+			}
+			return nil
+		}
+		fc := &fakeCerts{changed: make(chan struct{}, 1)}
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc, statusPort: testStatusPort,
+			tls: &TLS{Port: 443, PublicPort: 443}, acme: acme, configDir: "/etc/nginx"})
+		const tokA = "tok_a_0123456789abcdef"
+		fc.set([]TLSCert{certA}, map[string]string{tokA: tokA + ".x"})
+		h.src.set(backends(t, 1, 3))
+		advance(time.Second)
+		check := func(step string, wantTLS, wantAnswers []string) {
+			t.Helper()
+			slices.Sort(wantTLS)
+			if got := del.filesIn(tlsDir); !slices.Equal(got, wantTLS) {
+				t.Errorf("%s: certificate files %q; want %q", step, got, wantTLS)
+			}
+			if got := del.filesIn(answers); !slices.Equal(got, wantAnswers) {
+				t.Errorf("%s: answer files %q; want %q", step, got, wantAnswers)
+			}
+		}
+		check("first pass", []string{certA.CertPath, certA.KeyPath}, []string{answers + "/" + tokA})
+		if got := del.filesIn("/etc/nginx"); !slices.Equal(got, []string{"/etc/nginx/nginx.conf"}) {
+			t.Errorf("files outside the directories: %q", got)
+		}
+
+		// Replaced, and the challenge done: the old files go.
+		fc.set([]TLSCert{certB}, nil)
+		advance(time.Second)
+		check("replaced", []string{certB.CertPath, certB.KeyPath}, nil)
+
+		// A certificate nginx rejects: the live config's files stay.
+		fc.set([]TLSCert{certC}, nil)
+		advance(time.Second)
+		if o := h.observed(); !errors.Is(o[len(o)-1].Err, nginx.ErrCheckFailed) {
+			t.Fatalf("last outcome %v; want the rejection", o[len(o)-1].Err)
+		}
+		check("rejected", []string{certB.CertPath, certB.KeyPath, certC.CertPath, certC.KeyPath}, nil)
+
+		// Every certificate removed: plain HTTP, and no certificate file.
+		fc.set(nil, nil)
+		advance(time.Second)
+		check("removed", nil, nil)
+
+		del.mu.Lock()
+		defer del.mu.Unlock()
+		if len(del.prunes) == 0 {
+			t.Fatal("never pruned")
+		}
+		for i, p := range del.prunes {
+			if p.running != p.live {
+				t.Errorf("prune %d while nginx ran another config than the live one", i)
+			}
+			if len(p.missing) > 0 {
+				t.Errorf("prune %d removed files the live config names: %q", i, p.missing)
+			}
+		}
+	})
+}

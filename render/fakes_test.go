@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
 	"slices"
 	"strings"
@@ -173,6 +174,32 @@ type fakeNginx struct {
 	polls          int      // … and the polls answered since it went live
 	pushed         []string // the bodies the pools API accepted
 	public         []string // the paths of the public files written
+
+	// files are those in the proxy's volume, by path; prunes the calls
+	// of Prune.
+	files  map[string]bool
+	prunes []prune
+}
+
+// prune is one Prune: what nginx ran then, and the files the live config
+// names that were missing after it.
+type prune struct {
+	running, live string
+	missing       []string
+}
+
+// filesIn returns the files of the proxy directly in dir, sorted.
+func (n *fakeNginx) filesIn(dir string) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for f := range n.files {
+		if path.Dir(f) == dir {
+			out = append(out, f)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // newFakeNginx returns a fake proxy recording into a new event log.
@@ -234,7 +261,13 @@ func (s *fakeSession) HasStatus() bool { return s.n.statusPort > 0 && s.p.IP != 
 
 func (s *fakeSession) Admin() string { return "" }
 
-func (s *fakeSession) WriteFiles(context.Context, map[string][]byte) error { return nil }
+func (s *fakeSession) WriteFiles(_ context.Context, files map[string][]byte) error {
+	s.n.mu.Lock()
+	defer s.n.mu.Unlock()
+	s.n.add(files)
+	return nil
+}
+
 func (s *fakeSession) WritePublicFiles(_ context.Context, files map[string][]byte) error {
 	s.n.mu.Lock()
 	defer s.n.mu.Unlock()
@@ -243,7 +276,46 @@ func (s *fakeSession) WritePublicFiles(_ context.Context, files map[string][]byt
 			s.n.public = append(s.n.public, p)
 		}
 	}
+	s.n.add(files)
 	return nil
+}
+
+// add records files as in the volume; n.mu is held.
+func (n *fakeNginx) add(files map[string][]byte) {
+	if n.files == nil {
+		n.files = map[string]bool{}
+	}
+	for p := range files {
+		n.files[p] = true
+	}
+}
+
+// tlsFileRE finds the certificate files a config names.
+var tlsFileRE = regexp.MustCompile(`/[^ ;]*/` + TLSDir + `/[0-9a-f]+\.(?:crt|key)`)
+
+// Prune removes the files directly in dirs that keep does not name, as
+// nginx.Session.Prune does, and records what nginx ran then and which
+// files the live config names that are gone.
+func (s *fakeSession) Prune(_ context.Context, dirs []string, keep map[string]bool) ([]string, error) {
+	n := s.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var removed []string
+	for f := range n.files {
+		if slices.Contains(dirs, path.Dir(f)) && !keep[f] {
+			delete(n.files, f)
+			removed = append(removed, f)
+		}
+	}
+	slices.Sort(removed)
+	pr := prune{running: n.running, live: n.live}
+	for _, f := range tlsFileRE.FindAllString(n.live, -1) {
+		if !n.files[f] {
+			pr.missing = append(pr.missing, f)
+		}
+	}
+	n.prunes = append(n.prunes, pr)
+	return removed, nil
 }
 
 func (s *fakeSession) Deliver(_ context.Context, cfg []byte) (bool, error) {
@@ -407,6 +479,7 @@ type harnessConfig struct {
 	certs       Certificates    // nil: none
 	tls         *TLS            // the configured TLS (certificates from files)
 	acme        string          // View.ACME
+	configDir   string          // ControllerConfig.ConfigDir
 	noIP        bool            // the proxy's address is unknown
 	ready       <-chan struct{} // nil: ready at once
 	healthyHere func(service string) int
@@ -441,8 +514,9 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		Sessions: hc.nginx.session,
 		View: ViewInput{Projects: anyProject, Services: services, Default: "apache", Listen: 80,
 			Dynamic: hc.dynamic, StatusPort: hc.statusPort, TLS: hc.tls, ACME: hc.acme},
-		Certs:  hc.certs,
-		Logger: zerolog.Nop(),
+		Certs:     hc.certs,
+		ConfigDir: hc.configDir,
+		Logger:    zerolog.Nop(),
 		Observe: func(o Outcome) {
 			h.mu.Lock()
 			defer h.mu.Unlock()

@@ -22,6 +22,9 @@ func (statusOnly) WriteFiles(context.Context, map[string][]byte) error { panic("
 func (statusOnly) WritePublicFiles(context.Context, map[string][]byte) error {
 	panic("plan wrote files")
 }
+func (statusOnly) Prune(context.Context, []string, map[string]bool) ([]string, error) {
+	panic("plan pruned")
+}
 func (statusOnly) PushPools(context.Context, []byte) error { panic("plan pushed") }
 func (statusOnly) WaitConfig(context.Context, string) (time.Duration, error) {
 	panic("plan confirmed")

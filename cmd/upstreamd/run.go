@@ -141,7 +141,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	var certSource render.Certificates
 	if cfg.tls != nil {
 		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
-		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir}
+		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir, cfg.acmeServed()}
 	}
 	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker
@@ -155,6 +155,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Served:      served,
 		View:        view,
 		Certs:       certSource,
+		ConfigDir:   cfg.Proxy.ConfigDir,
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
@@ -185,7 +186,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 func (d *daemon) servedCerts() []servedCert {
 	out := slices.Clip(d.cfg.fileCerts)
 	if d.certs != nil {
-		for _, c := range d.certs.Certs() {
+		for _, c := range d.certs.Served(d.cfg.acmeServed()) {
 			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})
 		}
 	}
@@ -328,17 +329,18 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 const acmeDir = "upstreamd-acme"
 
 // etcdCerts are the certificates and ACME answers in etcd, as the render
-// Controller takes them.
+// Controller takes them: the ACME certificates of acmeHosts only.
 type etcdCerts struct {
 	cache     *certs.Cache
 	configDir string
+	acmeHosts []string
 }
 
 func (e etcdCerts) Subscribe() <-chan struct{}    { return e.cache.Subscribe() }
 func (e etcdCerts) Challenges() map[string]string { return e.cache.Challenges() }
 
 func (e etcdCerts) Certs() []render.TLSCert {
-	all := e.cache.Certs()
+	all := e.cache.Served(e.acmeHosts)
 	out := make([]render.TLSCert, 0, len(all))
 	for _, c := range all {
 		out = append(out, render.NewTLSCert(e.configDir, c.Names(), []byte(c.Cert), []byte(c.Key)))

@@ -54,6 +54,15 @@ const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 // acmeOn reports whether the file has an [acme] table.
 func (c *Config) acmeOn() bool { return c.written("acme") }
 
+// acmeServed are the hosts whose ACME certificates in etcd are served:
+// acme.hosts; none without [acme].
+func (c *Config) acmeServed() []string {
+	if !c.acmeOn() {
+		return nil
+	}
+	return c.ACME.Hosts
+}
+
 // now is the clock certificates are checked against (tests replace it).
 var now = time.Now
 

@@ -285,6 +285,9 @@ func (m *Manager) order(ctx context.Context, client *lego.Client, host string) {
 		return
 	}
 	leaf, err := Check(res.Certificate, res.PrivateKey, m.now())
+	if errors.Is(err, ErrNotYetValid) {
+		err = fmt.Errorf("%w: this node's clock is more than %s behind the CA's (check its time sync)", err, Skew)
+	}
 	if err != nil {
 		m.failed(host, fmt.Errorf("the CA's certificate: %w", err))
 		return

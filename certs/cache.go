@@ -2,6 +2,7 @@ package certs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -10,17 +11,28 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
 
+// watcher is etcd as the Cache reads it (a *store.Client).
+type watcher interface {
+	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
+}
+
+var _ watcher = (*store.Client)(nil)
+
 // Cache keeps a checked copy of a project's certificates and HTTP-01
-// answers in etcd, through one watch. A value that is not a usable
-// certificate, or a challenge that is not an ACME token, is left out and
-// logged once per write.
+// answers in etcd, through one watch. A value that is not a certificate,
+// or a challenge that is not an ACME token, is left out and logged once
+// per write. A certificate counts only while it is valid (ValidAt): one
+// not valid yet is kept and counts from its NotBefore, one that expires
+// stops counting at its NotAfter, and either change wakes the
+// subscribers as a write would.
 type Cache struct {
-	cli     *store.Client
+	cli     watcher
 	project string
 	log     zerolog.Logger
 	now     func() time.Time
@@ -28,7 +40,8 @@ type Cache struct {
 	changed wake.Fanout
 
 	mu         sync.Mutex
-	certs      map[string]Cert   // by etcd key
+	certs      map[string]Cert   // by etcd key, valid now or not (yet)
+	valid      map[string]bool   // by etcd key: valid at the last look, for the log
 	challenges map[string]string // key authorization by token
 	rev        int64
 	loaded     bool
@@ -37,12 +50,76 @@ type Cache struct {
 // NewCache returns the cache of project's certificates; Start fills it.
 func NewCache(cli *store.Client, project string, log zerolog.Logger) *Cache {
 	return &Cache{cli: cli, project: project, log: log, now: time.Now,
-		certs: map[string]Cert{}, challenges: map[string]string{}}
+		certs: map[string]Cert{}, valid: map[string]bool{}, challenges: map[string]string{}}
 }
 
-// Start loads and watches until ctx ends. It returns nil on cancellation.
+// Start loads and watches until ctx ends, and wakes the subscribers when
+// a certificate becomes valid or expires. It returns nil on cancellation.
 func (k *Cache) Start(ctx context.Context) error {
-	return k.cli.Watch(ctx, Prefix(k.project), k.apply)
+	grp, ctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return k.cli.Watch(ctx, Prefix(k.project), k.apply) })
+	grp.Go(func() error { k.recheck(ctx); return nil })
+	return grp.Wait()
+}
+
+// recheckAtLeast bounds the wait for the next NotBefore or NotAfter: a
+// clock that jumped is seen within it.
+const recheckAtLeast = time.Hour
+
+// recheck looks at the certificates again whenever one's validity changes
+// with the clock, until ctx ends.
+func (k *Cache) recheck(ctx context.Context) {
+	changed := k.changed.Subscribe()
+	for {
+		next, moved := k.settle()
+		if moved {
+			k.changed.Wake()
+		}
+		wait := recheckAtLeast
+		if !next.IsZero() {
+			wait = min(wait, next.Sub(k.now()))
+		}
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// settle notes which certificates are valid now, saying so for each that
+// became valid or expired since the last look (an expired one is dropped:
+// it never becomes valid again), and returns when the next changes.
+func (k *Cache) settle() (next time.Time, moved bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	for key, c := range k.certs {
+		err := ValidAt(c.Leaf, now)
+		if valid := err == nil; valid != k.valid[key] {
+			moved = true
+			k.valid[key] = valid
+			if valid {
+				k.log.Info().Str("key", key).Strs("names", c.Names()).Msg("the certificate in etcd is valid now: serving it")
+			} else {
+				k.log.Warn().Str("key", key).Strs("names", c.Names()).Err(err).Msg("the certificate in etcd has expired: no longer serving it")
+			}
+		}
+		at, ok := validity(c.Leaf, now)
+		if !ok {
+			delete(k.certs, key)
+			delete(k.valid, key)
+			continue
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next, moved
 }
 
 // Subscribe returns a channel that receives after each change (several
@@ -57,24 +134,30 @@ func (k *Cache) Loaded() (rev int64, ok bool) {
 	return k.rev, k.loaded
 }
 
-// Certs returns the certificates, by name.
+// Certs returns the certificates valid now, by name.
 func (k *Cache) Certs() []Cert {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	now := k.now()
 	out := make([]Cert, 0, len(k.certs))
 	for _, c := range k.certs {
-		out = append(out, c)
+		if ValidAt(c.Leaf, now) == nil {
+			out = append(out, c)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Get returns the certificate kept under name.
+// Get returns the certificate kept under name, if it is valid now.
 func (k *Cache) Get(name string) (Cert, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	c, ok := k.certs[HostKey(k.project, name)]
-	return c, ok
+	if !ok || ValidAt(c.Leaf, k.now()) != nil {
+		return Cert{}, false
+	}
+	return c, true
 }
 
 // Challenges returns the HTTP-01 answers being validated, by token.
@@ -92,10 +175,11 @@ func (k *Cache) Challenges() map[string]string {
 func (k *Cache) apply(u store.Update) {
 	k.mu.Lock()
 	if u.Reset {
-		k.certs, k.challenges = map[string]Cert{}, map[string]string{}
+		k.certs, k.valid, k.challenges = map[string]Cert{}, map[string]bool{}, map[string]string{}
 	}
 	for _, key := range u.Deleted {
 		delete(k.certs, key)
+		delete(k.valid, key)
 		delete(k.challenges, strings.TrimPrefix(key, ChallengesPrefix(k.project)))
 	}
 	for _, kv := range u.KVs {
@@ -116,13 +200,20 @@ func (k *Cache) put(kv store.KV) {
 	hosts, challenges := HostsPrefix(k.project), ChallengesPrefix(k.project)
 	switch {
 	case strings.HasPrefix(kv.Key, hosts):
-		c, err := Parse(kv.Key, kv.Value, k.now())
-		if err != nil {
-			delete(k.certs, kv.Key)
+		delete(k.certs, kv.Key)
+		delete(k.valid, kv.Key)
+		c, err := Read(kv.Key, kv.Value)
+		if err == nil {
+			err = ValidAt(c.Leaf, k.now())
+		}
+		switch {
+		case errors.Is(err, ErrNotYetValid):
+			k.log.Warn().Str("key", kv.Key).Err(err).Msg("the certificate in etcd is not valid yet: serving it from then")
+		case err != nil:
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the certificate in etcd: it cannot be served")
 			return
 		}
-		k.certs[kv.Key] = c
+		k.certs[kv.Key], k.valid[kv.Key] = c, err == nil
 	case strings.HasPrefix(kv.Key, challenges):
 		token, auth := strings.TrimPrefix(kv.Key, challenges), string(kv.Value)
 		if err := checkChallenge(token, auth); err != nil {

@@ -90,27 +90,64 @@ func Decode(value []byte) (Record, error) {
 	return r, nil
 }
 
-// Parse reads and checks a record from etcd: untrusted input, so a value
-// that is not a usable certificate and key is an error saying why.
-func Parse(key string, value []byte, now time.Time) (Cert, error) {
+// Read reads a record from etcd and checks what does not change with
+// time: untrusted input, so a value that is not a certificate and its key
+// naming a host is an error saying why. Whether it is valid now is
+// ValidAt's to say.
+func Read(key string, value []byte) (Cert, error) {
 	r, err := Decode(value)
 	if err != nil {
 		return Cert{}, err
 	}
-	leaf, err := Check([]byte(r.Cert), []byte(r.Key), now)
+	leaf, err := checkPair([]byte(r.Cert), []byte(r.Key))
 	if err != nil {
 		return Cert{}, err
 	}
 	return Cert{Record: r, EtcdKey: key, Name: key[strings.LastIndex(key, "/")+1:], Leaf: leaf}, nil
 }
 
-// ErrExpired is the error of a certificate past its NotAfter.
-var ErrExpired = errors.New("expired")
+// Parse reads a record from etcd (Read) that must be valid at now.
+func Parse(key string, value []byte, now time.Time) (Cert, error) {
+	c, err := Read(key, value)
+	if err != nil {
+		return Cert{}, err
+	}
+	if err := ValidAt(c.Leaf, now); err != nil {
+		return Cert{}, err
+	}
+	return c, nil
+}
+
+// Errors of a certificate outside its validity, checked with errors.Is.
+var (
+	// ErrExpired: past its NotAfter.
+	ErrExpired = errors.New("expired")
+	// ErrNotYetValid: before its NotBefore, by more than Skew.
+	ErrNotYetValid = errors.New("not valid before")
+)
+
+// Skew is how far a certificate's NotBefore may lie ahead of this node's
+// clock for it to count as valid: a CA whose clock is a little ahead
+// issues certificates that start a little in the future, and a client's
+// clock is no closer to the CA's than this node's.
+const Skew = 5 * time.Minute
 
 // Check checks a certificate (PEM, its chain after it) and its private key:
-// they must match, and the certificate must be valid now and name at least
-// one DNS host. It returns the certificate.
+// they must match, and the certificate must name at least one DNS host
+// and be valid at now (ValidAt). It returns the certificate.
 func Check(certPEM, keyPEM []byte, now time.Time) (*x509.Certificate, error) {
+	leaf, err := checkPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidAt(leaf, now); err != nil {
+		return nil, err
+	}
+	return leaf, nil
+}
+
+// checkPair is Check without the time.
+func checkPair(certPEM, keyPEM []byte) (*x509.Certificate, error) {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, err
@@ -119,15 +156,35 @@ func Check(certPEM, keyPEM []byte, now time.Time) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case now.After(leaf.NotAfter):
-		return nil, fmt.Errorf("%w on %s", ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
-	case now.Before(leaf.NotBefore):
-		return nil, fmt.Errorf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
-	case len(leaf.DNSNames) == 0:
+	if len(leaf.DNSNames) == 0 {
 		return nil, errors.New("names no host (no DNS subjectAltName)")
 	}
 	return leaf, nil
+}
+
+// ValidAt says whether leaf is valid at now: an error matching ErrExpired
+// after its NotAfter, ErrNotYetValid more than Skew before its NotBefore.
+func ValidAt(leaf *x509.Certificate, now time.Time) error {
+	switch {
+	case now.After(leaf.NotAfter):
+		return fmt.Errorf("%w on %s", ErrExpired, leaf.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(leaf.NotBefore.Add(-Skew)):
+		return fmt.Errorf("%w %s", ErrNotYetValid, leaf.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// validity is when leaf changes from not yet valid to valid, or from valid
+// to expired, next after now (ValidAt's boundaries); ok is false when it
+// has expired and never changes again.
+func validity(leaf *x509.Certificate, now time.Time) (next time.Time, ok bool) {
+	if from := leaf.NotBefore.Add(-Skew); now.Before(from) {
+		return from, true
+	}
+	if until := leaf.NotAfter.Add(time.Nanosecond); now.Before(until) {
+		return until, true
+	}
+	return time.Time{}, false
 }
 
 // RenewAt is when a certificate valid from notBefore to notAfter is

@@ -62,6 +62,8 @@ func TestParse(t *testing.T) {
 		{"key of another", Record{Cert: good.Cert, Key: other.Key}.Encode(), "private key does not match public key"},
 		{"expired", record(t, SourceImport, []string{"a.example"}, now.Add(-2*time.Hour), now.Add(-time.Hour)).Encode(), "expired on "},
 		{"not yet valid", record(t, SourceImport, []string{"a.example"}, now.Add(time.Hour), now.Add(2*time.Hour)).Encode(), "not valid before "},
+		// A CA whose clock is a little ahead: valid (the order keeps it).
+		{"valid within the skew", record(t, SourceACME, []string{"a.example"}, now.Add(Skew-time.Second), now.Add(time.Hour)).Encode(), ""},
 		{"no names", record(t, SourceImport, nil, now.Add(-time.Hour), now.Add(time.Hour)).Encode(), "names no host"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,21 +20,14 @@ import (
 // wrote: a current revision answered for nothing would make it wait
 // forever).
 func TestStoreDeleteRevision(t *testing.T) {
-	ec, err := runEtcd(t, 0)
-	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
-
+	c := newStoreClient(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	updates := make(chan store.Update, 16)
 	go func() { _ = c.Watch(ctx, "/watched/", func(u store.Update) { updates <- u }) }()
 	require.True(t, (<-updates).Reset, "the watch starts with a listing")
 
-	_, err = c.Put(ctx, "/watched/a", "1", 0)
+	_, err := c.Put(ctx, "/watched/a", "1", 0)
 	require.NoError(t, err)
 	require.Len(t, (<-updates).KVs, 1)
 	_, err = c.Put(ctx, "/elsewhere/b", "2", 0) // a revision the watch does not see
@@ -105,13 +98,7 @@ func TestStoreLock(t *testing.T) {
 // etcd (upstreamd certs renew, the ACME orderer) goes through only while
 // the key is as it was read, so it never replaces a newer value.
 func TestStorePutIfUnchanged(t *testing.T) {
-	ec, err := runEtcd(t, 0)
-	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
+	c := newStoreClient(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
@@ -143,4 +130,17 @@ func TestStorePutIfUnchanged(t *testing.T) {
 	require.Len(t, kvs, 1)
 	require.Equal(t, "renewed", string(kvs[0].Value))
 	require.Greater(t, kvs[0].ModRevision, now.ModRevision, "List gives the revision of the last write")
+}
+
+// newStoreClient runs an etcd of the test's own and returns a client of it.
+func newStoreClient(t *testing.T) *store.Client {
+	t.Helper()
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"sort"
 	"strings"
@@ -43,14 +44,21 @@ type Cache struct {
 	certs      map[string]Cert   // by etcd key, valid now or not (yet)
 	valid      map[string]bool   // by etcd key: valid at the last look, for the log
 	challenges map[string]string // key authorization by token
+	failures   map[string]Failure
 	rev        int64
 	loaded     bool
 }
 
 // NewCache returns the cache of project's certificates; Start fills it.
 func NewCache(cli *store.Client, project string, log zerolog.Logger) *Cache {
-	return &Cache{cli: cli, project: project, log: log, now: time.Now,
-		certs: map[string]Cert{}, valid: map[string]bool{}, challenges: map[string]string{}}
+	k := &Cache{cli: cli, project: project, log: log, now: time.Now}
+	k.reset()
+	return k
+}
+
+// reset forgets everything; k.mu is held (or k is new).
+func (k *Cache) reset() {
+	k.certs, k.valid, k.challenges, k.failures = map[string]Cert{}, map[string]bool{}, map[string]string{}, map[string]Failure{}
 }
 
 // Start loads and watches until ctx ends, and wakes the subscribers when
@@ -171,16 +179,22 @@ func (k *Cache) Challenges() map[string]string {
 	return out
 }
 
+// Failures returns the hosts whose last order failed, as etcd holds
+// them for the whole project.
+func (k *Cache) Failures() map[string]Failure {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.failures)
+}
+
 // apply brings the copy to an update of the watch.
 func (k *Cache) apply(u store.Update) {
 	k.mu.Lock()
 	if u.Reset {
-		k.certs, k.valid, k.challenges = map[string]Cert{}, map[string]bool{}, map[string]string{}
+		k.reset()
 	}
 	for _, key := range u.Deleted {
-		delete(k.certs, key)
-		delete(k.valid, key)
-		delete(k.challenges, strings.TrimPrefix(key, ChallengesPrefix(k.project)))
+		k.drop(key)
 	}
 	for _, kv := range u.KVs {
 		k.put(kv)
@@ -195,13 +209,24 @@ func (k *Cache) apply(u store.Update) {
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}$`)
 var keyAuthRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}\.[A-Za-z0-9_-]{16,256}$`)
 
+// drop forgets a key; k.mu is held.
+func (k *Cache) drop(key string) {
+	delete(k.certs, key)
+	delete(k.valid, key)
+	if token, ok := strings.CutPrefix(key, ChallengesPrefix(k.project)); ok {
+		delete(k.challenges, token)
+	}
+	if host, ok := strings.CutPrefix(key, FailuresPrefix(k.project)); ok {
+		delete(k.failures, host)
+	}
+}
+
 // put takes one written key; k.mu is held.
 func (k *Cache) put(kv store.KV) {
+	k.drop(kv.Key)
 	hosts, challenges := HostsPrefix(k.project), ChallengesPrefix(k.project)
 	switch {
 	case strings.HasPrefix(kv.Key, hosts):
-		delete(k.certs, kv.Key)
-		delete(k.valid, kv.Key)
 		c, err := Read(kv.Key, kv.Value)
 		if err == nil {
 			err = ValidAt(c.Leaf, k.now())
@@ -217,11 +242,18 @@ func (k *Cache) put(kv store.KV) {
 	case strings.HasPrefix(kv.Key, challenges):
 		token, auth := strings.TrimPrefix(kv.Key, challenges), string(kv.Value)
 		if err := checkChallenge(token, auth); err != nil {
-			delete(k.challenges, token)
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME challenge in etcd")
 			return
 		}
 		k.challenges[token] = auth
+	case strings.HasPrefix(kv.Key, FailuresPrefix(k.project)):
+		host := strings.TrimPrefix(kv.Key, FailuresPrefix(k.project))
+		f, err := ParseFailure(host, kv.Value)
+		if err != nil {
+			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME failure record in etcd")
+			return
+		}
+		k.failures[host] = f
 	}
 }
 

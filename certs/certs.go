@@ -16,8 +16,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
+	"unicode"
+
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // Prefix is where a project's certificates and ACME state live.
@@ -35,6 +39,15 @@ func AccountKey(project string) string { return Prefix(project) + "acme/account"
 // ChallengesPrefix holds the HTTP-01 answers being validated, by token,
 // under the lease of the node ordering them.
 func ChallengesPrefix(project string) string { return Prefix(project) + "acme/challenges/" }
+
+// FailuresPrefix holds, per host, its run of failed orders (a Failure),
+// written by the node holding the ACME lock, with no lease: every node
+// backs off by it, and a restart does not reset it. An order that
+// succeeds deletes it.
+func FailuresPrefix(project string) string { return Prefix(project) + "failures/" }
+
+// FailureKey is where host's failed orders are kept.
+func FailureKey(project, host string) string { return FailuresPrefix(project) + host }
 
 // LockKey is the etcd mutex a node holds while it orders. It is outside
 // Prefix, so taking it wakes no watcher of the certificates.
@@ -64,8 +77,12 @@ type Record struct {
 }
 
 // Encode is the record's value in etcd.
-func (r Record) Encode() string {
-	b, _ := json.Marshal(r) // strings and times only: cannot fail
+func (r Record) Encode() string { return encode(r) }
+
+// encode is v as JSON: the records are strings, numbers and times, which
+// cannot fail to encode.
+func encode(v any) string {
+	b, _ := json.Marshal(v)
 	return string(b)
 }
 
@@ -191,4 +208,68 @@ func validity(leaf *x509.Certificate, now time.Time) (next time.Time, ok bool) {
 // renewed: two thirds into its lifetime.
 func RenewAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)
+}
+
+// Failure is a host's run of failed orders, as kept in etcd (JSON) under
+// FailureKey for the whole project.
+type Failure struct {
+	// Count is how many orders of the host failed in a row; Next is when
+	// it is tried again.
+	Count int       `json:"count"`
+	Next  time.Time `json:"next"`
+	// Err is why the last one failed; Node is the node that tried, at At.
+	Err  string    `json:"error"`
+	Node string    `json:"node,omitempty"`
+	At   time.Time `json:"at"`
+}
+
+// Encode is the failure's value in etcd.
+func (f Failure) Encode() string { return encode(f) }
+
+// maxFailures bounds Count as read from etcd; maxFailureErr the reason's
+// length kept.
+const (
+	maxFailures   = 1 << 20
+	maxFailureErr = 1000
+)
+
+// hostRE is what a host name kept under a key is made of.
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
+
+// ParseFailure reads the failure of host (what follows FailuresPrefix in
+// its key) from etcd: untrusted input, so a value that is not one is an
+// error saying why. The reason is made printable.
+func ParseFailure(host string, value []byte) (Failure, error) {
+	if !hostRE.MatchString(host) {
+		return Failure{}, fmt.Errorf("%q is not a host name", clip(host))
+	}
+	var f Failure
+	if err := json.Unmarshal(value, &f); err != nil {
+		return Failure{}, fmt.Errorf("not a failure record: %w", err)
+	}
+	switch {
+	case f.Count < 1 || f.Count > maxFailures:
+		return Failure{}, fmt.Errorf("count %d is not 1-%d", f.Count, maxFailures)
+	case f.Next.IsZero() || f.At.IsZero():
+		return Failure{}, errors.New("no next try or no time of failure")
+	case f.Node != "" && store.ValidName(f.Node) != nil:
+		return Failure{}, fmt.Errorf("node: %w", store.ValidName(f.Node))
+	}
+	f.Err = printable(f.Err, maxFailureErr)
+	return f, nil
+}
+
+// printable is s as valid UTF-8 without control characters, at most n
+// bytes long.
+func printable(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "") + "…"
+	}
+	return s
 }

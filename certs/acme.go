@@ -487,13 +487,17 @@ func (m *Manager) succeeded(ctx context.Context, host string) {
 	}
 }
 
+// stallMax bounds the backoff of a host this node could not look at in
+// etcd: it is tried within this of etcd answering again.
+const stallMax = time.Minute
+
 // stall records that host could not be looked at in etcd: it is tried
 // again soon (the CA was not asked), on a backoff of its own.
 func (m *Manager) stall(host string, err error) {
 	m.mu.Lock()
 	st := m.stalled[host]
 	if st == nil {
-		st = &stall{bo: retry.New(5*time.Second, m.cfg.RetryMin)}
+		st = &stall{bo: retry.New(5*time.Second, stallMax)}
 		m.stalled[host] = st
 	}
 	wait, first := st.bo.Failed()

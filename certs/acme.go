@@ -60,6 +60,11 @@ type ManagerConfig struct {
 	// HTTP-01 answer of token, for host (the render Controller's
 	// WaitAnswer).
 	WaitAnswer func(ctx context.Context, host, token, keyAuth string) error
+	// ProxyNodes, when set, lists the live nodes whose proxies the CA may
+	// reach (placement = "every": every node): before the CA is told to
+	// validate, each but this one must have acknowledged the answer in
+	// etcd (an Acker on each). Unset: only this node's proxy is asked.
+	ProxyNodes func(ctx context.Context) ([]string, error)
 	// Observe, when set, is told of each order: the host and its error.
 	Observe func(host string, err error)
 	// RetryMin and RetryMax bound the backoff after a failed order: the
@@ -82,6 +87,7 @@ type Manager struct {
 	// connect returns how to order from the CA, with challenges put
 	// under lease (m.legoCA; tests replace it).
 	connect func(ctx context.Context, lease int64) (obtainFunc, error)
+	acks    <-chan struct{} // the Cache changed: an acknowledgement may have come
 
 	mu sync.Mutex // guards what follows, which Failing reads
 	// own is each host's failure as this node recorded it when etcd did
@@ -166,6 +172,9 @@ func NewManager(cfg ManagerConfig) *Manager {
 	routeLegoLog(cfg.Logger)
 	m := &Manager{cfg: cfg, log: cfg.Logger, now: time.Now, own: map[string]Failure{}, stalled: map[string]*stall{}}
 	m.connect = m.legoCA
+	if cfg.Cache != nil {
+		m.acks = cfg.Cache.Subscribe()
+	}
 	return m
 }
 
@@ -643,7 +652,8 @@ type provider struct {
 	lease int64
 }
 
-// answerWait bounds how long Present waits for this node's proxy.
+// answerWait bounds how long Present waits for the proxies to serve an
+// answer.
 const answerWait = 30 * time.Second
 
 func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) error {
@@ -658,7 +668,10 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 	if err := p.m.cfg.WaitAnswer(ctx, domain, token, keyAuth); err != nil {
 		return err
 	}
-	p.m.log.Debug().Str("host", domain).Str("token", token).Msg("ACME: the proxy serves the challenge answer")
+	if err := p.m.confirmed(ctx, domain, token); err != nil {
+		return err
+	}
+	p.m.log.Debug().Str("host", domain).Str("token", token).Msg("ACME: the proxies serve the challenge answer")
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -25,8 +26,9 @@ type watcher interface {
 
 var _ watcher = (*store.Client)(nil)
 
-// Cache keeps a checked copy of a project's certificates and HTTP-01
-// answers in etcd, through one watch. A value that is not a certificate,
+// Cache keeps a checked copy of a project's certificates, HTTP-01 answers
+// (and their acknowledgements) and failed orders in etcd, through one
+// watch. A value that is not a certificate,
 // or a challenge that is not an ACME token, is left out and logged once
 // per write. A certificate counts only while it is valid (ValidAt): one
 // not valid yet is kept and counts from its NotBefore, one that expires
@@ -41,9 +43,10 @@ type Cache struct {
 	changed wake.Fanout
 
 	mu         sync.Mutex
-	certs      map[string]Cert   // by etcd key, valid now or not (yet)
-	valid      map[string]bool   // by etcd key: valid at the last look, for the log
-	challenges map[string]string // key authorization by token
+	certs      map[string]Cert            // by etcd key, valid now or not (yet)
+	valid      map[string]bool            // by etcd key: valid at the last look, for the log
+	challenges map[string]Challenge       // by token
+	acks       map[string]map[string]bool // by token: the nodes that serve its answer
 	failures   map[string]Failure
 	rev        int64
 	loaded     bool
@@ -58,7 +61,8 @@ func NewCache(cli *store.Client, project string, log zerolog.Logger) *Cache {
 
 // reset forgets everything; k.mu is held (or k is new).
 func (k *Cache) reset() {
-	k.certs, k.valid, k.challenges, k.failures = map[string]Cert{}, map[string]bool{}, map[string]string{}, map[string]Failure{}
+	k.certs, k.valid, k.failures = map[string]Cert{}, map[string]bool{}, map[string]Failure{}
+	k.challenges, k.acks = map[string]Challenge{}, map[string]map[string]bool{}
 }
 
 // Start loads and watches until ctx ends, and wakes the subscribers when
@@ -173,10 +177,34 @@ func (k *Cache) Challenges() map[string]string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	out := make(map[string]string, len(k.challenges))
-	for t, a := range k.challenges {
-		out[t] = a
+	for t, c := range k.challenges {
+		out[t] = c.Auth
 	}
 	return out
+}
+
+// Challenge is an HTTP-01 answer being validated, as kept in etcd.
+type Challenge struct {
+	Token, Auth string
+	// Lease is the one it lives under (the orderer's ACME lock's), which
+	// its acknowledgements are put under too.
+	Lease int64
+}
+
+// Pending returns the HTTP-01 answers being validated, by token.
+func (k *Cache) Pending() []Challenge {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := slices.Collect(maps.Values(k.challenges))
+	slices.SortFunc(out, func(a, b Challenge) int { return strings.Compare(a.Token, b.Token) })
+	return out
+}
+
+// Acked returns the nodes that acknowledged the answer of token.
+func (k *Cache) Acked(token string) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Sorted(maps.Keys(k.acks[token]))
 }
 
 // Failures returns the hosts whose last order failed, as etcd holds
@@ -216,6 +244,12 @@ func (k *Cache) drop(key string) {
 	if token, ok := strings.CutPrefix(key, ChallengesPrefix(k.project)); ok {
 		delete(k.challenges, token)
 	}
+	if rest, ok := strings.CutPrefix(key, AcksPrefix(k.project)); ok {
+		token, node, _ := strings.Cut(rest, "/")
+		if delete(k.acks[token], node); len(k.acks[token]) == 0 {
+			delete(k.acks, token)
+		}
+	}
 	if host, ok := strings.CutPrefix(key, FailuresPrefix(k.project)); ok {
 		delete(k.failures, host)
 	}
@@ -245,7 +279,17 @@ func (k *Cache) put(kv store.KV) {
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME challenge in etcd")
 			return
 		}
-		k.challenges[token] = auth
+		k.challenges[token] = Challenge{Token: token, Auth: auth, Lease: kv.Lease}
+	case strings.HasPrefix(kv.Key, AcksPrefix(k.project)):
+		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, AcksPrefix(k.project)), "/")
+		if !tokenRE.MatchString(token) || store.ValidName(node) != nil {
+			k.log.Warn().Str("key", kv.Key).Msg("skipping the ACME acknowledgement in etcd: not <token>/<node>")
+			return
+		}
+		if k.acks[token] == nil {
+			k.acks[token] = map[string]bool{}
+		}
+		k.acks[token][node] = true
 	case strings.HasPrefix(kv.Key, FailuresPrefix(k.project)):
 		host := strings.TrimPrefix(kv.Key, FailuresPrefix(k.project))
 		f, err := ParseFailure(host, kv.Value)

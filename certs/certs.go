@@ -4,9 +4,11 @@
 // Certificates live under /upstreamd/<project>/certs/: every node and every
 // newly elected proxy reads them from there, so a certificate is ordered
 // once per project, not once per proxy. A Cache watches that prefix (the
-// certificates, checked like any input read from etcd, and the HTTP-01
-// answers the proxies serve); the Manager orders what is missing or due,
-// one node at a time under an etcd lock. An operator's own certificates
+// certificates, checked like any input read from etcd; the HTTP-01
+// answers the proxies serve, and each node's acknowledgement that its
+// proxy does; the hosts whose orders failed); the Manager orders what is
+// missing or due, one node at a time under an etcd lock, and an Acker on
+// each node acknowledges the answers. An operator's own certificates
 // can be kept there too (`upstreamd certs import`).
 package certs
 
@@ -39,6 +41,16 @@ func AccountKey(project string) string { return Prefix(project) + "acme/account"
 // ChallengesPrefix holds the HTTP-01 answers being validated, by token,
 // under the lease of the node ordering them.
 func ChallengesPrefix(project string) string { return Prefix(project) + "acme/challenges/" }
+
+// AcksPrefix holds the acknowledgements of the HTTP-01 answers being
+// validated: AckKey(token, node) once that node's proxy serves the answer
+// of token, written by that node (an Acker) under the challenge's own
+// lease, so they go with it. With placement = "every" the orderer waits
+// for every live node's before the CA is told to validate.
+func AcksPrefix(project string) string { return Prefix(project) + "acks/" }
+
+// AckKey is where node acknowledges the answer of token.
+func AckKey(project, token, node string) string { return AcksPrefix(project) + token + "/" + node }
 
 // FailuresPrefix holds, per host, its run of failed orders (a Failure),
 // written by the node holding the ACME lock, with no lease: every node

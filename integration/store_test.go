@@ -65,6 +65,10 @@ func TestStoreLock(t *testing.T) {
 	require.NoError(t, err)
 	_, err = clients[0].Put(ctx, "/answers/token", "auth", lease)
 	require.NoError(t, err)
+	// Another node's acknowledgement of the answer goes under the same
+	// lease: it needs no cleanup.
+	_, err = clients[1].Put(ctx, "/answers/acks/token/b", "b", lease)
+	require.NoError(t, err)
 
 	second := make(chan error, 1)
 	go func() {
@@ -92,6 +96,9 @@ func TestStoreLock(t *testing.T) {
 	_, ok, err = clients[1].Get(ctx, "/answers/token")
 	require.NoError(t, err)
 	require.False(t, ok, "the key under the holder's lease went with the unlock")
+	_, ok, err = clients[1].Get(ctx, "/answers/acks/token/b")
+	require.NoError(t, err)
+	require.False(t, ok, "another client's key under the holder's lease went with the unlock")
 }
 
 // TestStorePutIfUnchanged: the write of a read-modify-write on a real

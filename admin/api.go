@@ -58,10 +58,13 @@ type Certificate struct {
 // ACMEHost is one host [acme] keeps a certificate for.
 type ACMEHost struct {
 	Host string `json:"host"`
-	// Error is why this daemon's last order failed, and NextTry when it
-	// orders again; both absent when its last order (if any) went through.
-	Error   string     `json:"error,omitempty"`
-	NextTry *time.Time `json:"next_try,omitempty"`
+	// Error is why the host's last order failed, Failures how many failed
+	// in a row, and NextTry when it is ordered again: the project's record
+	// in etcd, the same on every node. All absent when its last order (if
+	// any) went through.
+	Error    string     `json:"error,omitempty"`
+	Failures int        `json:"failures,omitempty"`
+	NextTry  *time.Time `json:"next_try,omitempty"`
 }
 
 // Service is one configured service.

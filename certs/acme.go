@@ -33,6 +33,7 @@ import (
 type Store interface {
 	Get(ctx context.Context, key string) (store.KV, bool, error)
 	Put(ctx context.Context, key, value string, lease int64) (int64, error)
+	PutIfUnchanged(ctx context.Context, key, value string, modRev int64) (bool, error)
 	Delete(ctx context.Context, key string) (int64, error)
 	Lock(ctx context.Context, key string, ttl time.Duration) (lease int64, unlock func(), err error)
 	orphanStore
@@ -60,64 +61,143 @@ type ManagerConfig struct {
 	// HTTP-01 answer of token, for host (the render Controller's
 	// WaitAnswer).
 	WaitAnswer func(ctx context.Context, host, token, keyAuth string) error
+	// ProxyNodes, when set, lists the live nodes whose proxies the CA may
+	// reach (placement = "every": every node): before the CA is told to
+	// validate, each but this one must have acknowledged the answer in
+	// etcd (an Acker on each). Unset: only this node's proxy is asked.
+	ProxyNodes func(ctx context.Context) ([]string, error)
 	// Observe, when set, is told of each order: the host and its error.
 	Observe func(host string, err error)
-	// RetryMin and RetryMax bound the backoff after a failed order (1 min
-	// and 6 h by default: Let's Encrypt allows 5 failed validations per
-	// host and hour).
+	// RetryMin and RetryMax bound the backoff after a failed order: the
+	// n-th failure in a row waits RetryMin×2^(n-1), at most RetryMax (15
+	// min and 6 h by default: tries at 0, 15 and 45 min in the first
+	// hour, under Let's Encrypt's 5 failed validations per host and hour).
 	RetryMin, RetryMax time.Duration
 	Logger             zerolog.Logger
 }
 
 // Manager orders the certificates of its hosts that are missing or due,
 // while this node may order and holds the project's ACME lock, and keeps
-// them in etcd, where every node's proxy finds them.
+// them in etcd, where every node's proxy finds them. A host whose order
+// failed is tried again by the project's backoff, kept in etcd with the
+// certificates (FailureKey), so that every node goes by it and shows it.
 type Manager struct {
 	cfg ManagerConfig
 	log zerolog.Logger
 	now func() time.Time
+	// connect returns how to order from the CA, with challenges put
+	// under lease (m.legoCA; tests replace it).
+	connect func(ctx context.Context, lease int64) (obtainFunc, error)
+	acks    <-chan struct{} // the Cache changed: an acknowledgement may have come
 
-	mu      sync.Mutex            // guards failing, which Failing reads
-	failing map[string]*hostRetry // written by Start's goroutine only
+	mu sync.Mutex // guards what follows, which Failing reads
+	// own is each host's failure as this node recorded it when etcd did
+	// not take the record: what it goes by instead.
+	own map[string]Failure
+	// stalled are the hosts this node could not look at in etcd (the
+	// lock, a read): retried on a backoff of their own, as the CA was
+	// not asked.
+	stalled map[string]*stall
 }
 
-// hostRetry is the backoff of a host whose last order failed.
-type hostRetry struct {
+// stall is the backoff of a host this node could not look at in etcd.
+type stall struct {
 	bo   *retry.Backoff
 	next time.Time
 	err  error
 }
 
-// Failure is why a host's last order failed, and when it is tried again.
-type Failure struct {
-	Err  error
-	Next time.Time
-}
-
-// Failing returns the hosts whose last order failed.
+// Failing returns the hosts whose last order failed (Failure.Err says
+// why; Next is when they are tried again), as the project's record in
+// etcd says, or this node's own when later.
 func (m *Manager) Failing() map[string]Failure {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make(map[string]Failure, len(m.failing))
-	for h, r := range m.failing {
-		out[h] = Failure{Err: r.err, Next: r.next}
+	now := m.now()
+	out := map[string]Failure{}
+	for _, h := range m.cfg.Hosts {
+		if f, ok := m.failure(h, now); ok {
+			out[h] = f
+		}
 	}
 	return out
+}
+
+// failure is host's run of failed orders as this node goes by it: the
+// project's, or its own record when later, or why it could not look at
+// etcd, whichever lets the host be tried last; Next is at most RetryMax
+// away (a record in etcd is untrusted input).
+func (m *Manager) failure(host string, now time.Time) (Failure, bool) {
+	f, ok := m.cfg.Cache.Failures()[host]
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if own, mine := m.own[host]; mine && (!ok || own.Next.After(f.Next)) {
+		if now.After(own.Next.Add(m.cfg.RetryMax)) {
+			delete(m.own, host) // long over: the run ended, or another node holds it now
+		} else {
+			f, ok = own, true
+		}
+	}
+	if st := m.stalled[host]; st != nil && (!ok || st.next.After(f.Next)) {
+		f.Next, f.Err, f.Node, f.At, ok = st.next, st.err.Error(), m.cfg.Node, now, true
+	}
+	if ok {
+		f.Next = m.bound(f.Next, now)
+	}
+	return f, ok
+}
+
+// bound is next, or RetryMax from now when later: no wait is longer.
+func (m *Manager) bound(next, now time.Time) time.Time {
+	if limit := now.Add(m.cfg.RetryMax); next.After(limit) {
+		return limit
+	}
+	return next
 }
 
 // Hosts are the hosts the Manager keeps certificates for.
 func (m *Manager) Hosts() []string { return slices.Clone(m.cfg.Hosts) }
 
+// Default backoff after failed orders.
+const (
+	DefaultRetryMin = 15 * time.Minute
+	DefaultRetryMax = 6 * time.Hour
+)
+
 // NewManager returns a Manager; Start runs it.
 func NewManager(cfg ManagerConfig) *Manager {
 	if cfg.RetryMin <= 0 {
-		cfg.RetryMin = time.Minute
+		cfg.RetryMin = DefaultRetryMin
 	}
 	if cfg.RetryMax < cfg.RetryMin {
-		cfg.RetryMax = max(6*time.Hour, cfg.RetryMin)
+		cfg.RetryMax = max(DefaultRetryMax, cfg.RetryMin)
 	}
 	routeLegoLog(cfg.Logger)
-	return &Manager{cfg: cfg, log: cfg.Logger, now: time.Now, failing: map[string]*hostRetry{}}
+	m := &Manager{cfg: cfg, log: cfg.Logger, now: time.Now, own: map[string]Failure{}, stalled: map[string]*stall{}}
+	m.connect = m.legoCA
+	if cfg.Cache != nil {
+		m.acks = cfg.Cache.Subscribe()
+	}
+	return m
+}
+
+// obtainFunc orders host's certificate from the CA, and returns it (PEM,
+// its chain after it) and its private key (PEM).
+type obtainFunc func(ctx context.Context, host string) (certPEM, keyPEM []byte, err error)
+
+// legoCA orders with lego, as the project's account.
+func (m *Manager) legoCA(ctx context.Context, lease int64) (obtainFunc, error) {
+	client, err := m.client(ctx, lease)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, host string) ([]byte, []byte, error) {
+		res, err := client.Certificate.Obtain(ctx, certificate.ObtainRequest{
+			Domains: []string{host}, KeyType: certcrypto.EC256, Bundle: true,
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		return res.Certificate, res.PrivateKey, nil
+	}, nil
 }
 
 var legoLogOnce sync.Once
@@ -149,13 +229,13 @@ func (m *Manager) Start(ctx context.Context) error {
 				continue // look again: the cache has what was stored, or the backoff
 			}
 			if len(due) > 0 {
-				// etcd holds them fresh (another node ordered them) and
-				// this node's watch has not shown it yet: wait for it.
+				// etcd holds them fresh, or failed (another node tried),
+				// and this node's watch has not shown it yet: wait for it.
 				next = m.now().Add(time.Second)
 			} else {
 				m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
 			}
-			wait = min(wait, time.Until(next))
+			wait = min(wait, next.Sub(m.now()))
 		}
 		timer := time.NewTimer(max(wait, 0))
 		select {
@@ -189,8 +269,8 @@ func (m *Manager) due() (due []string, next time.Time) {
 		if c, ok := m.cfg.Cache.Get(h); ok {
 			at = c.renewalFor(h, now)
 		}
-		if r := m.failing[h]; r != nil && r.next.After(at) {
-			at = r.next
+		if f, ok := m.failure(h, now); ok && f.Next.After(at) {
+			at = f.Next
 		}
 		if !at.After(now) {
 			due = append(due, h)
@@ -207,60 +287,88 @@ const lockTTL = 15 * time.Second
 
 // orderUnderLock takes the project's ACME lock, deletes the certificates
 // of hosts no longer ordered (deleteOrphans), then orders each host that
-// is still due (another node may have just stored it). It reports whether
-// it ordered, or failed to, any host: false when etcd held them all fresh.
+// is still due (another node may have just stored it, or failed it). It
+// reports whether it ordered, or failed to, any host: false when etcd held
+// them all fresh or failed.
 func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted bool) {
 	lease, unlock, err := m.cfg.Store.Lock(ctx, LockKey(m.cfg.Project), lockTTL)
 	if err != nil {
 		if ctx.Err() == nil {
 			for _, h := range hosts {
-				m.failed(h, fmt.Errorf("take the ACME lock: %w", err))
+				m.stall(h, fmt.Errorf("take the ACME lock: %w", err))
 			}
 		}
 		return true
 	}
 	defer unlock()
 	m.deleteOrphans(ctx)
-	var client *lego.Client
+	var (
+		obtain     obtainFunc
+		connectErr error
+	)
 	for _, h := range hosts {
 		if ctx.Err() != nil {
 			return true
 		}
-		if fresh, err := m.storedFresh(ctx, h); err != nil || fresh {
-			if err != nil {
-				m.failed(h, err)
-				acted = true
-			}
+		st, err := m.stored(ctx, h)
+		if err != nil {
+			m.stall(h, err)
+			acted = true
+			continue
+		}
+		m.unstall(h, st.fresh)
+		if st.fresh || st.failed.Next.After(m.now()) {
 			continue
 		}
 		acted = true
-		if client == nil {
-			if client, err = m.client(ctx, lease); err != nil {
-				for _, h := range hosts {
-					m.failed(h, err)
-				}
-				return true
-			}
+		if obtain == nil && connectErr == nil {
+			obtain, connectErr = m.connect(ctx, lease)
 		}
-		m.order(ctx, client, h)
+		if connectErr != nil {
+			m.failed(ctx, h, st.failed, connectErr)
+			continue
+		}
+		m.order(ctx, obtain, h, st)
 	}
 	return acted
 }
 
-// storedFresh reads host's certificate from etcd itself (the watch may lag
-// behind the node that held the lock before) and reports whether it is
-// not due.
-func (m *Manager) storedFresh(ctx context.Context, host string) (bool, error) {
-	kv, ok, err := m.cfg.Store.Get(ctx, HostKey(m.cfg.Project, host))
-	if err != nil || !ok {
-		return false, err
-	}
+// stored is a host's state in etcd itself, read under the lock (the watch
+// may lag behind the node that held the lock before).
+type stored struct {
+	// fresh: its certificate is not due; rev is the mod revision of its
+	// key (0: none), what the new one is written against.
+	fresh bool
+	rev   int64
+	// failed is its run of failed orders (Count 0: none).
+	failed Failure
+}
+
+// stored reads host's certificate and failures from etcd.
+func (m *Manager) stored(ctx context.Context, host string) (stored, error) {
+	var st stored
 	now := m.now()
-	c, err := Parse(kv.Key, kv.Value, now)
+	kv, ok, err := m.cfg.Store.Get(ctx, HostKey(m.cfg.Project, host))
 	if err != nil {
-		return false, nil //nolint:nilerr // not usable: order it
+		return st, err
 	}
-	return c.renewalFor(host, now).After(now), nil
+	if ok {
+		st.rev = kv.ModRevision
+		if c, err := Parse(kv.Key, kv.Value, now); err == nil { // not usable: order it
+			st.fresh = c.renewalFor(host, now).After(now)
+		}
+	}
+	kv, ok, err = m.cfg.Store.Get(ctx, FailureKey(m.cfg.Project, host))
+	if err != nil {
+		return st, err
+	}
+	if ok {
+		if f, err := ParseFailure(host, kv.Value); err == nil { // unreadable: as if none
+			st.failed = f
+			st.failed.Next = m.bound(f.Next, now)
+		}
+	}
+	return st, nil
 }
 
 // renewalFor is when c, kept under host's name, is to be ordered again:
@@ -277,54 +385,156 @@ func (c Cert) renewalFor(host string, now time.Time) time.Time {
 }
 
 // order orders one host's certificate and stores it.
-func (m *Manager) order(ctx context.Context, client *lego.Client, host string) {
+func (m *Manager) order(ctx context.Context, obtain obtainFunc, host string, st stored) {
 	start := m.now()
-	m.log.Info().Str("host", host).Msg("ACME: ordering a certificate")
-	res, err := client.Certificate.Obtain(ctx, certificate.ObtainRequest{
-		Domains: []string{host}, KeyType: certcrypto.EC256, Bundle: true,
-	})
+	m.log.Info().Str("host", host).Int("failed_before", st.failed.Count).Msg("ACME: ordering a certificate")
+	certPEM, keyPEM, err := obtain(ctx, host)
 	if err != nil {
-		m.failed(host, fmt.Errorf("order: %w", err))
+		m.failed(ctx, host, st.failed, fmt.Errorf("order: %w", err))
 		return
 	}
-	leaf, err := Check(res.Certificate, res.PrivateKey, m.now())
+	leaf, err := Check(certPEM, keyPEM, m.now())
+	if errors.Is(err, ErrNotYetValid) {
+		err = fmt.Errorf("%w: this node's clock is more than %s behind the CA's (check its time sync)", err, Skew)
+	}
 	if err != nil {
-		m.failed(host, fmt.Errorf("the CA's certificate: %w", err))
+		m.failed(ctx, host, st.failed, fmt.Errorf("the CA's certificate: %w", err))
 		return
 	}
-	rec := Record{Cert: string(res.Certificate), Key: string(res.PrivateKey), Source: SourceACME,
+	rec := Record{Cert: string(certPEM), Key: string(keyPEM), Source: SourceACME,
 		RenewAt: RenewAt(leaf).UTC(), Directory: m.cfg.Directory, Node: m.cfg.Node, Stored: m.now().UTC()}
-	if _, err := m.cfg.Store.Put(ctx, HostKey(m.cfg.Project, host), rec.Encode(), 0); err != nil {
-		m.failed(host, fmt.Errorf("store the certificate: %w", err))
+	if err := m.store(ctx, host, rec, st.rev); err != nil {
+		m.failed(ctx, host, st.failed, err)
 		return
 	}
-	m.mu.Lock()
-	delete(m.failing, host)
-	m.mu.Unlock()
-	if m.cfg.Observe != nil {
-		m.cfg.Observe(host, nil)
-	}
+	m.succeeded(ctx, host)
 	m.log.Info().Str("host", host).Str("serial", leaf.SerialNumber.Text(16)).
 		Time("not_after", leaf.NotAfter).Time("renew_at", rec.RenewAt).Stringer("took", m.now().Sub(start).Round(time.Millisecond)).
 		Msg("ACME: certificate issued and stored in etcd")
 }
 
-// failed records a failed order of host and when to try again.
-func (m *Manager) failed(host string, err error) {
-	m.mu.Lock()
-	r := m.failing[host]
-	if r == nil {
-		r = &hostRetry{bo: retry.New(m.cfg.RetryMin, m.cfg.RetryMax)}
-		m.failing[host] = r
+// store writes host's new certificate over what was read at rev, unless
+// an operator's certificate was imported under its name meanwhile, which
+// is kept.
+func (m *Manager) store(ctx context.Context, host string, rec Record, rev int64) error {
+	key := HostKey(m.cfg.Project, host)
+	for range 3 {
+		written, err := m.cfg.Store.PutIfUnchanged(ctx, key, rec.Encode(), rev)
+		if err != nil || written {
+			if err != nil {
+				err = fmt.Errorf("store the certificate: %w", err)
+			}
+			return err
+		}
+		kv, ok, err := m.cfg.Store.Get(ctx, key)
+		if err != nil {
+			return fmt.Errorf("store the certificate: %w", err)
+		}
+		rev = 0
+		if ok {
+			if r, err := Decode(kv.Value); err == nil && r.Source != SourceACME {
+				m.log.Warn().Str("host", host).Str("key", key).
+					Msg("ACME: a certificate was imported under this name while ordering; keeping it, not the new one")
+				return nil
+			}
+			rev = kv.ModRevision // `certs renew`, or removed and put back: the new one is newer
+		}
 	}
-	wait, _ := r.bo.Failed()
-	r.next, r.err = m.now().Add(wait), err
+	return fmt.Errorf("store the certificate: %s keeps changing in etcd", key)
+}
+
+// failed records a failed order of host, which had failed prev.Count
+// times in a row before, and when to try again, in etcd for the whole
+// project (the ACME lock is held).
+func (m *Manager) failed(ctx context.Context, host string, prev Failure, err error) {
+	now := m.now()
+	m.mu.Lock()
+	if own, ok := m.own[host]; ok && own.Count > prev.Count && !now.After(own.Next.Add(m.cfg.RetryMax)) {
+		prev = own // etcd did not get this node's last record
+	}
+	f := Failure{Count: prev.Count + 1, Err: printable(err.Error(), maxFailureErr), Node: m.cfg.Node, At: now.UTC()}
+	wait := m.backoff(f.Count)
+	f.Next = now.Add(wait).UTC()
+	m.mu.Unlock()
+	_, perr := m.cfg.Store.Put(ctx, FailureKey(m.cfg.Project, host), f.Encode(), 0)
+	m.mu.Lock()
+	if perr != nil {
+		m.own[host] = f
+	} else {
+		delete(m.own, host)
+	}
+	m.mu.Unlock()
+	if perr != nil {
+		m.log.Warn().Err(perr).Str("host", host).Msg("ACME: cannot keep the failure in etcd; this node backs off by its own record")
+	}
+	if m.cfg.Observe != nil {
+		m.cfg.Observe(host, err)
+	}
+	m.log.Error().Err(err).Str("host", host).Int("failures", f.Count).Stringer("retry_in", wait).Time("next_try", f.Next).
+		Msg("ACME: no certificate; the one served now (if any) stays, retrying with backoff")
+}
+
+// backoff is the wait after the n-th failed order in a row: RetryMin,
+// doubled at each failure, at most RetryMax. No jitter: the schedule is
+// what keeps a host under the CA's limit.
+func (m *Manager) backoff(n int) time.Duration {
+	d := m.cfg.RetryMin
+	for i := 1; i < n && d < m.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	return min(d, m.cfg.RetryMax)
+}
+
+// succeeded clears host's failures, in etcd and here.
+func (m *Manager) succeeded(ctx context.Context, host string) {
+	m.mu.Lock()
+	delete(m.own, host)
+	delete(m.stalled, host)
+	m.mu.Unlock()
+	if _, err := m.cfg.Store.Delete(ctx, FailureKey(m.cfg.Project, host)); err != nil {
+		m.log.Warn().Err(err).Str("host", host).Msg("ACME: cannot clear the failures in etcd; the next order waits for their next try")
+	}
+	if m.cfg.Observe != nil {
+		m.cfg.Observe(host, nil)
+	}
+}
+
+// stallMax bounds the backoff of a host this node could not look at in
+// etcd: it is tried within this of etcd answering again.
+const stallMax = time.Minute
+
+// stall records that host could not be looked at in etcd: it is tried
+// again soon (the CA was not asked), on a backoff of its own.
+func (m *Manager) stall(host string, err error) {
+	m.mu.Lock()
+	st := m.stalled[host]
+	if st == nil {
+		st = &stall{bo: retry.New(5*time.Second, stallMax)}
+		m.stalled[host] = st
+	}
+	wait, first := st.bo.Failed()
+	st.next, st.err = m.now().Add(wait), err
 	m.mu.Unlock()
 	if m.cfg.Observe != nil {
 		m.cfg.Observe(host, err)
 	}
-	m.log.Error().Err(err).Str("host", host).Stringer("retry_in", wait).
-		Msg("ACME: no certificate; the one served now (if any) stays, retrying with backoff")
+	ev := m.log.Debug()
+	if first {
+		ev = m.log.Error()
+	}
+	ev.Err(err).Str("host", host).Stringer("retry_in", wait).Msg("ACME: cannot look at the host's certificate in etcd; retrying with backoff")
+}
+
+// unstall forgets that host could not be looked at in etcd, and this
+// node's own record of its failures once it has a fresh certificate
+// (another node ordered it).
+func (m *Manager) unstall(host string, fresh bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.stalled, host)
+	if fresh {
+		delete(m.own, host)
+	}
 }
 
 // account is the ACME account as kept in etcd.
@@ -445,7 +655,8 @@ type provider struct {
 	lease int64
 }
 
-// answerWait bounds how long Present waits for this node's proxy.
+// answerWait bounds how long Present waits for the proxies to serve an
+// answer.
 const answerWait = 30 * time.Second
 
 func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) error {
@@ -460,7 +671,10 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 	if err := p.m.cfg.WaitAnswer(ctx, domain, token, keyAuth); err != nil {
 		return err
 	}
-	p.m.log.Debug().Str("host", domain).Str("token", token).Msg("ACME: the proxy serves the challenge answer")
+	if err := p.m.confirmed(ctx, domain, token); err != nil {
+		return err
+	}
+	p.m.log.Debug().Str("host", domain).Str("token", token).Msg("ACME: the proxies serve the challenge answer")
 	return nil
 }
 

@@ -2,25 +2,40 @@ package certs
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// Cache keeps a checked copy of a project's certificates and HTTP-01
-// answers in etcd, through one watch. A value that is not a usable
-// certificate, or a challenge that is not an ACME token, is left out and
-// logged once per write.
+// watcher is etcd as the Cache reads it (a *store.Client).
+type watcher interface {
+	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
+}
+
+var _ watcher = (*store.Client)(nil)
+
+// Cache keeps a checked copy of a project's certificates, HTTP-01 answers
+// (and their acknowledgements) and failed orders in etcd, through one
+// watch. A value that is not a certificate,
+// or a challenge that is not an ACME token, is left out and logged once
+// per write. A certificate counts only while it is valid (ValidAt): one
+// not valid yet is kept and counts from its NotBefore, one that expires
+// stops counting at its NotAfter, and either change wakes the
+// subscribers as a write would.
 type Cache struct {
-	cli     *store.Client
+	cli     watcher
 	project string
 	log     zerolog.Logger
 	now     func() time.Time
@@ -28,21 +43,95 @@ type Cache struct {
 	changed wake.Fanout
 
 	mu         sync.Mutex
-	certs      map[string]Cert   // by etcd key
-	challenges map[string]string // key authorization by token
+	certs      map[string]Cert            // by etcd key, valid now or not (yet)
+	valid      map[string]bool            // by etcd key: valid at the last look, for the log
+	challenges map[string]Challenge       // by token
+	acks       map[string]map[string]bool // by token: the nodes that serve its answer
+	failures   map[string]Failure
 	rev        int64
 	loaded     bool
 }
 
 // NewCache returns the cache of project's certificates; Start fills it.
 func NewCache(cli *store.Client, project string, log zerolog.Logger) *Cache {
-	return &Cache{cli: cli, project: project, log: log, now: time.Now,
-		certs: map[string]Cert{}, challenges: map[string]string{}}
+	k := &Cache{cli: cli, project: project, log: log, now: time.Now}
+	k.reset()
+	return k
 }
 
-// Start loads and watches until ctx ends. It returns nil on cancellation.
+// reset forgets everything; k.mu is held (or k is new).
+func (k *Cache) reset() {
+	k.certs, k.valid, k.failures = map[string]Cert{}, map[string]bool{}, map[string]Failure{}
+	k.challenges, k.acks = map[string]Challenge{}, map[string]map[string]bool{}
+}
+
+// Start loads and watches until ctx ends, and wakes the subscribers when
+// a certificate becomes valid or expires. It returns nil on cancellation.
 func (k *Cache) Start(ctx context.Context) error {
-	return k.cli.Watch(ctx, Prefix(k.project), k.apply)
+	grp, ctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return k.cli.Watch(ctx, Prefix(k.project), k.apply) })
+	grp.Go(func() error { k.recheck(ctx); return nil })
+	return grp.Wait()
+}
+
+// recheckAtLeast bounds the wait for the next NotBefore or NotAfter: a
+// clock that jumped is seen within it.
+const recheckAtLeast = time.Hour
+
+// recheck looks at the certificates again whenever one's validity changes
+// with the clock, until ctx ends.
+func (k *Cache) recheck(ctx context.Context) {
+	changed := k.changed.Subscribe()
+	for {
+		next, moved := k.settle()
+		if moved {
+			k.changed.Wake()
+		}
+		wait := recheckAtLeast
+		if !next.IsZero() {
+			wait = min(wait, next.Sub(k.now()))
+		}
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// settle notes which certificates are valid now, saying so for each that
+// became valid or expired since the last look (an expired one is dropped:
+// it never becomes valid again), and returns when the next changes.
+func (k *Cache) settle() (next time.Time, moved bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := k.now()
+	for key, c := range k.certs {
+		err := ValidAt(c.Leaf, now)
+		if valid := err == nil; valid != k.valid[key] {
+			moved = true
+			k.valid[key] = valid
+			if valid {
+				k.log.Info().Str("key", key).Strs("names", c.Names()).Msg("the certificate in etcd is valid now: serving it")
+			} else {
+				k.log.Warn().Str("key", key).Strs("names", c.Names()).Err(err).Msg("the certificate in etcd has expired: no longer serving it")
+			}
+		}
+		at, ok := validity(c.Leaf, now)
+		if !ok {
+			delete(k.certs, key)
+			delete(k.valid, key)
+			continue
+		}
+		if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	return next, moved
 }
 
 // Subscribe returns a channel that receives after each change (several
@@ -57,24 +146,30 @@ func (k *Cache) Loaded() (rev int64, ok bool) {
 	return k.rev, k.loaded
 }
 
-// Certs returns the certificates, by name.
+// Certs returns the certificates valid now, by name.
 func (k *Cache) Certs() []Cert {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	now := k.now()
 	out := make([]Cert, 0, len(k.certs))
 	for _, c := range k.certs {
-		out = append(out, c)
+		if ValidAt(c.Leaf, now) == nil {
+			out = append(out, c)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Get returns the certificate kept under name.
+// Get returns the certificate kept under name, if it is valid now.
 func (k *Cache) Get(name string) (Cert, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	c, ok := k.certs[HostKey(k.project, name)]
-	return c, ok
+	if !ok || ValidAt(c.Leaf, k.now()) != nil {
+		return Cert{}, false
+	}
+	return c, true
 }
 
 // Challenges returns the HTTP-01 answers being validated, by token.
@@ -82,21 +177,52 @@ func (k *Cache) Challenges() map[string]string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	out := make(map[string]string, len(k.challenges))
-	for t, a := range k.challenges {
-		out[t] = a
+	for t, c := range k.challenges {
+		out[t] = c.Auth
 	}
 	return out
+}
+
+// Challenge is an HTTP-01 answer being validated, as kept in etcd.
+type Challenge struct {
+	Token, Auth string
+	// Lease is the one it lives under (the orderer's ACME lock's), which
+	// its acknowledgements are put under too.
+	Lease int64
+}
+
+// Pending returns the HTTP-01 answers being validated, by token.
+func (k *Cache) Pending() []Challenge {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := slices.Collect(maps.Values(k.challenges))
+	slices.SortFunc(out, func(a, b Challenge) int { return strings.Compare(a.Token, b.Token) })
+	return out
+}
+
+// Acked returns the nodes that acknowledged the answer of token.
+func (k *Cache) Acked(token string) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Sorted(maps.Keys(k.acks[token]))
+}
+
+// Failures returns the hosts whose last order failed, as etcd holds
+// them for the whole project.
+func (k *Cache) Failures() map[string]Failure {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return maps.Clone(k.failures)
 }
 
 // apply brings the copy to an update of the watch.
 func (k *Cache) apply(u store.Update) {
 	k.mu.Lock()
 	if u.Reset {
-		k.certs, k.challenges = map[string]Cert{}, map[string]string{}
+		k.reset()
 	}
 	for _, key := range u.Deleted {
-		delete(k.certs, key)
-		delete(k.challenges, strings.TrimPrefix(key, ChallengesPrefix(k.project)))
+		k.drop(key)
 	}
 	for _, kv := range u.KVs {
 		k.put(kv)
@@ -111,26 +237,67 @@ func (k *Cache) apply(u store.Update) {
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}$`)
 var keyAuthRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}\.[A-Za-z0-9_-]{16,256}$`)
 
+// drop forgets a key; k.mu is held.
+func (k *Cache) drop(key string) {
+	delete(k.certs, key)
+	delete(k.valid, key)
+	if token, ok := strings.CutPrefix(key, ChallengesPrefix(k.project)); ok {
+		delete(k.challenges, token)
+	}
+	if rest, ok := strings.CutPrefix(key, AcksPrefix(k.project)); ok {
+		token, node, _ := strings.Cut(rest, "/")
+		if delete(k.acks[token], node); len(k.acks[token]) == 0 {
+			delete(k.acks, token)
+		}
+	}
+	if host, ok := strings.CutPrefix(key, FailuresPrefix(k.project)); ok {
+		delete(k.failures, host)
+	}
+}
+
 // put takes one written key; k.mu is held.
 func (k *Cache) put(kv store.KV) {
+	k.drop(kv.Key)
 	hosts, challenges := HostsPrefix(k.project), ChallengesPrefix(k.project)
 	switch {
 	case strings.HasPrefix(kv.Key, hosts):
-		c, err := Parse(kv.Key, kv.Value, k.now())
-		if err != nil {
-			delete(k.certs, kv.Key)
+		c, err := Read(kv.Key, kv.Value)
+		if err == nil {
+			err = ValidAt(c.Leaf, k.now())
+		}
+		switch {
+		case errors.Is(err, ErrNotYetValid):
+			k.log.Warn().Str("key", kv.Key).Err(err).Msg("the certificate in etcd is not valid yet: serving it from then")
+		case err != nil:
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the certificate in etcd: it cannot be served")
 			return
 		}
-		k.certs[kv.Key] = c
+		k.certs[kv.Key], k.valid[kv.Key] = c, err == nil
 	case strings.HasPrefix(kv.Key, challenges):
 		token, auth := strings.TrimPrefix(kv.Key, challenges), string(kv.Value)
 		if err := checkChallenge(token, auth); err != nil {
-			delete(k.challenges, token)
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME challenge in etcd")
 			return
 		}
-		k.challenges[token] = auth
+		k.challenges[token] = Challenge{Token: token, Auth: auth, Lease: kv.Lease}
+	case strings.HasPrefix(kv.Key, AcksPrefix(k.project)):
+		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, AcksPrefix(k.project)), "/")
+		if !tokenRE.MatchString(token) || store.ValidName(node) != nil {
+			k.log.Warn().Str("key", kv.Key).Msg("skipping the ACME acknowledgement in etcd: not <token>/<node>")
+			return
+		}
+		if k.acks[token] == nil {
+			k.acks[token] = map[string]bool{}
+		}
+		k.acks[token][node] = true
+	case strings.HasPrefix(kv.Key, FailuresPrefix(k.project)):
+		host := strings.TrimPrefix(kv.Key, FailuresPrefix(k.project))
+		f, err := ParseFailure(host, kv.Value)
+		if err != nil {
+			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME failure record in etcd")
+			return
+		}
+		k.failures[host] = f
 	}
 }
 

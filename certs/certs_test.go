@@ -62,6 +62,8 @@ func TestParse(t *testing.T) {
 		{"key of another", Record{Cert: good.Cert, Key: other.Key}.Encode(), "private key does not match public key"},
 		{"expired", record(t, SourceImport, []string{"a.example"}, now.Add(-2*time.Hour), now.Add(-time.Hour)).Encode(), "expired on "},
 		{"not yet valid", record(t, SourceImport, []string{"a.example"}, now.Add(time.Hour), now.Add(2*time.Hour)).Encode(), "not valid before "},
+		// A CA whose clock is a little ahead: valid (the order keeps it).
+		{"valid within the skew", record(t, SourceACME, []string{"a.example"}, now.Add(Skew-time.Second), now.Add(time.Hour)).Encode(), ""},
 		{"no names", record(t, SourceImport, nil, now.Add(-time.Hour), now.Add(time.Hour)).Encode(), "names no host"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -136,6 +138,12 @@ func (f *fakeStore) Put(_ context.Context, key, value string, _ int64) (int64, e
 	return 1, nil
 }
 
+// PutIfUnchanged writes: fakeStore keeps no revisions.
+func (f *fakeStore) PutIfUnchanged(ctx context.Context, key, value string, _ int64) (bool, error) {
+	_, err := f.Put(ctx, key, value, 0)
+	return true, err
+}
+
 func (f *fakeStore) Delete(_ context.Context, key string) (int64, error) {
 	delete(f.kv, key)
 	return 1, nil
@@ -174,7 +182,8 @@ func TestManagerDue(t *testing.T) {
 		t.Errorf("next = %s, want the idle check (fresh.example renews in 59 days)", next.Sub(now))
 	}
 
-	// A failed order (here: the lock) is retried after the backoff, not before.
+	// A host that could not be looked at in etcd (here: the lock) is
+	// retried after a backoff of its own, seconds: the CA was not asked.
 	m.orderUnderLock(context.Background(), due)
 	if len(observed) != 2 || !strings.Contains(observed[0], "take the ACME lock: locked by a test") {
 		t.Errorf("observed %q", observed)
@@ -183,10 +192,10 @@ func TestManagerDue(t *testing.T) {
 	if len(due) != 0 {
 		t.Errorf("due right after the failure: %q", due)
 	}
-	if d := next.Sub(now); d < m.cfg.RetryMin/2 || d > m.cfg.RetryMin*2 {
-		t.Errorf("next try in %s, want about %s", d, m.cfg.RetryMin)
+	if d := next.Sub(now); d < 2*time.Second || d > 10*time.Second {
+		t.Errorf("next try in %s, want about 5s", d)
 	}
-	m.now = func() time.Time { return now.Add(3 * m.cfg.RetryMin) }
+	m.now = func() time.Time { return now.Add(10 * time.Second) }
 	if due, _ = m.due(); !slices.Equal(due, []string{"new.example", "renew.example"}) {
 		t.Errorf("due after the backoff = %q", due)
 	}

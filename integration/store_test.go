@@ -37,7 +37,6 @@ func etcdClients(t *testing.T, n int) []*store.Client {
 // forever).
 func TestStoreDeleteRevision(t *testing.T) {
 	c := etcdClients(t, 1)[0]
-
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	updates := make(chan store.Update, 16)
@@ -73,6 +72,10 @@ func TestStoreLock(t *testing.T) {
 	require.NoError(t, err)
 	_, err = clients[0].Put(ctx, "/answers/token", "auth", lease)
 	require.NoError(t, err)
+	// Another node's acknowledgement of the answer goes under the same
+	// lease: it needs no cleanup.
+	_, err = clients[1].Put(ctx, "/answers/acks/token/b", "b", lease)
+	require.NoError(t, err)
 
 	second := make(chan error, 1)
 	go func() {
@@ -100,6 +103,47 @@ func TestStoreLock(t *testing.T) {
 	_, ok, err = clients[1].Get(ctx, "/answers/token")
 	require.NoError(t, err)
 	require.False(t, ok, "the key under the holder's lease went with the unlock")
+	_, ok, err = clients[1].Get(ctx, "/answers/acks/token/b")
+	require.NoError(t, err)
+	require.False(t, ok, "another client's key under the holder's lease went with the unlock")
+}
+
+// TestStorePutIfUnchanged: the write of a read-modify-write on a real
+// etcd (upstreamd certs renew, the ACME orderer) goes through only while
+// the key is as it was read, so it never replaces a newer value.
+func TestStorePutIfUnchanged(t *testing.T) {
+	c := etcdClients(t, 1)[0]
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	ok, err := c.PutIfUnchanged(ctx, "/certs/a", "first", 0)
+	require.NoError(t, err)
+	require.True(t, ok, "0: written when the key does not exist")
+	ok, err = c.PutIfUnchanged(ctx, "/certs/a", "again", 0)
+	require.NoError(t, err)
+	require.False(t, ok, "0: not written over an existing key")
+
+	read, found, err := c.Get(ctx, "/certs/a")
+	require.NoError(t, err)
+	require.True(t, found)
+	require.NotZero(t, read.ModRevision)
+	_, err = c.Put(ctx, "/certs/a", "newer", 0) // someone else's write in between
+	require.NoError(t, err)
+	ok, err = c.PutIfUnchanged(ctx, "/certs/a", "stale", read.ModRevision)
+	require.NoError(t, err)
+	require.False(t, ok, "the key changed since it was read")
+	now, _, err := c.Get(ctx, "/certs/a")
+	require.NoError(t, err)
+	require.Equal(t, "newer", string(now.Value), "the newer value stays")
+
+	ok, err = c.PutIfUnchanged(ctx, "/certs/a", "renewed", now.ModRevision)
+	require.NoError(t, err)
+	require.True(t, ok, "written while unchanged since the read")
+	kvs, _, err := c.List(ctx, "/certs/")
+	require.NoError(t, err)
+	require.Len(t, kvs, 1)
+	require.Equal(t, "renewed", string(kvs[0].Value))
+	require.Greater(t, kvs[0].ModRevision, now.ModRevision, "List gives the revision of the last write")
 }
 
 // TestStoreDeleteIfValue: store.DeleteIfValue on a real etcd deletes a key

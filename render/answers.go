@@ -94,7 +94,9 @@ func (c *Controller) writeAnswers(ctx context.Context) ([]string, error) {
 // have written the answer with a config that serves it live, then asks
 // the proxy itself, as the CA will, until three new connections in a row
 // get the answer: right after a reload, nginx's old workers may still
-// take a connection with the config before.
+// take a connection with the config before. With host "", the request
+// names the proxy's address (the built-in template serves the answers in
+// its default server too).
 func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string) error {
 	for {
 		ok, changed := c.answers.has(token)

@@ -215,6 +215,9 @@ type KV struct {
 	Key   string
 	Value []byte
 	Lease int64
+	// ModRevision is the revision of the key's last write (Get, List):
+	// what PutIfUnchanged compares.
+	ModRevision int64
 }
 
 // List returns every key under prefix and the store revision it was read at.
@@ -231,7 +234,7 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	}
 	out := make([]KV, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease})
+		out = append(out, KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease, ModRevision: kv.ModRevision})
 	}
 	return out, resp.Header.Revision, nil
 }
@@ -251,7 +254,7 @@ func (c *Client) Get(ctx context.Context, key string) (kv KV, ok bool, err error
 	if len(resp.Kvs) == 0 {
 		return KV{}, false, nil
 	}
-	return KV{Key: key, Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, true, nil
+	return KV{Key: key, Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease, ModRevision: resp.Kvs[0].ModRevision}, true, nil
 }
 
 // Put writes key=value, attached to lease when lease is non-zero, and
@@ -275,6 +278,28 @@ func (c *Client) Put(ctx context.Context, key, value string, lease int64) (int64
 		return 0, fmt.Errorf("etcd put %s: %w", key, err)
 	}
 	return resp.Header.Revision, nil
+}
+
+// PutIfUnchanged writes key=value (with no lease) only if the key's last
+// write is still the one at modRev (a KV's ModRevision; 0: only if the
+// key does not exist): the write of a read-modify-write, which must not
+// replace what someone else wrote in between. ok is false when the key
+// changed; nothing is written then.
+func (c *Client) PutIfUnchanged(ctx context.Context, key, value string, modRev int64) (ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return false, err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		Then(clientv3.OpPut(key, value)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("etcd put %s if unchanged since revision %d: %w", key, modRev, err)
+	}
+	return resp.Succeeded, nil
 }
 
 // Delete removes a key (a missing key is not an error) and returns the

@@ -173,7 +173,7 @@ func (d *daemon) fillCerts(st *admin.Status) {
 		a := admin.ACMEHost{Host: h}
 		if f, ok := failing[h]; ok {
 			next := f.Next
-			a.Error, a.NextTry = f.Err.Error(), &next
+			a.Error, a.Failures, a.NextTry = f.Err, f.Count, &next
 		}
 		st.ACME = append(st.ACME, a)
 	}

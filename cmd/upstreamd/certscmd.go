@@ -165,28 +165,61 @@ func newCertsRenewCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "renew NAME",
 		Short: "have [acme] order NAME's certificate again now (the old one serves until the new one is in)",
 	}, func(ctx context.Context, etcd *store.Client, cfg *Config, name string) error {
-		key := certs.HostKey(cfg.Project, name)
-		kv, ok, err := etcd.Get(ctx, key)
+		msg, err := renewCert(ctx, etcd, cfg.Project, name)
 		if err != nil {
 			return err
 		}
+		_, err = fmt.Fprintln(stdout, msg)
+		return err
+	})
+}
+
+// renewStore is etcd as `certs renew` uses it (a *store.Client).
+type renewStore interface {
+	Get(ctx context.Context, key string) (store.KV, bool, error)
+	PutIfUnchanged(ctx context.Context, key, value string, modRev int64) (bool, error)
+}
+
+var _ renewStore = (*store.Client)(nil)
+
+// renewCert marks the ACME certificate name as due now, and says so. The
+// write goes through only while the key is as read (the orderer may store
+// a new certificate meanwhile, which must not be replaced by the old one);
+// when only the record changed (another renew), it reads again.
+func renewCert(ctx context.Context, etcd renewStore, project, name string) (string, error) {
+	key := certs.HostKey(project, name)
+	var first *certs.Record
+	for range 5 {
+		kv, ok, err := etcd.Get(ctx, key)
+		if err != nil {
+			return "", err
+		}
 		if !ok {
-			return fmt.Errorf("no certificate %s in etcd (%s); see upstreamd certs list", name, key)
+			return "", fmt.Errorf("no certificate %s in etcd (%s); see upstreamd certs list", name, key)
 		}
 		rec, err := certs.Decode(kv.Value) // expired or not
 		if err != nil {
-			return fmt.Errorf("%s: %w", key, err)
+			return "", fmt.Errorf("%s: %w", key, err)
 		}
 		if rec.Source != certs.SourceACME {
-			return fmt.Errorf("%s was imported, not ordered: import its successor (upstreamd certs import)", name)
+			return "", fmt.Errorf("%s was imported, not ordered: import its successor (upstreamd certs import)", name)
+		}
+		if first == nil {
+			first = &rec
+		} else if rec.Cert != first.Cert {
+			return fmt.Sprintf("%s: a new certificate was stored meanwhile (by %s at %s); not marked for renewal again",
+				name, dash(rec.Node), rec.Stored.UTC().Format(time.RFC3339)), nil
 		}
 		rec.RenewAt = now().UTC()
-		if _, err := etcd.Put(ctx, key, rec.Encode(), 0); err != nil {
-			return err
+		written, err := etcd.PutIfUnchanged(ctx, key, rec.Encode(), kv.ModRevision)
+		if err != nil {
+			return "", err
 		}
-		_, err = fmt.Fprintf(stdout, "%s: due for renewal now; the daemon that holds the ACME lock orders it\n", name)
-		return err
-	})
+		if written {
+			return name + ": due for renewal now; the daemon that holds the ACME lock orders it", nil
+		}
+	}
+	return "", fmt.Errorf("%s keeps changing in etcd; see upstreamd certs list and try again", key)
 }
 
 func newCertsRemoveCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {

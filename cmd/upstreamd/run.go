@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -74,6 +75,7 @@ type daemon struct {
 	cluster       clusterCache    // the nodes and leader, read from etcd for status
 	certs         *certs.Cache    // the certificates and ACME answers in etcd; nil without TLS
 	acme          *certs.Manager  // orders certificates; nil without [acme]
+	acks          *certs.Acker    // acknowledges the ACME answers the proxy serves; nil unless [acme] with placement "every"
 	started       time.Time
 }
 
@@ -165,6 +167,17 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		},
 	})
 	if cfg.acmeOn() {
+		var proxyNodes func(context.Context) ([]string, error)
+		if cfg.Proxy.Placement == orchestrator.PlacementEvery {
+			// Every node runs a proxy the CA may reach: each acknowledges
+			// the answers its proxy serves, and the orderer waits for all.
+			proxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
+			d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
+				Serves: func(ctx context.Context, token, keyAuth string) error {
+					return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
+				},
+				Logger: log.With().Str("component", "acme").Logger()})
+		}
 		d.acme = certs.NewManager(certs.ManagerConfig{
 			Project: cfg.Project, Node: cfg.Node,
 			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
@@ -174,11 +187,28 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 				return p.ID != "", changed
 			},
 			WaitAnswer: d.ctrl.WaitAnswer,
+			ProxyNodes: proxyNodes,
 			Observe:    d.metrics.observeOrder,
 			Logger:     log.With().Str("component", "acme").Logger(),
 		})
 	}
 	return d, nil
+}
+
+// liveNodes lists the nodes announced in etcd (under their leases: the
+// live ones); a key that is not a node name is none.
+func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]string, error) {
+	kvs, _, err := etcd.List(ctx, orchestrator.NodesPrefix(project))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, kv := range kvs {
+		if name := strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(project)); store.ValidName(name) == nil {
+			out = append(out, name)
+		}
+	}
+	return out, nil
 }
 
 // servedCerts lists the certificates the proxy serves, files first, for
@@ -236,6 +266,9 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	if d.acme != nil {
 		grp.Go(func() error { return d.acme.Start(gctx) })
+	}
+	if d.acks != nil {
+		grp.Go(func() error { return d.acks.Start(gctx) })
 	}
 	if l != nil {
 		srv := d.adminServer(token)

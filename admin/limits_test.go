@@ -125,7 +125,9 @@ func closedWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
 		return time.Since(start)
 	case <-time.After(limit):
 		_ = c.Close()
-		<-closed
+		if err := <-closed; err != nil {
+			t.Logf("reading after the close: %v", err)
+		}
 		t.Fatalf("the connection is still open after %s", limit)
 		return 0
 	}
@@ -215,24 +217,36 @@ func TestStreamOutlivesReadTimeout(t *testing.T) {
 }
 
 // openStream GETs path with a context of its own; close cancels it.
-func openStream(t *testing.T, client *http.Client, path string) (resp *http.Response, body string, close func()) {
+func openStream(t *testing.T, client *http.Client, path string) stream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://localhost"+path, nil)
-	resp, err := client.Do(req)
+	resp, err := client.Do(req) //nolint:bodyclose // closed by st.close: by the test, or at its cleanup
 	if err != nil {
 		t.Fatalf("GET %s: %v", path, err)
 	}
-	close = func() {
-		cancel()
-		_ = resp.Body.Close()
-	}
-	t.Cleanup(close)
+	st := stream{StatusCode: resp.StatusCode, Status: resp.Status, Header: resp.Header, Body: resp.Body,
+		close: func() {
+			cancel()
+			_ = resp.Body.Close()
+		}}
+	t.Cleanup(st.close)
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(resp.Body)
-		body = string(b)
+		st.text = string(b)
 	}
-	return resp, body, close
+	return st
+}
+
+// stream is an answer openStream got: its body stays open until close
+// (or the test's end).
+type stream struct {
+	StatusCode int
+	Status     string
+	Header     http.Header
+	Body       io.Reader
+	text       string // the body of an answer other than 200
+	close      func()
 }
 
 // TestStreamLimit: beyond MaxStreams streams (of every kind together), a
@@ -241,28 +255,29 @@ func openStream(t *testing.T, client *http.Client, path string) (resp *http.Resp
 func TestStreamLimit(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client, _ := bubbleServer(t, Config{MaxStreams: 2, Heartbeat: 15 * time.Second})
-		live, _, closeLive := openStream(t, client, "/live")
-		follow, _, _ := openStream(t, client, "/api/v1/events?follow=1")
-		for _, r := range []*http.Response{live, follow} {
+		live := openStream(t, client, "/live")
+		follow := openStream(t, client, "/api/v1/events?follow=1")
+		for _, r := range []stream{live, follow} {
 			if r.StatusCode != http.StatusOK {
-				t.Fatalf("GET %s: %s; want 200 (under the limit)", r.Request.URL.Path, r.Status)
+				t.Fatalf("GET a stream: %s; want 200 (under the limit)", r.Status)
 			}
 		}
 		for _, path := range []string{"/api/v1/stream", "/live", "/api/v1/events?follow=1"} {
-			resp, body, _ := openStream(t, client, path)
+			resp := openStream(t, client, path)
+			body := resp.text
 			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
 				!strings.Contains(body, "at most 2 streams") {
 				t.Errorf("GET %s beyond the limit: %s, Retry-After %q, %q; want 503 with Retry-After, saying the limit",
 					path, resp.Status, resp.Header.Get("Retry-After"), body)
 			}
 		}
-		if resp, _, _ := openStream(t, client, "/api/v1/status"); resp.StatusCode != http.StatusOK {
+		if resp := openStream(t, client, "/api/v1/status"); resp.StatusCode != http.StatusOK {
 			t.Errorf("GET /api/v1/status with the streams full: %s; want 200", resp.Status)
 		}
-		closeLive()
+		live.close()
 		synctest.Wait()
-		if resp, body, _ := openStream(t, client, "/api/v1/stream"); resp.StatusCode != http.StatusOK {
-			t.Errorf("GET /api/v1/stream once a stream ended: %s %q; want 200", resp.Status, body)
+		if resp := openStream(t, client, "/api/v1/stream"); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET /api/v1/stream once a stream ended: %s %q; want 200", resp.Status, resp.text)
 		}
 	})
 }
@@ -278,9 +293,9 @@ func TestStreamWriteDeadline(t *testing.T) {
 				stuck := rawRequest(t, l, path, "") // and never read
 				time.Sleep(writeTimeout)
 				synctest.Wait()
-				if resp, body, _ := openStream(t, client, "/api/v1/events?follow=1"); resp.StatusCode != http.StatusOK {
+				if resp := openStream(t, client, "/api/v1/events?follow=1"); resp.StatusCode != http.StatusOK {
 					t.Errorf("a stream %s after a client stopped reading %s: %s %q; want 200 (its place freed)",
-						writeTimeout, path, resp.Status, body)
+						writeTimeout, path, resp.Status, resp.text)
 				}
 				if took := closedWithin(t, stuck, time.Minute); took > 0 {
 					t.Errorf("the stuck connection was closed %s later; want by then", took)
@@ -303,7 +318,7 @@ func TestStreamsShareTheStatus(t *testing.T) {
 		var streams []<-chan string
 		for range 10 {
 			for _, path := range []string{"/live", "/api/v1/stream"} {
-				resp, _, _ := openStream(t, client, path)
+				resp := openStream(t, client, path)
 				if resp.StatusCode != http.StatusOK {
 					t.Fatalf("GET %s: %s", path, resp.Status)
 				}

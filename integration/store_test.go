@@ -10,8 +10,21 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/integration/internal/etcd"
 	"github.com/upstreamd/upstreamd/store"
 )
+
+// storeClient returns a store.Client of ec, with timeout per request (zero:
+// the default), closed when the test ends.
+func storeClient(t *testing.T, ec *etcd.Container, timeout time.Duration) *store.Client {
+	t.Helper()
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	c, err := store.New(store.Config{Endpoints: []string{url}, Timeout: timeout, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
 
 // TestStoreDeleteRevision pins store.Delete's contract on a real etcd: the
 // revision it returns for a key it deleted is the one a watch of the key
@@ -22,11 +35,7 @@ import (
 func TestStoreDeleteRevision(t *testing.T) {
 	ec, err := runEtcd(t, 0)
 	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	c, err := store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
+	c := storeClient(t, ec, 0)
 
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -57,14 +66,7 @@ func TestStoreDeleteRevision(t *testing.T) {
 func TestStoreLock(t *testing.T) {
 	ec, err := runEtcd(t, 0)
 	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
-	clients := make([]*store.Client, 2)
-	for i := range clients {
-		clients[i], err = store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = clients[i].Close() })
-	}
+	clients := []*store.Client{storeClient(t, ec, 0), storeClient(t, ec, 0)}
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
@@ -99,4 +101,60 @@ func TestStoreLock(t *testing.T) {
 	_, ok, err = clients[1].Get(ctx, "/answers/token")
 	require.NoError(t, err)
 	require.False(t, ok, "the key under the holder's lease went with the unlock")
+}
+
+// TestStoreUnclaim: store.Unclaim on a real etcd deletes a key only while
+// it holds the caller's claim, value and lease both (placement gives up a
+// slot that way: one claimed by another node since is that node's).
+func TestStoreUnclaim(t *testing.T) {
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	c := storeClient(t, ec, 0)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	mine, err := c.Grant(ctx, 10*time.Second)
+	require.NoError(t, err)
+	theirs, err := c.Grant(ctx, 10*time.Second)
+	require.NoError(t, err)
+
+	const key = "/slots/apache/2"
+	held, _, err := c.Claim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.True(t, held)
+	for _, tc := range []struct {
+		name  string
+		value string
+		lease int64
+	}{
+		{"another value", `{"node":"b"}`, mine.ID},
+		{"another lease", `{"node":"a"}`, theirs.ID},
+	} {
+		deleted, err := c.Unclaim(ctx, key, tc.value, tc.lease)
+		require.NoError(t, err, tc.name)
+		require.False(t, deleted, "%s: deleted", tc.name)
+		_, ok, err := c.Get(ctx, key)
+		require.NoError(t, err)
+		require.True(t, ok, "%s: the key went", tc.name)
+	}
+	deleted, err := c.Unclaim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.True(t, deleted, "this caller's own claim")
+	_, ok, err := c.Get(ctx, key)
+	require.NoError(t, err)
+	require.False(t, ok)
+
+	// Claimed by another since: left alone.
+	held, _, err = c.Claim(ctx, key, `{"node":"b"}`, theirs.ID)
+	require.NoError(t, err)
+	require.True(t, held)
+	deleted, err = c.Unclaim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.False(t, deleted, "another node's claim deleted")
+	kv, ok, err := c.Get(ctx, key)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, theirs.ID, kv.Lease)
+	deleted, err = c.Unclaim(ctx, "/slots/apache/9", `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.False(t, deleted, "a key that does not exist")
 }

@@ -718,6 +718,19 @@ func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 	return f.written(key), nil
 }
 
+// Unclaim deletes key while it holds value under lease.
+func (f *fakeRegistry) Unclaim(_ context.Context, key, value string, lease int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.kv[key]; !ok || v.value != value || v.lease != lease {
+		return false, nil
+	}
+	f.deletes = append(f.deletes, key)
+	delete(f.kv, key)
+	f.written(key)
+	return true, nil
+}
+
 // Claim puts key under lease unless it exists.
 func (f *fakeRegistry) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
 	f.mu.Lock()

@@ -34,6 +34,7 @@ var _ dockerAPI = (*containers.Client)(nil)
 type etcdAPI interface {
 	registry
 	nodeStore
+	slotStore
 	electionStore
 	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }

@@ -151,6 +151,26 @@ func (c *Client) Claim(ctx context.Context, key, value string, lease int64) (hel
 	return false, KV{}, nil // deleted between the compare and the get: try again
 }
 
+// Unclaim deletes key only while it holds value under lease (a claim
+// this caller made), in one transaction: a key someone else claimed since
+// is left alone. deleted is false when key did not hold that claim.
+func (c *Client) Unclaim(ctx context.Context, key, value string, lease int64) (deleted bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return false, err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(key), "=", value), clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("etcd unclaim %s: %w", key, err)
+	}
+	return resp.Succeeded, nil
+}
+
 // LeaseGranted returns the TTL lease was granted with; ok is false when
 // the lease does not exist (any more).
 func (c *Client) LeaseGranted(ctx context.Context, lease int64) (ttl time.Duration, ok bool, err error) {

@@ -158,3 +158,49 @@ func TestStoreUnclaim(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, deleted, "a key that does not exist")
 }
+
+// TestStoreResume: a lease whose keep-alive lapsed while etcd was stopped
+// for longer than its TTL lives on when etcd comes back (its new leader
+// gives every lease its TTL again): store.Resume keeps it alive again and
+// every key under it stands. A lease etcd no longer knows is ErrLeaseLost.
+func TestStoreResume(t *testing.T) {
+	ec, err := runEtcd(t, freePort(t)) // a fixed port: etcd is started again
+	require.NoError(t, err)
+	c := storeClient(t, ec, 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	const ttl = 2 * time.Second
+	l, err := c.Grant(ctx, ttl)
+	require.NoError(t, err)
+	_, err = c.Put(ctx, "/nodes/a", "a", l.ID)
+	require.NoError(t, err)
+
+	stop := 10 * time.Second
+	require.NoError(t, ec.Stop(ctx, &stop))
+	select {
+	case <-l.Done:
+	case <-time.After(3 * ttl):
+		t.Fatal("the keep-alive did not lapse with etcd stopped")
+	}
+	l.Release()
+	_, err = c.Resume(ctx, l.ID)
+	require.Error(t, err, "resumed with etcd stopped")
+	require.NotErrorIs(t, err, store.ErrLeaseLost, "etcd away is not a lost lease")
+	require.NoError(t, ec.Start(ctx))
+
+	var again *store.Lease
+	eventually(t, 30*time.Second, "the lease resumed", func() error {
+		again, err = c.Resume(ctx, l.ID)
+		return err
+	})
+	require.Equal(t, l.ID, again.ID)
+	time.Sleep(2 * ttl) // kept alive past its TTL
+	kv, ok, err := c.Get(ctx, "/nodes/a")
+	require.NoError(t, err)
+	require.True(t, ok, "the key under the resumed lease went")
+	require.Equal(t, l.ID, kv.Lease)
+
+	require.NoError(t, c.Revoke(ctx, again))
+	_, err = c.Resume(ctx, l.ID)
+	require.ErrorIs(t, err, store.ErrLeaseLost)
+}

@@ -185,7 +185,7 @@ func New(cfg Config) *Orchestrator {
 			Events:  cfg.Events,
 			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
 		})
-		runProxy = o.elector.Leading
+		runProxy = o.elector.RunsProxy
 	}
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,

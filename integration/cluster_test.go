@@ -220,8 +220,9 @@ func tail(s string, lines int) string {
 // TestCluster is the seed's cluster on three nested Docker engines, one
 // scenario after another on the same cluster (each leaves it as it found
 // it: three hosts, one backend each, one proxy): spread, a host killed
-// under load and coming back, the leader's host killed, the leader cut off
-// from etcd, an etcd member killed under load, a reused node name.
+// under load and coming back, each etcd member killed under load, every
+// etcd member killed at once under load, a reused node name, the leader
+// cut off from etcd, the leader's host killed.
 func TestCluster(t *testing.T) {
 	sc := newSeedCluster(t)
 	for _, h := range sc.c.Hosts {
@@ -306,7 +307,7 @@ func TestCluster(t *testing.T) {
 		// One member at a time, every one of them: whichever member a
 		// daemon's lease keep-alive runs through dies once. A SIGKILLed
 		// member sends no reset; the client must move on before the 3 s
-		// lease runs out, or the leader would drop its proxy.
+		// lease runs out, or the leader would lose the lead.
 		for i, m := range sc.c.Etcd {
 			run := load.Start(t.Context(), load.Config{Addr: l.Address, Workers: 4, Duration: time.Minute, Timeout: 5 * time.Second})
 			require.NoError(t, m.Kill(t.Context()))
@@ -338,6 +339,44 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("every etcd member killed under load", func(t *testing.T) {
+		// etcd gone for 4 × lease_ttl: every lease lapses and nobody can
+		// be elected. The leader's proxy must keep serving the pools it
+		// has, and once etcd is back there is one proxy, at the address
+		// etcd names.
+		was := l
+		before := sc.running(containers.RoleProxy)[was.Node]
+		require.Len(t, before, 1, "the leader %s runs one proxy", was.Node)
+		run := load.Start(t.Context(), load.Config{Addr: was.Address, Workers: 4, Duration: 3 * time.Minute, Timeout: 5 * time.Second})
+		for _, m := range sc.c.Etcd {
+			require.NoError(t, m.Kill(t.Context()))
+		}
+		killed := time.Now()
+		time.Sleep(4 * clusterTTL) // the outage's length is what is tested
+		require.NoError(t, sc.c.StartEtcd(t.Context()))
+		back := time.Now()
+		var next orchestrator.Leader
+		eventually(t, 60*time.Second, "one proxy in the cluster, at the address etcd names", func() error {
+			var err error
+			if next, err = sc.leader(); err != nil {
+				return err
+			}
+			if proxies := sc.running(containers.RoleProxy); len(proxies) != 1 || len(proxies[next.Node]) != 1 {
+				return fmt.Errorf("%s leads; proxies by host: %v", next.Node, countBy(proxies))
+			}
+			_, err = served(next.Address, 3)
+			return err
+		})
+		settled := time.Since(back)
+		l = sc.waitSpread(90*time.Second, 3)
+		res := run.Stop()
+		after := sc.running(containers.RoleProxy)[l.Node]
+		t.Logf("etcd down %s; one proxy %s after it came back: %s leads (before: %s), proxy %s (before: %s); load at %s: %s",
+			back.Sub(killed).Round(time.Millisecond), settled.Round(time.Millisecond), l.Node, was.Node,
+			containers.ShortID(after[0].ID), containers.ShortID(before[0].ID), was.Address, res)
+		require.Zero(t, res.Failed(), "failed requests while etcd was down and came back: %v", res.ErrorKind)
+	})
+
 	t.Run("a node name in use refuses", func(t *testing.T) {
 		other := sc.nonLeader(l)
 		holder := sc.otherThan(other.Name)
@@ -367,21 +406,27 @@ func TestCluster(t *testing.T) {
 			_, err = served(next.Address, 3)
 			return err
 		})
-		// The cut-off node stops its own proxy: it may not lead any more.
-		eventually(t, 30*time.Second, "the cut-off leader stopped its proxy", func() error {
+		// Cut off, the old leader cannot tell its own outage from etcd's:
+		// it keeps its proxy until it sees etcd name another leader.
+		cutProxy := func() (string, error) {
 			res, err := cut.Exec(t.Context(), []string{"docker", "ps", "-q", "--filter", "label=io.upstreamd.role=proxy", "--filter", "label=io.upstreamd.project=" + sc.project})
-			if err != nil {
-				return err
-			}
-			if out := strings.TrimSpace(string(res.Stdout)); out != "" {
-				return fmt.Errorf("proxy still runs on %s: %s", cut.Name, out)
-			}
-			return nil
-		})
+			return strings.TrimSpace(string(res.Stdout)), err
+		}
+		id, err := cutProxy()
+		require.NoError(t, err)
+		require.NotEmpty(t, id, "the cut-off leader removed its proxy before it saw another leader")
 		require.NoError(t, cut.Reconnect(t.Context()))
+		eventually(t, 30*time.Second, "the old leader gave its proxy up once it saw the new one", func() error {
+			id, err := cutProxy()
+			if err == nil && id != "" {
+				err = fmt.Errorf("proxy still runs on %s: %s", cut.Name, id)
+			}
+			return err
+		})
 		l = sc.waitSpread(90*time.Second, 3)
 		proxies := sc.running(containers.RoleProxy)
 		require.Len(t, proxies, 1, "one proxy in the cluster once %s is back: %v", cut.Name, countBy(proxies))
+		require.Len(t, proxies[l.Node], 1, "the proxy runs on the leader %s: %v", l.Node, countBy(proxies))
 	})
 
 	t.Run("the leader's host killed", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/upstreamd/upstreamd/integration/internal/etcd"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -18,15 +19,23 @@ func etcdClients(t *testing.T, n int) []*store.Client {
 	t.Helper()
 	ec, err := runEtcd(t, 0)
 	require.NoError(t, err)
-	url, err := ec.Endpoint(t.Context())
-	require.NoError(t, err)
 	clients := make([]*store.Client, n)
 	for i := range clients {
-		clients[i], err = store.New(store.Config{Endpoints: []string{url}, Logger: zerolog.Nop()})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = clients[i].Close() })
+		clients[i] = storeClient(t, ec, 0)
 	}
 	return clients
+}
+
+// storeClient returns a store.Client of ec, with timeout per request (zero:
+// the default), closed when the test ends.
+func storeClient(t *testing.T, ec *etcd.Container, timeout time.Duration) *store.Client {
+	t.Helper()
+	url, err := ec.Endpoint(t.Context())
+	require.NoError(t, err)
+	c, err := store.New(store.Config{Endpoints: []string{url}, Timeout: timeout, Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // TestStoreDeleteRevision pins store.Delete's contract on a real etcd: the
@@ -173,4 +182,106 @@ func TestStoreDeleteIfValue(t *testing.T) {
 	deleted, err = c.DeleteIfValue(ctx, "/certs/missing", "")
 	require.NoError(t, err)
 	require.False(t, deleted, "a missing key compares equal to the empty value")
+}
+
+// TestStoreUnclaim: store.Unclaim on a real etcd deletes a key only while
+// it holds the caller's claim, value and lease both (placement gives up a
+// slot that way: one claimed by another node since is that node's).
+func TestStoreUnclaim(t *testing.T) {
+	ec, err := runEtcd(t, 0)
+	require.NoError(t, err)
+	c := storeClient(t, ec, 0)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	mine, err := c.Grant(ctx, 10*time.Second)
+	require.NoError(t, err)
+	theirs, err := c.Grant(ctx, 10*time.Second)
+	require.NoError(t, err)
+
+	const key = "/slots/apache/2"
+	held, _, err := c.Claim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.True(t, held)
+	for _, tc := range []struct {
+		name  string
+		value string
+		lease int64
+	}{
+		{"another value", `{"node":"b"}`, mine.ID},
+		{"another lease", `{"node":"a"}`, theirs.ID},
+	} {
+		deleted, err := c.Unclaim(ctx, key, tc.value, tc.lease)
+		require.NoError(t, err, tc.name)
+		require.False(t, deleted, "%s: deleted", tc.name)
+		_, ok, err := c.Get(ctx, key)
+		require.NoError(t, err)
+		require.True(t, ok, "%s: the key went", tc.name)
+	}
+	deleted, err := c.Unclaim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.True(t, deleted, "this caller's own claim")
+	_, ok, err := c.Get(ctx, key)
+	require.NoError(t, err)
+	require.False(t, ok)
+
+	// Claimed by another since: left alone.
+	held, _, err = c.Claim(ctx, key, `{"node":"b"}`, theirs.ID)
+	require.NoError(t, err)
+	require.True(t, held)
+	deleted, err = c.Unclaim(ctx, key, `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.False(t, deleted, "another node's claim deleted")
+	kv, ok, err := c.Get(ctx, key)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, theirs.ID, kv.Lease)
+	deleted, err = c.Unclaim(ctx, "/slots/apache/9", `{"node":"a"}`, mine.ID)
+	require.NoError(t, err)
+	require.False(t, deleted, "a key that does not exist")
+}
+
+// TestStoreResume: a lease whose keep-alive lapsed while etcd was stopped
+// for longer than its TTL lives on when etcd comes back (its new leader
+// gives every lease its TTL again): store.Resume keeps it alive again and
+// every key under it stands. A lease etcd no longer knows is ErrLeaseLost.
+func TestStoreResume(t *testing.T) {
+	ec, err := runEtcd(t, freePort(t)) // a fixed port: etcd is started again
+	require.NoError(t, err)
+	c := storeClient(t, ec, 2*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	const ttl = 2 * time.Second
+	l, err := c.Grant(ctx, ttl)
+	require.NoError(t, err)
+	_, err = c.Put(ctx, "/nodes/a", "a", l.ID)
+	require.NoError(t, err)
+
+	stop := 10 * time.Second
+	require.NoError(t, ec.Stop(ctx, &stop))
+	select {
+	case <-l.Done:
+	case <-time.After(3 * ttl):
+		t.Fatal("the keep-alive did not lapse with etcd stopped")
+	}
+	l.Release()
+	_, err = c.Resume(ctx, l.ID)
+	require.Error(t, err, "resumed with etcd stopped")
+	require.NotErrorIs(t, err, store.ErrLeaseLost, "etcd away is not a lost lease")
+	require.NoError(t, ec.Start(ctx))
+
+	var again *store.Lease
+	eventually(t, 30*time.Second, "the lease resumed", func() error {
+		again, err = c.Resume(ctx, l.ID)
+		return err
+	})
+	require.Equal(t, l.ID, again.ID)
+	time.Sleep(2 * ttl) // kept alive past its TTL
+	kv, ok, err := c.Get(ctx, "/nodes/a")
+	require.NoError(t, err)
+	require.True(t, ok, "the key under the resumed lease went")
+	require.Equal(t, l.ID, kv.Lease)
+
+	require.NoError(t, c.Revoke(ctx, again))
+	_, err = c.Resume(ctx, l.ID)
+	require.ErrorIs(t, err, store.ErrLeaseLost)
 }

@@ -31,7 +31,8 @@ type Leader struct {
 
 // electionStore is etcd as the elector uses it.
 type electionStore interface {
-	Campaign(ctx context.Context, prefix, value string, lease int64) error
+	Campaign(ctx context.Context, prefix, value string, lease int64) (created int64, err error)
+	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }
 
 var _ electionStore = (*store.Client)(nil)
@@ -42,7 +43,8 @@ type electorConfig struct {
 	Leases  leases
 	Project string
 	Self    Leader
-	// Changed is called when this node starts or stops leading.
+	// Changed is called when this node starts or stops leading, or stops
+	// keeping its proxy.
 	Changed func()
 	Events  *events.Journal
 	Logger  zerolog.Logger
@@ -50,15 +52,28 @@ type electorConfig struct {
 
 // elector makes this node a candidate to run the project's one proxy,
 // under the node's lease: it leads until that lease ends (the host died,
-// or etcd was out of reach for a whole TTL), and then stops leading at
-// once, on its own, while etcd's next candidate takes over. A new lease
-// makes it a candidate again.
+// or etcd was out of reach for a whole TTL), while etcd's next candidate
+// takes over. A new lease makes it a candidate again.
+//
+// A leader that loses its lease keeps its proxy (RunsProxy) until it sees
+// in etcd that another node leads: with etcd away nobody can be elected,
+// and removing the one proxy would leave the project without a front door
+// until etcd returns. It sees that in a watch of the election: the oldest
+// key, created after the one it led with, naming another node. Elected
+// again meanwhile, it goes on with the same proxy.
 type elector struct {
 	cfg electorConfig
 	log zerolog.Logger
 
 	mu      sync.Mutex
 	leading bool
+	// kept: this node led, lost its lease, and has not seen another node
+	// lead since.
+	kept bool
+	// created is the create revision of the key this node last led with.
+	created int64
+	// keys are the election's candidates, as last watched.
+	keys    map[string]store.KV
 	changed wake.Fanout
 }
 
@@ -66,7 +81,7 @@ func newElector(cfg electorConfig) *elector {
 	if cfg.Changed == nil {
 		cfg.Changed = func() {}
 	}
-	return &elector{cfg: cfg, log: cfg.Logger}
+	return &elector{cfg: cfg, log: cfg.Logger, keys: map[string]store.KV{}}
 }
 
 // Leading reports whether this node leads now.
@@ -76,23 +91,127 @@ func (e *elector) Leading() bool {
 	return e.leading
 }
 
-func (e *elector) set(leading bool) {
+// RunsProxy reports whether this node is to run the project's proxy: it
+// leads, or it led and has not seen another node lead since.
+func (e *elector) RunsProxy() bool {
 	e.mu.Lock()
-	was := e.leading
-	e.leading = leading
+	defer e.mu.Unlock()
+	return e.leading || e.kept
+}
+
+// update changes the state under mu with fn and tells the watchers when
+// it changed.
+func (e *elector) update(fn func()) {
+	e.mu.Lock()
+	leading, kept := e.leading, e.kept
+	fn()
+	same := leading == e.leading && kept == e.kept
 	e.mu.Unlock()
-	if was != leading {
+	if !same {
 		e.changed.Wake()
 		e.cfg.Changed()
 	}
 }
 
-// Start campaigns under each lease the node holds, until ctx ends.
+// elected records that this node leads with its key created at revision
+// created.
+func (e *elector) elected(created int64) {
+	var again bool
+	e.update(func() { again, e.leading, e.kept, e.created = e.kept, true, false, created })
+	node := e.cfg.Self.Node
+	if again {
+		e.log.Info().Str("node", node).Str("address", e.cfg.Self.Address).
+			Msg("elected again: the proxy kept since the lead was lost goes on serving")
+		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s elected again: its proxy, kept meanwhile, goes on", node)})
+		return
+	}
+	e.log.Info().Str("node", node).Str("address", e.cfg.Self.Address).Msg("elected: this node runs the project's proxy")
+	e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s elected: it runs the project's proxy", node)})
+}
+
+// lost records that this node's lead ended with its lease l: it keeps its
+// proxy unless etcd already showed another node leading.
+func (e *elector) lost(l *store.Lease) {
+	var other string
+	e.update(func() {
+		other = e.another()
+		e.leading, e.kept = false, other == ""
+	})
+	node, lease := e.cfg.Self.Node, fmt.Sprintf("%x", l.ID)
+	if other != "" {
+		e.log.Warn().Str("lease", lease).Str("leader", other).
+			Msgf("leadership lost with this node's lease; node %s leads now: stopping the proxy here", other)
+		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s lost the lead with its lease; node %s leads: its proxy stops", node, other)})
+		return
+	}
+	e.log.Warn().Str("lease", lease).
+		Msg("leadership lost with this node's lease (etcd out of reach, or the lease expired): keeping the proxy serving the pools it has until etcd names another leader")
+	e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s lost the lead with its lease: its proxy keeps serving until etcd names another leader", node)})
+}
+
+// observe brings the copy of the election's keys to u (a store.Watch of
+// the election) and gives up a kept proxy once another node leads.
+func (e *elector) observe(u store.Update) {
+	var other string
+	e.update(func() {
+		if u.Reset {
+			e.keys = map[string]store.KV{}
+		}
+		for _, k := range u.Deleted {
+			delete(e.keys, k)
+		}
+		for _, kv := range u.KVs {
+			e.keys[kv.Key] = kv
+		}
+		if e.kept {
+			other = e.another()
+			e.kept = other == ""
+		}
+	})
+	if other != "" {
+		e.log.Warn().Str("leader", other).Msgf("etcd names node %s leader: giving up the proxy kept since this node lost the lead", other)
+		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged,
+			Message: fmt.Sprintf("node %s gives its proxy up: node %s leads", e.cfg.Self.Node, other)})
+	}
+}
+
+// another returns the node that leads according to the copy of the keys
+// when it is not this one, "" otherwise. Only a key created after the one
+// this node led with counts: an older one is a copy that lags. The caller
+// holds mu.
+func (e *elector) another() string {
+	var oldest store.KV
+	for _, kv := range e.keys {
+		if oldest.Key == "" || kv.Created < oldest.Created {
+			oldest = kv
+		}
+	}
+	if oldest.Key == "" || oldest.Created <= e.created {
+		return ""
+	}
+	var l Leader
+	if err := json.Unmarshal(oldest.Value, &l); err != nil || l.Node == "" {
+		return oldest.Key + " (unreadable)"
+	}
+	if l.Node == e.cfg.Self.Node {
+		return "" // this node's own candidacy, under a newer lease
+	}
+	return l.Node
+}
+
+// Start campaigns under each lease the node holds, and watches the
+// election, until ctx ends.
 func (e *elector) Start(ctx context.Context) error {
 	value, err := json.Marshal(e.cfg.Self)
 	if err != nil {
 		return fmt.Errorf("leader announcement: %w", err)
 	}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		_ = e.cfg.Store.Watch(ctx, LeaderPrefix(e.cfg.Project)+"/", e.observe) // nil once ctx ends
+	}()
+	defer func() { <-watched }()
 	newLease := e.cfg.Leases.Subscribe()
 	bo := retry.New(200*time.Millisecond, 5*time.Second)
 	for {
@@ -107,7 +226,6 @@ func (e *elector) Start(ctx context.Context) error {
 		}
 		err := e.lead(ctx, l, string(value), newLease)
 		if ctx.Err() != nil {
-			e.set(false)
 			return nil
 		}
 		if err == nil {
@@ -142,22 +260,18 @@ func (e *elector) lead(ctx context.Context, l *store.Lease, value string, newLea
 		}
 		cancel()
 	}()
-	if err := e.cfg.Store.Campaign(lctx, LeaderPrefix(e.cfg.Project), value, l.ID); err != nil {
+	created, err := e.cfg.Store.Campaign(lctx, LeaderPrefix(e.cfg.Project), value, l.ID)
+	if err != nil {
 		if lctx.Err() != nil && ctx.Err() == nil {
 			return nil // the lease ended while campaigning: stand again
 		}
 		return err
 	}
-	e.log.Info().Str("node", e.cfg.Self.Node).Str("address", e.cfg.Self.Address).Str("lease", fmt.Sprintf("%x", l.ID)).
-		Msg("elected: this node runs the project's proxy")
-	e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s elected: it runs the project's proxy", e.cfg.Self.Node)})
-	e.set(true)
+	e.log.Debug().Str("lease", fmt.Sprintf("%x", l.ID)).Int64("created", created).Msg("campaign won")
+	e.elected(created)
 	<-lctx.Done()
 	if ctx.Err() == nil {
-		e.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).
-			Msg("leadership lost with this node's lease (etcd out of reach, or the lease expired): stopping the proxy here; another node takes over")
-		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged, Message: fmt.Sprintf("node %s lost the lead with its lease: its proxy stops, another node takes over", e.cfg.Self.Node)})
+		e.lost(l)
 	}
-	e.set(false)
 	return nil
 }

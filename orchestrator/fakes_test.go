@@ -610,22 +610,24 @@ type fakeRegistry struct {
 	watched int64 // the revision of the last change under /services/
 	// ghosts are keys the watched copy still shows though etcd deleted
 	// them: an expiry the watch has not brought yet.
-	ghosts    map[string]fakeKV
-	subs      []chan struct{}
-	quiet     bool // hand edits (set, remove) reach no subscriber: a missed watch event
-	leases    map[int64]chan struct{}
-	ttls      map[int64]time.Duration
-	nextLease int64
-	grantErrs int // Grant calls that fail (etcd unreachable)
-	claimErrs int // Claim calls that fail (etcd unreachable)
-	grants    int
-	puts      []string
-	deletes   []string
-	revoked   []int64
-	revokeErr []error // ctx.Err() seen by each Revoke
-	reads     []time.Time
-	readFails int     // Snapshot calls that find nothing loaded yet
-	putErrs   []error // returned by successive Put calls, then nil
+	ghosts     map[string]fakeKV
+	subs       []chan struct{}
+	quiet      bool // hand edits (set, remove) reach no subscriber: a missed watch event
+	leases     map[int64]chan struct{}
+	ttls       map[int64]time.Duration
+	kept       map[int64]bool // expired leases etcd still holds (Resume takes them up)
+	resumeErrs int            // Resume calls that fail (etcd unreachable)
+	nextLease  int64
+	grantErrs  int // Grant calls that fail (etcd unreachable)
+	claimErrs  int // Claim calls that fail (etcd unreachable)
+	grants     int
+	puts       []string
+	deletes    []string
+	revoked    []int64
+	revokeErr  []error // ctx.Err() seen by each Revoke
+	reads      []time.Time
+	readFails  int     // Snapshot calls that find nothing loaded yet
+	putErrs    []error // returned by successive Put calls, then nil
 }
 
 var (
@@ -656,6 +658,34 @@ func (f *fakeRegistry) Grant(_ context.Context, ttl time.Duration) (*store.Lease
 	done := make(chan struct{})
 	f.leases[f.nextLease] = done
 	return &store.Lease{ID: f.nextLease, Done: done}, nil
+}
+
+// Resume takes up a lease etcd kept (keep), with a new Done.
+func (f *fakeRegistry) Resume(_ context.Context, id int64) (*store.Lease, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.resumeErrs > 0 {
+		f.resumeErrs--
+		return nil, errors.New("fake etcd: unavailable")
+	}
+	if !f.kept[id] {
+		return nil, fmt.Errorf("fake etcd: lease %d: %w", id, store.ErrLeaseLost)
+	}
+	delete(f.kept, id)
+	done := make(chan struct{})
+	f.leases[id] = done
+	return &store.Lease{ID: id, Done: done}, nil
+}
+
+// keep makes etcd hold lease id when its keep-alive lapses (expire): all
+// of etcd was away, and gave every lease its TTL again when it came back.
+func (f *fakeRegistry) keep(id int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.kept == nil {
+		f.kept = map[int64]bool{}
+	}
+	f.kept[id] = true
 }
 
 // written bumps the revision for a write of key ("": of keys anywhere)
@@ -716,6 +746,19 @@ func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
 	}
 	delete(f.kv, key)
 	return f.written(key), nil
+}
+
+// Unclaim deletes key while it holds value under lease.
+func (f *fakeRegistry) Unclaim(_ context.Context, key, value string, lease int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.kv[key]; !ok || v.value != value || v.lease != lease {
+		return false, nil
+	}
+	f.deletes = append(f.deletes, key)
+	delete(f.kv, key)
+	f.written(key)
+	return true, nil
 }
 
 // Claim puts key under lease unless it exists.
@@ -875,6 +918,7 @@ func (h *fakeHealthView) set(healthy, pending []Target) {
 type fakeLeases struct {
 	mu      sync.Mutex
 	lease   *store.Lease
+	done    chan struct{} // the lease's Done, when set made it
 	changed chan struct{}
 	lost    []int64
 }
@@ -902,12 +946,23 @@ func (l *fakeLeases) Lost(lease *store.Lease) {
 // set makes id the lease, as the node does after a loss.
 func (l *fakeLeases) set(id int64) {
 	l.mu.Lock()
-	l.lease = &store.Lease{ID: id}
+	l.done = make(chan struct{})
+	l.lease = &store.Lease{ID: id, Done: l.done}
 	l.mu.Unlock()
 	select {
 	case l.changed <- struct{}{}:
 	default:
 	}
+}
+
+// expire ends the lease, as a keep-alive that lapsed: no lease until set.
+func (l *fakeLeases) expire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done != nil {
+		close(l.done)
+	}
+	l.lease, l.done = nil, nil
 }
 
 func (l *fakeLeases) lostIDs() []int64 {
@@ -917,4 +972,4 @@ func (l *fakeLeases) lostIDs() []int64 {
 }
 
 // Campaign wins at once: a cluster of one.
-func (f *fakeRegistry) Campaign(context.Context, string, string, int64) error { return nil }
+func (f *fakeRegistry) Campaign(context.Context, string, string, int64) (int64, error) { return 1, nil }

@@ -24,6 +24,7 @@ var ErrTaken = errors.New("taken by another live daemon")
 // nodeStore is etcd as the node uses it.
 type nodeStore interface {
 	Grant(ctx context.Context, ttl time.Duration) (*store.Lease, error)
+	Resume(ctx context.Context, lease int64) (*store.Lease, error)
 	Revoke(ctx context.Context, l *store.Lease) error
 	Claim(ctx context.Context, key, value string, lease int64) (held bool, holder store.KV, err error)
 	LeaseGranted(ctx context.Context, lease int64) (ttl time.Duration, ok bool, err error)
@@ -73,8 +74,11 @@ type nodeConfig struct {
 // daemon lives under, and with it its node name and its project's claim on
 // its Docker engine. Nothing else may start before it holds them (Claimed);
 // a daemon whose names are taken does not start at all (ErrTaken). It is a
-// runnable: it grants a new lease and claims again when the lease is lost,
-// and revokes it when it stops, so the daemon's keys go at once.
+// runnable: it claims again when the lease is lost, under the same lease
+// when etcd still holds it (its keep-alive lapsed while every etcd member
+// was away: etcd gives each lease its TTL again when it comes back, and
+// every key of the node stands), else under a new one; and it revokes the
+// lease when it stops, so the daemon's keys go at once.
 type node struct {
 	cfg     nodeConfig
 	log     zerolog.Logger
@@ -114,8 +118,9 @@ func (n *node) Lost(l *store.Lease) {
 // Start claims the node's names, then keeps them until ctx ends. It returns
 // an error matching ErrTaken when another daemon holds them.
 func (n *node) Start(ctx context.Context) error {
+	var prev *store.Lease // to resume: its keep-alive lapsed
 	for {
-		l, err := n.claimWithRetries(ctx)
+		l, err := n.claimWithRetries(ctx, prev)
 		if err != nil {
 			return err
 		}
@@ -139,12 +144,15 @@ func (n *node) Start(ctx context.Context) error {
 			n.revoke(ctx, l)
 			return nil
 		case <-l.Done:
-			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd lease lost; claiming this node again under a new lease")
+			prev = l
+			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).
+				Msg("etcd lease lost; claiming this node again, under the same lease if etcd still holds it when it answers")
 		case <-n.lost.C():
+			prev = nil
 			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd no longer knows this node's lease; claiming this node again")
 		}
 		n.cfg.Events.Record(events.Event{Kind: events.LeaseLost,
-			Message: fmt.Sprintf("etcd lease of node %s lost (etcd out of reach, or it expired): its keys are gone until it claims again", n.cfg.Self.Node)})
+			Message: fmt.Sprintf("etcd lease of node %s lost (etcd out of reach, or it expired): its keys go with it unless etcd still holds it when it answers", n.cfg.Self.Node)})
 		l.Release()
 		n.setLease(nil)
 	}
@@ -169,15 +177,17 @@ func (n *node) revoke(ctx context.Context, l *store.Lease) {
 	n.log.Info().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("lease revoked; this node's registrations are gone")
 }
 
-// claimWithRetries grants a lease and claims the names under it, retrying
-// with backoff while etcd or Docker cannot be reached. It returns nil, nil
-// when ctx ended, and an error only for ErrTaken.
-func (n *node) claimWithRetries(ctx context.Context) (*store.Lease, error) {
+// claimWithRetries resumes prev (nil: none) or grants a lease and claims
+// the names under it, retrying with backoff while etcd or Docker cannot be
+// reached. The backoff stays under half the TTL: etcd, back after an
+// outage, keeps prev for about a TTL. It returns nil, nil when ctx ended,
+// and an error only for ErrTaken.
+func (n *node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.Lease, error) {
 	var l *store.Lease
 	var taken error
-	err := retry.Until(ctx, retry.New(200*time.Millisecond, 5*time.Second), func(ctx context.Context) error {
+	err := retry.Until(ctx, retry.New(200*time.Millisecond, min(5*time.Second, max(n.cfg.TTL/2, 200*time.Millisecond))), func(ctx context.Context) error {
 		var err error
-		l, err = n.claim(ctx)
+		l, err = n.claim(ctx, &prev)
 		if errors.Is(err, ErrTaken) {
 			taken = err
 			return nil // stop retrying
@@ -200,10 +210,11 @@ func (n *node) claimWithRetries(ctx context.Context) (*store.Lease, error) {
 	return l, nil
 }
 
-// claim grants a lease and claims the node name and the engine under it.
-// A name held by a daemon that is gone (its lease is not kept alive) is
+// claim takes a lease (resuming *prev when etcd still holds it, and
+// forgetting it when not) and claims the node name and the engine under
+// it. A name held by a daemon that is gone (its lease is not kept alive) is
 // awaited until etcd drops it, for at most its TTL.
-func (n *node) claim(ctx context.Context) (*store.Lease, error) {
+func (n *node) claim(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
 	engine, err := n.cfg.Engine(ctx)
 	if err != nil {
 		return nil, err
@@ -214,7 +225,7 @@ func (n *node) claim(ctx context.Context) (*store.Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("announce node: %w", err)
 	}
-	l, err := n.cfg.Store.Grant(ctx, n.cfg.TTL)
+	l, err := n.takeLease(ctx, prev)
 	if err != nil {
 		return nil, err
 	}
@@ -224,13 +235,30 @@ func (n *node) claim(ctx context.Context) (*store.Lease, error) {
 	}
 	for _, c := range claims {
 		if err := n.await(ctx, c.key, c.value, c.what, l); err != nil {
-			n.revoke(ctx, l)
+			if *prev != nil {
+				l.Release() // resumed: its keys are the node's, kept for the next try
+			} else {
+				n.revoke(ctx, l)
+			}
 			return nil, err
 		}
 	}
 	n.log.Info().Str("node", self.Node).Str("engine", engine).Str("lease", fmt.Sprintf("%x", l.ID)).
 		Msgf("claimed node %q of project %q", self.Node, n.cfg.Project)
 	return l, nil
+}
+
+// takeLease resumes *prev when etcd still holds it, or grants a new lease
+// (then *prev is forgotten).
+func (n *node) takeLease(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
+	if *prev != nil {
+		l, err := n.cfg.Store.Resume(ctx, (*prev).ID)
+		if !errors.Is(err, store.ErrLeaseLost) {
+			return l, err // resumed, or etcd did not answer: try again
+		}
+		*prev = nil
+	}
+	return n.cfg.Store.Grant(ctx, n.cfg.TTL)
 }
 
 // await claims key, waiting while its holder's lease may still run out:
@@ -242,7 +270,7 @@ func (n *node) await(ctx context.Context, key, value, what string, l *store.Leas
 		switch {
 		case err != nil:
 			return err
-		case held:
+		case held, holder.Lease == l.ID && holder.Key != "": // claimed under a lease resumed
 			return nil
 		case holder.Key == "": // gone between the compare and the get
 			continue

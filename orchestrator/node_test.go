@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -148,34 +149,63 @@ func TestNodeTaken(t *testing.T) {
 	}
 }
 
+// TestNodeLeaseLost: a lease whose keep-alive lapsed is claimed again.
+// When etcd dropped it (an outage of this node longer than the TTL), under
+// a new lease. When etcd kept it (every member was away: its new leader
+// gives every lease its TTL again), the node takes it up again once etcd
+// answers, and every key under it stands, rather than granting a new
+// lease and waiting for its own old keys to expire.
 func TestNodeLeaseLost(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		reg := newFakeRegistry(nil)
-		n := newTestNode(reg)
-		changed := n.Subscribe()
-		stop, _ := startNode(t, n)
-		defer func() { _ = stop() }()
-		synctest.Wait()
-		<-changed
-		first := n.Lease()
-		// etcd dropped the lease and its keys (an outage longer than the TTL).
-		reg.remove(nodeKey)
-		reg.remove(engineKey)
-		reg.expire(first.ID)
-		synctest.Wait()
-		second := n.Lease()
-		if second == nil || second.ID == first.ID {
-			t.Fatalf("lease %v after losing %d; want a new one", second, first.ID)
-		}
-		select {
-		case <-changed:
-		default:
-			t.Error("no notification of the new lease")
-		}
-		if kv := reg.snapshot(); kv[nodeKey].lease != second.ID || kv[engineKey].lease != second.ID {
-			t.Errorf("keys %v; want both under the new lease %d", kv, second.ID)
-		}
-	})
+	for _, tc := range []struct {
+		name string
+		kept bool
+	}{
+		{"etcd dropped it and its keys: a new lease", false},
+		{"etcd kept it: taken up again, its keys standing", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				reg := newFakeRegistry(nil)
+				n := newTestNode(reg)
+				changed := n.Subscribe()
+				stop, _ := startNode(t, n)
+				defer func() { _ = stop() }()
+				synctest.Wait()
+				<-changed
+				first := n.Lease()
+				before := reg.snapshot()
+				if tc.kept {
+					reg.keep(first.ID)
+					reg.resumeErrs = 2 // etcd still away for two tries
+				} else {
+					reg.remove(nodeKey)
+					reg.remove(engineKey)
+				}
+				reg.expire(first.ID)
+				synctest.Wait()
+				advance(5 * time.Second)
+				second := n.Lease()
+				select {
+				case <-changed:
+				default:
+					t.Error("no notification of the lease")
+				}
+				kv := reg.snapshot()
+				switch {
+				case second == nil:
+					t.Fatalf("no lease after losing %d", first.ID)
+				case tc.kept && (second.ID != first.ID || reg.counts().grants != 1):
+					t.Errorf("lease %d after %d grants; want %d taken up again", second.ID, reg.counts().grants, first.ID)
+				case tc.kept && !maps.Equal(kv, before):
+					t.Errorf("keys %v; want them as they were, %v", kv, before)
+				case !tc.kept && second.ID == first.ID:
+					t.Errorf("lease %d after losing it; want a new one", second.ID)
+				case !tc.kept && (kv[nodeKey].lease != second.ID || kv[engineKey].lease != second.ID):
+					t.Errorf("keys %v; want both under the new lease %d", kv, second.ID)
+				}
+			})
+		})
+	}
 }
 
 func TestNodeWaitsForEtcd(t *testing.T) {

@@ -34,6 +34,7 @@ var _ dockerAPI = (*containers.Client)(nil)
 type etcdAPI interface {
 	registry
 	nodeStore
+	slotStore
 	electionStore
 	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }
@@ -184,7 +185,7 @@ func New(cfg Config) *Orchestrator {
 			Events:  cfg.Events,
 			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
 		})
-		runProxy = o.elector.Leading
+		runProxy = o.elector.RunsProxy
 	}
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"sort"
 	"strconv"
@@ -33,8 +34,10 @@ type Slot struct {
 // slotStore is etcd as placement writes it.
 type slotStore interface {
 	Claim(ctx context.Context, key, value string, lease int64) (held bool, holder store.KV, err error)
-	Delete(ctx context.Context, key string) (int64, error)
+	Unclaim(ctx context.Context, key, value string, lease int64) (deleted bool, err error)
 }
+
+var _ slotStore = (*store.Client)(nil)
 
 // placementConfig configures a placement.
 type placementConfig struct {
@@ -73,6 +76,7 @@ type placement struct {
 	gotSlots   bool
 	loaded     chan struct{}     // closed once both copies were read
 	releasing  map[string]bool   // keys of slots this node gives up once drained
+	markedWith int64             // the lease releasing was marked under
 	local      map[string]int    // service → backends this node is to run
 	placed     bool              // local was computed once
 	short      map[string]int    // service → replicas no node can take (max_per_node)
@@ -229,6 +233,7 @@ func (p *placement) Step(ctx context.Context) error {
 	if !ready {
 		return nil
 	}
+	p.forgetMarks(lease)
 	live := p.liveNodes()
 	var errs []error
 	for _, svc := range p.cfg.Spec.Services {
@@ -352,10 +357,35 @@ func (p *placement) setShort(service string, short, replicas, nodes, maxPerNode 
 			short, replicas, service, nodes, maxPerNode)
 }
 
+// forgetMarks forgets the slots marked for release under another lease
+// than lease: they went with it, and a slot of the same key claimed since
+// is a new claim, not one to give up.
+func (p *placement) forgetMarks(lease *store.Lease) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if lease.ID == p.markedWith {
+		return
+	}
+	if len(p.releasing) > 0 {
+		p.log.Info().Int("slots", len(p.releasing)).Str("lease", fmt.Sprintf("%x", lease.ID)).
+			Msg("the slots marked for release went with the lease they were held under; forgetting the marks")
+	}
+	p.releasing, p.markedWith = map[string]bool{}, lease.ID
+}
+
 // Settle gives up the slots marked for release once this node runs no
 // more backends of their service than it keeps (running counts the
-// backends of each service that still run, draining ones included).
+// backends of each service that still run, draining ones included). Each
+// is deleted only while it holds this node's claim, under its lease: a
+// slot that went with an earlier lease, and was claimed since by another
+// node, is that node's.
 func (p *placement) Settle(ctx context.Context, running map[string]int) error {
+	lease := p.cfg.Leases.Lease()
+	if lease == nil {
+		return nil // marks are settled under the lease they were made with
+	}
+	p.forgetMarks(lease)
+	value, _ := json.Marshal(Slot{Node: p.cfg.Node})
 	p.mu.Lock()
 	var keys []string
 	for key := range p.releasing {
@@ -367,15 +397,22 @@ func (p *placement) Settle(ctx context.Context, running map[string]int) error {
 	p.mu.Unlock()
 	var errs []error
 	for _, key := range keys {
-		if _, err := p.cfg.Store.Delete(ctx, key); err != nil {
+		deleted, err := p.cfg.Store.Unclaim(ctx, key, string(value), lease.ID)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		p.mu.Lock()
 		delete(p.releasing, key)
-		delete(p.slots, key)
+		if deleted {
+			delete(p.slots, key)
+		}
 		p.mu.Unlock()
-		p.log.Info().Str("slot", key).Msg("slot given up")
+		if deleted {
+			p.log.Info().Str("slot", key).Msg("slot given up")
+		} else {
+			p.log.Info().Str("slot", key).Msg("slot to give up no longer holds this node's claim; leaving it to its holder")
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -51,29 +51,49 @@ func TestFairShares(t *testing.T) {
 // write is seen by all of them at once (as their watches would).
 type slotEtcd struct {
 	mu      sync.Mutex
-	kv      map[string]string
+	kv      map[string]fakeKV
 	members []*placement
 	nodes   []string
 }
 
-func (e *slotEtcd) Claim(_ context.Context, key, value string, _ int64) (bool, store.KV, error) {
+func newSlotEtcd() *slotEtcd { return &slotEtcd{kv: map[string]fakeKV{}} }
+
+func (e *slotEtcd) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
 	e.mu.Lock()
 	if v, ok := e.kv[key]; ok {
 		e.mu.Unlock()
-		return false, store.KV{Key: key, Value: []byte(v)}, nil
+		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
 	}
-	e.kv[key] = value
+	e.kv[key] = fakeKV{value: value, lease: lease}
 	e.mu.Unlock()
 	e.publish()
 	return true, store.KV{}, nil
 }
 
-func (e *slotEtcd) Delete(_ context.Context, key string) (int64, error) {
+// Unclaim deletes key only while it holds value under lease.
+func (e *slotEtcd) Unclaim(_ context.Context, key, value string, lease int64) (bool, error) {
 	e.mu.Lock()
+	if v, ok := e.kv[key]; !ok || v.value != value || v.lease != lease {
+		e.mu.Unlock()
+		return false, nil
+	}
 	delete(e.kv, key)
 	e.mu.Unlock()
 	e.publish()
-	return 0, nil
+	return true, nil
+}
+
+// holders returns slot key → the node holding it.
+func (e *slotEtcd) holders() map[string]string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := map[string]string{}
+	for k, v := range e.kv {
+		var s Slot
+		_ = json.Unmarshal([]byte(v.value), &s)
+		out[k] = s.Node
+	}
+	return out
 }
 
 // publish hands every member the whole copy.
@@ -81,7 +101,7 @@ func (e *slotEtcd) publish() {
 	e.mu.Lock()
 	slots := store.Update{Reset: true}
 	for _, k := range slices.Sorted(maps.Keys(e.kv)) {
-		slots.KVs = append(slots.KVs, store.KV{Key: k, Value: []byte(e.kv[k])})
+		slots.KVs = append(slots.KVs, store.KV{Key: k, Value: []byte(e.kv[k].value), Lease: e.kv[k].lease})
 	}
 	nodes := store.Update{Reset: true}
 	for _, n := range e.nodes {
@@ -115,7 +135,7 @@ func (e *slotEtcd) join(name string, spec Spec, ov map[string]int) *placement {
 func (e *slotEtcd) die(name string) {
 	e.mu.Lock()
 	for k, v := range e.kv {
-		if v == `{"node":"`+name+`"}` {
+		if v.value == `{"node":"`+name+`"}` {
 			delete(e.kv, k)
 		}
 	}
@@ -123,6 +143,31 @@ func (e *slotEtcd) die(name string) {
 	e.members = slices.DeleteFunc(e.members, func(p *placement) bool { return p.cfg.Node == name })
 	e.mu.Unlock()
 	e.publish()
+}
+
+// expire ends p's lease: etcd drops its keys and its node, which the
+// others see; p keeps what it had until it takes the new lease id (back).
+func (e *slotEtcd) expire(p *placement, id int64) (back func()) {
+	old := p.cfg.Leases.Lease().ID
+	e.mu.Lock()
+	for k, v := range e.kv {
+		if v.lease == old {
+			delete(e.kv, k)
+		}
+	}
+	e.nodes = slices.DeleteFunc(e.nodes, func(n string) bool { return n == p.cfg.Node })
+	e.members = slices.DeleteFunc(e.members, func(m *placement) bool { return m == p })
+	e.mu.Unlock()
+	e.publish()
+	p.cfg.Leases.(*fixedLease).l = nil
+	return func() {
+		p.cfg.Leases.(*fixedLease).l = &store.Lease{ID: id}
+		e.mu.Lock()
+		e.members = append(e.members, p)
+		e.nodes = append(e.nodes, p.cfg.Node)
+		e.mu.Unlock()
+		e.publish()
+	}
 }
 
 type fixedLease struct{ l *store.Lease }
@@ -171,7 +216,7 @@ func clusterSpec(replicas, maxPerNode int) Spec {
 // survivor only when max_per_node allows; a node joins and takes its share
 // back from the node that had two.
 func TestPlacementSpreadsAndReschedules(t *testing.T) {
-	e := &slotEtcd{kv: map[string]string{}}
+	e := newSlotEtcd()
 	spec := clusterSpec(3, 0)
 	a := e.join("a", spec, nil)
 	if got := settleAll(t, e); got["a"] != 3 {
@@ -200,7 +245,7 @@ func TestPlacementSpreadsAndReschedules(t *testing.T) {
 // dead node's replica waits for a node to place it on, and the shortfall
 // is reported.
 func TestPlacementConflicts(t *testing.T) {
-	e := &slotEtcd{kv: map[string]string{}}
+	e := newSlotEtcd()
 	spec := clusterSpec(3, 1)
 	a := e.join("a", spec, nil)
 	e.join("b", spec, nil)
@@ -229,7 +274,7 @@ func TestPlacementConflicts(t *testing.T) {
 // start its backend before the old one is drained... and scaling down
 // releases the slots above the new count the same way.
 func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
-	e := &slotEtcd{kv: map[string]string{}}
+	e := newSlotEtcd()
 	spec := clusterSpec(2, 0)
 	a := e.join("a", spec, nil)
 	settleAll(t, e)
@@ -276,7 +321,7 @@ func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
 // lease, a step places nothing and Local says so (the reconciler then
 // keeps what runs).
 func TestPlacementWaitsForEtcd(t *testing.T) {
-	e := &slotEtcd{kv: map[string]string{}}
+	e := newSlotEtcd()
 	p := newPlacement(placementConfig{Store: e, Spec: clusterSpec(3, 0), Node: "a", Project: "p",
 		Leases: &fixedLease{}, Replicas: func() (map[string]int, bool) { return nil, true }, Logger: zerolog.Nop()})
 	if err := p.Step(t.Context()); err != nil {
@@ -303,7 +348,7 @@ func TestPlacementWaitsForEtcd(t *testing.T) {
 func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
 	var logs strings.Builder
 	spec := clusterSpec(3, 0)
-	p := newPlacement(placementConfig{Store: &slotEtcd{kv: map[string]string{}}, Spec: spec, Node: "a", Project: "p",
+	p := newPlacement(placementConfig{Store: newSlotEtcd(), Spec: spec, Node: "a", Project: "p",
 		Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
 		Logger: zerolog.New(&logs)})
 	same, _ := json.Marshal(Announcement{Node: "b", Spec: spec.Digest()})
@@ -330,7 +375,7 @@ func TestPlacementWarnsOfBridgeAddresses(t *testing.T) {
 		var logs strings.Builder
 		spec := clusterSpec(3, 0)
 		spec.Advertise = advertise
-		p := newPlacement(placementConfig{Store: &slotEtcd{kv: map[string]string{}}, Spec: spec, Node: "a", Project: "p",
+		p := newPlacement(placementConfig{Store: newSlotEtcd(), Spec: spec, Node: "a", Project: "p",
 			Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
 			Logger: zerolog.New(&logs)})
 		a, _ := json.Marshal(Announcement{Node: "a"})
@@ -350,4 +395,96 @@ func TestPlacementWarnsOfBridgeAddresses(t *testing.T) {
 			t.Fatalf("%s: warned %d times, want %d:\n%s", advertise, n, want, logs.String())
 		}
 	}
+}
+
+// TestPlacementReleasesOnlyItsOwnClaim: a slot marked for release is
+// deleted only while it holds this node's claim (value and lease), and
+// the marks go with the lease they were made under. Before, a node that
+// marked slots, lost its lease while the others claimed everything, and
+// then drained, deleted the others' slots; and a node that claimed its
+// marked slot again under a new lease took it for one to give up.
+func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
+	ctx := t.Context()
+	t.Run("the others claimed it meanwhile", func(t *testing.T) {
+		e := newSlotEtcd()
+		spec := clusterSpec(3, 0)
+		a := e.join("a", spec, nil)
+		settleAll(t, e) // a holds 0, 1, 2
+		b := e.join("b", spec, nil)
+		c := e.join("c", spec, nil)
+		if err := a.Step(ctx); err != nil { // marks 1 and 2: a's share is 1
+			t.Fatal(err)
+		}
+		back := e.expire(a, 10)
+		for _, p := range []*placement{b, c} {
+			if err := p.Step(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := e.holders()
+		if len(want) != 3 || slices.Contains(slices.Collect(maps.Values(want)), "a") {
+			t.Fatalf("b and c should hold the three slots: %v", want)
+		}
+		back()
+		if err := a.Step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Settle(ctx, map[string]int{"apache": 0}); err != nil { // drained
+			t.Fatal(err)
+		}
+		if got := e.holders(); !maps.Equal(got, want) {
+			t.Fatalf("after a settled: slots %v, want b's and c's untouched %v", got, want)
+		}
+	})
+	t.Run("claimed again under a new lease", func(t *testing.T) {
+		e := newSlotEtcd()
+		spec := clusterSpec(2, 0)
+		a := e.join("a", spec, nil)
+		settleAll(t, e) // a holds 0 and 1
+		b := e.join("b", spec, nil)
+		if err := a.Step(ctx); err != nil { // marks 1
+			t.Fatal(err)
+		}
+		back := e.expire(a, 10)
+		back()
+		if err := b.Step(ctx); err != nil { // b takes 0
+			t.Fatal(err)
+		}
+		if err := a.Step(ctx); err != nil { // a takes 1, its share, under lease 10
+			t.Fatal(err)
+		}
+		if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.kv[SlotKey("p", "apache", 1)]; got.lease != 10 {
+			t.Fatalf("slot 1 is %+v after a settled, want a's claim under lease 10: it is not one to give up", got)
+		}
+		if err := a.Step(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if local, _ := a.Local(); local["apache"] != 1 {
+			t.Fatalf("a runs %d, want 1", local["apache"])
+		}
+	})
+	t.Run("someone else's claim under the same lease ID", func(t *testing.T) {
+		e := newSlotEtcd()
+		spec := clusterSpec(2, 0)
+		a := e.join("a", spec, nil)
+		settleAll(t, e)
+		b := e.join("b", spec, nil)
+		if err := a.Step(ctx); err != nil { // marks 1
+			t.Fatal(err)
+		}
+		key := SlotKey("p", "apache", 1)
+		e.mu.Lock()
+		e.kv[key] = fakeKV{value: `{"node":"b"}`, lease: b.cfg.Leases.Lease().ID} // deleted by hand, and b claimed it
+		e.mu.Unlock()
+		e.publish()
+		if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.holders()[key]; got != "b" {
+			t.Fatalf("slot 1 held by %q after a settled, want b", got)
+		}
+	})
 }

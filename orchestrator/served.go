@@ -69,10 +69,15 @@ func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error
 	}
 }
 
-// mirrorServed keeps mirror at what the leader's nginx serves. No key (no
-// proxy runs, or it just died) is nothing served: a new leader's nginx
-// starts from the registrations, without the backends being drained.
+// mirrorServed keeps mirror at what the leader's nginx serves. A key
+// that goes (its node's lease ended) leaves the mirror as it was: that
+// nginx may serve those pools still (a leader that loses its lease keeps
+// its proxy until etcd names another leader), so drains go on waiting for
+// what it said until the next leader publishes, or their timeout. No key
+// at the first reading is nothing served: drains do not wait for a leader
+// that never published.
 func (o *Orchestrator) mirrorServed(mirror servedMirror) func(store.Update) {
+	seen := false
 	return func(u store.Update) {
 		var cur *ServedPools
 		for _, kv := range u.KVs {
@@ -85,8 +90,9 @@ func (o *Orchestrator) mirrorServed(mirror servedMirror) func(store.Update) {
 		}
 		switch {
 		case cur != nil:
+			seen = true
 			mirror.Mirror(cur.Pools)
-		case u.Reset || len(u.Deleted) > 0:
+		case u.Reset && !seen:
 			mirror.Mirror(nil)
 		}
 	}

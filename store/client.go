@@ -12,9 +12,11 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -90,13 +92,22 @@ func New(cfg Config) (*Client, error) {
 			Password:             cfg.Password,
 			TLS:                  tlsCfg,
 			Logger:               zap.NewNop(),
-			DialOptions:          []grpc.DialOption{grpc.WithContextDialer(dialEtcd)},
+			DialOptions: []grpc.DialOption{grpc.WithContextDialer(dialEtcd), grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+				MinConnectTimeout: dial,
+			})},
 		},
 		timeout: timeout,
 		log:     cfg.Logger,
 		slot:    make(chan struct{}, 1),
 	}, nil
 }
+
+// reconnectMaxDelay bounds the wait between two tries to connect to an
+// etcd member that is away (gRPC's default grows to 2 minutes): a client
+// must be back within a second of etcd, while the leases etcd gives their
+// TTL again when it returns are still there to be resumed.
+const reconnectMaxDelay = time.Second
 
 // deadMemberTimeout is how long data sent to an etcd member may go
 // unacknowledged before the connection is dropped and another member is
@@ -218,6 +229,14 @@ type KV struct {
 	// ModRevision is the revision of the key's last write (Get, List):
 	// what PutIfUnchanged compares.
 	ModRevision int64
+	// Created is the revision that created the key (etcd's create
+	// revision): the older of two keys has the lower one.
+	Created int64
+}
+
+// kvOf converts etcd's key-value.
+func kvOf(kv *mvccpb.KeyValue) KV {
+	return KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease, ModRevision: kv.ModRevision, Created: kv.CreateRevision}
 }
 
 // List returns every key under prefix and the store revision it was read at.
@@ -234,7 +253,7 @@ func (c *Client) List(ctx context.Context, prefix string) ([]KV, int64, error) {
 	}
 	out := make([]KV, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease, ModRevision: kv.ModRevision})
+		out = append(out, kvOf(kv))
 	}
 	return out, resp.Header.Revision, nil
 }
@@ -254,7 +273,7 @@ func (c *Client) Get(ctx context.Context, key string) (kv KV, ok bool, err error
 	if len(resp.Kvs) == 0 {
 		return KV{}, false, nil
 	}
-	return KV{Key: key, Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease, ModRevision: resp.Kvs[0].ModRevision}, true, nil
+	return kvOf(resp.Kvs[0]), true, nil
 }
 
 // Put writes key=value, attached to lease when lease is non-zero, and

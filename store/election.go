@@ -11,30 +11,34 @@ import (
 
 // Campaign stands value for election under prefix with lease (the
 // caller's, kept alive by the caller) and returns once it leads, or with
-// ctx's error. Leadership lasts as long as the lease: when the lease ends,
-// so does the candidacy, and etcd's next candidate leads. A campaign
-// ended by ctx withdraws its candidacy. This is etcd's own election
+// ctx's error; created is the revision that created the candidacy's key.
+// Leadership lasts as long as the lease: when the lease ends, so does the
+// candidacy, and etcd's next candidate leads. A campaign under a lease
+// whose key still stands (a lease resumed after etcd came back) takes that
+// key up again, with its place in the line. A campaign ended by ctx
+// withdraws its candidacy. This is etcd's own election
 // (client/v3/concurrency): the leader is the candidate whose key is
 // oldest.
-func (c *Client) Campaign(ctx context.Context, prefix, value string, lease int64) error {
+func (c *Client) Campaign(ctx context.Context, prefix, value string, lease int64) (created int64, err error) {
 	cli, err := c.etcd(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	s, err := concurrency.NewSession(cli, concurrency.WithLease(clientv3.LeaseID(lease)), concurrency.WithContext(ctx))
 	if err != nil {
-		return fmt.Errorf("etcd election %s: %w", prefix, err)
+		return 0, fmt.Errorf("etcd election %s: %w", prefix, err)
 	}
 	// Orphan, never Close: Close would revoke the lease, which is the
 	// node's and holds every other key of it. The caller keeps it alive.
 	defer s.Orphan()
-	if err := concurrency.NewElection(s, prefix).Campaign(ctx, value); err != nil {
+	e := concurrency.NewElection(s, prefix)
+	if err := e.Campaign(ctx, value); err != nil {
 		if isLeaseNotFound(err) {
-			return fmt.Errorf("etcd election %s: %w", prefix, ErrLeaseLost)
+			return 0, fmt.Errorf("etcd election %s: %w", prefix, ErrLeaseLost)
 		}
-		return fmt.Errorf("etcd election %s: %w", prefix, err)
+		return 0, fmt.Errorf("etcd election %s: %w", prefix, err)
 	}
-	return nil
+	return e.Rev(), nil
 }
 
 // Leader returns the candidate that leads the election under prefix (the
@@ -53,7 +57,7 @@ func (c *Client) Leader(ctx context.Context, prefix string) (kv KV, ok bool, err
 	if len(resp.Kvs) == 0 {
 		return KV{}, false, nil
 	}
-	return KV{Key: string(resp.Kvs[0].Key), Value: resp.Kvs[0].Value, Lease: resp.Kvs[0].Lease}, true, nil
+	return kvOf(resp.Kvs[0]), true, nil
 }
 
 // Lock takes the etcd mutex at key (client/v3/concurrency) under a lease

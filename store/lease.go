@@ -38,11 +38,48 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd grant lease of %ds: %w", secs, err)
 	}
+	l, err := c.keep(ctx, cli, resp.ID)
+	if err != nil {
+		return nil, err
+	}
+	c.log.Info().Str("lease", fmt.Sprintf("%x", resp.ID)).Int64("ttl_s", secs).Msg("etcd lease granted")
+	return l, nil
+}
+
+// Resume keeps lease id alive again, until ctx ends or Revoke, when etcd
+// still holds it: a lease whose keep-alive lapsed while every etcd member
+// was away lives on when etcd comes back (its new leader gives every lease
+// its TTL again), and with it every key under it. It returns an error
+// matching ErrLeaseLost when etcd no longer knows the lease.
+func (c *Client) Resume(ctx context.Context, id int64) (*Lease, error) {
+	qctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(qctx)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := cli.TimeToLive(qctx, clientv3.LeaseID(id))
+	switch {
+	case err != nil && !isLeaseNotFound(err):
+		return nil, fmt.Errorf("etcd lease %x: %w", id, err)
+	case err != nil || resp.TTL <= 0:
+		return nil, fmt.Errorf("etcd lease %x: %w", id, ErrLeaseLost)
+	}
+	l, err := c.keep(ctx, cli, clientv3.LeaseID(id))
+	if err != nil {
+		return nil, err
+	}
+	c.log.Info().Str("lease", fmt.Sprintf("%x", id)).Int64("ttl_left_s", resp.TTL).Msg("etcd lease resumed: etcd kept it while out of reach")
+	return l, nil
+}
+
+// keep keeps lease id alive until ctx ends or the Lease is released.
+func (c *Client) keep(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) (*Lease, error) {
 	kctx, stop := context.WithCancel(ctx)
-	ch, err := cli.KeepAlive(kctx, resp.ID)
+	ch, err := cli.KeepAlive(kctx, id)
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("etcd keep lease %x alive: %w", resp.ID, err)
+		return nil, fmt.Errorf("etcd keep lease %x alive: %w", id, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -56,13 +93,12 @@ func (c *Client) Grant(ctx context.Context, ttl time.Duration) (*Lease, error) {
 			// The client closes it also when no answer came for a TTL (the
 			// member under the stream died, say): ask etcd whether the
 			// lease lives, and keep it alive again if it does.
-			if ch = c.keepAgain(kctx, cli, resp.ID); ch == nil {
+			if ch = c.keepAgain(kctx, cli, id); ch == nil {
 				return
 			}
 		}
 	}()
-	c.log.Info().Str("lease", fmt.Sprintf("%x", resp.ID)).Int64("ttl_s", secs).Msg("etcd lease granted")
-	return &Lease{ID: int64(resp.ID), Done: done, stop: stop}, nil
+	return &Lease{ID: int64(id), Done: done, stop: stop}, nil
 }
 
 // keepAgain keeps lease id alive again when etcd still has it; nil when it
@@ -145,10 +181,30 @@ func (c *Client) Claim(ctx context.Context, key, value string, lease int64) (hel
 	}
 	for _, r := range resp.Responses {
 		for _, kv := range r.GetResponseRange().Kvs {
-			return false, KV{Key: string(kv.Key), Value: kv.Value, Lease: kv.Lease}, nil
+			return false, kvOf(kv), nil
 		}
 	}
 	return false, KV{}, nil // deleted between the compare and the get: try again
+}
+
+// Unclaim deletes key only while it holds value under lease (a claim
+// this caller made), in one transaction: a key someone else claimed since
+// is left alone. deleted is false when key did not hold that claim.
+func (c *Client) Unclaim(ctx context.Context, key, value string, lease int64) (deleted bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	cli, err := c.etcd(ctx)
+	if err != nil {
+		return false, err
+	}
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(key), "=", value), clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("etcd unclaim %s: %w", key, err)
+	}
+	return resp.Succeeded, nil
 }
 
 // LeaseGranted returns the TTL lease was granted with; ok is false when

@@ -90,7 +90,7 @@ func (c *Client) listAndWatch(ctx context.Context, prefix string, handle func(Up
 			case clientv3.EventTypeDelete:
 				u.Deleted = append(u.Deleted, string(ev.Kv.Key))
 			case clientv3.EventTypePut:
-				u.KVs = append(u.KVs, KV{Key: string(ev.Kv.Key), Value: ev.Kv.Value, Lease: ev.Kv.Lease, ModRevision: ev.Kv.ModRevision})
+				u.KVs = append(u.KVs, kvOf(ev.Kv))
 			}
 		}
 		handle(u)

@@ -163,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	defer cancelEtcd()
 	etcdDone := make(chan error, 1)
 	go func() {
-		err := c.startEtcd(etcdCtx)
+		err := c.StartEtcd(etcdCtx)
 		c.Timings.Etcd = time.Since(began)
 		if err == nil {
 			c.logf("cluster %s: etcd cluster of %d healthy in %s", c.Name, len(c.Etcd), round(c.Timings.Etcd))

@@ -66,9 +66,10 @@ func (c *Cluster) createEtcd(ctx context.Context, n int) error {
 	return nil
 }
 
-// startEtcd starts every member, then waits until each reports healthy
-// (which etcd does once the cluster has a leader).
-func (c *Cluster) startEtcd(ctx context.Context) error {
+// StartEtcd starts every member (again, after each was killed), then
+// waits until each reports healthy (which etcd does once the cluster has
+// a leader: a member started alone never does).
+func (c *Cluster) StartEtcd(ctx context.Context) error {
 	for _, m := range c.Etcd {
 		if err := c.api.ContainerStart(ctx, m.ID, container.StartOptions{}); err != nil {
 			return fmt.Errorf("etcd member %s: start: %w", m.Name, err)

@@ -1,0 +1,154 @@
+package orchestrator
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+	"testing"
+	"testing/synctest"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// fakeElection is etcd's election as the elector uses it: each Campaign
+// wins with the create revision the test sends on wins (or waits for its
+// ctx), and the test shows the watched keys through show.
+type fakeElection struct {
+	wins chan int64
+
+	mu     sync.Mutex
+	handle func(store.Update)
+}
+
+var _ electionStore = (*fakeElection)(nil)
+
+func (f *fakeElection) Campaign(ctx context.Context, _, _ string, _ int64) (int64, error) {
+	select {
+	case rev := <-f.wins:
+		return rev, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (f *fakeElection) Watch(ctx context.Context, _ string, handle func(store.Update)) error {
+	f.mu.Lock()
+	f.handle = handle
+	f.mu.Unlock()
+	<-ctx.Done()
+	return nil
+}
+
+// show hands the watch the election's keys: node → create revision.
+func (f *fakeElection) show(keys map[string]int64) {
+	u := store.Update{Reset: true}
+	for node, rev := range keys {
+		v, _ := json.Marshal(Leader{Node: node, Address: node + ":8080"})
+		u.KVs = append(u.KVs, store.KV{Key: LeaderPrefix("up") + "/" + node, Value: v, Created: rev})
+	}
+	f.mu.Lock()
+	handle := f.handle
+	f.mu.Unlock()
+	handle(u)
+}
+
+// TestElectorKeepsItsProxy walks the leader's proxy through a lost lease:
+// with nobody else seen leading it keeps running (the same container), an
+// election won again goes on with it, and only another node seen leading
+// in etcd (a key newer than the one this node led with) removes it.
+func TestElectorKeepsItsProxy(t *testing.T) {
+	type env struct {
+		el     *fakeElection
+		leases *fakeLeases
+	}
+	win := func(rev int64) func(env) { return func(e env) { e.el.wins <- rev } }
+	lose := func(e env) { e.leases.expire() }
+	lease := func(id int64) func(env) { return func(e env) { e.leases.set(id) } }
+	show := func(keys map[string]int64) func(env) { return func(e env) { e.el.show(keys) } }
+	for _, tc := range []struct {
+		name         string
+		steps        []func(env)
+		leading      bool
+		proxy        bool // the proxy created while leading still runs
+		proxyCreates int
+	}{
+		{name: "leading", steps: nil, leading: true, proxy: true, proxyCreates: 1},
+		{name: "lease lost, no other leader seen: kept",
+			steps: []func(env){lose, show(map[string]int64{"self": 5})}, proxy: true, proxyCreates: 1},
+		{name: "lease lost, etcd names nobody (every key expired): kept",
+			steps: []func(env){lose, show(nil)}, proxy: true, proxyCreates: 1},
+		{name: "lease lost, then another node seen leading: given up",
+			steps: []func(env){lose, show(map[string]int64{"b": 9})}, proxy: false, proxyCreates: 1},
+		{name: "lease lost, a lagging copy names the previous leader: kept",
+			steps: []func(env){lose, show(map[string]int64{"b": 3})}, proxy: true, proxyCreates: 1},
+		{name: "lease lost, this node's own newer candidacy first: kept",
+			steps: []func(env){lose, show(map[string]int64{"self": 9, "b": 10})}, proxy: true, proxyCreates: 1},
+		{name: "another node seen leading before the lease was lost: stopped at once",
+			steps: []func(env){show(map[string]int64{"b": 9}), lose}, proxy: false, proxyCreates: 1},
+		{name: "elected again under a new lease: the same container",
+			steps: []func(env){lose, lease(2), win(11)}, leading: true, proxy: true, proxyCreates: 1},
+		{name: "elected again, then the election moves on: given up",
+			steps: []func(env){lose, lease(2), win(11), lose, show(map[string]int64{"b": 12})}, proxy: false, proxyCreates: 1},
+		{name: "given up, then elected again: a new proxy",
+			steps: []func(env){lose, show(map[string]int64{"b": 9}), lease(2), win(12)}, leading: true, proxy: false, proxyCreates: 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				e := env{el: &fakeElection{wins: make(chan int64, 1)}, leases: newFakeLeases()}
+				e.leases.set(1)
+				<-e.leases.changed // this lease is not news to the elector
+				el := newElector(electorConfig{Store: e.el, Leases: e.leases, Project: "up", Self: Leader{Node: "self", Address: "self:8080"},
+					Logger: zerolog.Nop()})
+				rec := newRecEnv(t, testSpec())
+				rec.rec.cfg.RunProxy = el.RunsProxy
+				reconcile := func() {
+					t.Helper()
+					if _, err := rec.rec.Reconcile(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				go func() { _ = el.Start(ctx) }()
+				e.el.wins <- 5
+				synctest.Wait()
+				if !el.Leading() {
+					t.Fatal("not leading after winning")
+				}
+				reconcile()
+				first := rec.docker.withRole(containers.RoleProxy, "")
+				if len(first) != 1 {
+					t.Fatalf("%d proxies while leading, want 1", len(first))
+				}
+				for _, step := range tc.steps {
+					step(e)
+					synctest.Wait()
+					reconcile()
+				}
+				if got := el.Leading(); got != tc.leading {
+					t.Errorf("Leading() = %v, want %v", got, tc.leading)
+				}
+				proxies := rec.docker.withRole(containers.RoleProxy, "")
+				kept := len(proxies) == 1 && proxies[0].ID == first[0].ID
+				if kept != tc.proxy {
+					t.Errorf("the first proxy runs: %v, want %v (proxies now: %d)", kept, tc.proxy, len(proxies))
+				}
+				if want := tc.leading || tc.proxy; len(proxies) != map[bool]int{true: 1, false: 0}[want] {
+					t.Errorf("%d proxies, want one only while leading or kept (%v)", len(proxies), want)
+				}
+				created := 0
+				for _, cs := range rec.docker.recorded().creates {
+					if cs.Labels[containers.LabelRole] == string(containers.RoleProxy) {
+						created++
+					}
+				}
+				if created != tc.proxyCreates {
+					t.Errorf("%d proxies created, want %d", created, tc.proxyCreates)
+				}
+			})
+		})
+	}
+}

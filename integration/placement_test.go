@@ -114,4 +114,23 @@ func TestAdvertiseHostAndLeader(t *testing.T) {
 	require.NotContains(t, ej, "down-host ", "a read timeout took the live host's address out")
 	_, err = s.servedHosts(12)
 	require.NoError(t, err, "requests right after the slow one")
+
+	// The leader's daemon killed, or stopped, and started again under
+	// load: it keeps the proxy it finds serving until it is elected again,
+	// and goes on with the same container; no request fails.
+	for _, stop := range []struct {
+		how  string
+		stop func()
+	}{{"SIGKILL", d.Kill}, {"SIGTERM", func() { require.NoError(t, d.Stop(30*time.Second)) }}} {
+		proxy := s.proxy()
+		r := s.startLoad()
+		waitRequests(t, r, 200)
+		stop.stop()
+		d = s.startDaemon()
+		require.NoError(t, d.WaitLog(t.Context(), "elected: this node runs the project's proxy", time.Minute), "after %s", stop.how)
+		s.waitConverged(3, 90*time.Second)
+		waitRequests(t, r, 200)
+		requireNoFailures(t, r.Stop())
+		require.Equal(t, proxy.ID, s.proxy().ID, "the leader's daemon restarted after %s replaced its proxy", stop.how)
+	}
 }

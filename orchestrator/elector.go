@@ -70,6 +70,9 @@ type elector struct {
 	// kept: this node led, lost its lease, and has not seen another node
 	// lead since.
 	kept bool
+	// settled: this run of the daemon led, or saw another node lead;
+	// until then a proxy found running here is kept (ProxyKeep).
+	settled bool
 	// created is the create revision of the key this node last led with.
 	created int64
 	// keys are the election's candidates, as last watched.
@@ -91,21 +94,29 @@ func (e *elector) Leading() bool {
 	return e.leading
 }
 
-// RunsProxy reports whether this node is to run the project's proxy: it
-// leads, or it led and has not seen another node lead since.
-func (e *elector) RunsProxy() bool {
+// RunsProxy says what this node does about the project's proxy: run it
+// while it leads, or led and has not seen another node lead since; keep
+// one it finds running until this run of the daemon either leads or sees
+// another node lead (a restarted leader's daemon); else run none.
+func (e *elector) RunsProxy() ProxyDuty {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.leading || e.kept
+	switch {
+	case e.leading || e.kept:
+		return ProxyRun
+	case !e.settled:
+		return ProxyKeep
+	}
+	return ProxyNone
 }
 
 // update changes the state under mu with fn and tells the watchers when
 // it changed.
 func (e *elector) update(fn func()) {
 	e.mu.Lock()
-	leading, kept := e.leading, e.kept
+	leading, kept, settled := e.leading, e.kept, e.settled
 	fn()
-	same := leading == e.leading && kept == e.kept
+	same := leading == e.leading && kept == e.kept && settled == e.settled
 	e.mu.Unlock()
 	if !same {
 		e.changed.Wake()
@@ -117,7 +128,7 @@ func (e *elector) update(fn func()) {
 // created.
 func (e *elector) elected(created int64) {
 	var again bool
-	e.update(func() { again, e.leading, e.kept, e.created = e.kept, true, false, created })
+	e.update(func() { again, e.leading, e.kept, e.settled, e.created = e.kept, true, false, true, created })
 	node := e.cfg.Self.Node
 	if again {
 		e.log.Info().Str("node", node).Str("address", e.cfg.Self.Address).
@@ -153,7 +164,9 @@ func (e *elector) lost(l *store.Lease) {
 // the election) and gives up a kept proxy once another node leads.
 func (e *elector) observe(u store.Update) {
 	var other string
+	var wasKept bool
 	e.update(func() {
+		wasKept = e.kept
 		if u.Reset {
 			e.keys = map[string]store.KV{}
 		}
@@ -163,12 +176,16 @@ func (e *elector) observe(u store.Update) {
 		for _, kv := range u.KVs {
 			e.keys[kv.Key] = kv
 		}
-		if e.kept {
+		if e.kept || !e.settled {
 			other = e.another()
-			e.kept = other == ""
+			e.kept = e.kept && other == ""
+			e.settled = e.settled || other != ""
 		}
 	})
-	if other != "" {
+	switch {
+	case other != "" && !wasKept:
+		e.log.Info().Str("leader", other).Msgf("node %s leads the project's proxy", other)
+	case other != "":
 		e.log.Warn().Str("leader", other).Msgf("etcd names node %s leader: giving up the proxy kept since this node lost the lead", other)
 		e.cfg.Events.Record(events.Event{Kind: events.LeaderChanged,
 			Message: fmt.Sprintf("node %s gives its proxy up: node %s leads", e.cfg.Self.Node, other)})

@@ -152,3 +152,79 @@ func TestElectorKeepsItsProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestElectorRestartKeepsFoundProxy: a daemon that starts (again) on the
+// node that ran the project's proxy keeps that proxy serving, as it is,
+// until it either leads (the same container goes on) or sees another node
+// lead in etcd (then it goes); a node that finds no proxy creates none
+// before it leads.
+func TestElectorRestartKeepsFoundProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		found        bool // a proxy ran here before the restart
+		then         func(f *fakeElection)
+		leading      bool
+		proxy        bool // the proxy found still runs
+		proxyCreates int  // after the restart
+	}{
+		{name: "nothing known yet: kept", found: true, then: func(*fakeElection) {}, proxy: true},
+		{name: "its own key of before the restart leads: kept", found: true,
+			then: func(f *fakeElection) { f.show(map[string]int64{"self": 3, "b": 4}) }, proxy: true},
+		{name: "elected: the same container", found: true, then: func(f *fakeElection) { f.wins <- 9 }, leading: true, proxy: true},
+		{name: "another node leads: removed", found: true,
+			then: func(f *fakeElection) { f.show(map[string]int64{"b": 4, "self": 9}) }, proxy: false},
+		{name: "no proxy found: none created before leading", then: func(*fakeElection) {}, proxy: false},
+		{name: "no proxy found, elected: created", then: func(f *fakeElection) { f.wins <- 9 }, leading: true, proxyCreates: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ctx, cancel := context.WithCancel(t.Context())
+				defer cancel()
+				rec := newRecEnv(t, testSpec())
+				reconcile := func() {
+					t.Helper()
+					if _, err := rec.rec.Reconcile(ctx); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var found []containers.Container
+				if tc.found { // the daemon's run before: it led
+					reconcile()
+					found = rec.docker.withRole(containers.RoleProxy, "")
+				}
+				before := len(rec.docker.recorded().creates)
+				f := &fakeElection{wins: make(chan int64, 1)}
+				leases := newFakeLeases()
+				leases.set(1)
+				el := newElector(electorConfig{Store: f, Leases: leases, Project: "up", Self: Leader{Node: "self", Address: "self:8080"},
+					Logger: zerolog.Nop()})
+				rec.rec.cfg.RunProxy = el.RunsProxy
+				go func() { _ = el.Start(ctx) }()
+				synctest.Wait()
+				reconcile()
+				if got := rec.docker.withRole(containers.RoleProxy, ""); len(got) != len(found) {
+					t.Fatalf("first pass after the restart: %d proxies, want the %d found", len(got), len(found))
+				}
+				tc.then(f)
+				synctest.Wait()
+				reconcile()
+				if got := el.Leading(); got != tc.leading {
+					t.Errorf("Leading() = %v, want %v", got, tc.leading)
+				}
+				proxies := rec.docker.withRole(containers.RoleProxy, "")
+				if kept := len(found) == 1 && len(proxies) == 1 && proxies[0].ID == found[0].ID; kept != tc.proxy {
+					t.Errorf("the proxy found runs: %v, want %v (proxies now: %d)", kept, tc.proxy, len(proxies))
+				}
+				created := 0
+				for _, cs := range rec.docker.recorded().creates[before:] {
+					if cs.Labels[containers.LabelRole] == string(containers.RoleProxy) {
+						created++
+					}
+				}
+				if created != tc.proxyCreates {
+					t.Errorf("%d proxies created after the restart, want %d", created, tc.proxyCreates)
+				}
+			})
+		})
+	}
+}

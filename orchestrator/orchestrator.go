@@ -170,7 +170,7 @@ func New(cfg Config) *Orchestrator {
 		Replicas: o.overrides.Replicas,
 		Logger:   cfg.Logger.With().Str("component", "placement").Logger(),
 	})
-	var runProxy func() bool
+	var runProxy func() ProxyDuty
 	o.pool = cfg.Pool
 	if cfg.ProxyPlacement == PlacementLeader {
 		if cfg.Mirror != nil {

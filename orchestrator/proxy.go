@@ -121,8 +121,13 @@ const TLSPort = 443
 // adopted afterwards, never recreated while it exists) and one running,
 // up-to-date proxy mounting it, and publishes that proxy.
 func (r *reconciler) reconcileProxy(ctx context.Context, data, proxies []containers.Container) error {
-	if r.cfg.RunProxy != nil && !r.cfg.RunProxy() {
-		return r.noProxy(ctx, proxies)
+	if r.cfg.RunProxy != nil {
+		switch r.cfg.RunProxy() {
+		case ProxyNone:
+			return r.noProxy(ctx, proxies)
+		case ProxyKeep:
+			return r.keepProxy(ctx, proxies)
+		}
 	}
 	dataC, err := r.ensureData(ctx, data)
 	if err != nil {
@@ -245,6 +250,43 @@ func (r *reconciler) ensureConfig(ctx context.Context, dataID string) error {
 		return fmt.Errorf("write the placeholder config: %w", err)
 	}
 	r.log.Info().Str("file", p.ConfigPath).Msg("placeholder config written: nginx answers 503 until the first render")
+	return nil
+}
+
+// ProxyDuty is what a node does about the project's proxy with
+// proxy.placement = "leader".
+type ProxyDuty int
+
+const (
+	// ProxyNone: another node leads; remove any proxy here.
+	ProxyNone ProxyDuty = iota
+	// ProxyKeep: who leads is not known yet (the daemon just started);
+	// keep a proxy that runs here, create none.
+	ProxyKeep
+	// ProxyRun: this node runs the project's proxy.
+	ProxyRun
+)
+
+// keepProxy keeps the running proxy found here, as it is, while who leads
+// is not known: a leader's daemon that restarts must not take the front
+// door down before etcd says another node has it. It creates nothing.
+func (r *reconciler) keepProxy(ctx context.Context, proxies []containers.Container) error {
+	for _, p := range proxies {
+		if p.State != containers.StateRunning {
+			continue
+		}
+		ip := p.IPs[r.cfg.Spec.Network]
+		if ip == "" {
+			fresh, err := r.cfg.Docker.Inspect(ctx, p.ID)
+			if err != nil {
+				return fmt.Errorf("proxy: %w", err)
+			}
+			ip = fresh.IPs[r.cfg.Spec.Network]
+		}
+		r.cfg.Proxy.set(p.ID, ip, false)
+		return nil
+	}
+	r.cfg.Proxy.set("", "", false)
 	return nil
 }
 

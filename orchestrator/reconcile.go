@@ -76,9 +76,9 @@ type reconcilerConfig struct {
 	Pool pool
 	// Proxy is where the running proxy is published for the renderer.
 	Proxy *runningProxy
-	// RunProxy says whether this node is to run the proxy (it leads);
-	// nil: always.
-	RunProxy func() bool
+	// RunProxy says whether this node is to run the proxy (it leads), to
+	// keep one it runs, or to run none; nil: always run one.
+	RunProxy func() ProxyDuty
 	Events   *events.Journal
 	Logger   zerolog.Logger
 }

@@ -44,7 +44,10 @@ func (h *History) Observe(o render.Outcome) {
 	defer h.mu.Unlock()
 	switch {
 	case errors.Is(o.Err, nginx.ErrCheckFailed):
-		msg := strings.TrimSpace(strings.TrimPrefix(o.Err.Error(), nginx.ErrCheckFailed.Error()+":"))
+		msg := o.Err.Error()
+		if ce := (*nginx.CheckError)(nil); errors.As(o.Err, &ce) {
+			msg = ce.Message // nginx's own words
+		}
 		if h.rejected != nil && h.rejected.Hash == o.Hash {
 			return // said already
 		}

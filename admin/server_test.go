@@ -219,7 +219,7 @@ func TestHistory(t *testing.T) {
 	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server a:80;\n}\n"), Hash: "h1", Pools: pools})
 	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server b:80;\n}\n"), Hash: "h2", Pools: pools, Confirmed: 30 * time.Millisecond})
 	h.Observe(render.Outcome{Pushed: true, Hash: "h2", Pools: map[string][]string{"apache": {"b:80"}}})
-	bad := fmt.Errorf("%w: nginx: [emerg] unknown directive \"bogus\"", nginx.ErrCheckFailed)
+	bad := &nginx.CheckError{Message: `nginx: [emerg] unknown directive "bogus"`}
 	h.Observe(render.Outcome{Err: bad, Hash: "h3"})
 	h.Observe(render.Outcome{Err: bad, Hash: "h3"}) // said once
 	h.Observe(render.Outcome{Err: fmt.Errorf("%w: no proxy", render.ErrNotReady)})
@@ -230,7 +230,7 @@ func TestHistory(t *testing.T) {
 	if p.Hash != "h2" || !strings.Contains(p.Diff, "-  server a:80;") || !strings.Contains(p.Diff, "+  server b:80;") {
 		t.Errorf("live %q, diff %q; want h2 and the change from a to b", p.Hash, p.Diff)
 	}
-	if p.Rejected == nil || p.Rejected.Hash != "h3" || !strings.Contains(p.Rejected.Message, `unknown directive "bogus"`) {
+	if p.Rejected == nil || p.Rejected.Hash != "h3" || p.Rejected.Message != bad.Message {
 		t.Errorf("rejected %+v; want h3 with nginx's message", p.Rejected)
 	}
 	if p.Pushed == nil || p.ConfirmedMS != 30 || p.RenderError != "push pools: status 403" {

@@ -48,6 +48,18 @@ var (
 	ErrNoStatusServer = errors.New("status server not answering")
 )
 
+// CheckError is `nginx -t` rejecting a candidate config: it matches
+// ErrCheckFailed, and Message is what nginx said, with the candidate's
+// staging path named "<live file> (candidate)".
+type CheckError struct {
+	Message string
+}
+
+func (e *CheckError) Error() string { return ErrCheckFailed.Error() + ": " + e.Message }
+
+// Unwrap makes a CheckError match ErrCheckFailed.
+func (e *CheckError) Unwrap() error { return ErrCheckFailed }
+
 // dockerAPI is what a Session needs from the Docker engine.
 type dockerAPI interface {
 	CopyFiles(ctx context.Context, id, dir string, files []containers.File) error

@@ -2,7 +2,6 @@ package render
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -442,7 +441,7 @@ func (h *harness) observed() []Outcome {
 	defer h.mu.Unlock()
 	var out []Outcome
 	for _, o := range h.outcomes {
-		if !errors.Is(o.Err, ErrNotReady) {
+		if o.Result != ResultWaiting {
 			out = append(out, o)
 		}
 	}
@@ -455,7 +454,7 @@ func (h *harness) waited() int {
 	defer h.mu.Unlock()
 	n := 0
 	for _, o := range h.outcomes {
-		if errors.Is(o.Err, ErrNotReady) {
+		if o.Result == ResultWaiting {
 			n++
 		}
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"sort"
 	"sync"
@@ -63,36 +62,23 @@ func newMetrics() *metrics {
 		m.passes, m.took, m.confirm, m.orders)
 	m.orders.WithLabelValues("issued")
 	m.orders.WithLabelValues("failed")
-	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
-		m.passes.WithLabelValues(r) // exported at zero from the start
+	for _, r := range render.Results() {
+		m.passes.WithLabelValues(string(r)) // exported at zero from the start
 	}
 	return m
 }
 
-// observe records one render pass.
+// observe records one render pass, under its result.
 func (m *metrics) observe(o render.Outcome) {
+	m.passes.WithLabelValues(string(o.Result)).Inc()
 	var failed error
-	switch {
-	case errors.Is(o.Err, nginx.ErrCheckFailed):
-		m.passes.WithLabelValues("rejected").Inc()
-	case errors.Is(o.Err, render.ErrNotReady):
-		m.passes.WithLabelValues("waiting").Inc()
-	case errors.Is(o.Err, render.ErrWouldEmpty):
-		m.passes.WithLabelValues("refused").Inc()
-	case o.Err != nil:
-		m.passes.WithLabelValues("error").Inc()
+	if o.Result == render.ResultError {
 		failed = o.Err
-	case o.Changed:
-		m.passes.WithLabelValues("reload").Inc()
-	case o.Pushed:
-		m.passes.WithLabelValues("push").Inc()
-	default:
-		m.passes.WithLabelValues("unchanged").Inc()
 	}
 	m.mu.Lock()
 	m.renderErr = failed
 	m.mu.Unlock()
-	if o.Err == nil && (o.Changed || o.Pushed) {
+	if o.Result == render.ResultReload || o.Result == render.ResultPush {
 		m.took.Observe(o.Took.Seconds())
 	}
 	if o.Confirmed > 0 {

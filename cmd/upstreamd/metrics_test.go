@@ -20,25 +20,24 @@ import (
 )
 
 // TestMetricsObserve: every pass the renderer reports counts once, under
-// the result that says what happened, failures on the way to the proxy
-// included.
+// its result; only the passes that changed something are timed, and only
+// an error is a problem.
 func TestMetricsObserve(t *testing.T) {
 	tests := []struct {
-		name string
-		o    render.Outcome
-		want string
+		name      string
+		o         render.Outcome
+		want      string
+		wantTimed bool
+		wantProb  string
 	}{
-		{name: "reload", o: render.Outcome{Changed: true, Pushed: true}, want: "reload"},
-		{name: "push", o: render.Outcome{Pushed: true}, want: "push"},
-		{name: "nothing to do", o: render.Outcome{}, want: "unchanged"},
-		{name: "nginx -t said no", o: render.Outcome{Err: fmt.Errorf("%w: bad", nginx.ErrCheckFailed)}, want: "rejected"},
-		{name: "would empty a pool", o: render.Outcome{Err: fmt.Errorf("%w of apache", render.ErrWouldEmpty)}, want: "refused"},
-		{name: "no proxy yet", o: render.Outcome{Err: fmt.Errorf("%w: no running proxy", render.ErrNotReady)}, want: "waiting"},
-		{name: "template failed", o: render.Outcome{Err: &render.RenderError{Template: "t", Err: errors.New("x")}}, want: "error"},
-		{name: "push refused", o: render.Outcome{Err: errors.New("push pools to 10.0.0.2:8099: status 403")}, want: "error"},
-		{name: "exec failed", o: render.Outcome{Err: errors.New("deliver config: exec: container not running")}, want: "error"},
-		{name: "HUP failed", o: render.Outcome{Changed: true, Err: errors.New("deliver config: reload: timeout")}, want: "error"},
-		{name: "reload not confirmed", o: render.Outcome{Changed: true, Err: errors.New("nginx did not run config 1 within 5s")}, want: "error"},
+		{name: "reload", o: render.Outcome{Result: render.ResultReload, Changed: true, Pushed: true}, want: "reload", wantTimed: true},
+		{name: "push", o: render.Outcome{Result: render.ResultPush, Pushed: true}, want: "push", wantTimed: true},
+		{name: "nothing to do", o: render.Outcome{Result: render.ResultUnchanged}, want: "unchanged"},
+		{name: "nginx -t said no", o: render.Outcome{Result: render.ResultRejected, Pushed: true, Err: &nginx.CheckError{Message: "bad"}}, want: "rejected"},
+		{name: "would empty a pool", o: render.Outcome{Result: render.ResultRefused, Pushed: true, Err: fmt.Errorf("%w of apache", render.ErrWouldEmpty)}, want: "refused"},
+		{name: "no proxy yet", o: render.Outcome{Result: render.ResultWaiting, Err: fmt.Errorf("%w: no running proxy", render.ErrNotReady)}, want: "waiting"},
+		{name: "HUP failed", o: render.Outcome{Result: render.ResultError, Changed: true, Err: errors.New("deliver config: reload: timeout")}, want: "error",
+			wantProb: "render: deliver config: reload: timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -53,8 +52,29 @@ func TestMetricsObserve(t *testing.T) {
 					t.Errorf("render_passes_total{result=%q} = %v; want %v", r, got, want)
 				}
 			}
+			if got := histCount(t, m) == 1; got != tt.wantTimed {
+				t.Errorf("timed = %v; want %v", got, tt.wantTimed)
+			}
+			if got := strings.Join(m.problems(fakeSources{}), "|"); got != tt.wantProb {
+				t.Errorf("problems = %q; want %q", got, tt.wantProb)
+			}
 		})
 	}
+}
+
+// histCount is how many passes upstreamd_render_pass_seconds counted.
+func histCount(t *testing.T, m *metrics) uint64 {
+	t.Helper()
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "upstreamd_render_pass_seconds" {
+			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
 }
 
 // fakeSources is the orchestrator as the metrics read it.
@@ -74,13 +94,13 @@ func TestHealthz(t *testing.T) {
 		want     int
 		wantBody []string
 	}{
-		{name: "all well", render: render.Outcome{Pushed: true}, want: http.StatusOK, wantBody: []string{"ok"}},
-		{name: "nginx rejected a config: still healthy", render: render.Outcome{Err: fmt.Errorf("%w: x", nginx.ErrCheckFailed)}, want: http.StatusOK},
+		{name: "all well", render: render.Outcome{Result: render.ResultPush, Pushed: true}, want: http.StatusOK, wantBody: []string{"ok"}},
+		{name: "nginx rejected a config: still healthy", render: render.Outcome{Result: render.ResultRejected, Err: &nginx.CheckError{Message: "x"}}, want: http.StatusOK},
 		{name: "docker failing", problems: []string{"docker: reconcile failing: engine down"}, want: http.StatusServiceUnavailable,
 			wantBody: []string{"docker: reconcile failing: engine down"}},
 		{name: "etcd without a lease", problems: []string{"etcd: this node holds no lease"}, want: http.StatusServiceUnavailable,
 			wantBody: []string{"etcd: this node holds no lease"}},
-		{name: "render failing", render: render.Outcome{Err: errors.New("push pools: status 403")}, want: http.StatusServiceUnavailable,
+		{name: "render failing", render: render.Outcome{Result: render.ResultError, Err: errors.New("push pools: status 403")}, want: http.StatusServiceUnavailable,
 			wantBody: []string{"render: push pools: status 403"}},
 	}
 	for _, tt := range tests {

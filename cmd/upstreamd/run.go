@@ -67,7 +67,7 @@ type daemon struct {
 	registrations *store.Cache
 	orch          *orchestrator.Orchestrator
 	ctrl          *render.Controller
-	metrics       *metrics
+	metrics       *admin.Metrics
 	checks        templateCheck // what the template renders, for nginx -t before anything is created
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
@@ -104,7 +104,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
+	d := &daemon{cfg: cfg, log: log, metrics: admin.NewMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
 	d.history = admin.NewHistory(d.journal)
 	d.docker, err = containers.New(containers.Config{
 		Host:    cfg.Docker.Host,
@@ -162,7 +162,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
 		Observe: func(o render.Outcome) {
-			d.metrics.observe(o)
+			d.metrics.Observe(o)
 			d.history.Observe(o)
 		},
 	})
@@ -188,7 +188,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 			},
 			WaitAnswer: d.ctrl.WaitAnswer,
 			ProxyNodes: proxyNodes,
-			Observe:    d.metrics.observeOrder,
+			Observe:    d.metrics.ObserveOrder,
 			Logger:     log.With().Str("component", "acme").Logger(),
 		})
 	}

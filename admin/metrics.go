@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"context"
@@ -16,16 +16,16 @@ import (
 )
 
 // sources is what the metrics and the health check read from the
-// orchestrator at request time.
+// orchestrator at request time (an *orchestrator.Orchestrator).
 type sources interface {
 	BackendStates() map[string]map[string]int
 	Problems() []string
 }
 
-// metrics are the daemon's Prometheus metrics, fed by the render
-// controller's outcomes and read from the orchestrator when scraped, and
-// the /healthz answer.
-type metrics struct {
+// Metrics are the daemon's Prometheus metrics, fed by the render
+// Controller's outcomes and the ACME orders and read from the orchestrator
+// when scraped, and the problems /healthz answers with.
+type Metrics struct {
 	reg     *prometheus.Registry
 	passes  *prometheus.CounterVec
 	took    prometheus.Histogram
@@ -36,8 +36,10 @@ type metrics struct {
 	renderErr error // the last render pass's failure; nil once one works
 }
 
-func newMetrics() *metrics {
-	m := &metrics{
+// NewMetrics returns the metrics, every render result and order result
+// at zero.
+func NewMetrics() *Metrics {
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "upstreamd_render_passes_total",
@@ -68,8 +70,9 @@ func newMetrics() *metrics {
 	return m
 }
 
-// observe records one render pass, under its result.
-func (m *metrics) observe(o render.Outcome) {
+// Observe records one render pass, under its result (the render
+// Controller's Observe).
+func (m *Metrics) Observe(o render.Outcome) {
 	m.passes.WithLabelValues(string(o.Result)).Inc()
 	var failed error
 	if o.Result == render.ResultError {
@@ -86,8 +89,8 @@ func (m *metrics) observe(o render.Outcome) {
 	}
 }
 
-// observeOrder records one ACME order.
-func (m *metrics) observeOrder(_ string, err error) {
+// ObserveOrder records one ACME order (the certs Manager's Observe).
+func (m *Metrics) ObserveOrder(_ string, err error) {
 	if err != nil {
 		m.orders.WithLabelValues("failed").Inc()
 		return
@@ -101,26 +104,19 @@ var certExpiryDesc = prometheus.NewDesc("upstreamd_cert_expiry_seconds",
 	"Seconds until the certificate the proxy serves for host expires (negative: expired), by source: file ([[tls.certificate]]), acme or import (kept in etcd).",
 	[]string{"host", "source"}, nil)
 
-// servedCert is one certificate the proxy serves, for the metrics.
-type servedCert struct {
-	names    []string
-	source   string
-	notAfter time.Time
-}
-
 // certsCollector reads the served certificates when scraped; a host named
 // by several is reported for the first, the one nginx picks.
-type certsCollector struct{ list func() []servedCert }
+type certsCollector struct{ list func() []Certificate }
 
 func (c certsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- certExpiryDesc }
 
 func (c certsCollector) Collect(ch chan<- prometheus.Metric) {
 	seen := map[string]bool{}
 	for _, cert := range c.list() {
-		for _, h := range cert.names {
+		for _, h := range cert.Names {
 			if !seen[h] {
 				seen[h] = true
-				ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, time.Until(cert.notAfter).Seconds(), h, cert.source)
+				ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, time.Until(cert.NotAfter).Seconds(), h, cert.Source)
 			}
 		}
 	}
@@ -180,9 +176,9 @@ func (c ejectionsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ejectedHostsDesc, prometheus.GaugeValue, float64(len(e.DownHosts)))
 }
 
-// problems lists what is wrong now: the orchestrator's, then the
+// Problems lists what is wrong now: the orchestrator's, then the
 // renderer's last failure.
-func (m *metrics) problems(src sources) []string {
+func (m *Metrics) Problems(src sources) []string {
 	out := src.Problems()
 	m.mu.Lock()
 	if m.renderErr != nil {
@@ -193,10 +189,11 @@ func (m *metrics) problems(src sources) []string {
 	return out
 }
 
-// handler answers /metrics: the daemon's metrics, the backends' states
-// read from src, and when read is not nil the proxy's ejections, read at
-// each scrape.
-func (m *metrics) handler(src sources, read ejections, served func() []servedCert) http.Handler {
+// Handler answers /metrics: the daemon's metrics, the backends' states
+// read from src, when read is not nil the proxy's ejections, and when
+// served is not nil the expiry of the certificates the proxy serves, read
+// at each scrape.
+func (m *Metrics) Handler(src sources, read func(context.Context) (nginx.Ejections, error), served func() []Certificate) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(backendsCollector{src: src})
 	if served != nil {

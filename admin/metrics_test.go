@@ -1,4 +1,4 @@
-package main
+package admin
 
 import (
 	"context"
@@ -10,10 +10,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
@@ -41,8 +41,8 @@ func TestMetricsObserve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMetrics()
-			m.observe(tt.o)
+			m := NewMetrics()
+			m.Observe(tt.o)
 			for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
 				want := 0.0
 				if r == tt.want {
@@ -55,7 +55,7 @@ func TestMetricsObserve(t *testing.T) {
 			if got := histCount(t, m) == 1; got != tt.wantTimed {
 				t.Errorf("timed = %v; want %v", got, tt.wantTimed)
 			}
-			if got := strings.Join(m.problems(fakeSources{}), "|"); got != tt.wantProb {
+			if got := strings.Join(m.Problems(fakeSources{}), "|"); got != tt.wantProb {
 				t.Errorf("problems = %q; want %q", got, tt.wantProb)
 			}
 		})
@@ -63,7 +63,7 @@ func TestMetricsObserve(t *testing.T) {
 }
 
 // histCount is how many passes upstreamd_render_pass_seconds counted.
-func histCount(t *testing.T, m *metrics) uint64 {
+func histCount(t *testing.T, m *Metrics) uint64 {
 	t.Helper()
 	mfs, err := m.reg.Gather()
 	if err != nil {
@@ -105,10 +105,10 @@ func TestHealthz(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			m := newMetrics()
-			m.observe(tt.render)
+			m := NewMetrics()
+			m.Observe(tt.render)
 			src := fakeSources{problems: tt.problems}
-			srv := httptest.NewServer(admin.NewServer(admin.Config{Problems: func() []string { return m.problems(src) }, Journal: events.New(0)}))
+			srv := httptest.NewServer(NewServer(Config{Problems: func() []string { return m.Problems(src) }, Journal: events.New(0)}))
 			defer srv.Close()
 			resp, err := http.Get(srv.URL + "/healthz")
 			if err != nil {
@@ -131,28 +131,26 @@ func TestHealthz(t *testing.T) {
 // TestBackendsMetric: every state is exported, unhealthy included, and
 // concurrent scrapes each see one consistent reading.
 func TestBackendsMetric(t *testing.T) {
-	m := newMetrics()
+	m := NewMetrics()
 	src := fakeSources{states: map[string]map[string]int{"apache": {"healthy": 2, "pending": 1, "unhealthy": 1}}}
-	srv := httptest.NewServer(m.handler(src, nil, nil))
+	srv := httptest.NewServer(m.Handler(src, nil, nil))
 	defer srv.Close()
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := http.Get(srv.URL + "/metrics")
+			body, err := scrape(srv.URL)
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
 			for _, want := range []string{
 				`upstreamd_backends{service="apache",state="healthy"} 2`,
 				`upstreamd_backends{service="apache",state="pending"} 1`,
 				`upstreamd_backends{service="apache",state="unhealthy"} 1`,
 			} {
-				if !strings.Contains(string(body), want) {
+				if !strings.Contains(body, want) {
 					t.Errorf("scrape lacks %q", want)
 				}
 			}
@@ -186,24 +184,64 @@ func TestEjectionsMetric(t *testing.T) {
 		},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(newMetrics().handler(fakeSources{}, tt.read, nil))
+			srv := httptest.NewServer(NewMetrics().Handler(fakeSources{}, tt.read, nil))
 			defer srv.Close()
-			resp, err := http.Get(srv.URL + "/metrics")
+			body, err := scrape(srv.URL)
 			if err != nil {
 				t.Fatal(err)
 			}
-			body, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
 			for _, w := range tt.want {
-				if !strings.Contains(string(body), w) {
+				if !strings.Contains(body, w) {
 					t.Errorf("/metrics lacks %q", w)
 				}
 			}
 			for _, w := range tt.not {
-				if strings.Contains(string(body), w) {
+				if strings.Contains(body, w) {
 					t.Errorf("/metrics has %q", w)
 				}
 			}
 		})
 	}
+}
+
+// TestCertExpiryMetric: each host a served certificate names is exported
+// once, for the first certificate naming it (the one nginx picks), with its
+// source.
+func TestCertExpiryMetric(t *testing.T) {
+	far := time.Now().Add(90 * 24 * time.Hour)
+	served := func() []Certificate {
+		return []Certificate{
+			{Source: "file", Names: []string{"a.example", "b.example"}, NotAfter: far},
+			{Source: "acme", Names: []string{"b.example", "c.example"}, NotAfter: far},
+		}
+	}
+	srv := httptest.NewServer(NewMetrics().Handler(fakeSources{}, nil, served))
+	defer srv.Close()
+	body, err := scrape(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`upstreamd_cert_expiry_seconds{host="a.example",source="file"} 7.7`,
+		`upstreamd_cert_expiry_seconds{host="b.example",source="file"} 7.7`,
+		`upstreamd_cert_expiry_seconds{host="c.example",source="acme"} 7.7`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if n := strings.Count(body, `host="b.example"`); n != 1 {
+		t.Errorf("b.example exported %d times; want once", n)
+	}
+}
+
+// scrape GETs /metrics of the server at url.
+func scrape(url string) (string, error) {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
 )
@@ -18,7 +19,7 @@ import (
 // sources is what the metrics and the health check read from the
 // orchestrator at request time (an *orchestrator.Orchestrator).
 type sources interface {
-	BackendStates() map[string]map[string]int
+	BackendStates() map[string]map[health.State]int
 	Problems() []string
 }
 
@@ -136,7 +137,7 @@ func (c backendsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backends
 func (c backendsCollector) Collect(ch chan<- prometheus.Metric) {
 	for service, states := range c.src.BackendStates() {
 		for state, n := range states {
-			ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), service, state)
+			ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), service, string(state))
 		}
 	}
 }

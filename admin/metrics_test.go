@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
 )
@@ -79,12 +80,12 @@ func histCount(t *testing.T, m *Metrics) uint64 {
 
 // fakeSources is the orchestrator as the metrics read it.
 type fakeSources struct {
-	states   map[string]map[string]int
+	states   map[string]map[health.State]int
 	problems []string
 }
 
-func (f fakeSources) BackendStates() map[string]map[string]int { return f.states }
-func (f fakeSources) Problems() []string                       { return append([]string(nil), f.problems...) }
+func (f fakeSources) BackendStates() map[string]map[health.State]int { return f.states }
+func (f fakeSources) Problems() []string                             { return append([]string(nil), f.problems...) }
 
 func TestHealthz(t *testing.T) {
 	tests := []struct {
@@ -132,7 +133,7 @@ func TestHealthz(t *testing.T) {
 // concurrent scrapes each see one consistent reading.
 func TestBackendsMetric(t *testing.T) {
 	m := NewMetrics()
-	src := fakeSources{states: map[string]map[string]int{"apache": {"healthy": 2, "pending": 1, "unhealthy": 1}}}
+	src := fakeSources{states: map[string]map[health.State]int{"apache": {health.Healthy: 2, health.Pending: 1, health.Unhealthy: 1}}}
 	srv := httptest.NewServer(m.Handler(src, nil, nil))
 	defer srv.Close()
 	var wg sync.WaitGroup

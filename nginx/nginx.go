@@ -1,7 +1,9 @@
 // Package nginx is everything upstreamd says to a running nginx proxy
 // container: it delivers a rendered config (stage, `nginx -t`, swap, HUP, in
 // one exec), pushes pools to the Lua balancer and reads which config nginx
-// runs, both over upstreamd's status server inside the proxy.
+// runs, both over upstreamd's status server inside the proxy, and asks the
+// proxy for ACME HTTP-01 answers as the CA will (WaitAnswer, stateless: it
+// shares no Session).
 //
 // A Client holds what is the same for every proxy (paths, ports, the Docker
 // engine). A Session is one proxy container as the daemon knows it: what is

@@ -1177,7 +1177,7 @@ func TestControllerCertsAndAnswers(t *testing.T) {
 		}
 		del, _ := newFakeNginx()
 		fc := &fakeCerts{changed: make(chan struct{}, 1)}
-		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc, noIP: true,
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc,
 			tls: &TLS{Port: 443, PublicPort: 443}, acme: "/etc/nginx/upstreamd-acme"})
 		h.src.set(backends(t, 1, 3))
 		advance(time.Second)
@@ -1187,7 +1187,7 @@ func TestControllerCertsAndAnswers(t *testing.T) {
 		}
 		const token = "tok_0123456789abcdef"
 		answered := make(chan error, 1)
-		go func() { answered <- h.ctrl.WaitAnswer(t.Context(), "a.example", token, token+".x") }()
+		go func() { answered <- h.ctrl.WaitAnswerLive(t.Context(), token) }()
 		fc.set(nil, map[string]string{token: token + ".x"})
 		advance(time.Second)
 		if err := <-answered; err != nil {

@@ -479,7 +479,6 @@ type harnessConfig struct {
 	tls         *TLS            // the configured TLS (certificates from files)
 	acme        string          // View.ACME
 	configDir   string          // ControllerConfig.ConfigDir
-	noIP        bool            // the proxy's address is unknown
 	ready       <-chan struct{} // nil: ready at once
 	healthyHere func(service string) int
 }
@@ -499,9 +498,6 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		ready: ready, healthy: hc.healthyHere, up: true, changed: make(chan struct{}),
 		proxy: nginx.Proxy{ID: testProxyID, IP: testProxyIP, Generation: 1},
 	}}
-	if hc.noIP {
-		h.host.proxy.IP = ""
-	}
 	services := hc.services
 	if services == nil {
 		services = []string{"apache"}

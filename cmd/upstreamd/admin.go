@@ -15,6 +15,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -39,6 +40,12 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 		return nil, fmt.Errorf("admin.listen %s: %w", listen, err)
 	}
 	return l, nil
+}
+
+// observePass records a render pass in the metrics and the history.
+func (d *daemon) observePass(o render.Outcome) {
+	d.metrics.Observe(o)
+	d.history.Observe(o)
 }
 
 // adminServer is the admin listener's handler.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 // APIVersion is the path prefix of the JSON API.
@@ -84,12 +85,12 @@ type Service struct {
 
 // Backend is one backend container of this node.
 type Backend struct {
-	Container string    `json:"container"`
-	ID        string    `json:"id"`
-	Addr      string    `json:"addr"`
-	Node      string    `json:"node"`
-	State     string    `json:"state"` // healthy, pending, unhealthy
-	Since     time.Time `json:"since"`
+	Container string       `json:"container"`
+	ID        string       `json:"id"`
+	Addr      string       `json:"addr"`
+	Node      string       `json:"node"`
+	State     health.State `json:"state"`
+	Since     time.Time    `json:"since"`
 	// LastProbe is when the last probe ended (absent: none yet), ProbeMS
 	// how long it took, ProbeError why it failed.
 	LastProbe  *time.Time `json:"last_probe,omitempty"`

@@ -42,9 +42,12 @@ func (h *History) Observe(o render.Outcome) {
 	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch {
-	case errors.Is(o.Err, nginx.ErrCheckFailed):
-		msg := strings.TrimSpace(strings.TrimPrefix(o.Err.Error(), nginx.ErrCheckFailed.Error()+":"))
+	switch o.Result {
+	case render.ResultRejected:
+		msg := o.Err.Error()
+		if ce := (*nginx.CheckError)(nil); errors.As(o.Err, &ce) {
+			msg = ce.Message // nginx's own words
+		}
 		if h.rejected != nil && h.rejected.Hash == o.Hash {
 			return // said already
 		}
@@ -52,9 +55,9 @@ func (h *History) Observe(o render.Outcome) {
 		h.journal.Record(events.Event{Kind: events.ConfigRejected, Reason: msg,
 			Message: fmt.Sprintf("nginx -t rejected config %s; the last good config stays live: %s", o.Hash, msg)})
 		return
-	case errors.Is(o.Err, render.ErrNotReady):
+	case render.ResultWaiting:
 		return
-	case o.Err != nil && !errors.Is(o.Err, render.ErrWouldEmpty):
+	case render.ResultError:
 		if msg := o.Err.Error(); msg != h.failed {
 			h.failed = msg
 			h.journal.Record(events.Event{Kind: events.RenderFailed, Reason: msg, Message: "render pass failed; nginx keeps what it serves: " + msg})
@@ -62,6 +65,7 @@ func (h *History) Observe(o render.Outcome) {
 		return
 	}
 	h.failed = ""
+	whole := o.Result != render.ResultRefused // a refused pass kept a pool as it was
 	if o.Changed {
 		if h.live != nil {
 			// Once per config change, not at every read of the status.
@@ -84,12 +88,12 @@ func (h *History) Observe(o render.Outcome) {
 	if o.Changed || o.Pushed {
 		h.pools = o.Pools
 	}
-	if h.liveHash == "" && o.Hash != "" && o.Err == nil {
+	if h.liveHash == "" && o.Hash != "" && whole {
 		// The first pass found nginx serving this config already (a
 		// restart): it is what is live.
 		h.live, h.liveHash, h.changed = o.Config, o.Hash, now
 	}
-	if h.pools == nil && o.Err == nil && o.Hash != "" {
+	if h.pools == nil && whole && o.Hash != "" {
 		h.pools = o.Pools // likewise its pools
 	}
 }

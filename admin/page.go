@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 //go:embed page.html.tmpl
@@ -37,11 +38,11 @@ var pageTemplate = template.Must(template.New("page").Funcs(template.FuncMap{
 		}
 		return "note"
 	},
-	"healthClass": func(e events.Event) string {
-		switch e.To {
-		case "healthy":
+	"stateClass": func(s health.State) string {
+		switch s {
+		case health.Healthy:
 			return "good"
-		case "unhealthy":
+		case health.Unhealthy:
 			return "bad"
 		}
 		return "note"

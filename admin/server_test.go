@@ -216,21 +216,21 @@ func TestHistory(t *testing.T) {
 	j := events.New(0)
 	h := NewHistory(j)
 	pools := map[string][]string{"apache": {"a:80", "b:80"}}
-	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server a:80;\n}\n"), Hash: "h1", Pools: pools})
-	h.Observe(render.Outcome{Changed: true, Config: []byte("upstream a {\n  server b:80;\n}\n"), Hash: "h2", Pools: pools, Confirmed: 30 * time.Millisecond})
-	h.Observe(render.Outcome{Pushed: true, Hash: "h2", Pools: map[string][]string{"apache": {"b:80"}}})
-	bad := fmt.Errorf("%w: nginx: [emerg] unknown directive \"bogus\"", nginx.ErrCheckFailed)
-	h.Observe(render.Outcome{Err: bad, Hash: "h3"})
-	h.Observe(render.Outcome{Err: bad, Hash: "h3"}) // said once
-	h.Observe(render.Outcome{Err: fmt.Errorf("%w: no proxy", render.ErrNotReady)})
-	h.Observe(render.Outcome{Err: errors.New("push pools: status 403")})
+	h.Observe(render.Outcome{Result: render.ResultReload, Changed: true, Config: []byte("upstream a {\n  server a:80;\n}\n"), Hash: "h1", Pools: pools})
+	h.Observe(render.Outcome{Result: render.ResultReload, Changed: true, Config: []byte("upstream a {\n  server b:80;\n}\n"), Hash: "h2", Pools: pools, Confirmed: 30 * time.Millisecond})
+	h.Observe(render.Outcome{Result: render.ResultPush, Pushed: true, Hash: "h2", Pools: map[string][]string{"apache": {"b:80"}}})
+	bad := &nginx.CheckError{Message: `nginx: [emerg] unknown directive "bogus"`}
+	h.Observe(render.Outcome{Result: render.ResultRejected, Err: bad, Hash: "h3"})
+	h.Observe(render.Outcome{Result: render.ResultRejected, Err: bad, Hash: "h3"}) // said once
+	h.Observe(render.Outcome{Result: render.ResultWaiting, Err: fmt.Errorf("%w: no proxy", render.ErrNotReady)})
+	h.Observe(render.Outcome{Result: render.ResultError, Err: errors.New("push pools: status 403")})
 
 	var p Proxy
 	h.Fill(&p)
 	if p.Hash != "h2" || !strings.Contains(p.Diff, "-  server a:80;") || !strings.Contains(p.Diff, "+  server b:80;") {
 		t.Errorf("live %q, diff %q; want h2 and the change from a to b", p.Hash, p.Diff)
 	}
-	if p.Rejected == nil || p.Rejected.Hash != "h3" || !strings.Contains(p.Rejected.Message, `unknown directive "bogus"`) {
+	if p.Rejected == nil || p.Rejected.Hash != "h3" || p.Rejected.Message != bad.Message {
 		t.Errorf("rejected %+v; want h3 with nginx's message", p.Rejected)
 	}
 	if p.Pushed == nil || p.ConfirmedMS != 30 || p.RenderError != "push pools: status 403" {
@@ -246,6 +246,29 @@ func TestHistory(t *testing.T) {
 	want := []events.Kind{events.Reloaded, events.Reloaded, events.PoolPushed, events.ConfigRejected, events.RenderFailed}
 	if fmt.Sprint(kinds) != fmt.Sprint(want) {
 		t.Errorf("events %v; want %v", kinds, want)
+	}
+}
+
+// TestHistoryRefusedPass: a pass that kept a pool nginx serves (refused
+// to empty it) but pushed the others records the push, and is not taken
+// for the config live at start-up; no error is said.
+func TestHistoryRefusedPass(t *testing.T) {
+	j := events.New(0)
+	h := NewHistory(j)
+	pools := map[string][]string{"apache": {"a:80"}, "api": {}}
+	h.Observe(render.Outcome{Result: render.ResultRefused, Pushed: true, Hash: "h1", Pools: pools,
+		Err: fmt.Errorf("%w of service api", render.ErrWouldEmpty)})
+	var p Proxy
+	h.Fill(&p)
+	if p.Hash != "" || p.Pushed == nil || p.RenderError != "" {
+		t.Errorf("live %q, pushed %v, render error %q; want no live config, a push, no error", p.Hash, p.Pushed, p.RenderError)
+	}
+	if evs := j.Last(0); len(evs) != 1 || evs[0].Kind != events.PoolPushed {
+		t.Errorf("events %+v; want one pool push", evs)
+	}
+	h.Observe(render.Outcome{Result: render.ResultUnchanged, Hash: "h1", Pools: pools})
+	if h.Fill(&p); p.Hash != "h1" {
+		t.Errorf("live %q after a whole pass; want h1", p.Hash)
 	}
 }
 

@@ -21,17 +21,23 @@ type ackStore interface {
 
 var _ ackStore = (*store.Client)(nil)
 
+// answerer is this node's proxy as the Acker asks it (a Responder).
+type answerer interface {
+	ServesAnswer(ctx context.Context, host, token, keyAuth string) error
+}
+
+var _ answerer = Responder(nil)
+
 // AckerConfig configures an Acker.
 type AckerConfig struct {
 	Project, Node string
 	// Cache is the project's challenges, as this node's proxy serves them.
 	Cache *Cache
 	Store ackStore
-	// Serves returns once this node's proxy serves keyAuth, the HTTP-01
-	// answer of token, or with ctx's error (the render Controller's
-	// WaitAnswer, for any host).
-	Serves func(ctx context.Context, token, keyAuth string) error
-	Logger zerolog.Logger
+	// Responder is this node's proxy, asked whether it serves each
+	// answer (for any host).
+	Responder answerer
+	Logger    zerolog.Logger
 }
 
 // Acker acknowledges in etcd each HTTP-01 answer this node's proxy serves
@@ -106,7 +112,7 @@ func (a *Acker) Start(ctx context.Context) error {
 func (a *Acker) ack(ctx context.Context, c Challenge) error {
 	ctx, cancel := context.WithTimeout(ctx, answerWait)
 	defer cancel()
-	if err := a.cfg.Serves(ctx, c.Token, c.Auth); err != nil {
+	if err := a.cfg.Responder.ServesAnswer(ctx, "", c.Token, c.Auth); err != nil {
 		return err
 	}
 	_, err := a.cfg.Store.Put(ctx, AckKey(a.cfg.Project, c.Token, a.cfg.Node), a.cfg.Node, c.Lease)

@@ -43,7 +43,7 @@ func TestPresentWaitsForEveryProxy(t *testing.T) {
 				var mu sync.Mutex
 				live := []string{"a", "b", "c"}
 				m := NewManager(ManagerConfig{Project: "p", Node: "a", Hosts: []string{"a.example"}, Store: etcd, Cache: k,
-					WaitAnswer: func(context.Context, string, string, string) error { return nil },
+					Responder: fakeResponder{},
 					ProxyNodes: func(context.Context) ([]string, error) {
 						mu.Lock()
 						defer mu.Unlock()
@@ -110,7 +110,7 @@ func TestAckerAcknowledgesWhatTheProxyServes(t *testing.T) {
 		var mu sync.Mutex
 		asked := map[string]int{}
 		a := NewAcker(AckerConfig{Project: "p", Node: "b", Cache: k, Store: etcd, Logger: zerolog.Nop(),
-			Serves: func(ctx context.Context, token, _ string) error {
+			Responder: fakeResponder{serves: func(ctx context.Context, token string) error {
 				mu.Lock()
 				asked[token]++
 				mu.Unlock()
@@ -124,7 +124,7 @@ func TestAckerAcknowledgesWhatTheProxyServes(t *testing.T) {
 				case <-ctx.Done():
 					return ctx.Err()
 				}
-			}})
+			}}})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- a.Start(ctx) }()

@@ -41,6 +41,20 @@ type Store interface {
 
 var _ Store = (*store.Client)(nil)
 
+// Responder is this node's proxy as the CA's HTTP-01 validation reaches
+// it. The daemon wires it from where the proxy runs, the render loop that
+// writes the answers into it, and nginx, which is asked for them.
+type Responder interface {
+	// Running reports whether this node runs the proxy the CA's
+	// validation reaches (with a single proxy: only its node orders),
+	// and a channel closed when that changes.
+	Running() (bool, <-chan struct{})
+	// ServesAnswer returns once the proxy serves keyAuth, the HTTP-01
+	// answer of token, to a request naming host ("": its own address), or
+	// with ctx's error.
+	ServesAnswer(ctx context.Context, host, token, keyAuth string) error
+}
+
 // ManagerConfig configures a Manager.
 type ManagerConfig struct {
 	Project, Node string
@@ -53,14 +67,9 @@ type ManagerConfig struct {
 	Store Store
 	// Cache is the project's certificates, as the proxies serve them.
 	Cache *Cache
-	// CanOrder reports whether this node runs the proxy the CA's
-	// validation reaches (with a single proxy: only its node orders), and
-	// a channel closed when that changes.
-	CanOrder func() (bool, <-chan struct{})
-	// WaitAnswer returns once this node's proxy serves keyAuth, the
-	// HTTP-01 answer of token, for host (the render Controller's
-	// WaitAnswer).
-	WaitAnswer func(ctx context.Context, host, token, keyAuth string) error
+	// Responder is this node's proxy: orders are made while it runs, and
+	// wait until it serves their answers.
+	Responder Responder
 	// ProxyNodes, when set, lists the live nodes whose proxies the CA may
 	// reach (placement = "every": every node): before the CA is told to
 	// validate, each but this one must have acknowledged the answer in
@@ -220,7 +229,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	changed := m.cfg.Cache.Subscribe()
 	m.log.Info().Strs("hosts", m.cfg.Hosts).Str("directory", m.cfg.Directory).Msg("ACME: keeping a certificate for each host in etcd")
 	for ctx.Err() == nil {
-		can, canChanged := m.cfg.CanOrder()
+		can, canChanged := m.cfg.Responder.Running()
 		_, loaded := m.cfg.Cache.Loaded()
 		wait := idleCheck
 		if loaded && can {
@@ -668,7 +677,7 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 	}
 	ctx, cancel := context.WithTimeout(ctx, answerWait)
 	defer cancel()
-	if err := p.m.cfg.WaitAnswer(ctx, domain, token, keyAuth); err != nil {
+	if err := p.m.cfg.Responder.ServesAnswer(ctx, domain, token, keyAuth); err != nil {
 		return err
 	}
 	if err := p.m.confirmed(ctx, domain, token); err != nil {

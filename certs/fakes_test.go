@@ -12,6 +12,23 @@ import (
 
 // fakeWatch is etcd's watch as the Cache reads it: one listing, then
 // nothing until ctx ends.
+// fakeResponder is this node's proxy: it runs, and serves every answer at
+// once unless serves says otherwise.
+type fakeResponder struct {
+	serves func(ctx context.Context, token string) error
+}
+
+var _ Responder = fakeResponder{}
+
+func (fakeResponder) Running() (bool, <-chan struct{}) { return true, nil }
+
+func (f fakeResponder) ServesAnswer(ctx context.Context, _, token, _ string) error {
+	if f.serves == nil {
+		return nil
+	}
+	return f.serves(ctx, token)
+}
+
 type fakeWatch struct{ first store.Update }
 
 func (f fakeWatch) Watch(ctx context.Context, _ string, handle func(store.Update)) error {

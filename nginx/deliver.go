@@ -57,8 +57,8 @@ func (s *Session) liveConfig(ctx context.Context) (cfg []byte, found bool, err e
 
 // Deliver makes cfg live in the proxy. It reports changed=false and does
 // nothing when cfg is already live (unless the HUP after putting it there
-// failed: then it sends that HUP). A config nginx rejects returns an error
-// matching ErrCheckFailed with nginx's message, and nothing live changes.
+// failed: then it sends that HUP). A config nginx rejects returns a
+// *CheckError (matching ErrCheckFailed), and nothing live changes.
 func (s *Session) Deliver(ctx context.Context, cfg []byte) (changed bool, err error) {
 	live, found, err := s.liveConfig(ctx)
 	if err != nil {
@@ -82,7 +82,7 @@ func (s *Session) Deliver(ctx context.Context, cfg []byte) (changed bool, err er
 	switch res.ExitCode {
 	case 0:
 	case exitRejected:
-		return false, fmt.Errorf("%w: %s", ErrCheckFailed, strings.ReplaceAll(res.Output(), s.stagedPath(), s.cfg.ConfigPath+" (candidate)"))
+		return false, s.rejected(res)
 	case exitNoCheck:
 		s.checkWritten = false // written again on the retry
 		return false, fmt.Errorf("deliver config: check config %s vanished from the proxy", s.checkPath())
@@ -96,6 +96,11 @@ func (s *Session) Deliver(ctx context.Context, cfg []byte) (changed bool, err er
 	}
 	s.live, s.liveKnown, s.hupOwed = cfg, true, false
 	return true, nil
+}
+
+// rejected is the CheckError of a candidate nginx rejected with res.
+func (s *Session) rejected(res containers.ExecResult) *CheckError {
+	return &CheckError{Message: strings.ReplaceAll(res.Output(), s.stagedPath(), s.cfg.ConfigPath+" (candidate)")}
 }
 
 // deliverScript runs in the proxy with $1 the check config, $2 the staged
@@ -119,7 +124,7 @@ const (
 
 // Check runs `nginx -t` on cfg as the rendered file, as Deliver would,
 // and changes nothing: the candidate is removed afterwards. A rejection
-// matches ErrCheckFailed, with nginx's message.
+// is a *CheckError (matching ErrCheckFailed).
 func (s *Session) Check(ctx context.Context, cfg []byte) error {
 	if err := s.ensureCheck(ctx); err != nil {
 		return fmt.Errorf("check config: %w", err)
@@ -133,7 +138,7 @@ func (s *Session) Check(ctx context.Context, cfg []byte) error {
 	case 0:
 		return nil
 	case exitRejected:
-		return fmt.Errorf("%w: %s", ErrCheckFailed, strings.ReplaceAll(res.Output(), s.stagedPath(), s.cfg.ConfigPath+" (candidate)"))
+		return s.rejected(res)
 	default:
 		return fmt.Errorf("check config: exit code %d: %s", res.ExitCode, res.Output())
 	}

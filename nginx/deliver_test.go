@@ -108,6 +108,11 @@ func (p *fakeProxy) ExecWithStdin(_ context.Context, id string, cmd []string, st
 		return containers.ExecResult{}, nil
 	case "upstreamd-prune": // dirs...
 		return p.prune(cmd[4:], stdin), nil
+	case "upstreamd-check": // check staged: the candidate is removed whatever nginx says
+		if _, ok := p.files[cmd[4]]; !ok {
+			return containers.ExecResult{ExitCode: exitNoCheck}, nil
+		}
+		return containers.ExecResult{ExitCode: p.exit, Stderr: []byte(p.stderr)}, nil
 	}
 	n := len(cmd) // sh -c script name check staged live
 	check, staged, live := cmd[n-3], cmd[n-2], cmd[n-1]
@@ -265,6 +270,23 @@ func TestDeliverCheckFailed(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), testStaged) {
 		t.Errorf("error = %q; want the staging name replaced by the live file's", err)
+	}
+	// nginx's own words, without the sentinel's text in front, for the
+	// status and the events.
+	wantMsg := `nginx: [emerg] host not found in upstream "nope:80" in ` + testConfig + " (candidate):3\nnginx: configuration file " + testCheck + " test failed"
+	var ce *CheckError
+	if !errors.As(err, &ce) {
+		t.Fatalf("Deliver error = %#v; want a *CheckError", err)
+	}
+	if ce.Message != wantMsg {
+		t.Errorf("CheckError.Message = %q; want %q", ce.Message, wantMsg)
+	}
+	if want := "nginx rejected the config: " + wantMsg; err.Error() != want {
+		t.Errorf("error = %q; want %q", err, want)
+	}
+	p.take()
+	if err := d.Check(ctx, []byte("bad")); !errors.As(err, &ce) || ce.Message != wantMsg {
+		t.Errorf("Check error = %#v; want a *CheckError saying %q", err, wantMsg)
 	}
 	if len(p.signals) != 0 {
 		t.Errorf("signals = %q; want none after a failed check", p.signals)

@@ -1,7 +1,9 @@
 // Package nginx is everything upstreamd says to a running nginx proxy
 // container: it delivers a rendered config (stage, `nginx -t`, swap, HUP, in
 // one exec), pushes pools to the Lua balancer and reads which config nginx
-// runs, both over upstreamd's status server inside the proxy.
+// runs, both over upstreamd's status server inside the proxy, and asks the
+// proxy for ACME HTTP-01 answers as the CA will (WaitAnswer, stateless: it
+// shares no Session).
 //
 // A Client holds what is the same for every proxy (paths, ports, the Docker
 // engine). A Session is one proxy container as the daemon knows it: what is
@@ -47,6 +49,18 @@ var (
 	// the config it runs has no pools API (not upstreamd's, or static).
 	ErrNoStatusServer = errors.New("status server not answering")
 )
+
+// CheckError is `nginx -t` rejecting a candidate config: it matches
+// ErrCheckFailed, and Message is what nginx said, with the candidate's
+// staging path named "<live file> (candidate)".
+type CheckError struct {
+	Message string
+}
+
+func (e *CheckError) Error() string { return ErrCheckFailed.Error() + ": " + e.Message }
+
+// Unwrap makes a CheckError match ErrCheckFailed.
+func (e *CheckError) Unwrap() error { return ErrCheckFailed }
 
 // dockerAPI is what a Session needs from the Docker engine.
 type dockerAPI interface {

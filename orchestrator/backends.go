@@ -13,6 +13,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -20,7 +21,7 @@ import (
 // of it.
 type backend struct {
 	c     containers.Container
-	state healthState // statePending when not probed
+	state health.State // health.Pending when not probed
 	// ready: healthy and, when nginx's pools are known, served by nginx.
 	ready bool
 }
@@ -60,11 +61,11 @@ func (r *reconciler) classify(svc ServiceSpec, have []containers.Container, hash
 			g.dead = append(g.dead, c)
 			continue
 		}
-		b := backend{c: c, state: statePending}
+		b := backend{c: c, state: health.Pending}
 		if s, ok := r.cfg.Health.State(c.ID); ok {
 			b.state = s
 		}
-		b.ready = b.state == stateHealthy && r.served(svc, c)
+		b.ready = b.state == health.Healthy && r.served(svc, c)
 		if c.SpecHash == hash {
 			g.upToDate = append(g.upToDate, b)
 		} else {
@@ -153,7 +154,7 @@ func waitingOn(up []backend) string {
 // rankForRemoval sorts backends so that the first are the ones to remove:
 // unhealthy, then pending, then healthy; the newest first among equals.
 func rankForRemoval(bs []backend) {
-	rank := map[healthState]int{stateUnhealthy: 0, statePending: 1, stateHealthy: 2}
+	rank := map[health.State]int{health.Unhealthy: 0, health.Pending: 1, health.Healthy: 2}
 	sort.SliceStable(bs, func(i, j int) bool {
 		if ri, rj := rank[bs[i].state], rank[bs[j].state]; ri != rj {
 			return ri < rj

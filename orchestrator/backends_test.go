@@ -6,11 +6,12 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 // pb is a backend for planService tables: a name, its state, whether it is
 // ready, and its age (a larger age is older).
-func pb(name string, state healthState, ready bool, age int) backend {
+func pb(name string, state health.State, ready bool, age int) backend {
 	return backend{
 		c:     containers.Container{ID: name, Name: name, Created: time.Unix(1000-int64(age), 0)},
 		state: state,
@@ -27,7 +28,7 @@ func names(cs []containers.Container) []string {
 }
 
 func TestPlanService(t *testing.T) {
-	h, p, u := stateHealthy, statePending, stateUnhealthy
+	h, p, u := health.Healthy, health.Pending, health.Unhealthy
 	tests := []struct {
 		name        string
 		n           int

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -402,14 +403,14 @@ type fakeProber struct {
 	syncs   [][]Target
 	dead    []string // dropped because they died
 	retired []string // dropped to be drained
-	states  map[string]healthState
+	states  map[string]health.State
 	added   []string // IDs Add was called with
 }
 
 var _ probes = (*fakeProber)(nil)
 
 func newFakeProber() *fakeProber {
-	return &fakeProber{states: map[string]healthState{}}
+	return &fakeProber{states: map[string]health.State{}}
 }
 
 func (p *fakeProber) Sync(targets []Target) {
@@ -437,7 +438,7 @@ func (p *fakeProber) Drop(id, why string) {
 	}
 }
 
-func (p *fakeProber) State(id string) (healthState, bool) {
+func (p *fakeProber) State(id string) (health.State, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s, ok := p.states[id]
@@ -449,7 +450,10 @@ func (p *fakeProber) State(id string) (healthState, bool) {
 func (p *fakeProber) setState(id, s string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.states[id] = map[string]healthState{"healthy": stateHealthy, "pending": statePending, "unhealthy": stateUnhealthy}[s]
+	if !slices.Contains(health.States(), health.State(s)) {
+		panic("fakeProber: no state " + s)
+	}
+	p.states[id] = health.State(s)
 }
 
 func (p *fakeProber) lastSync() []Target {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
@@ -66,29 +67,6 @@ func (t Target) starting(now time.Time) bool {
 	return t.Health.StartPeriod > 0 && now.Sub(t.Created) < t.Health.StartPeriod
 }
 
-// healthState is where a backend stands.
-type healthState int
-
-const (
-	// statePending: not yet probed, or failing its first probes. A key
-	// already in etcd for it (adopted after a daemon restart) is kept, none
-	// is written.
-	statePending healthState = iota
-	stateHealthy
-	stateUnhealthy
-)
-
-func (s healthState) String() string {
-	switch s {
-	case stateHealthy:
-		return "healthy"
-	case stateUnhealthy:
-		return "unhealthy"
-	default:
-		return "pending"
-	}
-}
-
 // healthConfig configures a Health manager.
 type healthConfig struct {
 	// NewProber builds the prober for a health spec; nil means HTTPProber.
@@ -107,11 +85,11 @@ type healthConfig struct {
 	Logger             zerolog.Logger
 }
 
-// health probes backends and keeps a small state machine per backend: one
+// healthMonitor probes backends and keeps a small state machine per backend: one
 // probe in flight, consecutive pass and failure counters, and a state flip
 // only at the rise or fall threshold. It is a runnable: its probers run
 // under the context of Start.
-type health struct {
+type healthMonitor struct {
 	cfg     healthConfig
 	log     zerolog.Logger
 	probers workers
@@ -125,7 +103,7 @@ type health struct {
 type probed struct {
 	t      Target
 	cancel context.CancelFunc
-	state  healthState
+	state  health.State
 	passes int
 	fails  int
 	since  time.Time
@@ -138,7 +116,7 @@ type probed struct {
 }
 
 // newHealth returns a Health manager with no targets.
-func newHealth(cfg healthConfig) *health {
+func newHealth(cfg healthConfig) *healthMonitor {
 	if cfg.NewProber == nil {
 		cfg.NewProber = func(h HealthSpec) prober { return httpProber(h.Path) }
 	}
@@ -151,21 +129,21 @@ func newHealth(cfg healthConfig) *health {
 	if cfg.Gone == nil {
 		cfg.Gone = func(string) bool { return false }
 	}
-	return &health{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}}
+	return &healthMonitor{cfg: cfg, log: cfg.Logger, targets: map[string]*probed{}}
 }
 
 // Start runs the probers until ctx ends, then waits for them.
-func (h *health) Start(ctx context.Context) error { return h.probers.Start(ctx) }
+func (h *healthMonitor) Start(ctx context.Context) error { return h.probers.Start(ctx) }
 
 // Subscribe returns a channel that receives a value after a backend's
 // state changed or a backend was dropped; several changes may collapse
 // into one.
-func (h *health) Subscribe() <-chan struct{} { return h.changed.Subscribe() }
+func (h *healthMonitor) Subscribe() <-chan struct{} { return h.changed.Subscribe() }
 
 // Sync makes the probed set equal targets, less the ones Gone reports:
 // probers start for new targets and stop for missing ones; a target whose
 // address or spec changed starts over.
-func (h *health) Sync(targets []Target) {
+func (h *healthMonitor) Sync(targets []Target) {
 	want := make(map[string]Target, len(targets))
 	for _, t := range targets {
 		if !h.cfg.Gone(t.ID) {
@@ -178,7 +156,7 @@ func (h *health) Sync(targets []Target) {
 		if t, ok := want[id]; !ok || t != p.t {
 			p.cancel()
 			delete(h.targets, id)
-			changed = changed || p.state == stateHealthy
+			changed = changed || p.state == health.Healthy
 		}
 	}
 	for id, t := range want {
@@ -195,7 +173,7 @@ func (h *health) Sync(targets []Target) {
 // Add starts probing t now, unless it is probed already or gone: a
 // backend of a scale-up is probed as soon as it started, not when the
 // whole pass is done. The pass's Sync then finds it in place.
-func (h *health) Add(t Target) {
+func (h *healthMonitor) Add(t Target) {
 	if h.cfg.Gone(t.ID) {
 		return
 	}
@@ -207,8 +185,8 @@ func (h *health) Add(t Target) {
 }
 
 // startLocked starts the prober of t; the caller holds mu.
-func (h *health) startLocked(t Target) {
-	p := &probed{t: t, state: statePending, since: time.Now()}
+func (h *healthMonitor) startLocked(t Target) {
+	p := &probed{t: t, state: health.Pending, since: time.Now()}
 	pctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
 	h.targets[t.ID] = p
@@ -222,7 +200,7 @@ func (h *health) startLocked(t Target) {
 // Drop stops probing a backend at once, for why ("backend died;
 // deregistering"): it leaves the healthy set now, not at the next Sync.
 // The caller records its fate first, so that no Sync brings it back.
-func (h *health) Drop(id, why string) {
+func (h *healthMonitor) Drop(id, why string) {
 	h.mu.Lock()
 	p, ok := h.targets[id]
 	if ok {
@@ -234,20 +212,20 @@ func (h *health) Drop(id, why string) {
 		return
 	}
 	h.log.Info().Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
-		Str("was", p.state.String()).Msg(why)
+		Str("was", string(p.state)).Msg(why)
 	h.changed.Wake()
 }
 
 // Snapshot returns the healthy targets and the pending ones, each sorted by
 // address.
-func (h *health) Snapshot() (healthy, pending []Target) {
+func (h *healthMonitor) Snapshot() (healthy, pending []Target) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, p := range h.targets {
 		switch p.state {
-		case stateHealthy:
+		case health.Healthy:
 			healthy = append(healthy, p.t)
-		case statePending:
+		case health.Pending:
 			pending = append(pending, p.t)
 		}
 	}
@@ -260,16 +238,19 @@ func (h *health) Snapshot() (healthy, pending []Target) {
 }
 
 // Counts returns, by service, how many probed backends are in each state
-// ("healthy", "pending", "unhealthy"): one consistent reading.
-func (h *health) Counts() map[string]map[string]int {
+// (every state, zeros included): one consistent reading.
+func (h *healthMonitor) Counts() map[string]map[health.State]int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := map[string]map[string]int{}
+	out := map[string]map[health.State]int{}
 	for _, p := range h.targets {
 		if out[p.t.Service] == nil {
-			out[p.t.Service] = map[string]int{"healthy": 0, "pending": 0, "unhealthy": 0}
+			out[p.t.Service] = make(map[health.State]int, len(health.States()))
+			for _, s := range health.States() {
+				out[p.t.Service][s] = 0
+			}
 		}
-		out[p.t.Service][p.state.String()]++
+		out[p.t.Service][p.state]++
 	}
 	return out
 }
@@ -281,7 +262,7 @@ type BackendHealth struct {
 	ID        string
 	Addr      string // what is probed and registered
 	Node      string
-	State     string // healthy, pending or unhealthy
+	State     health.State
 	Since     time.Time
 	// LastProbe is when the last probe ended (zero: none yet), Took how
 	// long it ran and Error why it failed ("" when it passed).
@@ -291,12 +272,12 @@ type BackendHealth struct {
 }
 
 // Backends returns every probed backend, by service and address.
-func (h *health) Backends() []BackendHealth {
+func (h *healthMonitor) Backends() []BackendHealth {
 	h.mu.Lock()
 	out := make([]BackendHealth, 0, len(h.targets))
 	for _, p := range h.targets {
 		b := BackendHealth{Service: p.t.Service, Container: p.t.Name, ID: containers.ShortID(p.t.ID), Addr: p.t.Addr,
-			State: p.state.String(), Since: p.since, LastProbe: p.last, Took: p.took}
+			State: p.state, Since: p.since, LastProbe: p.last, Took: p.took}
 		if p.lastErr != nil {
 			b.Error = p.lastErr.Error()
 		}
@@ -313,17 +294,17 @@ func (h *health) Backends() []BackendHealth {
 }
 
 // State returns a backend's state and whether it is probed at all.
-func (h *health) State(id string) (healthState, bool) {
+func (h *healthMonitor) State(id string) (health.State, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p, ok := h.targets[id]
 	if !ok {
-		return 0, false
+		return "", false
 	}
 	return p.state, true
 }
 
-func (h *health) run(ctx context.Context, p *probed) {
+func (h *healthMonitor) run(ctx context.Context, p *probed) {
 	spec := p.t.Health
 	probe := h.cfg.NewProber(spec)
 	delay := time.Duration(0) // the first probe goes out at once
@@ -350,16 +331,16 @@ func (h *health) run(ctx context.Context, p *probed) {
 		// Probes start on a cadence, however long each takes.
 		period := spec.Interval
 		switch {
-		case state == statePending && p.t.starting(time.Now()):
+		case state == health.Pending && p.t.starting(time.Now()):
 			// Starting: probe at a steady short period, so that it is
 			// served within that long of answering, however slow to start.
 			period = h.cfg.StartProbeInterval
-		case state == statePending:
+		case state == health.Pending:
 			// Probe again soon (doubling up to the interval) so a backend
 			// adopted after a restart is known quickly.
 			period = min(fast, spec.Interval)
 			fast *= 2
-		case state == stateHealthy && fails > 0:
+		case state == health.Healthy && fails > 0:
 			// A healthy backend just failed: confirm sooner, so that a hung
 			// one leaves the pool within interval × fall.
 			period = spec.Interval / time.Duration(spec.Fall)
@@ -370,38 +351,38 @@ func (h *health) run(ctx context.Context, p *probed) {
 
 // record applies one probe result and reports the state after it and the
 // consecutive failures so far.
-func (h *health) record(p *probed, err error, took time.Duration) (healthState, int) {
+func (h *healthMonitor) record(p *probed, err error, took time.Duration) (health.State, int) {
 	h.mu.Lock()
 	p.last, p.took, p.lastErr = time.Now(), took, err
 	if h.targets[p.t.ID] != p { // removed while probing
 		h.mu.Unlock()
-		return stateUnhealthy, 0
+		return health.Unhealthy, 0
 	}
 	from := p.state
 	if err == nil {
 		p.fails = 0
 		p.passes++
-		if p.state == statePending || (p.state == stateUnhealthy && p.passes >= p.t.Health.Rise) {
-			p.state = stateHealthy
+		if p.state == health.Pending || (p.state == health.Unhealthy && p.passes >= p.t.Health.Rise) {
+			p.state = health.Healthy
 		}
 	} else {
 		p.passes = 0
 		p.fails++
 		p.err = err
 		switch {
-		case p.state == stateHealthy && p.fails >= p.t.Health.Fall:
-			p.state = stateUnhealthy
-		case p.state == statePending && p.t.starting(time.Now()):
+		case p.state == health.Healthy && p.fails >= p.t.Health.Fall:
+			p.state = health.Unhealthy
+		case p.state == health.Pending && p.t.starting(time.Now()):
 			// Still starting: failures do not count until its start
 			// period is over.
-		case p.state == statePending && p.fails >= p.t.Health.Fall &&
+		case p.state == health.Pending && p.fails >= p.t.Health.Fall &&
 			(p.t.Created.Add(p.t.Health.StartPeriod).After(p.since) ||
 				time.Since(p.since) >= time.Duration(p.t.Health.Fall)*p.t.Health.Interval):
 			// Its start period, spent pending, is over: it failed to
 			// start. A backend found already past it (adopted after a
 			// restart) gives up after as long as a healthy one takes to
 			// fall.
-			p.state = stateUnhealthy
+			p.state = health.Unhealthy
 		}
 	}
 	to, fails := p.state, p.fails
@@ -413,17 +394,17 @@ func (h *health) record(p *probed, err error, took time.Duration) (healthState, 
 		return to, fails
 	}
 	ev := h.log.Info()
-	if to == stateUnhealthy {
+	if to == health.Unhealthy {
 		ev = h.log.Warn().AnErr("probe_error", err)
 	}
 	ev.Str("service", p.t.Service).Str("container", p.t.Name).Str("addr", p.t.Addr).
-		Str("from", from.String()).Str("to", to.String()).Msg("backend health changed")
+		Str("from", string(from)).Str("to", string(to)).Msg("backend health changed")
 	msg := fmt.Sprintf("%s of %s is %s (was %s)", p.t.Name, p.t.Service, to, from)
-	if to == stateUnhealthy && err != nil {
+	if to == health.Unhealthy && err != nil {
 		msg += ": " + err.Error()
 	}
 	h.cfg.Events.Record(events.Event{Kind: events.HealthChanged, Service: p.t.Service, Container: p.t.Name, ID: containers.ShortID(p.t.ID),
-		Addr: p.t.Addr, From: from.String(), To: to.String(), Message: msg})
+		Addr: p.t.Addr, From: from, To: to, Message: msg})
 	h.changed.Wake()
 	return to, fails
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 var errProbe = errors.New("probe failed")
@@ -86,7 +88,7 @@ func (c *changeCount) Load() int32 {
 // newTestHealth starts a Health probing with l until ctx ends, skipping
 // what lg records as gone, and counts its notifications. Call it inside
 // synctest.Test.
-func newTestHealth(ctx context.Context, l *probeLog, lg *ledger) (*health, *changeCount) {
+func newTestHealth(ctx context.Context, l *probeLog, lg *ledger) (*healthMonitor, *changeCount) {
 	h := newHealth(healthConfig{NewProber: l.newProber, Gone: lg.gone, Logger: zerolog.Nop()})
 	changes := &changeCount{ch: h.Subscribe()}
 	go func() { _ = h.Start(ctx) }()
@@ -100,13 +102,13 @@ func testTarget(id, addr string, rise, fall int) Target {
 	}
 }
 
-func stateOf(t *testing.T, h *health, id string) string {
+func stateOf(t *testing.T, h *healthMonitor, id string) string {
 	t.Helper()
 	s, ok := h.State(id)
 	if !ok {
 		return "absent"
 	}
-	return s.String()
+	return string(s)
 }
 
 // TestHealthStateMachine drives one backend through a script of probe
@@ -510,7 +512,7 @@ func TestHealthDeadIsNotResurrected(t *testing.T) {
 		lg.clear(tg.ID) // the engine restarted it
 		h.Sync([]Target{tg})
 		synctest.Wait()
-		if st, probed := h.State(tg.ID); !probed || st != stateHealthy {
+		if st, probed := h.State(tg.ID); !probed || st != health.Healthy {
 			t.Errorf("after a restart and Sync: state %v probed=%v, want healthy, true", st, probed)
 		}
 	})

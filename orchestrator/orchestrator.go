@@ -14,6 +14,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
@@ -106,7 +107,7 @@ type Orchestrator struct {
 	placement  *placement
 	elector    *elector // nil unless ProxyPlacement is "leader"
 	pool       pool     // what drains wait on: Pool, or Mirror when a leader runs the proxy
-	health     *health
+	health     *healthMonitor
 	drainer    *drainer
 	reconciler *reconciler
 	registrar  *registrar
@@ -288,7 +289,7 @@ func (o *Orchestrator) Local() (map[string]int, bool) { return o.placement.Local
 
 // BackendStates returns, by service, how many backends this daemon probes
 // are healthy, pending and unhealthy.
-func (o *Orchestrator) BackendStates() map[string]map[string]int { return o.health.Counts() }
+func (o *Orchestrator) BackendStates() map[string]map[health.State]int { return o.health.Counts() }
 
 // Problems says what keeps the orchestrator from doing its job right now,
 // one line each: the Docker engine failing reconcile passes or the event

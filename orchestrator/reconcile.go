@@ -11,6 +11,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 // containerAPI is what the Reconciler needs from the Docker engine.
@@ -33,10 +34,10 @@ type probes interface {
 	Sync(targets []Target)
 	Add(t Target)
 	Drop(id, why string)
-	State(id string) (healthState, bool)
+	State(id string) (health.State, bool)
 }
 
-var _ probes = (*health)(nil)
+var _ probes = (*healthMonitor)(nil)
 
 // drains is what the Reconciler needs from the drainer.
 type drains interface {

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 func testSpec() Spec {
@@ -818,7 +819,7 @@ func (e *recEnv) serving(newHash string, retired map[string]bool) int {
 			}
 			continue
 		}
-		if s, _ := e.prober.State(c.ID); s != stateHealthy {
+		if s, _ := e.prober.State(c.ID); s != health.Healthy {
 			continue
 		}
 		if e.pool == nil || e.pool.Serves("apache", addrOf(c, 80)) {

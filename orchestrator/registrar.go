@@ -52,7 +52,7 @@ type healthView interface {
 	Snapshot() (healthy, pending []Target)
 }
 
-var _ healthView = (*health)(nil)
+var _ healthView = (*healthMonitor)(nil)
 
 // registrarConfig configures a Registrar.
 type registrarConfig struct {

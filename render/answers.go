@@ -2,21 +2,18 @@ package render
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"net"
-	"net/http"
 	"path"
 	"slices"
-	"strconv"
 	"sync"
-	"time"
+
+	"github.com/upstreamd/upstreamd/nginx"
 )
 
-// ChallengePrefix is the path the proxy serves HTTP-01 answers under.
-const ChallengePrefix = "/.well-known/acme-challenge"
+// ChallengePrefix is the path the proxy serves HTTP-01 answers under
+// (nginx's, which asks for them there).
+const ChallengePrefix = nginx.ChallengePrefix
 
 // ChallengePath is where, under View.ACME, the proxy serves the HTTP-01
 // answer of token.
@@ -25,7 +22,7 @@ func ChallengePath(root, token string) string {
 }
 
 // answers records the HTTP-01 answers written into the current proxy, for
-// WaitAnswer.
+// WaitAnswerLive.
 type answers struct {
 	mu      sync.Mutex
 	written map[string]bool
@@ -89,19 +86,14 @@ func (c *Controller) writeAnswers(ctx context.Context) ([]string, error) {
 	return slices.Collect(maps.Keys(all)), nil
 }
 
-// WaitAnswer returns once the running proxy serves keyAuth, the HTTP-01
-// answer of token, for host, or with ctx's error. It waits for a pass to
-// have written the answer with a config that serves it live, then asks
-// the proxy itself, as the CA will, until three new connections in a row
-// get the answer: right after a reload, nginx's old workers may still
-// take a connection with the config before. With host "", the request
-// names the proxy's address (the built-in template serves the answers in
-// its default server too).
-func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string) error {
+// WaitAnswerLive returns once a pass wrote the HTTP-01 answer of token
+// into the running proxy with a config that serves it live, or with ctx's
+// error. Whether the proxy answers with it is for nginx.WaitAnswer to ask.
+func (c *Controller) WaitAnswerLive(ctx context.Context, token string) error {
 	for {
 		ok, changed := c.answers.has(token)
 		if ok {
-			break
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -109,46 +101,4 @@ func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string
 		case <-changed:
 		}
 	}
-	proxy, _ := c.cfg.Host.Proxy()
-	if proxy.IP == "" {
-		return nil // not reachable from here: the pass's word is all there is
-	}
-	url := "http://" + net.JoinHostPort(proxy.IP, strconv.Itoa(c.cfg.View.Listen)) + ChallengePrefix + "/" + token
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	var last error
-	for good := 0; good < 3; {
-		if last = askAnswer(ctx, client, url, host, keyAuth); last == nil {
-			good++
-		} else {
-			good = 0
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("the proxy does not serve the answer of ACME token %s for %s: %w", token, host, errors.Join(last, ctx.Err()))
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-// askAnswer GETs url with Host host and checks the body is keyAuth.
-func askAnswer(ctx context.Context, client *http.Client, url, host, keyAuth string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	req.Host = host
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK || string(body) != keyAuth {
-		return fmt.Errorf("GET %s (Host %s) answered %s", url, host, resp.Status)
-	}
-	return nil
 }

@@ -140,12 +140,14 @@ type ControllerConfig struct {
 
 // Outcome describes one render pass, for metrics and tests.
 type Outcome struct {
+	// Result is what the pass came to, decided from what follows.
+	Result   Result
 	Revision int64
 	Backends int
 	Changed  bool // a new config went live and nginx was sent HUP
 	Pushed   bool // new pools went to the dynamic balancer
 	// Err is why the pass failed: ErrNotReady, ErrWouldEmpty, a
-	// *RenderError, nginx.ErrCheckFailed, or what failed on the way to
+	// *RenderError, an *nginx.CheckError, or what failed on the way to
 	// the proxy.
 	Err  error
 	Took time.Duration
@@ -234,11 +236,11 @@ func (c *Controller) Start(ctx context.Context) error {
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case !retryable(o.Err):
+		case !retryable(o):
 			bo.Succeeded()
 		default:
 			d, _ := bo.Failed()
-			if !errors.Is(o.Err, ErrWouldEmpty) { // the pass said why
+			if o.Result != ResultRefused { // the pass said why
 				c.log.Warn().Err(o.Err).Stringer("retry_in", d).Msg("render pass failed; will retry")
 			}
 			t.retry = time.After(d)
@@ -246,13 +248,13 @@ func (c *Controller) Start(ctx context.Context) error {
 	}
 }
 
-// retryable reports whether a pass that ended with err is tried again
-// after a backoff: not when it succeeded, when it waits for something whose
-// arrival wakes the Controller anyway, or when the same input must fail
-// the same way.
-func retryable(err error) bool {
+// retryable reports whether a pass that ended as o is tried again after
+// a backoff: not when it succeeded, when it waits for something whose
+// arrival wakes the Controller anyway (ResultWaiting), or when the same
+// input must fail the same way (ResultRejected, a template's error).
+func retryable(o Outcome) bool {
 	var re *RenderError
-	return err != nil && !errors.Is(err, ErrNotReady) && !errors.Is(err, nginx.ErrCheckFailed) && !errors.As(err, &re)
+	return (o.Result == ResultRefused || o.Result == ResultError) && !errors.As(o.Err, &re)
 }
 
 // wait waits for a trigger; it reports false when ctx ended.
@@ -293,20 +295,29 @@ func (c *Controller) debounce(ctx context.Context, t *triggers) bool {
 }
 
 // pass renders the current registrations and makes nginx serve them, as
-// plan decides.
+// plan decides, and says what it came to.
 func (c *Controller) pass(ctx context.Context) Outcome {
+	o, cand := c.attempt(ctx)
+	o.Result = resultOf(o)
+	c.logPass(o, cand)
+	return o
+}
+
+// attempt is a pass but for its Result: it returns the candidate it
+// rendered (none when it stopped before).
+func (c *Controller) attempt(ctx context.Context) (Outcome, candidate) {
 	start := time.Now()
 	snap, ok := c.cfg.Source.Snapshot()
 	if !ok {
 		c.log.Debug().Msg("no registrations loaded from etcd yet; not rendering")
-		return Outcome{Err: fmt.Errorf("%w: no registrations loaded from etcd yet", ErrNotReady)}
+		return Outcome{Err: fmt.Errorf("%w: no registrations loaded from etcd yet", ErrNotReady)}, candidate{}
 	}
 	o := Outcome{Revision: snap.Revision, Backends: len(snap.Entries)}
 	proxy, _ := c.cfg.Host.Proxy()
 	if proxy.ID == "" {
 		c.log.Debug().Msg("no running proxy yet; not delivering")
 		o.Err = fmt.Errorf("%w: no running proxy", ErrNotReady)
-		return o
+		return o, candidate{}
 	}
 	if proxy != c.state.proxy {
 		c.state = newProxyState(proxy, c.cfg.Sessions(proxy), c.state)
@@ -315,12 +326,12 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 	answered, err := c.writeAnswers(ctx)
 	if err != nil {
 		o.Err, o.Took = err, time.Since(start)
-		return o
+		return o, candidate{}
 	}
 	cand, guarded := c.candidate(snap, c.state.session.Admin())
 	if cand.config == nil {
 		o.Err, o.Took = guarded, time.Since(start)
-		return o
+		return o, candidate{}
 	}
 	o.Config, o.Hash, o.Pools = cand.config, cand.hash, poolsOf(cand.view)
 	steps := plan(c.state, cand)
@@ -337,8 +348,7 @@ func (c *Controller) pass(ctx context.Context) Outcome {
 		o.Err = guarded // applied, but a pool was kept: look again soon
 	}
 	o.Took = time.Since(start)
-	c.logPass(o, cand)
-	return o
+	return o, cand
 }
 
 // candidate renders snap for a proxy that sees the daemon at admin. A pool it would empty while this node finds
@@ -485,12 +495,13 @@ func (c *Controller) push(ctx context.Context, cand candidate, o *Outcome) error
 // logPass says what a pass that reached the proxy did: one line when
 // something changed or nginx rejected the config.
 func (c *Controller) logPass(o Outcome, cand candidate) {
-	switch {
-	case errors.Is(o.Err, nginx.ErrCheckFailed):
+	switch o.Result {
+	case ResultRejected:
 		c.log.Error().Err(o.Err).Str("config", cand.hash).Int64("revision", o.Revision).
 			Msg("nginx -t rejected the rendered config; the last good config stays live")
 		return
-	case o.Err != nil || !o.Changed && !o.Pushed:
+	case ResultReload, ResultPush:
+	default:
 		return
 	}
 	ev := c.log.Info().Str("config", cand.hash).Int64("revision", o.Revision).Stringer("took", o.Took)
@@ -499,7 +510,7 @@ func (c *Controller) logPass(o Outcome, cand candidate) {
 	}
 	ev = ev.Str("proxy", c.state.proxy.Short())
 	switch {
-	case o.Changed:
+	case o.Result == ResultReload:
 		ev.Stringer("reload_confirmed_after", o.Confirmed).Bool("pools_pushed", o.Pushed).Msg("nginx reloaded with new config")
 	case cand.hash == c.state.rejected:
 		ev.Msg("pools updated; the rendered config stays rejected")

@@ -272,8 +272,8 @@ func TestControllerGuardEmptying(t *testing.T) {
 					switch {
 					case o.Err == nil:
 						ok = append(ok, o)
-					case !errors.Is(o.Err, ErrWouldEmpty):
-						t.Errorf("outcome error %v; want only ErrWouldEmpty", o.Err)
+					case !errors.Is(o.Err, ErrWouldEmpty) || o.Result != ResultRefused:
+						t.Errorf("outcome error %v (%s); want only ErrWouldEmpty, refused", o.Err, o.Result)
 					}
 				}
 				if len(ok) != 2 || ok[1].Revision != 2 {
@@ -319,7 +319,7 @@ func TestControllerGuardKeepsOnlyThatPool(t *testing.T) {
 					t.Errorf("apache's new backend must be served at once, api's pool kept: %v", err)
 				}
 				o := h.observed()
-				if len(o) < 2 || !errors.Is(o[1].Err, ErrWouldEmpty) || !(o[1].Changed || o[1].Pushed) {
+				if len(o) < 2 || !errors.Is(o[1].Err, ErrWouldEmpty) || o[1].Result != ResultRefused || !(o[1].Changed || o[1].Pushed) {
 					t.Errorf("outcomes %+v; want the second applied and marked ErrWouldEmpty", o)
 				}
 			})

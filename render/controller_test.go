@@ -166,8 +166,8 @@ func TestControllerCheckFailedNotRetried(t *testing.T) {
 			t.Errorf("live = %q; want the last good config", live)
 		}
 		o := h.observed()
-		if len(o) == 0 || !errors.Is(o[0].Err, nginx.ErrCheckFailed) {
-			t.Fatalf("outcomes = %+v; want the first to be nginx.ErrCheckFailed", o)
+		if len(o) == 0 || !errors.Is(o[0].Err, nginx.ErrCheckFailed) || o[0].Result != ResultRejected {
+			t.Fatalf("outcomes = %+v; want the first to be nginx.ErrCheckFailed, rejected", o)
 		}
 		for _, later := range o[1:] {
 			if later.Err != nil || later.Changed || later.Pushed {
@@ -321,8 +321,8 @@ func TestControllerTemplateError(t *testing.T) {
 			t.Errorf("outcome error = %q; want it to name the template", o[0].Err)
 		}
 		var re *RenderError
-		if !errors.As(o[0].Err, &re) || re.Template != "strict.tmpl" {
-			t.Errorf("outcome error = %v; want a *RenderError of strict.tmpl", o[0].Err)
+		if !errors.As(o[0].Err, &re) || re.Template != "strict.tmpl" || o[0].Result != ResultError {
+			t.Errorf("outcome %v (%s); want a *RenderError of strict.tmpl, an error", o[0].Err, o[0].Result)
 		}
 		// Data the template can render goes through.
 		h.src.set(backends(t, 1, 5))
@@ -1177,7 +1177,7 @@ func TestControllerCertsAndAnswers(t *testing.T) {
 		}
 		del, _ := newFakeNginx()
 		fc := &fakeCerts{changed: make(chan struct{}, 1)}
-		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc, noIP: true,
+		h := startWith(t, harnessConfig{tmpl: tmpl, nginx: del, certs: fc,
 			tls: &TLS{Port: 443, PublicPort: 443}, acme: "/etc/nginx/upstreamd-acme"})
 		h.src.set(backends(t, 1, 3))
 		advance(time.Second)
@@ -1187,7 +1187,7 @@ func TestControllerCertsAndAnswers(t *testing.T) {
 		}
 		const token = "tok_0123456789abcdef"
 		answered := make(chan error, 1)
-		go func() { answered <- h.ctrl.WaitAnswer(t.Context(), "a.example", token, token+".x") }()
+		go func() { answered <- h.ctrl.WaitAnswerLive(t.Context(), token) }()
 		fc.set(nil, map[string]string{token: token + ".x"})
 		advance(time.Second)
 		if err := <-answered; err != nil {

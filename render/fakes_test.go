@@ -2,7 +2,6 @@ package render
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path"
 	"regexp"
@@ -442,7 +441,7 @@ func (h *harness) observed() []Outcome {
 	defer h.mu.Unlock()
 	var out []Outcome
 	for _, o := range h.outcomes {
-		if !errors.Is(o.Err, ErrNotReady) {
+		if o.Result != ResultWaiting {
 			out = append(out, o)
 		}
 	}
@@ -455,7 +454,7 @@ func (h *harness) waited() int {
 	defer h.mu.Unlock()
 	n := 0
 	for _, o := range h.outcomes {
-		if errors.Is(o.Err, ErrNotReady) {
+		if o.Result == ResultWaiting {
 			n++
 		}
 	}
@@ -480,7 +479,6 @@ type harnessConfig struct {
 	tls         *TLS            // the configured TLS (certificates from files)
 	acme        string          // View.ACME
 	configDir   string          // ControllerConfig.ConfigDir
-	noIP        bool            // the proxy's address is unknown
 	ready       <-chan struct{} // nil: ready at once
 	healthyHere func(service string) int
 }
@@ -500,9 +498,6 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 		ready: ready, healthy: hc.healthyHere, up: true, changed: make(chan struct{}),
 		proxy: nginx.Proxy{ID: testProxyID, IP: testProxyIP, Generation: 1},
 	}}
-	if hc.noIP {
-		h.host.proxy.IP = ""
-	}
 	services := hc.services
 	if services == nil {
 		services = []string{"apache"}

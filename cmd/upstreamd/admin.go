@@ -15,6 +15,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -41,13 +42,19 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 	return l, nil
 }
 
+// observePass records a render pass in the metrics and the history.
+func (d *daemon) observePass(o render.Outcome) {
+	d.metrics.Observe(o)
+	d.history.Observe(o)
+}
+
 // adminServer is the admin listener's handler.
 func (d *daemon) adminServer(token string) *admin.Server {
 	return admin.NewServer(admin.Config{
 		Token:    token,
 		Listen:   d.cfg.Admin.Listen,
 		Status:   d.status,
-		Problems: func() []string { return d.metrics.problems(d.orch) },
+		Problems: func() []string { return d.metrics.Problems(d.orch) },
 		Ready: func() bool {
 			select {
 			case <-d.orch.Ready():
@@ -57,7 +64,7 @@ func (d *daemon) adminServer(token string) *admin.Server {
 			}
 		},
 		Journal: d.journal,
-		Metrics: d.metrics.handler(d.orch, d.ejections, d.servedCerts),
+		Metrics: d.metrics.Handler(d.orch, d.ejections, d.certificates),
 		Logger:  d.log.With().Str("component", "admin").Logger(),
 	})
 }
@@ -92,7 +99,7 @@ func (c *clusterCache) get(ctx context.Context, read func(context.Context) (etcd
 func (d *daemon) status(ctx context.Context) admin.Status {
 	st := admin.Status{
 		Project: d.cfg.Project, Node: d.cfg.Node, Version: version, Started: d.started, Now: time.Now(),
-		Problems: d.metrics.problems(d.orch),
+		Problems: d.metrics.Problems(d.orch),
 		Nodes:    []admin.Node{},
 	}
 	if st.Problems == nil {
@@ -160,11 +167,26 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	return st
 }
 
+// servedCert is one certificate the proxy serves.
+type servedCert struct {
+	names    []string
+	source   string
+	notAfter time.Time
+}
+
+// certificates lists the certificates the proxy serves, files first, for
+// the status and the metrics.
+func (d *daemon) certificates() []admin.Certificate {
+	var out []admin.Certificate
+	for _, c := range d.servedCerts() {
+		out = append(out, admin.Certificate{Source: c.source, Names: c.names, NotAfter: c.notAfter})
+	}
+	return out
+}
+
 // fillCerts adds the served certificates and the ACME hosts to st.
 func (d *daemon) fillCerts(st *admin.Status) {
-	for _, c := range d.servedCerts() {
-		st.Certificates = append(st.Certificates, admin.Certificate{Source: c.source, Names: c.names, NotAfter: c.notAfter})
-	}
+	st.Certificates = append(st.Certificates, d.certificates()...)
 	if d.acme == nil {
 		return
 	}

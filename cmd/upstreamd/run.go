@@ -67,7 +67,7 @@ type daemon struct {
 	registrations *store.Cache
 	orch          *orchestrator.Orchestrator
 	ctrl          *render.Controller
-	metrics       *metrics
+	metrics       *admin.Metrics
 	checks        templateCheck // what the template renders, for nginx -t before anything is created
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
@@ -104,7 +104,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
+	d := &daemon{cfg: cfg, log: log, metrics: admin.NewMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
 	d.history = admin.NewHistory(d.journal)
 	d.docker, err = containers.New(containers.Config{
 		Host:    cfg.Docker.Host,
@@ -161,36 +161,10 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		MinDebounce: cfg.Proxy.DebounceMin.D(),
 		MaxDebounce: cfg.Proxy.DebounceMax.D(),
 		Logger:      log.With().Str("component", "render").Logger(),
-		Observe: func(o render.Outcome) {
-			d.metrics.observe(o)
-			d.history.Observe(o)
-		},
+		Observe:     d.observePass,
 	})
 	if cfg.acmeOn() {
-		var proxyNodes func(context.Context) ([]string, error)
-		if cfg.Proxy.Placement == orchestrator.PlacementEvery {
-			// Every node runs a proxy the CA may reach: each acknowledges
-			// the answers its proxy serves, and the orderer waits for all.
-			proxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
-			d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
-				Serves: func(ctx context.Context, token, keyAuth string) error {
-					return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
-				},
-				Logger: log.With().Str("component", "acme").Logger()})
-		}
-		d.acme = certs.NewManager(certs.ManagerConfig{
-			Project: cfg.Project, Node: cfg.Node,
-			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
-			Store: d.etcd, Cache: d.certs,
-			CanOrder: func() (bool, <-chan struct{}) {
-				p, changed := d.orch.Proxy()
-				return p.ID != "", changed
-			},
-			WaitAnswer: d.ctrl.WaitAnswer,
-			ProxyNodes: proxyNodes,
-			Observe:    d.metrics.observeOrder,
-			Logger:     log.With().Str("component", "acme").Logger(),
-		})
+		d.wireACME(cfg, view.Listen, log)
 	}
 	return d, nil
 }

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/upstreamd/upstreamd/internal/health"
 )
 
 // Kind names what happened. The values are part of the admin API.
@@ -51,17 +53,17 @@ const DefaultCapacity = 500
 type Event struct {
 	// Seq numbers the journal's events from 1, without gaps; Run is the
 	// journal's run id (a daemon's run: Seq starts again at the next).
-	Seq       int64     `json:"seq"`
-	Run       string    `json:"run"`
-	Time      time.Time `json:"time"`
-	Kind      Kind      `json:"kind"`
-	Service   string    `json:"service,omitempty"`
-	Container string    `json:"container,omitempty"` // the container's name
-	ID        string    `json:"id,omitempty"`        // its short ID
-	Addr      string    `json:"addr,omitempty"`      // the backend's address, as registered
-	From      string    `json:"from,omitempty"`      // HealthChanged: the state before
-	To        string    `json:"to,omitempty"`        // HealthChanged: the state after
-	Reason    string    `json:"reason,omitempty"`
+	Seq       int64        `json:"seq"`
+	Run       string       `json:"run"`
+	Time      time.Time    `json:"time"`
+	Kind      Kind         `json:"kind"`
+	Service   string       `json:"service,omitempty"`
+	Container string       `json:"container,omitempty"` // the container's name
+	ID        string       `json:"id,omitempty"`        // its short ID
+	Addr      string       `json:"addr,omitempty"`      // the backend's address, as registered
+	From      health.State `json:"from,omitempty"`      // HealthChanged: the state before
+	To        health.State `json:"to,omitempty"`        // HealthChanged: the state after
+	Reason    string       `json:"reason,omitempty"`
 	// Message is one sentence for a person, complete on its own.
 	Message string `json:"message"`
 }

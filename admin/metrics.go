@@ -1,8 +1,7 @@
-package main
+package admin
 
 import (
 	"context"
-	"errors"
 	"net/http"
 	"sort"
 	"sync"
@@ -12,21 +11,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/upstreamd/upstreamd/internal/health"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
 )
 
 // sources is what the metrics and the health check read from the
-// orchestrator at request time.
+// orchestrator at request time (an *orchestrator.Orchestrator).
 type sources interface {
-	BackendStates() map[string]map[string]int
+	BackendStates() map[string]map[health.State]int
 	Problems() []string
 }
 
-// metrics are the daemon's Prometheus metrics, fed by the render
-// controller's outcomes and read from the orchestrator when scraped, and
-// the /healthz answer.
-type metrics struct {
+// Metrics are the daemon's Prometheus metrics, fed by the render
+// Controller's outcomes and the ACME orders and read from the orchestrator
+// when scraped, and the problems /healthz answers with.
+type Metrics struct {
 	reg     *prometheus.Registry
 	passes  *prometheus.CounterVec
 	took    prometheus.Histogram
@@ -37,8 +37,10 @@ type metrics struct {
 	renderErr error // the last render pass's failure; nil once one works
 }
 
-func newMetrics() *metrics {
-	m := &metrics{
+// NewMetrics returns the metrics, every render result and order result
+// at zero.
+func NewMetrics() *Metrics {
+	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "upstreamd_render_passes_total",
@@ -63,36 +65,24 @@ func newMetrics() *metrics {
 		m.passes, m.took, m.confirm, m.orders)
 	m.orders.WithLabelValues("issued")
 	m.orders.WithLabelValues("failed")
-	for _, r := range []string{"reload", "push", "unchanged", "rejected", "refused", "waiting", "error"} {
-		m.passes.WithLabelValues(r) // exported at zero from the start
+	for _, r := range render.Results() {
+		m.passes.WithLabelValues(string(r)) // exported at zero from the start
 	}
 	return m
 }
 
-// observe records one render pass.
-func (m *metrics) observe(o render.Outcome) {
+// Observe records one render pass, under its result (the render
+// Controller's Observe).
+func (m *Metrics) Observe(o render.Outcome) {
+	m.passes.WithLabelValues(string(o.Result)).Inc()
 	var failed error
-	switch {
-	case errors.Is(o.Err, nginx.ErrCheckFailed):
-		m.passes.WithLabelValues("rejected").Inc()
-	case errors.Is(o.Err, render.ErrNotReady):
-		m.passes.WithLabelValues("waiting").Inc()
-	case errors.Is(o.Err, render.ErrWouldEmpty):
-		m.passes.WithLabelValues("refused").Inc()
-	case o.Err != nil:
-		m.passes.WithLabelValues("error").Inc()
+	if o.Result == render.ResultError {
 		failed = o.Err
-	case o.Changed:
-		m.passes.WithLabelValues("reload").Inc()
-	case o.Pushed:
-		m.passes.WithLabelValues("push").Inc()
-	default:
-		m.passes.WithLabelValues("unchanged").Inc()
 	}
 	m.mu.Lock()
 	m.renderErr = failed
 	m.mu.Unlock()
-	if o.Err == nil && (o.Changed || o.Pushed) {
+	if o.Result == render.ResultReload || o.Result == render.ResultPush {
 		m.took.Observe(o.Took.Seconds())
 	}
 	if o.Confirmed > 0 {
@@ -100,8 +90,8 @@ func (m *metrics) observe(o render.Outcome) {
 	}
 }
 
-// observeOrder records one ACME order.
-func (m *metrics) observeOrder(_ string, err error) {
+// ObserveOrder records one ACME order (the certs Manager's Observe).
+func (m *Metrics) ObserveOrder(_ string, err error) {
 	if err != nil {
 		m.orders.WithLabelValues("failed").Inc()
 		return
@@ -115,26 +105,19 @@ var certExpiryDesc = prometheus.NewDesc("upstreamd_cert_expiry_seconds",
 	"Seconds until the certificate the proxy serves for host expires (negative: expired), by source: file ([[tls.certificate]]), acme or import (kept in etcd).",
 	[]string{"host", "source"}, nil)
 
-// servedCert is one certificate the proxy serves, for the metrics.
-type servedCert struct {
-	names    []string
-	source   string
-	notAfter time.Time
-}
-
 // certsCollector reads the served certificates when scraped; a host named
 // by several is reported for the first, the one nginx picks.
-type certsCollector struct{ list func() []servedCert }
+type certsCollector struct{ list func() []Certificate }
 
 func (c certsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- certExpiryDesc }
 
 func (c certsCollector) Collect(ch chan<- prometheus.Metric) {
 	seen := map[string]bool{}
 	for _, cert := range c.list() {
-		for _, h := range cert.names {
+		for _, h := range cert.Names {
 			if !seen[h] {
 				seen[h] = true
-				ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, time.Until(cert.notAfter).Seconds(), h, cert.source)
+				ch <- prometheus.MustNewConstMetric(certExpiryDesc, prometheus.GaugeValue, time.Until(cert.NotAfter).Seconds(), h, cert.Source)
 			}
 		}
 	}
@@ -154,7 +137,7 @@ func (c backendsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backends
 func (c backendsCollector) Collect(ch chan<- prometheus.Metric) {
 	for service, states := range c.src.BackendStates() {
 		for state, n := range states {
-			ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), service, state)
+			ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), service, string(state))
 		}
 	}
 }
@@ -194,9 +177,9 @@ func (c ejectionsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(ejectedHostsDesc, prometheus.GaugeValue, float64(len(e.DownHosts)))
 }
 
-// problems lists what is wrong now: the orchestrator's, then the
+// Problems lists what is wrong now: the orchestrator's, then the
 // renderer's last failure.
-func (m *metrics) problems(src sources) []string {
+func (m *Metrics) Problems(src sources) []string {
 	out := src.Problems()
 	m.mu.Lock()
 	if m.renderErr != nil {
@@ -207,10 +190,11 @@ func (m *metrics) problems(src sources) []string {
 	return out
 }
 
-// handler answers /metrics: the daemon's metrics, the backends' states
-// read from src, and when read is not nil the proxy's ejections, read at
-// each scrape.
-func (m *metrics) handler(src sources, read ejections, served func() []servedCert) http.Handler {
+// Handler answers /metrics: the daemon's metrics, the backends' states
+// read from src, when read is not nil the proxy's ejections, and when
+// served is not nil the expiry of the certificates the proxy serves, read
+// at each scrape.
+func (m *Metrics) Handler(src sources, read func(context.Context) (nginx.Ejections, error), served func() []Certificate) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(backendsCollector{src: src})
 	if served != nil {

@@ -30,7 +30,7 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 		log.Warn().Str("listen", listen).Msg("[metrics] listen is now admin.listen ([admin] listen = ...): it serves /metrics as before, and the status page, the JSON API and /readyz")
 	}
 	l, err := net.Listen("tcp", listen)
-	explicit := d.cfg.written("admin.listen") || d.cfg.Metrics.Listen != ""
+	explicit := d.cfg.Written("admin.listen") || d.cfg.Metrics.Listen != ""
 	if errors.Is(err, syscall.EADDRINUSE) && !explicit {
 		log.Warn().Str("listen", listen).Msg("the default admin address is in use (another upstreamd on this host?): no status page, API or /metrics; set [admin] listen to another port, or \"\" to say so")
 		return nil, nil

@@ -21,12 +21,13 @@ import (
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/spec"
 	"github.com/upstreamd/upstreamd/store"
 )
 
 // connectEtcd opens the etcd client of a one-shot command and checks that
 // etcd answers.
-func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.Client, error) {
+func connectEtcd(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*store.Client, error) {
 	scfg, err := cfg.StoreConfig()
 	if err != nil {
 		return nil, err
@@ -45,7 +46,7 @@ func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.C
 
 // readRegistrations reads the registrations once, validated as the
 // daemon's watch would: invalid entries are logged and left out.
-func readRegistrations(ctx context.Context, cfg *Config, log zerolog.Logger) (store.Snapshot, error) {
+func readRegistrations(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (store.Snapshot, error) {
 	etcd, err := connectEtcd(ctx, cfg, log)
 	if err != nil {
 		return store.Snapshot{}, err
@@ -64,7 +65,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"it also runs `nginx -t` on it in a throwaway container of proxy.image (no network,\n" +
 			"removed afterwards) and exits 1 with nginx's message when nginx rejects it.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
 		tmpl, err := cfg.LoadTemplate()
 		if err != nil {
 			return err
@@ -73,8 +74,8 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		view := cfg.view(snap)
-		out, err := cfg.renderFor(tmpl, snap)
+		view := cfg.View(snap)
+		out, err := cfg.RenderFor(tmpl, snap)
 		if err != nil {
 			return err
 		}
@@ -110,7 +111,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if !check {
 			return nil
 		}
-		s, remove, err := cfg.throwaway(cmd.Context(), log)
+		s, remove, err := throwaway(cmd.Context(), cfg, log)
 		if err != nil {
 			return err
 		}
@@ -139,7 +140,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"admin listener, admin.listen): backends with their health, last probe and registration,\n" +
 			"the proxy's config, the nodes and the leader.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
 		if asJSON {
 			c, err := adminClient(cfg, adminAddr)
 			if err != nil {
@@ -235,12 +236,12 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 
 // adminClient returns a client of the daemon's admin listener: addr, else
 // the spec's admin.listen, with the spec's token.
-func adminClient(cfg *Config, addr string) (*admin.Client, error) {
+func adminClient(cfg *spec.Spec, addr string) (*admin.Client, error) {
 	if addr == "" {
 		addr = cfg.Admin.Listen
 	}
 	if addr == "" {
-		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.file)}
+		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.File())}
 	}
 	token, err := cfg.AdminToken()
 	if err != nil {
@@ -261,7 +262,7 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"daemon restarts it connects again and goes on with the new run's events. With --json,\n" +
 			"one JSON object per line.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *spec.Spec) error {
 		c, err := adminClient(cfg, adminAddr)
 		if err != nil {
 			return err
@@ -304,7 +305,7 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 }
 
 // listContainers lists the project's containers, by role then name.
-func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]containers.Container, error) {
+func listContainers(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) ([]containers.Container, error) {
 	docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
 	if err != nil {
 		return nil, err
@@ -331,7 +332,7 @@ type etcdView struct {
 	leader    *orchestrator.Leader        // nil: none elected
 }
 
-func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
+func readEtcd(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (etcdView, error) {
 	etcd, err := connectEtcd(ctx, cfg, log)
 	if err != nil {
 		return etcdView{}, err
@@ -348,7 +349,7 @@ func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, e
 
 // readCluster reads the replica overrides, the nodes, the leader and the
 // slots of the project (everything of etcdView but the registrations).
-func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView, error) {
+func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdView, error) {
 	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
 	prefix := orchestrator.OverridesPrefix(cfg.Project)
 	kvs, _, err := etcd.List(ctx, prefix)
@@ -421,14 +422,14 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +
 			"spec file's replicas apply again.",
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
-	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec) error {
 		svc := args[0]
 		known := false
 		for _, s := range cfg.Service {
 			known = known || s.Name == svc
 		}
 		if !known {
-			return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.file, cfg.ServiceNames())}
+			return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.File(), cfg.ServiceNames())}
 		}
 		if reset == (len(args) == 2) {
 			return usageError{fmt.Errorf("give either REPLICAS or --reset")}
@@ -450,7 +451,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
+			_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.File())
 			return err
 		}
 		if _, err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {

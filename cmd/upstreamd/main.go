@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/spec"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -141,7 +142,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 // specCommand returns c running run with the logger and the spec the
 // global flags give: the shape of every command but version.
 func (g *globalFlags) specCommand(stderr io.Writer, c *cobra.Command,
-	run func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error) *cobra.Command {
+	run func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec) error) *cobra.Command {
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		log, cfg, err := g.load(stderr)
 		if err != nil {
@@ -153,12 +154,12 @@ func (g *globalFlags) specCommand(stderr io.Writer, c *cobra.Command,
 }
 
 // load returns a command's logger and spec, from the flags.
-func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *Config, error) {
+func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *spec.Spec, error) {
 	log, err := g.logger(stderr)
 	if err != nil {
 		return log, nil, err
 	}
-	cfg, err := LoadConfig(g.config)
+	cfg, err := spec.Load(g.config)
 	return log, cfg, err
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/spec"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -29,22 +29,22 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 		Use:   "run",
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
 		Args:  usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
 		return runDaemon(cmd.Context(), cfg, log)
 	})
 }
 
 // runDaemon wires the components and runs them until ctx ends.
-func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
+func runDaemon(ctx context.Context, cfg *spec.Spec, root zerolog.Logger) error {
 	d, err := wire(cfg, root)
 	log := root.With().Str("component", "daemon").Logger()
 	if err != nil {
 		return err
 	}
 	defer d.close()
-	log.Info().Str("version", version).Str("config", cfg.file).Str("project", cfg.Project).
+	log.Info().Str("version", version).Str("config", cfg.File()).Str("project", cfg.Project).
 		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
-	if warn := cfg.acmeReach(); warn != "" {
+	if warn := cfg.ACMEReach(); warn != "" {
 		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", cfg.ACME.Hosts).Msg(warn)
 	}
 	err = d.run(ctx)
@@ -60,7 +60,7 @@ func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
 // watch of the registrations, and the two loops that meet in etcd and in
 // what nginx serves.
 type daemon struct {
-	cfg           *Config
+	cfg           *spec.Spec
 	log           zerolog.Logger
 	docker        *containers.Client
 	etcd          *store.Client
@@ -68,7 +68,7 @@ type daemon struct {
 	orch          *orchestrator.Orchestrator
 	ctrl          *render.Controller
 	metrics       *metrics
-	checks        templateCheck // what the template renders, for nginx -t before anything is created
+	checks        spec.TemplateCheck // what the template renders, for nginx -t before anything is created
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
 	history       *admin.History  // the configs nginx took
@@ -89,14 +89,14 @@ func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
 }
 
 // wire builds the daemon from the config.
-func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
+func wire(cfg *spec.Spec, log zerolog.Logger) (*daemon, error) {
 	tmpl, err := cfg.LoadTemplate()
 	if err != nil {
 		return nil, err
 	}
 	// A template that cannot render stops the daemon before it touches
 	// anything; what it renders is checked with nginx once Docker answers.
-	checks, err := cfg.renderChecks(tmpl)
+	checks, err := cfg.RenderChecks(tmpl)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 	// updates wait on it.
 	served := render.NewServed()
 	d.orch = orchestrator.New(orchestrator.Config{
-		Spec:           cfg.Spec(),
+		Spec:           cfg.OrchestratorSpec(),
 		Docker:         d.docker,
 		Store:          d.etcd,
 		Registrations:  d.registrations,
@@ -139,13 +139,13 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		Events:         d.journal,
 		Logger:         log,
 	})
-	view := cfg.viewInput()
+	view := cfg.ViewInput()
 	var certSource render.Certificates
-	if cfg.tls != nil {
+	if cfg.ServedTLS() != nil {
 		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
-		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir, cfg.acmeServed()}
+		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir, cfg.ACMEServed()}
 	}
-	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
+	ncfg := nginxConfig(cfg, log.With().Str("component", "nginx").Logger())
 	ncfg.Docker = d.docker
 	proxies := nginx.New(ncfg)
 	d.proxies = proxies
@@ -166,7 +166,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 			d.history.Observe(o)
 		},
 	})
-	if cfg.acmeOn() {
+	if cfg.ACMEOn() {
 		var proxyNodes func(context.Context) ([]string, error)
 		if cfg.Proxy.Placement == orchestrator.PlacementEvery {
 			// Every node runs a proxy the CA may reach: each acknowledges
@@ -180,7 +180,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		}
 		d.acme = certs.NewManager(certs.ManagerConfig{
 			Project: cfg.Project, Node: cfg.Node,
-			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
+			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.ACMERoots(), Hosts: cfg.ACME.Hosts,
 			Store: d.etcd, Cache: d.certs,
 			CanOrder: func() (bool, <-chan struct{}) {
 				p, changed := d.orch.Proxy()
@@ -214,9 +214,12 @@ func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]strin
 // servedCerts lists the certificates the proxy serves, files first, for
 // the metrics.
 func (d *daemon) servedCerts() []servedCert {
-	out := slices.Clip(d.cfg.fileCerts)
+	var out []servedCert
+	for _, leaf := range d.cfg.FileCerts() {
+		out = append(out, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
+	}
 	if d.certs != nil {
-		for _, c := range d.certs.Served(d.cfg.acmeServed()) {
+		for _, c := range d.certs.Served(d.cfg.ACMEServed()) {
 			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})
 		}
 	}
@@ -296,7 +299,7 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 			return err
 		}
 		defer remove()
-		err = d.cfg.checkWithNginx(ctx, s, d.checks, log)
+		err = checkWithNginx(ctx, d.cfg, s, d.checks, log)
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			rejected = err
 			return nil
@@ -324,7 +327,7 @@ func (d *daemon) checkSession(ctx context.Context, log zerolog.Logger) (*nginx.S
 			return d.proxies.Session(nginx.Proxy{ID: c.ID}), func() {}, nil
 		}
 	}
-	return d.cfg.throwaway(ctx, log)
+	return throwaway(ctx, d.cfg, log)
 }
 
 // close releases the adapters' connections.
@@ -356,10 +359,6 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s %s: no container is created or changed until etcd and the docker engine both answer", what, state)
 	})
 }
-
-// acmeDir is where, under proxy.config_dir, the proxy serves the ACME
-// HTTP-01 answers from (/.well-known/acme-challenge/<token>).
-const acmeDir = "upstreamd-acme"
 
 // etcdCerts are the certificates and ACME answers in etcd, as the render
 // Controller takes them: the ACME certificates of acmeHosts only.

@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"fmt"
@@ -101,7 +101,7 @@ func isAlnum(r rune) bool {
 
 // validateRoutes checks that no two services claim one host and path, and
 // that the default service is one the routes leave something to.
-func (c *Config) validateRoutes(bad badFunc) {
+func (c *Spec) validateRoutes(bad badFunc) {
 	owner := map[string]string{} // host + " " + prefix → service
 	for i, s := range c.Service {
 		hosts := s.Hosts

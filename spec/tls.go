@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"crypto/x509"
@@ -52,11 +52,11 @@ type ACMEConfig struct {
 const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
 // acmeOn reports whether the file has an [acme] table.
-func (c *Config) acmeOn() bool { return c.written("acme") }
+func (c *Spec) acmeOn() bool { return c.written("acme") }
 
 // acmeServed are the hosts whose ACME certificates in etcd are served:
 // acme.hosts; none without [acme].
-func (c *Config) acmeServed() []string {
+func (c *Spec) acmeServed() []string {
 	if !c.acmeOn() {
 		return nil
 	}
@@ -70,7 +70,7 @@ var now = time.Now
 // and keeps what the proxy is to serve (c.tls). A certificate that does
 // not match its key, has expired, names no host or cannot be read is an
 // error: it never reaches nginx.
-func (c *Config) validateTLS(bad badFunc) {
+func (c *Spec) validateTLS(bad badFunc) {
 	p := c.Proxy
 	t := &render.TLS{Port: orchestrator.TLSPort, PublicPort: 443}
 	if p.PublishTLS != "" {
@@ -97,7 +97,7 @@ func (c *Config) validateTLS(bad badFunc) {
 			continue
 		}
 		t.Certs = append(t.Certs, cert)
-		c.fileCerts = append(c.fileCerts, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
+		c.fileCerts = append(c.fileCerts, leaf)
 	}
 	c.validateACME(bad, t)
 	if ok && p.PublishTLS != "" {
@@ -110,7 +110,7 @@ func (c *Config) validateTLS(bad badFunc) {
 // as it has a certificate, and one can come at any time (from etcd or
 // ACME): neither nginx's plain port nor the status server may be on it, and
 // the host port it is published on must be free of proxy.publish.
-func (c *Config) validateTLSPorts(bad badFunc) {
+func (c *Spec) validateTLSPorts(bad badFunc) {
 	p := c.Proxy
 	if p.PublishTLS == "" {
 		return
@@ -134,7 +134,7 @@ func (c *Config) validateTLSPorts(bad badFunc) {
 func anyAddress(host string) bool { return host == "" || host == "0.0.0.0" || host == "::" }
 
 // validateACME checks the [acme] table and sets its defaults.
-func (c *Config) validateACME(bad badFunc, t *render.TLS) {
+func (c *Spec) validateACME(bad badFunc, t *render.TLS) {
 	if !c.acmeOn() {
 		return
 	}
@@ -181,7 +181,7 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 // acmeHosts are the host names ACME orders by default: every service's,
 // in spec order, except wildcards and those a configured certificate
 // covers.
-func (c *Config) acmeHosts(t *render.TLS) []string {
+func (c *Spec) acmeHosts(t *render.TLS) []string {
 	var out []string
 	for _, s := range c.Service {
 		for _, h := range s.Hosts {
@@ -201,7 +201,7 @@ func (c *Config) acmeHosts(t *render.TLS) []string {
 }
 
 // readCert reads and checks one certificate and its key.
-func (c *Config) readCert(cc CertConfig) (render.TLSCert, *x509.Certificate, error) {
+func (c *Spec) readCert(cc CertConfig) (render.TLSCert, *x509.Certificate, error) {
 	if cc.CertFile == "" || cc.KeyFile == "" {
 		return render.TLSCert{}, nil, fmt.Errorf("cert_file and key_file are both required")
 	}
@@ -223,7 +223,7 @@ func (c *Config) readCert(cc CertConfig) (render.TLSCert, *x509.Certificate, err
 // acmeReach says, when [acme] is on and nginx's plain port is published
 // elsewhere than on port 80 of an outside address, what the operator must
 // make sure of: the CA validates on port 80 of each host name.
-func (c *Config) acmeReach() string {
+func (c *Spec) acmeReach() string {
 	if !c.acmeOn() {
 		return ""
 	}

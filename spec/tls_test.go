@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"crypto/ecdsa"
@@ -91,12 +91,12 @@ func TestTLSConfig(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, err := Load(file)
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatal(err)
 				}
-				files := cfg.view(store.Snapshot{}).Files()
+				files := cfg.View(store.Snapshot{}).Files()
 				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(cfg.fileCerts) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
 					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
 				}
@@ -123,12 +123,12 @@ func TestACMEReach(t *testing.T) {
 		":80": false, "0.0.0.0:80": false, "203.0.113.5:80": false,
 		"127.0.0.1:80": true, "127.0.0.1:8080": true, ":8080": true,
 	} {
-		cfg := &Config{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
+		cfg := &Spec{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
 		if got := cfg.acmeReach() != ""; got != warn {
 			t.Errorf("publish %s: warned %v, want %v", publish, got, warn)
 		}
 	}
-	if (&Config{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).acmeReach() != "" {
+	if (&Spec{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).acmeReach() != "" {
 		t.Error("warned without [acme]")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"encoding"
@@ -271,7 +271,7 @@ func tomlKind(v any) string {
 // decodeSpec reads data into c, reporting every unknown key and value of
 // the wrong type (each with file:line:col) and keeping the rest. Only a
 // TOML syntax error stops it before the rest is read.
-func (c *Config) decodeSpec(data []byte) []error {
+func (c *Spec) decodeSpec(data []byte) []error {
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		return []error{describeTOMLError(c.file, err)}
@@ -279,7 +279,7 @@ func (c *Config) decodeSpec(data []byte) []error {
 	c.pos = keyPositions(data)
 	c.droppedKeys = map[string]bool{}
 	var said []string // paths, then what is wrong with each
-	checkTypes(doc, reflect.TypeFor[Config](), "", func(path, msg string) {
+	checkTypes(doc, reflect.TypeFor[Spec](), "", func(path, msg string) {
 		c.droppedKeys[path] = true
 		said = append(said, path, msg)
 	})
@@ -300,7 +300,7 @@ func (c *Config) decodeSpec(data []byte) []error {
 
 // errorAt prefixes msg with the file and where path (or its nearest
 // written parent) is in it.
-func (c *Config) errorAt(path, msg string) error {
+func (c *Spec) errorAt(path, msg string) error {
 	if p, _ := c.pos.at(path); p.Line > 0 {
 		return specError{p.Line, p.Column, fmt.Sprintf("%s:%d:%d: %s", c.file, p.Line, p.Column, msg)}
 	}
@@ -309,7 +309,7 @@ func (c *Config) errorAt(path, msg string) error {
 
 // written reports whether the spec file sets path (to a value of the
 // right type: one of the wrong type was reported and dropped).
-func (c *Config) written(path string) bool {
+func (c *Spec) written(path string) bool {
 	_, ok := c.pos[path]
 	if i := strings.LastIndexByte(path, '['); !ok && i > 0 && strings.HasSuffix(path, "]") {
 		_, ok = c.pos[path[:i]] // an element of an array of values

@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"os"
@@ -28,7 +28,7 @@ func TestRenderChecks(t *testing.T) {
 				}
 				body = "[proxy]\ntemplate = \"" + f + "\"\n" + body
 			}
-			cfg, err := LoadConfig(writeConfig(t, body))
+			cfg, err := Load(writeConfig(t, body))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,7 +36,7 @@ func TestRenderChecks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc, err := cfg.renderChecks(tmpl)
+			tc, err := cfg.RenderChecks(tmpl)
 			if tt.want != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), cfg.file) {
 					t.Fatalf("error %v; want one naming %s and saying %q", err, cfg.file, tt.want)
@@ -49,7 +49,7 @@ func TestRenderChecks(t *testing.T) {
 			// The sample has one backend per service, each on its port, of
 			// this project (or the view would not take it).
 			var got []string
-			for _, e := range cfg.view(cfg.sampleSnapshot()).Services {
+			for _, e := range cfg.View(cfg.SampleSnapshot()).Services {
 				for _, b := range e.Backends {
 					got = append(got, e.Name+" "+b.Addr)
 				}
@@ -57,7 +57,7 @@ func TestRenderChecks(t *testing.T) {
 			if want := "apache 192.0.2.1:80,web 192.0.2.2:8080"; strings.Join(got, ",") != want {
 				t.Errorf("sample view %v, want %s", got, want)
 			}
-			if len(tc.empty) == 0 {
+			if len(tc.Empty) == 0 {
 				t.Error("empty render is empty")
 			}
 		})

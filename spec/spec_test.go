@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"encoding"
@@ -29,12 +29,12 @@ func writeConfig(t *testing.T, body string) string {
 	return f
 }
 
-// TestLoadConfigDefaults checks that no file at all gives the seed: one
+// TestLoadDefaults checks that no file at all gives the seed: one
 // nginx in front of 3 Apache containers of service "apache".
-func TestLoadConfigDefaults(t *testing.T) {
-	cfg, err := LoadConfig("")
+func TestLoadDefaults(t *testing.T) {
+	cfg, err := Load("")
 	if err != nil {
-		t.Fatalf("LoadConfig(\"\"): %v", err)
+		t.Fatalf("Load(\"\"): %v", err)
 	}
 	if len(cfg.Service) != 1 {
 		t.Fatalf("%d services, want 1", len(cfg.Service))
@@ -74,13 +74,13 @@ func TestLoadConfigDefaults(t *testing.T) {
 		}
 	})
 	t.Run("spec", func(t *testing.T) {
-		spec := cfg.Spec()
+		spec := cfg.OrchestratorSpec()
 		want := orchestrator.HealthSpec{Path: "/", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 2, StartPeriod: time.Minute}
 		if len(spec.Services) != 1 || spec.Services[0].Replicas != 3 || spec.Services[0].Health != want {
-			t.Errorf("Spec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
+			t.Errorf("OrchestratorSpec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
 		}
 		if spec.Network != "upstreamd" || spec.Prefix != "/services" || spec.Proxy.Publish != "127.0.0.1:8080" {
-			t.Errorf("Spec() network %q prefix %q publish %q, want upstreamd, /services, 127.0.0.1:8080", spec.Network, spec.Prefix, spec.Proxy.Publish)
+			t.Errorf("OrchestratorSpec() network %q prefix %q publish %q, want upstreamd, /services, 127.0.0.1:8080", spec.Network, spec.Prefix, spec.Proxy.Publish)
 		}
 	})
 }
@@ -88,15 +88,15 @@ func TestLoadConfigDefaults(t *testing.T) {
 // TestExampleConfig keeps the example file honest: it loads, its values are
 // the defaults (it says so), and it documents every key of Config.
 func TestExampleConfig(t *testing.T) {
-	cfg, err := LoadConfig(exampleFile)
+	cfg, err := Load(exampleFile)
 	if err != nil {
-		t.Fatalf("LoadConfig(%s): %v", exampleFile, err)
+		t.Fatalf("Load(%s): %v", exampleFile, err)
 	}
-	def, err := LoadConfig("")
+	def, err := Load("")
 	if err != nil {
-		t.Fatalf("LoadConfig(\"\"): %v", err)
+		t.Fatalf("Load(\"\"): %v", err)
 	}
-	if got, want := cfg.Spec(), def.Spec(); !specEqual(got, want) {
+	if got, want := cfg.OrchestratorSpec(), def.OrchestratorSpec(); !specEqual(got, want) {
 		t.Errorf("the example's values are not the defaults:\n got %+v\nwant %+v", got, want)
 	}
 
@@ -108,7 +108,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		t.Fatalf("parse %s: %v", exampleFile, err)
 	}
-	keys := tomlKeys(reflect.TypeFor[Config](), "")
+	keys := tomlKeys(reflect.TypeFor[Spec](), "")
 	if len(keys) < 40 {
 		t.Fatalf("found only %d keys in Config; the walk is broken", len(keys))
 	}
@@ -196,9 +196,9 @@ func hasKey(doc any, path []string) bool {
 	return false
 }
 
-// TestLoadConfigErrors checks that each bad input is refused with the file,
+// TestLoadErrors checks that each bad input is refused with the file,
 // the key path and why. FILE in want and body stands for the spec file's path.
-func TestLoadConfigErrors(t *testing.T) {
+func TestLoadErrors(t *testing.T) {
 	const apache = "[[service]]\nname = \"apache\"\n"
 	tests := []struct {
 		name    string
@@ -537,9 +537,9 @@ func TestLoadConfigErrors(t *testing.T) {
 					t.Fatalf("write %s: %v", name, err)
 				}
 			}
-			cfg, err := LoadConfig(file)
+			cfg, err := Load(file)
 			if err == nil {
-				t.Fatalf("LoadConfig succeeded (%+v), want an error", cfg)
+				t.Fatalf("Load succeeded (%+v), want an error", cfg)
 			}
 			msg := err.Error()
 			last := -1
@@ -590,7 +590,7 @@ func TestResponseHeaderVariables(t *testing.T) {
 		{"${}", "${} is not a variable"},
 	} {
 		t.Run(tt.value, func(t *testing.T) {
-			_, err := LoadConfig(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"))
+			_, err := Load(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"))
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("refused: %v", err)
@@ -601,9 +601,9 @@ func TestResponseHeaderVariables(t *testing.T) {
 	}
 }
 
-// TestLoadConfigRelativePaths checks that relative paths are resolved
+// TestLoadRelativePaths checks that relative paths are resolved
 // against the spec file's directory, not the working directory.
-func TestLoadConfigRelativePaths(t *testing.T) {
+func TestLoadRelativePaths(t *testing.T) {
 	file := writeConfig(t, "[proxy]\ntemplate = \"tmpl/proxy.tmpl\"\n[etcd]\nusername = \"u\"\npassword_file = \"secret\"\n")
 	dir := filepath.Dir(file)
 	if wd, err := os.Getwd(); err != nil || wd == dir {
@@ -620,9 +620,9 @@ func TestLoadConfigRelativePaths(t *testing.T) {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	cfg, err := LoadConfig(file)
+	cfg, err := Load(file)
 	if err != nil {
-		t.Fatalf("LoadConfig: %v", err)
+		t.Fatalf("Load: %v", err)
 	}
 	tmpl, err := cfg.LoadTemplate()
 	if err != nil {
@@ -680,9 +680,9 @@ func TestLoadTemplate(t *testing.T) {
 			if err := os.WriteFile(tmplFile, []byte(tt.text), 0o600); err != nil {
 				t.Fatalf("write %s: %v", tmplFile, err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, err := Load(file)
 			if err != nil {
-				t.Fatalf("LoadConfig: %v; want the template checked by LoadTemplate", err)
+				t.Fatalf("Load: %v; want the template checked by LoadTemplate", err)
 			}
 			tmpl, err := cfg.LoadTemplate()
 			if len(tt.want) == 0 {
@@ -711,11 +711,11 @@ func TestLoadTemplate(t *testing.T) {
 // default (stop_grace = "0s" kills at once; status_port = 0 turns the
 // status server off), and cpus = 0 means no limit, as documented.
 func TestWrittenZeroIsHonoured(t *testing.T) {
-	cfg, err := LoadConfig(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"))
+	cfg, err := Load(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := cfg.Spec()
+	spec := cfg.OrchestratorSpec()
 	if g := spec.Services[0].StopGrace; g != 0 {
 		t.Errorf("stop_grace = \"0s\" became %s", g)
 	}
@@ -742,7 +742,7 @@ func TestAdminListen(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, err := Load(file)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -757,13 +757,13 @@ func TestAdminListen(t *testing.T) {
 // files are made by make, and the cluster's node addresses are the nested
 // hosts': only these may be said here).
 func TestShippedSpecs(t *testing.T) {
-	files, err := filepath.Glob("../../images/host/demo/*.toml")
+	files, err := filepath.Glob("../images/host/demo/*.toml")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("the cluster demo's specs: %v %v", files, err)
 	}
-	for _, f := range append(files, "../../images/upstreamd/compose.toml") {
+	for _, f := range append(files, "../images/upstreamd/compose.toml") {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			_, err := LoadConfig(f)
+			_, err := Load(f)
 			if err == nil {
 				return
 			}

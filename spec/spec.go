@@ -1,4 +1,8 @@
-package main
+// Package spec is the project's contract with its users: the TOML spec
+// file, its defaults, its validation (every mistake at once, each with the
+// file, line and key), and its conversion into each component's config.
+// Every command loads a spec the same way.
+package spec
 
 import (
 	"crypto/x509"
@@ -25,9 +29,9 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// Config is the TOML spec file. Every key is documented in
-// cmd/upstreamd/upstreamd.example.toml and the README; unknown keys are errors.
-type Config struct {
+// Spec is the TOML spec file. Every key is documented in
+// spec/upstreamd.example.toml and the README; unknown keys are errors.
+type Spec struct {
 	Project string          `toml:"project"`
 	Node    string          `toml:"node"`
 	Docker  DockerConfig    `toml:"docker"`
@@ -40,12 +44,12 @@ type Config struct {
 	Metrics MetricsConfig   `toml:"metrics"`
 	Service []ServiceConfig `toml:"service"`
 
-	file        string          // where it was read from, for messages
-	pos         positions       // where each key was written in it
-	droppedKeys map[string]bool // keys of the wrong type, reported and left out
-	tls         *render.TLS     // the certificates, read and checked by validateTLS
-	fileCerts   []servedCert    // the same certificates' names and expiry, for the metrics
-	acmeRoots   *x509.CertPool  // acme.ca_file's roots (nil: the system's), read by validateACME
+	file        string              // where it was read from, for messages
+	pos         positions           // where each key was written in it
+	droppedKeys map[string]bool     // keys of the wrong type, reported and left out
+	tls         *render.TLS         // the certificates, read and checked by validateTLS
+	fileCerts   []*x509.Certificate // the same certificates, parsed, for the metrics
+	acmeRoots   *x509.CertPool      // acme.ca_file's roots (nil: the system's), read by validateACME
 }
 
 // DockerConfig says how to reach the engine.
@@ -208,10 +212,10 @@ const (
 	defaultStartPeriod = 60 * time.Second
 )
 
-// LoadConfig reads, defaults and validates a spec file. An empty path means
+// Load reads, defaults and validates a spec file. An empty path means
 // no file: the defaults alone.
-func LoadConfig(file string) (*Config, error) {
-	cfg := &Config{file: "(defaults)"}
+func Load(file string) (*Spec, error) {
+	cfg := &Spec{file: "(defaults)"}
 	var errs []error
 	if file != "" {
 		data, err := os.ReadFile(file)
@@ -241,7 +245,7 @@ func describeTOMLError(file string, err error) error {
 	return fmt.Errorf("%s: %w", file, err)
 }
 
-func (c *Config) applyDefaults() {
+func (c *Spec) applyDefaults() {
 	if c.Project == "" {
 		c.Project = defaultProject
 	}
@@ -317,7 +321,7 @@ func (c *Config) applyDefaults() {
 }
 
 // routed reports whether a service is routed by host or path.
-func (c *Config) routed() bool {
+func (c *Spec) routed() bool {
 	for _, s := range c.Service {
 		if len(s.Hosts) > 0 || s.PathPrefix != "" {
 			return true
@@ -345,14 +349,14 @@ func setStr(p *string, def string) {
 }
 
 // setDur defaults a duration the file does not set.
-func (c *Config) setDur(path string, p *Duration, def time.Duration) {
+func (c *Spec) setDur(path string, p *Duration, def time.Duration) {
 	if !c.written(path) && p.d == 0 {
 		p.d = def
 	}
 }
 
 // setInt defaults an integer the file does not set.
-func (c *Config) setInt(path string, p *int, def int) {
+func (c *Spec) setInt(path string, p *int, def int) {
 	if !c.written(path) && *p == 0 {
 		*p = def
 	}
@@ -366,9 +370,9 @@ func setPtr[T any](p **T, def T) {
 
 // Validate checks every value; the error names the file, the line, the
 // key and why. Every error of the file is reported, not only the first.
-func (c *Config) Validate() error { return joinByLine(c.validate()) }
+func (c *Spec) Validate() error { return joinByLine(c.validate()) }
 
-func (c *Config) validate() []error {
+func (c *Spec) validate() []error {
 	var errs []error
 	bad := func(path, format string, args ...any) {
 		if c.dropped(path) {
@@ -407,7 +411,7 @@ var localAddrs = net.InterfaceAddrs
 
 // dropped reports whether path, or a table it is in, was dropped for
 // having the wrong type.
-func (c *Config) dropped(path string) bool {
+func (c *Spec) dropped(path string) bool {
 	for p := range c.droppedKeys {
 		if path == p || strings.HasPrefix(path, p+".") || strings.HasPrefix(path, p+"[") {
 			return true
@@ -417,7 +421,7 @@ func (c *Config) dropped(path string) bool {
 }
 
 // display names path for a message: a service's index gets its name.
-func (c *Config) display(path string) string {
+func (c *Spec) display(path string) string {
 	rest, ok := strings.CutPrefix(path, "service[")
 	if !ok {
 		return path
@@ -430,7 +434,7 @@ func (c *Config) display(path string) string {
 }
 
 // validateGlobal checks the keys outside [proxy] and [[service]].
-func (c *Config) validateGlobal(bad badFunc) {
+func (c *Spec) validateGlobal(bad badFunc) {
 	if err := store.ValidName(c.Project); err != nil {
 		bad("project", "%v", err)
 	}
@@ -505,7 +509,7 @@ func (c *Config) validateGlobal(bad badFunc) {
 }
 
 // validateProxy checks [proxy].
-func (c *Config) validateProxy(bad badFunc) {
+func (c *Spec) validateProxy(bad badFunc) {
 	p := c.Proxy
 	if p.Image == "" {
 		bad("proxy.image", "must not be empty")
@@ -642,7 +646,7 @@ func parseLimits(memory string, cpus float64) (orchestrator.Limits, error) {
 // AdminToken reads admin.token_file: the token, its surrounding white
 // space trimmed; "" when there is no file. An empty or short token is an
 // error.
-func (c *Config) AdminToken() (string, error) {
+func (c *Spec) AdminToken() (string, error) {
 	if c.Admin.TokenFile == "" {
 		return "", nil
 	}
@@ -662,15 +666,15 @@ func (c *Config) AdminToken() (string, error) {
 	return tok, nil
 }
 
-func (c *Config) resolve(p string) string {
+func (c *Spec) resolve(p string) string {
 	if p == "" || filepath.IsAbs(p) || c.file == "(defaults)" {
 		return p
 	}
 	return filepath.Join(filepath.Dir(c.file), p)
 }
 
-// Spec converts the config to the orchestrator's desired state.
-func (c *Config) Spec() orchestrator.Spec {
+// OrchestratorSpec converts the spec to the orchestrator's desired state.
+func (c *Spec) OrchestratorSpec() orchestrator.Spec {
 	proxyLimits, _ := parseLimits(c.Proxy.Memory, c.Proxy.CPUs) // validated
 	spec := orchestrator.Spec{
 		Project: c.Project,
@@ -722,12 +726,12 @@ func (c *Config) Spec() orchestrator.Spec {
 
 // Projects lists the projects whose registrations fill the pools: this
 // one and those it includes.
-func (c *Config) Projects() []string {
+func (c *Spec) Projects() []string {
 	return append([]string{c.Project}, c.Etcd.IncludeProjects...)
 }
 
 // ServiceNames lists the configured services in order.
-func (c *Config) ServiceNames() []string {
+func (c *Spec) ServiceNames() []string {
 	out := make([]string, 0, len(c.Service))
 	for _, s := range c.Service {
 		out = append(out, s.Name)
@@ -736,7 +740,7 @@ func (c *Config) ServiceNames() []string {
 }
 
 // LoadTemplate parses proxy.template, or returns the built-in template.
-func (c *Config) LoadTemplate() (*render.Template, error) {
+func (c *Spec) LoadTemplate() (*render.Template, error) {
 	if c.Proxy.Template == "" {
 		return render.Default(), nil
 	}
@@ -753,7 +757,7 @@ func (c *Config) LoadTemplate() (*render.Template, error) {
 }
 
 // StoreConfig returns the etcd client settings.
-func (c *Config) StoreConfig() (store.Config, error) {
+func (c *Spec) StoreConfig() (store.Config, error) {
 	e := c.Etcd
 	password := e.Password
 	if e.PasswordFile != "" {
@@ -776,7 +780,7 @@ func (c *Config) StoreConfig() (store.Config, error) {
 
 // validateNetwork checks the advertise mode and the node's address: an
 // address other hosts are to dial must be one this host has.
-func (c *Config) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, error)) {
+func (c *Spec) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, error)) {
 	n := c.Network
 	switch n.Advertise {
 	case orchestrator.AdvertiseContainer:
@@ -817,7 +821,7 @@ func (c *Config) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, err
 // ProxyAddress is the proxy's public address as announced when this node
 // leads: proxy.publish, with the node's address (or host name) where it
 // publishes on every address.
-func (c *Config) ProxyAddress() string {
+func (c *Spec) ProxyAddress() string {
 	host, port, err := containers.ParsePublish(c.Proxy.Publish)
 	if err != nil {
 		return c.Proxy.Publish
@@ -830,3 +834,28 @@ func (c *Config) ProxyAddress() string {
 	}
 	return net.JoinHostPort(host, port)
 }
+
+// File is where the spec was read from ("(defaults)": nowhere), for
+// messages.
+func (c *Spec) File() string { return c.file }
+
+// Written reports whether the spec file sets the key at path.
+func (c *Spec) Written(path string) bool { return c.written(path) }
+
+// ServedTLS is what the proxy serves over TLS; nil: no TLS.
+func (c *Spec) ServedTLS() *render.TLS { return c.tls }
+
+// FileCerts are the certificates of [[tls.certificate]], parsed.
+func (c *Spec) FileCerts() []*x509.Certificate { return c.fileCerts }
+
+// ACMERoots are acme.ca_file's roots; nil: the system's.
+func (c *Spec) ACMERoots() *x509.CertPool { return c.acmeRoots }
+
+// ACMEOn reports whether the spec has an [acme] table.
+func (c *Spec) ACMEOn() bool { return c.acmeOn() }
+
+// ACMEServed are the hosts whose ACME certificates in etcd are served.
+func (c *Spec) ACMEServed() []string { return c.acmeServed() }
+
+// ACMEReach is the warning acmeReach gives; "": none.
+func (c *Spec) ACMEReach() string { return c.acmeReach() }

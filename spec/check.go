@@ -1,0 +1,92 @@
+package spec
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+
+	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/store"
+)
+
+// ACMEDir is where, under proxy.config_dir, the proxy serves the ACME
+// HTTP-01 answers from (/.well-known/acme-challenge/<token>).
+const ACMEDir = "upstreamd-acme"
+
+// ViewInput is what the template's View is built from, but the snapshot.
+func (c *Spec) ViewInput() render.ViewInput {
+	routes := make(map[string]render.Route, len(c.Service))
+	for _, s := range c.Service {
+		routes[s.Name] = s.route()
+	}
+	acme := ""
+	if c.tls != nil && c.acmeOn() {
+		acme = path.Join(c.Proxy.ConfigDir, ACMEDir)
+	}
+	return render.ViewInput{
+		ACME:       acme,
+		Projects:   c.Projects(),
+		Services:   c.ServiceNames(),
+		Default:    c.Proxy.Service,
+		Listen:     c.Proxy.Port,
+		Routes:     routes,
+		TLS:        c.tls,
+		Dynamic:    *c.Proxy.Dynamic,
+		StatusPort: *c.Proxy.StatusPort,
+	}
+}
+
+// View builds the View the template renders from snap, as the daemon does.
+func (c *Spec) View(snap store.Snapshot) render.View {
+	in := c.ViewInput()
+	in.Snapshot = snap
+	return render.NewView(in)
+}
+
+// RenderFor renders the full file the proxy would get for snap.
+func (c *Spec) RenderFor(tmpl *render.Template, snap store.Snapshot) ([]byte, error) {
+	v := c.View(snap)
+	out, err := render.Render(tmpl, v)
+	if err != nil {
+		return nil, err
+	}
+	return render.Finish(out, v), nil
+}
+
+// SampleSnapshot holds one made-up backend per configured service, at a
+// documentation address (192.0.2.0/24), its host name the address too, so
+// that nginx -t resolves no name.
+func (c *Spec) SampleSnapshot() store.Snapshot {
+	var snap store.Snapshot
+	for i, s := range c.Service {
+		ip := "192.0.2." + strconv.Itoa(i%250+1)
+		addr := ip + ":" + strconv.Itoa(s.Port)
+		reg := store.Registration{Host: ip, IPv4: ip, Port: s.Port, Container: "sample", Node: c.Node, Project: c.Project}
+		key := store.ServiceKey(c.Etcd.Prefix, s.Name, addr)
+		if e, err := store.ParseEntry(c.Etcd.Prefix, key, []byte(reg.Encode())); err == nil {
+			snap.Entries = append(snap.Entries, e)
+		}
+	}
+	return snap
+}
+
+// TemplateCheck is what a template renders at start-up: with no backend
+// at all, and with one made-up backend per service.
+type TemplateCheck struct {
+	Empty, Sample []byte
+	Files         map[string][]byte // the certificates the configs name
+}
+
+// RenderChecks renders the template on both views; an error names the
+// template, the view and the reason.
+func (c *Spec) RenderChecks(tmpl *render.Template) (TemplateCheck, error) {
+	tc := TemplateCheck{Files: c.View(store.Snapshot{}).Files()}
+	var err error
+	if tc.Empty, err = c.RenderFor(tmpl, store.Snapshot{}); err != nil {
+		return tc, fmt.Errorf("%s: proxy.template fails with no backend registered (as at a first start): %w", c.file, err)
+	}
+	if tc.Sample, err = c.RenderFor(tmpl, c.SampleSnapshot()); err != nil {
+		return tc, fmt.Errorf("%s: proxy.template fails with one backend per service: %w", c.file, err)
+	}
+	return tc, nil
+}

@@ -150,11 +150,12 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer docker.Close()
-	def, err := spec.Load("") // the default proxy: its image and paths
+	def, _, err := spec.Load("", spec.ThisHost()) // the default proxy: its image and paths
 	if err != nil {
 		t.Fatal(err)
 	}
-	ncfg := nginx.Config{ConfigPath: def.Proxy.ConfigPath, MainPath: def.Proxy.MainConfig, Logger: zerolog.Nop()}
+	ncfg := def.NginxConfig()
+	ncfg.Logger = zerolog.Nop()
 	s, remove, err := nginx.Throwaway(ctx, docker, def.Proxy.Image, ncfg)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +185,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tc.body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := spec.Load(file)
+			cfg, files, err := spec.Load(file, spec.ThisHost())
 			switch {
 			case len(tc.refused) > 0 && err != nil:
 				for _, w := range tc.refused {
@@ -199,7 +200,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 			case err != nil:
 				t.Fatalf("spec.Load: %v", err)
 			}
-			for _, r := range renderings(t, cfg, tmpl, ca, dir) {
+			for _, r := range renderings(t, cfg, files, tmpl, ca, dir) {
 				if err := s.WriteFiles(ctx, r.files); err != nil {
 					t.Fatal(err)
 				}
@@ -227,14 +228,14 @@ type rendering struct {
 // then one made-up backend per service: RenderChecks, as run checks them)
 // and, when TLS may appear at run time, with a certificate for every host
 // of the spec from etcd (signed by ca), as the render controller adds it.
-func renderings(t *testing.T, cfg *spec.Spec, tmpl *render.Template, ca *pki.CA, dir string) []rendering {
+func renderings(t *testing.T, cfg *spec.Spec, files spec.Files, tmpl *render.Template, ca *pki.CA, dir string) []rendering {
 	t.Helper()
-	tc, err := cfg.RenderChecks(tmpl)
+	tc, err := cfg.RenderChecks(tmpl, files)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := []rendering{{"no backend", tc.Empty, tc.Files}, {"a backend per service", tc.Sample, tc.Files}}
-	in := cfg.ViewInput()
+	in := cfg.ViewInput(files)
 	if in.TLS == nil {
 		return out
 	}

@@ -2,7 +2,6 @@ package spec
 
 import (
 	"fmt"
-	"path"
 	"strconv"
 
 	"github.com/upstreamd/upstreamd/render"
@@ -13,39 +12,16 @@ import (
 // HTTP-01 answers from (/.well-known/acme-challenge/<token>).
 const ACMEDir = "upstreamd-acme"
 
-// ViewInput is what the template's View is built from, but the snapshot.
-func (c *Spec) ViewInput() render.ViewInput {
-	routes := make(map[string]render.Route, len(c.Service))
-	for _, s := range c.Service {
-		routes[s.Name] = s.route()
-	}
-	acme := ""
-	if c.tls != nil && c.acmeOn() {
-		acme = path.Join(c.Proxy.ConfigDir, ACMEDir)
-	}
-	return render.ViewInput{
-		ACME:       acme,
-		Projects:   c.Projects(),
-		Services:   c.ServiceNames(),
-		Default:    c.Proxy.Service,
-		Listen:     c.Proxy.Port,
-		Routes:     routes,
-		TLS:        c.tls,
-		Dynamic:    *c.Proxy.Dynamic,
-		StatusPort: *c.Proxy.StatusPort,
-	}
-}
-
 // View builds the View the template renders from snap, as the daemon does.
-func (c *Spec) View(snap store.Snapshot) render.View {
-	in := c.ViewInput()
+func (c *Spec) View(f Files, snap store.Snapshot) render.View {
+	in := c.ViewInput(f)
 	in.Snapshot = snap
 	return render.NewView(in)
 }
 
 // RenderFor renders the full file the proxy would get for snap.
-func (c *Spec) RenderFor(tmpl *render.Template, snap store.Snapshot) ([]byte, error) {
-	v := c.View(snap)
+func (c *Spec) RenderFor(tmpl *render.Template, f Files, snap store.Snapshot) ([]byte, error) {
+	v := c.View(f, snap)
 	out, err := render.Render(tmpl, v)
 	if err != nil {
 		return nil, err
@@ -79,13 +55,13 @@ type TemplateCheck struct {
 
 // RenderChecks renders the template on both views; an error names the
 // template, the view and the reason.
-func (c *Spec) RenderChecks(tmpl *render.Template) (TemplateCheck, error) {
-	tc := TemplateCheck{Files: c.View(store.Snapshot{}).Files()}
+func (c *Spec) RenderChecks(tmpl *render.Template, f Files) (TemplateCheck, error) {
+	tc := TemplateCheck{Files: c.View(f, store.Snapshot{}).Files()}
 	var err error
-	if tc.Empty, err = c.RenderFor(tmpl, store.Snapshot{}); err != nil {
+	if tc.Empty, err = c.RenderFor(tmpl, f, store.Snapshot{}); err != nil {
 		return tc, fmt.Errorf("%s: proxy.template fails with no backend registered (as at a first start): %w", c.file, err)
 	}
-	if tc.Sample, err = c.RenderFor(tmpl, c.SampleSnapshot()); err != nil {
+	if tc.Sample, err = c.RenderFor(tmpl, f, c.SampleSnapshot()); err != nil {
 		return tc, fmt.Errorf("%s: proxy.template fails with one backend per service: %w", c.file, err)
 	}
 	return tc, nil

@@ -28,7 +28,7 @@ func TestRenderChecks(t *testing.T) {
 				}
 				body = "[proxy]\ntemplate = \"" + f + "\"\n" + body
 			}
-			cfg, err := Load(writeConfig(t, body))
+			cfg, files, err := Load(writeConfig(t, body), testHost)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -36,7 +36,7 @@ func TestRenderChecks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tc, err := cfg.RenderChecks(tmpl)
+			tc, err := cfg.RenderChecks(tmpl, files)
 			if tt.want != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), cfg.file) {
 					t.Fatalf("error %v; want one naming %s and saying %q", err, cfg.file, tt.want)
@@ -49,7 +49,7 @@ func TestRenderChecks(t *testing.T) {
 			// The sample has one backend per service, each on its port, of
 			// this project (or the view would not take it).
 			var got []string
-			for _, e := range cfg.View(cfg.SampleSnapshot()).Services {
+			for _, e := range cfg.View(files, cfg.SampleSnapshot()).Services {
 				for _, b := range e.Backends {
 					got = append(got, e.Name+" "+b.Addr)
 				}

@@ -2,6 +2,7 @@ package spec
 
 import (
 	"encoding"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -32,7 +33,7 @@ func writeConfig(t *testing.T, body string) string {
 // TestLoadDefaults checks that no file at all gives the seed: one
 // nginx in front of 3 Apache containers of service "apache".
 func TestLoadDefaults(t *testing.T) {
-	cfg, err := Load("")
+	cfg, _, err := Load("", testHost)
 	if err != nil {
 		t.Fatalf("Load(\"\"): %v", err)
 	}
@@ -88,11 +89,11 @@ func TestLoadDefaults(t *testing.T) {
 // TestExampleConfig keeps the example file honest: it loads, its values are
 // the defaults (it says so), and it documents every key of Config.
 func TestExampleConfig(t *testing.T) {
-	cfg, err := Load(exampleFile)
+	cfg, _, err := Load(exampleFile, testHost)
 	if err != nil {
 		t.Fatalf("Load(%s): %v", exampleFile, err)
 	}
-	def, err := Load("")
+	def, _, err := Load("", testHost)
 	if err != nil {
 		t.Fatalf("Load(\"\"): %v", err)
 	}
@@ -537,7 +538,7 @@ func TestLoadErrors(t *testing.T) {
 					t.Fatalf("write %s: %v", name, err)
 				}
 			}
-			cfg, err := Load(file)
+			cfg, _, err := Load(file, testHost)
 			if err == nil {
 				t.Fatalf("Load succeeded (%+v), want an error", cfg)
 			}
@@ -590,7 +591,7 @@ func TestResponseHeaderVariables(t *testing.T) {
 		{"${}", "${} is not a variable"},
 	} {
 		t.Run(tt.value, func(t *testing.T) {
-			_, err := Load(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"))
+			_, _, err := Load(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"), testHost)
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("refused: %v", err)
@@ -620,7 +621,7 @@ func TestLoadRelativePaths(t *testing.T) {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	cfg, err := Load(file)
+	cfg, files, err := Load(file, testHost)
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
@@ -631,11 +632,7 @@ func TestLoadRelativePaths(t *testing.T) {
 	if got, want := tmpl.Name(), filepath.Join(dir, "tmpl/proxy.tmpl"); got != want {
 		t.Errorf("template %q, want %q", got, want)
 	}
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		t.Fatalf("StoreConfig: %v", err)
-	}
-	if scfg.Password != "hunter2" {
+	if scfg := cfg.StoreConfig(files); scfg.Password != "hunter2" {
 		t.Errorf("password %q read from the password file, want hunter2 (trailing newline dropped)", scfg.Password)
 	}
 }
@@ -680,7 +677,7 @@ func TestLoadTemplate(t *testing.T) {
 			if err := os.WriteFile(tmplFile, []byte(tt.text), 0o600); err != nil {
 				t.Fatalf("write %s: %v", tmplFile, err)
 			}
-			cfg, err := Load(file)
+			cfg, _, err := Load(file, testHost)
 			if err != nil {
 				t.Fatalf("Load: %v; want the template checked by LoadTemplate", err)
 			}
@@ -711,7 +708,7 @@ func TestLoadTemplate(t *testing.T) {
 // default (stop_grace = "0s" kills at once; status_port = 0 turns the
 // status server off), and cpus = 0 means no limit, as documented.
 func TestWrittenZeroIsHonoured(t *testing.T) {
-	cfg, err := Load(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"))
+	cfg, _, err := Load(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"), testHost)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -742,7 +739,7 @@ func TestAdminListen(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := Load(file)
+			cfg, _, err := Load(file, testHost)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -763,7 +760,7 @@ func TestShippedSpecs(t *testing.T) {
 	}
 	for _, f := range append(files, "../images/upstreamd/compose.toml") {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			_, err := Load(f)
+			_, _, err := Load(f, testHost)
 			if err == nil {
 				return
 			}
@@ -774,4 +771,17 @@ func TestShippedSpecs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testHost is the host the tests load specs on: its name, two addresses
+// and the real clock.
+var testHost = Host{
+	Name: "Test_Host.local",
+	Addrs: func() ([]net.Addr, error) {
+		return []net.Addr{
+			&net.IPNet{IP: net.IPv4(127, 0, 0, 1), Mask: net.CIDRMask(8, 32)},
+			&net.IPNet{IP: net.IPv4(10, 1, 2, 3), Mask: net.CIDRMask(24, 32)},
+		}, nil
+	},
+	Now: time.Now,
 }

@@ -91,17 +91,18 @@ func TestTLSConfig(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := Load(file)
+			cfg, files, err := Load(file, testHost)
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatal(err)
 				}
-				files := cfg.View(store.Snapshot{}).Files()
-				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(cfg.fileCerts) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
-					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
+				tls := cfg.ViewInput(files).TLS
+				delivered := cfg.View(files, store.Snapshot{}).Files()
+				if tls == nil || len(tls.Certs) != tt.certs || len(files.Certs) != tt.certs || len(delivered) != 2*tt.certs || tls.PublicPort != 8443 {
+					t.Errorf("tls %+v, %d files", tls, len(delivered))
 				}
-				if !slices.Equal(cfg.ACME.Hosts, tt.acme) {
-					t.Errorf("acme.hosts = %q, want %q", cfg.ACME.Hosts, tt.acme)
+				if !slices.Equal(files.ACMEHosts, tt.acme) {
+					t.Errorf("acme.hosts = %q, want %q", files.ACMEHosts, tt.acme)
 				}
 				return
 			}
@@ -124,11 +125,11 @@ func TestACMEReach(t *testing.T) {
 		"127.0.0.1:80": true, "127.0.0.1:8080": true, ":8080": true,
 	} {
 		cfg := &Spec{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
-		if got := cfg.acmeReach() != ""; got != warn {
+		if got := cfg.ACMEReach() != ""; got != warn {
 			t.Errorf("publish %s: warned %v, want %v", publish, got, warn)
 		}
 	}
-	if (&Spec{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).acmeReach() != "" {
+	if (&Spec{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).ACMEReach() != "" {
 		t.Error("warned without [acme]")
 	}
 }

@@ -22,7 +22,7 @@ import (
 // address, taken by another daemon of this host (another project), is
 // said and skipped; an address the spec names must be had.
 func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
-	listen := d.cfg.Admin.Listen
+	listen, explicit := d.cfg.AdminListen()
 	if listen == "" {
 		return nil, nil
 	}
@@ -30,7 +30,6 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 		log.Warn().Str("listen", listen).Msg("[metrics] listen is now admin.listen ([admin] listen = ...): it serves /metrics as before, and the status page, the JSON API and /readyz")
 	}
 	l, err := net.Listen("tcp", listen)
-	explicit := d.cfg.Written("admin.listen") || d.cfg.Metrics.Listen != ""
 	if errors.Is(err, syscall.EADDRINUSE) && !explicit {
 		log.Warn().Str("listen", listen).Msg("the default admin address is in use (another upstreamd on this host?): no status page, API or /metrics; set [admin] listen to another port, or \"\" to say so")
 		return nil, nil
@@ -42,24 +41,22 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 }
 
 // adminServer is the admin listener's handler.
-func (d *daemon) adminServer(token string) *admin.Server {
-	return admin.NewServer(admin.Config{
-		Token:    token,
-		Listen:   d.cfg.Admin.Listen,
-		Status:   d.status,
-		Problems: func() []string { return d.metrics.problems(d.orch) },
-		Ready: func() bool {
-			select {
-			case <-d.orch.Ready():
-				return true
-			default:
-				return false
-			}
-		},
-		Journal: d.journal,
-		Metrics: d.metrics.handler(d.orch, d.ejections, d.servedCerts),
-		Logger:  d.log.With().Str("component", "admin").Logger(),
-	})
+func (d *daemon) adminServer() *admin.Server {
+	acfg := d.cfg.AdminConfig(d.files)
+	acfg.Status = d.status
+	acfg.Problems = func() []string { return d.metrics.problems(d.orch) }
+	acfg.Ready = func() bool {
+		select {
+		case <-d.orch.Ready():
+			return true
+		default:
+			return false
+		}
+	}
+	acfg.Journal = d.journal
+	acfg.Metrics = d.metrics.handler(d.orch, d.ejections, d.servedCerts)
+	acfg.Logger = d.log.With().Str("component", "admin").Logger()
+	return admin.NewServer(acfg)
 }
 
 // clusterCache keeps what status reads from etcd of the cluster for a

@@ -41,8 +41,8 @@ var certName = regexp.MustCompile(`^[A-Za-z0-9*][A-Za-z0-9._*-]{0,252}$`)
 
 // readCerts reads and checks the certificates in etcd; what cannot be
 // served is returned apart, with why.
-func readCerts(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (good []certs.Cert, bad map[string]error, err error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readCerts(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (good []certs.Cert, bad map[string]error, err error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -68,8 +68,8 @@ func newCertsListCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "list",
 		Short: "list the certificates in etcd: names, source, expiry, renewal",
 		Args:  usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
-		good, bad, err := readCerts(cmd.Context(), cfg, log)
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		good, bad, err := readCerts(cmd.Context(), cfg, files, log)
 		if err != nil {
 			return err
 		}
@@ -110,7 +110,7 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			"is a good one); an ACME certificate of that name is replaced, and ACME does not\n" +
 			"order for hosts an imported certificate covers.",
 		Args: usageArgs(cobra.ExactArgs(1)),
-	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec) error {
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		name := args[0]
 		if !certName.MatchString(name) {
 			return usageError{fmt.Errorf("NAME %q: use letters, digits, '.', '-', '_' and '*' (a host name is a good one)", name)}
@@ -130,7 +130,7 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		if err != nil {
 			return usageError{fmt.Errorf("%s and %s: %w", certFile, keyFile, err)}
 		}
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}
@@ -151,8 +151,8 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 func certCommand(g *globalFlags, stderr io.Writer, cmd *cobra.Command,
 	run func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error) *cobra.Command {
 	cmd.Args = usageArgs(cobra.ExactArgs(1))
-	return g.specCommand(stderr, cmd, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec) error {
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+	return g.specCommand(stderr, cmd, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}

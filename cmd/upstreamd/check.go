@@ -12,26 +12,19 @@ import (
 	"github.com/upstreamd/upstreamd/spec"
 )
 
-// nginxConfig is the nginx package's Config for this spec.
-func nginxConfig(cfg *spec.Spec, log zerolog.Logger) nginx.Config {
-	return nginx.Config{
-		ConfigPath: cfg.Proxy.ConfigPath,
-		MainPath:   cfg.Proxy.MainConfig,
-		StatusPort: *cfg.Proxy.StatusPort,
-		Logger:     log,
-	}
-}
-
 // throwaway starts a throwaway proxy for nginx -t. Its container chatter
 // is not logged: "container created" in a daemon's log means one of the
 // project's.
 func throwaway(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*nginx.Session, func(), error) {
-	quiet := log.Level(zerolog.WarnLevel)
-	docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: quiet})
+	dcfg := cfg.DockerConfig()
+	dcfg.Logger = log.Level(zerolog.WarnLevel)
+	docker, err := containers.New(dcfg)
 	if err != nil {
 		return nil, nil, err
 	}
-	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Proxy.Image, nginxConfig(cfg, log))
+	ncfg := cfg.NginxConfig()
+	ncfg.Logger = log
+	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Proxy.Image, ncfg)
 	if err != nil {
 		docker.Close()
 		return nil, nil, err

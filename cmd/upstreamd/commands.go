@@ -27,11 +27,7 @@ import (
 
 // connectEtcd opens the etcd client of a one-shot command and checks that
 // etcd answers.
-func connectEtcd(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*store.Client, error) {
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		return nil, err
-	}
+func connectEtcd(ctx context.Context, scfg store.Config, log zerolog.Logger) (*store.Client, error) {
 	scfg.Logger = log
 	etcd, err := store.New(scfg)
 	if err != nil {
@@ -46,8 +42,8 @@ func connectEtcd(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*stor
 
 // readRegistrations reads the registrations once, validated as the
 // daemon's watch would: invalid entries are logged and left out.
-func readRegistrations(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (store.Snapshot, error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readRegistrations(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (store.Snapshot, error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return store.Snapshot{}, err
 	}
@@ -65,17 +61,17 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"it also runs `nginx -t` on it in a throwaway container of proxy.image (no network,\n" +
 			"removed afterwards) and exits 1 with nginx's message when nginx rejects it.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		tmpl, err := cfg.LoadTemplate()
 		if err != nil {
 			return err
 		}
-		snap, err := readRegistrations(cmd.Context(), cfg, log)
+		snap, err := readRegistrations(cmd.Context(), cfg, files, log)
 		if err != nil {
 			return err
 		}
-		view := cfg.View(snap)
-		out, err := cfg.RenderFor(tmpl, snap)
+		view := cfg.View(files, snap)
+		out, err := cfg.RenderFor(tmpl, files, snap)
 		if err != nil {
 			return err
 		}
@@ -140,9 +136,9 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"admin listener, admin.listen): backends with their health, last probe and registration,\n" +
 			"the proxy's config, the nodes and the leader.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		if asJSON {
-			c, err := adminClient(cfg, adminAddr)
+			c, err := adminClient(cfg, files, adminAddr)
 			if err != nil {
 				return err
 			}
@@ -154,7 +150,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		view, etcdErr := readEtcd(cmd.Context(), cfg, log)
+		view, etcdErr := readEtcd(cmd.Context(), cfg, files, log)
 		snap, overrides := view.snap, view.overrides
 		list, dockerErr := listContainers(cmd.Context(), cfg, log)
 		byContainer := map[string]store.Entry{}
@@ -236,18 +232,14 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 
 // adminClient returns a client of the daemon's admin listener: addr, else
 // the spec's admin.listen, with the spec's token.
-func adminClient(cfg *spec.Spec, addr string) (*admin.Client, error) {
+func adminClient(cfg *spec.Spec, files spec.Files, addr string) (*admin.Client, error) {
 	if addr == "" {
 		addr = cfg.Admin.Listen
 	}
 	if addr == "" {
 		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.File())}
 	}
-	token, err := cfg.AdminToken()
-	if err != nil {
-		return nil, fmt.Errorf("admin.token_file: %w", err)
-	}
-	return admin.NewClient(addr, token)
+	return admin.NewClient(addr, files.AdminToken)
 }
 
 func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -262,8 +254,8 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"daemon restarts it connects again and goes on with the new run's events. With --json,\n" +
 			"one JSON object per line.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *spec.Spec) error {
-		c, err := adminClient(cfg, adminAddr)
+	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		c, err := adminClient(cfg, files, adminAddr)
 		if err != nil {
 			return err
 		}
@@ -306,7 +298,9 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 
 // listContainers lists the project's containers, by role then name.
 func listContainers(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) ([]containers.Container, error) {
-	docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
+	dcfg := cfg.DockerConfig()
+	dcfg.Logger = log
+	docker, err := containers.New(dcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -332,8 +326,8 @@ type etcdView struct {
 	leader    *orchestrator.Leader        // nil: none elected
 }
 
-func readEtcd(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (etcdView, error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (etcdView, error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return etcdView{}, err
 	}
@@ -422,7 +416,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +
 			"spec file's replicas apply again.",
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
-	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec) error {
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		svc := args[0]
 		known := false
 		for _, s := range cfg.Service {
@@ -441,7 +435,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return usageError{err}
 			}
 		}
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}

@@ -29,14 +29,14 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 		Use:   "run",
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
 		Args:  usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec) error {
-		return runDaemon(cmd.Context(), cfg, log)
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		return runDaemon(cmd.Context(), cfg, files, log)
 	})
 }
 
 // runDaemon wires the components and runs them until ctx ends.
-func runDaemon(ctx context.Context, cfg *spec.Spec, root zerolog.Logger) error {
-	d, err := wire(cfg, root)
+func runDaemon(ctx context.Context, cfg *spec.Spec, files spec.Files, root zerolog.Logger) error {
+	d, err := wire(cfg, files, root)
 	log := root.With().Str("component", "daemon").Logger()
 	if err != nil {
 		return err
@@ -45,7 +45,7 @@ func runDaemon(ctx context.Context, cfg *spec.Spec, root zerolog.Logger) error {
 	log.Info().Str("version", version).Str("config", cfg.File()).Str("project", cfg.Project).
 		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
 	if warn := cfg.ACMEReach(); warn != "" {
-		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", cfg.ACME.Hosts).Msg(warn)
+		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", files.ACMEHosts).Msg(warn)
 	}
 	err = d.run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -61,6 +61,7 @@ func runDaemon(ctx context.Context, cfg *spec.Spec, root zerolog.Logger) error {
 // what nginx serves.
 type daemon struct {
 	cfg           *spec.Spec
+	files         spec.Files // what the spec's files hold
 	log           zerolog.Logger
 	docker        *containers.Client
 	etcd          *store.Client
@@ -88,35 +89,21 @@ func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
 	return d.proxies.Session(p).Ejections(ctx)
 }
 
-// wire builds the daemon from the config.
-func wire(cfg *spec.Spec, log zerolog.Logger) (*daemon, error) {
+// wire builds the daemon from the spec.
+func wire(cfg *spec.Spec, files spec.Files, log zerolog.Logger) (*daemon, error) {
 	tmpl, err := cfg.LoadTemplate()
 	if err != nil {
 		return nil, err
 	}
 	// A template that cannot render stops the daemon before it touches
 	// anything; what it renders is checked with nginx once Docker answers.
-	checks, err := cfg.RenderChecks(tmpl)
+	checks, err := cfg.RenderChecks(tmpl, files)
 	if err != nil {
 		return nil, err
 	}
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		return nil, err
-	}
-	d := &daemon{cfg: cfg, log: log, metrics: newMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
+	d := &daemon{cfg: cfg, files: files, log: log, metrics: newMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
 	d.history = admin.NewHistory(d.journal)
-	d.docker, err = containers.New(containers.Config{
-		Host:    cfg.Docker.Host,
-		Timeout: cfg.Docker.Timeout.D(),
-		Logger:  log.With().Str("component", "docker").Logger(),
-	})
-	if err != nil {
-		return nil, err
-	}
-	scfg.Logger = log.With().Str("component", "etcd").Logger()
-	if d.etcd, err = store.New(scfg); err != nil {
-		d.docker.Close()
+	if err := d.connect(); err != nil {
 		return nil, err
 	}
 	// One watch of the registrations: the renderer reads them, the
@@ -125,74 +112,92 @@ func wire(cfg *spec.Spec, log zerolog.Logger) (*daemon, error) {
 	// What nginx serves: the renderer records it, drains and rolling
 	// updates wait on it.
 	served := render.NewServed()
-	d.orch = orchestrator.New(orchestrator.Config{
-		Spec:           cfg.OrchestratorSpec(),
-		Docker:         d.docker,
-		Store:          d.etcd,
-		Registrations:  d.registrations,
-		LeaseTTL:       cfg.Etcd.LeaseTTL.D(),
-		Version:        version,
-		Mirror:         render.NewServed(),
-		ProxyPlacement: cfg.Proxy.Placement,
-		ProxyAddress:   cfg.ProxyAddress(),
-		Pool:           served,
-		Events:         d.journal,
-		Logger:         log,
-	})
-	view := cfg.ViewInput()
-	var certSource render.Certificates
-	if cfg.ServedTLS() != nil {
+	ocfg := cfg.OrchestratorConfig()
+	ocfg.Docker = d.docker
+	ocfg.Store = d.etcd
+	ocfg.Registrations = d.registrations
+	ocfg.Version = version
+	ocfg.Mirror = render.NewServed()
+	ocfg.Pool = served
+	ocfg.Events = d.journal
+	ocfg.Logger = log
+	d.orch = orchestrator.New(ocfg)
+	if cfg.ServesTLS() {
 		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
-		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir, cfg.ACMEServed()}
 	}
-	ncfg := nginxConfig(cfg, log.With().Str("component", "nginx").Logger())
-	ncfg.Docker = d.docker
-	proxies := nginx.New(ncfg)
-	d.proxies = proxies
-	d.ctrl = render.NewController(render.ControllerConfig{
-		Template:    tmpl,
-		Source:      d.registrations,
-		Host:        d.orch,
-		Sessions:    render.NginxSessions(proxies),
-		Served:      served,
-		View:        view,
-		Certs:       certSource,
-		ConfigDir:   cfg.Proxy.ConfigDir,
-		MinDebounce: cfg.Proxy.DebounceMin.D(),
-		MaxDebounce: cfg.Proxy.DebounceMax.D(),
-		Logger:      log.With().Str("component", "render").Logger(),
-		Observe: func(o render.Outcome) {
-			d.metrics.observe(o)
-			d.history.Observe(o)
-		},
-	})
-	if cfg.ACMEOn() {
-		var proxyNodes func(context.Context) ([]string, error)
-		if cfg.Proxy.Placement == orchestrator.PlacementEvery {
-			// Every node runs a proxy the CA may reach: each acknowledges
-			// the answers its proxy serves, and the orderer waits for all.
-			proxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
-			d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
-				Serves: func(ctx context.Context, token, keyAuth string) error {
-					return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
-				},
-				Logger: log.With().Str("component", "acme").Logger()})
-		}
-		d.acme = certs.NewManager(certs.ManagerConfig{
-			Project: cfg.Project, Node: cfg.Node,
-			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.ACMERoots(), Hosts: cfg.ACME.Hosts,
-			Store: d.etcd, Cache: d.certs,
-			CanOrder: func() (bool, <-chan struct{}) {
-				p, changed := d.orch.Proxy()
-				return p.ID != "", changed
-			},
-			WaitAnswer: d.ctrl.WaitAnswer,
-			ProxyNodes: proxyNodes,
-			Observe:    d.metrics.observeOrder,
-			Logger:     log.With().Str("component", "acme").Logger(),
-		})
+	d.ctrl = render.NewController(d.controllerConfig(tmpl, served))
+	if acme, ok := cfg.ACMEConfig(files); ok {
+		d.wireACME(acme)
 	}
 	return d, nil
+}
+
+// connect opens the adapters: Docker's and etcd's clients.
+func (d *daemon) connect() error {
+	dcfg := d.cfg.DockerConfig()
+	dcfg.Logger = d.log.With().Str("component", "docker").Logger()
+	var err error
+	if d.docker, err = containers.New(dcfg); err != nil {
+		return err
+	}
+	scfg := d.cfg.StoreConfig(d.files)
+	scfg.Logger = d.log.With().Str("component", "etcd").Logger()
+	if d.etcd, err = store.New(scfg); err != nil {
+		d.docker.Close()
+		return err
+	}
+	return nil
+}
+
+// controllerConfig is the render controller's config: the spec's, with
+// the template, the adapters, the certificates in etcd (with TLS) and the
+// outcomes to the metrics and the history.
+func (d *daemon) controllerConfig(tmpl *render.Template, served *render.Served) render.ControllerConfig {
+	ncfg := d.cfg.NginxConfig()
+	ncfg.Docker = d.docker
+	ncfg.Logger = d.log.With().Str("component", "nginx").Logger()
+	d.proxies = nginx.New(ncfg)
+	rcfg := d.cfg.ControllerConfig(d.files)
+	rcfg.Template = tmpl
+	rcfg.Source = d.registrations
+	rcfg.Host = d.orch
+	rcfg.Sessions = render.NginxSessions(d.proxies)
+	rcfg.Served = served
+	rcfg.Logger = d.log.With().Str("component", "render").Logger()
+	rcfg.Observe = func(o render.Outcome) {
+		d.metrics.observe(o)
+		d.history.Observe(o)
+	}
+	if d.certs != nil {
+		rcfg.Certs = etcdCerts{d.certs, d.cfg.Proxy.ConfigDir, d.files.ACMEHosts}
+	}
+	return rcfg
+}
+
+// wireACME adds the ACME orderer and, with a proxy on every node, the
+// acknowledger of the answers this node's proxy serves.
+func (d *daemon) wireACME(mcfg certs.ManagerConfig) {
+	cfg, log := d.cfg, d.log.With().Str("component", "acme").Logger()
+	if cfg.Proxy.Placement == orchestrator.PlacementEvery {
+		// Every node runs a proxy the CA may reach: each acknowledges
+		// the answers its proxy serves, and the orderer waits for all.
+		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
+		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
+			Serves: func(ctx context.Context, token, keyAuth string) error {
+				return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
+			},
+			Logger: log})
+	}
+	mcfg.Store = d.etcd
+	mcfg.Cache = d.certs
+	mcfg.CanOrder = func() (bool, <-chan struct{}) {
+		p, changed := d.orch.Proxy()
+		return p.ID != "", changed
+	}
+	mcfg.WaitAnswer = d.ctrl.WaitAnswer
+	mcfg.Observe = d.metrics.observeOrder
+	mcfg.Logger = log
+	d.acme = certs.NewManager(mcfg)
 }
 
 // liveNodes lists the nodes announced in etcd (under their leases: the
@@ -215,11 +220,11 @@ func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]strin
 // the metrics.
 func (d *daemon) servedCerts() []servedCert {
 	var out []servedCert
-	for _, leaf := range d.cfg.FileCerts() {
-		out = append(out, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
+	for _, c := range d.files.Certs {
+		out = append(out, servedCert{names: c.Leaf.DNSNames, source: "file", notAfter: c.Leaf.NotAfter})
 	}
 	if d.certs != nil {
-		for _, c := range d.certs.Served(d.cfg.ACMEServed()) {
+		for _, c := range d.certs.Served(d.files.ACMEHosts) {
 			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})
 		}
 	}
@@ -229,10 +234,6 @@ func (d *daemon) servedCerts() []servedCert {
 // run runs every component until ctx ends or one fails.
 func (d *daemon) run(ctx context.Context) error {
 	log := d.log.With().Str("component", "daemon").Logger()
-	token, err := d.cfg.AdminToken()
-	if err != nil {
-		return fmt.Errorf("admin.token_file: %w", err)
-	}
 	l, err := d.listenAdmin(log)
 	if err != nil {
 		return err
@@ -274,9 +275,9 @@ func (d *daemon) run(ctx context.Context) error {
 		grp.Go(func() error { return d.acks.Start(gctx) })
 	}
 	if l != nil {
-		srv := d.adminServer(token)
+		srv := d.adminServer()
 		grp.Go(func() error {
-			log.Info().Str("listen", l.Addr().String()).Bool("token", token != "").
+			log.Info().Str("listen", l.Addr().String()).Bool("token", d.files.AdminToken != "").
 				Msgf("admin listener: status page at http://%s/, JSON API under %s, /metrics, /healthz, /readyz", l.Addr(), admin.APIVersion)
 			if err := srv.Serve(gctx, l); err != nil {
 				return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)

@@ -298,6 +298,17 @@ func (c *Spec) decodeSpec(data []byte) []error {
 	return errs
 }
 
+// describeTOMLError turns go-toml's syntax errors into file:line:col:
+// messages.
+func describeTOMLError(file string, err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		return specError{row, col, fmt.Sprintf("%s:%d:%d: %s", file, row, col, strings.TrimPrefix(de.Error(), "toml: "))}
+	}
+	return fmt.Errorf("%s: %w", file, err)
+}
+
 // errorAt prefixes msg with the file and where path (or its nearest
 // written parent) is in it.
 func (c *Spec) errorAt(path, msg string) error {

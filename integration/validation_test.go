@@ -156,7 +156,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 	}
 	ncfg := def.NginxConfig()
 	ncfg.Logger = zerolog.Nop()
-	s, remove, err := nginx.Throwaway(ctx, docker, def.Proxy.Image, ncfg)
+	s, remove, err := nginx.Throwaway(ctx, docker, def.Project.Proxy.Image, ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 					t.Errorf("%s: the daemon's check: %v", r.name, err)
 					continue
 				}
-				if warn := nginxWarnings(ctx, t, docker, s.Proxy().ID, def.Proxy.ConfigPath, r.config); warn != "" {
+				if warn := nginxWarnings(ctx, t, docker, s.Proxy().ID, def.Project.Proxy.ConfigPath, r.config); warn != "" {
 					t.Errorf("%s: nginx -t warns:\n%s", r.name, warn)
 				}
 			}
@@ -240,7 +240,7 @@ func renderings(t *testing.T, cfg *spec.Spec, files spec.Files, tmpl *render.Tem
 		return out
 	}
 	names := []string{"default.example"}
-	for _, s := range cfg.Service {
+	for _, s := range cfg.Project.Service {
 		names = append(names, s.Hosts...)
 	}
 	if err := ca.IssueServer(dir, "etcd", names...); err != nil {
@@ -256,7 +256,7 @@ func renderings(t *testing.T, cfg *spec.Spec, files spec.Files, tmpl *render.Tem
 	}
 	in.Snapshot = cfg.SampleSnapshot()
 	withCert := *in.TLS
-	withCert.Certs = append(slices.Clip(withCert.Certs), render.NewTLSCert(cfg.Proxy.ConfigDir, names, certPEM, keyPEM))
+	withCert.Certs = append(slices.Clip(withCert.Certs), render.NewTLSCert(cfg.Project.Proxy.ConfigDir, names, certPEM, keyPEM))
 	in.TLS = &withCert
 	v := render.NewView(in)
 	rendered, err := render.Render(tmpl, v)

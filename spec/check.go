@@ -34,12 +34,12 @@ func (c *Spec) RenderFor(tmpl *render.Template, f Files, snap store.Snapshot) ([
 // that nginx -t resolves no name.
 func (c *Spec) SampleSnapshot() store.Snapshot {
 	var snap store.Snapshot
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		ip := "192.0.2." + strconv.Itoa(i%250+1)
 		addr := ip + ":" + strconv.Itoa(s.Port)
-		reg := store.Registration{Host: ip, IPv4: ip, Port: s.Port, Container: "sample", Node: c.Node, Project: c.Project}
-		key := store.ServiceKey(c.Etcd.Prefix, s.Name, addr)
-		if e, err := store.ParseEntry(c.Etcd.Prefix, key, []byte(reg.Encode())); err == nil {
+		reg := store.Registration{Host: ip, IPv4: ip, Port: s.Port, Container: "sample", Node: c.Node.Name, Project: c.Project.Name}
+		key := store.ServiceKey(c.Project.Etcd.Prefix, s.Name, addr)
+		if e, err := store.ParseEntry(c.Project.Etcd.Prefix, key, []byte(reg.Encode())); err == nil {
 			snap.Entries = append(snap.Entries, e)
 		}
 	}

@@ -22,26 +22,26 @@ import (
 
 // OrchestratorSpec converts the spec to the orchestrator's desired state.
 func (c *Spec) OrchestratorSpec() orchestrator.Spec {
-	proxyLimits, _ := parseLimits(c.Proxy.Memory, c.Proxy.CPUs) // validated
+	proxyLimits, _ := parseLimits(c.Project.Proxy.Memory, c.Project.Proxy.CPUs) // validated
 	spec := orchestrator.Spec{
-		Project: c.Project,
-		Network: c.Network.Name,
-		Node:    c.Node,
-		Prefix:  c.Etcd.Prefix,
+		Project: c.Project.Name,
+		Network: c.Project.Network.Name,
+		Node:    c.Node.Name,
+		Prefix:  c.Project.Etcd.Prefix,
 		// Validated: one of the two, with an address of this host.
-		Advertise:   c.Network.Advertise,
-		NodeAddress: c.Network.NodeAddress,
+		Advertise:   c.Project.Network.Advertise,
+		NodeAddress: c.Node.Network.NodeAddress,
 		Proxy: orchestrator.ProxySpec{
-			Image:      c.Proxy.Image,
-			Publish:    c.Proxy.Publish,
-			PublishTLS: c.Proxy.PublishTLS,
-			Port:       c.Proxy.Port,
-			ConfigDir:  c.Proxy.ConfigDir,
-			ConfigPath: c.Proxy.ConfigPath,
+			Image:      c.Project.Proxy.Image,
+			Publish:    c.Project.Proxy.Publish,
+			PublishTLS: c.Project.Proxy.PublishTLS,
+			Port:       c.Project.Proxy.Port,
+			ConfigDir:  c.Project.Proxy.ConfigDir,
+			ConfigPath: c.Project.Proxy.ConfigPath,
 			Limits:     proxyLimits,
 		},
 	}
-	for _, s := range c.Service {
+	for _, s := range c.Project.Service {
 		limits, _ := parseLimits(s.Memory, s.CPUs) // validated
 		maxPerNode := *s.MaxPerNode
 		if maxPerNode >= orchestrator.MaxReplicas {
@@ -75,8 +75,8 @@ func (c *Spec) OrchestratorSpec() orchestrator.Spec {
 func (c *Spec) OrchestratorConfig() orchestrator.Config {
 	return orchestrator.Config{
 		Spec:           c.OrchestratorSpec(),
-		LeaseTTL:       c.Etcd.LeaseTTL.D(),
-		ProxyPlacement: c.Proxy.Placement,
+		LeaseTTL:       c.Project.Etcd.LeaseTTL.D(),
+		ProxyPlacement: c.Project.Proxy.Placement,
 		ProxyAddress:   c.ProxyAddress(),
 	}
 }
@@ -85,12 +85,12 @@ func (c *Spec) OrchestratorConfig() orchestrator.Config {
 // leads: proxy.publish, with the node's address (or the host's name) where
 // it publishes on every address.
 func (c *Spec) ProxyAddress() string {
-	host, port, err := containers.ParsePublish(c.Proxy.Publish)
+	host, port, err := containers.ParsePublish(c.Project.Proxy.Publish)
 	if err != nil {
-		return c.Proxy.Publish
+		return c.Project.Proxy.Publish
 	}
 	if anyAddress(host) {
-		host = c.Network.NodeAddress
+		host = c.Node.Network.NodeAddress
 		if host == "" {
 			host = c.hostname
 		}
@@ -98,43 +98,43 @@ func (c *Spec) ProxyAddress() string {
 	return net.JoinHostPort(host, port)
 }
 
-// DockerConfig is the Docker client's config, but its logger.
+// Docker is the Docker client's config, but its logger.
 func (c *Spec) DockerConfig() containers.Config {
-	return containers.Config{Host: c.Docker.Host, Timeout: c.Docker.Timeout.D()}
+	return containers.Config{Host: c.Node.Docker.Host, Timeout: c.Node.Docker.Timeout.D()}
 }
 
 // NginxConfig is the nginx driver's config, but its engine and logger.
 func (c *Spec) NginxConfig() nginx.Config {
 	return nginx.Config{
-		ConfigPath: c.Proxy.ConfigPath,
-		MainPath:   c.Proxy.MainConfig,
-		StatusPort: *c.Proxy.StatusPort,
+		ConfigPath: c.Project.Proxy.ConfigPath,
+		MainPath:   c.Project.Proxy.MainConfig,
+		StatusPort: *c.Project.Proxy.StatusPort,
 	}
 }
 
 // ServesTLS reports whether the proxy serves TLS (proxy.publish_tls):
 // the certificate files', and those in etcd.
-func (c *Spec) ServesTLS() bool { return c.Proxy.PublishTLS != "" }
+func (c *Spec) ServesTLS() bool { return c.Project.Proxy.PublishTLS != "" }
 
 // ViewInput is what the template's View is built from, but the snapshot.
 func (c *Spec) ViewInput(f Files) render.ViewInput {
-	routes := make(map[string]render.Route, len(c.Service))
-	for _, s := range c.Service {
+	routes := make(map[string]render.Route, len(c.Project.Service))
+	for _, s := range c.Project.Service {
 		routes[s.Name] = s.route()
 	}
 	in := render.ViewInput{
 		Projects:   c.Projects(),
 		Services:   c.ServiceNames(),
-		Default:    c.Proxy.Service,
-		Listen:     c.Proxy.Port,
+		Default:    c.Project.Proxy.Service,
+		Listen:     c.Project.Proxy.Port,
 		Routes:     routes,
-		Dynamic:    *c.Proxy.Dynamic,
-		StatusPort: *c.Proxy.StatusPort,
+		Dynamic:    *c.Project.Proxy.Dynamic,
+		StatusPort: *c.Project.Proxy.StatusPort,
 	}
 	if c.ServesTLS() {
 		in.TLS = c.tls(f)
 		if c.acmeOn() {
-			in.ACME = path.Join(c.Proxy.ConfigDir, ACMEDir)
+			in.ACME = path.Join(c.Project.Proxy.ConfigDir, ACMEDir)
 		}
 	}
 	return in
@@ -143,7 +143,7 @@ func (c *Spec) ViewInput(f Files) render.ViewInput {
 // tls is what the proxy serves over TLS from the certificate files.
 func (c *Spec) tls(f Files) *render.TLS {
 	t := &render.TLS{Port: orchestrator.TLSPort, PublicPort: 443}
-	if _, port, err := containers.ParsePublish(c.Proxy.PublishTLS); err == nil && port != "" {
+	if _, port, err := containers.ParsePublish(c.Project.Proxy.PublishTLS); err == nil && port != "" {
 		t.PublicPort, _ = strconv.Atoi(port)
 	}
 	for _, cert := range f.Certs {
@@ -157,47 +157,47 @@ func (c *Spec) tls(f Files) *render.TLS {
 func (c *Spec) ControllerConfig(f Files) render.ControllerConfig {
 	return render.ControllerConfig{
 		View:        c.ViewInput(f),
-		ConfigDir:   c.Proxy.ConfigDir,
-		MinDebounce: c.Proxy.DebounceMin.D(),
-		MaxDebounce: c.Proxy.DebounceMax.D(),
+		ConfigDir:   c.Project.Proxy.ConfigDir,
+		MinDebounce: c.Project.Proxy.DebounceMin.D(),
+		MaxDebounce: c.Project.Proxy.DebounceMax.D(),
 	}
 }
 
-// ACMEConfig is the ACME orderer's config, but its adapters and
+// ACME is the ACME orderer's config, but its adapters and
 // callbacks; ok is false without [acme].
 func (c *Spec) ACMEConfig(f Files) (cfg certs.ManagerConfig, ok bool) {
 	if !c.acmeOn() {
 		return cfg, false
 	}
 	return certs.ManagerConfig{
-		Project: c.Project, Node: c.Node,
-		Directory: c.ACME.Directory, Email: c.ACME.Email,
+		Project: c.Project.Name, Node: c.Node.Name,
+		Directory: c.Project.ACME.Directory, Email: c.Project.ACME.Email,
 		Roots: f.ACMERoots, Hosts: f.ACMEHosts,
 	}, true
 }
 
-// AdminConfig is the admin listener's config, but its handlers' sources.
+// Admin is the admin listener's config, but its handlers' sources.
 func (c *Spec) AdminConfig(f Files) admin.Config {
-	return admin.Config{Token: f.AdminToken, Listen: c.Admin.Listen}
+	return admin.Config{Token: f.AdminToken, Listen: c.Node.Admin.Listen}
 }
 
 // AdminListen is where the admin listener answers ("": off), and whether
 // the spec says so (admin.listen, or the older metrics.listen): an address
 // in use is then an error, not a line in the log.
 func (c *Spec) AdminListen() (addr string, explicit bool) {
-	return c.Admin.Listen, c.written("admin.listen") || c.Metrics.Listen != ""
+	return c.Node.Admin.Listen, c.written("admin.listen") || c.Node.Metrics.Listen != ""
 }
 
 // Projects lists the projects whose registrations fill the pools: this
 // one and those it includes.
 func (c *Spec) Projects() []string {
-	return append([]string{c.Project}, c.Etcd.IncludeProjects...)
+	return append([]string{c.Project.Name}, c.Project.Etcd.IncludeProjects...)
 }
 
 // ServiceNames lists the configured services in order.
 func (c *Spec) ServiceNames() []string {
-	out := make([]string, 0, len(c.Service))
-	for _, s := range c.Service {
+	out := make([]string, 0, len(c.Project.Service))
+	for _, s := range c.Project.Service {
 		out = append(out, s.Name)
 	}
 	return out
@@ -205,7 +205,7 @@ func (c *Spec) ServiceNames() []string {
 
 // StoreConfig is the etcd client's config.
 func (c *Spec) StoreConfig(f Files) store.Config {
-	e := c.Etcd
+	e := c.Node.Etcd
 	password := e.Password
 	if e.PasswordFile != "" {
 		password = f.EtcdPassword
@@ -222,7 +222,7 @@ func (c *Spec) StoreConfig(f Files) store.Config {
 }
 
 // route is the service's render.Route.
-func (s ServiceConfig) route() render.Route {
+func (s Service) route() render.Route {
 	r := render.Route{Hosts: s.Hosts, PathPrefix: s.PathPrefix, StripPrefix: s.StripPrefix,
 		ConnectTimeout: s.ConnectTimeout.D(), ReadTimeout: s.ReadTimeout.D(), SendTimeout: s.SendTimeout.D(),
 		MaxBodySize: s.ClientMaxBodySize, HTTPSRedirect: s.HTTPSRedirect}

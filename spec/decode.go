@@ -18,10 +18,10 @@ import (
 // A spec file is read in three steps, so that every mistake in it is
 // reported in one run, each with its line and key: parse the TOML into a
 // generic document (only a syntax error stops here), check every key and
-// value's type against Config (unknown keys and wrong types are reported
-// and dropped), then decode what is left into Config, whose values
-// Validate checks. Where each key was written is kept (positions), so that
-// Validate's messages name the line too, and applyDefaults can tell a
+// value's type against Node and Project (unknown keys and wrong types are
+// reported and dropped), then decode what is left into them, whose values
+// validate checks. Where each key was written is kept (positions), so that
+// validate's messages name the line too, and applyDefaults can tell a
 // written zero from an absent key.
 
 // positions maps a key path ("proxy.port", "service[1].health.rise") to
@@ -145,12 +145,7 @@ var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 // (say() gets the key path and why), and deletes them from the document, so
 // that what is left decodes and can be validated.
 func checkTypes(doc map[string]any, t reflect.Type, path string, say func(path, msg string)) {
-	fields := map[string]reflect.Type{}
-	for f := range t.Fields() {
-		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag != "" && tag != "-" {
-			fields[tag] = f.Type
-		}
-	}
+	fields := tomlFields(t)
 	for _, key := range sortedKeys(doc) {
 		kp := joinKey(path, key)
 		ft, ok := fields[key]
@@ -164,6 +159,49 @@ func checkTypes(doc map[string]any, t reflect.Type, path string, say func(path, 
 			delete(doc, key)
 		}
 	}
+}
+
+// tomlFields maps the TOML keys of struct type t to their fields' types.
+func tomlFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag != "" && tag != "-" {
+			fields[tag] = f.Type
+		}
+	}
+	return fields
+}
+
+// split divides a document between the node's part and the project's,
+// key by key; the tables both have keys in ([etcd], [network]) are split
+// too. A key neither knows goes to the project's part, whose check says
+// so.
+func split(doc map[string]any) (node, project map[string]any) {
+	node, project = map[string]any{}, map[string]any{}
+	nodeFields, projectFields := tomlFields(reflect.TypeFor[Node]()), tomlFields(reflect.TypeFor[Project]())
+	for key, v := range doc {
+		nt, inNode := nodeFields[key]
+		_, inProject := projectFields[key]
+		table, isTable := v.(map[string]any)
+		switch {
+		case inNode && inProject && isTable:
+			ofNode, ofProject := map[string]any{}, map[string]any{}
+			nodeKeys := tomlFields(nt)
+			for k, x := range table {
+				if _, ok := nodeKeys[k]; ok {
+					ofNode[k] = x
+				} else {
+					ofProject[k] = x
+				}
+			}
+			node[key], project[key] = ofNode, ofProject
+		case inNode && !inProject:
+			node[key] = v
+		default:
+			project[key] = v
+		}
+	}
+	return node, project
 }
 
 func sortedKeys(m map[string]any) []string {
@@ -268,9 +306,9 @@ func tomlKind(v any) string {
 	}
 }
 
-// decodeSpec reads data into c, reporting every unknown key and value of
-// the wrong type (each with file:line:col) and keeping the rest. Only a
-// TOML syntax error stops it before the rest is read.
+// decodeSpec reads data into c's two parts, reporting every unknown key
+// and value of the wrong type (each with file:line:col) and keeping the
+// rest. Only a TOML syntax error stops it before the rest is read.
 func (c *Spec) decodeSpec(data []byte) []error {
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
@@ -279,17 +317,25 @@ func (c *Spec) decodeSpec(data []byte) []error {
 	c.pos = keyPositions(data)
 	c.droppedKeys = map[string]bool{}
 	var said []string // paths, then what is wrong with each
-	checkTypes(doc, reflect.TypeFor[Spec](), "", func(path, msg string) {
+	say := func(path, msg string) {
 		c.droppedKeys[path] = true
 		said = append(said, path, msg)
-	})
-	var errs []error
-	clean, err := toml.Marshal(doc)
-	if err == nil {
-		err = toml.NewDecoder(strings.NewReader(string(clean))).DisallowUnknownFields().Decode(c)
 	}
-	if err != nil { // the check above should have caught it
-		errs = append(errs, fmt.Errorf("%s: %w", c.file, err))
+	node, project := split(doc)
+	checkTypes(node, reflect.TypeFor[Node](), "", say)
+	checkTypes(project, reflect.TypeFor[Project](), "", say)
+	var errs []error
+	for _, part := range []struct {
+		doc  map[string]any
+		into any
+	}{{node, &c.Node}, {project, &c.Project}} {
+		clean, err := toml.Marshal(part.doc)
+		if err == nil {
+			err = toml.NewDecoder(strings.NewReader(string(clean))).DisallowUnknownFields().Decode(part.into)
+		}
+		if err != nil { // the check above should have caught it
+			errs = append(errs, fmt.Errorf("%s: %w", c.file, err))
+		}
 	}
 	// Said now that the services' names are known.
 	for i := 0; i < len(said); i += 2 {

@@ -31,50 +31,50 @@ const (
 // applyDefaults gives every key the file leaves out its default;
 // hostname is the host's name, the default node name.
 func (c *Spec) applyDefaults(hostname string) {
-	if c.Project == "" {
-		c.Project = defaultProject
+	if c.Project.Name == "" {
+		c.Project.Name = defaultProject
 	}
-	if c.Node == "" && hostname != "" {
+	if c.Node.Name == "" && hostname != "" {
 		// The host name, made a valid name (not a constant: two daemons
 		// with one node name refuse to run side by side).
-		c.Node = store.HostLabel(hostname)
+		c.Node.Name = store.HostLabel(hostname)
 	}
-	if len(c.Etcd.Endpoints) == 0 {
-		c.Etcd.Endpoints = []string{defaultEtcd}
+	if len(c.Node.Etcd.Endpoints) == 0 {
+		c.Node.Etcd.Endpoints = []string{defaultEtcd}
 	}
-	if c.Etcd.Prefix == "" {
-		c.Etcd.Prefix = store.DefaultPrefix
+	if c.Project.Etcd.Prefix == "" {
+		c.Project.Etcd.Prefix = store.DefaultPrefix
 	}
 	// A number or duration the file sets is taken as it is, zero
 	// included: Validate accepts or refuses it, it never becomes the
 	// default unseen.
-	c.setDur("etcd.lease_ttl", &c.Etcd.LeaseTTL, 10*time.Second)
-	c.setDur("etcd.dial_timeout", &c.Etcd.DialTimeout, 5*time.Second)
-	c.setDur("docker.timeout", &c.Docker.Timeout, 30*time.Second)
-	if c.Network.Name == "" {
-		c.Network.Name = c.Project
+	c.setDur("etcd.lease_ttl", &c.Project.Etcd.LeaseTTL, 10*time.Second)
+	c.setDur("etcd.dial_timeout", &c.Node.Etcd.DialTimeout, 5*time.Second)
+	c.setDur("docker.timeout", &c.Node.Docker.Timeout, 30*time.Second)
+	if c.Project.Network.Name == "" {
+		c.Project.Network.Name = c.Project.Name
 	}
-	setStr(&c.Network.Advertise, orchestrator.AdvertiseContainer)
+	setStr(&c.Project.Network.Advertise, orchestrator.AdvertiseContainer)
 	if !c.written("admin.listen") {
 		// The older [metrics] listen, else the default.
-		c.Admin.Listen = c.Metrics.Listen
-		setStr(&c.Admin.Listen, admin.DefaultListen)
+		c.Node.Admin.Listen = c.Node.Metrics.Listen
+		setStr(&c.Node.Admin.Listen, admin.DefaultListen)
 	}
 	if c.acmeOn() {
-		setStr(&c.ACME.Directory, DefaultACMEDirectory)
+		setStr(&c.Project.ACME.Directory, DefaultACMEDirectory)
 	}
 	c.defaultProxy()
 	c.defaultServices()
-	if len(c.Service) > 0 && !c.routed() {
+	if len(c.Project.Service) > 0 && !c.routed() {
 		// The seed: one service at "/" of every host. Once a service is
 		// routed by host or path, the default is only what the spec says.
-		setStr(&c.Proxy.Service, c.Service[0].Name)
+		setStr(&c.Project.Proxy.Service, c.Project.Service[0].Name)
 	}
 }
 
 // defaultProxy defaults [proxy].
 func (c *Spec) defaultProxy() {
-	p := &c.Proxy
+	p := &c.Project.Proxy
 	setStr(&p.Placement, orchestrator.PlacementEvery)
 	setStr(&p.Image, defaultProxyImage)
 	setStr(&p.Publish, defaultPublish)
@@ -93,11 +93,11 @@ func (c *Spec) defaultProxy() {
 // defaultServices defaults the [[service]] tables, and gives a file
 // without any the seed's.
 func (c *Spec) defaultServices() {
-	if len(c.Service) == 0 && !c.written("service") {
-		c.Service = []ServiceConfig{{Name: defaultService}}
+	if len(c.Project.Service) == 0 && !c.written("service") {
+		c.Project.Service = []Service{{Name: defaultService}}
 	}
-	for i := range c.Service {
-		s := &c.Service[i]
+	for i := range c.Project.Service {
+		s := &c.Project.Service[i]
 		k := fmt.Sprintf("service[%d].", i)
 		if s.Name == defaultService {
 			setStr(&s.Image, defaultImage)
@@ -119,7 +119,7 @@ func (c *Spec) defaultServices() {
 
 // routed reports whether a service is routed by host or path.
 func (c *Spec) routed() bool {
-	for _, s := range c.Service {
+	for _, s := range c.Project.Service {
 		if len(s.Hosts) > 0 || s.PathPrefix != "" {
 			return true
 		}

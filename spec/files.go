@@ -55,14 +55,14 @@ func (c *Spec) readFiles(now time.Time) (Files, []error) {
 	var errs []error
 	bad := c.reporter(&errs)
 	// etcd's TLS files are read by the etcd client: here, only found.
-	for key, file := range map[string]string{"etcd.ca_file": c.Etcd.CAFile, "etcd.cert_file": c.Etcd.CertFile, "etcd.key_file": c.Etcd.KeyFile} {
+	for key, file := range map[string]string{"etcd.ca_file": c.Node.Etcd.CAFile, "etcd.cert_file": c.Node.Etcd.CertFile, "etcd.key_file": c.Node.Etcd.KeyFile} {
 		if file != "" {
 			if _, err := os.Stat(c.resolve(file)); err != nil {
 				bad(key, "%v", err)
 			}
 		}
 	}
-	if file := c.resolve(c.Etcd.PasswordFile); file != "" {
+	if file := c.resolve(c.Node.Etcd.PasswordFile); file != "" {
 		if _, err := os.Stat(file); err != nil {
 			bad("etcd.password_file", "%v", err)
 		} else if b, err := os.ReadFile(file); err != nil {
@@ -71,18 +71,18 @@ func (c *Spec) readFiles(now time.Time) (Files, []error) {
 			f.EtcdPassword = strings.TrimRight(string(b), "\r\n")
 		}
 	}
-	if c.Admin.TokenFile != "" {
+	if c.Node.Admin.TokenFile != "" {
 		var err error
 		if f.AdminToken, err = c.readToken(); err != nil {
 			bad("admin.token_file", "%v", err)
 		}
 	}
-	if p := c.Proxy.Template; p != "" {
+	if p := c.Project.Proxy.Template; p != "" {
 		if _, err := os.Stat(c.resolve(p)); err != nil {
 			bad("proxy.template", "%v", err)
 		}
 	}
-	for i, cc := range c.TLS.Certificate {
+	for i, cc := range c.Project.TLS.Certificate {
 		if cc.CertFile == "" || cc.KeyFile == "" {
 			continue // said by validate
 		}
@@ -100,24 +100,24 @@ func (c *Spec) readFiles(now time.Time) (Files, []error) {
 // readToken reads admin.token_file: the token, its surrounding white
 // space trimmed. An empty or short token is an error.
 func (c *Spec) readToken() (string, error) {
-	b, err := os.ReadFile(c.resolve(c.Admin.TokenFile))
+	b, err := os.ReadFile(c.resolve(c.Node.Admin.TokenFile))
 	if err != nil {
 		return "", err
 	}
 	tok := strings.TrimSpace(string(b))
 	switch {
 	case tok == "":
-		return "", fmt.Errorf("%s is empty", c.Admin.TokenFile)
+		return "", fmt.Errorf("%s is empty", c.Node.Admin.TokenFile)
 	case len(tok) < 16:
-		return "", fmt.Errorf("the token in %s has %d characters: use at least 16 (e.g. openssl rand -hex 16)", c.Admin.TokenFile, len(tok))
+		return "", fmt.Errorf("the token in %s has %d characters: use at least 16 (e.g. openssl rand -hex 16)", c.Node.Admin.TokenFile, len(tok))
 	case strings.ContainsAny(tok, " \t\r\n"):
-		return "", fmt.Errorf("the token in %s holds white space: one token on one line", c.Admin.TokenFile)
+		return "", fmt.Errorf("the token in %s holds white space: one token on one line", c.Node.Admin.TokenFile)
 	}
 	return tok, nil
 }
 
 // readCert reads and checks one certificate and its key.
-func (c *Spec) readCert(cc CertConfig, now time.Time) (Cert, error) {
+func (c *Spec) readCert(cc CertFiles, now time.Time) (Cert, error) {
 	certPEM, err := os.ReadFile(c.resolve(cc.CertFile))
 	if err != nil {
 		return Cert{}, fmt.Errorf("cert_file: %w", err)
@@ -130,7 +130,7 @@ func (c *Spec) readCert(cc CertConfig, now time.Time) (Cert, error) {
 	if err != nil {
 		return Cert{}, fmt.Errorf("%s and %s: %w", cc.CertFile, cc.KeyFile, err)
 	}
-	return Cert{TLSCert: render.NewTLSCert(c.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), Leaf: leaf}, nil
+	return Cert{TLSCert: render.NewTLSCert(c.Project.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), Leaf: leaf}, nil
 }
 
 // readACME reads acme.ca_file and finds the hosts to order for, with [acme].
@@ -138,7 +138,7 @@ func (c *Spec) readACME(bad badFunc, f *Files) {
 	if !c.acmeOn() {
 		return
 	}
-	a := c.ACME
+	a := c.Project.ACME
 	if a.CAFile != "" {
 		f.ACMERoots = x509.NewCertPool()
 		if b, err := os.ReadFile(c.resolve(a.CAFile)); err != nil {
@@ -160,7 +160,7 @@ func (c *Spec) readACME(bad badFunc, f *Files) {
 // in spec order, except wildcards and those a certificate file covers.
 func (c *Spec) acmeHosts(files []Cert) []string {
 	var out []string
-	for _, s := range c.Service {
+	for _, s := range c.Project.Service {
 		for _, h := range s.Hosts {
 			if strings.HasPrefix(h, "*.") || slices.Contains(out, h) {
 				continue
@@ -181,10 +181,10 @@ func (c *Spec) acmeHosts(files []Cert) []string {
 // template: apart from ReadFiles, so that a command that renders nothing
 // does not need the template to parse.
 func (c *Spec) LoadTemplate() (*render.Template, error) {
-	if c.Proxy.Template == "" {
+	if c.Project.Proxy.Template == "" {
 		return render.Default(), nil
 	}
-	f := c.resolve(c.Proxy.Template)
+	f := c.resolve(c.Project.Proxy.Template)
 	text, err := os.ReadFile(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: proxy.template: %w", c.file, err)

@@ -20,8 +20,8 @@ func TestHostName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Node != "web-1-example" {
-		t.Errorf("node %q, want web-1-example", s.Node)
+	if s.Node.Name != "web-1-example" {
+		t.Errorf("node %q, want web-1-example", s.Node.Name)
 	}
 	if got := s.OrchestratorConfig().ProxyAddress; got != "Web_1.example:8080" {
 		t.Errorf("proxy address %q, want Web_1.example:8080", got)

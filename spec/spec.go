@@ -1,13 +1,17 @@
 // Package spec is the project's contract with its users: the TOML spec
 // file, its defaults, its validation and its conversion into each
-// component's config. Every command loads a spec the same way, in three
-// steps Load runs in order: Parse decodes the text and applies the
-// defaults, Validate checks every value against the text and the host
-// (pure: no file is read), and ReadFiles reads what the spec's files hold
-// (certificates, the admin token, the etcd password) into Files. Every
-// mistake of all three is reported at once, each with the file, line and
-// key. A loaded Spec is not changed afterwards; what was read or derived
-// from files is in Files, never in the Spec.
+// component's config. Every command loads a spec the same way, with
+// Load: the text is decoded and defaulted, every value is checked against
+// the text and the Host (pure: no file is read; Parse does these two from
+// bytes), and ReadFiles reads what the spec's files hold (certificates,
+// the admin token, the etcd password) into Files. Every mistake of all
+// three steps is reported at once, each with the file, line and key. A
+// loaded Spec is not changed afterwards; what was read from files, or
+// derived from what was, is in Files, never in the Spec.
+//
+// A spec has two parts: the Node's (this host's name and connections) and
+// the Project's (what every node of the project shares), which encodes
+// canonically (Project.Encode) and has a Hash.
 package spec
 
 import (
@@ -17,20 +21,16 @@ import (
 	"time"
 )
 
-// Spec is the TOML spec file. Every key is documented in
-// spec/upstreamd.example.toml and the README; unknown keys are errors.
+// Spec is a spec file, read, defaulted and checked: the node's part and
+// the project's. Every key is documented in spec/upstreamd.example.toml
+// and the README; unknown keys are errors. The file's tables are one
+// namespace: [etcd] and [network] hold keys of both parts.
 type Spec struct {
-	Project string          `toml:"project"`
-	Node    string          `toml:"node"`
-	Docker  DockerConfig    `toml:"docker"`
-	Etcd    EtcdConfig      `toml:"etcd"`
-	Network NetworkConfig   `toml:"network"`
-	Proxy   ProxyConfig     `toml:"proxy"`
-	Admin   AdminConfig     `toml:"admin"`
-	TLS     TLSConfig       `toml:"tls"`
-	ACME    ACMEConfig      `toml:"acme"`
-	Metrics MetricsConfig   `toml:"metrics"`
-	Service []ServiceConfig `toml:"service"`
+	// Node is this host's part: who it is and how it reaches Docker, etcd
+	// and its operator.
+	Node Node
+	// Project is the part every node of the project shares.
+	Project Project
 
 	file        string          // where it was read from, for messages
 	pos         positions       // where each key was written in it
@@ -38,33 +38,63 @@ type Spec struct {
 	hostname    string          // the host's name (Host.Name), for ProxyAddress
 }
 
-// DockerConfig says how to reach the engine.
-type DockerConfig struct {
+// Node is the part of a spec that belongs to the host that runs it: its
+// name, and how it reaches Docker, etcd and its operator. Each host of a
+// project has its own.
+type Node struct {
+	Name    string      `toml:"node"`
+	Docker  Docker      `toml:"docker"`
+	Etcd    EtcdClient  `toml:"etcd"`
+	Network NodeNetwork `toml:"network"`
+	Admin   Admin       `toml:"admin"`
+	Metrics Metrics     `toml:"metrics"`
+}
+
+// Project is the part of a spec every node of the project shares: what
+// runs, how its backends register in etcd, and how requests reach them.
+// Encode writes it in canonical form, and Hash identifies it.
+type Project struct {
+	Name    string    `toml:"project"`
+	Etcd    EtcdKeys  `toml:"etcd"`
+	Network Network   `toml:"network"`
+	Proxy   Proxy     `toml:"proxy"`
+	TLS     TLS       `toml:"tls"`
+	ACME    *ACME     `toml:"acme"` // nil: no [acme]
+	Service []Service `toml:"service"`
+}
+
+// Docker says how to reach the engine.
+type Docker struct {
 	Host    string   `toml:"host"`
 	Timeout Duration `toml:"timeout"`
 }
 
-// EtcdConfig says how to reach etcd and how registrations live there.
-type EtcdConfig struct {
-	Endpoints []string `toml:"endpoints"`
-	Prefix    string   `toml:"prefix"`
+// EtcdClient says how this host reaches etcd: [etcd]'s node keys.
+type EtcdClient struct {
+	Endpoints    []string `toml:"endpoints"`
+	DialTimeout  Duration `toml:"dial_timeout"`
+	Username     string   `toml:"username"`
+	Password     string   `toml:"password"`
+	PasswordFile string   `toml:"password_file"`
+	CAFile       string   `toml:"ca_file"`
+	CertFile     string   `toml:"cert_file"`
+	KeyFile      string   `toml:"key_file"`
+}
+
+// EtcdKeys says how the project's registrations live in etcd: [etcd]'s
+// project keys.
+type EtcdKeys struct {
+	Prefix string `toml:"prefix"`
 	// IncludeProjects names other projects whose registrations join this
 	// project's pools ("*": every registration under the prefix). By
 	// default a project's pools take only its own.
 	IncludeProjects []string `toml:"include_projects"`
 	LeaseTTL        Duration `toml:"lease_ttl"`
-	DialTimeout     Duration `toml:"dial_timeout"`
-	Username        string   `toml:"username"`
-	Password        string   `toml:"password"`
-	PasswordFile    string   `toml:"password_file"`
-	CAFile          string   `toml:"ca_file"`
-	CertFile        string   `toml:"cert_file"`
-	KeyFile         string   `toml:"key_file"`
 }
 
-// AdminConfig says where the admin listener answers: the status page, the
+// Admin says where the admin listener answers: the status page, the
 // JSON API, /metrics, /healthz and /readyz.
-type AdminConfig struct {
+type Admin struct {
 	// Listen is host:port; "" turns the listener off. Default
 	// 127.0.0.1:9180.
 	Listen string `toml:"listen"`
@@ -73,25 +103,30 @@ type AdminConfig struct {
 	TokenFile string `toml:"token_file"`
 }
 
-// MetricsConfig is the older [metrics] table: its listen is now
+// Metrics is the older [metrics] table: its listen is now
 // admin.listen, which serves /metrics as before.
-type MetricsConfig struct {
+type Metrics struct {
 	Listen string `toml:"listen"`
 }
 
-// NetworkConfig names the bridge network and says which address of a
-// backend is advertised.
-type NetworkConfig struct {
+// Network names the bridge network and says which address of a backend
+// is advertised: [network]'s project keys.
+type Network struct {
 	Name string `toml:"name"`
 	// Advertise: "container" (the backend's address on the network; one
-	// host) or "host" (its port published on NodeAddress; a cluster).
+	// host) or "host" (its port published on the node's address; a
+	// cluster).
 	Advertise string `toml:"advertise"`
+}
+
+// NodeNetwork is [network]'s node key.
+type NodeNetwork struct {
 	// NodeAddress is this host's address the other hosts reach it at.
 	NodeAddress string `toml:"node_address"`
 }
 
-// ProxyConfig describes nginx.
-type ProxyConfig struct {
+// Proxy describes nginx.
+type Proxy struct {
 	Image   string `toml:"image"`
 	Publish string `toml:"publish"`
 	// PublishTLS is where nginx's TLS port is published; "": no TLS.
@@ -113,8 +148,8 @@ type ProxyConfig struct {
 	CPUs       float64 `toml:"cpus"`
 }
 
-// ServiceConfig describes one backend service.
-type ServiceConfig struct {
+// Service describes one backend service.
+type Service struct {
 	Name     string `toml:"name"`
 	Image    string `toml:"image"`
 	Replicas *int   `toml:"replicas"`
@@ -139,15 +174,15 @@ type ServiceConfig struct {
 	ClientMaxBodySize string            `toml:"client_max_body_size"`
 	ResponseHeaders   map[string]string `toml:"response_headers"`
 	// HTTPSRedirect sends plain-HTTP requests to HTTPS (with TLS).
-	HTTPSRedirect bool         `toml:"https_redirect"`
-	Restart       string       `toml:"restart"`
-	Memory        string       `toml:"memory"`
-	CPUs          float64      `toml:"cpus"`
-	Health        HealthConfig `toml:"health"`
+	HTTPSRedirect bool    `toml:"https_redirect"`
+	Restart       string  `toml:"restart"`
+	Memory        string  `toml:"memory"`
+	CPUs          float64 `toml:"cpus"`
+	Health        Health  `toml:"health"`
 }
 
-// HealthConfig is a service's probe.
-type HealthConfig struct {
+// Health is a service's probe.
+type Health struct {
 	Path     string   `toml:"path"`
 	Interval Duration `toml:"interval"`
 	Timeout  Duration `toml:"timeout"`
@@ -253,6 +288,3 @@ func parse(name string, data []byte, host Host) (*Spec, []error) {
 // File is where the spec was read from ("(defaults)": no file), for
 // messages.
 func (c *Spec) File() string { return c.file }
-
-// Written reports whether the spec file sets the key at path.
-func (c *Spec) Written(path string) bool { return c.written(path) }

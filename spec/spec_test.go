@@ -37,30 +37,30 @@ func TestLoadDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load(\"\"): %v", err)
 	}
-	if len(cfg.Service) != 1 {
-		t.Fatalf("%d services, want 1", len(cfg.Service))
+	if len(cfg.Project.Service) != 1 {
+		t.Fatalf("%d services, want 1", len(cfg.Project.Service))
 	}
-	s := cfg.Service[0]
+	s := cfg.Project.Service[0]
 	tests := []struct {
 		name      string
 		got, want any
 	}{
-		{"project", cfg.Project, "upstreamd"},
+		{"project", cfg.Project.Name, "upstreamd"},
 		{"service name", s.Name, "apache"},
 		{"replicas", *s.Replicas, 3},
 		{"image", s.Image, "upstreamd/apache:latest"},
 		{"port", s.Port, 80},
-		{"publish", cfg.Proxy.Publish, "127.0.0.1:8080"},
-		{"prefix", cfg.Etcd.Prefix, "/services"},
+		{"publish", cfg.Project.Proxy.Publish, "127.0.0.1:8080"},
+		{"prefix", cfg.Project.Etcd.Prefix, "/services"},
 		{"health path", s.Health.Path, "/"},
 		{"health interval", s.Health.Interval.D(), 2 * time.Second},
 		{"health timeout", s.Health.Timeout.D(), time.Second},
 		{"rise", *s.Health.Rise, 2},
 		{"fall", *s.Health.Fall, 2},
-		{"proxy service", cfg.Proxy.Service, "apache"},
-		{"network name", cfg.Network.Name, cfg.Project},
-		{"proxy port", cfg.Proxy.Port, 80},
-		{"etcd endpoints", cfg.Etcd.Endpoints, []string{"http://127.0.0.1:2379"}},
+		{"proxy service", cfg.Project.Proxy.Service, "apache"},
+		{"network name", cfg.Project.Network.Name, cfg.Project.Name},
+		{"proxy port", cfg.Project.Proxy.Port, 80},
+		{"etcd endpoints", cfg.Node.Etcd.Endpoints, []string{"http://127.0.0.1:2379"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -70,8 +70,8 @@ func TestLoadDefaults(t *testing.T) {
 		})
 	}
 	t.Run("node is a valid name", func(t *testing.T) {
-		if err := store.ValidName(cfg.Node); err != nil {
-			t.Errorf("default node %q: %v", cfg.Node, err)
+		if err := store.ValidName(cfg.Node.Name); err != nil {
+			t.Errorf("default node %q: %v", cfg.Node.Name, err)
 		}
 	})
 	t.Run("spec", func(t *testing.T) {
@@ -109,7 +109,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		t.Fatalf("parse %s: %v", exampleFile, err)
 	}
-	keys := tomlKeys(reflect.TypeFor[Spec](), "")
+	keys := append(tomlKeys(reflect.TypeFor[Node](), ""), tomlKeys(reflect.TypeFor[Project](), "")...)
 	if len(keys) < 40 {
 		t.Fatalf("found only %d keys in Config; the walk is broken", len(keys))
 	}
@@ -222,13 +222,13 @@ func TestLoadErrors(t *testing.T) {
 			name:    "wrong type",
 			body:    "[proxy]\nport = \"eighty\"\n",
 			want:    []string{`FILE:2:1: proxy.port: want an integer, got string "eighty"`},
-			notWant: []string{"main.", "ProxyConfig", "struct field"},
+			notWant: []string{"main.", "Proxy", "struct field"},
 		},
 		{
 			name:    "value where a table belongs",
 			body:    "proxy = 5\n",
 			want:    []string{"FILE:1:1: proxy: want a table, got integer 5"},
-			notWant: []string{"main.", "ProxyConfig"},
+			notWant: []string{"main.", "Proxy"},
 		},
 		{
 			name:    "value where an array of tables belongs",
@@ -716,8 +716,8 @@ func TestWrittenZeroIsHonoured(t *testing.T) {
 	if g := spec.Services[0].StopGrace; g != 0 {
 		t.Errorf("stop_grace = \"0s\" became %s", g)
 	}
-	if *cfg.Proxy.StatusPort != 0 || *cfg.Proxy.Dynamic {
-		t.Errorf("status_port = 0 gave status port %d, dynamic %v", *cfg.Proxy.StatusPort, *cfg.Proxy.Dynamic)
+	if *cfg.Project.Proxy.StatusPort != 0 || *cfg.Project.Proxy.Dynamic {
+		t.Errorf("status_port = 0 gave status port %d, dynamic %v", *cfg.Project.Proxy.StatusPort, *cfg.Project.Proxy.Dynamic)
 	}
 	if spec.Proxy.Limits.NanoCPUs != 0 {
 		t.Errorf("cpus = 0 gave a limit of %d nano-CPUs", spec.Proxy.Limits.NanoCPUs)
@@ -743,8 +743,8 @@ func TestAdminListen(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.Admin.Listen != tt.want {
-				t.Errorf("admin.listen = %q; want %q", cfg.Admin.Listen, tt.want)
+			if cfg.Node.Admin.Listen != tt.want {
+				t.Errorf("admin.listen = %q; want %q", cfg.Node.Admin.Listen, tt.want)
 			}
 		})
 	}

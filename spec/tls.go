@@ -12,21 +12,21 @@ import (
 	"github.com/upstreamd/upstreamd/render"
 )
 
-// TLSConfig is the [tls] table: the certificates the proxy serves.
-type TLSConfig struct {
-	Certificate []CertConfig `toml:"certificate"`
+// TLS is the [tls] table: the certificates the proxy serves.
+type TLS struct {
+	Certificate []CertFiles `toml:"certificate"`
 }
 
-// CertConfig is one [[tls.certificate]]: PEM files, the certificate
+// CertFiles is one [[tls.certificate]]: PEM files, the certificate
 // followed by its chain, and its private key.
-type CertConfig struct {
+type CertFiles struct {
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
 }
 
-// ACMEConfig is the [acme] table: certificates ordered from an ACME CA
+// ACME is the [acme] table: certificates ordered from an ACME CA
 // for the services' host names, kept in etcd.
-type ACMEConfig struct {
+type ACME struct {
 	// Email is the account's contact (optional).
 	Email string `toml:"email"`
 	// Directory is the CA's ACME directory URL (Let's Encrypt's by
@@ -44,26 +44,26 @@ type ACMEConfig struct {
 // DefaultACMEDirectory is Let's Encrypt's production directory.
 const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
-// acmeOn reports whether the file has an [acme] table.
-func (c *Spec) acmeOn() bool { return c.written("acme") }
+// acmeOn reports whether the spec has an [acme] table.
+func (c *Spec) acmeOn() bool { return c.Project.ACME != nil }
 
 // validateTLS checks the TLS settings; ReadFiles reads and checks the
 // certificates.
 func (c *Spec) validateTLS(bad badFunc) {
-	p := c.Proxy
+	p := c.Project.Proxy
 	if p.PublishTLS != "" {
 		if _, _, err := containers.ParsePublish(p.PublishTLS); err != nil {
 			bad("proxy.publish_tls", "%v", err)
 		}
-	} else if len(c.TLS.Certificate) > 0 {
+	} else if len(c.Project.TLS.Certificate) > 0 {
 		bad("tls.certificate[0]", "certificates given, but proxy.publish_tls (where nginx's TLS port is published, e.g. \"0.0.0.0:443\") is not set")
 	}
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		if s.HTTPSRedirect && p.PublishTLS == "" {
 			bad(fmt.Sprintf("service[%d].https_redirect", i), "redirects to HTTPS, which is not served: set proxy.publish_tls and a [[tls.certificate]] or [acme]")
 		}
 	}
-	for i, cc := range c.TLS.Certificate {
+	for i, cc := range c.Project.TLS.Certificate {
 		if cc.CertFile == "" || cc.KeyFile == "" {
 			bad(fmt.Sprintf("tls.certificate[%d]", i), "cert_file and key_file are both required")
 		}
@@ -77,7 +77,7 @@ func (c *Spec) validateTLS(bad badFunc) {
 // ACME): neither nginx's plain port nor the status server may be on it, and
 // the host port it is published on must be free of proxy.publish.
 func (c *Spec) validateTLSPorts(bad badFunc) {
-	p := c.Proxy
+	p := c.Project.Proxy
 	if p.PublishTLS == "" {
 		return
 	}
@@ -105,8 +105,8 @@ func (c *Spec) validateACME(bad badFunc) {
 	if !c.acmeOn() {
 		return
 	}
-	a := c.ACME
-	if c.Proxy.PublishTLS == "" {
+	a := c.Project.ACME
+	if c.Project.Proxy.PublishTLS == "" {
 		bad("acme", "orders certificates, which are served over TLS: set proxy.publish_tls (e.g. \"0.0.0.0:443\")")
 	}
 	if u, err := url.Parse(a.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
@@ -117,7 +117,7 @@ func (c *Spec) validateACME(bad badFunc) {
 			bad("acme.email", "%q is not an e-mail address", a.Email)
 		}
 	}
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		// The proxy answers the CA there, on every host.
 		if p := s.PathPrefix; p == render.ChallengePrefix || strings.HasPrefix(p, render.ChallengePrefix+"/") {
 			bad(fmt.Sprintf("service[%d].path_prefix", i), "%q is where [acme] answers the CA's HTTP-01 challenges: route another path", p)
@@ -137,7 +137,7 @@ func (c *Spec) ACMEReach() string {
 	if !c.acmeOn() {
 		return ""
 	}
-	host, port, err := containers.ParsePublish(c.Proxy.Publish)
+	host, port, err := containers.ParsePublish(c.Project.Proxy.Publish)
 	if err == nil && port == "80" && (host == "" || !netip.MustParseAddr(host).IsLoopback()) {
 		return ""
 	}

@@ -124,12 +124,12 @@ func TestACMEReach(t *testing.T) {
 		":80": false, "0.0.0.0:80": false, "203.0.113.5:80": false,
 		"127.0.0.1:80": true, "127.0.0.1:8080": true, ":8080": true,
 	} {
-		cfg := &Spec{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
+		cfg := &Spec{Project: Project{Proxy: Proxy{Publish: publish}, ACME: &ACME{}}}
 		if got := cfg.ACMEReach() != ""; got != warn {
 			t.Errorf("publish %s: warned %v, want %v", publish, got, warn)
 		}
 	}
-	if (&Spec{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).ACMEReach() != "" {
+	if (&Spec{Project: Project{Proxy: Proxy{Publish: "127.0.0.1:8080"}}}).ACMEReach() != "" {
 		t.Error("warned without [acme]")
 	}
 }

@@ -26,15 +26,15 @@ func (c *Spec) validate(host Host) []error {
 	c.validateGlobal(bad)
 	c.validateProxy(bad)
 	c.validateNetwork(bad, host.Addrs)
-	if len(c.Service) == 0 {
+	if len(c.Project.Service) == 0 {
 		bad("service", "no service: give at least one [[service]]")
 	}
 	seen := map[string]bool{}
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		s.validate(fmt.Sprintf("service[%d]", i), seen, bad)
 	}
-	if c.Proxy.Service != "" && !seen[c.Proxy.Service] && len(c.Service) > 0 {
-		bad("proxy.service", "%q is not a configured service", c.Proxy.Service)
+	if c.Project.Proxy.Service != "" && !seen[c.Project.Proxy.Service] && len(c.Project.Service) > 0 {
+		bad("proxy.service", "%q is not a configured service", c.Project.Proxy.Service)
 	}
 	c.validateRoutes(bad)
 	c.validateTLS(bad)
@@ -79,29 +79,29 @@ func (c *Spec) display(path string) string {
 		return path
 	}
 	idx, tail, _ := strings.Cut(rest, "]")
-	if i, err := strconv.Atoi(idx); err == nil && i < len(c.Service) && c.Service[i].Name != "" {
-		return fmt.Sprintf("service[%d] (%s)%s", i, c.Service[i].Name, tail)
+	if i, err := strconv.Atoi(idx); err == nil && i < len(c.Project.Service) && c.Project.Service[i].Name != "" {
+		return fmt.Sprintf("service[%d] (%s)%s", i, c.Project.Service[i].Name, tail)
 	}
 	return path
 }
 
 // validateGlobal checks the keys outside [proxy] and [[service]].
 func (c *Spec) validateGlobal(bad badFunc) {
-	if err := store.ValidName(c.Project); err != nil {
+	if err := store.ValidName(c.Project.Name); err != nil {
 		bad("project", "%v", err)
 	}
-	if err := store.ValidName(c.Node); err != nil {
+	if err := store.ValidName(c.Node.Name); err != nil {
 		bad("node", "%v", err)
 	}
-	if err := store.ValidName(c.Network.Name); err != nil && (c.written("network.name") || store.ValidName(c.Project) == nil) {
+	if err := store.ValidName(c.Project.Network.Name); err != nil && (c.written("network.name") || store.ValidName(c.Project.Name) == nil) {
 		bad("network.name", "%v", err)
 	}
-	for i, e := range c.Etcd.Endpoints {
+	for i, e := range c.Node.Etcd.Endpoints {
 		if !strings.HasPrefix(e, "http://") && !strings.HasPrefix(e, "https://") {
 			bad(fmt.Sprintf("etcd.endpoints[%d]", i), "%q must start with http:// or https://", e)
 		}
 	}
-	for i, p := range c.Etcd.IncludeProjects {
+	for i, p := range c.Project.Etcd.IncludeProjects {
 		if p == store.AnyProject {
 			continue
 		}
@@ -109,47 +109,47 @@ func (c *Spec) validateGlobal(bad badFunc) {
 			bad(fmt.Sprintf("etcd.include_projects[%d]", i), "%v (or \"*\" for every project)", err)
 		}
 	}
-	if !strings.HasPrefix(c.Etcd.Prefix, "/") || strings.HasSuffix(c.Etcd.Prefix, "/") && c.Etcd.Prefix != "/" {
-		bad("etcd.prefix", "%q must start with / and not end with /", c.Etcd.Prefix)
+	if !strings.HasPrefix(c.Project.Etcd.Prefix, "/") || strings.HasSuffix(c.Project.Etcd.Prefix, "/") && c.Project.Etcd.Prefix != "/" {
+		bad("etcd.prefix", "%q must start with / and not end with /", c.Project.Etcd.Prefix)
 	}
-	if c.Etcd.LeaseTTL.D() < 2*time.Second || c.Etcd.LeaseTTL.D() > time.Hour {
-		bad("etcd.lease_ttl", "%s out of range 2s-1h", c.Etcd.LeaseTTL.D())
+	if c.Project.Etcd.LeaseTTL.D() < 2*time.Second || c.Project.Etcd.LeaseTTL.D() > time.Hour {
+		bad("etcd.lease_ttl", "%s out of range 2s-1h", c.Project.Etcd.LeaseTTL.D())
 	}
-	if c.Etcd.Password != "" && c.Etcd.PasswordFile != "" {
+	if c.Node.Etcd.Password != "" && c.Node.Etcd.PasswordFile != "" {
 		bad("etcd.password_file", "give password or password_file, not both")
 	}
-	if (c.Etcd.Password != "" || c.Etcd.PasswordFile != "") && c.Etcd.Username == "" {
+	if (c.Node.Etcd.Password != "" || c.Node.Etcd.PasswordFile != "") && c.Node.Etcd.Username == "" {
 		bad("etcd.username", "required when a password is set")
 	}
-	if (c.Etcd.CertFile == "") != (c.Etcd.KeyFile == "") {
+	if (c.Node.Etcd.CertFile == "") != (c.Node.Etcd.KeyFile == "") {
 		bad("etcd.cert_file", "cert_file and key_file must be given together")
 	}
-	if c.Metrics.Listen != "" {
-		if _, port, err := net.SplitHostPort(c.Metrics.Listen); err != nil || port == "" {
-			bad("metrics.listen", "%q is not host:port (such as 127.0.0.1:9180)", c.Metrics.Listen)
+	if c.Node.Metrics.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Node.Metrics.Listen); err != nil || port == "" {
+			bad("metrics.listen", "%q is not host:port (such as 127.0.0.1:9180)", c.Node.Metrics.Listen)
 		}
 		if c.written("admin.listen") {
 			bad("metrics.listen", "replaced by admin.listen, which serves /metrics too: remove [metrics]")
 		}
 	}
-	if c.Admin.Listen != "" {
-		if _, port, err := net.SplitHostPort(c.Admin.Listen); err != nil || port == "" {
-			bad("admin.listen", "%q is not host:port (such as 127.0.0.1:9180); \"\" turns the admin listener off", c.Admin.Listen)
-		} else if !admin.IsLoopback(c.Admin.Listen) && c.Admin.TokenFile == "" {
-			bad("admin.listen", "%q is reachable from other hosts: set admin.token_file to a file holding the token every request must carry (or listen on 127.0.0.1)", c.Admin.Listen)
+	if c.Node.Admin.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.Node.Admin.Listen); err != nil || port == "" {
+			bad("admin.listen", "%q is not host:port (such as 127.0.0.1:9180); \"\" turns the admin listener off", c.Node.Admin.Listen)
+		} else if !admin.IsLoopback(c.Node.Admin.Listen) && c.Node.Admin.TokenFile == "" {
+			bad("admin.listen", "%q is reachable from other hosts: set admin.token_file to a file holding the token every request must carry (or listen on 127.0.0.1)", c.Node.Admin.Listen)
 		}
 	}
-	if d := c.Etcd.DialTimeout.D(); d < 100*time.Millisecond || d > 5*time.Minute {
+	if d := c.Node.Etcd.DialTimeout.D(); d < 100*time.Millisecond || d > 5*time.Minute {
 		bad("etcd.dial_timeout", "%s out of range 100ms-5m", d)
 	}
-	if c.Docker.Timeout.D() <= 0 {
+	if c.Node.Docker.Timeout.D() <= 0 {
 		bad("docker.timeout", "must be positive")
 	}
 }
 
 // validateProxy checks [proxy].
 func (c *Spec) validateProxy(bad badFunc) {
-	p := c.Proxy
+	p := c.Project.Proxy
 	if p.Image == "" {
 		bad("proxy.image", "must not be empty")
 	}
@@ -190,7 +190,7 @@ func (c *Spec) validateProxy(bad badFunc) {
 
 // validate checks the service at path k; seen collects the names checked
 // so far.
-func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
+func (s Service) validate(k string, seen map[string]bool, bad badFunc) {
 	if err := store.ValidName(s.Name); err != nil {
 		bad(k+".name", "%v", err)
 	}
@@ -278,27 +278,27 @@ func parseLimits(memory string, cpus float64) (orchestrator.Limits, error) {
 // validateNetwork checks the advertise mode and the node's address: an
 // address other hosts are to dial must be one this host has.
 func (c *Spec) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, error)) {
-	n := c.Network
-	switch n.Advertise {
+	advertise, addr := c.Project.Network.Advertise, c.Node.Network.NodeAddress
+	switch advertise {
 	case orchestrator.AdvertiseContainer:
 	case orchestrator.AdvertiseHost:
-		if n.NodeAddress == "" {
+		if addr == "" {
 			bad("network.node_address", "required with advertise = %q: the address other hosts reach this one at", orchestrator.AdvertiseHost)
 		}
 	default:
-		bad("network.advertise", "%q is not %q or %q", n.Advertise, orchestrator.AdvertiseContainer, orchestrator.AdvertiseHost)
+		bad("network.advertise", "%q is not %q or %q", advertise, orchestrator.AdvertiseContainer, orchestrator.AdvertiseHost)
 	}
-	if n.NodeAddress == "" {
+	if addr == "" {
 		return
 	}
-	ip := net.ParseIP(n.NodeAddress)
+	ip := net.ParseIP(addr)
 	if ip == nil || ip.To4() == nil || ip.IsUnspecified() {
-		bad("network.node_address", "%q is not an IPv4 address of this host", n.NodeAddress)
+		bad("network.node_address", "%q is not an IPv4 address of this host", addr)
 		return
 	}
 	addrs, err := localAddrs()
 	if err != nil {
-		bad("network.node_address", "cannot list this host's addresses to check %s: %v", n.NodeAddress, err)
+		bad("network.node_address", "cannot list this host's addresses to check %s: %v", addr, err)
 		return
 	}
 	var have []string
@@ -312,5 +312,5 @@ func (c *Spec) validateNetwork(bad badFunc, localAddrs func() ([]net.Addr, error
 			}
 		}
 	}
-	bad("network.node_address", "%s is not an address of this host (it has %s)", n.NodeAddress, strings.Join(have, ", "))
+	bad("network.node_address", "%s is not an address of this host (it has %s)", addr, strings.Join(have, ", "))
 }

@@ -26,7 +26,7 @@ func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
 	if listen == "" {
 		return nil, nil
 	}
-	if d.cfg.Metrics.Listen != "" {
+	if d.cfg.Node.Metrics.Listen != "" {
 		log.Warn().Str("listen", listen).Msg("[metrics] listen is now admin.listen ([admin] listen = ...): it serves /metrics as before, and the status page, the JSON API and /readyz")
 	}
 	l, err := net.Listen("tcp", listen)
@@ -88,7 +88,7 @@ func (c *clusterCache) get(ctx context.Context, read func(context.Context) (etcd
 // given; and the nodes and the leader, read from etcd.
 func (d *daemon) status(ctx context.Context) admin.Status {
 	st := admin.Status{
-		Project: d.cfg.Project, Node: d.cfg.Node, Version: version, Started: d.started, Now: time.Now(),
+		Project: d.cfg.Project.Name, Node: d.cfg.Node.Name, Version: version, Started: d.started, Now: time.Now(),
 		Problems: d.metrics.problems(d.orch),
 		Nodes:    []admin.Node{},
 	}
@@ -108,7 +108,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	served := d.history.Served()
 	local, _ := d.orch.Local()
 	backends := d.orch.Backends()
-	for _, svc := range d.cfg.Service {
+	for _, svc := range d.cfg.Project.Service {
 		s := admin.Service{Name: svc.Name, Replicas: *svc.Replicas, Local: local[svc.Name],
 			Backends: []admin.Backend{}, Registered: []admin.Registration{}, Served: served[svc.Name]}
 		if n, ok := cl.overrides[svc.Name]; ok {
@@ -142,7 +142,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	}
 	if p, _ := d.orch.Proxy(); p.ID != "" {
 		st.Proxy.Running, st.Proxy.ID = true, containers.ShortID(p.ID)
-		st.Proxy.Container = d.cfg.Project + "-proxy"
+		st.Proxy.Container = d.cfg.Project.Name + "-proxy"
 	}
 	d.history.Fill(&st.Proxy)
 	if cl.leader != nil {

@@ -47,7 +47,7 @@ func readCerts(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolo
 		return nil, nil, err
 	}
 	defer etcd.Close()
-	kvs, _, err := etcd.List(ctx, certs.HostsPrefix(cfg.Project))
+	kvs, _, err := etcd.List(ctx, certs.HostsPrefix(cfg.Project.Name))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -87,7 +87,7 @@ func newCertsListCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		if len(good) == 0 && len(bad) == 0 {
-			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", certs.HostsPrefix(cfg.Project))
+			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", certs.HostsPrefix(cfg.Project.Name))
 			return err
 		}
 		for _, key := range slices.Sorted(maps.Keys(bad)) {
@@ -135,8 +135,8 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			return err
 		}
 		defer etcd.Close()
-		rec := certs.Record{Cert: string(certPEM), Key: string(keyPEM), Source: certs.SourceImport, Node: cfg.Node, Stored: time.Now().UTC()}
-		if _, err := etcd.Put(cmd.Context(), certs.HostKey(cfg.Project, name), rec.Encode(), 0); err != nil {
+		rec := certs.Record{Cert: string(certPEM), Key: string(keyPEM), Source: certs.SourceImport, Node: cfg.Node.Name, Stored: time.Now().UTC()}
+		if _, err := etcd.Put(cmd.Context(), certs.HostKey(cfg.Project.Name, name), rec.Encode(), 0); err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(stdout, "%s: imported (%s, valid until %s)\n", name, strings.Join(leaf.DNSNames, ","), leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -166,7 +166,7 @@ func newCertsRenewCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "renew NAME",
 		Short: "have [acme] order NAME's certificate again now (the old one serves until the new one is in)",
 	}, func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error {
-		msg, err := renewCert(ctx, etcd, cfg.Project, name, time.Now())
+		msg, err := renewCert(ctx, etcd, cfg.Project.Name, name, time.Now())
 		if err != nil {
 			return err
 		}
@@ -228,7 +228,7 @@ func newCertsRemoveCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		Use:   "remove NAME",
 		Short: "remove a certificate from etcd (nginx stops serving it; [acme] orders its hosts again)",
 	}, func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error {
-		rev, err := etcd.Delete(ctx, certs.HostKey(cfg.Project, name))
+		rev, err := etcd.Delete(ctx, certs.HostKey(cfg.Project.Name, name))
 		if err != nil {
 			return err
 		}

@@ -24,7 +24,7 @@ func throwaway(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*nginx.
 	}
 	ncfg := cfg.NginxConfig()
 	ncfg.Logger = log
-	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Proxy.Image, ncfg)
+	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Project.Proxy.Image, ncfg)
 	if err != nil {
 		docker.Close()
 		return nil, nil, err

@@ -48,7 +48,7 @@ func readRegistrations(ctx context.Context, cfg *spec.Spec, files spec.Files, lo
 		return store.Snapshot{}, err
 	}
 	defer etcd.Close()
-	return etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	return etcd.ReadSnapshot(ctx, cfg.Project.Etcd.Prefix, log)
 }
 
 func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -78,7 +78,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if _, err := stdout.Write(out); err != nil {
 			return err
 		}
-		if cfg.Proxy.Template == "" {
+		if cfg.Project.Proxy.Template == "" {
 			// Where the built-in template sends each request.
 			var b strings.Builder
 			b.WriteString("\n# Routes:\n")
@@ -89,7 +89,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 		}
-		if *cfg.Proxy.Dynamic {
+		if *cfg.Project.Proxy.Dynamic {
 			// The pools are not in the file: show what would be pushed.
 			var b strings.Builder
 			b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
@@ -118,7 +118,7 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if err := s.Check(cmd.Context(), out); err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(stderr, "nginx -t: the rendered config is valid (checked in a throwaway container of %s)\n", cfg.Proxy.Image)
+		_, err = fmt.Fprintf(stderr, "nginx -t: the rendered config is valid (checked in a throwaway container of %s)\n", cfg.Project.Proxy.Image)
 		return err
 	})
 	cmd.Flags().BoolVar(&check, "check", false, "also check the output with `nginx -t` in a throwaway container of proxy.image")
@@ -159,9 +159,9 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
 		for _, c := range list {
-			addr, reg := c.IPs[cfg.Network.Name], "-"
-			if hp := c.Published[portOf(c)]; cfg.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
-				addr = net.JoinHostPort(cfg.Network.NodeAddress, strconv.Itoa(hp))
+			addr, reg := c.IPs[cfg.Project.Network.Name], "-"
+			if hp := c.Published[portOf(c)]; cfg.Project.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
+				addr = net.JoinHostPort(cfg.Node.Network.NodeAddress, strconv.Itoa(hp))
 			}
 			if e, ok := byContainer[c.Short()]; ok {
 				reg = e.Key
@@ -173,7 +173,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		fmt.Fprintln(tw)
 		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
-		for _, svc := range cfg.Service {
+		for _, svc := range cfg.Project.Service {
 			n, from := *svc.Replicas, "spec"
 			if ov, ok := overrides[svc.Name]; ok {
 				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
@@ -186,7 +186,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		fmt.Fprintln(tw)
 		switch {
-		case cfg.Proxy.Placement == orchestrator.PlacementEvery:
+		case cfg.Project.Proxy.Placement == orchestrator.PlacementEvery:
 			fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
 		case view.leader != nil:
 			fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
@@ -196,7 +196,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
 		for _, a := range view.nodes {
 			var held []string
-			for _, svc := range cfg.Service {
+			for _, svc := range cfg.Project.Service {
 				if k := view.slots[a.Node][svc.Name]; k > 0 {
 					held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
 				}
@@ -218,7 +218,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
 		}
 		if others > 0 {
-			fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Etcd.Prefix)
+			fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Project.Etcd.Prefix)
 		}
 		if etcdErr != nil {
 			fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
@@ -234,7 +234,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 // the spec's admin.listen, with the spec's token.
 func adminClient(cfg *spec.Spec, files spec.Files, addr string) (*admin.Client, error) {
 	if addr == "" {
-		addr = cfg.Admin.Listen
+		addr = cfg.Node.Admin.Listen
 	}
 	if addr == "" {
 		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.File())}
@@ -305,7 +305,7 @@ func listContainers(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) ([]
 		return nil, err
 	}
 	defer docker.Close()
-	list, err := docker.List(ctx, cfg.Project)
+	list, err := docker.List(ctx, cfg.Project.Name)
 	sort.Slice(list, func(i, j int) bool {
 		if list[i].Role != list[j].Role {
 			return list[i].Role < list[j].Role
@@ -332,7 +332,7 @@ func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog
 		return etcdView{}, err
 	}
 	defer etcd.Close()
-	snap, err := etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	snap, err := etcd.ReadSnapshot(ctx, cfg.Project.Etcd.Prefix, log)
 	if err != nil {
 		return etcdView{}, err
 	}
@@ -345,7 +345,7 @@ func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog
 // slots of the project (everything of etcdView but the registrations).
 func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdView, error) {
 	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
-	prefix := orchestrator.OverridesPrefix(cfg.Project)
+	prefix := orchestrator.OverridesPrefix(cfg.Project.Name)
 	kvs, _, err := etcd.List(ctx, prefix)
 	if err != nil {
 		return v, err
@@ -355,17 +355,17 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdV
 			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
 		}
 	}
-	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project)); err != nil {
+	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project.Name)); err != nil {
 		return v, err
 	}
 	for _, kv := range kvs {
 		var a orchestrator.Announcement
 		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
-			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
+			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project.Name)) + " (unreadable announcement)"
 		}
 		v.nodes = append(v.nodes, a)
 	}
-	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project)+"/")
+	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project.Name)+"/")
 	if err != nil {
 		return v, err
 	}
@@ -375,7 +375,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdV
 			v.leader.Node = "? (unreadable: " + kv.Key + ")"
 		}
 	}
-	prefix = orchestrator.SlotsPrefix(cfg.Project)
+	prefix = orchestrator.SlotsPrefix(cfg.Project.Name)
 	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
 		return v, err
 	}
@@ -419,7 +419,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		svc := args[0]
 		known := false
-		for _, s := range cfg.Service {
+		for _, s := range cfg.Project.Service {
 			known = known || s.Name == svc
 		}
 		if !known {
@@ -440,7 +440,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		defer etcd.Close()
-		key := orchestrator.OverridesPrefix(cfg.Project) + svc
+		key := orchestrator.OverridesPrefix(cfg.Project.Name) + svc
 		if reset {
 			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 				return err

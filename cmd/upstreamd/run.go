@@ -42,10 +42,10 @@ func runDaemon(ctx context.Context, cfg *spec.Spec, files spec.Files, root zerol
 		return err
 	}
 	defer d.close()
-	log.Info().Str("version", version).Str("config", cfg.File()).Str("project", cfg.Project).
-		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
+	log.Info().Str("version", version).Str("config", cfg.File()).Str("project", cfg.Project.Name).
+		Str("node", cfg.Node.Name).Strs("etcd", cfg.Node.Etcd.Endpoints).Msg("upstreamd starting")
 	if warn := cfg.ACMEReach(); warn != "" {
-		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", files.ACMEHosts).Msg(warn)
+		log.Warn().Str("publish", cfg.Project.Proxy.Publish).Strs("hosts", files.ACMEHosts).Msg(warn)
 	}
 	err = d.run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -108,7 +108,7 @@ func wire(cfg *spec.Spec, files spec.Files, log zerolog.Logger) (*daemon, error)
 	}
 	// One watch of the registrations: the renderer reads them, the
 	// registrar compares them with the healthy backends.
-	d.registrations = d.etcd.NewCache(cfg.Etcd.Prefix, log.With().Str("component", "watch").Logger())
+	d.registrations = d.etcd.NewCache(cfg.Project.Etcd.Prefix, log.With().Str("component", "watch").Logger())
 	// What nginx serves: the renderer records it, drains and rolling
 	// updates wait on it.
 	served := render.NewServed()
@@ -123,7 +123,7 @@ func wire(cfg *spec.Spec, files spec.Files, log zerolog.Logger) (*daemon, error)
 	ocfg.Logger = log
 	d.orch = orchestrator.New(ocfg)
 	if cfg.ServesTLS() {
-		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
+		d.certs = certs.NewCache(d.etcd, cfg.Project.Name, log.With().Str("component", "certs").Logger())
 	}
 	d.ctrl = render.NewController(d.controllerConfig(tmpl, served))
 	if acme, ok := cfg.ACMEConfig(files); ok {
@@ -169,7 +169,7 @@ func (d *daemon) controllerConfig(tmpl *render.Template, served *render.Served) 
 		d.history.Observe(o)
 	}
 	if d.certs != nil {
-		rcfg.Certs = etcdCerts{d.certs, d.cfg.Proxy.ConfigDir, d.files.ACMEHosts}
+		rcfg.Certs = etcdCerts{d.certs, d.cfg.Project.Proxy.ConfigDir, d.files.ACMEHosts}
 	}
 	return rcfg
 }
@@ -178,11 +178,11 @@ func (d *daemon) controllerConfig(tmpl *render.Template, served *render.Served) 
 // acknowledger of the answers this node's proxy serves.
 func (d *daemon) wireACME(mcfg certs.ManagerConfig) {
 	cfg, log := d.cfg, d.log.With().Str("component", "acme").Logger()
-	if cfg.Proxy.Placement == orchestrator.PlacementEvery {
+	if cfg.Project.Proxy.Placement == orchestrator.PlacementEvery {
 		// Every node runs a proxy the CA may reach: each acknowledges
 		// the answers its proxy serves, and the orderer waits for all.
-		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
-		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
+		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project.Name) }
+		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project.Name, Node: cfg.Node.Name, Cache: d.certs, Store: d.etcd,
 			Serves: func(ctx context.Context, token, keyAuth string) error {
 				return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
 			},
@@ -251,7 +251,7 @@ func (d *daemon) run(ctx context.Context) error {
 		return nil
 	})
 	grp.Go(func() error {
-		waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Etcd.Endpoints).Logger(), "etcd",
+		waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Node.Etcd.Endpoints).Logger(), "etcd",
 			func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
 		return nil
 	})
@@ -280,7 +280,7 @@ func (d *daemon) run(ctx context.Context) error {
 			log.Info().Str("listen", l.Addr().String()).Bool("token", d.files.AdminToken != "").
 				Msgf("admin listener: status page at http://%s/, JSON API under %s, /metrics, /healthz, /readyz", l.Addr(), admin.APIVersion)
 			if err := srv.Serve(gctx, l); err != nil {
-				return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
+				return fmt.Errorf("admin.listen %s: %w", d.cfg.Node.Admin.Listen, err)
 			}
 			return nil
 		})
@@ -310,7 +310,7 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 		log.Warn().Err(err).Stringer("retry_in", wait).Msg("cannot check the template with nginx -t yet; nothing is created until it passes")
 	})
 	if rejected == nil && ctx.Err() == nil {
-		log.Info().Str("image", d.cfg.Proxy.Image).Msg("template checked with nginx -t")
+		log.Info().Str("image", d.cfg.Project.Proxy.Image).Msg("template checked with nginx -t")
 	}
 	return rejected
 }
@@ -319,12 +319,12 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 // running proxy when it runs proxy.image (a restart: nothing to create,
 // one exec per check), else a throwaway proxy.
 func (d *daemon) checkSession(ctx context.Context, log zerolog.Logger) (*nginx.Session, func(), error) {
-	list, err := d.docker.List(ctx, d.cfg.Project)
+	list, err := d.docker.List(ctx, d.cfg.Project.Name)
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, c := range list {
-		if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.Image == d.cfg.Proxy.Image {
+		if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.Image == d.cfg.Project.Proxy.Image {
 			return d.proxies.Session(nginx.Proxy{ID: c.ID}), func() {}, nil
 		}
 	}

@@ -1,9 +1,14 @@
 package spec
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strconv"
 
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -65,4 +70,33 @@ func (c *Spec) RenderChecks(tmpl *render.Template, f Files) (TemplateCheck, erro
 		return tc, fmt.Errorf("%s: proxy.template fails with one backend per service: %w", c.file, err)
 	}
 	return tc, nil
+}
+
+// nginxChecker is where CheckWithNginx runs `nginx -t` (an
+// *nginx.Session: the project's proxy, or a throwaway one).
+type nginxChecker interface {
+	WriteFiles(ctx context.Context, files map[string][]byte) error
+	Check(ctx context.Context, config []byte) error
+}
+
+// CheckWithNginx runs `nginx -t` on what the template renders (tc), in s.
+// A config nginx rejects with a backend per service is an error (matching
+// nginx.ErrCheckFailed); one it rejects with no backend at all is a
+// warning: nginx then keeps what it runs until a backend registers.
+func (c *Spec) CheckWithNginx(ctx context.Context, s nginxChecker, tc TemplateCheck, log zerolog.Logger) error {
+	if err := s.WriteFiles(ctx, tc.Files); err != nil {
+		return err
+	}
+	if err := s.Check(ctx, tc.Sample); err != nil {
+		if errors.Is(err, nginx.ErrCheckFailed) {
+			return fmt.Errorf("%s: proxy.template renders a config nginx rejects (checked with one made-up backend per service at 192.0.2.x): %w", c.file, err)
+		}
+		return err
+	}
+	err := s.Check(ctx, tc.Empty)
+	if errors.Is(err, nginx.ErrCheckFailed) {
+		log.Warn().Err(err).Msg("the template renders a config nginx rejects while a service has no backend; nginx keeps the config it runs until one registers")
+		return nil
+	}
+	return err
 }

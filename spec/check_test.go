@@ -1,10 +1,17 @@
 package spec
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/nginx"
 )
 
 // TestRenderChecks: a template is rendered at start with no backend and
@@ -59,6 +66,58 @@ func TestRenderChecks(t *testing.T) {
 			}
 			if len(tc.Empty) == 0 {
 				t.Error("empty render is empty")
+			}
+		})
+	}
+}
+
+// fakeNginx is nginx -t: it rejects the configs in reject, with err.
+type fakeNginx struct {
+	reject map[string]error // config → why
+	files  map[string][]byte
+}
+
+func (f *fakeNginx) WriteFiles(_ context.Context, files map[string][]byte) error {
+	f.files = files
+	return nil
+}
+
+func (f *fakeNginx) Check(_ context.Context, config []byte) error { return f.reject[string(config)] }
+
+// TestCheckWithNginx: what the template renders with a backend per
+// service must pass nginx -t; with no backend it may fail (a warning):
+// nginx keeps what it runs until a backend registers.
+func TestCheckWithNginx(t *testing.T) {
+	cfg, _, err := Load("", testHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := TemplateCheck{Empty: []byte("empty"), Sample: []byte("sample"), Files: map[string][]byte{"/etc/nginx/x.pem": []byte("x")}}
+	rejected := fmt.Errorf("%w: unknown directive", nginx.ErrCheckFailed)
+	down := errors.New("no engine")
+	for _, tt := range []struct {
+		name   string
+		reject map[string]error
+		want   string // part of the error; "": none
+		is     error
+	}{
+		{name: "both pass"},
+		{name: "rejected with no backend: a warning", reject: map[string]error{"empty": rejected}},
+		{name: "rejected with a backend per service", reject: map[string]error{"sample": rejected},
+			want: "(defaults): proxy.template renders a config nginx rejects (checked with one made-up backend per service at 192.0.2.x): ", is: nginx.ErrCheckFailed},
+		{name: "the check cannot run", reject: map[string]error{"empty": down}, want: "no engine", is: down},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeNginx{reject: tt.reject}
+			err := cfg.CheckWithNginx(context.Background(), f, tc, zerolog.Nop())
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("error %v, want none", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, tt.is)):
+				t.Errorf("error %v, want one with %q matching %v", err, tt.want, tt.is)
+			}
+			if len(f.files) != 1 {
+				t.Errorf("files delivered before the check: %v", f.files)
 			}
 		})
 	}

@@ -78,31 +78,8 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if _, err := stdout.Write(out); err != nil {
 			return err
 		}
-		if cfg.Project.Proxy.Template == "" {
-			// Where the built-in template sends each request.
-			var b strings.Builder
-			b.WriteString("\n# Routes:\n")
-			for _, line := range render.RouteText(view) {
-				b.WriteString("#   " + line + "\n")
-			}
-			if _, err := io.WriteString(stdout, b.String()); err != nil {
-				return err
-			}
-		}
-		if *cfg.Project.Proxy.Dynamic {
-			// The pools are not in the file: show what would be pushed.
-			var b strings.Builder
-			b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
-			for _, s := range view.Services {
-				addrs := make([]string, 0, len(s.Backends))
-				for _, b := range s.Backends {
-					addrs = append(addrs, b.Addr)
-				}
-				fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
-			}
-			if _, err := io.WriteString(stdout, b.String()); err != nil {
-				return err
-			}
+		if _, err := io.WriteString(stdout, renderNotes(cfg, view)); err != nil {
+			return err
 		}
 		if !check {
 			return nil
@@ -123,6 +100,30 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	})
 	cmd.Flags().BoolVar(&check, "check", false, "also check the output with `nginx -t` in a throwaway container of proxy.image")
 	return cmd
+}
+
+// renderNotes are the comments render adds below the config: where the
+// built-in template sends each request, and the pools pushed to the
+// dynamic balancer, which are not in the file.
+func renderNotes(cfg *spec.Spec, view render.View) string {
+	var b strings.Builder
+	if cfg.Project.Proxy.Template == "" {
+		b.WriteString("\n# Routes:\n")
+		for _, line := range render.RouteText(view) {
+			b.WriteString("#   " + line + "\n")
+		}
+	}
+	if *cfg.Project.Proxy.Dynamic {
+		b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
+		for _, s := range view.Services {
+			addrs := make([]string, 0, len(s.Backends))
+			for _, be := range s.Backends {
+				addrs = append(addrs, be.Addr)
+			}
+			fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
+		}
+	}
+	return b.String()
 }
 
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -151,83 +152,105 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		view, etcdErr := readEtcd(cmd.Context(), cfg, files, log)
-		snap, overrides := view.snap, view.overrides
 		list, dockerErr := listContainers(cmd.Context(), cfg, log)
-		byContainer := map[string]store.Entry{}
-		for _, e := range snap.Entries {
-			byContainer[e.Reg.Container] = e
-		}
-		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
-		for _, c := range list {
-			addr, reg := c.IPs[cfg.Project.Network.Name], "-"
-			if hp := c.Published[portOf(c)]; cfg.Project.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
-				addr = net.JoinHostPort(cfg.Node.Network.NodeAddress, strconv.Itoa(hp))
-			}
-			if e, ok := byContainer[c.Short()]; ok {
-				reg = e.Key
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, dash(addr), reg)
-		}
-		if dockerErr != nil {
-			fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
-		}
+		writeContainers(tw, cfg, list, view.snap, dockerErr)
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
-		for _, svc := range cfg.Project.Service {
-			n, from := *svc.Replicas, "spec"
-			if ov, ok := overrides[svc.Name]; ok {
-				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
-			}
-			placed := fmt.Sprint(view.placed[svc.Name])
-			if etcdErr == nil && view.placed[svc.Name] < n {
-				placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
-		}
+		writeReplicas(tw, cfg, view, etcdErr)
 		fmt.Fprintln(tw)
-		switch {
-		case cfg.Project.Proxy.Placement == orchestrator.PlacementEvery:
-			fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
-		case view.leader != nil:
-			fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
-		case etcdErr == nil:
-			fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
-		}
-		fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
-		for _, a := range view.nodes {
-			var held []string
-			for _, svc := range cfg.Project.Service {
-				if k := view.slots[a.Node][svc.Name]; k > 0 {
-					held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
-				}
-			}
-			started := "-"
-			if !a.Started.IsZero() {
-				started = a.Started.UTC().Format(time.RFC3339)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
-		}
+		writeNodes(tw, cfg, view, etcdErr)
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
-		others := 0
-		for _, e := range snap.Entries {
-			if !store.InProjects(e.Reg.Project, cfg.Projects()) {
-				others++
-				continue
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
-		}
-		if others > 0 {
-			fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Project.Etcd.Prefix)
-		}
-		if etcdErr != nil {
-			fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
-		}
+		writeKeys(tw, cfg, view.snap, etcdErr)
 		return errors.Join(tw.Flush(), dockerErr, etcdErr)
 	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the running daemon's status as JSON (from its admin listener)")
 	cmd.Flags().StringVar(&adminAddr, "admin", "", "the daemon's admin listener, host:port (default: admin.listen of the spec)")
 	return cmd
+}
+
+// writeContainers writes status's table of the project's containers and
+// their registrations.
+func writeContainers(tw *tabwriter.Writer, cfg *spec.Spec, list []containers.Container, snap store.Snapshot, dockerErr error) {
+	byContainer := map[string]store.Entry{}
+	for _, e := range snap.Entries {
+		byContainer[e.Reg.Container] = e
+	}
+	fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
+	for _, c := range list {
+		addr, reg := c.IPs[cfg.Project.Network.Name], "-"
+		if hp := c.Published[portOf(c)]; cfg.Project.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
+			addr = net.JoinHostPort(cfg.Node.Network.NodeAddress, strconv.Itoa(hp))
+		}
+		if e, ok := byContainer[c.Short()]; ok {
+			reg = e.Key
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, dash(addr), reg)
+	}
+	if dockerErr != nil {
+		fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
+	}
+}
+
+// writeReplicas writes status's table of the services' replicas: the
+// spec's or the override's, and how many are placed.
+func writeReplicas(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr error) {
+	fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
+	for _, svc := range cfg.Project.Service {
+		n, from := *svc.Replicas, "spec"
+		if ov, ok := view.overrides[svc.Name]; ok {
+			n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
+		}
+		placed := fmt.Sprint(view.placed[svc.Name])
+		if etcdErr == nil && view.placed[svc.Name] < n {
+			placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
+	}
+}
+
+// writeNodes writes where status finds the proxy, and the table of the
+// live nodes and the slots they hold.
+func writeNodes(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr error) {
+	switch {
+	case cfg.Project.Proxy.Placement == orchestrator.PlacementEvery:
+		fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
+	case view.leader != nil:
+		fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
+	case etcdErr == nil:
+		fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
+	}
+	fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
+	for _, a := range view.nodes {
+		var held []string
+		for _, svc := range cfg.Project.Service {
+			if k := view.slots[a.Node][svc.Name]; k > 0 {
+				held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
+			}
+		}
+		started := "-"
+		if !a.Started.IsZero() {
+			started = a.Started.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
+	}
+}
+
+// writeKeys writes status's table of the project's registrations in etcd.
+func writeKeys(tw *tabwriter.Writer, cfg *spec.Spec, snap store.Snapshot, etcdErr error) {
+	fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
+	others := 0
+	for _, e := range snap.Entries {
+		if !store.InProjects(e.Reg.Project, cfg.Projects()) {
+			others++
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+	}
+	if others > 0 {
+		fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Project.Etcd.Prefix)
+	}
+	if etcdErr != nil {
+		fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
+	}
 }
 
 // adminClient returns a client of the daemon's admin listener: addr, else

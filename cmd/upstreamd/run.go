@@ -300,7 +300,7 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 			return err
 		}
 		defer remove()
-		err = checkWithNginx(ctx, d.cfg, s, d.checks, log)
+		err = d.cfg.CheckWithNginx(ctx, s, d.checks, log)
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			rejected = err
 			return nil
@@ -329,6 +329,26 @@ func (d *daemon) checkSession(ctx context.Context, log zerolog.Logger) (*nginx.S
 		}
 	}
 	return throwaway(ctx, d.cfg, log)
+}
+
+// throwaway starts a throwaway proxy for nginx -t. Its container chatter
+// is not logged: "container created" in a daemon's log means one of the
+// project's.
+func throwaway(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*nginx.Session, func(), error) {
+	dcfg := cfg.DockerConfig()
+	dcfg.Logger = log.Level(zerolog.WarnLevel)
+	docker, err := containers.New(dcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	ncfg := cfg.NginxConfig()
+	ncfg.Logger = log
+	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Project.Proxy.Image, ncfg)
+	if err != nil {
+		docker.Close()
+		return nil, nil, err
+	}
+	return s, func() { remove(); docker.Close() }, nil
 }
 
 // close releases the adapters' connections.

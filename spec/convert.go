@@ -98,7 +98,7 @@ func (c *Spec) ProxyAddress() string {
 	return net.JoinHostPort(host, port)
 }
 
-// Docker is the Docker client's config, but its logger.
+// DockerConfig is the Docker client's config, but its logger.
 func (c *Spec) DockerConfig() containers.Config {
 	return containers.Config{Host: c.Node.Docker.Host, Timeout: c.Node.Docker.Timeout.D()}
 }
@@ -163,7 +163,7 @@ func (c *Spec) ControllerConfig(f Files) render.ControllerConfig {
 	}
 }
 
-// ACME is the ACME orderer's config, but its adapters and
+// ACMEConfig is the ACME orderer's config, but its adapters and
 // callbacks; ok is false without [acme].
 func (c *Spec) ACMEConfig(f Files) (cfg certs.ManagerConfig, ok bool) {
 	if !c.acmeOn() {
@@ -176,7 +176,7 @@ func (c *Spec) ACMEConfig(f Files) (cfg certs.ManagerConfig, ok bool) {
 	}, true
 }
 
-// Admin is the admin listener's config, but its handlers' sources.
+// AdminConfig is the admin listener's config, but its handlers' sources.
 func (c *Spec) AdminConfig(f Files) admin.Config {
 	return admin.Config{Token: f.AdminToken, Listen: c.Node.Admin.Listen}
 }

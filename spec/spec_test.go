@@ -222,19 +222,19 @@ func TestLoadErrors(t *testing.T) {
 			name:    "wrong type",
 			body:    "[proxy]\nport = \"eighty\"\n",
 			want:    []string{`FILE:2:1: proxy.port: want an integer, got string "eighty"`},
-			notWant: []string{"main.", "Proxy", "struct field"},
+			notWant: []string{"spec.", "Proxy", "struct field"},
 		},
 		{
 			name:    "value where a table belongs",
 			body:    "proxy = 5\n",
 			want:    []string{"FILE:1:1: proxy: want a table, got integer 5"},
-			notWant: []string{"main.", "Proxy"},
+			notWant: []string{"spec.", "Proxy"},
 		},
 		{
 			name:    "value where an array of tables belongs",
 			body:    "service = 3\n",
 			want:    []string{"FILE:1:1: service: want an array of tables ([[service]]), got integer 3"},
-			notWant: []string{"main.", "ServiceConf"},
+			notWant: []string{"spec.", "Service"},
 		},
 		{
 			name: "TOML syntax error",

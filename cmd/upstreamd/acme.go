@@ -5,8 +5,6 @@ import (
 	"net"
 	"strconv"
 
-	"github.com/rs/zerolog"
-
 	"github.com/upstreamd/upstreamd/certs"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -15,26 +13,22 @@ import (
 
 // wireACME builds the ACME orderer and, with a proxy on every node, the
 // Acker; both reach this node's proxy as a responder.
-func (d *daemon) wireACME(cfg *Config, listen int, log zerolog.Logger) {
-	proxy := responder{orch: d.orch, ctrl: d.ctrl, listen: listen}
-	log = log.With().Str("component", "acme").Logger()
-	var proxyNodes func(context.Context) ([]string, error)
-	if cfg.Proxy.Placement == orchestrator.PlacementEvery {
+func (d *daemon) wireACME(mcfg certs.ManagerConfig) {
+	cfg, log := d.cfg, d.log.With().Str("component", "acme").Logger()
+	proxy := responder{orch: d.orch, ctrl: d.ctrl, listen: cfg.Project.Proxy.Port}
+	if cfg.Project.Proxy.Placement == orchestrator.PlacementEvery {
 		// Every node runs a proxy the CA may reach: each acknowledges
 		// the answers its proxy serves, and the orderer waits for all.
-		proxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
-		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
+		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project.Name) }
+		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project.Name, Node: cfg.Node.Name, Cache: d.certs, Store: d.etcd,
 			Responder: proxy, Logger: log})
 	}
-	d.acme = certs.NewManager(certs.ManagerConfig{
-		Project: cfg.Project, Node: cfg.Node,
-		Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
-		Store: d.etcd, Cache: d.certs,
-		Responder:  proxy,
-		ProxyNodes: proxyNodes,
-		Observe:    d.metrics.ObserveOrder,
-		Logger:     log,
-	})
+	mcfg.Store = d.etcd
+	mcfg.Cache = d.certs
+	mcfg.Responder = proxy
+	mcfg.Observe = d.metrics.ObserveOrder
+	mcfg.Logger = log
+	d.acme = certs.NewManager(mcfg)
 }
 
 // responder is this node's proxy as the CA's validation reaches it: the

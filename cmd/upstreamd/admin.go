@@ -23,15 +23,14 @@ import (
 // address, taken by another daemon of this host (another project), is
 // said and skipped; an address the spec names must be had.
 func (d *daemon) listenAdmin(log zerolog.Logger) (net.Listener, error) {
-	listen := d.cfg.Admin.Listen
+	listen, explicit := d.cfg.AdminListen()
 	if listen == "" {
 		return nil, nil
 	}
-	if d.cfg.Metrics.Listen != "" {
+	if d.cfg.Node.Metrics.Listen != "" {
 		log.Warn().Str("listen", listen).Msg("[metrics] listen is now admin.listen ([admin] listen = ...): it serves /metrics as before, and the status page, the JSON API and /readyz")
 	}
 	l, err := net.Listen("tcp", listen)
-	explicit := d.cfg.written("admin.listen") || d.cfg.Metrics.Listen != ""
 	if errors.Is(err, syscall.EADDRINUSE) && !explicit {
 		log.Warn().Str("listen", listen).Msg("the default admin address is in use (another upstreamd on this host?): no status page, API or /metrics; set [admin] listen to another port, or \"\" to say so")
 		return nil, nil
@@ -49,24 +48,22 @@ func (d *daemon) observePass(o render.Outcome) {
 }
 
 // adminServer is the admin listener's handler.
-func (d *daemon) adminServer(token string) *admin.Server {
-	return admin.NewServer(admin.Config{
-		Token:    token,
-		Listen:   d.cfg.Admin.Listen,
-		Status:   d.status,
-		Problems: func() []string { return d.metrics.Problems(d.orch) },
-		Ready: func() bool {
-			select {
-			case <-d.orch.Ready():
-				return true
-			default:
-				return false
-			}
-		},
-		Journal: d.journal,
-		Metrics: d.metrics.Handler(d.orch, d.ejections, d.certificates),
-		Logger:  d.log.With().Str("component", "admin").Logger(),
-	})
+func (d *daemon) adminServer() *admin.Server {
+	acfg := d.cfg.AdminConfig(d.files)
+	acfg.Status = d.status
+	acfg.Problems = func() []string { return d.metrics.Problems(d.orch) }
+	acfg.Ready = func() bool {
+		select {
+		case <-d.orch.Ready():
+			return true
+		default:
+			return false
+		}
+	}
+	acfg.Journal = d.journal
+	acfg.Metrics = d.metrics.Handler(d.orch, d.ejections, d.certificates)
+	acfg.Logger = d.log.With().Str("component", "admin").Logger()
+	return admin.NewServer(acfg)
 }
 
 // clusterCache keeps what status reads from etcd of the cluster for a
@@ -98,7 +95,7 @@ func (c *clusterCache) get(ctx context.Context, read func(context.Context) (etcd
 // given; and the nodes and the leader, read from etcd.
 func (d *daemon) status(ctx context.Context) admin.Status {
 	st := admin.Status{
-		Project: d.cfg.Project, Node: d.cfg.Node, Version: version, Started: d.started, Now: time.Now(),
+		Project: d.cfg.Project.Name, Node: d.cfg.Node.Name, Version: version, Started: d.started, Now: time.Now(),
 		Problems: d.metrics.Problems(d.orch),
 		Nodes:    []admin.Node{},
 	}
@@ -118,7 +115,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	served := d.history.Served()
 	local, _ := d.orch.Local()
 	backends := d.orch.Backends()
-	for _, svc := range d.cfg.Service {
+	for _, svc := range d.cfg.Project.Service {
 		s := admin.Service{Name: svc.Name, Replicas: *svc.Replicas, Local: local[svc.Name],
 			Backends: []admin.Backend{}, Registered: []admin.Registration{}, Served: served[svc.Name]}
 		if n, ok := cl.overrides[svc.Name]; ok {
@@ -152,7 +149,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	}
 	if p, _ := d.orch.Proxy(); p.ID != "" {
 		st.Proxy.Running, st.Proxy.ID = true, containers.ShortID(p.ID)
-		st.Proxy.Container = d.cfg.Project + "-proxy"
+		st.Proxy.Container = d.cfg.Project.Name + "-proxy"
 	}
 	d.history.Fill(&st.Proxy)
 	if cl.leader != nil {
@@ -167,19 +164,17 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	return st
 }
 
-// servedCert is one certificate the proxy serves.
-type servedCert struct {
-	names    []string
-	source   string
-	notAfter time.Time
-}
-
 // certificates lists the certificates the proxy serves, files first, for
 // the status and the metrics.
 func (d *daemon) certificates() []admin.Certificate {
 	var out []admin.Certificate
-	for _, c := range d.servedCerts() {
-		out = append(out, admin.Certificate{Source: c.source, Names: c.names, NotAfter: c.notAfter})
+	for _, c := range d.files.Certs {
+		out = append(out, admin.Certificate{Source: "file", Names: c.Leaf.DNSNames, NotAfter: c.Leaf.NotAfter})
+	}
+	if d.certs != nil {
+		for _, c := range d.certs.Served(d.files.ACMEHosts) {
+			out = append(out, admin.Certificate{Source: c.Source, Names: c.Names(), NotAfter: c.Leaf.NotAfter})
+		}
 	}
 	return out
 }

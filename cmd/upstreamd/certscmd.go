@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upstreamd/upstreamd/certs"
+	"github.com/upstreamd/upstreamd/spec"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -40,19 +41,19 @@ var certName = regexp.MustCompile(`^[A-Za-z0-9*][A-Za-z0-9._*-]{0,252}$`)
 
 // readCerts reads and checks the certificates in etcd; what cannot be
 // served is returned apart, with why.
-func readCerts(ctx context.Context, cfg *Config, log zerolog.Logger) (good []certs.Cert, bad map[string]error, err error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readCerts(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (good []certs.Cert, bad map[string]error, err error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer etcd.Close()
-	kvs, _, err := etcd.List(ctx, certs.HostsPrefix(cfg.Project))
+	kvs, _, err := etcd.List(ctx, certs.HostsPrefix(cfg.Project.Name))
 	if err != nil {
 		return nil, nil, err
 	}
 	bad = map[string]error{}
 	for _, kv := range kvs {
-		c, err := certs.Parse(kv.Key, kv.Value, now())
+		c, err := certs.Parse(kv.Key, kv.Value, time.Now())
 		if err != nil {
 			bad[kv.Key] = err
 			continue
@@ -67,8 +68,8 @@ func newCertsListCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Use:   "list",
 		Short: "list the certificates in etcd: names, source, expiry, renewal",
 		Args:  usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
-		good, bad, err := readCerts(cmd.Context(), cfg, log)
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		good, bad, err := readCerts(cmd.Context(), cfg, files, log)
 		if err != nil {
 			return err
 		}
@@ -86,7 +87,7 @@ func newCertsListCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		if len(good) == 0 && len(bad) == 0 {
-			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", certs.HostsPrefix(cfg.Project))
+			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", certs.HostsPrefix(cfg.Project.Name))
 			return err
 		}
 		for _, key := range slices.Sorted(maps.Keys(bad)) {
@@ -109,7 +110,7 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			"is a good one); an ACME certificate of that name is replaced, and ACME does not\n" +
 			"order for hosts an imported certificate covers.",
 		Args: usageArgs(cobra.ExactArgs(1)),
-	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		name := args[0]
 		if !certName.MatchString(name) {
 			return usageError{fmt.Errorf("NAME %q: use letters, digits, '.', '-', '_' and '*' (a host name is a good one)", name)}
@@ -125,17 +126,17 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		if err != nil {
 			return usageError{err}
 		}
-		leaf, err := certs.Check(certPEM, keyPEM, now())
+		leaf, err := certs.Check(certPEM, keyPEM, time.Now())
 		if err != nil {
 			return usageError{fmt.Errorf("%s and %s: %w", certFile, keyFile, err)}
 		}
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}
 		defer etcd.Close()
-		rec := certs.Record{Cert: string(certPEM), Key: string(keyPEM), Source: certs.SourceImport, Node: cfg.Node, Stored: now().UTC()}
-		if _, err := etcd.Put(cmd.Context(), certs.HostKey(cfg.Project, name), rec.Encode(), 0); err != nil {
+		rec := certs.Record{Cert: string(certPEM), Key: string(keyPEM), Source: certs.SourceImport, Node: cfg.Node.Name, Stored: time.Now().UTC()}
+		if _, err := etcd.Put(cmd.Context(), certs.HostKey(cfg.Project.Name, name), rec.Encode(), 0); err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(stdout, "%s: imported (%s, valid until %s)\n", name, strings.Join(leaf.DNSNames, ","), leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -148,10 +149,10 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 
 // certCommand is a `certs` command on one certificate, NAME, in etcd.
 func certCommand(g *globalFlags, stderr io.Writer, cmd *cobra.Command,
-	run func(ctx context.Context, etcd *store.Client, cfg *Config, name string) error) *cobra.Command {
+	run func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error) *cobra.Command {
 	cmd.Args = usageArgs(cobra.ExactArgs(1))
-	return g.specCommand(stderr, cmd, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error {
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+	return g.specCommand(stderr, cmd, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}
@@ -164,8 +165,8 @@ func newCertsRenewCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return certCommand(g, stderr, &cobra.Command{
 		Use:   "renew NAME",
 		Short: "have [acme] order NAME's certificate again now (the old one serves until the new one is in)",
-	}, func(ctx context.Context, etcd *store.Client, cfg *Config, name string) error {
-		msg, err := renewCert(ctx, etcd, cfg.Project, name)
+	}, func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error {
+		msg, err := renewCert(ctx, etcd, cfg.Project.Name, name, time.Now())
 		if err != nil {
 			return err
 		}
@@ -186,7 +187,7 @@ var _ renewStore = (*store.Client)(nil)
 // write goes through only while the key is as read (the orderer may store
 // a new certificate meanwhile, which must not be replaced by the old one);
 // when only the record changed (another renew), it reads again.
-func renewCert(ctx context.Context, etcd renewStore, project, name string) (string, error) {
+func renewCert(ctx context.Context, etcd renewStore, project, name string, now time.Time) (string, error) {
 	key := certs.HostKey(project, name)
 	var first *certs.Record
 	for range 5 {
@@ -210,7 +211,7 @@ func renewCert(ctx context.Context, etcd renewStore, project, name string) (stri
 			return fmt.Sprintf("%s: a new certificate was stored meanwhile (by %s at %s); not marked for renewal again",
 				name, dash(rec.Node), rec.Stored.UTC().Format(time.RFC3339)), nil
 		}
-		rec.RenewAt = now().UTC()
+		rec.RenewAt = now.UTC()
 		written, err := etcd.PutIfUnchanged(ctx, key, rec.Encode(), kv.ModRevision)
 		if err != nil {
 			return "", err
@@ -226,8 +227,8 @@ func newCertsRemoveCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	return certCommand(g, stderr, &cobra.Command{
 		Use:   "remove NAME",
 		Short: "remove a certificate from etcd (nginx stops serving it; [acme] orders its hosts again)",
-	}, func(ctx context.Context, etcd *store.Client, cfg *Config, name string) error {
-		rev, err := etcd.Delete(ctx, certs.HostKey(cfg.Project, name))
+	}, func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error {
+		rev, err := etcd.Delete(ctx, certs.HostKey(cfg.Project.Name, name))
 		if err != nil {
 			return err
 		}

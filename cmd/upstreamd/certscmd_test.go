@@ -46,8 +46,6 @@ func (f *fakeKV) PutIfUnchanged(ctx context.Context, key, value string, modRev i
 // replacing a newer value written between its read and its write.
 func TestRenewCert(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	defer func(n func() time.Time) { now = n }(now)
-	now = func() time.Time { return at }
 	key := certs.HostKey("p", "a.example")
 	old := certs.Record{Cert: "old cert", Key: "old key", Source: certs.SourceACME, RenewAt: at.Add(30 * 24 * time.Hour), Node: "n1"}
 	newer := certs.Record{Cert: "new cert", Key: "new key", Source: certs.SourceACME, RenewAt: at.Add(60 * 24 * time.Hour), Node: "n2", Stored: at}
@@ -74,7 +72,7 @@ func TestRenewCert(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := &fakeKV{kv: map[string]store.KV{}, between: tt.between}
 			_, _ = f.Put(context.Background(), key, old.Encode(), 0)
-			out, err := renewCert(context.Background(), f, "p", "a.example")
+			out, err := renewCert(context.Background(), f, "p", "a.example", at)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
 					t.Fatalf("error %v, want one containing %q", err, tt.err)

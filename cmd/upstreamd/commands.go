@@ -21,16 +21,13 @@ import (
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/spec"
 	"github.com/upstreamd/upstreamd/store"
 )
 
 // connectEtcd opens the etcd client of a one-shot command and checks that
 // etcd answers.
-func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.Client, error) {
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		return nil, err
-	}
+func connectEtcd(ctx context.Context, scfg store.Config, log zerolog.Logger) (*store.Client, error) {
 	scfg.Logger = log
 	etcd, err := store.New(scfg)
 	if err != nil {
@@ -45,13 +42,13 @@ func connectEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (*store.C
 
 // readRegistrations reads the registrations once, validated as the
 // daemon's watch would: invalid entries are logged and left out.
-func readRegistrations(ctx context.Context, cfg *Config, log zerolog.Logger) (store.Snapshot, error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readRegistrations(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (store.Snapshot, error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return store.Snapshot{}, err
 	}
 	defer etcd.Close()
-	return etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	return etcd.ReadSnapshot(ctx, cfg.Project.Etcd.Prefix, log)
 }
 
 func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -64,53 +61,30 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"it also runs `nginx -t` on it in a throwaway container of proxy.image (no network,\n" +
 			"removed afterwards) and exits 1 with nginx's message when nginx rejects it.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		tmpl, err := cfg.LoadTemplate()
 		if err != nil {
 			return err
 		}
-		snap, err := readRegistrations(cmd.Context(), cfg, log)
+		snap, err := readRegistrations(cmd.Context(), cfg, files, log)
 		if err != nil {
 			return err
 		}
-		view := cfg.view(snap)
-		out, err := cfg.renderFor(tmpl, snap)
+		view := cfg.View(files, snap)
+		out, err := cfg.RenderFor(tmpl, files, snap)
 		if err != nil {
 			return err
 		}
 		if _, err := stdout.Write(out); err != nil {
 			return err
 		}
-		if cfg.Proxy.Template == "" {
-			// Where the built-in template sends each request.
-			var b strings.Builder
-			b.WriteString("\n# Routes:\n")
-			for _, line := range render.RouteText(view) {
-				b.WriteString("#   " + line + "\n")
-			}
-			if _, err := io.WriteString(stdout, b.String()); err != nil {
-				return err
-			}
-		}
-		if *cfg.Proxy.Dynamic {
-			// The pools are not in the file: show what would be pushed.
-			var b strings.Builder
-			b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
-			for _, s := range view.Services {
-				addrs := make([]string, 0, len(s.Backends))
-				for _, b := range s.Backends {
-					addrs = append(addrs, b.Addr)
-				}
-				fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
-			}
-			if _, err := io.WriteString(stdout, b.String()); err != nil {
-				return err
-			}
+		if _, err := io.WriteString(stdout, renderNotes(cfg, view)); err != nil {
+			return err
 		}
 		if !check {
 			return nil
 		}
-		s, remove, err := cfg.throwaway(cmd.Context(), log)
+		s, remove, err := throwaway(cmd.Context(), cfg, log)
 		if err != nil {
 			return err
 		}
@@ -121,11 +95,35 @@ func newRenderCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		if err := s.Check(cmd.Context(), out); err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(stderr, "nginx -t: the rendered config is valid (checked in a throwaway container of %s)\n", cfg.Proxy.Image)
+		_, err = fmt.Fprintf(stderr, "nginx -t: the rendered config is valid (checked in a throwaway container of %s)\n", cfg.Project.Proxy.Image)
 		return err
 	})
 	cmd.Flags().BoolVar(&check, "check", false, "also check the output with `nginx -t` in a throwaway container of proxy.image")
 	return cmd
+}
+
+// renderNotes are the comments render adds below the config: where the
+// built-in template sends each request, and the pools pushed to the
+// dynamic balancer, which are not in the file.
+func renderNotes(cfg *spec.Spec, view render.View) string {
+	var b strings.Builder
+	if cfg.Project.Proxy.Template == "" {
+		b.WriteString("\n# Routes:\n")
+		for _, line := range render.RouteText(view) {
+			b.WriteString("#   " + line + "\n")
+		}
+	}
+	if *cfg.Project.Proxy.Dynamic {
+		b.WriteString("\n# Dynamic pools (pushed to nginx's Lua balancer, not part of the file):\n")
+		for _, s := range view.Services {
+			addrs := make([]string, 0, len(s.Backends))
+			for _, be := range s.Backends {
+				addrs = append(addrs, be.Addr)
+			}
+			fmt.Fprintf(&b, "#   %s: %s\n", s.Name, strings.Join(addrs, " "))
+		}
+	}
+	return b.String()
 }
 
 func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -139,9 +137,9 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"admin listener, admin.listen): backends with their health, last probe and registration,\n" +
 			"the proxy's config, the nodes and the leader.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		if asJSON {
-			c, err := adminClient(cfg, adminAddr)
+			c, err := adminClient(cfg, files, adminAddr)
 			if err != nil {
 				return err
 			}
@@ -153,79 +151,15 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		view, etcdErr := readEtcd(cmd.Context(), cfg, log)
-		snap, overrides := view.snap, view.overrides
+		view, etcdErr := readEtcd(cmd.Context(), cfg, files, log)
 		list, dockerErr := listContainers(cmd.Context(), cfg, log)
-		byContainer := map[string]store.Entry{}
-		for _, e := range snap.Entries {
-			byContainer[e.Reg.Container] = e
-		}
-		fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
-		for _, c := range list {
-			addr, reg := c.IPs[cfg.Network.Name], "-"
-			if hp := c.Published[portOf(c)]; cfg.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
-				addr = net.JoinHostPort(cfg.Network.NodeAddress, strconv.Itoa(hp))
-			}
-			if e, ok := byContainer[c.Short()]; ok {
-				reg = e.Key
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, dash(addr), reg)
-		}
-		if dockerErr != nil {
-			fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
-		}
+		writeContainers(tw, cfg, list, view.snap, dockerErr)
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
-		for _, svc := range cfg.Service {
-			n, from := *svc.Replicas, "spec"
-			if ov, ok := overrides[svc.Name]; ok {
-				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
-			}
-			placed := fmt.Sprint(view.placed[svc.Name])
-			if etcdErr == nil && view.placed[svc.Name] < n {
-				placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
-		}
+		writeReplicas(tw, cfg, view, etcdErr)
 		fmt.Fprintln(tw)
-		switch {
-		case cfg.Proxy.Placement == orchestrator.PlacementEvery:
-			fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
-		case view.leader != nil:
-			fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
-		case etcdErr == nil:
-			fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
-		}
-		fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
-		for _, a := range view.nodes {
-			var held []string
-			for _, svc := range cfg.Service {
-				if k := view.slots[a.Node][svc.Name]; k > 0 {
-					held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
-				}
-			}
-			started := "-"
-			if !a.Started.IsZero() {
-				started = a.Started.UTC().Format(time.RFC3339)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
-		}
+		writeNodes(tw, cfg, view, etcdErr)
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
-		others := 0
-		for _, e := range snap.Entries {
-			if !store.InProjects(e.Reg.Project, cfg.Projects()) {
-				others++
-				continue
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
-		}
-		if others > 0 {
-			fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Etcd.Prefix)
-		}
-		if etcdErr != nil {
-			fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
-		}
+		writeKeys(tw, cfg, view.snap, etcdErr)
 		return errors.Join(tw.Flush(), dockerErr, etcdErr)
 	})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the running daemon's status as JSON (from its admin listener)")
@@ -233,20 +167,102 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return cmd
 }
 
+// writeContainers writes status's table of the project's containers and
+// their registrations.
+func writeContainers(tw *tabwriter.Writer, cfg *spec.Spec, list []containers.Container, snap store.Snapshot, dockerErr error) {
+	byContainer := map[string]store.Entry{}
+	for _, e := range snap.Entries {
+		byContainer[e.Reg.Container] = e
+	}
+	fmt.Fprintln(tw, "ROLE\tSERVICE\tCONTAINER\tID\tSTATE\tADDRESS\tREGISTERED")
+	for _, c := range list {
+		addr, reg := c.IPs[cfg.Project.Network.Name], "-"
+		if hp := c.Published[portOf(c)]; cfg.Project.Network.Advertise == orchestrator.AdvertiseHost && c.Role == containers.RoleBackend && hp > 0 {
+			addr = net.JoinHostPort(cfg.Node.Network.NodeAddress, strconv.Itoa(hp))
+		}
+		if e, ok := byContainer[c.Short()]; ok {
+			reg = e.Key
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Role, dash(c.Service), c.Name, c.Short(), c.State, dash(addr), reg)
+	}
+	if dockerErr != nil {
+		fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
+	}
+}
+
+// writeReplicas writes status's table of the services' replicas: the
+// spec's or the override's, and how many are placed.
+func writeReplicas(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr error) {
+	fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
+	for _, svc := range cfg.Project.Service {
+		n, from := *svc.Replicas, "spec"
+		if ov, ok := view.overrides[svc.Name]; ok {
+			n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
+		}
+		placed := fmt.Sprint(view.placed[svc.Name])
+		if etcdErr == nil && view.placed[svc.Name] < n {
+			placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
+	}
+}
+
+// writeNodes writes where status finds the proxy, and the table of the
+// live nodes and the slots they hold.
+func writeNodes(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr error) {
+	switch {
+	case cfg.Project.Proxy.Placement == orchestrator.PlacementEvery:
+		fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
+	case view.leader != nil:
+		fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
+	case etcdErr == nil:
+		fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
+	}
+	fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
+	for _, a := range view.nodes {
+		var held []string
+		for _, svc := range cfg.Project.Service {
+			if k := view.slots[a.Node][svc.Name]; k > 0 {
+				held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
+			}
+		}
+		started := "-"
+		if !a.Started.IsZero() {
+			started = a.Started.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
+	}
+}
+
+// writeKeys writes status's table of the project's registrations in etcd.
+func writeKeys(tw *tabwriter.Writer, cfg *spec.Spec, snap store.Snapshot, etcdErr error) {
+	fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
+	others := 0
+	for _, e := range snap.Entries {
+		if !store.InProjects(e.Reg.Project, cfg.Projects()) {
+			others++
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%x\n", e.Key, dash(e.Reg.Project), dash(e.Reg.Node), dash(e.Reg.Container), e.Lease)
+	}
+	if others > 0 {
+		fmt.Fprintf(tw, "(%d keys of other projects under %s not shown: they are not in this project's pools)\n", others, cfg.Project.Etcd.Prefix)
+	}
+	if etcdErr != nil {
+		fmt.Fprintf(tw, "(etcd: %v)\n", etcdErr)
+	}
+}
+
 // adminClient returns a client of the daemon's admin listener: addr, else
 // the spec's admin.listen, with the spec's token.
-func adminClient(cfg *Config, addr string) (*admin.Client, error) {
+func adminClient(cfg *spec.Spec, files spec.Files, addr string) (*admin.Client, error) {
 	if addr == "" {
-		addr = cfg.Admin.Listen
+		addr = cfg.Node.Admin.Listen
 	}
 	if addr == "" {
-		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.file)}
+		return nil, usageError{fmt.Errorf("the admin listener is off in %s (admin.listen = \"\"): set it, or give --admin host:port", cfg.File())}
 	}
-	token, err := cfg.AdminToken()
-	if err != nil {
-		return nil, fmt.Errorf("admin.token_file: %w", err)
-	}
-	return admin.NewClient(addr, token)
+	return admin.NewClient(addr, files.AdminToken)
 }
 
 func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -261,8 +277,8 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"daemon restarts it connects again and goes on with the new run's events. With --json,\n" +
 			"one JSON object per line.",
 		Args: usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *Config) error {
-		c, err := adminClient(cfg, adminAddr)
+	}, func(cmd *cobra.Command, _ []string, _ zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		c, err := adminClient(cfg, files, adminAddr)
 		if err != nil {
 			return err
 		}
@@ -304,13 +320,15 @@ func newEventsCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 }
 
 // listContainers lists the project's containers, by role then name.
-func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]containers.Container, error) {
-	docker, err := containers.New(containers.Config{Host: cfg.Docker.Host, Timeout: cfg.Docker.Timeout.D(), Logger: log})
+func listContainers(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) ([]containers.Container, error) {
+	dcfg := cfg.DockerConfig()
+	dcfg.Logger = log
+	docker, err := containers.New(dcfg)
 	if err != nil {
 		return nil, err
 	}
 	defer docker.Close()
-	list, err := docker.List(ctx, cfg.Project)
+	list, err := docker.List(ctx, cfg.Project.Name)
 	sort.Slice(list, func(i, j int) bool {
 		if list[i].Role != list[j].Role {
 			return list[i].Role < list[j].Role
@@ -331,13 +349,13 @@ type etcdView struct {
 	leader    *orchestrator.Leader        // nil: none elected
 }
 
-func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
-	etcd, err := connectEtcd(ctx, cfg, log)
+func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (etcdView, error) {
+	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
 		return etcdView{}, err
 	}
 	defer etcd.Close()
-	snap, err := etcd.ReadSnapshot(ctx, cfg.Etcd.Prefix, log)
+	snap, err := etcd.ReadSnapshot(ctx, cfg.Project.Etcd.Prefix, log)
 	if err != nil {
 		return etcdView{}, err
 	}
@@ -348,9 +366,9 @@ func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, e
 
 // readCluster reads the replica overrides, the nodes, the leader and the
 // slots of the project (everything of etcdView but the registrations).
-func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView, error) {
+func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdView, error) {
 	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
-	prefix := orchestrator.OverridesPrefix(cfg.Project)
+	prefix := orchestrator.OverridesPrefix(cfg.Project.Name)
 	kvs, _, err := etcd.List(ctx, prefix)
 	if err != nil {
 		return v, err
@@ -360,17 +378,17 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
 		}
 	}
-	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project)); err != nil {
+	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project.Name)); err != nil {
 		return v, err
 	}
 	for _, kv := range kvs {
 		var a orchestrator.Announcement
 		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
-			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
+			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project.Name)) + " (unreadable announcement)"
 		}
 		v.nodes = append(v.nodes, a)
 	}
-	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project)+"/")
+	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project.Name)+"/")
 	if err != nil {
 		return v, err
 	}
@@ -380,7 +398,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 			v.leader.Node = "? (unreadable: " + kv.Key + ")"
 		}
 	}
-	prefix = orchestrator.SlotsPrefix(cfg.Project)
+	prefix = orchestrator.SlotsPrefix(cfg.Project.Name)
 	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
 		return v, err
 	}
@@ -421,14 +439,14 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			"watches it and reconciles immediately. --reset removes the override, so the\n" +
 			"spec file's replicas apply again.",
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
-	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error {
+	}, func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
 		svc := args[0]
 		known := false
-		for _, s := range cfg.Service {
+		for _, s := range cfg.Project.Service {
 			known = known || s.Name == svc
 		}
 		if !known {
-			return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.file, cfg.ServiceNames())}
+			return usageError{fmt.Errorf("service %q is not in %s (services: %v)", svc, cfg.File(), cfg.ServiceNames())}
 		}
 		if reset == (len(args) == 2) {
 			return usageError{fmt.Errorf("give either REPLICAS or --reset")}
@@ -440,17 +458,17 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return usageError{err}
 			}
 		}
-		etcd, err := connectEtcd(cmd.Context(), cfg, log)
+		etcd, err := connectEtcd(cmd.Context(), cfg.StoreConfig(files), log)
 		if err != nil {
 			return err
 		}
 		defer etcd.Close()
-		key := orchestrator.OverridesPrefix(cfg.Project) + svc
+		key := orchestrator.OverridesPrefix(cfg.Project.Name) + svc
 		if reset {
 			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 				return err
 			}
-			_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.file)
+			_, err = fmt.Fprintf(stdout, "%s: override removed; replicas from %s apply\n", svc, cfg.File())
 			return err
 		}
 		if _, err := etcd.Put(cmd.Context(), key, strconv.Itoa(n), 0); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/spec"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -138,28 +139,23 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	return root
 }
 
-// specCommand returns c running run with the logger and the spec the
-// global flags give: the shape of every command but version.
+// specCommand returns c running run with the logger, and the spec and
+// what its files hold, that the global flags give: the shape of every
+// command but version.
 func (g *globalFlags) specCommand(stderr io.Writer, c *cobra.Command,
-	run func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *Config) error) *cobra.Command {
+	run func(cmd *cobra.Command, args []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error) *cobra.Command {
 	c.RunE = func(cmd *cobra.Command, args []string) error {
-		log, cfg, err := g.load(stderr)
+		log, err := g.logger(stderr)
 		if err != nil {
 			return err
 		}
-		return run(cmd, args, log, cfg)
+		cfg, files, err := spec.Load(g.config, spec.ThisHost())
+		if err != nil {
+			return err
+		}
+		return run(cmd, args, log, cfg, files)
 	}
 	return c
-}
-
-// load returns a command's logger and spec, from the flags.
-func (g *globalFlags) load(stderr io.Writer) (zerolog.Logger, *Config, error) {
-	log, err := g.logger(stderr)
-	if err != nil {
-		return log, nil, err
-	}
-	cfg, err := LoadConfig(g.config)
-	return log, cfg, err
 }
 
 // logger builds the process logger from the flags.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -109,7 +111,10 @@ func TestRun(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			file := writeConfig(t, tt.spec)
+			file := filepath.Join(t.TempDir(), "upstreamd.toml")
+			if err := os.WriteFile(file, []byte(tt.spec), 0o600); err != nil {
+				t.Fatal(err)
+			}
 			args := make([]string, len(tt.args))
 			for i, a := range tt.args {
 				args[i] = strings.ReplaceAll(a, "FILE", file)

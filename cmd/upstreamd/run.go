@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/spec"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -29,23 +29,23 @@ func newRunCmd(g *globalFlags, stderr io.Writer) *cobra.Command {
 		Use:   "run",
 		Short: "run the daemon: create and supervise the proxy and backends, register, render, reload",
 		Args:  usageArgs(cobra.NoArgs),
-	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *Config) error {
-		return runDaemon(cmd.Context(), cfg, log)
+	}, func(cmd *cobra.Command, _ []string, log zerolog.Logger, cfg *spec.Spec, files spec.Files) error {
+		return runDaemon(cmd.Context(), cfg, files, log)
 	})
 }
 
 // runDaemon wires the components and runs them until ctx ends.
-func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
-	d, err := wire(cfg, root)
+func runDaemon(ctx context.Context, cfg *spec.Spec, files spec.Files, root zerolog.Logger) error {
+	d, err := wire(cfg, files, root)
 	log := root.With().Str("component", "daemon").Logger()
 	if err != nil {
 		return err
 	}
 	defer d.close()
-	log.Info().Str("version", version).Str("config", cfg.file).Str("project", cfg.Project).
-		Str("node", cfg.Node).Strs("etcd", cfg.Etcd.Endpoints).Msg("upstreamd starting")
-	if warn := cfg.acmeReach(); warn != "" {
-		log.Warn().Str("publish", cfg.Proxy.Publish).Strs("hosts", cfg.ACME.Hosts).Msg(warn)
+	log.Info().Str("version", version).Str("config", cfg.File()).Str("project", cfg.Project.Name).
+		Str("node", cfg.Node.Name).Strs("etcd", cfg.Node.Etcd.Endpoints).Msg("upstreamd starting")
+	if warn := cfg.ACMEReach(); warn != "" {
+		log.Warn().Str("publish", cfg.Project.Proxy.Publish).Strs("hosts", files.ACMEHosts).Msg(warn)
 	}
 	err = d.run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -60,7 +60,8 @@ func runDaemon(ctx context.Context, cfg *Config, root zerolog.Logger) error {
 // watch of the registrations, and the two loops that meet in etcd and in
 // what nginx serves.
 type daemon struct {
-	cfg           *Config
+	cfg           *spec.Spec
+	files         spec.Files // what the spec's files hold
 	log           zerolog.Logger
 	docker        *containers.Client
 	etcd          *store.Client
@@ -68,7 +69,7 @@ type daemon struct {
 	orch          *orchestrator.Orchestrator
 	ctrl          *render.Controller
 	metrics       *admin.Metrics
-	checks        templateCheck // what the template renders, for nginx -t before anything is created
+	checks        spec.TemplateCheck // what the template renders, for nginx -t before anything is created
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
 	history       *admin.History  // the configs nginx took
@@ -88,85 +89,86 @@ func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
 	return d.proxies.Session(p).Ejections(ctx)
 }
 
-// wire builds the daemon from the config.
-func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
+// wire builds the daemon from the spec.
+func wire(cfg *spec.Spec, files spec.Files, log zerolog.Logger) (*daemon, error) {
 	tmpl, err := cfg.LoadTemplate()
 	if err != nil {
 		return nil, err
 	}
 	// A template that cannot render stops the daemon before it touches
 	// anything; what it renders is checked with nginx once Docker answers.
-	checks, err := cfg.renderChecks(tmpl)
+	checks, err := cfg.RenderChecks(tmpl, files)
 	if err != nil {
 		return nil, err
 	}
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		return nil, err
-	}
-	d := &daemon{cfg: cfg, log: log, metrics: admin.NewMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
+	d := &daemon{cfg: cfg, files: files, log: log, metrics: admin.NewMetrics(), checks: checks, journal: events.New(0), started: time.Now()}
 	d.history = admin.NewHistory(d.journal)
-	d.docker, err = containers.New(containers.Config{
-		Host:    cfg.Docker.Host,
-		Timeout: cfg.Docker.Timeout.D(),
-		Logger:  log.With().Str("component", "docker").Logger(),
-	})
-	if err != nil {
-		return nil, err
-	}
-	scfg.Logger = log.With().Str("component", "etcd").Logger()
-	if d.etcd, err = store.New(scfg); err != nil {
-		d.docker.Close()
+	if err := d.connect(); err != nil {
 		return nil, err
 	}
 	// One watch of the registrations: the renderer reads them, the
 	// registrar compares them with the healthy backends.
-	d.registrations = d.etcd.NewCache(cfg.Etcd.Prefix, log.With().Str("component", "watch").Logger())
+	d.registrations = d.etcd.NewCache(cfg.Project.Etcd.Prefix, log.With().Str("component", "watch").Logger())
 	// What nginx serves: the renderer records it, drains and rolling
 	// updates wait on it.
 	served := render.NewServed()
-	d.orch = orchestrator.New(orchestrator.Config{
-		Spec:           cfg.Spec(),
-		Docker:         d.docker,
-		Store:          d.etcd,
-		Registrations:  d.registrations,
-		LeaseTTL:       cfg.Etcd.LeaseTTL.D(),
-		Version:        version,
-		Mirror:         render.NewServed(),
-		ProxyPlacement: cfg.Proxy.Placement,
-		ProxyAddress:   cfg.ProxyAddress(),
-		Pool:           served,
-		Events:         d.journal,
-		Logger:         log,
-	})
-	view := cfg.viewInput()
-	var certSource render.Certificates
-	if cfg.tls != nil {
-		d.certs = certs.NewCache(d.etcd, cfg.Project, log.With().Str("component", "certs").Logger())
-		certSource = etcdCerts{d.certs, cfg.Proxy.ConfigDir, cfg.acmeServed()}
+	ocfg := cfg.OrchestratorConfig()
+	ocfg.Docker = d.docker
+	ocfg.Store = d.etcd
+	ocfg.Registrations = d.registrations
+	ocfg.Version = version
+	ocfg.Mirror = render.NewServed()
+	ocfg.Pool = served
+	ocfg.Events = d.journal
+	ocfg.Logger = log
+	d.orch = orchestrator.New(ocfg)
+	if cfg.ServesTLS() {
+		d.certs = certs.NewCache(d.etcd, cfg.Project.Name, log.With().Str("component", "certs").Logger())
 	}
-	ncfg := cfg.nginxConfig(log.With().Str("component", "nginx").Logger())
-	ncfg.Docker = d.docker
-	proxies := nginx.New(ncfg)
-	d.proxies = proxies
-	d.ctrl = render.NewController(render.ControllerConfig{
-		Template:    tmpl,
-		Source:      d.registrations,
-		Host:        d.orch,
-		Sessions:    render.NginxSessions(proxies),
-		Served:      served,
-		View:        view,
-		Certs:       certSource,
-		ConfigDir:   cfg.Proxy.ConfigDir,
-		MinDebounce: cfg.Proxy.DebounceMin.D(),
-		MaxDebounce: cfg.Proxy.DebounceMax.D(),
-		Logger:      log.With().Str("component", "render").Logger(),
-		Observe:     d.observePass,
-	})
-	if cfg.acmeOn() {
-		d.wireACME(cfg, view.Listen, log)
+	d.ctrl = render.NewController(d.controllerConfig(tmpl, served))
+	if acme, ok := cfg.ACMEConfig(files); ok {
+		d.wireACME(acme)
 	}
 	return d, nil
+}
+
+// connect opens the adapters: Docker's and etcd's clients.
+func (d *daemon) connect() error {
+	dcfg := d.cfg.DockerConfig()
+	dcfg.Logger = d.log.With().Str("component", "docker").Logger()
+	var err error
+	if d.docker, err = containers.New(dcfg); err != nil {
+		return err
+	}
+	scfg := d.cfg.StoreConfig(d.files)
+	scfg.Logger = d.log.With().Str("component", "etcd").Logger()
+	if d.etcd, err = store.New(scfg); err != nil {
+		d.docker.Close()
+		return err
+	}
+	return nil
+}
+
+// controllerConfig is the render controller's config: the spec's, with
+// the template, the adapters, the certificates in etcd (with TLS) and the
+// outcomes to the metrics and the history.
+func (d *daemon) controllerConfig(tmpl *render.Template, served *render.Served) render.ControllerConfig {
+	ncfg := d.cfg.NginxConfig()
+	ncfg.Docker = d.docker
+	ncfg.Logger = d.log.With().Str("component", "nginx").Logger()
+	d.proxies = nginx.New(ncfg)
+	rcfg := d.cfg.ControllerConfig(d.files)
+	rcfg.Template = tmpl
+	rcfg.Source = d.registrations
+	rcfg.Host = d.orch
+	rcfg.Sessions = render.NginxSessions(d.proxies)
+	rcfg.Served = served
+	rcfg.Logger = d.log.With().Str("component", "render").Logger()
+	rcfg.Observe = d.observePass
+	if d.certs != nil {
+		rcfg.Certs = etcdCerts{d.certs, d.cfg.Project.Proxy.ConfigDir, d.files.ACMEHosts}
+	}
+	return rcfg
 }
 
 // liveNodes lists the nodes announced in etcd (under their leases: the
@@ -185,25 +187,9 @@ func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]strin
 	return out, nil
 }
 
-// servedCerts lists the certificates the proxy serves, files first, for
-// the metrics.
-func (d *daemon) servedCerts() []servedCert {
-	out := slices.Clip(d.cfg.fileCerts)
-	if d.certs != nil {
-		for _, c := range d.certs.Served(d.cfg.acmeServed()) {
-			out = append(out, servedCert{names: c.Names(), source: c.Source, notAfter: c.Leaf.NotAfter})
-		}
-	}
-	return out
-}
-
 // run runs every component until ctx ends or one fails.
 func (d *daemon) run(ctx context.Context) error {
 	log := d.log.With().Str("component", "daemon").Logger()
-	token, err := d.cfg.AdminToken()
-	if err != nil {
-		return fmt.Errorf("admin.token_file: %w", err)
-	}
 	l, err := d.listenAdmin(log)
 	if err != nil {
 		return err
@@ -221,7 +207,7 @@ func (d *daemon) run(ctx context.Context) error {
 		return nil
 	})
 	grp.Go(func() error {
-		waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Etcd.Endpoints).Logger(), "etcd",
+		waitReachable(gctx, log.With().Strs("endpoints", d.cfg.Node.Etcd.Endpoints).Logger(), "etcd",
 			func(ctx context.Context) (string, error) { return "", d.etcd.Ping(ctx) })
 		return nil
 	})
@@ -245,12 +231,12 @@ func (d *daemon) run(ctx context.Context) error {
 		grp.Go(func() error { return d.acks.Start(gctx) })
 	}
 	if l != nil {
-		srv := d.adminServer(token)
+		srv := d.adminServer()
 		grp.Go(func() error {
-			log.Info().Str("listen", l.Addr().String()).Bool("token", token != "").
+			log.Info().Str("listen", l.Addr().String()).Bool("token", d.files.AdminToken != "").
 				Msgf("admin listener: status page at http://%s/, JSON API under %s, /metrics, /healthz, /readyz", l.Addr(), admin.APIVersion)
 			if err := srv.Serve(gctx, l); err != nil {
-				return fmt.Errorf("admin.listen %s: %w", d.cfg.Admin.Listen, err)
+				return fmt.Errorf("admin.listen %s: %w", d.cfg.Node.Admin.Listen, err)
 			}
 			return nil
 		})
@@ -270,7 +256,7 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 			return err
 		}
 		defer remove()
-		err = d.cfg.checkWithNginx(ctx, s, d.checks, log)
+		err = d.cfg.CheckWithNginx(ctx, s, d.checks, log)
 		if errors.Is(err, nginx.ErrCheckFailed) {
 			rejected = err
 			return nil
@@ -280,7 +266,7 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 		log.Warn().Err(err).Stringer("retry_in", wait).Msg("cannot check the template with nginx -t yet; nothing is created until it passes")
 	})
 	if rejected == nil && ctx.Err() == nil {
-		log.Info().Str("image", d.cfg.Proxy.Image).Msg("template checked with nginx -t")
+		log.Info().Str("image", d.cfg.Project.Proxy.Image).Msg("template checked with nginx -t")
 	}
 	return rejected
 }
@@ -289,16 +275,36 @@ func (d *daemon) checkTemplate(ctx context.Context, log zerolog.Logger) error {
 // running proxy when it runs proxy.image (a restart: nothing to create,
 // one exec per check), else a throwaway proxy.
 func (d *daemon) checkSession(ctx context.Context, log zerolog.Logger) (*nginx.Session, func(), error) {
-	list, err := d.docker.List(ctx, d.cfg.Project)
+	list, err := d.docker.List(ctx, d.cfg.Project.Name)
 	if err != nil {
 		return nil, nil, err
 	}
 	for _, c := range list {
-		if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.Image == d.cfg.Proxy.Image {
+		if c.Role == containers.RoleProxy && c.State == containers.StateRunning && c.Image == d.cfg.Project.Proxy.Image {
 			return d.proxies.Session(nginx.Proxy{ID: c.ID}), func() {}, nil
 		}
 	}
-	return d.cfg.throwaway(ctx, log)
+	return throwaway(ctx, d.cfg, log)
+}
+
+// throwaway starts a throwaway proxy for nginx -t. Its container chatter
+// is not logged: "container created" in a daemon's log means one of the
+// project's.
+func throwaway(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) (*nginx.Session, func(), error) {
+	dcfg := cfg.DockerConfig()
+	dcfg.Logger = log.Level(zerolog.WarnLevel)
+	docker, err := containers.New(dcfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	ncfg := cfg.NginxConfig()
+	ncfg.Logger = log
+	s, remove, err := nginx.Throwaway(ctx, docker, cfg.Project.Proxy.Image, ncfg)
+	if err != nil {
+		docker.Close()
+		return nil, nil, err
+	}
+	return s, func() { remove(); docker.Close() }, nil
 }
 
 // close releases the adapters' connections.
@@ -330,10 +336,6 @@ func waitReachable(ctx context.Context, log zerolog.Logger, what string, ping fu
 		log.Warn().Err(err).Stringer("retry_in", wait).Msgf("%s %s: no container is created or changed until etcd and the docker engine both answer", what, state)
 	})
 }
-
-// acmeDir is where, under proxy.config_dir, the proxy serves the ACME
-// HTTP-01 answers from (/.well-known/acme-challenge/<token>).
-const acmeDir = "upstreamd-acme"
 
 // etcdCerts are the certificates and ACME answers in etcd, as the render
 // Controller takes them: the ACME certificates of acmeHosts only.

@@ -1,39 +1,32 @@
-package main
+package spec
 
 import (
-	"crypto/x509"
 	"fmt"
 	"net/mail"
 	"net/netip"
 	"net/url"
-	"os"
-	"slices"
-	"strconv"
 	"strings"
-	"time"
-
-	"github.com/upstreamd/upstreamd/certs"
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 )
 
-// TLSConfig is the [tls] table: the certificates the proxy serves.
-type TLSConfig struct {
-	Certificate []CertConfig `toml:"certificate"`
+// TLS is the [tls] table: the certificates the proxy serves.
+type TLS struct {
+	Certificate []CertFiles `toml:"certificate"`
 }
 
-// CertConfig is one [[tls.certificate]]: PEM files, the certificate
+// CertFiles is one [[tls.certificate]]: PEM files, the certificate
 // followed by its chain, and its private key.
-type CertConfig struct {
+type CertFiles struct {
 	CertFile string `toml:"cert_file"`
 	KeyFile  string `toml:"key_file"`
 }
 
-// ACMEConfig is the [acme] table: certificates ordered from an ACME CA
+// ACME is the [acme] table: certificates ordered from an ACME CA
 // for the services' host names, kept in etcd.
-type ACMEConfig struct {
+type ACME struct {
 	// Email is the account's contact (optional).
 	Email string `toml:"email"`
 	// Directory is the CA's ACME directory URL (Let's Encrypt's by
@@ -51,58 +44,31 @@ type ACMEConfig struct {
 // DefaultACMEDirectory is Let's Encrypt's production directory.
 const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
-// acmeOn reports whether the file has an [acme] table.
-func (c *Config) acmeOn() bool { return c.written("acme") }
+// acmeOn reports whether the spec has an [acme] table.
+func (c *Spec) acmeOn() bool { return c.Project.ACME != nil }
 
-// acmeServed are the hosts whose ACME certificates in etcd are served:
-// acme.hosts; none without [acme].
-func (c *Config) acmeServed() []string {
-	if !c.acmeOn() {
-		return nil
-	}
-	return c.ACME.Hosts
-}
-
-// now is the clock certificates are checked against (tests replace it).
-var now = time.Now
-
-// validateTLS reads and checks the certificates and the TLS settings,
-// and keeps what the proxy is to serve (c.tls). A certificate that does
-// not match its key, has expired, names no host or cannot be read is an
-// error: it never reaches nginx.
-func (c *Config) validateTLS(bad badFunc) {
-	p := c.Proxy
-	t := &render.TLS{Port: orchestrator.TLSPort, PublicPort: 443}
+// validateTLS checks the TLS settings; ReadFiles reads and checks the
+// certificates.
+func (c *Spec) validateTLS(bad badFunc) {
+	p := c.Project.Proxy
 	if p.PublishTLS != "" {
-		if _, port, err := containers.ParsePublish(p.PublishTLS); err != nil {
+		if _, _, err := containers.ParsePublish(p.PublishTLS); err != nil {
 			bad("proxy.publish_tls", "%v", err)
-		} else if port != "" {
-			t.PublicPort, _ = strconv.Atoi(port)
 		}
-	} else if len(c.TLS.Certificate) > 0 {
+	} else if len(c.Project.TLS.Certificate) > 0 {
 		bad("tls.certificate[0]", "certificates given, but proxy.publish_tls (where nginx's TLS port is published, e.g. \"0.0.0.0:443\") is not set")
 	}
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		if s.HTTPSRedirect && p.PublishTLS == "" {
 			bad(fmt.Sprintf("service[%d].https_redirect", i), "redirects to HTTPS, which is not served: set proxy.publish_tls and a [[tls.certificate]] or [acme]")
 		}
 	}
-	ok := true
-	for i, cc := range c.TLS.Certificate {
-		k := fmt.Sprintf("tls.certificate[%d]", i)
-		cert, leaf, err := c.readCert(cc)
-		if err != nil {
-			bad(k, "%v", err)
-			ok = false
-			continue
+	for i, cc := range c.Project.TLS.Certificate {
+		if cc.CertFile == "" || cc.KeyFile == "" {
+			bad(fmt.Sprintf("tls.certificate[%d]", i), "cert_file and key_file are both required")
 		}
-		t.Certs = append(t.Certs, cert)
-		c.fileCerts = append(c.fileCerts, servedCert{names: leaf.DNSNames, source: "file", notAfter: leaf.NotAfter})
 	}
-	c.validateACME(bad, t)
-	if ok && p.PublishTLS != "" {
-		c.tls = t
-	}
+	c.validateACME(bad)
 }
 
 // validateTLSPorts refuses the ports TLS would collide with. With
@@ -110,8 +76,8 @@ func (c *Config) validateTLS(bad badFunc) {
 // as it has a certificate, and one can come at any time (from etcd or
 // ACME): neither nginx's plain port nor the status server may be on it, and
 // the host port it is published on must be free of proxy.publish.
-func (c *Config) validateTLSPorts(bad badFunc) {
-	p := c.Proxy
+func (c *Spec) validateTLSPorts(bad badFunc) {
+	p := c.Project.Proxy
 	if p.PublishTLS == "" {
 		return
 	}
@@ -133,14 +99,14 @@ func (c *Config) validateTLSPorts(bad badFunc) {
 // anyAddress reports whether a published host address is every address.
 func anyAddress(host string) bool { return host == "" || host == "0.0.0.0" || host == "::" }
 
-// validateACME checks the [acme] table and sets its defaults.
-func (c *Config) validateACME(bad badFunc, t *render.TLS) {
+// validateACME checks the [acme] table; ReadFiles reads acme.ca_file and
+// finds the hosts to order for when acme.hosts does not list them.
+func (c *Spec) validateACME(bad badFunc) {
 	if !c.acmeOn() {
 		return
 	}
-	a := &c.ACME
-	setStr(&a.Directory, DefaultACMEDirectory)
-	if c.Proxy.PublishTLS == "" {
+	a := c.Project.ACME
+	if c.Project.Proxy.PublishTLS == "" {
 		bad("acme", "orders certificates, which are served over TLS: set proxy.publish_tls (e.g. \"0.0.0.0:443\")")
 	}
 	if u, err := url.Parse(a.Directory); err != nil || u.Scheme != "https" || u.Host == "" {
@@ -151,15 +117,7 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 			bad("acme.email", "%q is not an e-mail address", a.Email)
 		}
 	}
-	if a.CAFile != "" {
-		c.acmeRoots = x509.NewCertPool()
-		if b, err := os.ReadFile(c.resolve(a.CAFile)); err != nil {
-			bad("acme.ca_file", "%v", err)
-		} else if !c.acmeRoots.AppendCertsFromPEM(b) {
-			bad("acme.ca_file", "%s holds no PEM certificate", a.CAFile)
-		}
-	}
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		// The proxy answers the CA there, on every host.
 		if p := s.PathPrefix; p == render.ChallengePrefix || strings.HasPrefix(p, render.ChallengePrefix+"/") {
 			bad(fmt.Sprintf("service[%d].path_prefix", i), "%q is where [acme] answers the CA's HTTP-01 challenges: route another path", p)
@@ -170,64 +128,16 @@ func (c *Config) validateACME(bad badFunc, t *render.TLS) {
 			bad(fmt.Sprintf("acme.hosts[%d]", i), "%q is not a host name an HTTP-01 challenge can validate (no wildcards, no ports)", h)
 		}
 	}
-	if len(a.Hosts) == 0 {
-		a.Hosts = c.acmeHosts(t)
-		if len(a.Hosts) == 0 {
-			bad("acme", "no host name to order a certificate for: give the services hosts (service.hosts) or list acme.hosts")
-		}
-	}
 }
 
-// acmeHosts are the host names ACME orders by default: every service's,
-// in spec order, except wildcards and those a configured certificate
-// covers.
-func (c *Config) acmeHosts(t *render.TLS) []string {
-	var out []string
-	for _, s := range c.Service {
-		for _, h := range s.Hosts {
-			if strings.HasPrefix(h, "*.") || slices.Contains(out, h) {
-				continue
-			}
-			covered := false
-			for _, cert := range t.Certs {
-				covered = covered || render.Covers(cert.Names, h)
-			}
-			if !covered {
-				out = append(out, h)
-			}
-		}
-	}
-	return out
-}
-
-// readCert reads and checks one certificate and its key.
-func (c *Config) readCert(cc CertConfig) (render.TLSCert, *x509.Certificate, error) {
-	if cc.CertFile == "" || cc.KeyFile == "" {
-		return render.TLSCert{}, nil, fmt.Errorf("cert_file and key_file are both required")
-	}
-	certPEM, err := os.ReadFile(c.resolve(cc.CertFile))
-	if err != nil {
-		return render.TLSCert{}, nil, fmt.Errorf("cert_file: %w", err)
-	}
-	keyPEM, err := os.ReadFile(c.resolve(cc.KeyFile))
-	if err != nil {
-		return render.TLSCert{}, nil, fmt.Errorf("key_file: %w", err)
-	}
-	leaf, err := certs.Check(certPEM, keyPEM, now())
-	if err != nil {
-		return render.TLSCert{}, nil, fmt.Errorf("%s and %s: %w", cc.CertFile, cc.KeyFile, err)
-	}
-	return render.NewTLSCert(c.Proxy.ConfigDir, leaf.DNSNames, certPEM, keyPEM), leaf, nil
-}
-
-// acmeReach says, when [acme] is on and nginx's plain port is published
+// ACMEReach says, when [acme] is on and nginx's plain port is published
 // elsewhere than on port 80 of an outside address, what the operator must
 // make sure of: the CA validates on port 80 of each host name.
-func (c *Config) acmeReach() string {
+func (c *Spec) ACMEReach() string {
 	if !c.acmeOn() {
 		return ""
 	}
-	host, port, err := containers.ParsePublish(c.Proxy.Publish)
+	host, port, err := containers.ParsePublish(c.Project.Proxy.Publish)
 	if err == nil && port == "80" && (host == "" || !netip.MustParseAddr(host).IsLoopback()) {
 		return ""
 	}

@@ -1,7 +1,8 @@
-package main
+package spec
 
 import (
 	"encoding"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -29,37 +30,37 @@ func writeConfig(t *testing.T, body string) string {
 	return f
 }
 
-// TestLoadConfigDefaults checks that no file at all gives the seed: one
+// TestLoadDefaults checks that no file at all gives the seed: one
 // nginx in front of 3 Apache containers of service "apache".
-func TestLoadConfigDefaults(t *testing.T) {
-	cfg, err := LoadConfig("")
+func TestLoadDefaults(t *testing.T) {
+	cfg, _, err := Load("", testHost)
 	if err != nil {
-		t.Fatalf("LoadConfig(\"\"): %v", err)
+		t.Fatalf("Load(\"\"): %v", err)
 	}
-	if len(cfg.Service) != 1 {
-		t.Fatalf("%d services, want 1", len(cfg.Service))
+	if len(cfg.Project.Service) != 1 {
+		t.Fatalf("%d services, want 1", len(cfg.Project.Service))
 	}
-	s := cfg.Service[0]
+	s := cfg.Project.Service[0]
 	tests := []struct {
 		name      string
 		got, want any
 	}{
-		{"project", cfg.Project, "upstreamd"},
+		{"project", cfg.Project.Name, "upstreamd"},
 		{"service name", s.Name, "apache"},
 		{"replicas", *s.Replicas, 3},
 		{"image", s.Image, "upstreamd/apache:latest"},
 		{"port", s.Port, 80},
-		{"publish", cfg.Proxy.Publish, "127.0.0.1:8080"},
-		{"prefix", cfg.Etcd.Prefix, "/services"},
+		{"publish", cfg.Project.Proxy.Publish, "127.0.0.1:8080"},
+		{"prefix", cfg.Project.Etcd.Prefix, "/services"},
 		{"health path", s.Health.Path, "/"},
 		{"health interval", s.Health.Interval.D(), 2 * time.Second},
 		{"health timeout", s.Health.Timeout.D(), time.Second},
 		{"rise", *s.Health.Rise, 2},
 		{"fall", *s.Health.Fall, 2},
-		{"proxy service", cfg.Proxy.Service, "apache"},
-		{"network name", cfg.Network.Name, cfg.Project},
-		{"proxy port", cfg.Proxy.Port, 80},
-		{"etcd endpoints", cfg.Etcd.Endpoints, []string{"http://127.0.0.1:2379"}},
+		{"proxy service", cfg.Project.Proxy.Service, "apache"},
+		{"network name", cfg.Project.Network.Name, cfg.Project.Name},
+		{"proxy port", cfg.Project.Proxy.Port, 80},
+		{"etcd endpoints", cfg.Node.Etcd.Endpoints, []string{"http://127.0.0.1:2379"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,18 +70,18 @@ func TestLoadConfigDefaults(t *testing.T) {
 		})
 	}
 	t.Run("node is a valid name", func(t *testing.T) {
-		if err := store.ValidName(cfg.Node); err != nil {
-			t.Errorf("default node %q: %v", cfg.Node, err)
+		if err := store.ValidName(cfg.Node.Name); err != nil {
+			t.Errorf("default node %q: %v", cfg.Node.Name, err)
 		}
 	})
 	t.Run("spec", func(t *testing.T) {
-		spec := cfg.Spec()
+		spec := cfg.OrchestratorSpec()
 		want := orchestrator.HealthSpec{Path: "/", Interval: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 2, StartPeriod: time.Minute}
 		if len(spec.Services) != 1 || spec.Services[0].Replicas != 3 || spec.Services[0].Health != want {
-			t.Errorf("Spec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
+			t.Errorf("OrchestratorSpec().Services %+v, want one service of 3 replicas with health %+v", spec.Services, want)
 		}
 		if spec.Network != "upstreamd" || spec.Prefix != "/services" || spec.Proxy.Publish != "127.0.0.1:8080" {
-			t.Errorf("Spec() network %q prefix %q publish %q, want upstreamd, /services, 127.0.0.1:8080", spec.Network, spec.Prefix, spec.Proxy.Publish)
+			t.Errorf("OrchestratorSpec() network %q prefix %q publish %q, want upstreamd, /services, 127.0.0.1:8080", spec.Network, spec.Prefix, spec.Proxy.Publish)
 		}
 	})
 }
@@ -88,15 +89,15 @@ func TestLoadConfigDefaults(t *testing.T) {
 // TestExampleConfig keeps the example file honest: it loads, its values are
 // the defaults (it says so), and it documents every key of Config.
 func TestExampleConfig(t *testing.T) {
-	cfg, err := LoadConfig(exampleFile)
+	cfg, _, err := Load(exampleFile, testHost)
 	if err != nil {
-		t.Fatalf("LoadConfig(%s): %v", exampleFile, err)
+		t.Fatalf("Load(%s): %v", exampleFile, err)
 	}
-	def, err := LoadConfig("")
+	def, _, err := Load("", testHost)
 	if err != nil {
-		t.Fatalf("LoadConfig(\"\"): %v", err)
+		t.Fatalf("Load(\"\"): %v", err)
 	}
-	if got, want := cfg.Spec(), def.Spec(); !specEqual(got, want) {
+	if got, want := cfg.OrchestratorSpec(), def.OrchestratorSpec(); !specEqual(got, want) {
 		t.Errorf("the example's values are not the defaults:\n got %+v\nwant %+v", got, want)
 	}
 
@@ -108,7 +109,7 @@ func TestExampleConfig(t *testing.T) {
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		t.Fatalf("parse %s: %v", exampleFile, err)
 	}
-	keys := tomlKeys(reflect.TypeFor[Config](), "")
+	keys := append(tomlKeys(reflect.TypeFor[Node](), ""), tomlKeys(reflect.TypeFor[Project](), "")...)
 	if len(keys) < 40 {
 		t.Fatalf("found only %d keys in Config; the walk is broken", len(keys))
 	}
@@ -196,9 +197,9 @@ func hasKey(doc any, path []string) bool {
 	return false
 }
 
-// TestLoadConfigErrors checks that each bad input is refused with the file,
+// TestLoadErrors checks that each bad input is refused with the file,
 // the key path and why. FILE in want and body stands for the spec file's path.
-func TestLoadConfigErrors(t *testing.T) {
+func TestLoadErrors(t *testing.T) {
 	const apache = "[[service]]\nname = \"apache\"\n"
 	tests := []struct {
 		name    string
@@ -221,19 +222,19 @@ func TestLoadConfigErrors(t *testing.T) {
 			name:    "wrong type",
 			body:    "[proxy]\nport = \"eighty\"\n",
 			want:    []string{`FILE:2:1: proxy.port: want an integer, got string "eighty"`},
-			notWant: []string{"main.", "ProxyConfig", "struct field"},
+			notWant: []string{"spec.", "Proxy", "struct field"},
 		},
 		{
 			name:    "value where a table belongs",
 			body:    "proxy = 5\n",
 			want:    []string{"FILE:1:1: proxy: want a table, got integer 5"},
-			notWant: []string{"main.", "ProxyConfig"},
+			notWant: []string{"spec.", "Proxy"},
 		},
 		{
 			name:    "value where an array of tables belongs",
 			body:    "service = 3\n",
 			want:    []string{"FILE:1:1: service: want an array of tables ([[service]]), got integer 3"},
-			notWant: []string{"main.", "ServiceConf"},
+			notWant: []string{"spec.", "Service"},
 		},
 		{
 			name: "TOML syntax error",
@@ -537,9 +538,9 @@ func TestLoadConfigErrors(t *testing.T) {
 					t.Fatalf("write %s: %v", name, err)
 				}
 			}
-			cfg, err := LoadConfig(file)
+			cfg, _, err := Load(file, testHost)
 			if err == nil {
-				t.Fatalf("LoadConfig succeeded (%+v), want an error", cfg)
+				t.Fatalf("Load succeeded (%+v), want an error", cfg)
 			}
 			msg := err.Error()
 			last := -1
@@ -590,7 +591,7 @@ func TestResponseHeaderVariables(t *testing.T) {
 		{"${}", "${} is not a variable"},
 	} {
 		t.Run(tt.value, func(t *testing.T) {
-			_, err := LoadConfig(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"))
+			_, _, err := Load(writeConfig(t, "[[service]]\nname = \"apache\"\nresponse_headers = { X-A = "+strconv.Quote(tt.value)+" }\n"), testHost)
 			switch {
 			case tt.want == "" && err != nil:
 				t.Errorf("refused: %v", err)
@@ -601,9 +602,9 @@ func TestResponseHeaderVariables(t *testing.T) {
 	}
 }
 
-// TestLoadConfigRelativePaths checks that relative paths are resolved
+// TestLoadRelativePaths checks that relative paths are resolved
 // against the spec file's directory, not the working directory.
-func TestLoadConfigRelativePaths(t *testing.T) {
+func TestLoadRelativePaths(t *testing.T) {
 	file := writeConfig(t, "[proxy]\ntemplate = \"tmpl/proxy.tmpl\"\n[etcd]\nusername = \"u\"\npassword_file = \"secret\"\n")
 	dir := filepath.Dir(file)
 	if wd, err := os.Getwd(); err != nil || wd == dir {
@@ -620,9 +621,9 @@ func TestLoadConfigRelativePaths(t *testing.T) {
 			t.Fatalf("write %s: %v", name, err)
 		}
 	}
-	cfg, err := LoadConfig(file)
+	cfg, files, err := Load(file, testHost)
 	if err != nil {
-		t.Fatalf("LoadConfig: %v", err)
+		t.Fatalf("Load: %v", err)
 	}
 	tmpl, err := cfg.LoadTemplate()
 	if err != nil {
@@ -631,11 +632,7 @@ func TestLoadConfigRelativePaths(t *testing.T) {
 	if got, want := tmpl.Name(), filepath.Join(dir, "tmpl/proxy.tmpl"); got != want {
 		t.Errorf("template %q, want %q", got, want)
 	}
-	scfg, err := cfg.StoreConfig()
-	if err != nil {
-		t.Fatalf("StoreConfig: %v", err)
-	}
-	if scfg.Password != "hunter2" {
+	if scfg := cfg.StoreConfig(files); scfg.Password != "hunter2" {
 		t.Errorf("password %q read from the password file, want hunter2 (trailing newline dropped)", scfg.Password)
 	}
 }
@@ -680,9 +677,9 @@ func TestLoadTemplate(t *testing.T) {
 			if err := os.WriteFile(tmplFile, []byte(tt.text), 0o600); err != nil {
 				t.Fatalf("write %s: %v", tmplFile, err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, _, err := Load(file, testHost)
 			if err != nil {
-				t.Fatalf("LoadConfig: %v; want the template checked by LoadTemplate", err)
+				t.Fatalf("Load: %v; want the template checked by LoadTemplate", err)
 			}
 			tmpl, err := cfg.LoadTemplate()
 			if len(tt.want) == 0 {
@@ -711,16 +708,16 @@ func TestLoadTemplate(t *testing.T) {
 // default (stop_grace = "0s" kills at once; status_port = 0 turns the
 // status server off), and cpus = 0 means no limit, as documented.
 func TestWrittenZeroIsHonoured(t *testing.T) {
-	cfg, err := LoadConfig(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"))
+	cfg, _, err := Load(writeConfig(t, "[proxy]\nstatus_port = 0\ncpus = 0\n[[service]]\nname = \"apache\"\nstop_grace = \"0s\"\n"), testHost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := cfg.Spec()
+	spec := cfg.OrchestratorSpec()
 	if g := spec.Services[0].StopGrace; g != 0 {
 		t.Errorf("stop_grace = \"0s\" became %s", g)
 	}
-	if *cfg.Proxy.StatusPort != 0 || *cfg.Proxy.Dynamic {
-		t.Errorf("status_port = 0 gave status port %d, dynamic %v", *cfg.Proxy.StatusPort, *cfg.Proxy.Dynamic)
+	if *cfg.Project.Proxy.StatusPort != 0 || *cfg.Project.Proxy.Dynamic {
+		t.Errorf("status_port = 0 gave status port %d, dynamic %v", *cfg.Project.Proxy.StatusPort, *cfg.Project.Proxy.Dynamic)
 	}
 	if spec.Proxy.Limits.NanoCPUs != 0 {
 		t.Errorf("cpus = 0 gave a limit of %d nano-CPUs", spec.Proxy.Limits.NanoCPUs)
@@ -742,12 +739,12 @@ func TestAdminListen(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, _, err := Load(file, testHost)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.Admin.Listen != tt.want {
-				t.Errorf("admin.listen = %q; want %q", cfg.Admin.Listen, tt.want)
+			if cfg.Node.Admin.Listen != tt.want {
+				t.Errorf("admin.listen = %q; want %q", cfg.Node.Admin.Listen, tt.want)
 			}
 		})
 	}
@@ -757,13 +754,13 @@ func TestAdminListen(t *testing.T) {
 // files are made by make, and the cluster's node addresses are the nested
 // hosts': only these may be said here).
 func TestShippedSpecs(t *testing.T) {
-	files, err := filepath.Glob("../../images/host/demo/*.toml")
+	files, err := filepath.Glob("../images/host/demo/*.toml")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("the cluster demo's specs: %v %v", files, err)
 	}
-	for _, f := range append(files, "../../images/upstreamd/compose.toml") {
+	for _, f := range append(files, "../images/upstreamd/compose.toml") {
 		t.Run(filepath.Base(f), func(t *testing.T) {
-			_, err := LoadConfig(f)
+			_, _, err := Load(f, testHost)
 			if err == nil {
 				return
 			}
@@ -774,4 +771,17 @@ func TestShippedSpecs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// testHost is the host the tests load specs on: its name, two addresses
+// and the real clock.
+var testHost = Host{
+	Name: "Test_Host.local",
+	Addrs: func() ([]net.Addr, error) {
+		return []net.Addr{
+			&net.IPNet{IP: net.IPv4(127, 0, 0, 1), Mask: net.CIDRMask(8, 32)},
+			&net.IPNet{IP: net.IPv4(10, 1, 2, 3), Mask: net.CIDRMask(24, 32)},
+		}, nil
+	},
+	Now: time.Now,
 }

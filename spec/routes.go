@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"fmt"
@@ -23,7 +23,7 @@ var pathPrefix = regexp.MustCompile(`^(/[A-Za-z0-9._~-]+)+$`)
 var bodySize = regexp.MustCompile(`^[0-9]{1,9}[kKmMgG]?$`)
 
 // validateProxying checks the routing and proxy settings of service k.
-func (s ServiceConfig) validateProxying(k string, bad badFunc) {
+func (s Service) validateProxying(k string, bad badFunc) {
 	for j, h := range s.Hosts {
 		switch {
 		case len(h) > 253 || !hostName.MatchString(h):
@@ -66,7 +66,7 @@ const (
 // validateHeaders checks the response headers of service k, in name
 // order, so that of two names differing in case the second is the one
 // said.
-func (s ServiceConfig) validateHeaders(k string, bad badFunc) {
+func (s Service) validateHeaders(k string, bad badFunc) {
 	seen := map[string]string{} // lower-case name → the name as written
 	for _, name := range slices.Sorted(maps.Keys(s.ResponseHeaders)) {
 		value := s.ResponseHeaders[name]
@@ -101,9 +101,9 @@ func isAlnum(r rune) bool {
 
 // validateRoutes checks that no two services claim one host and path, and
 // that the default service is one the routes leave something to.
-func (c *Config) validateRoutes(bad badFunc) {
+func (c *Spec) validateRoutes(bad badFunc) {
 	owner := map[string]string{} // host + " " + prefix → service
-	for i, s := range c.Service {
+	for i, s := range c.Project.Service {
 		hosts := s.Hosts
 		if len(hosts) == 0 {
 			if s.PathPrefix == "" {

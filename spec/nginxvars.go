@@ -1,8 +1,10 @@
-package main
+package spec
 
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -52,6 +54,13 @@ var (
 	nginxVariablePrefixes = []string{"http_", "sent_http_", "sent_trailer_", "cookie_", "arg_",
 		"upstream_http_", "upstream_trailer_", "upstream_cookie_"}
 )
+
+// NginxVariables lists the variables validation lets a response header
+// name, sorted, and the prefixes of their families (http_, cookie_, ...):
+// what TestNginxAcceptsWhatValidationAccepts checks against the image.
+func NginxVariables() (names, prefixes []string) {
+	return slices.Sorted(maps.Keys(nginxVariables)), slices.Clone(nginxVariablePrefixes)
+}
 
 func wordSet(s string) map[string]bool {
 	out := map[string]bool{}

@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"crypto/ecdsa"
@@ -91,17 +91,18 @@ func TestTLSConfig(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tt.body), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, files, err := Load(file, testHost)
 			if len(tt.want) == 0 {
 				if err != nil {
 					t.Fatal(err)
 				}
-				files := cfg.view(store.Snapshot{}).Files()
-				if cfg.tls == nil || len(cfg.tls.Certs) != tt.certs || len(cfg.fileCerts) != tt.certs || len(files) != 2*tt.certs || cfg.tls.PublicPort != 8443 {
-					t.Errorf("tls %+v, %d files", cfg.tls, len(files))
+				tls := cfg.ViewInput(files).TLS
+				delivered := cfg.View(files, store.Snapshot{}).Files()
+				if tls == nil || len(tls.Certs) != tt.certs || len(files.Certs) != tt.certs || len(delivered) != 2*tt.certs || tls.PublicPort != 8443 {
+					t.Errorf("tls %+v, %d files", tls, len(delivered))
 				}
-				if !slices.Equal(cfg.ACME.Hosts, tt.acme) {
-					t.Errorf("acme.hosts = %q, want %q", cfg.ACME.Hosts, tt.acme)
+				if !slices.Equal(files.ACMEHosts, tt.acme) {
+					t.Errorf("acme.hosts = %q, want %q", files.ACMEHosts, tt.acme)
 				}
 				return
 			}
@@ -123,12 +124,12 @@ func TestACMEReach(t *testing.T) {
 		":80": false, "0.0.0.0:80": false, "203.0.113.5:80": false,
 		"127.0.0.1:80": true, "127.0.0.1:8080": true, ":8080": true,
 	} {
-		cfg := &Config{Proxy: ProxyConfig{Publish: publish}, pos: positions{"acme": {}}}
-		if got := cfg.acmeReach() != ""; got != warn {
+		cfg := &Spec{Project: Project{Proxy: Proxy{Publish: publish}, ACME: &ACME{}}}
+		if got := cfg.ACMEReach() != ""; got != warn {
 			t.Errorf("publish %s: warned %v, want %v", publish, got, warn)
 		}
 	}
-	if (&Config{Proxy: ProxyConfig{Publish: "127.0.0.1:8080"}}).acmeReach() != "" {
+	if (&Spec{Project: Project{Proxy: Proxy{Publish: "127.0.0.1:8080"}}}).ACMEReach() != "" {
 		t.Error("warned without [acme]")
 	}
 }

@@ -1,11 +1,10 @@
 //go:build integration
 
-package main
+package integration
 
 import (
 	"context"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,17 +15,18 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/integration/internal/pki"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/spec"
 )
 
 // This file is the integration half of the spec's validation: every spec
-// LoadConfig accepts must give configs the real proxy image's nginx takes,
-// without a warning. It lives beside the spec model because it runs the
-// daemon's own loading and rendering (package main); it needs the Docker
-// engine and upstreamd/nginx:latest, hence the build tag.
+// spec.Load accepts must give configs the real proxy image's nginx takes,
+// without a warning. It runs the daemon's own loading and rendering (the
+// spec package) against the Docker engine and upstreamd/nginx:latest.
 
-// edgeSpec is a spec of the table: what LoadConfig must refuse it with
+// edgeSpec is a spec of the table: what spec.Load must refuse it with
 // (refused, each a part of the error), or nothing when it must accept it.
 type edgeSpec struct {
 	name, body string
@@ -59,10 +59,11 @@ func edgeSpecs() []edgeSpec {
 		fmt.Fprintf(&services, "[[service]]\nname = \"svc_%02d.v-2\"\nimage = \"x\"\nhosts = [\"s%d.example\", \"*.s%d.example\"]\npath_prefix = \"/p%d\"\n", i, i, i, i)
 	}
 	var every []string // every variable validation knows, one of each family
-	for _, v := range slices.Sorted(maps.Keys(nginxVariables)) {
+	names, prefixes := spec.NginxVariables()
+	for _, v := range names {
 		every = append(every, "$"+v)
 	}
-	for _, p := range nginxVariablePrefixes {
+	for _, p := range prefixes {
 		every = append(every, "${"+p+"x}")
 	}
 	deepPrefix := strings.Repeat("/abcdefghijklmnopqrstuvwxyz0123456789._~-", 26)[:1024]
@@ -134,7 +135,7 @@ func edgeSpecs() []edgeSpec {
 }
 
 // TestNginxAcceptsWhatValidationAccepts loads each edge-case spec as the
-// daemon does: a spec LoadConfig refuses must be refused for the reason
+// daemon does: a spec spec.Load refuses must be refused for the reason
 // the table says (and goes no further); one it accepts is rendered with
 // the built-in template as `run` renders it (no backend; a backend per
 // service; with TLS possible, a certificate for every host arriving at run
@@ -149,15 +150,26 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer docker.Close()
-	ncfg := nginx.Config{ConfigPath: defaultConfigPath, MainPath: defaultMainConfig, Logger: zerolog.Nop()}
-	s, remove, err := nginx.Throwaway(ctx, docker, defaultProxyImage, ncfg)
+	def, _, err := spec.Load("", spec.ThisHost()) // the default proxy: its image and paths
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncfg := def.NginxConfig()
+	ncfg.Logger = zerolog.Nop()
+	s, remove, err := nginx.Throwaway(ctx, docker, def.Project.Proxy.Image, ncfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer remove()
 	tmpl := render.Default()
 	dir := t.TempDir()
-	selfSigned(t, dir, "site", []string{"site.example", "*.site.example"}, time.Now().Add(30*24*time.Hour))
+	ca, err := pki.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.IssueServer(dir, "site", "site.example", "*.site.example"); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range edgeSpecs() {
 		t.Run(tc.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "upstreamd.toml")
@@ -173,7 +185,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 			if err := os.WriteFile(file, []byte(tc.body), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cfg, err := LoadConfig(file)
+			cfg, files, err := spec.Load(file, spec.ThisHost())
 			switch {
 			case len(tc.refused) > 0 && err != nil:
 				for _, w := range tc.refused {
@@ -184,11 +196,11 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 				return
 			case len(tc.refused) > 0:
 				// Said, and checked with nginx below to show why it must not be.
-				t.Errorf("LoadConfig accepted the spec; want it refused with %q", tc.refused)
+				t.Errorf("spec.Load accepted the spec; want it refused with %q", tc.refused)
 			case err != nil:
-				t.Fatalf("LoadConfig: %v", err)
+				t.Fatalf("spec.Load: %v", err)
 			}
-			for _, r := range renderings(t, cfg, tmpl, dir) {
+			for _, r := range renderings(t, cfg, files, tmpl, ca, dir) {
 				if err := s.WriteFiles(ctx, r.files); err != nil {
 					t.Fatal(err)
 				}
@@ -196,7 +208,7 @@ func TestNginxAcceptsWhatValidationAccepts(t *testing.T) {
 					t.Errorf("%s: the daemon's check: %v", r.name, err)
 					continue
 				}
-				if warn := nginxWarnings(ctx, t, docker, s.Proxy().ID, r.config); warn != "" {
+				if warn := nginxWarnings(ctx, t, docker, s.Proxy().ID, def.Project.Proxy.ConfigPath, r.config); warn != "" {
 					t.Errorf("%s: nginx -t warns:\n%s", r.name, warn)
 				}
 			}
@@ -213,24 +225,27 @@ type rendering struct {
 }
 
 // renderings are what the daemon renders for cfg: at start (no backend,
-// then one made-up backend per service: renderChecks, as run checks them)
+// then one made-up backend per service: RenderChecks, as run checks them)
 // and, when TLS may appear at run time, with a certificate for every host
-// of the spec from etcd, as the render controller adds it.
-func renderings(t *testing.T, cfg *Config, tmpl *render.Template, dir string) []rendering {
+// of the spec from etcd (signed by ca), as the render controller adds it.
+func renderings(t *testing.T, cfg *spec.Spec, files spec.Files, tmpl *render.Template, ca *pki.CA, dir string) []rendering {
 	t.Helper()
-	tc, err := cfg.renderChecks(tmpl)
+	tc, err := cfg.RenderChecks(tmpl, files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := []rendering{{"no backend", tc.empty, tc.files}, {"a backend per service", tc.sample, tc.files}}
-	if cfg.tls == nil {
+	out := []rendering{{"no backend", tc.Empty, tc.Files}, {"a backend per service", tc.Sample, tc.Files}}
+	in := cfg.ViewInput(files)
+	if in.TLS == nil {
 		return out
 	}
 	names := []string{"default.example"}
-	for _, s := range cfg.Service {
+	for _, s := range cfg.Project.Service {
 		names = append(names, s.Hosts...)
 	}
-	selfSigned(t, dir, "etcd", names, time.Now().Add(30*24*time.Hour))
+	if err := ca.IssueServer(dir, "etcd", names...); err != nil {
+		t.Fatal(err)
+	}
 	certPEM, err := os.ReadFile(filepath.Join(dir, "etcd.pem"))
 	if err != nil {
 		t.Fatal(err)
@@ -239,10 +254,9 @@ func renderings(t *testing.T, cfg *Config, tmpl *render.Template, dir string) []
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := cfg.viewInput()
-	in.Snapshot = cfg.sampleSnapshot()
+	in.Snapshot = cfg.SampleSnapshot()
 	withCert := *in.TLS
-	withCert.Certs = append(slices.Clip(withCert.Certs), render.NewTLSCert(cfg.Proxy.ConfigDir, names, certPEM, keyPEM))
+	withCert.Certs = append(slices.Clip(withCert.Certs), render.NewTLSCert(cfg.Project.Proxy.ConfigDir, names, certPEM, keyPEM))
 	in.TLS = &withCert
 	v := render.NewView(in)
 	rendered, err := render.Render(tmpl, v)
@@ -255,10 +269,10 @@ func renderings(t *testing.T, cfg *Config, tmpl *render.Template, dir string) []
 // nginxWarnings runs `nginx -t` on config as the live file of the
 // throwaway proxy (where no nginx runs) and returns its warnings and
 // errors; the daemon's check is quiet (-q) about warnings.
-func nginxWarnings(ctx context.Context, t *testing.T, docker *containers.Client, id string, config []byte) string {
+func nginxWarnings(ctx context.Context, t *testing.T, docker *containers.Client, id, configPath string, config []byte) string {
 	t.Helper()
 	res, err := docker.ExecWithStdin(ctx, id, []string{"sh", "-c",
-		`cat > "$1" && nginx -t; rc=$?; rm -f "$1"; exit $rc`, "nginx-warnings", defaultConfigPath}, config)
+		`cat > "$1" && nginx -t; rc=$?; rm -f "$1"; exit $rc`, "nginx-warnings", configPath}, config)
 	if err != nil {
 		t.Fatal(err)
 	}

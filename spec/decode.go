@@ -1,4 +1,4 @@
-package main
+package spec
 
 import (
 	"encoding"
@@ -18,10 +18,10 @@ import (
 // A spec file is read in three steps, so that every mistake in it is
 // reported in one run, each with its line and key: parse the TOML into a
 // generic document (only a syntax error stops here), check every key and
-// value's type against Config (unknown keys and wrong types are reported
-// and dropped), then decode what is left into Config, whose values
-// Validate checks. Where each key was written is kept (positions), so that
-// Validate's messages name the line too, and applyDefaults can tell a
+// value's type against Node and Project (unknown keys and wrong types are
+// reported and dropped), then decode what is left into them, whose values
+// validate checks. Where each key was written is kept (positions), so that
+// validate's messages name the line too, and applyDefaults can tell a
 // written zero from an absent key.
 
 // positions maps a key path ("proxy.port", "service[1].health.rise") to
@@ -145,12 +145,7 @@ var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 // (say() gets the key path and why), and deletes them from the document, so
 // that what is left decodes and can be validated.
 func checkTypes(doc map[string]any, t reflect.Type, path string, say func(path, msg string)) {
-	fields := map[string]reflect.Type{}
-	for f := range t.Fields() {
-		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag != "" && tag != "-" {
-			fields[tag] = f.Type
-		}
-	}
+	fields := tomlFields(t)
 	for _, key := range sortedKeys(doc) {
 		kp := joinKey(path, key)
 		ft, ok := fields[key]
@@ -164,6 +159,49 @@ func checkTypes(doc map[string]any, t reflect.Type, path string, say func(path, 
 			delete(doc, key)
 		}
 	}
+}
+
+// tomlFields maps the TOML keys of struct type t to their fields' types.
+func tomlFields(t reflect.Type) map[string]reflect.Type {
+	fields := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag != "" && tag != "-" {
+			fields[tag] = f.Type
+		}
+	}
+	return fields
+}
+
+// split divides a document between the node's part and the project's,
+// key by key; the tables both have keys in ([etcd], [network]) are split
+// too. A key neither knows goes to the project's part, whose check says
+// so.
+func split(doc map[string]any) (node, project map[string]any) {
+	node, project = map[string]any{}, map[string]any{}
+	nodeFields, projectFields := tomlFields(reflect.TypeFor[Node]()), tomlFields(reflect.TypeFor[Project]())
+	for key, v := range doc {
+		nt, inNode := nodeFields[key]
+		_, inProject := projectFields[key]
+		table, isTable := v.(map[string]any)
+		switch {
+		case inNode && inProject && isTable:
+			ofNode, ofProject := map[string]any{}, map[string]any{}
+			nodeKeys := tomlFields(nt)
+			for k, x := range table {
+				if _, ok := nodeKeys[k]; ok {
+					ofNode[k] = x
+				} else {
+					ofProject[k] = x
+				}
+			}
+			node[key], project[key] = ofNode, ofProject
+		case inNode && !inProject:
+			node[key] = v
+		default:
+			project[key] = v
+		}
+	}
+	return node, project
 }
 
 func sortedKeys(m map[string]any) []string {
@@ -268,10 +306,10 @@ func tomlKind(v any) string {
 	}
 }
 
-// decodeSpec reads data into c, reporting every unknown key and value of
-// the wrong type (each with file:line:col) and keeping the rest. Only a
-// TOML syntax error stops it before the rest is read.
-func (c *Config) decodeSpec(data []byte) []error {
+// decodeSpec reads data into c's two parts, reporting every unknown key
+// and value of the wrong type (each with file:line:col) and keeping the
+// rest. Only a TOML syntax error stops it before the rest is read.
+func (c *Spec) decodeSpec(data []byte) []error {
 	var doc map[string]any
 	if err := toml.Unmarshal(data, &doc); err != nil {
 		return []error{describeTOMLError(c.file, err)}
@@ -279,17 +317,25 @@ func (c *Config) decodeSpec(data []byte) []error {
 	c.pos = keyPositions(data)
 	c.droppedKeys = map[string]bool{}
 	var said []string // paths, then what is wrong with each
-	checkTypes(doc, reflect.TypeFor[Config](), "", func(path, msg string) {
+	say := func(path, msg string) {
 		c.droppedKeys[path] = true
 		said = append(said, path, msg)
-	})
-	var errs []error
-	clean, err := toml.Marshal(doc)
-	if err == nil {
-		err = toml.NewDecoder(strings.NewReader(string(clean))).DisallowUnknownFields().Decode(c)
 	}
-	if err != nil { // the check above should have caught it
-		errs = append(errs, fmt.Errorf("%s: %w", c.file, err))
+	node, project := split(doc)
+	checkTypes(node, reflect.TypeFor[Node](), "", say)
+	checkTypes(project, reflect.TypeFor[Project](), "", say)
+	var errs []error
+	for _, part := range []struct {
+		doc  map[string]any
+		into any
+	}{{node, &c.Node}, {project, &c.Project}} {
+		clean, err := toml.Marshal(part.doc)
+		if err == nil {
+			err = toml.NewDecoder(strings.NewReader(string(clean))).DisallowUnknownFields().Decode(part.into)
+		}
+		if err != nil { // the check above should have caught it
+			errs = append(errs, fmt.Errorf("%s: %w", c.file, err))
+		}
 	}
 	// Said now that the services' names are known.
 	for i := 0; i < len(said); i += 2 {
@@ -298,9 +344,20 @@ func (c *Config) decodeSpec(data []byte) []error {
 	return errs
 }
 
+// describeTOMLError turns go-toml's syntax errors into file:line:col:
+// messages.
+func describeTOMLError(file string, err error) error {
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, col := de.Position()
+		return specError{row, col, fmt.Sprintf("%s:%d:%d: %s", file, row, col, strings.TrimPrefix(de.Error(), "toml: "))}
+	}
+	return fmt.Errorf("%s: %w", file, err)
+}
+
 // errorAt prefixes msg with the file and where path (or its nearest
 // written parent) is in it.
-func (c *Config) errorAt(path, msg string) error {
+func (c *Spec) errorAt(path, msg string) error {
 	if p, _ := c.pos.at(path); p.Line > 0 {
 		return specError{p.Line, p.Column, fmt.Sprintf("%s:%d:%d: %s", c.file, p.Line, p.Column, msg)}
 	}
@@ -309,7 +366,7 @@ func (c *Config) errorAt(path, msg string) error {
 
 // written reports whether the spec file sets path (to a value of the
 // right type: one of the wrong type was reported and dropped).
-func (c *Config) written(path string) bool {
+func (c *Spec) written(path string) bool {
 	_, ok := c.pos[path]
 	if i := strings.LastIndexByte(path, '['); !ok && i > 0 && strings.HasSuffix(path, "]") {
 		_, ok = c.pos[path[:i]] // an element of an array of values

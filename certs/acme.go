@@ -291,7 +291,7 @@ const lockTTL = 15 * time.Second
 // reports whether it ordered, or failed to, any host: false when etcd held
 // them all fresh or failed.
 func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted bool) {
-	lease, unlock, err := m.cfg.Store.Lock(ctx, LockKey(m.cfg.Project), lockTTL)
+	lease, unlock, err := m.cfg.Store.Lock(ctx, store.ACMELockKey(m.cfg.Project), lockTTL)
 	if err != nil {
 		if ctx.Err() == nil {
 			for _, h := range hosts {
@@ -348,7 +348,7 @@ type stored struct {
 func (m *Manager) stored(ctx context.Context, host string) (stored, error) {
 	var st stored
 	now := m.now()
-	kv, ok, err := m.cfg.Store.Get(ctx, HostKey(m.cfg.Project, host))
+	kv, ok, err := m.cfg.Store.Get(ctx, store.CertHostKey(m.cfg.Project, host))
 	if err != nil {
 		return st, err
 	}
@@ -358,7 +358,7 @@ func (m *Manager) stored(ctx context.Context, host string) (stored, error) {
 			st.fresh = c.renewalFor(host, now).After(now)
 		}
 	}
-	kv, ok, err = m.cfg.Store.Get(ctx, FailureKey(m.cfg.Project, host))
+	kv, ok, err = m.cfg.Store.Get(ctx, store.ACMEFailureKey(m.cfg.Project, host))
 	if err != nil {
 		return st, err
 	}
@@ -417,7 +417,7 @@ func (m *Manager) order(ctx context.Context, obtain obtainFunc, host string, st 
 // an operator's certificate was imported under its name meanwhile, which
 // is kept.
 func (m *Manager) store(ctx context.Context, host string, rec Record, rev int64) error {
-	key := HostKey(m.cfg.Project, host)
+	key := store.CertHostKey(m.cfg.Project, host)
 	for range 3 {
 		written, err := m.cfg.Store.PutIfUnchanged(ctx, key, rec.Encode(), rev)
 		if err != nil || written {
@@ -456,7 +456,7 @@ func (m *Manager) failed(ctx context.Context, host string, prev Failure, err err
 	wait := m.backoff(f.Count)
 	f.Next = now.Add(wait).UTC()
 	m.mu.Unlock()
-	_, perr := m.cfg.Store.Put(ctx, FailureKey(m.cfg.Project, host), f.Encode(), 0)
+	_, perr := m.cfg.Store.Put(ctx, store.ACMEFailureKey(m.cfg.Project, host), f.Encode(), 0)
 	m.mu.Lock()
 	if perr != nil {
 		m.own[host] = f
@@ -491,7 +491,7 @@ func (m *Manager) succeeded(ctx context.Context, host string) {
 	delete(m.own, host)
 	delete(m.stalled, host)
 	m.mu.Unlock()
-	if _, err := m.cfg.Store.Delete(ctx, FailureKey(m.cfg.Project, host)); err != nil {
+	if _, err := m.cfg.Store.Delete(ctx, store.ACMEFailureKey(m.cfg.Project, host)); err != nil {
 		m.log.Warn().Err(err).Str("host", host).Msg("ACME: cannot clear the failures in etcd; the next order waits for their next try")
 	}
 	if m.cfg.Observe != nil {
@@ -608,7 +608,7 @@ func (m *Manager) client(ctx context.Context, lease int64) (*lego.Client, error)
 // new one is to be registered (none, or another directory or e-mail).
 func (m *Manager) account(ctx context.Context) (u *user, stored bool, err error) {
 	u = &user{email: m.cfg.Email}
-	kv, ok, err := m.cfg.Store.Get(ctx, AccountKey(m.cfg.Project))
+	kv, ok, err := m.cfg.Store.Get(ctx, store.ACMEAccountKey(m.cfg.Project))
 	if err != nil {
 		return nil, false, err
 	}
@@ -642,14 +642,14 @@ func (m *Manager) storeAccount(ctx context.Context, u *user) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.cfg.Store.Put(ctx, AccountKey(m.cfg.Project), string(b), 0); err != nil {
+	if _, err := m.cfg.Store.Put(ctx, store.ACMEAccountKey(m.cfg.Project), string(b), 0); err != nil {
 		return fmt.Errorf("store the ACME account: %w", err)
 	}
 	return nil
 }
 
 // provider answers HTTP-01 challenges through etcd: every node's proxy
-// serves what is under ChallengesPrefix, without a reload.
+// serves what is under store.ACMEChallengesPrefix, without a reload.
 type provider struct {
 	m     *Manager
 	lease int64
@@ -663,7 +663,7 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 	if err := checkChallenge(token, keyAuth); err != nil {
 		return err
 	}
-	if _, err := p.m.cfg.Store.Put(ctx, ChallengesPrefix(p.m.cfg.Project)+token, keyAuth, p.lease); err != nil {
+	if _, err := p.m.cfg.Store.Put(ctx, store.ACMEChallengeKey(p.m.cfg.Project, token), keyAuth, p.lease); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, answerWait)
@@ -679,6 +679,6 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 }
 
 func (p *provider) CleanUp(ctx context.Context, _, token, _ string) error {
-	_, err := p.m.cfg.Store.Delete(ctx, ChallengesPrefix(p.m.cfg.Project)+token)
+	_, err := p.m.cfg.Store.Delete(ctx, store.ACMEChallengeKey(p.m.cfg.Project, token))
 	return err
 }

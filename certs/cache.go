@@ -69,7 +69,7 @@ func (k *Cache) reset() {
 // a certificate becomes valid or expires. It returns nil on cancellation.
 func (k *Cache) Start(ctx context.Context) error {
 	grp, ctx := errgroup.WithContext(ctx)
-	grp.Go(func() error { return k.cli.Watch(ctx, Prefix(k.project), k.apply) })
+	grp.Go(func() error { return k.cli.Watch(ctx, store.CertsPrefix(k.project), k.apply) })
 	grp.Go(func() error { k.recheck(ctx); return nil })
 	return grp.Wait()
 }
@@ -165,7 +165,7 @@ func (k *Cache) Certs() []Cert {
 func (k *Cache) Get(name string) (Cert, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	c, ok := k.certs[HostKey(k.project, name)]
+	c, ok := k.certs[store.CertHostKey(k.project, name)]
 	if !ok || ValidAt(c.Leaf, k.now()) != nil {
 		return Cert{}, false
 	}
@@ -241,16 +241,16 @@ var keyAuthRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}\.[A-Za-z0-9_-]{16,256
 func (k *Cache) drop(key string) {
 	delete(k.certs, key)
 	delete(k.valid, key)
-	if token, ok := strings.CutPrefix(key, ChallengesPrefix(k.project)); ok {
+	if token, ok := strings.CutPrefix(key, store.ACMEChallengesPrefix(k.project)); ok {
 		delete(k.challenges, token)
 	}
-	if rest, ok := strings.CutPrefix(key, AcksPrefix(k.project)); ok {
+	if rest, ok := strings.CutPrefix(key, store.ACMEAcksPrefix(k.project)); ok {
 		token, node, _ := strings.Cut(rest, "/")
 		if delete(k.acks[token], node); len(k.acks[token]) == 0 {
 			delete(k.acks, token)
 		}
 	}
-	if host, ok := strings.CutPrefix(key, FailuresPrefix(k.project)); ok {
+	if host, ok := strings.CutPrefix(key, store.ACMEFailuresPrefix(k.project)); ok {
 		delete(k.failures, host)
 	}
 }
@@ -258,7 +258,7 @@ func (k *Cache) drop(key string) {
 // put takes one written key; k.mu is held.
 func (k *Cache) put(kv store.KV) {
 	k.drop(kv.Key)
-	hosts, challenges := HostsPrefix(k.project), ChallengesPrefix(k.project)
+	hosts, challenges := store.CertHostsPrefix(k.project), store.ACMEChallengesPrefix(k.project)
 	switch {
 	case strings.HasPrefix(kv.Key, hosts):
 		c, err := Read(kv.Key, kv.Value)
@@ -280,8 +280,8 @@ func (k *Cache) put(kv store.KV) {
 			return
 		}
 		k.challenges[token] = Challenge{Token: token, Auth: auth, Lease: kv.Lease}
-	case strings.HasPrefix(kv.Key, AcksPrefix(k.project)):
-		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, AcksPrefix(k.project)), "/")
+	case strings.HasPrefix(kv.Key, store.ACMEAcksPrefix(k.project)):
+		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, store.ACMEAcksPrefix(k.project)), "/")
 		if !tokenRE.MatchString(token) || store.ValidName(node) != nil {
 			k.log.Warn().Str("key", kv.Key).Msg("skipping the ACME acknowledgement in etcd: not <token>/<node>")
 			return
@@ -290,8 +290,8 @@ func (k *Cache) put(kv store.KV) {
 			k.acks[token] = map[string]bool{}
 		}
 		k.acks[token][node] = true
-	case strings.HasPrefix(kv.Key, FailuresPrefix(k.project)):
-		host := strings.TrimPrefix(kv.Key, FailuresPrefix(k.project))
+	case strings.HasPrefix(kv.Key, store.ACMEFailuresPrefix(k.project)):
+		host := strings.TrimPrefix(kv.Key, store.ACMEFailuresPrefix(k.project))
 		f, err := ParseFailure(host, kv.Value)
 		if err != nil {
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME failure record in etcd")

@@ -156,5 +156,5 @@ func (f *fakeEtcd) watch(prefix string, handle func(store.Update)) int {
 // tests that move the clock themselves.
 func (f *fakeEtcd) feed(k *Cache) {
 	k.cli = f
-	f.watch(Prefix(k.project), k.apply)
+	f.watch(store.CertsPrefix(k.project), k.apply)
 }

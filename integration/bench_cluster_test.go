@@ -18,6 +18,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/integration/internal/load"
 	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // clusterRow is one line of the cluster bench.
@@ -163,7 +164,7 @@ func TestBenchCluster(t *testing.T) {
 // servedAddrs is what the leader's nginx serves for apache, as it
 // published it after its last push.
 func (sc *seedCluster) servedAddrs() ([]string, error) {
-	kv, _, err := sc.etcd.List(sc.t.Context(), orchestrator.ServedKey(sc.project))
+	kv, _, err := sc.etcd.List(sc.t.Context(), store.ServedKey(sc.project))
 	if err != nil {
 		return nil, err
 	}

@@ -110,7 +110,7 @@ func (sc *seedCluster) startDaemon(h *cluster.Host) {
 
 // leader returns the node that leads and the proxy address it announces.
 func (sc *seedCluster) leader() (orchestrator.Leader, error) {
-	kv, ok, err := sc.etcd.Leader(sc.t.Context(), orchestrator.LeaderPrefix(sc.project)+"/")
+	kv, ok, err := sc.etcd.Leader(sc.t.Context(), store.LeaderPrefix(sc.project))
 	if err != nil {
 		return orchestrator.Leader{}, err
 	}

@@ -16,11 +16,6 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// LeaderPrefix is the election of the node that runs the project's proxy
-// when proxy.placement is "leader": /upstreamd/<project>/leader/<lease>
-// = a Leader, the oldest key leading.
-func LeaderPrefix(project string) string { return "/upstreamd/" + project + "/leader" }
-
 // Leader is what the elected node says of itself: where clients, a DNS
 // updater or `upstreamd status` find the proxy.
 type Leader struct {
@@ -226,7 +221,7 @@ func (e *elector) Start(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		_ = e.cfg.Store.Watch(ctx, LeaderPrefix(e.cfg.Project)+"/", e.observe) // nil once ctx ends
+		_ = e.cfg.Store.Watch(ctx, store.LeaderPrefix(e.cfg.Project), e.observe) // nil once ctx ends
 	}()
 	defer func() { <-watched }()
 	newLease := e.cfg.Leases.Subscribe()
@@ -277,7 +272,7 @@ func (e *elector) lead(ctx context.Context, l *store.Lease, value string, newLea
 		}
 		cancel()
 	}()
-	created, err := e.cfg.Store.Campaign(lctx, LeaderPrefix(e.cfg.Project), value, l.ID)
+	created, err := e.cfg.Store.Campaign(lctx, store.ElectionName(e.cfg.Project), value, l.ID)
 	if err != nil {
 		if lctx.Err() != nil && ctx.Err() == nil {
 			return nil // the lease ended while campaigning: stand again

@@ -47,7 +47,7 @@ func (f *fakeElection) show(keys map[string]int64) {
 	u := store.Update{Reset: true}
 	for node, rev := range keys {
 		v, _ := json.Marshal(Leader{Node: node, Address: node + ":8080"})
-		u.KVs = append(u.KVs, store.KV{Key: LeaderPrefix("up") + "/" + node, Value: v, Created: rev})
+		u.KVs = append(u.KVs, store.KV{Key: store.LeaderPrefix("up") + node, Value: v, Created: rev})
 	}
 	f.mu.Lock()
 	handle := f.handle

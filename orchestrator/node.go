@@ -32,14 +32,6 @@ type nodeStore interface {
 
 var _ nodeStore = (*store.Client)(nil)
 
-// NodesPrefix is where a project's daemons announce themselves:
-// /upstreamd/<project>/nodes/<node>.
-func NodesPrefix(project string) string { return "/upstreamd/" + project + "/nodes/" }
-
-// enginesPrefix is where a project's daemons claim their Docker engine:
-// /upstreamd/<project>/engines/<engine ID> = the holder's announcement.
-func enginesPrefix(project string) string { return "/upstreamd/" + project + "/engines/" }
-
 // Announcement is what a daemon says of itself under NodesPrefix.
 type Announcement struct {
 	Node string `json:"node"`
@@ -230,8 +222,8 @@ func (n *node) claim(ctx context.Context, prev **store.Lease) (*store.Lease, err
 		return nil, err
 	}
 	claims := []struct{ key, value, what string }{
-		{NodesPrefix(n.cfg.Project) + self.Node, string(value), fmt.Sprintf("node name %q", self.Node)},
-		{enginesPrefix(n.cfg.Project) + engine, string(value), "this Docker engine (" + engine + ")"},
+		{store.NodeKey(n.cfg.Project, self.Node), string(value), fmt.Sprintf("node name %q", self.Node)},
+		{store.EngineKey(n.cfg.Project, engine), string(value), "this Docker engine (" + engine + ")"},
 	}
 	for _, c := range claims {
 		if err := n.await(ctx, c.key, c.value, c.what, l); err != nil {

@@ -333,19 +333,19 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 		if local, ok := o.cfg.Pool.(servedSet); ok && o.cfg.Mirror != nil {
 			g.Go(func() error { return o.publishServed(ctx, local) })
 			g.Go(func() error {
-				return o.cfg.Store.Watch(ctx, ServedKey(o.cfg.Spec.Project), o.mirrorServed(o.cfg.Mirror))
+				return o.cfg.Store.Watch(ctx, store.ServedKey(o.cfg.Spec.Project), o.mirrorServed(o.cfg.Mirror))
 			})
 		}
 	}
 	g.Go(func() error { return o.drainer.Start(ctx) })
 	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
+		return o.cfg.Store.Watch(ctx, store.OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
 	})
 	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, enginesPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applyNodes))
+		return o.cfg.Store.Watch(ctx, store.EnginesPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applyNodes))
 	})
 	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, SlotsPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applySlots))
+		return o.cfg.Store.Watch(ctx, store.SlotsPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applySlots))
 	})
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })

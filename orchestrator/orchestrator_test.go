@@ -52,7 +52,7 @@ func TestParseReplicas(t *testing.T) {
 }
 
 func TestOverrides(t *testing.T) {
-	p := OverridesPrefix("up")
+	p := store.OverridesPrefix("up")
 	kv := func(key, value string) store.KV { return store.KV{Key: p + key, Value: []byte(value)} }
 	reset := func(kvs ...store.KV) store.Update { return store.Update{Reset: true, KVs: kvs} }
 	tests := []struct {
@@ -103,7 +103,7 @@ func TestOverrides(t *testing.T) {
 // (so a start-up log shows it), when it changes and when it goes; an
 // update that leaves it as it was says nothing.
 func TestOverridesAreSaid(t *testing.T) {
-	p := OverridesPrefix("up")
+	p := store.OverridesPrefix("up")
 	var logs strings.Builder
 	o := newOverrides(testSpec(), func() {}, zerolog.New(&logs))
 	steps := []struct {

@@ -11,12 +11,6 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// OverridesPrefix is where runtime replica overrides live:
-// /upstreamd/<project>/replicas/<service> = "<n>".
-func OverridesPrefix(project string) string {
-	return "/upstreamd/" + project + "/replicas/"
-}
-
 // MaxReplicas bounds replicas in the spec and in overrides.
 const MaxReplicas = 1000
 
@@ -57,7 +51,7 @@ type overrides struct {
 }
 
 func newOverrides(spec Spec, wake func(), log zerolog.Logger) *overrides {
-	return &overrides{prefix: OverridesPrefix(spec.Project), spec: spec, log: log, wake: wake,
+	return &overrides{prefix: store.OverridesPrefix(spec.Project), spec: spec, log: log, wake: wake,
 		raw: map[string]string{}, counts: map[string]int{}, loaded: make(chan struct{})}
 }
 

@@ -16,16 +16,6 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// SlotsPrefix is where a project's replicas are placed on nodes:
-// /upstreamd/<project>/slots/<service>/<i> = {"node": …}, for i in
-// [0, replicas), each under its holder's lease.
-func SlotsPrefix(project string) string { return "/upstreamd/" + project + "/slots/" }
-
-// SlotKey is the key of slot i of service.
-func SlotKey(project, service string, i int) string {
-	return SlotsPrefix(project) + service + "/" + strconv.Itoa(i)
-}
-
 // Slot is the value of a slot key.
 type Slot struct {
 	Node string `json:"node"`
@@ -268,7 +258,7 @@ func (p *placement) liveNodes() []string {
 func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas int, live []string, lease *store.Lease) error {
 	me := p.cfg.Node
 	p.mu.Lock()
-	prefix := SlotsPrefix(p.cfg.Project) + svc.Name + "/"
+	prefix := store.ServiceSlotsPrefix(p.cfg.Project, svc.Name)
 	held := map[string]int{} // node → slots it holds below replicas
 	var mine, free []int
 	occupied := map[int]bool{}
@@ -299,7 +289,7 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 	sort.Ints(mine)
 	// Give up the highest slots beyond the share: they are drained first.
 	for len(mine) > share {
-		key := SlotKey(p.cfg.Project, svc.Name, mine[len(mine)-1])
+		key := store.SlotKey(p.cfg.Project, svc.Name, mine[len(mine)-1])
 		p.releasing[key] = true
 		mine = mine[:len(mine)-1]
 		p.log.Info().Str("service", svc.Name).Str("slot", key).Int("share", share).
@@ -314,7 +304,7 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 		if len(mine) >= share {
 			break
 		}
-		key := SlotKey(p.cfg.Project, svc.Name, i)
+		key := store.SlotKey(p.cfg.Project, svc.Name, i)
 		got, _, cerr := p.cfg.Store.Claim(ctx, key, string(value), lease.ID)
 		if cerr != nil {
 			if errors.Is(cerr, store.ErrLeaseLost) {
@@ -389,7 +379,7 @@ func (p *placement) Settle(ctx context.Context, running map[string]int) error {
 	p.mu.Lock()
 	var keys []string
 	for key := range p.releasing {
-		svc := serviceOfSlot(SlotsPrefix(p.cfg.Project), key)
+		svc := serviceOfSlot(store.SlotsPrefix(p.cfg.Project), key)
 		if running[svc] <= p.local[svc] {
 			keys = append(keys, key)
 		}

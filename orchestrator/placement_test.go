@@ -105,7 +105,7 @@ func (e *slotEtcd) publish() {
 	}
 	nodes := store.Update{Reset: true}
 	for _, n := range e.nodes {
-		nodes.KVs = append(nodes.KVs, store.KV{Key: enginesPrefix("p") + "engine-" + n, Value: []byte(`{"node":"` + n + `"}`)})
+		nodes.KVs = append(nodes.KVs, store.KV{Key: store.EngineKey("p", "engine-"+n), Value: []byte(`{"node":"` + n + `"}`)})
 	}
 	members := slices.Clone(e.members)
 	e.mu.Unlock()
@@ -353,7 +353,7 @@ func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
 		Logger: zerolog.New(&logs)})
 	same, _ := json.Marshal(Announcement{Node: "b", Spec: spec.Digest()})
 	other, _ := json.Marshal(Announcement{Node: "c", Spec: "0123456789ab"})
-	u := store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: same}, {Key: enginesPrefix("p") + "e2", Value: other}}}
+	u := store.Update{Reset: true, KVs: []store.KV{{Key: store.EngineKey("p", "e1"), Value: same}, {Key: store.EngineKey("p", "e2"), Value: other}}}
 	p.applyNodes(u)
 	p.applyNodes(u)
 	if n := strings.Count(logs.String(), "runs another spec"); n != 1 {
@@ -380,11 +380,11 @@ func TestPlacementWarnsOfBridgeAddresses(t *testing.T) {
 			Logger: zerolog.New(&logs)})
 		a, _ := json.Marshal(Announcement{Node: "a"})
 		b, _ := json.Marshal(Announcement{Node: "b"})
-		p.applyNodes(store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: a}}})
+		p.applyNodes(store.Update{Reset: true, KVs: []store.KV{{Key: store.EngineKey("p", "e1"), Value: a}}})
 		if strings.Contains(logs.String(), "cannot reach") {
 			t.Fatalf("%s: warned while alone:\n%s", advertise, logs.String())
 		}
-		u := store.Update{KVs: []store.KV{{Key: enginesPrefix("p") + "e2", Value: b}}}
+		u := store.Update{KVs: []store.KV{{Key: store.EngineKey("p", "e2"), Value: b}}}
 		p.applyNodes(u)
 		p.applyNodes(u)
 		want := 0
@@ -456,7 +456,7 @@ func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
 		if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil {
 			t.Fatal(err)
 		}
-		if got := e.kv[SlotKey("p", "apache", 1)]; got.lease != 10 {
+		if got := e.kv[store.SlotKey("p", "apache", 1)]; got.lease != 10 {
 			t.Fatalf("slot 1 is %+v after a settled, want a's claim under lease 10: it is not one to give up", got)
 		}
 		if err := a.Step(ctx); err != nil {
@@ -475,7 +475,7 @@ func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
 		if err := a.Step(ctx); err != nil { // marks 1
 			t.Fatal(err)
 		}
-		key := SlotKey("p", "apache", 1)
+		key := store.SlotKey("p", "apache", 1)
 		e.mu.Lock()
 		e.kv[key] = fakeKV{value: `{"node":"b"}`, lease: b.cfg.Leases.Lease().ID} // deleted by hand, and b claimed it
 		e.mu.Unlock()

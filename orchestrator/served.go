@@ -8,11 +8,6 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// ServedKey is where the node that runs the project's one proxy (placement
-// "leader") publishes what its nginx serves, under its lease, so that every
-// node drains its backends against the nginx that sends to them.
-func ServedKey(project string) string { return "/upstreamd/" + project + "/served" }
-
 // ServedPools is the value of ServedKey.
 type ServedPools struct {
 	Node  string              `json:"node"`
@@ -51,7 +46,7 @@ func (o *Orchestrator) publishServed(ctx context.Context, local servedSet) error
 			if v := string(b); v != last {
 				if l := o.node.Lease(); l == nil {
 					again = time.After(200 * time.Millisecond)
-				} else if _, err := o.cfg.Store.Put(ctx, ServedKey(o.cfg.Spec.Project), v, l.ID); err != nil {
+				} else if _, err := o.cfg.Store.Put(ctx, store.ServedKey(o.cfg.Spec.Project), v, l.ID); err != nil {
 					o.log.Debug().Err(err).Msg("publishing what nginx serves; retrying")
 					again = time.After(200 * time.Millisecond)
 				} else {

@@ -38,13 +38,13 @@ func TestServedPublishedAndMirrored(t *testing.T) {
 
 		local.Mirror(map[string][]string{"apache": {"10.0.0.1:80"}})
 		synctest.Wait()
-		if got := reg.snapshot()[ServedKey(spec.Project)]; got.value != "" {
+		if got := reg.snapshot()[store.ServedKey(spec.Project)]; got.value != "" {
 			t.Fatalf("published %q while not leading", got.value)
 		}
 
 		o.elector.elected(1)
 		synctest.Wait()
-		key := ServedKey(spec.Project)
+		key := store.ServedKey(spec.Project)
 		kv := reg.snapshot()[key]
 		var sp ServedPools
 		if err := json.Unmarshal([]byte(kv.value), &sp); err != nil {

@@ -48,7 +48,7 @@ func TestRenewCert(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	defer func(n func() time.Time) { now = n }(now)
 	now = func() time.Time { return at }
-	key := certs.HostKey("p", "a.example")
+	key := store.CertHostKey("p", "a.example")
 	old := certs.Record{Cert: "old cert", Key: "old key", Source: certs.SourceACME, RenewAt: at.Add(30 * 24 * time.Hour), Node: "n1"}
 	newer := certs.Record{Cert: "new cert", Key: "new key", Source: certs.SourceACME, RenewAt: at.Add(60 * 24 * time.Hour), Node: "n2", Stored: at}
 	for _, tt := range []struct {

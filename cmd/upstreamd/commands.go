@@ -350,7 +350,7 @@ func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, e
 // slots of the project (everything of etcdView but the registrations).
 func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView, error) {
 	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
-	prefix := orchestrator.OverridesPrefix(cfg.Project)
+	prefix := store.OverridesPrefix(cfg.Project)
 	kvs, _, err := etcd.List(ctx, prefix)
 	if err != nil {
 		return v, err
@@ -360,17 +360,17 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
 		}
 	}
-	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project)); err != nil {
+	if kvs, _, err = etcd.List(ctx, store.NodesPrefix(cfg.Project)); err != nil {
 		return v, err
 	}
 	for _, kv := range kvs {
 		var a orchestrator.Announcement
 		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
-			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
+			a.Node = strings.TrimPrefix(kv.Key, store.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
 		}
 		v.nodes = append(v.nodes, a)
 	}
-	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project)+"/")
+	kv, ok, err := etcd.Leader(ctx, store.LeaderPrefix(cfg.Project))
 	if err != nil {
 		return v, err
 	}
@@ -380,7 +380,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 			v.leader.Node = "? (unreadable: " + kv.Key + ")"
 		}
 	}
-	prefix = orchestrator.SlotsPrefix(cfg.Project)
+	prefix = store.SlotsPrefix(cfg.Project)
 	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
 		return v, err
 	}
@@ -445,7 +445,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		defer etcd.Close()
-		key := orchestrator.OverridesPrefix(cfg.Project) + svc
+		key := store.OverrideKey(cfg.Project, svc)
 		if reset {
 			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 				return err

@@ -198,13 +198,13 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 // liveNodes lists the nodes announced in etcd (under their leases: the
 // live ones); a key that is not a node name is none.
 func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]string, error) {
-	kvs, _, err := etcd.List(ctx, orchestrator.NodesPrefix(project))
+	kvs, _, err := etcd.List(ctx, store.NodesPrefix(project))
 	if err != nil {
 		return nil, err
 	}
 	var out []string
 	for _, kv := range kvs {
-		if name := strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(project)); store.ValidName(name) == nil {
+		if name := strings.TrimPrefix(kv.Key, store.NodesPrefix(project)); store.ValidName(name) == nil {
 			out = append(out, name)
 		}
 	}

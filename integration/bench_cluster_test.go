@@ -16,8 +16,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	upcluster "github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
-	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -171,7 +171,7 @@ func (sc *seedCluster) servedAddrs() ([]string, error) {
 	if len(kv) == 0 {
 		return nil, errors.New("no record of what the leader's nginx serves")
 	}
-	var sp orchestrator.ServedPools
+	var sp upcluster.ServedPools
 	if err := json.Unmarshal(kv[0].Value, &sp); err != nil {
 		return nil, err
 	}

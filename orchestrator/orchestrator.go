@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
@@ -30,16 +31,28 @@ type dockerAPI interface {
 
 var _ dockerAPI = (*containers.Client)(nil)
 
-// etcdAPI is etcd as the Orchestrator uses it.
+// etcdAPI is etcd as the Orchestrator uses it: the registrar's writes,
+// and the cluster's.
 type etcdAPI interface {
 	registry
-	nodeStore
-	slotStore
-	electionStore
-	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
+	cluster.Store
 }
 
 var _ etcdAPI = (*store.Client)(nil)
+
+// servedSet is the local nginx's pools (a render.Served): with
+// ProxyPlacement "leader", the leader publishes them.
+type servedSet interface {
+	pool
+	Set() map[string][]string
+}
+
+// servedMirror is the leader's nginx, as it published its pools (a
+// render.Served fed by Mirror).
+type servedMirror interface {
+	pool
+	Mirror(set map[string][]string)
+}
 
 // Config configures an Orchestrator.
 type Config struct {
@@ -99,13 +112,10 @@ type Config struct {
 type Orchestrator struct {
 	cfg        Config
 	log        zerolog.Logger
-	node       *node
+	cluster    *cluster.Member
 	ledger     *ledger
 	proxy      *runningProxy
-	overrides  *overrides
-	placement  *placement
-	elector    *elector // nil unless ProxyPlacement is "leader"
-	pool       pool     // what drains wait on: Pool, or Mirror when a leader runs the proxy
+	pool       pool // what drains wait on: Pool, or Mirror when a leader runs the proxy
 	health     *health
 	drainer    *drainer
 	reconciler *reconciler
@@ -140,53 +150,13 @@ func (t *troubles) get(loop string) error {
 
 // New wires an Orchestrator.
 func New(cfg Config) *Orchestrator {
-	if cfg.Resync <= 0 {
-		cfg.Resync = 30 * time.Second
-	}
-	if cfg.ReadyTimeout <= 0 {
-		cfg.ReadyTimeout = 5 * time.Second
-	}
-	if cfg.StreamIdle <= 0 {
-		cfg.StreamIdle = 10 * time.Second
-	}
+	cfg = cfg.withDefaults()
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger.With().Str("component", "orchestrator").Logger(), ledger: newLedger(), proxy: newRunningProxy(),
-		wake: wake.New(), ready: make(chan struct{})}
-	o.node = newNode(nodeConfig{
-		Store:   cfg.Store,
-		Project: cfg.Spec.Project,
-		Engine:  cfg.Docker.EngineID,
-		Self:    announce(cfg.Spec, cfg.Version),
-		TTL:     cfg.LeaseTTL,
-		Events:  cfg.Events,
-		Logger:  cfg.Logger.With().Str("component", "node").Logger(),
-	})
-	o.overrides = newOverrides(cfg.Spec, o.Wake, cfg.Logger.With().Str("component", "reconcile").Logger())
-	o.placement = newPlacement(placementConfig{
-		Store:    cfg.Store,
-		Spec:     cfg.Spec,
-		Node:     cfg.Spec.Node,
-		Project:  cfg.Spec.Project,
-		Leases:   o.node,
-		Replicas: o.overrides.Replicas,
-		Logger:   cfg.Logger.With().Str("component", "placement").Logger(),
-	})
-	var runProxy func() ProxyDuty
-	o.pool = cfg.Pool
-	if cfg.ProxyPlacement == PlacementLeader {
-		if cfg.Mirror != nil {
-			o.pool = cfg.Mirror
-		}
-		o.elector = newElector(electorConfig{
-			Store:   cfg.Store,
-			Leases:  o.node,
-			Project: cfg.Spec.Project,
-			Self:    Leader{Node: cfg.Spec.Node, Address: cfg.ProxyAddress},
-			Changed: o.Wake,
-			Events:  cfg.Events,
-			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
-		})
-		runProxy = o.elector.RunsProxy
+		wake: wake.New(), ready: make(chan struct{}), pool: cfg.Pool}
+	if cfg.ProxyPlacement == PlacementLeader && cfg.Mirror != nil {
+		o.pool = cfg.Mirror
 	}
+	o.cluster = cluster.NewMember(o.memberConfig())
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,
 		Gone:      o.ledger.gone,
@@ -210,16 +180,16 @@ func New(cfg Config) *Orchestrator {
 		Health:   o.health,
 		Drains:   o.drainer,
 		Ledger:   o.ledger,
-		Replicas: o.placement.Local,
+		Share:    o.cluster.Placement().Share,
 		Pool:     o.pool,
 		Proxy:    o.proxy,
-		RunProxy: runProxy,
+		RunProxy: o.cluster.RunsProxy,
 		Events:   cfg.Events,
 		Logger:   cfg.Logger.With().Str("component", "reconcile").Logger(),
 	})
 	o.registrar = newRegistrar(registrarConfig{
 		Store:         cfg.Store,
-		Leases:        o.node,
+		Leases:        o.cluster.Node(),
 		Registrations: cfg.Registrations,
 		Health:        o.health,
 		Prefix:        cfg.Spec.Prefix,
@@ -232,21 +202,44 @@ func New(cfg Config) *Orchestrator {
 	return o
 }
 
+// withDefaults fills in what cfg leaves at zero.
+func (cfg Config) withDefaults() Config {
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 5 * time.Second
+	}
+	if cfg.StreamIdle <= 0 {
+		cfg.StreamIdle = 10 * time.Second
+	}
+	return cfg
+}
+
+// memberConfig is this daemon's place in its project's cluster: its node
+// (one per Docker engine), the spec's services to place, and with
+// ProxyPlacement "leader" the election, and this node's nginx's pools to
+// publish while it leads.
+func (o *Orchestrator) memberConfig() cluster.MemberConfig {
+	cfg := o.cfg
+	mc := cluster.MemberConfig{
+		Store: cfg.Store, Project: cfg.Spec.Project, Self: announce(cfg.Spec, cfg.Version), Engine: cfg.Docker.EngineID,
+		Unreachable: unreachable, TTL: cfg.LeaseTTL,
+		Services: cfg.Spec.clusterServices(), HostAddresses: cfg.Spec.Advertise == AdvertiseHost,
+		ElectProxy: cfg.ProxyPlacement == PlacementLeader, ProxyAddress: cfg.ProxyAddress,
+		Changed: o.Wake, Events: cfg.Events, Logger: cfg.Logger,
+	}
+	if local, ok := cfg.Pool.(servedSet); ok && cfg.Mirror != nil {
+		mc.Served, mc.Mirror = local, cfg.Mirror
+	}
+	return mc
+}
+
 // Proxy placements.
 const (
 	PlacementEvery  = "every"
 	PlacementLeader = "leader"
 )
-
-// wakeIf returns a watch handler that applies an update and asks for a
-// pass when it changed something.
-func (o *Orchestrator) wakeIf(apply func(store.Update) bool) func(store.Update) {
-	return func(u store.Update) {
-		if apply(u) {
-			o.Wake()
-		}
-	}
-}
 
 // Wake asks for a reconcile pass.
 func (o *Orchestrator) Wake() { o.wake.Wake() }
@@ -284,7 +277,7 @@ func (o *Orchestrator) Backends() []BackendHealth {
 
 // Local returns how many backends of each service this node is to run
 // (its placed share), and false before the first placement.
-func (o *Orchestrator) Local() (map[string]int, bool) { return o.placement.Local() }
+func (o *Orchestrator) Local() (map[string]int, bool) { return o.cluster.Placement().Share() }
 
 // BackendStates returns, by service, how many backends this daemon probes
 // are healthy, pending and unhealthy.
@@ -301,15 +294,15 @@ func (o *Orchestrator) Problems() []string {
 	if err := o.troubles.get("placement"); err != nil {
 		out = append(out, "etcd: placing replicas failing: "+err.Error())
 	}
-	for svc, n := range o.placement.Short() {
+	for svc, n := range o.cluster.Placement().Short() {
 		out = append(out, fmt.Sprintf("placement: %d replica(s) of %s cannot be placed (max_per_node × live nodes is too small)", n, svc))
 	}
 	if err := o.troubles.get("events"); err != nil {
 		out = append(out, "docker: event stream broken: "+err.Error())
 	}
 	select {
-	case <-o.node.Claimed():
-		if o.node.Lease() == nil {
+	case <-o.cluster.Node().Claimed():
+		if o.cluster.Node().Lease() == nil {
 			out = append(out, "etcd: this node holds no lease (etcd unreachable?); claiming it again")
 		}
 	default:
@@ -326,27 +319,9 @@ func (o *Orchestrator) Problems() []string {
 func (o *Orchestrator) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})
-	g.Go(func() error { return o.node.Start(ctx) })
+	g.Go(func() error { return o.cluster.Start(ctx) })
 	g.Go(func() error { return o.health.Start(ctx) })
-	if o.elector != nil {
-		g.Go(func() error { return o.elector.Start(ctx) })
-		if local, ok := o.cfg.Pool.(servedSet); ok && o.cfg.Mirror != nil {
-			g.Go(func() error { return o.publishServed(ctx, local) })
-			g.Go(func() error {
-				return o.cfg.Store.Watch(ctx, store.ServedKey(o.cfg.Spec.Project), o.mirrorServed(o.cfg.Mirror))
-			})
-		}
-	}
 	g.Go(func() error { return o.drainer.Start(ctx) })
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, store.OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
-	})
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, store.EnginesPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applyNodes))
-	})
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, store.SlotsPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applySlots))
-	})
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })
 	g.Go(func() error { return o.wakeOnServed(ctx) })
@@ -410,9 +385,9 @@ func unreachable(err error) bool {
 }
 
 // announce returns this daemon's announcement as node.
-func announce(spec Spec, version string) Announcement {
+func announce(spec Spec, version string) cluster.Announcement {
 	host, _ := os.Hostname() // only said, never relied on
-	return Announcement{Node: spec.Node, Host: host, Address: spec.NodeAddress, PID: os.Getpid(), Version: version,
+	return cluster.Announcement{Node: spec.Node, Host: host, Address: spec.NodeAddress, PID: os.Getpid(), Version: version,
 		Started: time.Now().UTC(), Spec: spec.Digest()}
 }
 
@@ -421,16 +396,11 @@ func announce(spec Spec, version string) Announcement {
 // for the node's claim and for the replica overrides: a restarted daemon
 // must not scale to the spec's count and back.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-o.node.Claimed():
-	}
-	for _, loaded := range []<-chan struct{}{o.overrides.Loaded(), o.placement.Loaded()} {
-		select { // etcd answers (the node holds its names): one List away
+	for _, ready := range []<-chan struct{}{o.cluster.Node().Claimed(), o.cluster.Loaded()} {
+		select { // once claimed, etcd answers: the copies are one List away
 		case <-ctx.Done():
 			return nil
-		case <-loaded:
+		case <-ready:
 		}
 	}
 	bo := retry.New(200*time.Millisecond, 10*time.Second)
@@ -442,13 +412,13 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		case <-o.wake.C():
 		default:
 		}
-		perr := o.placement.Step(ctx)
+		perr := o.cluster.Placement().Step(ctx)
 		res, err := o.reconciler.Reconcile(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err == nil {
-			perr = errors.Join(perr, o.placement.Settle(ctx, res.Running))
+			perr = errors.Join(perr, o.cluster.Placement().Settle(ctx, res.Running))
 		}
 		o.troubles.set("reconcile", err)
 		o.troubles.set("placement", perr)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/nginx"
@@ -123,9 +124,9 @@ const TLSPort = 443
 func (r *reconciler) reconcileProxy(ctx context.Context, data, proxies []containers.Container) error {
 	if r.cfg.RunProxy != nil {
 		switch r.cfg.RunProxy() {
-		case ProxyNone:
+		case cluster.ProxyNone:
 			return r.noProxy(ctx, proxies)
-		case ProxyKeep:
+		case cluster.ProxyKeep:
 			return r.keepProxy(ctx, proxies)
 		}
 	}
@@ -252,20 +253,6 @@ func (r *reconciler) ensureConfig(ctx context.Context, dataID string) error {
 	r.log.Info().Str("file", p.ConfigPath).Msg("placeholder config written: nginx answers 503 until the first render")
 	return nil
 }
-
-// ProxyDuty is what a node does about the project's proxy with
-// proxy.placement = "leader".
-type ProxyDuty int
-
-const (
-	// ProxyNone: another node leads; remove any proxy here.
-	ProxyNone ProxyDuty = iota
-	// ProxyKeep: who leads is not known yet (the daemon just started);
-	// keep a proxy that runs here, create none.
-	ProxyKeep
-	// ProxyRun: this node runs the project's proxy.
-	ProxyRun
-)
 
 // keepProxy keeps the running proxy found here, as it is, while who leads
 // is not known: a leader's daemon that restarts must not take the front

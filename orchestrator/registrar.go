@@ -10,6 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
@@ -23,7 +24,8 @@ type registry interface {
 	Delete(ctx context.Context, key string) (revision int64, err error)
 }
 
-// leases hands out the lease the registrations live under (the node's).
+// leases hands out the lease the registrations live under (the node's, a
+// *cluster.Node).
 type leases interface {
 	// Lease returns the current lease; nil while there is none.
 	Lease() *store.Lease
@@ -33,7 +35,7 @@ type leases interface {
 	Lost(l *store.Lease)
 }
 
-var _ leases = (*node)(nil)
+var _ leases = (*cluster.Node)(nil)
 
 var _ registry = (*store.Client)(nil)
 

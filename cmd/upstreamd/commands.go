@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -324,11 +325,11 @@ func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]con
 // etcdView is what status reads from etcd.
 type etcdView struct {
 	snap      store.Snapshot
-	overrides map[string]int              // service → replicas
-	nodes     []orchestrator.Announcement // live nodes, by name
-	slots     map[string]map[string]int   // node → service → slots held
-	placed    map[string]int              // service → slots held by anyone
-	leader    *orchestrator.Leader        // nil: none elected
+	overrides map[string]int            // service → replicas
+	nodes     []cluster.Announcement    // live nodes, by name
+	slots     map[string]map[string]int // node → service → slots held
+	placed    map[string]int            // service → slots held by anyone
+	leader    *cluster.Leader           // nil: none elected
 }
 
 func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
@@ -356,7 +357,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 		return v, err
 	}
 	for _, kv := range kvs {
-		if n, perr := orchestrator.ParseReplicas(string(kv.Value)); perr == nil {
+		if n, perr := cluster.ParseReplicas(string(kv.Value)); perr == nil {
 			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
 		}
 	}
@@ -364,7 +365,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 		return v, err
 	}
 	for _, kv := range kvs {
-		var a orchestrator.Announcement
+		var a cluster.Announcement
 		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
 			a.Node = strings.TrimPrefix(kv.Key, store.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
 		}
@@ -375,7 +376,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 		return v, err
 	}
 	if ok {
-		v.leader = &orchestrator.Leader{}
+		v.leader = &cluster.Leader{}
 		if json.Unmarshal(kv.Value, v.leader) != nil {
 			v.leader.Node = "? (unreadable: " + kv.Key + ")"
 		}
@@ -385,7 +386,7 @@ func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView
 		return v, err
 	}
 	for _, kv := range kvs {
-		var slot orchestrator.Slot
+		var slot cluster.Slot
 		if json.Unmarshal(kv.Value, &slot) != nil || slot.Node == "" {
 			slot.Node = "?"
 		}
@@ -436,7 +437,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		var n int
 		if !reset { // validate before connecting: a typo must not wait on etcd
 			var err error
-			if n, err = orchestrator.ParseReplicas(args[1]); err != nil {
+			if n, err = cluster.ParseReplicas(args[1]); err != nil {
 				return usageError{err}
 			}
 		}

@@ -19,6 +19,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
@@ -297,7 +298,7 @@ func (c *Config) applyDefaults() {
 			setStr(&s.Image, defaultImage)
 		}
 		setPtr(&s.Replicas, defaultReplicas)
-		setPtr(&s.MaxPerNode, orchestrator.MaxReplicas)
+		setPtr(&s.MaxPerNode, cluster.MaxReplicas)
 		c.setInt(k+"port", &s.Port, 80)
 		c.setDur(k+"stop_grace", &s.StopGrace, orchestrator.DefaultStopGrace)
 		c.setDur(k+"connect_timeout", &s.ConnectTimeout, render.DefaultConnectTimeout)
@@ -564,11 +565,11 @@ func (s ServiceConfig) validate(k string, seen map[string]bool, bad badFunc) {
 	if s.Image == "" {
 		bad(k+".image", "must not be empty")
 	}
-	if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
-		bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
+	if n := *s.Replicas; n < 1 || n > cluster.MaxReplicas {
+		bad(k+".replicas", "%d out of range 1-%d", n, cluster.MaxReplicas)
 	}
-	if n := *s.MaxPerNode; n < 1 || n > orchestrator.MaxReplicas {
-		bad(k+".max_per_node", "%d out of range 1-%d (%d, the default, is no bound)", n, orchestrator.MaxReplicas, orchestrator.MaxReplicas)
+	if n := *s.MaxPerNode; n < 1 || n > cluster.MaxReplicas {
+		bad(k+".max_per_node", "%d out of range 1-%d (%d, the default, is no bound)", n, cluster.MaxReplicas, cluster.MaxReplicas)
 	}
 	if s.Port < 1 || s.Port > 65535 {
 		bad(k+".port", "%d out of range 1-65535", s.Port)
@@ -693,7 +694,7 @@ func (c *Config) Spec() orchestrator.Spec {
 	for _, s := range c.Service {
 		limits, _ := parseLimits(s.Memory, s.CPUs) // validated
 		maxPerNode := *s.MaxPerNode
-		if maxPerNode >= orchestrator.MaxReplicas {
+		if maxPerNode >= cluster.MaxReplicas {
 			maxPerNode = 0 // no bound
 		}
 		spec.Services = append(spec.Services, orchestrator.ServiceSpec{

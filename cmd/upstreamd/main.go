@@ -19,7 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
-	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/cluster"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -65,7 +65,7 @@ func negativeNumber(args []string) error {
 			return nil
 		}
 		if len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "0123456789") == "" {
-			return usageError{fmt.Errorf("%s: a negative number is not a valid argument (replicas are 1-%d)", a, orchestrator.MaxReplicas)}
+			return usageError{fmt.Errorf("%s: a negative number is not a valid argument (replicas are 1-%d)", a, cluster.MaxReplicas)}
 		}
 	}
 	return nil

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -32,7 +32,20 @@ type nodeStore interface {
 
 var _ nodeStore = (*store.Client)(nil)
 
-// Announcement is what a daemon says of itself under NodesPrefix.
+// leases hands out the lease every key of the node lives under (a *Node).
+type leases interface {
+	// Lease returns the current lease; nil while there is none.
+	Lease() *store.Lease
+	// Subscribe receives after each new lease.
+	Subscribe() <-chan struct{}
+	// Lost reports a lease etcd no longer knows.
+	Lost(l *store.Lease)
+}
+
+var _ leases = (*Node)(nil)
+
+// Announcement is what a daemon says of itself under store.NodesPrefix
+// (and store.EnginesPrefix).
 type Announcement struct {
 	Node string `json:"node"`
 	Host string `json:"host"` // the machine's host name
@@ -57,12 +70,15 @@ type nodeConfig struct {
 	// Self is this daemon's announcement; Engine is filled in.
 	Self Announcement
 	// TTL is the lease's: how long this daemon's keys outlive it.
-	TTL    time.Duration
-	Events *events.Journal
-	Logger zerolog.Logger
+	TTL time.Duration
+	// Unreachable reports an error that says only that etcd or the engine
+	// could not be reached.
+	Unreachable func(error) bool
+	Events      *events.Journal
+	Logger      zerolog.Logger
 }
 
-// node is this daemon in etcd: it holds the one lease every key of the
+// Node is this daemon in etcd: it holds the one lease every key of the
 // daemon lives under, and with it its node name and its project's claim on
 // its Docker engine. Nothing else may start before it holds them (Claimed);
 // a daemon whose names are taken does not start at all (ErrTaken). It is a
@@ -71,7 +87,7 @@ type nodeConfig struct {
 // was away: etcd gives each lease its TTL again when it comes back, and
 // every key of the node stands), else under a new one; and it revokes the
 // lease when it stops, so the daemon's keys go at once.
-type node struct {
+type Node struct {
 	cfg     nodeConfig
 	log     zerolog.Logger
 	changed wake.Fanout // a new lease
@@ -82,26 +98,26 @@ type node struct {
 	lease *store.Lease
 }
 
-func newNode(cfg nodeConfig) *node {
-	return &node{cfg: cfg, log: cfg.Logger, lost: wake.New(), claimed: make(chan struct{})}
+func newNode(cfg nodeConfig) *Node {
+	return &Node{cfg: cfg, log: cfg.Logger, lost: wake.New(), claimed: make(chan struct{})}
 }
 
 // Claimed is closed once the node holds its names for the first time.
-func (n *node) Claimed() <-chan struct{} { return n.claimed }
+func (n *Node) Claimed() <-chan struct{} { return n.claimed }
 
 // Lease returns the lease keys are to be written under; nil while none.
-func (n *node) Lease() *store.Lease {
+func (n *Node) Lease() *store.Lease {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.lease
 }
 
 // Subscribe returns a channel that receives after each new lease.
-func (n *node) Subscribe() <-chan struct{} { return n.changed.Subscribe() }
+func (n *Node) Subscribe() <-chan struct{} { return n.changed.Subscribe() }
 
 // Lost reports that etcd no longer knows l (a write under it failed): a
 // new one is granted.
-func (n *node) Lost(l *store.Lease) {
+func (n *Node) Lost(l *store.Lease) {
 	if n.Lease() == l {
 		n.lost.Wake()
 	}
@@ -109,7 +125,7 @@ func (n *node) Lost(l *store.Lease) {
 
 // Start claims the node's names, then keeps them until ctx ends. It returns
 // an error matching ErrTaken when another daemon holds them.
-func (n *node) Start(ctx context.Context) error {
+func (n *Node) Start(ctx context.Context) error {
 	var prev *store.Lease // to resume: its keep-alive lapsed
 	for {
 		l, err := n.claimWithRetries(ctx, prev)
@@ -150,7 +166,7 @@ func (n *node) Start(ctx context.Context) error {
 	}
 }
 
-func (n *node) setLease(l *store.Lease) {
+func (n *Node) setLease(l *store.Lease) {
 	n.mu.Lock()
 	n.lease = l
 	n.mu.Unlock()
@@ -159,7 +175,7 @@ func (n *node) setLease(l *store.Lease) {
 	}
 }
 
-func (n *node) revoke(ctx context.Context, l *store.Lease) {
+func (n *Node) revoke(ctx context.Context, l *store.Lease) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 	defer cancel()
 	if err := n.cfg.Store.Revoke(rctx, l); err != nil {
@@ -174,7 +190,7 @@ func (n *node) revoke(ctx context.Context, l *store.Lease) {
 // reached. The backoff stays under half the TTL: etcd, back after an
 // outage, keeps prev for about a TTL. It returns nil, nil when ctx ended,
 // and an error only for ErrTaken.
-func (n *node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.Lease, error) {
+func (n *Node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.Lease, error) {
 	var l *store.Lease
 	var taken error
 	err := retry.Until(ctx, retry.New(200*time.Millisecond, min(5*time.Second, max(n.cfg.TTL/2, 200*time.Millisecond))), func(ctx context.Context) error {
@@ -187,7 +203,7 @@ func (n *node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.
 		return err
 	}, func(err error, wait time.Duration, first bool) {
 		ev := n.log.Debug()
-		if first && !unreachable(err) { // unreachable: the daemon says so
+		if first && !n.cfg.Unreachable(err) { // unreachable: the daemon says so
 			ev = n.log.Warn()
 		}
 		ev.Err(err).Stringer("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
@@ -206,7 +222,7 @@ func (n *node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.
 // forgetting it when not) and claims the node name and the engine under
 // it. A name held by a daemon that is gone (its lease is not kept alive) is
 // awaited until etcd drops it, for at most its TTL.
-func (n *node) claim(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
+func (n *Node) claim(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
 	engine, err := n.cfg.Engine(ctx)
 	if err != nil {
 		return nil, err
@@ -242,7 +258,7 @@ func (n *node) claim(ctx context.Context, prev **store.Lease) (*store.Lease, err
 
 // takeLease resumes *prev when etcd still holds it, or grants a new lease
 // (then *prev is forgotten).
-func (n *node) takeLease(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
+func (n *Node) takeLease(ctx context.Context, prev **store.Lease) (*store.Lease, error) {
 	if *prev != nil {
 		l, err := n.cfg.Store.Resume(ctx, (*prev).ID)
 		if !errors.Is(err, store.ErrLeaseLost) {
@@ -255,7 +271,7 @@ func (n *node) takeLease(ctx context.Context, prev **store.Lease) (*store.Lease,
 
 // await claims key, waiting while its holder's lease may still run out:
 // a daemon that crashed leaves its keys until its TTL expires.
-func (n *node) await(ctx context.Context, key, value, what string, l *store.Lease) error {
+func (n *Node) await(ctx context.Context, key, value, what string, l *store.Lease) error {
 	var deadline time.Time
 	for {
 		held, holder, err := n.cfg.Store.Claim(ctx, key, value, l.ID)

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -24,6 +24,20 @@ type Leader struct {
 	Address string `json:"address"`
 }
 
+// ProxyDuty is what a node does about the project's proxy with
+// proxy.placement = "leader".
+type ProxyDuty int
+
+const (
+	// ProxyNone: another node leads; remove any proxy here.
+	ProxyNone ProxyDuty = iota
+	// ProxyKeep: who leads is not known yet (the daemon just started);
+	// keep a proxy that runs here, create none.
+	ProxyKeep
+	// ProxyRun: this node runs the project's proxy.
+	ProxyRun
+)
+
 // electionStore is etcd as the elector uses it.
 type electionStore interface {
 	Campaign(ctx context.Context, prefix, value string, lease int64) (created int64, err error)
@@ -45,7 +59,7 @@ type electorConfig struct {
 	Logger  zerolog.Logger
 }
 
-// elector makes this node a candidate to run the project's one proxy,
+// Elector makes this node a candidate to run the project's one proxy,
 // under the node's lease: it leads until that lease ends (the host died,
 // or etcd was out of reach for a whole TTL), while etcd's next candidate
 // takes over. A new lease makes it a candidate again.
@@ -56,7 +70,7 @@ type electorConfig struct {
 // until etcd returns. It sees that in a watch of the election: the oldest
 // key, created after the one it led with, naming another node. Elected
 // again meanwhile, it goes on with the same proxy.
-type elector struct {
+type Elector struct {
 	cfg electorConfig
 	log zerolog.Logger
 
@@ -75,15 +89,15 @@ type elector struct {
 	changed wake.Fanout
 }
 
-func newElector(cfg electorConfig) *elector {
+func newElector(cfg electorConfig) *Elector {
 	if cfg.Changed == nil {
 		cfg.Changed = func() {}
 	}
-	return &elector{cfg: cfg, log: cfg.Logger, keys: map[string]store.KV{}}
+	return &Elector{cfg: cfg, log: cfg.Logger, keys: map[string]store.KV{}}
 }
 
 // Leading reports whether this node leads now.
-func (e *elector) Leading() bool {
+func (e *Elector) Leading() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.leading
@@ -93,7 +107,7 @@ func (e *elector) Leading() bool {
 // while it leads, or led and has not seen another node lead since; keep
 // one it finds running until this run of the daemon either leads or sees
 // another node lead (a restarted leader's daemon); else run none.
-func (e *elector) RunsProxy() ProxyDuty {
+func (e *Elector) RunsProxy() ProxyDuty {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
@@ -107,7 +121,7 @@ func (e *elector) RunsProxy() ProxyDuty {
 
 // update changes the state under mu with fn and tells the watchers when
 // it changed.
-func (e *elector) update(fn func()) {
+func (e *Elector) update(fn func()) {
 	e.mu.Lock()
 	leading, kept, settled := e.leading, e.kept, e.settled
 	fn()
@@ -121,7 +135,7 @@ func (e *elector) update(fn func()) {
 
 // elected records that this node leads with its key created at revision
 // created.
-func (e *elector) elected(created int64) {
+func (e *Elector) elected(created int64) {
 	var again bool
 	e.update(func() { again, e.leading, e.kept, e.settled, e.created = e.kept, true, false, true, created })
 	node := e.cfg.Self.Node
@@ -137,7 +151,7 @@ func (e *elector) elected(created int64) {
 
 // lost records that this node's lead ended with its lease l: it keeps its
 // proxy unless etcd already showed another node leading.
-func (e *elector) lost(l *store.Lease) {
+func (e *Elector) lost(l *store.Lease) {
 	var other string
 	e.update(func() {
 		other = e.another()
@@ -157,7 +171,7 @@ func (e *elector) lost(l *store.Lease) {
 
 // observe brings the copy of the election's keys to u (a store.Watch of
 // the election) and gives up a kept proxy once another node leads.
-func (e *elector) observe(u store.Update) {
+func (e *Elector) observe(u store.Update) {
 	var other string
 	var wasKept bool
 	e.update(func() {
@@ -191,7 +205,7 @@ func (e *elector) observe(u store.Update) {
 // when it is not this one, "" otherwise. Only a key created after the one
 // this node led with counts: an older one is a copy that lags. The caller
 // holds mu.
-func (e *elector) another() string {
+func (e *Elector) another() string {
 	var oldest store.KV
 	for _, kv := range e.keys {
 		if oldest.Key == "" || kv.Created < oldest.Created {
@@ -213,7 +227,7 @@ func (e *elector) another() string {
 
 // Start campaigns under each lease the node holds, and watches the
 // election, until ctx ends.
-func (e *elector) Start(ctx context.Context) error {
+func (e *Elector) Start(ctx context.Context) error {
 	value, err := json.Marshal(e.cfg.Self)
 	if err != nil {
 		return fmt.Errorf("leader announcement: %w", err)
@@ -261,7 +275,7 @@ func (e *elector) Start(ctx context.Context) error {
 
 // lead campaigns under l, then leads until l ends or the node takes a new
 // lease; it returns nil when leadership (or the candidacy) ended that way.
-func (e *elector) lead(ctx context.Context, l *store.Lease, value string, newLease <-chan struct{}) error {
+func (e *Elector) lead(ctx context.Context, l *store.Lease, value string, newLease <-chan struct{}) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {

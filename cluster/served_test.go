@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
 
 // TestServedPublishedAndMirrored: the leader writes what its nginx serves
@@ -24,52 +25,51 @@ func TestServedPublishedAndMirrored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
-		reg := newFakeRegistry(nil)
+		reg := storetest.New(nil)
 		local, mirror := render.NewServed(), render.NewServed()
-		spec := testSpec()
-		o := New(Config{Spec: spec, Docker: newFakeDocker(), Store: reg, Registrations: reg, Pool: local, Mirror: mirror,
-			ProxyPlacement: PlacementLeader, Logger: zerolog.Nop()})
 		lease, err := reg.Grant(ctx, 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		o.node.setLease(lease)
-		go func() { _ = o.publishServed(ctx, local) }()
+		leases := &fixedLease{l: lease}
+		el := newElector(electorConfig{Store: &fakeElection{}, Leases: leases, Project: "up", Self: Leader{Node: "n1"}, Logger: zerolog.Nop()})
+		s := &served{node: "n1", project: "up", store: reg, leases: leases, elector: el, log: zerolog.Nop()}
+		go func() { _ = s.publish(ctx, local) }()
 
 		local.Mirror(map[string][]string{"apache": {"10.0.0.1:80"}})
 		synctest.Wait()
-		if got := reg.snapshot()[store.ServedKey(spec.Project)]; got.value != "" {
-			t.Fatalf("published %q while not leading", got.value)
+		if got := reg.Keys()[store.ServedKey("up")]; got.Value != "" {
+			t.Fatalf("published %q while not leading", got.Value)
 		}
 
-		o.elector.elected(1)
+		el.elected(1)
 		synctest.Wait()
-		key := store.ServedKey(spec.Project)
-		kv := reg.snapshot()[key]
+		key := store.ServedKey("up")
+		kv := reg.Keys()[key]
 		var sp ServedPools
-		if err := json.Unmarshal([]byte(kv.value), &sp); err != nil {
-			t.Fatalf("published %q: %v", kv.value, err)
+		if err := json.Unmarshal([]byte(kv.Value), &sp); err != nil {
+			t.Fatalf("published %q: %v", kv.Value, err)
 		}
-		if sp.Node != spec.Node || !slices.Equal(sp.Pools["apache"], []string{"10.0.0.1:80"}) || kv.lease != lease.ID {
-			t.Fatalf("published %+v under lease %d, want apache 10.0.0.1:80 of %s under %d", sp, kv.lease, spec.Node, lease.ID)
+		if sp.Node != "n1" || !slices.Equal(sp.Pools["apache"], []string{"10.0.0.1:80"}) || kv.Lease != lease.ID {
+			t.Fatalf("published %+v under lease %d, want apache 10.0.0.1:80 of n1 under %d", sp, kv.Lease, lease.ID)
 		}
-		puts := len(reg.puts)
+		puts := reg.Counts().Puts
 		local.Mirror(map[string][]string{"apache": {"10.0.0.1:80"}}) // the same pools again
 		synctest.Wait()
-		if len(reg.puts) != puts {
-			t.Fatalf("%d writes for unchanged pools", len(reg.puts)-puts)
+		if got := reg.Counts().Puts; got != puts {
+			t.Fatalf("%d writes for unchanged pools", got-puts)
 		}
 
 		first := render.NewServed()
-		o.mirrorServed(first)(store.Update{Reset: true})
+		s.mirror(first)(store.Update{Reset: true})
 		select {
 		case <-first.Known():
 		default:
 			t.Fatal("no key at the first reading: the mirror knows nothing yet; want nothing served")
 		}
 
-		apply := o.mirrorServed(mirror)
-		apply(store.Update{Reset: true, KVs: []store.KV{{Key: key, Value: []byte(kv.value)}}})
+		apply := s.mirror(mirror)
+		apply(store.Update{Reset: true, KVs: []store.KV{{Key: key, Value: []byte(kv.Value)}}})
 		if !mirror.Serves("apache", "10.0.0.1:80") {
 			t.Fatalf("mirror serves %v", mirror.Set())
 		}

@@ -215,8 +215,8 @@ func (e *Elector) another() string {
 	if oldest.Key == "" || oldest.Created <= e.created {
 		return ""
 	}
-	var l Leader
-	if err := json.Unmarshal(oldest.Value, &l); err != nil || l.Node == "" {
+	l, ok := parseLeader(oldest.Value)
+	if !ok {
 		return oldest.Key + " (unreadable)"
 	}
 	if l.Node == e.cfg.Self.Node {

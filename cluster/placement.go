@@ -111,8 +111,8 @@ func (p *Placement) applyNodes(u store.Update) (changed bool) {
 	defer p.mu.Unlock()
 	before := maps.Clone(p.nodes)
 	p.nodes = applyCopy(p.nodes, u, func(kv store.KV) (string, bool) {
-		var a Announcement
-		if err := json.Unmarshal(kv.Value, &a); err != nil || a.Node == "" {
+		a, ok := parseAnnouncement(kv.Value)
+		if !ok {
 			p.log.Warn().Str("key", kv.Key).Msg("engine claimed with an unreadable announcement; not counting it as a node")
 			return "", false
 		}
@@ -155,12 +155,12 @@ func (p *Placement) applySlots(u store.Update) (changed bool) {
 	defer p.mu.Unlock()
 	before := maps.Clone(p.slots)
 	p.slots = applyCopy(p.slots, u, func(kv store.KV) (string, bool) {
-		var s Slot
-		if err := json.Unmarshal(kv.Value, &s); err != nil || s.Node == "" {
+		node, ok := parseSlot(kv.Value)
+		if !ok {
 			p.log.Warn().Str("key", kv.Key).Msg("slot held by an unreadable value; leaving it alone")
 			return "?", true
 		}
-		return s.Node, true
+		return node, true
 	})
 	p.gotSlots = true
 	p.markLoaded()

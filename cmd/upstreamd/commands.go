@@ -155,7 +155,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		view, etcdErr := readEtcd(cmd.Context(), cfg, log)
-		snap, overrides := view.snap, view.overrides
+		snap := view.snap
 		list, dockerErr := listContainers(cmd.Context(), cfg, log)
 		byContainer := map[string]store.Entry{}
 		for _, e := range snap.Entries {
@@ -176,42 +176,7 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			fmt.Fprintf(tw, "(docker: %v)\n", dockerErr)
 		}
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
-		for _, svc := range cfg.Service {
-			n, from := *svc.Replicas, "spec"
-			if ov, ok := overrides[svc.Name]; ok {
-				n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
-			}
-			placed := fmt.Sprint(view.placed[svc.Name])
-			if etcdErr == nil && view.placed[svc.Name] < n {
-				placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
-		}
-		fmt.Fprintln(tw)
-		switch {
-		case cfg.Proxy.Placement == orchestrator.PlacementEvery:
-			fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
-		case view.leader != nil:
-			fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
-		case etcdErr == nil:
-			fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
-		}
-		fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
-		for _, a := range view.nodes {
-			var held []string
-			for _, svc := range cfg.Service {
-				if k := view.slots[a.Node][svc.Name]; k > 0 {
-					held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
-				}
-			}
-			started := "-"
-			if !a.Started.IsZero() {
-				started = a.Started.UTC().Format(time.RFC3339)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
-		}
-		fmt.Fprintln(tw)
+		printCluster(tw, cfg, view.State, etcdErr)
 		fmt.Fprintln(tw, "KEY\tPROJECT\tNODE\tCONTAINER\tLEASE")
 		others := 0
 		for _, e := range snap.Entries {
@@ -232,6 +197,48 @@ func newStatusCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the running daemon's status as JSON (from its admin listener)")
 	cmd.Flags().StringVar(&adminAddr, "admin", "", "the daemon's admin listener, host:port (default: admin.listen of the spec)")
 	return cmd
+}
+
+// printCluster prints, for status, what etcd says of the cluster: each
+// service's replicas and where they are placed, the proxy's leader and
+// the nodes with the slots they hold.
+func printCluster(tw *tabwriter.Writer, cfg *Config, st cluster.State, etcdErr error) {
+	fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
+	for _, svc := range cfg.Service {
+		n, from := *svc.Replicas, "spec"
+		if ov, ok := st.Overrides[svc.Name]; ok {
+			n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
+		}
+		placed := fmt.Sprint(st.Placed[svc.Name])
+		if etcdErr == nil && st.Placed[svc.Name] < n {
+			placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-st.Placed[svc.Name], *svc.MaxPerNode, len(st.Nodes))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
+	}
+	fmt.Fprintln(tw)
+	switch {
+	case cfg.Proxy.Placement == orchestrator.PlacementEvery:
+		fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
+	case st.Leader != nil:
+		fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", st.Leader.Node, st.Leader.Address)
+	case etcdErr == nil:
+		fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
+	}
+	fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
+	for _, a := range st.Nodes {
+		var held []string
+		for _, svc := range cfg.Service {
+			if k := st.Slots[a.Node][svc.Name]; k > 0 {
+				held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
+			}
+		}
+		started := "-"
+		if !a.Started.IsZero() {
+			started = a.Started.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.Node, dash(a.Host), dash(a.Address), dash(a.Version), started, dash(strings.Join(held, " ")))
+	}
+	fmt.Fprintln(tw)
 }
 
 // adminClient returns a client of the daemon's admin listener: addr, else
@@ -321,17 +328,14 @@ func listContainers(ctx context.Context, cfg *Config, log zerolog.Logger) ([]con
 	return list, err
 }
 
-// readEtcd reads the registrations and the replica overrides once.
-// etcdView is what status reads from etcd.
+// etcdView is what status reads from etcd: the registrations and the
+// cluster.
 type etcdView struct {
-	snap      store.Snapshot
-	overrides map[string]int            // service → replicas
-	nodes     []cluster.Announcement    // live nodes, by name
-	slots     map[string]map[string]int // node → service → slots held
-	placed    map[string]int            // service → slots held by anyone
-	leader    *cluster.Leader           // nil: none elected
+	snap store.Snapshot
+	cluster.State
 }
 
+// readEtcd reads the registrations and the cluster once.
 func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, error) {
 	etcd, err := connectEtcd(ctx, cfg, log)
 	if err != nil {
@@ -342,62 +346,8 @@ func readEtcd(ctx context.Context, cfg *Config, log zerolog.Logger) (etcdView, e
 	if err != nil {
 		return etcdView{}, err
 	}
-	v, err := readCluster(ctx, etcd, cfg)
-	v.snap = snap
-	return v, err
-}
-
-// readCluster reads the replica overrides, the nodes, the leader and the
-// slots of the project (everything of etcdView but the registrations).
-func readCluster(ctx context.Context, etcd *store.Client, cfg *Config) (etcdView, error) {
-	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
-	prefix := store.OverridesPrefix(cfg.Project)
-	kvs, _, err := etcd.List(ctx, prefix)
-	if err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		if n, perr := cluster.ParseReplicas(string(kv.Value)); perr == nil {
-			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
-		}
-	}
-	if kvs, _, err = etcd.List(ctx, store.NodesPrefix(cfg.Project)); err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		var a cluster.Announcement
-		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
-			a.Node = strings.TrimPrefix(kv.Key, store.NodesPrefix(cfg.Project)) + " (unreadable announcement)"
-		}
-		v.nodes = append(v.nodes, a)
-	}
-	kv, ok, err := etcd.Leader(ctx, store.LeaderPrefix(cfg.Project))
-	if err != nil {
-		return v, err
-	}
-	if ok {
-		v.leader = &cluster.Leader{}
-		if json.Unmarshal(kv.Value, v.leader) != nil {
-			v.leader.Node = "? (unreadable: " + kv.Key + ")"
-		}
-	}
-	prefix = store.SlotsPrefix(cfg.Project)
-	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		var slot cluster.Slot
-		if json.Unmarshal(kv.Value, &slot) != nil || slot.Node == "" {
-			slot.Node = "?"
-		}
-		svc, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, prefix), "/")
-		if v.slots[slot.Node] == nil {
-			v.slots[slot.Node] = map[string]int{}
-		}
-		v.slots[slot.Node][svc]++
-		v.placed[svc]++
-	}
-	return v, nil
+	st, err := cluster.ReadState(ctx, etcd, cfg.Project)
+	return etcdView{snap: snap, State: st}, err
 }
 
 // portOf is a backend's container port, from its label.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/certs"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
@@ -72,11 +72,12 @@ type daemon struct {
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
 	history       *admin.History  // the configs nginx took
-	cluster       clusterCache    // the nodes and leader, read from etcd for status
 	certs         *certs.Cache    // the certificates and ACME answers in etcd; nil without TLS
 	acme          *certs.Manager  // orders certificates; nil without [acme]
 	acks          *certs.Acker    // acknowledges the ACME answers the proxy serves; nil unless [acme] with placement "every"
 	started       time.Time
+
+	clusterState cluster.StateCache // the nodes and leader, read from etcd for status
 }
 
 // ejections reads the running proxy's balancer ejections, for /metrics.
@@ -171,7 +172,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		if cfg.Proxy.Placement == orchestrator.PlacementEvery {
 			// Every node runs a proxy the CA may reach: each acknowledges
 			// the answers its proxy serves, and the orderer waits for all.
-			proxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project) }
+			proxyNodes = func(ctx context.Context) ([]string, error) { return cluster.LiveNodes(ctx, d.etcd, cfg.Project) }
 			d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project, Node: cfg.Node, Cache: d.certs, Store: d.etcd,
 				Serves: func(ctx context.Context, token, keyAuth string) error {
 					return d.ctrl.WaitAnswer(ctx, "", token, keyAuth)
@@ -193,22 +194,6 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 		})
 	}
 	return d, nil
-}
-
-// liveNodes lists the nodes announced in etcd (under their leases: the
-// live ones); a key that is not a node name is none.
-func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]string, error) {
-	kvs, _, err := etcd.List(ctx, store.NodesPrefix(project))
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, kv := range kvs {
-		if name := strings.TrimPrefix(kv.Key, store.NodesPrefix(project)); store.ValidName(name) == nil {
-			out = append(out, name)
-		}
-	}
-	return out, nil
 }
 
 // servedCerts lists the certificates the proxy serves, files first, for

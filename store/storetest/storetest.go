@@ -43,11 +43,12 @@ type Etcd struct {
 	// Ghosts are keys the watched copy still shows though etcd deleted
 	// them: an expiry the watch has not brought yet.
 	Ghosts map[string]Value
-	// GrantErrs, ResumeErrs and ClaimErrs count the calls that fail (etcd
-	// unreachable); ReadFails the Snapshot calls that find nothing loaded
-	// yet; PutErrs are returned by successive Puts, then nil.
-	GrantErrs, ResumeErrs, ClaimErrs, ReadFails int
-	PutErrs                                     []error
+	// GrantErrs, ResumeErrs, ClaimErrs and ListErrs count the calls that
+	// fail (etcd unreachable); ReadFails the Snapshot calls that find
+	// nothing loaded yet; PutErrs are returned by successive Puts, then
+	// nil.
+	GrantErrs, ResumeErrs, ClaimErrs, ListErrs, ReadFails int
+	PutErrs                                               []error
 	// What was done: the keys put and deleted, the leases revoked (with
 	// the ctx.Err() each Revoke saw), the times of the Snapshot calls.
 	Puts, Deletes []string
@@ -56,6 +57,7 @@ type Etcd struct {
 	Reads         []time.Time
 
 	kv        map[string]Value
+	created   map[string]int64 // the revision that created each key
 	rev       int64
 	watched   int64 // the revision of the last change under /services/
 	subs      []chan struct{}
@@ -72,7 +74,11 @@ func New(initial map[string]Value) *Etcd {
 	if kv == nil {
 		kv = map[string]Value{}
 	}
-	return &Etcd{kv: kv, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, kept: map[int64]bool{},
+	created := map[string]int64{}
+	for k := range kv {
+		created[k] = 1
+	}
+	return &Etcd{kv: kv, created: created, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, kept: map[int64]bool{},
 		rev: 1, watched: 1}
 }
 
@@ -136,6 +142,61 @@ func (f *Etcd) written(key string) int64 {
 	return f.rev
 }
 
+// set writes key; the caller holds the lock and calls written. A new key
+// is created at the revision written makes.
+func (f *Etcd) set(key string, v Value) {
+	if _, ok := f.kv[key]; !ok {
+		f.created[key] = f.rev + 1
+	}
+	f.kv[key] = v
+}
+
+// kvOf is key as etcd answers it; the caller holds the lock.
+func (f *Etcd) kvOf(key string) store.KV {
+	v := f.kv[key]
+	return store.KV{Key: key, Value: []byte(v.Value), Lease: v.Lease, Created: f.created[key]}
+}
+
+// List returns what is under prefix, by key, and the revision.
+func (f *Etcd) List(_ context.Context, prefix string) ([]store.KV, int64, error) {
+	f.Lock()
+	defer f.Unlock()
+	if f.ListErrs > 0 {
+		f.ListErrs--
+		return nil, 0, errUnavailable
+	}
+	var out []store.KV
+	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, f.kvOf(k))
+		}
+	}
+	return out, f.rev, nil
+}
+
+// Get returns key; ok is false when it does not exist.
+func (f *Etcd) Get(_ context.Context, key string) (store.KV, bool, error) {
+	f.Lock()
+	defer f.Unlock()
+	if _, ok := f.kv[key]; !ok {
+		return store.KV{}, false, nil
+	}
+	return f.kvOf(key), true, nil
+}
+
+// Leader returns the oldest key under prefix (the first created).
+func (f *Etcd) Leader(_ context.Context, prefix string) (store.KV, bool, error) {
+	f.Lock()
+	defer f.Unlock()
+	var oldest store.KV
+	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+		if strings.HasPrefix(k, prefix) && (oldest.Key == "" || f.created[k] < oldest.Created) {
+			oldest = f.kvOf(k)
+		}
+	}
+	return oldest, oldest.Key != "", nil
+}
+
 // Revoke deletes the lease's keys, as etcd does.
 func (f *Etcd) Revoke(ctx context.Context, l *store.Lease) error {
 	f.Lock()
@@ -166,7 +227,7 @@ func (f *Etcd) Put(_ context.Context, key, value string, lease int64) (int64, er
 		}
 	}
 	f.Puts = append(f.Puts, key)
-	f.kv[key] = Value{Value: value, Lease: lease}
+	f.set(key, Value{Value: value, Lease: lease})
 	return f.written(key), nil
 }
 
@@ -206,7 +267,7 @@ func (f *Etcd) Claim(_ context.Context, key, value string, lease int64) (bool, s
 	if v, ok := f.kv[key]; ok {
 		return false, store.KV{Key: key, Value: []byte(v.Value), Lease: v.Lease}, nil
 	}
-	f.kv[key] = Value{Value: value, Lease: lease}
+	f.set(key, Value{Value: value, Lease: lease})
 	f.written(key)
 	return true, store.KV{}, nil
 }
@@ -225,7 +286,7 @@ func (f *Etcd) LeaseGranted(_ context.Context, lease int64) (time.Duration, bool
 func (f *Etcd) HoldWith(key, value string, lease int64, ttl time.Duration) {
 	f.Lock()
 	defer f.Unlock()
-	f.kv[key] = Value{Value: value, Lease: lease}
+	f.set(key, Value{Value: value, Lease: lease})
 	f.ttls[lease] = ttl
 }
 
@@ -268,7 +329,7 @@ func (f *Etcd) Watch(ctx context.Context, prefix string, handle func(store.Updat
 	u := store.Update{Reset: true, Revision: f.rev}
 	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
 		if strings.HasPrefix(k, prefix) {
-			u.KVs = append(u.KVs, store.KV{Key: k, Value: []byte(f.kv[k].Value), Lease: f.kv[k].Lease})
+			u.KVs = append(u.KVs, f.kvOf(k))
 		}
 	}
 	f.Unlock()

@@ -59,6 +59,7 @@ type fakeDocker struct {
 	removes []string
 
 	events chan containers.Event // what Events streams
+	breaks chan error            // ends the open stream with this error
 	// staleList overrides the state List reports (Inspect tells the truth),
 	// as the engine's list view lags behind a container's exit.
 	staleList map[string]string
@@ -84,6 +85,7 @@ func newFakeDocker() *fakeDocker {
 		byID:      map[string]*fakeContainer{},
 		imageErr:  map[string]error{},
 		events:    make(chan containers.Event),
+		breaks:    make(chan error),
 		staleList: map[string]string{},
 		ghosts:    map[string]containers.Container{},
 		files:     map[string]map[string][]byte{},
@@ -277,7 +279,8 @@ func (f *fakeDocker) CopyFiles(_ context.Context, id, dir string, files []contai
 // EngineID is the fake engine's ID.
 func (f *fakeDocker) EngineID(context.Context) (string, error) { return "engine-1", nil }
 
-// Events streams what the test sends on f.events until ctx ends.
+// Events streams what the test sends on f.events until ctx ends, or the
+// test sends an error on f.breaks.
 func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Event, <-chan error) {
 	f.mu.Lock()
 	f.streams++
@@ -290,6 +293,9 @@ func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Ev
 			select {
 			case <-ctx.Done():
 				errc <- ctx.Err()
+				return
+			case err := <-f.breaks:
+				errc <- err
 				return
 			case ev := <-f.events:
 				select {

@@ -15,6 +15,7 @@ import (
 	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
@@ -331,7 +332,6 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 			return nil
 		case <-firstPass:
 		}
-		o.registrar.Wake()
 		return o.registrar.Start(ctx)
 	})
 	g.Go(func() error { return o.becomeReady(ctx, firstPass) })
@@ -393,8 +393,8 @@ func announce(spec Spec, version string) cluster.Announcement {
 
 // reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
 // to requeue; failed passes are retried with backoff. The first pass waits
-// for the node's claim and for the replica overrides: a restarted daemon
-// must not scale to the spec's count and back.
+// for the node's claim and for the replica overrides, nodes and slots: a
+// restarted daemon must not scale to the spec's count and back.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
 	for _, ready := range []<-chan struct{}{o.cluster.Node().Claimed(), o.cluster.Loaded()} {
 		select { // once claimed, etcd answers: the copies are one List away
@@ -403,60 +403,36 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		case <-ready:
 		}
 	}
-	bo := retry.New(200*time.Millisecond, 10*time.Second)
-	resync := time.NewTicker(o.cfg.Resync)
-	defer resync.Stop()
-	var again <-chan time.Time
-	for pass := 1; ; pass++ {
-		select { // a pass covers every wake before it
-		case <-o.wake.C():
-		default:
-		}
-		perr := o.cluster.Placement().Step(ctx)
-		res, err := o.reconciler.Reconcile(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil {
-			perr = errors.Join(perr, o.cluster.Placement().Settle(ctx, res.Running))
-		}
-		o.troubles.set("reconcile", err)
-		o.troubles.set("placement", perr)
-		if pass == 1 {
-			close(firstPass)
-		}
-		// A placement that failed (etcd out of reach) is retried like a
-		// failed pass: no watch event may come to ask for it again.
-		again = o.afterPass(pass, res, errors.Join(err, perr), bo)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-o.wake.C():
-		case <-resync.C:
-		case <-again:
-		}
-	}
+	l := loop.New(loop.Config{
+		Triggers: []<-chan struct{}{o.wake.C()},
+		Resync:   o.cfg.Resync,
+		Initial:  200 * time.Millisecond, Max: 10 * time.Second,
+		Log: o.log, Failed: "reconcile failed", Level: zerolog.ErrorLevel, Recovered: "reconcile recovered",
+	})
+	var once sync.Once
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		res, err := o.pass(ctx)
+		once.Do(func() { close(firstPass) })
+		return res, err
+	})
 }
 
-// afterPass logs a pass's outcome (a failure once, then its recovery) and
-// returns when to run again without a trigger; nil means not before one.
-func (o *Orchestrator) afterPass(pass int, res Result, err error, bo *retry.Backoff) <-chan time.Time {
-	switch {
-	case err != nil:
-		d, first := bo.Failed()
-		ev := o.log.Debug()
-		if first {
-			ev = o.log.Error()
-		}
-		ev.Err(err).Int("pass", pass).Stringer("retry_in", d).Msg("reconcile failed")
-		return time.After(d)
-	case bo.Succeeded():
-		o.log.Info().Int("pass", pass).Msg("reconcile recovered")
+// pass places this node's share of the replicas, reconciles, and gives up
+// the slots whose backends are drained. A placement that failed (etcd out
+// of reach) fails the pass, to be retried like one: no watch event may
+// come to ask for it again.
+func (o *Orchestrator) pass(ctx context.Context) (loop.Result, error) {
+	perr := o.cluster.Placement().Step(ctx)
+	res, err := o.reconciler.Reconcile(ctx)
+	if ctx.Err() != nil {
+		return loop.Result{}, nil
 	}
-	if res.RequeueAfter > 0 {
-		return time.After(res.RequeueAfter)
+	if err == nil {
+		perr = errors.Join(perr, o.cluster.Placement().Settle(ctx, res.Running))
 	}
-	return nil
+	o.troubles.set("reconcile", err)
+	o.troubles.set("placement", perr)
+	return loop.Result{After: res.RequeueAfter}, errors.Join(err, perr)
 }
 
 // wakeOnServed runs a pass whenever what nginx serves changed: drains and
@@ -481,49 +457,43 @@ func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
 // stream quiet for StreamIdle is reopened too (with a full pass): the
 // engine sends no heartbeat, so a stream that stalled without closing
 // looks just like a quiet one.
+//
+// A stream that stays open for a second works: its outage, said once, is
+// over. Before the stream ever worked, an unreachable engine is the
+// daemon's to say.
 func (o *Orchestrator) watchEvents(ctx context.Context) error {
-	bo := retry.New(200*time.Millisecond, 10*time.Second)
-	for {
-		opened := time.Now()
-		idle, err := o.followEvents(ctx)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case idle:
+	l := loop.New(loop.Config{
+		Initial: 200 * time.Millisecond, Max: 10 * time.Second,
+		Log: o.log, Failed: "docker event stream broke; reconnecting", Level: zerolog.WarnLevel,
+		Recovered: "docker event stream reconnected",
+		Said:      func(err error) bool { return !o.streamWorked.Load() && unreachable(err) },
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		for {
+			idle, err := o.followEvents(ctx, l.Working)
+			switch {
+			case ctx.Err() != nil:
+				return loop.Result{}, nil
+			case !idle:
+				o.troubles.set("events", err)
+				return loop.Result{}, err
+			}
 			o.log.Debug().Stringer("idle", o.cfg.StreamIdle).Msg("docker event stream quiet; reopening it")
-			continue
 		}
-		o.troubles.set("events", err)
-		if time.Since(opened) > time.Minute {
-			bo.Succeeded()
-		}
-		// Said once per outage; before the stream ever worked, an
-		// unreachable engine is the daemon's to say.
-		d, first := bo.Failed()
-		ev := o.log.Debug()
-		if first && (o.streamWorked.Load() || !unreachable(err)) {
-			ev = o.log.Warn()
-		}
-		ev.Err(err).Stringer("retry_in", d).Msg("docker event stream broke; reconnecting")
-		if !retry.Wait(ctx, d) {
-			return nil
-		}
-	}
+	})
 }
 
 // followEvents handles one event stream until it ends: with its error, or
-// idle=true when no event came for StreamIdle.
-func (o *Orchestrator) followEvents(ctx context.Context) (idle bool, err error) {
+// idle=true when no event came for StreamIdle. It calls working once the
+// stream was open for a second without breaking.
+func (o *Orchestrator) followEvents(ctx context.Context, working func()) (idle bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	evs, errc := o.cfg.Docker.Events(sctx, o.cfg.Spec.Project)
-	// Open for a second without breaking: the stream works.
 	works := time.AfterFunc(time.Second, func() {
-		if o.troubles.get("events") != nil && o.streamWorked.Load() {
-			o.log.Info().Msg("docker event stream reconnected")
-		}
-		o.streamWorked.Store(true)
 		o.troubles.set("events", nil)
+		working()
+		o.streamWorked.Store(true)
 	})
 	defer works.Stop()
 	quiet := time.NewTimer(o.cfg.StreamIdle)

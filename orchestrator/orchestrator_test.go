@@ -2,10 +2,13 @@ package orchestrator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -270,6 +273,87 @@ func TestEventStreamReopenedWhenQuiet(t *testing.T) {
 		}
 		if got := streams(); got != 3 {
 			t.Errorf("%d streams after 15 s with events; want still 3", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watchEvents = %v; want nil", err)
+		}
+	})
+}
+
+// syncBuffer is a log sink the goroutines of a test may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// messages returns "level message" of each line logged whose message
+// contains about.
+func (b *syncBuffer) messages(t *testing.T, about string) []string {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+		var m struct{ Level, Message string }
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if strings.Contains(m.Message, about) {
+			out = append(out, m.Level+" "+m.Message)
+		}
+	}
+	return out
+}
+
+// TestEventStreamBroken: a broken event stream is reopened with backoff;
+// each outage is said once, loud, and its end once (a stream open for a
+// second works). Before the stream ever worked, an unreachable engine is
+// the daemon's to say: quiet.
+func TestEventStreamBroken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		docker := newFakeDocker()
+		reg := storetest.New(nil)
+		var logs syncBuffer
+		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg, Logger: zerolog.New(&logs)})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- o.watchEvents(ctx) }()
+		synctest.Wait()
+		brokenProblem := func() bool {
+			return slices.ContainsFunc(o.Problems(), func(p string) bool { return strings.Contains(p, "event stream broken") })
+		}
+		docker.breaks <- fmt.Errorf("connect: %w", context.DeadlineExceeded) // unreachable, never worked
+		advance(2 * time.Second)
+		docker.breaks <- errors.New("engine restarting")
+		synctest.Wait()
+		if !brokenProblem() {
+			t.Errorf("problems %q; want the broken stream", o.Problems())
+		}
+		advance(2 * time.Second)
+		if brokenProblem() {
+			t.Errorf("problems %q once the stream works again; want none of it", o.Problems())
+		}
+		docker.breaks <- errors.New("engine restarting")
+		docker.breaks <- errors.New("engine restarting") // at once, before it works
+		advance(2 * time.Second)
+		want := []string{
+			"debug docker event stream broke; reconnecting",
+			"warn docker event stream broke; reconnecting", "info docker event stream reconnected",
+			"warn docker event stream broke; reconnecting", "debug docker event stream broke; reconnecting",
+			"info docker event stream reconnected",
+		}
+		if got := logs.messages(t, "docker event stream"); !slices.Equal(got, want) {
+			t.Errorf("logged\n%q\nwant\n%q", got, want)
+		}
+		if got := docker.streams; got != 5 {
+			t.Errorf("%d streams opened; want 5", got)
 		}
 		cancel()
 		if err := <-done; err != nil {

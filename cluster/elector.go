@@ -11,7 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/internal/events"
-	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -226,7 +226,8 @@ func (e *Elector) another() string {
 }
 
 // Start campaigns under each lease the node holds, and watches the
-// election, until ctx ends.
+// election, until ctx ends. A failed campaign is tried again with backoff,
+// or as soon as the node holds a new lease.
 func (e *Elector) Start(ctx context.Context) error {
 	value, err := json.Marshal(e.cfg.Self)
 	if err != nil {
@@ -238,50 +239,33 @@ func (e *Elector) Start(ctx context.Context) error {
 		_ = e.cfg.Store.Watch(ctx, store.LeaderPrefix(e.cfg.Project), e.observe) // nil once ctx ends
 	}()
 	defer func() { <-watched }()
-	newLease := e.cfg.Leases.Subscribe()
-	bo := retry.New(200*time.Millisecond, 5*time.Second)
-	for {
-		l := e.cfg.Leases.Lease()
-		if l == nil {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-newLease:
-				continue
-			}
+	l := loop.New(loop.Config{
+		Triggers: []<-chan struct{}{e.cfg.Leases.Subscribe()},
+		Initial:  200 * time.Millisecond, Max: 5 * time.Second,
+		Log: e.log, Failed: "proxy election failed; standing again", Level: zerolog.WarnLevel,
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		lease := e.cfg.Leases.Lease()
+		if lease == nil {
+			return loop.Result{}, nil // the next lease wakes the loop
 		}
-		err := e.lead(ctx, l, string(value), newLease)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil {
-			bo.Succeeded()
-			continue
-		}
+		err := e.lead(ctx, lease, string(value))
 		if errors.Is(err, store.ErrLeaseLost) {
-			e.cfg.Leases.Lost(l)
+			e.cfg.Leases.Lost(lease)
 		}
-		d, first := bo.Failed()
-		ev := e.log.Debug()
-		if first {
-			ev = e.log.Warn()
-		}
-		ev.Err(err).Stringer("retry_in", d).Msg("proxy election failed; standing again")
-		if !retry.Wait(ctx, d) {
-			return nil
-		}
-	}
+		return loop.Result{}, err
+	})
 }
 
-// lead campaigns under l, then leads until l ends or the node takes a new
-// lease; it returns nil when leadership (or the candidacy) ended that way.
-func (e *Elector) lead(ctx context.Context, l *store.Lease, value string, newLease <-chan struct{}) error {
+// lead campaigns under l, then leads until l ends; it returns nil when
+// leadership (or the candidacy) ended that way. (The node lets a lease go
+// before it takes the next one, which wakes Start.)
+func (e *Elector) lead(ctx context.Context, l *store.Lease, value string) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
 		case <-l.Done:
-		case <-newLease:
 		case <-lctx.Done():
 		}
 		cancel()

@@ -11,7 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/internal/events"
-	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -28,6 +28,7 @@ type nodeStore interface {
 	Revoke(ctx context.Context, l *store.Lease) error
 	Claim(ctx context.Context, key, value string, lease int64) (held bool, holder store.KV, err error)
 	LeaseGranted(ctx context.Context, lease int64) (ttl time.Duration, ok bool, err error)
+	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
 }
 
 var _ nodeStore = (*store.Client)(nil)
@@ -124,46 +125,64 @@ func (n *Node) Lost(l *store.Lease) {
 }
 
 // Start claims the node's names, then keeps them until ctx ends. It returns
-// an error matching ErrTaken when another daemon holds them.
+// an error matching ErrTaken when another daemon holds them. While etcd or
+// Docker cannot be reached, it claims again with backoff, which stays under
+// half the TTL: etcd, back after an outage, keeps a lease whose keep-alive
+// lapsed for about a TTL, and the node resumes it.
 func (n *Node) Start(ctx context.Context) error {
+	l := loop.New(loop.Config{
+		Initial: 200 * time.Millisecond, Max: min(5*time.Second, max(n.cfg.TTL/2, 200*time.Millisecond)),
+		Log: n.log, Level: zerolog.WarnLevel,
+		Failed: fmt.Sprintf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
+			n.cfg.Self.Node, n.cfg.Project),
+		Said: n.cfg.Unreachable, // the daemon says so
+	})
 	var prev *store.Lease // to resume: its keep-alive lapsed
-	for {
-		l, err := n.claimWithRetries(ctx, prev)
-		if err != nil {
-			return err
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		lease, err := n.claim(ctx, &prev)
+		switch {
+		case errors.Is(err, ErrTaken):
+			return loop.Result{}, loop.Stop(err)
+		case err != nil:
+			return loop.Result{}, err
 		}
-		if l == nil {
-			return nil // ctx ended
-		}
-		// A Lost of the lease before, come after it was let go, is not
-		// this lease's: forget it.
-		select {
-		case <-n.lost.C():
-		default:
-		}
-		n.setLease(l)
-		select {
-		case <-n.claimed:
-		default:
-			close(n.claimed)
-		}
-		select {
-		case <-ctx.Done():
-			n.revoke(ctx, l)
-			return nil
-		case <-l.Done:
-			prev = l
-			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).
-				Msg("etcd lease lost; claiming this node again, under the same lease if etcd still holds it when it answers")
-		case <-n.lost.C():
-			prev = nil
-			n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd no longer knows this node's lease; claiming this node again")
-		}
-		n.cfg.Events.Record(events.Event{Kind: events.LeaseLost,
-			Message: fmt.Sprintf("etcd lease of node %s lost (etcd out of reach, or it expired): its keys go with it unless etcd still holds it when it answers", n.cfg.Self.Node)})
-		l.Release()
-		n.setLease(nil)
+		prev = n.hold(ctx, lease)
+		return loop.Result{Again: true}, nil // claim again
+	})
+}
+
+// hold makes l the node's lease until it is lost, or ctx ends (then it
+// revokes it). It returns the lease to resume when etcd may still hold it
+// (its keep-alive lapsed), else nil.
+func (n *Node) hold(ctx context.Context, l *store.Lease) (prev *store.Lease) {
+	// A Lost of the lease before, come after it was let go, is not this
+	// lease's: forget it.
+	select {
+	case <-n.lost.C():
+	default:
 	}
+	n.setLease(l)
+	select {
+	case <-n.claimed:
+	default:
+		close(n.claimed)
+	}
+	select {
+	case <-ctx.Done():
+		n.revoke(ctx, l)
+		return nil
+	case <-l.Done:
+		prev = l
+		n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).
+			Msg("etcd lease lost; claiming this node again, under the same lease if etcd still holds it when it answers")
+	case <-n.lost.C():
+		n.log.Warn().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("etcd no longer knows this node's lease; claiming this node again")
+	}
+	n.cfg.Events.Record(events.Event{Kind: events.LeaseLost,
+		Message: fmt.Sprintf("etcd lease of node %s lost (etcd out of reach, or it expired): its keys go with it unless etcd still holds it when it answers", n.cfg.Self.Node)})
+	l.Release()
+	n.setLease(nil)
+	return prev
 }
 
 func (n *Node) setLease(l *store.Lease) {
@@ -183,39 +202,6 @@ func (n *Node) revoke(ctx context.Context, l *store.Lease) {
 		return
 	}
 	n.log.Info().Str("lease", fmt.Sprintf("%x", l.ID)).Msg("lease revoked; this node's registrations are gone")
-}
-
-// claimWithRetries resumes prev (nil: none) or grants a lease and claims
-// the names under it, retrying with backoff while etcd or Docker cannot be
-// reached. The backoff stays under half the TTL: etcd, back after an
-// outage, keeps prev for about a TTL. It returns nil, nil when ctx ended,
-// and an error only for ErrTaken.
-func (n *Node) claimWithRetries(ctx context.Context, prev *store.Lease) (*store.Lease, error) {
-	var l *store.Lease
-	var taken error
-	err := retry.Until(ctx, retry.New(200*time.Millisecond, min(5*time.Second, max(n.cfg.TTL/2, 200*time.Millisecond))), func(ctx context.Context) error {
-		var err error
-		l, err = n.claim(ctx, &prev)
-		if errors.Is(err, ErrTaken) {
-			taken = err
-			return nil // stop retrying
-		}
-		return err
-	}, func(err error, wait time.Duration, first bool) {
-		ev := n.log.Debug()
-		if first && !n.cfg.Unreachable(err) { // unreachable: the daemon says so
-			ev = n.log.Warn()
-		}
-		ev.Err(err).Stringer("retry_in", wait).Msgf("waiting for etcd and the docker engine to claim node %q of project %q; no container is touched until then",
-			n.cfg.Self.Node, n.cfg.Project)
-	})
-	switch {
-	case taken != nil:
-		return nil, taken
-	case err != nil:
-		return nil, nil
-	}
-	return l, nil
 }
 
 // claim takes a lease (resuming *prev when etcd still holds it, and
@@ -270,10 +256,20 @@ func (n *Node) takeLease(ctx context.Context, prev **store.Lease) (*store.Lease,
 }
 
 // await claims key, waiting while its holder's lease may still run out:
-// a daemon that crashed leaves its keys until its TTL expires.
+// a daemon that crashed leaves its keys until its TTL expires. A watch of
+// the key says when it goes.
 func (n *Node) await(ctx context.Context, key, value, what string, l *store.Lease) error {
-	var deadline time.Time
-	for {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := wake.New()
+	go func() { _ = n.cfg.Store.Watch(wctx, key, func(store.Update) { changed.Wake() }) }()
+	var deadline *time.Timer // from the first time it is found held
+	defer func() {
+		if deadline != nil {
+			deadline.Stop()
+		}
+	}()
+	for expired := false; ; {
 		held, holder, err := n.cfg.Store.Claim(ctx, key, value, l.ID)
 		switch {
 		case err != nil:
@@ -285,8 +281,11 @@ func (n *Node) await(ctx context.Context, key, value, what string, l *store.Leas
 		case holder.Lease == 0:
 			return fmt.Errorf("project %q: %s: %w: %s, written without a lease (by hand?); delete %s",
 				n.cfg.Project, what, ErrTaken, holder.Value, key)
+		case expired:
+			return fmt.Errorf("project %q: %s: %w: %s. Stop that daemon, or give this one another node name (node = \"...\" in the spec) or another project",
+				n.cfg.Project, what, ErrTaken, holder.Value)
 		}
-		if deadline.IsZero() {
+		if deadline == nil {
 			ttl, ok, err := n.cfg.Store.LeaseGranted(ctx, holder.Lease)
 			if err != nil {
 				return err
@@ -294,16 +293,16 @@ func (n *Node) await(ctx context.Context, key, value, what string, l *store.Leas
 			if !ok {
 				continue // the holder's lease just ended
 			}
-			deadline = time.Now().Add(ttl + time.Second)
+			deadline = time.NewTimer(ttl + time.Second)
 			n.log.Warn().Str("key", key).Stringer("up_to", ttl+time.Second).
 				Msgf("%s is held (by %s); waiting to see whether its daemon is gone", what, holder.Value)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("project %q: %s: %w: %s. Stop that daemon, or give this one another node name (node = \"...\" in the spec) or another project",
-				n.cfg.Project, what, ErrTaken, holder.Value)
-		}
-		if !retry.Wait(ctx, 250*time.Millisecond) {
+		select {
+		case <-ctx.Done():
 			return ctx.Err()
+		case <-deadline.C:
+			expired = true // one more try
+		case <-changed.C():
 		}
 	}
 }

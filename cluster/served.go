@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -22,8 +23,8 @@ type ServedPools struct {
 // servedSet is the local nginx's pools (a render.Served): the leader
 // publishes them.
 type servedSet interface {
-	// Changed returns a channel closed at the next change.
-	Changed() <-chan struct{}
+	// Subscribe returns a channel that receives after each change.
+	Subscribe() <-chan struct{}
 	// Set returns service → addresses; nil while nothing is known.
 	Set() map[string][]string
 }
@@ -53,38 +54,34 @@ type served struct {
 
 // publish writes the local nginx's pools to store.ServedKey whenever they
 // change while this node leads (once per change: an idle cluster writes
-// nothing).
+// nothing), under the node's lease: one that comes wakes it.
 func (s *served) publish(ctx context.Context, local servedSet) error {
-	leading := s.elector.changed.Subscribe()
-	last := ""
-	var again <-chan time.Time
-	for {
-		changed := local.Changed()
-		again = nil
-		switch set := local.Set(); {
+	l := loop.New(loop.Config{
+		Triggers: []<-chan struct{}{local.Subscribe(), s.elector.changed.Subscribe(), s.leases.Subscribe()},
+		Initial:  200 * time.Millisecond, Max: 5 * time.Second,
+		Log: s.log, Failed: "publishing what nginx serves; retrying", Level: zerolog.DebugLevel,
+	})
+	last := "" // what was published last while leading
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		set := local.Set()
+		switch {
 		case !s.elector.Leading():
 			last = "" // published again on leading again
-		case set != nil:
-			b, _ := json.Marshal(ServedPools{Node: s.node, Pools: set}) // plain data
-			if v := string(b); v != last {
-				if l := s.leases.Lease(); l == nil {
-					again = time.After(200 * time.Millisecond)
-				} else if _, err := s.store.Put(ctx, store.ServedKey(s.project), v, l.ID); err != nil {
-					s.log.Debug().Err(err).Msg("publishing what nginx serves; retrying")
-					again = time.After(200 * time.Millisecond)
-				} else {
-					last = v
-				}
-			}
+			return loop.Result{}, nil
+		case set == nil:
+			return loop.Result{}, nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-changed:
-		case <-leading:
-		case <-again:
+		b, _ := json.Marshal(ServedPools{Node: s.node, Pools: set}) // plain data
+		v, lease := string(b), s.leases.Lease()
+		if v == last || lease == nil {
+			return loop.Result{}, nil
 		}
-	}
+		if _, err := s.store.Put(ctx, store.ServedKey(s.project), v, lease.ID); err != nil {
+			return loop.Result{}, err
+		}
+		last = v
+		return loop.Result{}, nil
+	})
 }
 
 // mirror returns the handler of a store.Watch of store.ServedKey that

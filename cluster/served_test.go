@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"testing"
@@ -81,6 +82,47 @@ func TestServedPublishedAndMirrored(t *testing.T) {
 		apply(store.Update{KVs: []store.KV{{Key: key, Value: []byte("{not json")}}})
 		if got := mirror.Set(); len(slices.Collect(maps.Keys(got))) != 0 {
 			t.Fatalf("an unreadable key: mirror serves %v, want nothing", got)
+		}
+	})
+}
+
+// TestServedWaitsForLease: a leader without a lease (etcd out of reach)
+// publishes as soon as it holds one again, woken by the node rather than
+// by a timer; a write that fails is tried again with backoff.
+func TestServedWaitsForLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		reg := storetest.New(nil)
+		leases := storetest.NewLeases()
+		leases.Expire() // no lease
+		local := render.NewServed()
+		el := newElector(electorConfig{Store: &fakeElection{}, Leases: leases, Project: "up", Self: Leader{Node: "n1"}, Logger: zerolog.Nop()})
+		s := &served{node: "n1", project: "up", store: reg, leases: leases, elector: el, log: zerolog.Nop()}
+		go func() { _ = s.publish(ctx, local) }()
+		el.elected(1)
+		local.Mirror(map[string][]string{"apache": {"10.0.0.1:80"}})
+		advance(time.Minute)
+		if got := reg.Counts().Puts; got != 0 {
+			t.Fatalf("%d writes without a lease", got)
+		}
+		reg.Lock()
+		reg.PutErrs = []error{errors.New("etcd unreachable")}
+		reg.Unlock()
+		leases.Set(2)
+		synctest.Wait()
+		reg.Lock()
+		tried := len(reg.PutErrs) == 0
+		reg.Unlock()
+		if !tried {
+			t.Fatal("no write tried as the lease came")
+		}
+		if got := reg.Keys()[store.ServedKey("up")]; got.Value != "" {
+			t.Fatalf("published %q through a write that failed", got.Value)
+		}
+		advance(time.Second) // the backoff
+		if got := reg.Keys()[store.ServedKey("up")]; got.Lease != 2 {
+			t.Fatalf("published %+v; want the pools under lease 2 once the write goes through", got)
 		}
 	})
 }

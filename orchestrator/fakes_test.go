@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/containers"
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // Fakes of the package's own small interfaces (containerAPI, dockerAPI,
@@ -499,18 +500,19 @@ type poolWait struct {
 // Create it inside a synctest bubble when the test waits on drains, so a
 // blocked WaitServes counts as durably blocked.
 type fakePool struct {
-	mu      sync.Mutex
-	served  map[poolWait]bool // by service and addr; want unused
-	changed chan struct{}     // closed and replaced on every set
-	waits   []poolWait        // every WaitServes call
-	active  map[poolWait]int  // WaitServes calls in progress
-	known   chan struct{}     // nil: known (closed on first use)
+	changed wake.Fanout // after every set
+
+	mu     sync.Mutex
+	served map[poolWait]bool // by service and addr; want unused
+	waits  []poolWait        // every WaitServes call
+	active map[poolWait]int  // WaitServes calls in progress
+	known  chan struct{}     // nil: known (closed on first use)
 }
 
 var _ pool = (*fakePool)(nil)
 
 func newFakePool() *fakePool {
-	return &fakePool{served: map[poolWait]bool{}, changed: make(chan struct{}), active: map[poolWait]int{}}
+	return &fakePool{served: map[poolWait]bool{}, active: map[poolWait]int{}}
 }
 
 // Known is closed: the fake pool's answers are known from the start,
@@ -532,11 +534,7 @@ func (p *fakePool) learn() {
 	close(p.known)
 }
 
-func (p *fakePool) Changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.changed
-}
+func (p *fakePool) Subscribe() <-chan struct{} { return p.changed.Subscribe() }
 
 func (p *fakePool) Serves(service, addr string) bool {
 	p.mu.Lock()
@@ -546,9 +544,13 @@ func (p *fakePool) Serves(service, addr string) bool {
 
 func (p *fakePool) WaitServes(ctx context.Context, service, addr string, want bool) error {
 	w := poolWait{service: service, addr: addr, want: want}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := p.changed.SubscribeUntil(wctx)
 	p.mu.Lock()
 	p.waits = append(p.waits, w)
 	p.active[w]++
+	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -556,27 +558,22 @@ func (p *fakePool) WaitServes(ctx context.Context, service, addr string, want bo
 			delete(p.active, w)
 		}
 	}()
-	for p.served[poolWait{service: service, addr: addr}] != want {
-		changed := p.changed
-		p.mu.Unlock()
+	for p.Serves(service, addr) != want {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changed:
 		}
-		p.mu.Lock()
 	}
-	p.mu.Unlock()
 	return nil
 }
 
 // set makes nginx serve addr, or stop serving it, and wakes the waiters.
 func (p *fakePool) set(service, addr string, served bool) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.served[poolWait{service: service, addr: addr}] = served
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.mu.Unlock()
+	p.changed.Wake()
 }
 
 // waiting returns the WaitServes calls in progress, by address.

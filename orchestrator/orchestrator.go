@@ -325,7 +325,6 @@ func (o *Orchestrator) Start(ctx context.Context) error {
 	g.Go(func() error { return o.drainer.Start(ctx) })
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })
-	g.Go(func() error { return o.wakeOnServed(ctx) })
 	g.Go(func() error {
 		select {
 		case <-ctx.Done():
@@ -391,8 +390,8 @@ func announce(spec Spec, version string) cluster.Announcement {
 		Started: time.Now().UTC(), Spec: spec.Digest()}
 }
 
-// reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
-// to requeue; failed passes are retried with backoff. The first pass waits
+// reconcileLoop runs a pass whenever woken, when what nginx serves
+// changed, on Resync, and when a pass asks to requeue; failed passes are retried with backoff. The first pass waits
 // for the node's claim and for the replica overrides, nodes and slots: a
 // restarted daemon must not scale to the spec's count and back.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
@@ -403,8 +402,12 @@ func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struc
 		case <-ready:
 		}
 	}
+	triggers := []<-chan struct{}{o.wake.C()}
+	if o.pool != nil { // drains and rolling updates wait for what nginx serves
+		triggers = append(triggers, o.pool.Subscribe())
+	}
 	l := loop.New(loop.Config{
-		Triggers: []<-chan struct{}{o.wake.C()},
+		Triggers: triggers,
 		Resync:   o.cfg.Resync,
 		Initial:  200 * time.Millisecond, Max: 10 * time.Second,
 		Log: o.log, Failed: "reconcile failed", Level: zerolog.ErrorLevel, Recovered: "reconcile recovered",
@@ -433,22 +436,6 @@ func (o *Orchestrator) pass(ctx context.Context) (loop.Result, error) {
 	o.troubles.set("reconcile", err)
 	o.troubles.set("placement", perr)
 	return loop.Result{After: res.RequeueAfter}, errors.Join(err, perr)
-}
-
-// wakeOnServed runs a pass whenever what nginx serves changed: drains and
-// rolling updates wait for that.
-func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
-	if o.pool == nil {
-		return nil
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-o.pool.Changed():
-			o.Wake()
-		}
-	}
 }
 
 // watchEvents turns Docker events into passes; a backend's death also

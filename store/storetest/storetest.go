@@ -322,20 +322,34 @@ func (f *Etcd) Snapshot() (store.Snapshot, bool) {
 	return snap, true
 }
 
-// Watch hands over what is under prefix once, then returns when ctx
-// ends.
+// Watch hands over what is under prefix, then again after each write
+// that changed it (a Reset each time), until ctx ends.
 func (f *Etcd) Watch(ctx context.Context, prefix string, handle func(store.Update)) error {
-	f.Lock()
-	u := store.Update{Reset: true, Revision: f.rev}
-	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
-		if strings.HasPrefix(k, prefix) {
-			u.KVs = append(u.KVs, f.kvOf(k))
+	changed := f.Subscribe()
+	var last []store.KV
+	for first := true; ; first = false {
+		f.Lock()
+		u := store.Update{Reset: true, Revision: f.rev}
+		for _, k := range slices.Sorted(maps.Keys(f.kv)) {
+			if strings.HasPrefix(k, prefix) {
+				u.KVs = append(u.KVs, f.kvOf(k))
+			}
+		}
+		f.Unlock()
+		if first || !slices.EqualFunc(u.KVs, last, sameKV) {
+			handle(u)
+			last = u.KVs
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
 		}
 	}
-	f.Unlock()
-	handle(u)
-	<-ctx.Done()
-	return nil
+}
+
+func sameKV(a, b store.KV) bool {
+	return a.Key == b.Key && string(a.Value) == string(b.Value) && a.Lease == b.Lease && a.Created == b.Created
 }
 
 // Campaign wins at once: a cluster of one.

@@ -25,6 +25,7 @@ import (
 	"github.com/go-acme/lego/v5/registration"
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -54,9 +55,11 @@ type ManagerConfig struct {
 	// Cache is the project's certificates, as the proxies serve them.
 	Cache *Cache
 	// CanOrder reports whether this node runs the proxy the CA's
-	// validation reaches (with a single proxy: only its node orders), and
-	// a channel closed when that changes.
-	CanOrder func() (bool, <-chan struct{})
+	// validation reaches (with a single proxy: only its node orders).
+	CanOrder func() bool
+	// CanOrderChanged receives after each change of what CanOrder says
+	// (a subscription to the running proxy); nil: it never changes.
+	CanOrderChanged <-chan struct{}
 	// WaitAnswer returns once this node's proxy serves keyAuth, the
 	// HTTP-01 answer of token, for host (the render Controller's
 	// WaitAnswer).
@@ -215,40 +218,40 @@ func routeLegoLog(log zerolog.Logger) {
 // sleep (a clock that jumped, a renewal time far away).
 const idleCheck = time.Hour
 
-// Start runs until ctx ends; it returns nil then.
+// Start runs until ctx ends; it returns nil then. It looks at once, then
+// whenever the certificates in etcd or CanOrder change, or the next host
+// is due; after an order (or a failed one) it looks again at once.
 func (m *Manager) Start(ctx context.Context) error {
-	changed := m.cfg.Cache.Subscribe()
-	m.log.Info().Strs("hosts", m.cfg.Hosts).Str("directory", m.cfg.Directory).Msg("ACME: keeping a certificate for each host in etcd")
-	for ctx.Err() == nil {
-		can, canChanged := m.cfg.CanOrder()
-		_, loaded := m.cfg.Cache.Loaded()
-		wait := idleCheck
-		if loaded && can {
-			due, next := m.due()
-			if (len(due) > 0 || m.hasOrphans()) && m.orderUnderLock(ctx, due) {
-				continue // look again: the cache has what was stored, or the backoff
-			}
-			if len(due) > 0 {
-				// etcd holds them fresh, or failed (another node tried),
-				// and this node's watch has not shown it yet: wait for it.
-				next = m.now().Add(time.Second)
-			} else {
-				m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
-			}
-			wait = min(wait, next.Sub(m.now()))
-		}
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-changed:
-		case <-canChanged:
-		case <-timer.C:
-		}
-		timer.Stop()
+	triggers := []<-chan struct{}{m.cfg.Cache.Subscribe()}
+	if m.cfg.CanOrderChanged != nil {
+		triggers = append(triggers, m.cfg.CanOrderChanged)
 	}
-	return nil
+	m.log.Info().Strs("hosts", m.cfg.Hosts).Str("directory", m.cfg.Directory).Msg("ACME: keeping a certificate for each host in etcd")
+	l := loop.New(loop.Config{Triggers: triggers, Log: m.log})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) { return m.look(ctx), nil })
+}
+
+// look orders what is due, and says when to look again.
+func (m *Manager) look(ctx context.Context) loop.Result {
+	_, loaded := m.cfg.Cache.Loaded()
+	if !loaded || !m.cfg.CanOrder() {
+		return loop.Result{After: idleCheck}
+	}
+	due, next := m.due()
+	if (len(due) > 0 || m.hasOrphans()) && m.orderUnderLock(ctx, due) {
+		return loop.Result{Again: true} // look again: the cache has what was stored, or the backoff
+	}
+	if len(due) > 0 {
+		// etcd holds them fresh, or failed (another node tried), and this
+		// node's watch has not shown it yet: wait for it.
+		next = m.now().Add(time.Second)
+	} else {
+		m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
+	}
+	if wait := min(idleCheck, next.Sub(m.now())); wait > 0 {
+		return loop.Result{After: wait}
+	}
+	return loop.Result{Again: true}
 }
 
 // due returns the hosts to order now, and when the next is due.

@@ -252,7 +252,7 @@ func TestManagerStops(t *testing.T) {
 	k := NewCache(nil, "p", zerolog.Nop())
 	k.apply(store.Update{Reset: true, Revision: 1})
 	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: &blockingStore{fakeStore{kv: map[string]string{}}},
-		Cache: k, Logger: zerolog.Nop(), CanOrder: func() (bool, <-chan struct{}) { return true, nil }})
+		Cache: k, Logger: zerolog.Nop(), CanOrder: func() bool { return true }})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Start(ctx) }()

@@ -99,7 +99,7 @@ func TestManagerDeletesOrphans(t *testing.T) {
 		kv := orphanRecords(t)
 		st := &lockingStore{fakeStore{kv: maps.Clone(kv)}}
 		m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: st, Cache: cacheOf(kv),
-			Logger: zerolog.Nop(), CanOrder: func() (bool, <-chan struct{}) { return true, nil }})
+			Logger: zerolog.Nop(), CanOrder: func() bool { return true }})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan error, 1)
 		go func() { done <- m.Start(ctx) }()

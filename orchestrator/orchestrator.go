@@ -250,9 +250,12 @@ func (o *Orchestrator) Wake() { o.wake.Wake() }
 // passed), and the registrar synced.
 func (o *Orchestrator) Ready() <-chan struct{} { return o.ready }
 
-// Proxy returns the running proxy (its ID is empty when there is none) and
-// a channel closed when that changes.
-func (o *Orchestrator) Proxy() (nginx.Proxy, <-chan struct{}) { return o.proxy.get() }
+// Proxy returns the running proxy (its ID is empty when there is none).
+func (o *Orchestrator) Proxy() nginx.Proxy { return o.proxy.get() }
+
+// SubscribeProxy returns a channel that receives after each change of the
+// running proxy: subscribe, then read Proxy.
+func (o *Orchestrator) SubscribeProxy() <-chan struct{} { return o.proxy.changed.Subscribe() }
 
 // HealthyBackends returns how many backends of service this daemon finds
 // healthy.

@@ -171,7 +171,7 @@ func TestOrchestratorStart(t *testing.T) {
 		if len(keys) != 3 {
 			t.Fatalf("registered %v, want the 3 backends", keys)
 		}
-		if p, _ := o.Proxy(); p.ID == "" {
+		if p := o.Proxy(); p.ID == "" {
 			t.Errorf("Proxy().ID empty after the first pass")
 		}
 

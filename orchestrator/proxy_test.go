@@ -55,7 +55,7 @@ func TestReconcileProxyDuty(t *testing.T) {
 				if created != tc.created {
 					t.Errorf("%d proxies created, want %d", created, tc.created)
 				}
-				if p, _ := e.proxy.get(); (p.ID != "") != (tc.running == 1) {
+				if p := e.proxy.get(); (p.ID != "") != (tc.running == 1) {
 					t.Errorf("published proxy %q, want one only while one runs", p.ID)
 				}
 			})

@@ -125,7 +125,7 @@ func (e *recEnv) setShare(share map[string]int, unread bool) {
 
 // changes counts the proxy's published (re)starts.
 func (e *recEnv) changes() int {
-	p, _ := e.proxy.get()
+	p := e.proxy.get()
 	return int(p.Generation)
 }
 
@@ -203,7 +203,7 @@ func checkConverged(t *testing.T, e *recEnv, replicas int) {
 	if got := e.docker.specOf(proxies[0].ID).VolumesFrom; !slices.Equal(got, []string{data[0].ID}) {
 		t.Errorf("proxy VolumesFrom %v, want [%s] (the data-volume container)", got, data[0].ID)
 	}
-	if got, _ := e.proxy.get(); got.ID != proxies[0].ID {
+	if got := e.proxy.get(); got.ID != proxies[0].ID {
 		t.Errorf("ProxyID %q, want %q", got.ID, proxies[0].ID)
 	}
 }

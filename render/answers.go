@@ -109,7 +109,7 @@ func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string
 		case <-changed:
 		}
 	}
-	proxy, _ := c.cfg.Host.Proxy()
+	proxy := c.cfg.Host.Proxy()
 	if proxy.IP == "" {
 		return nil // not reachable from here: the pass's word is all there is
 	}

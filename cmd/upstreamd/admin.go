@@ -118,7 +118,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 		}
 		st.Services = append(st.Services, s)
 	}
-	if p, _ := d.orch.Proxy(); p.ID != "" {
+	if p := d.orch.Proxy(); p.ID != "" {
 		st.Proxy.Running, st.Proxy.ID = true, containers.ShortID(p.ID)
 		st.Proxy.Container = d.cfg.Project + "-proxy"
 	}

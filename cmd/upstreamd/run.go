@@ -82,7 +82,7 @@ type daemon struct {
 
 // ejections reads the running proxy's balancer ejections, for /metrics.
 func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
-	p, _ := d.orch.Proxy()
+	p := d.orch.Proxy()
 	if p.ID == "" {
 		return nginx.Ejections{}, errors.New("no proxy running")
 	}
@@ -183,10 +183,7 @@ func wire(cfg *Config, log zerolog.Logger) (*daemon, error) {
 			Project: cfg.Project, Node: cfg.Node,
 			Directory: cfg.ACME.Directory, Email: cfg.ACME.Email, Roots: cfg.acmeRoots, Hosts: cfg.ACME.Hosts,
 			Store: d.etcd, Cache: d.certs,
-			CanOrder: func() (bool, <-chan struct{}) {
-				p, changed := d.orch.Proxy()
-				return p.ID != "", changed
-			},
+			CanOrder: func() bool { return d.orch.Proxy().ID != "" }, CanOrderChanged: d.orch.SubscribeProxy(),
 			WaitAnswer: d.ctrl.WaitAnswer,
 			ProxyNodes: proxyNodes,
 			Observe:    d.metrics.observeOrder,

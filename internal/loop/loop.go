@@ -78,15 +78,15 @@ type Config struct {
 	Initial, Max time.Duration
 	// Log gets the loop's lines: Failed for a failed pass, at Level for
 	// the first of a run and at debug for the rest, and Recovered (""
-	// for none) at info when a pass works after a run of failures whose
-	// first was logged at Level.
+	// for none) at info when a pass works after a run of failures that
+	// was logged at Level.
 	Log       zerolog.Logger
 	Failed    string
 	Level     zerolog.Level
 	Recovered string
 	// Said, when set, reports a failure that someone else says, or the
-	// pass said itself: it is logged at debug even when it is the first
-	// of a run.
+	// pass said itself: it is logged at debug, and the next failure that
+	// is not said is the loud one.
 	Said func(error) bool
 }
 
@@ -99,7 +99,7 @@ type Loop struct {
 	mu   sync.Mutex
 	bo   *retry.Backoff
 	pass int  // passes started, counted from 1
-	loud bool // the run of failures under way was logged at Level
+	loud bool // a failure of the run under way was logged at Level
 }
 
 // New returns a Loop; Run runs it.
@@ -274,15 +274,15 @@ func (l *Loop) after(res Result, err error) *time.Timer {
 	return nil
 }
 
-// failed records a failed pass, logs it, and returns the backoff's wait.
+// failed records a failed pass, logs it (at Level the first of the run
+// that nobody else said, else at debug), and returns the backoff's wait.
 // A session that worked before it failed started a new run of failures.
 func (l *Loop) failed(err error) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	wait, first := l.bo.Failed()
-	said := l.cfg.Said != nil && l.cfg.Said(err)
+	wait, _ := l.bo.Failed()
 	ev := l.cfg.Log.Debug()
-	if first && !said {
+	if !l.loud && (l.cfg.Said == nil || !l.cfg.Said(err)) {
 		ev = l.cfg.Log.WithLevel(l.cfg.Level)
 		l.loud = true
 	}

@@ -209,8 +209,8 @@ func TestLogging(t *testing.T) {
 			want: []string{"error failed", "debug failed", "info recovered", "error failed", "info recovered"}},
 		{name: "said by someone else: quiet, and no recovery said", answers: []answer{{err: errSaid}, {err: errSaid}}, level: zerolog.ErrorLevel,
 			want: []string{"debug failed", "debug failed"}},
-		{name: "said, then not: the run was quiet", answers: []answer{{err: errSaid}, {err: errDown}}, level: zerolog.ErrorLevel,
-			want: []string{"debug failed", "debug failed"}},
+		{name: "said, then not: the first not said is loud", answers: []answer{{err: errSaid}, {err: errDown}, {err: errSaid}}, level: zerolog.ErrorLevel,
+			want: []string{"debug failed", "error failed", "debug failed", "info recovered"}},
 		{name: "quiet level", answers: []answer{{err: errDown}}, level: zerolog.DebugLevel,
 			want: []string{"debug failed", "info recovered"}},
 	} {

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // ChallengePrefix is the path the proxy serves HTTP-01 answers under.
@@ -27,9 +29,10 @@ func ChallengePath(root, token string) string {
 // answers records the HTTP-01 answers written into the current proxy, for
 // WaitAnswer.
 type answers struct {
+	changed wake.Fanout // after each set
+
 	mu      sync.Mutex
 	written map[string]bool
-	changed chan struct{} // closed, and replaced, at each set
 }
 
 func (a *answers) reset() {
@@ -46,25 +49,15 @@ func (a *answers) set(tokens []string) {
 	for _, t := range tokens {
 		a.written[t] = true
 	}
-	if a.changed != nil {
-		close(a.changed)
-		a.changed = nil
-	}
 	a.mu.Unlock()
+	a.changed.Wake()
 }
 
-// has reports whether token's answer is written; if not, the channel is
-// closed at the next set.
-func (a *answers) has(token string) (bool, <-chan struct{}) {
+// has reports whether token's answer is written.
+func (a *answers) has(token string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.written[token] {
-		return true, nil
-	}
-	if a.changed == nil {
-		a.changed = make(chan struct{})
-	}
-	return false, a.changed
+	return a.written[token]
 }
 
 // writeAnswers writes the HTTP-01 answers into the proxy (each file once
@@ -98,11 +91,10 @@ func (c *Controller) writeAnswers(ctx context.Context) ([]string, error) {
 // names the proxy's address (the built-in template serves the answers in
 // its default server too).
 func (c *Controller) WaitAnswer(ctx context.Context, host, token, keyAuth string) error {
-	for {
-		ok, changed := c.answers.has(token)
-		if ok {
-			break
-		}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := c.answers.changed.SubscribeUntil(wctx)
+	for !c.answers.has(token) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the proxy does not serve the answer of ACME token %s yet: %w", token, ctx.Err())

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -78,11 +79,11 @@ func (k *Cache) Start(ctx context.Context) error {
 // clock that jumped is seen within it.
 const recheckAtLeast = time.Hour
 
-// recheck looks at the certificates again whenever one's validity changes
-// with the clock, until ctx ends.
+// recheck looks at the certificates again whenever they change, and when
+// one's validity changes with the clock, until ctx ends.
 func (k *Cache) recheck(ctx context.Context) {
-	changed := k.changed.Subscribe()
-	for {
+	l := loop.New(loop.Config{Triggers: []<-chan struct{}{k.changed.Subscribe()}, Log: k.log})
+	_ = l.Run(ctx, func(context.Context) (loop.Result, error) { // nil: no pass fails
 		next, moved := k.settle()
 		if moved {
 			k.changed.Wake()
@@ -91,16 +92,11 @@ func (k *Cache) recheck(ctx context.Context) {
 		if !next.IsZero() {
 			wait = min(wait, next.Sub(k.now()))
 		}
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-changed:
-		case <-timer.C:
+		if wait <= 0 {
+			return loop.Result{Again: true}, nil
 		}
-		timer.Stop()
-	}
+		return loop.Result{After: wait}, nil
+	})
 }
 
 // settle notes which certificates are valid now, saying so for each that

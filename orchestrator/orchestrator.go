@@ -317,9 +317,9 @@ func (o *Orchestrator) Problems() []string {
 
 // Start runs every part until ctx ends. Nothing touches a container before
 // the node holds its names in etcd; Start returns an error matching
-// ErrTaken when another live daemon holds them. The registrar starts after
-// the first reconcile pass, so that backends adopted after a restart are
-// known (pending) before it may delete anything.
+// cluster.ErrTaken when another live daemon holds them. The registrar
+// starts after the first reconcile pass, so that backends adopted after a
+// restart are known (pending) before it may delete anything.
 func (o *Orchestrator) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})

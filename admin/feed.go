@@ -41,6 +41,7 @@ type feed struct {
 	journal   *events.Journal
 	heartbeat time.Duration
 	poke      wake.Signal // a new stream wants a fresh frame
+	fresh     wake.Fanout // new frames are out
 
 	mu       sync.Mutex
 	streams  int
@@ -49,18 +50,19 @@ type feed struct {
 	inflight bool               // computation gen+1 under way
 	at       time.Time          // when the last one started
 	frames   [formats]frame
-	changed  chan struct{} // closed when new frames are out
 }
 
 func newFeed(status func(context.Context) Status, journal *events.Journal, heartbeat time.Duration) *feed {
-	return &feed{status: status, journal: journal, heartbeat: heartbeat, poke: wake.New(), changed: make(chan struct{})}
+	return &feed{status: status, journal: journal, heartbeat: heartbeat, poke: wake.New()}
 }
 
 // subscribe counts a stream in (the first starts the computing loop) and
 // returns the first computation whose frames it may send: the last one
-// when it is fresh, else the next (asked for at once); leave counts it out
+// when it is fresh, else the next (asked for at once); fresh receives
+// after new frames are out, until ctx ends; leave counts the stream out
 // (the last stops the loop).
-func (f *feed) subscribe() (first uint64, leave func()) {
+func (f *feed) subscribe(ctx context.Context) (first uint64, fresh <-chan struct{}, leave func()) {
+	fresh = f.fresh.SubscribeUntil(ctx)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.streams++
@@ -78,7 +80,7 @@ func (f *feed) subscribe() (first uint64, leave func()) {
 		first = f.gen + 1
 		f.poke.Wake()
 	}
-	return first, func() {
+	return first, fresh, func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		if f.streams--; f.streams == 0 {
@@ -88,12 +90,11 @@ func (f *feed) subscribe() (first uint64, leave func()) {
 	}
 }
 
-// latest returns the last frame in format v and a channel closed when a
-// newer one is out.
-func (f *feed) latest(v format) (frame, <-chan struct{}) {
+// latest returns the last frame in format v.
+func (f *feed) latest(v format) frame {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.frames[v], f.changed
+	return f.frames[v]
 }
 
 // run computes the status at once, after each change (at most every
@@ -102,10 +103,10 @@ func (f *feed) latest(v format) (frame, <-chan struct{}) {
 func (f *feed) run(ctx context.Context) {
 	beat := time.NewTicker(f.heartbeat)
 	defer beat.Stop()
+	changed := f.journal.SubscribeUntil(ctx) // before computing: an event during it counts
 	var last time.Time
 	dirty := true
 	for {
-		changed := f.journal.Changed() // before computing: an event during it counts
 		if wait := viewEvery - time.Since(last); dirty && wait <= 0 {
 			last = time.Now()
 			f.compute(ctx, last)
@@ -146,9 +147,9 @@ func (f *feed) compute(ctx context.Context, now time.Time) {
 	}
 
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.inflight = false
 	if ctx.Err() != nil {
+		f.mu.Unlock()
 		return // the last stream left while computing: ctx's reads failed
 	}
 	f.gen++
@@ -156,6 +157,6 @@ func (f *feed) compute(ctx context.Context, now time.Time) {
 		fr[i].gen = f.gen
 	}
 	f.frames = fr
-	close(f.changed)
-	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	f.fresh.Wake()
 }

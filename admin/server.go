@@ -254,7 +254,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 		s.follow(w, r, since, true, noView)
 		return
 	}
-	evs, missed, _ := s.cfg.Journal.Since(since)
+	evs, missed := s.cfg.Journal.Since(since)
 	if limit > 0 && len(evs) > int(limit) {
 		evs = evs[len(evs)-int(limit):]
 	}
@@ -311,9 +311,13 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 	out := &sse{w: w, rc: http.NewResponseController(w)}
 	ctx := r.Context()
 	var first, sent uint64
+	var changed, fresh <-chan struct{} // subscribed before reading
+	if sendEvents {
+		changed = s.cfg.Journal.SubscribeUntil(ctx)
+	}
 	if view != noView {
 		var leave func()
-		first, leave = s.feed.subscribe()
+		first, fresh, leave = s.feed.subscribe(ctx)
 		defer leave()
 	}
 	var beat <-chan time.Time
@@ -323,11 +327,8 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 		beat = t.C
 	}
 	for {
-		var changed, fresh <-chan struct{}
 		if sendEvents {
-			var evs []events.Event
-			var missed int64
-			evs, missed, changed = s.cfg.Journal.Since(since)
+			evs, missed := s.cfg.Journal.Since(since)
 			if missed > 0 {
 				out.message("", "missed", []byte(strconv.FormatInt(missed, 10)))
 			}
@@ -340,9 +341,7 @@ func (s *Server) follow(w http.ResponseWriter, r *http.Request, since int64, sen
 			}
 		}
 		if view != noView {
-			var f frame
-			f, fresh = s.feed.latest(view)
-			if f.gen >= first && f.gen > sent {
+			if f := s.feed.latest(view); f.gen >= first && f.gen > sent {
 				out.message("", f.name, f.data)
 				sent = f.gen
 			}

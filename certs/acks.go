@@ -41,7 +41,7 @@ type AckerConfig struct {
 }
 
 // Acker acknowledges in etcd each HTTP-01 answer this node's proxy serves
-// (AckKey, under the challenge's lease), once: with placement = "every"
+// (store.ACMEAckKey, under the challenge's lease), once: with placement = "every"
 // the CA may reach any node's proxy, and the orderer waits for every live
 // node's acknowledgement before it tells the CA to validate.
 type Acker struct {
@@ -115,7 +115,7 @@ func (a *Acker) ack(ctx context.Context, c Challenge) error {
 	if err := a.cfg.Responder.ServesAnswer(ctx, "", c.Token, c.Auth); err != nil {
 		return err
 	}
-	_, err := a.cfg.Store.Put(ctx, AckKey(a.cfg.Project, c.Token, a.cfg.Node), a.cfg.Node, c.Lease)
+	_, err := a.cfg.Store.Put(ctx, store.ACMEAckKey(a.cfg.Project, c.Token, a.cfg.Node), a.cfg.Node, c.Lease)
 	if errors.Is(err, store.ErrLeaseLost) {
 		return nil // the challenge is over
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
 )
 
 const (
@@ -59,7 +61,7 @@ func TestPresentWaitsForEveryProxy(t *testing.T) {
 						t.Fatalf("Present returned (%v) before %s acknowledged", err, node)
 					default:
 					}
-					if _, err := etcd.Put(t.Context(), AckKey("p", testToken, node), node, 7); err != nil {
+					if _, err := etcd.Put(t.Context(), store.ACMEAckKey("p", testToken, node), node, 7); err != nil {
 						t.Fatal(err)
 					}
 					synctest.Wait()
@@ -86,7 +88,7 @@ func TestPresentWaitsForEveryProxy(t *testing.T) {
 				default:
 					t.Error("Present has not returned")
 				}
-				if got, _, _ := etcd.Get(t.Context(), ChallengesPrefix("p")+testToken); got.Lease != 7 {
+				if got, _, _ := etcd.Get(t.Context(), store.ACMEChallengeKey("p", testToken)); got.Lease != 7 {
 					t.Errorf("the challenge is under lease %d, want the lock's (7)", got.Lease)
 				}
 			})
@@ -129,28 +131,28 @@ func TestAckerAcknowledgesWhatTheProxyServes(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- a.Start(ctx) }()
 		for token, lease := range map[string]int64{testToken: 9, never: 9, unleased: 0} {
-			if _, err := etcd.Put(ctx, ChallengesPrefix("p")+token, token+".thumbprint_0123456789", lease); err != nil {
+			if _, err := etcd.Put(ctx, store.ACMEChallengeKey("p", token), token+".thumbprint_0123456789", lease); err != nil {
 				t.Fatal(err)
 			}
 		}
 		synctest.Wait()
-		if _, ok, _ := etcd.Get(ctx, AckKey("p", testToken, "b")); ok {
+		if _, ok, _ := etcd.Get(ctx, store.ACMEAckKey("p", testToken, "b")); ok {
 			t.Error("acknowledged before the proxy serves the answer")
 		}
 		close(served)
 		synctest.Wait()
-		if kv, ok, _ := etcd.Get(ctx, AckKey("p", testToken, "b")); !ok || kv.Lease != 9 {
+		if kv, ok, _ := etcd.Get(ctx, store.ACMEAckKey("p", testToken, "b")); !ok || kv.Lease != 9 {
 			t.Errorf("acknowledgement %v under lease %d, want one under the challenge's (9)", ok, kv.Lease)
 		}
 		time.Sleep(answerWait)
 		synctest.Wait()
 		for _, token := range []string{never, unleased} {
-			if _, ok, _ := etcd.Get(ctx, AckKey("p", token, "b")); ok {
+			if _, ok, _ := etcd.Get(ctx, store.ACMEAckKey("p", token, "b")); ok {
 				t.Errorf("%s acknowledged", token)
 			}
 		}
 		// More changes: nothing is checked twice.
-		if _, err := etcd.Put(ctx, HostKey("p", "x"), "{}", 0); err != nil {
+		if _, err := etcd.Put(ctx, store.CertHostKey("p", "x"), "{}", 0); err != nil {
 			t.Fatal(err)
 		}
 		synctest.Wait()
@@ -174,8 +176,8 @@ func TestCacheReadsAcks(t *testing.T) {
 	etcd.feed(k)
 	ctx := context.Background()
 	for _, key := range []string{
-		AckKey("p", testToken, "b"), AckKey("p", testToken, "c"),
-		AckKey("p", testToken, "Not A Node"), AckKey("p", "../../x", "b"), AcksPrefix("p") + testToken,
+		store.ACMEAckKey("p", testToken, "b"), store.ACMEAckKey("p", testToken, "c"),
+		store.ACMEAckKey("p", testToken, "Not A Node"), store.ACMEAckKey("p", "../../x", "b"), store.ACMEAcksPrefix("p") + testToken,
 	} {
 		if _, err := etcd.Put(ctx, key, "", 7); err != nil {
 			t.Fatal(err)
@@ -184,7 +186,7 @@ func TestCacheReadsAcks(t *testing.T) {
 	if got := k.Acked(testToken); !slices.Equal(got, []string{"b", "c"}) {
 		t.Errorf("Acked = %q, want b and c", got)
 	}
-	if _, err := etcd.Delete(ctx, AckKey("p", testToken, "c")); err != nil {
+	if _, err := etcd.Delete(ctx, store.ACMEAckKey("p", testToken, "c")); err != nil {
 		t.Fatal(err)
 	}
 	if got := k.Acked(testToken); !slices.Equal(got, []string{"b"}) {

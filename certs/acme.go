@@ -25,6 +25,7 @@ import (
 	"github.com/go-acme/lego/v5/registration"
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -46,9 +47,11 @@ var _ Store = (*store.Client)(nil)
 // writes the answers into it, and nginx, which is asked for them.
 type Responder interface {
 	// Running reports whether this node runs the proxy the CA's
-	// validation reaches (with a single proxy: only its node orders),
-	// and a channel closed when that changes.
-	Running() (bool, <-chan struct{})
+	// validation reaches (with a single proxy: only its node orders).
+	Running() bool
+	// SubscribeRunning returns a channel that receives after each change
+	// of what Running says.
+	SubscribeRunning() <-chan struct{}
 	// ServesAnswer returns once the proxy serves keyAuth, the HTTP-01
 	// answer of token, to a request naming host ("": its own address), or
 	// with ctx's error.
@@ -224,40 +227,37 @@ func routeLegoLog(log zerolog.Logger) {
 // sleep (a clock that jumped, a renewal time far away).
 const idleCheck = time.Hour
 
-// Start runs until ctx ends; it returns nil then.
+// Start runs until ctx ends; it returns nil then. It looks at once, then
+// whenever the certificates in etcd or whether this node runs the proxy change, or the next host
+// is due; after an order (or a failed one) it looks again at once.
 func (m *Manager) Start(ctx context.Context) error {
-	changed := m.cfg.Cache.Subscribe()
+	triggers := []<-chan struct{}{m.cfg.Cache.Subscribe(), m.cfg.Responder.SubscribeRunning()}
 	m.log.Info().Strs("hosts", m.cfg.Hosts).Str("directory", m.cfg.Directory).Msg("ACME: keeping a certificate for each host in etcd")
-	for ctx.Err() == nil {
-		can, canChanged := m.cfg.Responder.Running()
-		_, loaded := m.cfg.Cache.Loaded()
-		wait := idleCheck
-		if loaded && can {
-			due, next := m.due()
-			if (len(due) > 0 || m.hasOrphans()) && m.orderUnderLock(ctx, due) {
-				continue // look again: the cache has what was stored, or the backoff
-			}
-			if len(due) > 0 {
-				// etcd holds them fresh, or failed (another node tried),
-				// and this node's watch has not shown it yet: wait for it.
-				next = m.now().Add(time.Second)
-			} else {
-				m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
-			}
-			wait = min(wait, next.Sub(m.now()))
-		}
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-changed:
-		case <-canChanged:
-		case <-timer.C:
-		}
-		timer.Stop()
+	l := loop.New(loop.Config{Triggers: triggers, Log: m.log})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) { return m.look(ctx), nil })
+}
+
+// look orders what is due, and says when to look again.
+func (m *Manager) look(ctx context.Context) loop.Result {
+	_, loaded := m.cfg.Cache.Loaded()
+	if !loaded || !m.cfg.Responder.Running() {
+		return loop.Result{After: idleCheck}
 	}
-	return nil
+	due, next := m.due()
+	if (len(due) > 0 || m.hasOrphans()) && m.orderUnderLock(ctx, due) {
+		return loop.Result{Again: true} // look again: the cache has what was stored, or the backoff
+	}
+	if len(due) > 0 {
+		// etcd holds them fresh, or failed (another node tried), and this
+		// node's watch has not shown it yet: wait for it.
+		next = m.now().Add(time.Second)
+	} else {
+		m.log.Debug().Time("next", next).Msg("ACME: nothing to order now")
+	}
+	if wait := min(idleCheck, next.Sub(m.now())); wait > 0 {
+		return loop.Result{After: wait}
+	}
+	return loop.Result{Again: true}
 }
 
 // due returns the hosts to order now, and when the next is due.
@@ -300,7 +300,7 @@ const lockTTL = 15 * time.Second
 // reports whether it ordered, or failed to, any host: false when etcd held
 // them all fresh or failed.
 func (m *Manager) orderUnderLock(ctx context.Context, hosts []string) (acted bool) {
-	lease, unlock, err := m.cfg.Store.Lock(ctx, LockKey(m.cfg.Project), lockTTL)
+	lease, unlock, err := m.cfg.Store.Lock(ctx, store.ACMELockKey(m.cfg.Project), lockTTL)
 	if err != nil {
 		if ctx.Err() == nil {
 			for _, h := range hosts {
@@ -357,7 +357,7 @@ type stored struct {
 func (m *Manager) stored(ctx context.Context, host string) (stored, error) {
 	var st stored
 	now := m.now()
-	kv, ok, err := m.cfg.Store.Get(ctx, HostKey(m.cfg.Project, host))
+	kv, ok, err := m.cfg.Store.Get(ctx, store.CertHostKey(m.cfg.Project, host))
 	if err != nil {
 		return st, err
 	}
@@ -367,7 +367,7 @@ func (m *Manager) stored(ctx context.Context, host string) (stored, error) {
 			st.fresh = c.renewalFor(host, now).After(now)
 		}
 	}
-	kv, ok, err = m.cfg.Store.Get(ctx, FailureKey(m.cfg.Project, host))
+	kv, ok, err = m.cfg.Store.Get(ctx, store.ACMEFailureKey(m.cfg.Project, host))
 	if err != nil {
 		return st, err
 	}
@@ -426,7 +426,7 @@ func (m *Manager) order(ctx context.Context, obtain obtainFunc, host string, st 
 // an operator's certificate was imported under its name meanwhile, which
 // is kept.
 func (m *Manager) store(ctx context.Context, host string, rec Record, rev int64) error {
-	key := HostKey(m.cfg.Project, host)
+	key := store.CertHostKey(m.cfg.Project, host)
 	for range 3 {
 		written, err := m.cfg.Store.PutIfUnchanged(ctx, key, rec.Encode(), rev)
 		if err != nil || written {
@@ -465,7 +465,7 @@ func (m *Manager) failed(ctx context.Context, host string, prev Failure, err err
 	wait := m.backoff(f.Count)
 	f.Next = now.Add(wait).UTC()
 	m.mu.Unlock()
-	_, perr := m.cfg.Store.Put(ctx, FailureKey(m.cfg.Project, host), f.Encode(), 0)
+	_, perr := m.cfg.Store.Put(ctx, store.ACMEFailureKey(m.cfg.Project, host), f.Encode(), 0)
 	m.mu.Lock()
 	if perr != nil {
 		m.own[host] = f
@@ -500,7 +500,7 @@ func (m *Manager) succeeded(ctx context.Context, host string) {
 	delete(m.own, host)
 	delete(m.stalled, host)
 	m.mu.Unlock()
-	if _, err := m.cfg.Store.Delete(ctx, FailureKey(m.cfg.Project, host)); err != nil {
+	if _, err := m.cfg.Store.Delete(ctx, store.ACMEFailureKey(m.cfg.Project, host)); err != nil {
 		m.log.Warn().Err(err).Str("host", host).Msg("ACME: cannot clear the failures in etcd; the next order waits for their next try")
 	}
 	if m.cfg.Observe != nil {
@@ -617,7 +617,7 @@ func (m *Manager) client(ctx context.Context, lease int64) (*lego.Client, error)
 // new one is to be registered (none, or another directory or e-mail).
 func (m *Manager) account(ctx context.Context) (u *user, stored bool, err error) {
 	u = &user{email: m.cfg.Email}
-	kv, ok, err := m.cfg.Store.Get(ctx, AccountKey(m.cfg.Project))
+	kv, ok, err := m.cfg.Store.Get(ctx, store.ACMEAccountKey(m.cfg.Project))
 	if err != nil {
 		return nil, false, err
 	}
@@ -651,14 +651,14 @@ func (m *Manager) storeAccount(ctx context.Context, u *user) error {
 	if err != nil {
 		return err
 	}
-	if _, err := m.cfg.Store.Put(ctx, AccountKey(m.cfg.Project), string(b), 0); err != nil {
+	if _, err := m.cfg.Store.Put(ctx, store.ACMEAccountKey(m.cfg.Project), string(b), 0); err != nil {
 		return fmt.Errorf("store the ACME account: %w", err)
 	}
 	return nil
 }
 
 // provider answers HTTP-01 challenges through etcd: every node's proxy
-// serves what is under ChallengesPrefix, without a reload.
+// serves what is under store.ACMEChallengesPrefix, without a reload.
 type provider struct {
 	m     *Manager
 	lease int64
@@ -672,7 +672,7 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 	if err := checkChallenge(token, keyAuth); err != nil {
 		return err
 	}
-	if _, err := p.m.cfg.Store.Put(ctx, ChallengesPrefix(p.m.cfg.Project)+token, keyAuth, p.lease); err != nil {
+	if _, err := p.m.cfg.Store.Put(ctx, store.ACMEChallengeKey(p.m.cfg.Project, token), keyAuth, p.lease); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, answerWait)
@@ -688,6 +688,6 @@ func (p *provider) Present(ctx context.Context, domain, token, keyAuth string) e
 }
 
 func (p *provider) CleanUp(ctx context.Context, _, token, _ string) error {
-	_, err := p.m.cfg.Store.Delete(ctx, ChallengesPrefix(p.m.cfg.Project)+token)
+	_, err := p.m.cfg.Store.Delete(ctx, store.ACMEChallengeKey(p.m.cfg.Project, token))
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -69,7 +70,7 @@ func (k *Cache) reset() {
 // a certificate becomes valid or expires. It returns nil on cancellation.
 func (k *Cache) Start(ctx context.Context) error {
 	grp, ctx := errgroup.WithContext(ctx)
-	grp.Go(func() error { return k.cli.Watch(ctx, Prefix(k.project), k.apply) })
+	grp.Go(func() error { return k.cli.Watch(ctx, store.CertsPrefix(k.project), k.apply) })
 	grp.Go(func() error { k.recheck(ctx); return nil })
 	return grp.Wait()
 }
@@ -78,11 +79,11 @@ func (k *Cache) Start(ctx context.Context) error {
 // clock that jumped is seen within it.
 const recheckAtLeast = time.Hour
 
-// recheck looks at the certificates again whenever one's validity changes
-// with the clock, until ctx ends.
+// recheck looks at the certificates again whenever they change, and when
+// one's validity changes with the clock, until ctx ends.
 func (k *Cache) recheck(ctx context.Context) {
-	changed := k.changed.Subscribe()
-	for {
+	l := loop.New(loop.Config{Triggers: []<-chan struct{}{k.changed.Subscribe()}, Log: k.log})
+	_ = l.Run(ctx, func(context.Context) (loop.Result, error) { // nil: no pass fails
 		next, moved := k.settle()
 		if moved {
 			k.changed.Wake()
@@ -91,16 +92,11 @@ func (k *Cache) recheck(ctx context.Context) {
 		if !next.IsZero() {
 			wait = min(wait, next.Sub(k.now()))
 		}
-		timer := time.NewTimer(max(wait, 0))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-changed:
-		case <-timer.C:
+		if wait <= 0 {
+			return loop.Result{Again: true}, nil
 		}
-		timer.Stop()
-	}
+		return loop.Result{After: wait}, nil
+	})
 }
 
 // settle notes which certificates are valid now, saying so for each that
@@ -165,7 +161,7 @@ func (k *Cache) Certs() []Cert {
 func (k *Cache) Get(name string) (Cert, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	c, ok := k.certs[HostKey(k.project, name)]
+	c, ok := k.certs[store.CertHostKey(k.project, name)]
 	if !ok || ValidAt(c.Leaf, k.now()) != nil {
 		return Cert{}, false
 	}
@@ -241,16 +237,16 @@ var keyAuthRE = regexp.MustCompile(`^[A-Za-z0-9_-]{16,256}\.[A-Za-z0-9_-]{16,256
 func (k *Cache) drop(key string) {
 	delete(k.certs, key)
 	delete(k.valid, key)
-	if token, ok := strings.CutPrefix(key, ChallengesPrefix(k.project)); ok {
+	if token, ok := strings.CutPrefix(key, store.ACMEChallengesPrefix(k.project)); ok {
 		delete(k.challenges, token)
 	}
-	if rest, ok := strings.CutPrefix(key, AcksPrefix(k.project)); ok {
+	if rest, ok := strings.CutPrefix(key, store.ACMEAcksPrefix(k.project)); ok {
 		token, node, _ := strings.Cut(rest, "/")
 		if delete(k.acks[token], node); len(k.acks[token]) == 0 {
 			delete(k.acks, token)
 		}
 	}
-	if host, ok := strings.CutPrefix(key, FailuresPrefix(k.project)); ok {
+	if host, ok := strings.CutPrefix(key, store.ACMEFailuresPrefix(k.project)); ok {
 		delete(k.failures, host)
 	}
 }
@@ -258,7 +254,7 @@ func (k *Cache) drop(key string) {
 // put takes one written key; k.mu is held.
 func (k *Cache) put(kv store.KV) {
 	k.drop(kv.Key)
-	hosts, challenges := HostsPrefix(k.project), ChallengesPrefix(k.project)
+	hosts, challenges := store.CertHostsPrefix(k.project), store.ACMEChallengesPrefix(k.project)
 	switch {
 	case strings.HasPrefix(kv.Key, hosts):
 		c, err := Read(kv.Key, kv.Value)
@@ -280,8 +276,8 @@ func (k *Cache) put(kv store.KV) {
 			return
 		}
 		k.challenges[token] = Challenge{Token: token, Auth: auth, Lease: kv.Lease}
-	case strings.HasPrefix(kv.Key, AcksPrefix(k.project)):
-		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, AcksPrefix(k.project)), "/")
+	case strings.HasPrefix(kv.Key, store.ACMEAcksPrefix(k.project)):
+		token, node, _ := strings.Cut(strings.TrimPrefix(kv.Key, store.ACMEAcksPrefix(k.project)), "/")
 		if !tokenRE.MatchString(token) || store.ValidName(node) != nil {
 			k.log.Warn().Str("key", kv.Key).Msg("skipping the ACME acknowledgement in etcd: not <token>/<node>")
 			return
@@ -290,8 +286,8 @@ func (k *Cache) put(kv store.KV) {
 			k.acks[token] = map[string]bool{}
 		}
 		k.acks[token][node] = true
-	case strings.HasPrefix(kv.Key, FailuresPrefix(k.project)):
-		host := strings.TrimPrefix(kv.Key, FailuresPrefix(k.project))
+	case strings.HasPrefix(kv.Key, store.ACMEFailuresPrefix(k.project)):
+		host := strings.TrimPrefix(kv.Key, store.ACMEFailuresPrefix(k.project))
 		f, err := ParseFailure(host, kv.Value)
 		if err != nil {
 			k.log.Warn().Str("key", kv.Key).Err(err).Msg("skipping the ACME failure record in etcd")

@@ -43,9 +43,9 @@ func TestCacheFollowsTheClock(t *testing.T) {
 		own := record(t, SourceImport, []string{"*.own.example"}, now.Add(-time.Hour), now.Add(2*time.Hour))
 		k := NewCache(nil, "p", zerolog.Nop())
 		k.cli = fakeWatch{store.Update{Reset: true, Revision: 1, KVs: []store.KV{
-			{Key: HostKey("p", "later"), Value: []byte(later.Encode())},
-			{Key: HostKey("p", "skewed.example"), Value: []byte(skewed.Encode())},
-			{Key: HostKey("p", "own"), Value: []byte(own.Encode())},
+			{Key: store.CertHostKey("p", "later"), Value: []byte(later.Encode())},
+			{Key: store.CertHostKey("p", "skewed.example"), Value: []byte(skewed.Encode())},
+			{Key: store.CertHostKey("p", "own"), Value: []byte(own.Encode())},
 		}}}
 		m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"skewed.example", "www.own.example"},
 			Store: &fakeStore{kv: map[string]string{}}, Cache: k, Logger: zerolog.Nop()})

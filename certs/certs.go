@@ -1,9 +1,9 @@
 // Package certs keeps the proxy's TLS certificates in etcd and orders them
 // from an ACME CA.
 //
-// Certificates live under /upstreamd/<project>/certs/: every node and every
-// newly elected proxy reads them from there, so a certificate is ordered
-// once per project, not once per proxy. A Cache watches that prefix (the
+// Certificates live under /upstreamd/<project>/certs/ (store/keys.go lays
+// out every key): every node and every newly elected proxy reads them from
+// there, so a certificate is ordered once per project, not once per proxy. A Cache watches that prefix (the
 // certificates, checked like any input read from etcd; the HTTP-01
 // answers the proxies serve, and each node's acknowledgement that its
 // proxy does; the hosts whose orders failed); the Manager orders what is
@@ -25,45 +25,6 @@ import (
 
 	"github.com/upstreamd/upstreamd/store"
 )
-
-// Prefix is where a project's certificates and ACME state live.
-func Prefix(project string) string { return "/upstreamd/" + project + "/certs/" }
-
-// HostsPrefix holds one certificate per key, named by its first name.
-func HostsPrefix(project string) string { return Prefix(project) + "hosts/" }
-
-// HostKey is where the certificate named name is kept.
-func HostKey(project, name string) string { return HostsPrefix(project) + name }
-
-// AccountKey holds the ACME account: its key and registration.
-func AccountKey(project string) string { return Prefix(project) + "acme/account" }
-
-// ChallengesPrefix holds the HTTP-01 answers being validated, by token,
-// under the lease of the node ordering them.
-func ChallengesPrefix(project string) string { return Prefix(project) + "acme/challenges/" }
-
-// AcksPrefix holds the acknowledgements of the HTTP-01 answers being
-// validated: AckKey(token, node) once that node's proxy serves the answer
-// of token, written by that node (an Acker) under the challenge's own
-// lease, so they go with it. With placement = "every" the orderer waits
-// for every live node's before the CA is told to validate.
-func AcksPrefix(project string) string { return Prefix(project) + "acks/" }
-
-// AckKey is where node acknowledges the answer of token.
-func AckKey(project, token, node string) string { return AcksPrefix(project) + token + "/" + node }
-
-// FailuresPrefix holds, per host, its run of failed orders (a Failure),
-// written by the node holding the ACME lock, with no lease: every node
-// backs off by it, and a restart does not reset it. An order that
-// succeeds deletes it.
-func FailuresPrefix(project string) string { return Prefix(project) + "failures/" }
-
-// FailureKey is where host's failed orders are kept.
-func FailureKey(project, host string) string { return FailuresPrefix(project) + host }
-
-// LockKey is the etcd mutex a node holds while it orders. It is outside
-// Prefix, so taking it wakes no watcher of the certificates.
-func LockKey(project string) string { return "/upstreamd/" + project + "/locks/acme" }
 
 // Sources of a Record.
 const (
@@ -248,9 +209,10 @@ const (
 // hostRE is what a host name kept under a key is made of.
 var hostRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$`)
 
-// ParseFailure reads the failure of host (what follows FailuresPrefix in
-// its key) from etcd: untrusted input, so a value that is not one is an
-// error saying why. The reason is made printable.
+// ParseFailure reads the failure of host (what follows
+// store.ACMEFailuresPrefix in its key) from etcd: untrusted input, so a
+// value that is not one is an error saying why. The reason is made
+// printable.
 func ParseFailure(host string, value []byte) (Failure, error) {
 	if !hostRE.MatchString(host) {
 		return Failure{}, fmt.Errorf("%q is not a host name", clip(host))

@@ -67,7 +67,7 @@ func TestParse(t *testing.T) {
 		{"no names", record(t, SourceImport, nil, now.Add(-time.Hour), now.Add(time.Hour)).Encode(), "names no host"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := Parse(HostKey("p", "a.example"), []byte(tt.value), now)
+			c, err := Parse(store.CertHostKey("p", "a.example"), []byte(tt.value), now)
 			if tt.want == "" {
 				if err != nil {
 					t.Fatal(err)
@@ -101,12 +101,12 @@ func TestCacheChecksWhatItReads(t *testing.T) {
 	expired := record(t, SourceImport, []string{"b.example"}, now.Add(-2*time.Hour), now.Add(-time.Hour))
 	token := "tok_0123456789abcdef"
 	k.apply(store.Update{Reset: true, Revision: 5, KVs: []store.KV{
-		{Key: HostKey("p", "a.example"), Value: []byte(good.Encode())},
-		{Key: HostKey("p", "b.example"), Value: []byte(expired.Encode())},
-		{Key: AccountKey("p"), Value: []byte(`{"key":"secret"}`)},
-		{Key: ChallengesPrefix("p") + token, Value: []byte(token + ".thumbprint_0123456789")},
-		{Key: ChallengesPrefix("p") + "../../etc/passwd", Value: []byte("x")},
-		{Key: ChallengesPrefix("p") + "tok_fedcba9876543210", Value: []byte("<script>")},
+		{Key: store.CertHostKey("p", "a.example"), Value: []byte(good.Encode())},
+		{Key: store.CertHostKey("p", "b.example"), Value: []byte(expired.Encode())},
+		{Key: store.ACMEAccountKey("p"), Value: []byte(`{"key":"secret"}`)},
+		{Key: store.ACMEChallengeKey("p", token), Value: []byte(token + ".thumbprint_0123456789")},
+		{Key: store.ACMEChallengesPrefix("p") + "../../etc/passwd", Value: []byte("x")},
+		{Key: store.ACMEChallengesPrefix("p") + "tok_fedcba9876543210", Value: []byte("<script>")},
 	}})
 	if rev, ok := k.Loaded(); !ok || rev != 5 {
 		t.Fatalf("Loaded() = %d, %v", rev, ok)
@@ -118,8 +118,8 @@ func TestCacheChecksWhatItReads(t *testing.T) {
 		t.Errorf("Challenges() = %v, want the one well-formed answer", got)
 	}
 	// A later write that breaks a certificate drops it; a deletion too.
-	k.apply(store.Update{Revision: 6, KVs: []store.KV{{Key: HostKey("p", "a.example"), Value: []byte("{}")}},
-		Deleted: []string{ChallengesPrefix("p") + token}})
+	k.apply(store.Update{Revision: 6, KVs: []store.KV{{Key: store.CertHostKey("p", "a.example"), Value: []byte("{}")}},
+		Deleted: []string{store.ACMEChallengeKey("p", token)}})
 	if len(k.Certs()) != 0 || len(k.Challenges()) != 0 {
 		t.Errorf("after the update: %d certs, %d challenges; want none", len(k.Certs()), len(k.Challenges()))
 	}
@@ -165,9 +165,9 @@ func TestManagerDue(t *testing.T) {
 	renew.RenewAt = now.Add(-time.Second) // upstreamd certs renew
 	own := record(t, SourceImport, []string{"*.own.example"}, now.Add(-time.Hour), now.Add(24*time.Hour))
 	k.apply(store.Update{Reset: true, Revision: 1, KVs: []store.KV{
-		{Key: HostKey("p", "fresh.example"), Value: []byte(fresh.Encode())},
-		{Key: HostKey("p", "renew.example"), Value: []byte(renew.Encode())},
-		{Key: HostKey("p", "own"), Value: []byte(own.Encode())},
+		{Key: store.CertHostKey("p", "fresh.example"), Value: []byte(fresh.Encode())},
+		{Key: store.CertHostKey("p", "renew.example"), Value: []byte(renew.Encode())},
+		{Key: store.CertHostKey("p", "own"), Value: []byte(own.Encode())},
 	}})
 	var observed []string
 	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"new.example", "fresh.example", "renew.example", "www.own.example"},
@@ -217,7 +217,7 @@ func TestManagerReadsAgainUnderTheLock(t *testing.T) {
 	k.apply(store.Update{Reset: true, Revision: 1}) // nothing seen yet
 	theirs := record(t, SourceACME, []string{"a.example"}, now.Add(-time.Minute), now.Add(90*24*time.Hour))
 	theirs.RenewAt = now.Add(60 * 24 * time.Hour)
-	st := &lockingStore{fakeStore{kv: map[string]string{HostKey("p", "a.example"): theirs.Encode()}}}
+	st := &lockingStore{fakeStore{kv: map[string]string{store.CertHostKey("p", "a.example"): theirs.Encode()}}}
 	var observed []string
 	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: st, Cache: k,
 		Directory: "https://ca.invalid/dir", Logger: zerolog.Nop(),
@@ -232,7 +232,7 @@ func TestManagerReadsAgainUnderTheLock(t *testing.T) {
 	if len(observed) != 0 {
 		t.Errorf("ordered again (or failed): %q", observed)
 	}
-	if got := st.kv[HostKey("p", "a.example")]; got != theirs.Encode() {
+	if got := st.kv[store.CertHostKey("p", "a.example")]; got != theirs.Encode() {
 		t.Error("the other node's certificate was replaced")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // TestACMERetriesStayUnderTheCAsLimit: a host whose orders keep failing is
@@ -113,8 +115,8 @@ func TestFailuresAreTheProjects(t *testing.T) {
 	answer = errors.New("the CA said no")
 	order("a")
 	want(1, 15*time.Minute, "a", "order: the CA said no")
-	if _, ok, _ := etcd.Get(context.Background(), FailureKey("p", "a.example")); !ok {
-		t.Errorf("no failure in etcd under %s", FailureKey("p", "a.example"))
+	if _, ok, _ := etcd.Get(context.Background(), store.ACMEFailureKey("p", "a.example")); !ok {
+		t.Errorf("no failure in etcd under %s", store.ACMEFailureKey("p", "a.example"))
 	}
 
 	now = start.Add(15 * time.Minute)
@@ -130,7 +132,7 @@ func TestFailuresAreTheProjects(t *testing.T) {
 			t.Errorf("%s still shows %+v after the order went through", name, got)
 		}
 	}
-	if kv, ok, _ := etcd.Get(context.Background(), FailureKey("p", "a.example")); ok {
+	if kv, ok, _ := etcd.Get(context.Background(), store.ACMEFailureKey("p", "a.example")); ok {
 		t.Errorf("the failure stays in etcd: %s", kv.Value)
 	}
 }
@@ -148,7 +150,7 @@ func TestFailuresReadBack(t *testing.T) {
 	m.now = func() time.Time { return now }
 	ctx := context.Background()
 	put := func(host, value string) {
-		if _, err := etcd.Put(ctx, FailureKey("p", host), value, 0); err != nil {
+		if _, err := etcd.Put(ctx, store.ACMEFailureKey("p", host), value, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,12 +202,12 @@ func TestManagerStoresOverWhatItRead(t *testing.T) {
 			m := NewManager(ManagerConfig{Project: "p", Node: "a", Hosts: []string{"a.example"}, Store: etcd, Cache: k, Logger: zerolog.Nop()})
 			m.connect = func(context.Context, int64) (obtainFunc, error) {
 				return func(ctx context.Context, _ string) ([]byte, []byte, error) {
-					_, err := etcd.Put(ctx, HostKey("p", "a.example"), tt.meanwhile.Encode(), 0)
+					_, err := etcd.Put(ctx, store.CertHostKey("p", "a.example"), tt.meanwhile.Encode(), 0)
 					return []byte(issued.Cert), []byte(issued.Key), err
 				}, nil
 			}
 			m.orderUnderLock(context.Background(), []string{"a.example"})
-			kv, _, _ := etcd.Get(context.Background(), HostKey("p", "a.example"))
+			kv, _, _ := etcd.Get(context.Background(), store.CertHostKey("p", "a.example"))
 			got, err := Decode(kv.Value)
 			if err != nil || got.Cert != tt.want.Cert {
 				t.Errorf("etcd holds a certificate of source %q (%v), want %s", got.Source, err, tt.wantName)

@@ -20,7 +20,8 @@ type fakeResponder struct {
 
 var _ Responder = fakeResponder{}
 
-func (fakeResponder) Running() (bool, <-chan struct{}) { return true, nil }
+func (fakeResponder) Running() bool                     { return true }
+func (fakeResponder) SubscribeRunning() <-chan struct{} { return nil }
 
 func (f fakeResponder) ServesAnswer(ctx context.Context, _, token, _ string) error {
 	if f.serves == nil {
@@ -173,5 +174,5 @@ func (f *fakeEtcd) watch(prefix string, handle func(store.Update)) int {
 // tests that move the clock themselves.
 func (f *fakeEtcd) feed(k *Cache) {
 	k.cli = f
-	f.watch(Prefix(k.project), k.apply)
+	f.watch(store.CertsPrefix(k.project), k.apply)
 }

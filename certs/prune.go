@@ -49,7 +49,7 @@ func (m *Manager) hasOrphans() bool {
 // the caller holds the ACME lock. A failure is logged and tried again the
 // next time the lock is taken.
 func (m *Manager) deleteOrphans(ctx context.Context) {
-	prefix := HostsPrefix(m.cfg.Project)
+	prefix := store.CertHostsPrefix(m.cfg.Project)
 	kvs, _, err := m.cfg.Store.List(ctx, prefix)
 	if err != nil {
 		m.log.Warn().Err(err).Msg("ACME: cannot look for certificates of hosts no longer in the spec")

@@ -44,11 +44,11 @@ func orphanRecords(t *testing.T) map[string]string {
 		return r.Encode()
 	}
 	return map[string]string{
-		HostKey("p", "a.example"):    acme("a.example", now.Add(90*24*time.Hour)),
-		HostKey("p", "gone.example"): acme("gone.example", now.Add(90*24*time.Hour)),
-		HostKey("p", "old.example"):  acme("old.example", now.Add(-time.Minute)),
-		HostKey("p", "own.example"):  record(t, SourceImport, []string{"own.example"}, now.Add(-time.Hour), now.Add(time.Hour)).Encode(),
-		HostKey("p", "garbage"):      "not a record",
+		store.CertHostKey("p", "a.example"):    acme("a.example", now.Add(90*24*time.Hour)),
+		store.CertHostKey("p", "gone.example"): acme("gone.example", now.Add(90*24*time.Hour)),
+		store.CertHostKey("p", "old.example"):  acme("old.example", now.Add(-time.Minute)),
+		store.CertHostKey("p", "own.example"):  record(t, SourceImport, []string{"own.example"}, now.Add(-time.Hour), now.Add(time.Hour)).Encode(),
+		store.CertHostKey("p", "garbage"):      "not a record",
 	}
 }
 
@@ -108,7 +108,7 @@ func TestManagerDeletesOrphans(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
-		want := []string{HostKey("p", "a.example"), HostKey("p", "garbage"), HostKey("p", "own.example")}
+		want := []string{store.CertHostKey("p", "a.example"), store.CertHostKey("p", "garbage"), store.CertHostKey("p", "own.example")}
 		if got := slices.Sorted(maps.Keys(st.kv)); !slices.Equal(got, want) {
 			t.Errorf("etcd holds %q; want %q", got, want)
 		}
@@ -124,7 +124,7 @@ type racingStore struct {
 
 func (f *racingStore) List(ctx context.Context, prefix string) ([]store.KV, int64, error) {
 	kvs, rev, err := f.fakeStore.List(ctx, prefix)
-	f.kv[HostKey("p", "gone.example")] = f.imported
+	f.kv[store.CertHostKey("p", "gone.example")] = f.imported
 	return kvs, rev, err
 }
 
@@ -137,10 +137,10 @@ func TestDeleteOrphansComparesValue(t *testing.T) {
 		imported: record(t, SourceImport, []string{"gone.example"}, now.Add(-time.Hour), now.Add(time.Hour)).Encode()}
 	m := NewManager(ManagerConfig{Project: "p", Hosts: []string{"a.example"}, Store: st, Cache: cacheOf(kv), Logger: zerolog.Nop()})
 	m.deleteOrphans(t.Context())
-	if got := st.kv[HostKey("p", "gone.example")]; got != st.imported {
+	if got := st.kv[store.CertHostKey("p", "gone.example")]; got != st.imported {
 		t.Error("the certificate imported after the listing was deleted")
 	}
-	if _, ok := st.kv[HostKey("p", "old.example")]; ok {
+	if _, ok := st.kv[store.CertHostKey("p", "old.example")]; ok {
 		t.Error("the expired orphan was not deleted")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/certs"
 	"github.com/upstreamd/upstreamd/integration/internal/acmeca"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // servedCert dials addr over TLS for sni, verifying the chain against
@@ -139,7 +140,7 @@ func TestACME(t *testing.T) {
 		})
 	}
 	// Stored in etcd, with the account.
-	kv, ok, err := s.etcd.Get(t.Context(), certs.HostKey(s.project, "a.example"))
+	kv, ok, err := s.etcd.Get(t.Context(), store.CertHostKey(s.project, "a.example"))
 	require.NoError(t, err)
 	require.True(t, ok, "the certificate is in etcd")
 	stored, err := certs.Parse(kv.Key, kv.Value, time.Now())
@@ -147,7 +148,7 @@ func TestACME(t *testing.T) {
 	require.Equal(t, certs.SourceACME, stored.Source)
 	require.Equal(t, serials["a.example"], stored.Leaf.SerialNumber.Text(16), "nginx serves what etcd holds")
 	require.WithinDuration(t, certs.RenewAt(stored.Leaf), stored.RenewAt, time.Second, "renewal two thirds into the lifetime")
-	_, ok, err = s.etcd.Get(t.Context(), certs.AccountKey(s.project))
+	_, ok, err = s.etcd.Get(t.Context(), store.ACMEAccountKey(s.project))
 	require.NoError(t, err)
 	require.True(t, ok, "the ACME account is in etcd")
 	out, err := s.cli("certs", "list")

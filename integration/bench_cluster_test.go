@@ -16,8 +16,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	upcluster "github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
-	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // clusterRow is one line of the cluster bench.
@@ -163,14 +164,14 @@ func TestBenchCluster(t *testing.T) {
 // servedAddrs is what the leader's nginx serves for apache, as it
 // published it after its last push.
 func (sc *seedCluster) servedAddrs() ([]string, error) {
-	kv, _, err := sc.etcd.List(sc.t.Context(), orchestrator.ServedKey(sc.project))
+	kv, _, err := sc.etcd.List(sc.t.Context(), store.ServedKey(sc.project))
 	if err != nil {
 		return nil, err
 	}
 	if len(kv) == 0 {
 		return nil, errors.New("no record of what the leader's nginx serves")
 	}
-	var sp orchestrator.ServedPools
+	var sp upcluster.ServedPools
 	if err := json.Unmarshal(kv[0].Value, &sp); err != nil {
 		return nil, err
 	}

@@ -19,10 +19,10 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/upstreamd/upstreamd/admin"
+	upcluster "github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/integration/internal/cluster"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
-	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -109,15 +109,15 @@ func (sc *seedCluster) startDaemon(h *cluster.Host) {
 }
 
 // leader returns the node that leads and the proxy address it announces.
-func (sc *seedCluster) leader() (orchestrator.Leader, error) {
-	kv, ok, err := sc.etcd.Leader(sc.t.Context(), orchestrator.LeaderPrefix(sc.project)+"/")
+func (sc *seedCluster) leader() (upcluster.Leader, error) {
+	kv, ok, err := sc.etcd.Leader(sc.t.Context(), store.LeaderPrefix(sc.project))
 	if err != nil {
-		return orchestrator.Leader{}, err
+		return upcluster.Leader{}, err
 	}
 	if !ok {
-		return orchestrator.Leader{}, errors.New("no leader")
+		return upcluster.Leader{}, errors.New("no leader")
 	}
-	var l orchestrator.Leader
+	var l upcluster.Leader
 	return l, json.Unmarshal(kv.Value, &l)
 }
 
@@ -163,9 +163,9 @@ func served(addr string, n int) (map[string]int, error) {
 
 // waitSpread waits until the leader's proxy serves 3 backends, one per
 // live host, and returns the leader.
-func (sc *seedCluster) waitSpread(timeout time.Duration, hosts int) orchestrator.Leader {
+func (sc *seedCluster) waitSpread(timeout time.Duration, hosts int) upcluster.Leader {
 	sc.t.Helper()
-	var l orchestrator.Leader
+	var l upcluster.Leader
 	eventually(sc.t, timeout, fmt.Sprintf("3 backends over %d hosts, served by the leader's proxy", hosts), func() error {
 		var err error
 		if l, err = sc.leader(); err != nil {
@@ -252,7 +252,7 @@ func TestCluster(t *testing.T) {
 		require.NoError(t, json.Unmarshal(res.Stdout, &st), res.Output())
 		require.Len(t, st.Nodes, 3, "nodes in %s's status", other.Name)
 		require.NotNil(t, st.Leader)
-		require.Equal(t, l, orchestrator.Leader{Node: st.Leader.Node, Address: st.Leader.Address})
+		require.Equal(t, l, upcluster.Leader{Node: st.Leader.Node, Address: st.Leader.Address})
 		require.False(t, st.Proxy.Running, "%s runs no proxy", other.Name)
 		require.Len(t, st.Services, 1)
 		require.Len(t, st.Services[0].Registered, 3, "every node's registrations")
@@ -355,7 +355,7 @@ func TestCluster(t *testing.T) {
 		time.Sleep(4 * clusterTTL) // the outage's length is what is tested
 		require.NoError(t, sc.c.StartEtcd(t.Context()))
 		back := time.Now()
-		var next orchestrator.Leader
+		var next upcluster.Leader
 		eventually(t, 60*time.Second, "one proxy in the cluster, at the address etcd names", func() error {
 			var err error
 			if next, err = sc.leader(); err != nil {
@@ -394,7 +394,7 @@ func TestCluster(t *testing.T) {
 	t.Run("the leader cut off from etcd", func(t *testing.T) {
 		cut := sc.host(l.Node)
 		require.NoError(t, cut.Disconnect(t.Context()))
-		var next orchestrator.Leader
+		var next upcluster.Leader
 		eventually(t, 30*time.Second, "another node leads and serves", func() error {
 			var err error
 			if next, err = sc.leader(); err != nil {
@@ -434,7 +434,7 @@ func TestCluster(t *testing.T) {
 		killed := time.Now()
 		require.NoError(t, dead.Kill(t.Context()))
 		var failed, tries int
-		var next orchestrator.Leader
+		var next upcluster.Leader
 		eventually(t, 60*time.Second, "a new leader serves at the address etcd names", func() error {
 			tries++
 			var err error
@@ -458,7 +458,7 @@ func TestCluster(t *testing.T) {
 }
 
 // nonLeader returns a host that does not lead.
-func (sc *seedCluster) nonLeader(l orchestrator.Leader) *cluster.Host { return sc.otherThan(l.Node) }
+func (sc *seedCluster) nonLeader(l upcluster.Leader) *cluster.Host { return sc.otherThan(l.Node) }
 
 // otherThan returns the first host named none of names.
 func (sc *seedCluster) otherThan(names ...string) *cluster.Host {

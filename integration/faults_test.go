@@ -19,7 +19,7 @@ import (
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/load"
 	"github.com/upstreamd/upstreamd/integration/internal/sockproxy"
-	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // Fault injection: every test breaks one part of the running stack and
@@ -492,7 +492,7 @@ func TestEtcdPartitionLeaseExpires(t *testing.T) {
 	admin, err := clientv3.New(clientv3.Config{Endpoints: []string{s.etcdURL}, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
 	defer func() { _ = admin.Close() }()
-	resp, err := admin.Put(t.Context(), orchestrator.OverridesPrefix(s.project)+"apache", "4")
+	resp, err := admin.Put(t.Context(), store.OverrideKey(s.project, "apache"), "4")
 	require.NoError(t, err)
 	_, err = admin.Compact(t.Context(), resp.Header.Revision)
 	require.NoError(t, err)
@@ -502,7 +502,7 @@ func TestEtcdPartitionLeaseExpires(t *testing.T) {
 	s.waitConverged(4, 90*time.Second)
 	keys := s.keys()
 	require.NotEqual(t, oldLease, keys[0].Lease, "registrations under a new lease")
-	node, _, err := s.etcd.List(t.Context(), orchestrator.NodesPrefix(s.project))
+	node, _, err := s.etcd.List(t.Context(), store.NodesPrefix(s.project))
 	require.NoError(t, err)
 	require.Len(t, node, 1, "the node announced again")
 	requireNoFailures(t, r.Stop())
@@ -527,7 +527,7 @@ func TestEtcdWiped(t *testing.T) {
 	s.etcdC = fresh
 
 	s.waitConverged(3, 90*time.Second)
-	node, _, err := s.etcd.List(t.Context(), orchestrator.NodesPrefix(s.project))
+	node, _, err := s.etcd.List(t.Context(), store.NodesPrefix(s.project))
 	require.NoError(t, err)
 	require.Len(t, node, 1, "the node announced again")
 	waitRequests(t, r, 300)

@@ -23,6 +23,7 @@ import (
 	"github.com/upstreamd/upstreamd/integration/internal/daemon"
 	"github.com/upstreamd/upstreamd/integration/internal/pki"
 	"github.com/upstreamd/upstreamd/render"
+	"github.com/upstreamd/upstreamd/store"
 )
 
 // newTestCA returns a throwaway certificate authority.
@@ -238,7 +239,7 @@ func TestTLSOldFilesRemoved(t *testing.T) {
 	require.NoError(t, err)
 	eKey, err := os.ReadFile(filepath.Join(dir, "e.key"))
 	require.NoError(t, err)
-	_, err = s.etcd.Put(t.Context(), certs.HostKey(s.project, "e.example"),
+	_, err = s.etcd.Put(t.Context(), store.CertHostKey(s.project, "e.example"),
 		certs.Record{Cert: string(ePEM), Key: string(eKey), Source: certs.SourceACME}.Encode(), 0)
 	require.NoError(t, err)
 	_, err = s.cli("certs", "import", "c.example", "--cert", filepath.Join(dir, "c2.pem"), "--key", filepath.Join(dir, "c2.key"))

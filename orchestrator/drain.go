@@ -27,8 +27,8 @@ type pool interface {
 	Known() <-chan struct{}
 	Serves(service, addr string) bool
 	WaitServes(ctx context.Context, service, addr string, want bool) error
-	// Changed returns a channel closed at the next change.
-	Changed() <-chan struct{}
+	// Subscribe returns a channel that receives after each change.
+	Subscribe() <-chan struct{}
 }
 
 // drainerConfig configures a drainer.

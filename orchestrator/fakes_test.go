@@ -2,7 +2,6 @@ package orchestrator
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"path"
@@ -15,13 +14,15 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/health"
-	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // Fakes of the package's own small interfaces (containerAPI, dockerAPI,
-// prober, pool, registry, etcdAPI, healthView). Docker's APIClient and etcd's KV
-// are never faked: containers/ and store/ are tested against the real
-// thing in integration/.
+// prober, pool, healthView); etcd as the registrar and the cluster use it
+// (registry, registrations, etcdAPI, leases) is a storetest.Etcd and
+// storetest.Leases. Docker's APIClient and etcd's KV are never faked:
+// containers/ and store/ are tested against the real thing in
+// integration/.
 
 // advance moves the synctest bubble's fake clock on by d, then waits until
 // every other goroutine in the bubble is blocked again. Inside a bubble the
@@ -60,6 +61,7 @@ type fakeDocker struct {
 	removes []string
 
 	events chan containers.Event // what Events streams
+	breaks chan error            // ends the open stream with this error
 	// staleList overrides the state List reports (Inspect tells the truth),
 	// as the engine's list view lags behind a container's exit.
 	staleList map[string]string
@@ -85,6 +87,7 @@ func newFakeDocker() *fakeDocker {
 		byID:      map[string]*fakeContainer{},
 		imageErr:  map[string]error{},
 		events:    make(chan containers.Event),
+		breaks:    make(chan error),
 		staleList: map[string]string{},
 		ghosts:    map[string]containers.Container{},
 		files:     map[string]map[string][]byte{},
@@ -278,7 +281,8 @@ func (f *fakeDocker) CopyFiles(_ context.Context, id, dir string, files []contai
 // EngineID is the fake engine's ID.
 func (f *fakeDocker) EngineID(context.Context) (string, error) { return "engine-1", nil }
 
-// Events streams what the test sends on f.events until ctx ends.
+// Events streams what the test sends on f.events until ctx ends, or the
+// test sends an error on f.breaks.
 func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Event, <-chan error) {
 	f.mu.Lock()
 	f.streams++
@@ -291,6 +295,9 @@ func (f *fakeDocker) Events(ctx context.Context, _ string) (<-chan containers.Ev
 			select {
 			case <-ctx.Done():
 				errc <- ctx.Err()
+				return
+			case err := <-f.breaks:
+				errc <- err
 				return
 			case ev := <-f.events:
 				select {
@@ -497,18 +504,19 @@ type poolWait struct {
 // Create it inside a synctest bubble when the test waits on drains, so a
 // blocked WaitServes counts as durably blocked.
 type fakePool struct {
-	mu      sync.Mutex
-	served  map[poolWait]bool // by service and addr; want unused
-	changed chan struct{}     // closed and replaced on every set
-	waits   []poolWait        // every WaitServes call
-	active  map[poolWait]int  // WaitServes calls in progress
-	known   chan struct{}     // nil: known (closed on first use)
+	changed wake.Fanout // after every set
+
+	mu     sync.Mutex
+	served map[poolWait]bool // by service and addr; want unused
+	waits  []poolWait        // every WaitServes call
+	active map[poolWait]int  // WaitServes calls in progress
+	known  chan struct{}     // nil: known (closed on first use)
 }
 
 var _ pool = (*fakePool)(nil)
 
 func newFakePool() *fakePool {
-	return &fakePool{served: map[poolWait]bool{}, changed: make(chan struct{}), active: map[poolWait]int{}}
+	return &fakePool{served: map[poolWait]bool{}, active: map[poolWait]int{}}
 }
 
 // Known is closed: the fake pool's answers are known from the start,
@@ -530,11 +538,7 @@ func (p *fakePool) learn() {
 	close(p.known)
 }
 
-func (p *fakePool) Changed() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.changed
-}
+func (p *fakePool) Subscribe() <-chan struct{} { return p.changed.Subscribe() }
 
 func (p *fakePool) Serves(service, addr string) bool {
 	p.mu.Lock()
@@ -544,9 +548,13 @@ func (p *fakePool) Serves(service, addr string) bool {
 
 func (p *fakePool) WaitServes(ctx context.Context, service, addr string, want bool) error {
 	w := poolWait{service: service, addr: addr, want: want}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := p.changed.SubscribeUntil(wctx)
 	p.mu.Lock()
 	p.waits = append(p.waits, w)
 	p.active[w]++
+	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
 		defer p.mu.Unlock()
@@ -554,27 +562,22 @@ func (p *fakePool) WaitServes(ctx context.Context, service, addr string, want bo
 			delete(p.active, w)
 		}
 	}()
-	for p.served[poolWait{service: service, addr: addr}] != want {
-		changed := p.changed
-		p.mu.Unlock()
+	for p.Serves(service, addr) != want {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-changed:
 		}
-		p.mu.Lock()
 	}
-	p.mu.Unlock()
 	return nil
 }
 
 // set makes nginx serve addr, or stop serving it, and wakes the waiters.
 func (p *fakePool) set(service, addr string, served bool) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	p.served[poolWait{service: service, addr: addr}] = served
-	close(p.changed)
-	p.changed = make(chan struct{})
+	p.mu.Unlock()
+	p.changed.Wake()
 }
 
 // waiting returns the WaitServes calls in progress, by address.
@@ -591,298 +594,6 @@ func (p *fakePool) allWaits() []poolWait {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.waits)
-}
-
-// --- registry / etcdAPI ---
-
-type fakeKV struct {
-	value string
-	lease int64
-}
-
-// fakeRegistry is an in-memory etcd as the Registrar and the Orchestrator
-// use it: keys with values and leases, leases whose Done the test closes,
-// and the watched copy of the registrations (Snapshot, Subscribe), which
-// sees every write at once unless quiet. As in etcd, every write makes a
-// revision, but the watched copy is at the revision of the last change
-// under /services, and a deletion that finds no key writes nothing and
-// answers 0 (store.Delete's contract). Overrides are served to Watch.
-type fakeRegistry struct {
-	mu      sync.Mutex
-	kv      map[string]fakeKV
-	rev     int64
-	watched int64 // the revision of the last change under /services/
-	// ghosts are keys the watched copy still shows though etcd deleted
-	// them: an expiry the watch has not brought yet.
-	ghosts     map[string]fakeKV
-	subs       []chan struct{}
-	quiet      bool // hand edits (set, remove) reach no subscriber: a missed watch event
-	leases     map[int64]chan struct{}
-	ttls       map[int64]time.Duration
-	kept       map[int64]bool // expired leases etcd still holds (Resume takes them up)
-	resumeErrs int            // Resume calls that fail (etcd unreachable)
-	nextLease  int64
-	grantErrs  int // Grant calls that fail (etcd unreachable)
-	claimErrs  int // Claim calls that fail (etcd unreachable)
-	grants     int
-	puts       []string
-	deletes    []string
-	revoked    []int64
-	revokeErr  []error // ctx.Err() seen by each Revoke
-	reads      []time.Time
-	readFails  int     // Snapshot calls that find nothing loaded yet
-	putErrs    []error // returned by successive Put calls, then nil
-}
-
-var (
-	_ nodeStore     = (*fakeRegistry)(nil)
-	_ registry      = (*fakeRegistry)(nil)
-	_ registrations = (*fakeRegistry)(nil)
-	_ etcdAPI       = (*fakeRegistry)(nil)
-)
-
-func newFakeRegistry(initial map[string]fakeKV) *fakeRegistry {
-	kv := maps.Clone(initial)
-	if kv == nil {
-		kv = map[string]fakeKV{}
-	}
-	return &fakeRegistry{kv: kv, leases: map[int64]chan struct{}{}, ttls: map[int64]time.Duration{}, rev: 1, watched: 1}
-}
-
-func (f *fakeRegistry) Grant(_ context.Context, ttl time.Duration) (*store.Lease, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.grantErrs > 0 {
-		f.grantErrs--
-		return nil, errors.New("fake etcd: unavailable")
-	}
-	f.ttls[f.nextLease+1] = ttl
-	f.grants++
-	f.nextLease++
-	done := make(chan struct{})
-	f.leases[f.nextLease] = done
-	return &store.Lease{ID: f.nextLease, Done: done}, nil
-}
-
-// Resume takes up a lease etcd kept (keep), with a new Done.
-func (f *fakeRegistry) Resume(_ context.Context, id int64) (*store.Lease, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.resumeErrs > 0 {
-		f.resumeErrs--
-		return nil, errors.New("fake etcd: unavailable")
-	}
-	if !f.kept[id] {
-		return nil, fmt.Errorf("fake etcd: lease %d: %w", id, store.ErrLeaseLost)
-	}
-	delete(f.kept, id)
-	done := make(chan struct{})
-	f.leases[id] = done
-	return &store.Lease{ID: id, Done: done}, nil
-}
-
-// keep makes etcd hold lease id when its keep-alive lapses (expire): all
-// of etcd was away, and gave every lease its TTL again when it came back.
-func (f *fakeRegistry) keep(id int64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.kept == nil {
-		f.kept = map[int64]bool{}
-	}
-	f.kept[id] = true
-}
-
-// written bumps the revision for a write of key ("": of keys anywhere)
-// and tells the subscribers; f.mu is held.
-func (f *fakeRegistry) written(key string) int64 {
-	f.rev++
-	if key == "" || strings.HasPrefix(key, "/services/") {
-		f.watched = f.rev
-	}
-	for _, ch := range f.subs {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	return f.rev
-}
-
-// Revoke deletes the lease's keys, as etcd does.
-func (f *fakeRegistry) Revoke(ctx context.Context, l *store.Lease) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.revoked = append(f.revoked, l.ID)
-	f.revokeErr = append(f.revokeErr, ctx.Err())
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	for k, v := range f.kv {
-		if v.lease == l.ID {
-			delete(f.kv, k)
-		}
-	}
-	f.written("")
-	return nil
-}
-
-func (f *fakeRegistry) Put(_ context.Context, key, value string, lease int64) (int64, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.putErrs) > 0 {
-		err := f.putErrs[0]
-		f.putErrs = f.putErrs[1:]
-		if err != nil {
-			return 0, err
-		}
-	}
-	f.puts = append(f.puts, key)
-	f.kv[key] = fakeKV{value: value, lease: lease}
-	return f.written(key), nil
-}
-
-func (f *fakeRegistry) Delete(_ context.Context, key string) (int64, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.deletes = append(f.deletes, key)
-	if _, ok := f.kv[key]; !ok {
-		return 0, nil
-	}
-	delete(f.kv, key)
-	return f.written(key), nil
-}
-
-// Unclaim deletes key while it holds value under lease.
-func (f *fakeRegistry) Unclaim(_ context.Context, key, value string, lease int64) (bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if v, ok := f.kv[key]; !ok || v.value != value || v.lease != lease {
-		return false, nil
-	}
-	f.deletes = append(f.deletes, key)
-	delete(f.kv, key)
-	f.written(key)
-	return true, nil
-}
-
-// Claim puts key under lease unless it exists.
-func (f *fakeRegistry) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.claimErrs > 0 {
-		f.claimErrs--
-		return false, store.KV{}, errors.New("etcd unreachable")
-	}
-	if v, ok := f.kv[key]; ok {
-		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
-	}
-	f.kv[key] = fakeKV{value: value, lease: lease}
-	f.written(key)
-	return true, store.KV{}, nil
-}
-
-// LeaseGranted answers the TTL a lease was granted with (an unknown lease
-// with a TTL the test set through holdWith).
-func (f *fakeRegistry) LeaseGranted(_ context.Context, lease int64) (time.Duration, bool, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ttl, ok := f.ttls[lease]
-	return ttl, ok, nil
-}
-
-// holdWith sets key as held by another daemon under lease (alive, with
-// ttl).
-func (f *fakeRegistry) holdWith(key, value string, lease int64, ttl time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.kv[key] = fakeKV{value: value, lease: lease}
-	f.ttls[lease] = ttl
-}
-
-func (f *fakeRegistry) Subscribe() <-chan struct{} {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	ch := make(chan struct{}, 1)
-	f.subs = append(f.subs, ch)
-	return ch
-}
-
-// Snapshot is the watched copy: the valid registrations under /services.
-func (f *fakeRegistry) Snapshot() (store.Snapshot, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.reads = append(f.reads, time.Now())
-	if f.readFails > 0 {
-		f.readFails--
-		return store.Snapshot{}, false
-	}
-	snap := store.Snapshot{Revision: f.watched}
-	shown := maps.Clone(f.kv)
-	maps.Copy(shown, f.ghosts)
-	for _, k := range slices.Sorted(maps.Keys(shown)) {
-		e, err := store.ParseEntry("/services", k, []byte(shown[k].value))
-		if err != nil {
-			continue
-		}
-		e.Lease = shown[k].lease
-		snap.Entries = append(snap.Entries, e)
-	}
-	return snap, true
-}
-
-// Watch hands over the overrides once, then returns when ctx ends.
-func (f *fakeRegistry) Watch(ctx context.Context, prefix string, handle func(store.Update)) error {
-	f.mu.Lock()
-	u := store.Update{Reset: true, Revision: f.rev}
-	for _, k := range slices.Sorted(maps.Keys(f.kv)) {
-		if strings.HasPrefix(k, prefix) {
-			u.KVs = append(u.KVs, store.KV{Key: k, Value: []byte(f.kv[k].value), Lease: f.kv[k].lease})
-		}
-	}
-	f.mu.Unlock()
-	handle(u)
-	<-ctx.Done()
-	return nil
-}
-
-// expire closes a lease's Done, as a lost keep-alive does. Its keys stay,
-// the worst case: only their lease ID shows they must be written again.
-func (f *fakeRegistry) expire(id int64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	close(f.leases[id])
-}
-
-func (f *fakeRegistry) snapshot() map[string]fakeKV {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return maps.Clone(f.kv)
-}
-
-// remove deletes a key by hand.
-func (f *fakeRegistry) remove(key string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	delete(f.kv, key)
-	if f.quiet {
-		f.rev++
-		return
-	}
-	f.written(key)
-}
-
-type registryCounts struct {
-	grants, puts, deletes, reads int
-	revoked                      []int64
-}
-
-func (f *fakeRegistry) counts() registryCounts {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return registryCounts{
-		grants: f.grants, puts: len(f.puts), deletes: len(f.deletes), reads: len(f.reads),
-		revoked: slices.Clone(f.revoked),
-	}
 }
 
 // --- healthView ---
@@ -915,65 +626,3 @@ func (h *fakeHealthView) set(healthy, pending []Target) {
 	defer h.mu.Unlock()
 	h.healthy, h.pending = healthy, pending
 }
-
-// --- leases ---
-
-// fakeLeases hands the registrar a lease the test sets, starting with 1.
-type fakeLeases struct {
-	mu      sync.Mutex
-	lease   *store.Lease
-	done    chan struct{} // the lease's Done, when set made it
-	changed chan struct{}
-	lost    []int64
-}
-
-var _ leases = (*fakeLeases)(nil)
-
-func newFakeLeases() *fakeLeases {
-	return &fakeLeases{lease: &store.Lease{ID: 1}, changed: make(chan struct{}, 1)}
-}
-
-func (l *fakeLeases) Lease() *store.Lease {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lease
-}
-
-func (l *fakeLeases) Subscribe() <-chan struct{} { return l.changed }
-
-func (l *fakeLeases) Lost(lease *store.Lease) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lost = append(l.lost, lease.ID)
-}
-
-// set makes id the lease, as the node does after a loss.
-func (l *fakeLeases) set(id int64) {
-	l.mu.Lock()
-	l.done = make(chan struct{})
-	l.lease = &store.Lease{ID: id, Done: l.done}
-	l.mu.Unlock()
-	select {
-	case l.changed <- struct{}{}:
-	default:
-	}
-}
-
-// expire ends the lease, as a keep-alive that lapsed: no lease until set.
-func (l *fakeLeases) expire() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.done != nil {
-		close(l.done)
-	}
-	l.lease, l.done = nil, nil
-}
-
-func (l *fakeLeases) lostIDs() []int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.lost)
-}
-
-// Campaign wins at once: a cluster of one.
-func (f *fakeRegistry) Campaign(context.Context, string, string, int64) (int64, error) { return 1, nil }

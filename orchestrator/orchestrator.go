@@ -12,9 +12,11 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/health"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/retry"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
@@ -31,16 +33,28 @@ type dockerAPI interface {
 
 var _ dockerAPI = (*containers.Client)(nil)
 
-// etcdAPI is etcd as the Orchestrator uses it.
+// etcdAPI is etcd as the Orchestrator uses it: the registrar's writes,
+// and the cluster's.
 type etcdAPI interface {
 	registry
-	nodeStore
-	slotStore
-	electionStore
-	Watch(ctx context.Context, prefix string, handle func(store.Update)) error
+	cluster.Store
 }
 
 var _ etcdAPI = (*store.Client)(nil)
+
+// servedSet is the local nginx's pools (a render.Served): with
+// ProxyPlacement "leader", the leader publishes them.
+type servedSet interface {
+	pool
+	Set() map[string][]string
+}
+
+// servedMirror is the leader's nginx, as it published its pools (a
+// render.Served fed by Mirror).
+type servedMirror interface {
+	pool
+	Mirror(set map[string][]string)
+}
 
 // Config configures an Orchestrator.
 type Config struct {
@@ -100,13 +114,10 @@ type Config struct {
 type Orchestrator struct {
 	cfg        Config
 	log        zerolog.Logger
-	node       *node
+	cluster    *cluster.Member
 	ledger     *ledger
 	proxy      *runningProxy
-	overrides  *overrides
-	placement  *placement
-	elector    *elector // nil unless ProxyPlacement is "leader"
-	pool       pool     // what drains wait on: Pool, or Mirror when a leader runs the proxy
+	pool       pool // what drains wait on: Pool, or Mirror when a leader runs the proxy
 	health     *healthMonitor
 	drainer    *drainer
 	reconciler *reconciler
@@ -141,53 +152,13 @@ func (t *troubles) get(loop string) error {
 
 // New wires an Orchestrator.
 func New(cfg Config) *Orchestrator {
-	if cfg.Resync <= 0 {
-		cfg.Resync = 30 * time.Second
-	}
-	if cfg.ReadyTimeout <= 0 {
-		cfg.ReadyTimeout = 5 * time.Second
-	}
-	if cfg.StreamIdle <= 0 {
-		cfg.StreamIdle = 10 * time.Second
-	}
+	cfg = cfg.withDefaults()
 	o := &Orchestrator{cfg: cfg, log: cfg.Logger.With().Str("component", "orchestrator").Logger(), ledger: newLedger(), proxy: newRunningProxy(),
-		wake: wake.New(), ready: make(chan struct{})}
-	o.node = newNode(nodeConfig{
-		Store:   cfg.Store,
-		Project: cfg.Spec.Project,
-		Engine:  cfg.Docker.EngineID,
-		Self:    announce(cfg.Spec, cfg.Version),
-		TTL:     cfg.LeaseTTL,
-		Events:  cfg.Events,
-		Logger:  cfg.Logger.With().Str("component", "node").Logger(),
-	})
-	o.overrides = newOverrides(cfg.Spec, o.Wake, cfg.Logger.With().Str("component", "reconcile").Logger())
-	o.placement = newPlacement(placementConfig{
-		Store:    cfg.Store,
-		Spec:     cfg.Spec,
-		Node:     cfg.Spec.Node,
-		Project:  cfg.Spec.Project,
-		Leases:   o.node,
-		Replicas: o.overrides.Replicas,
-		Logger:   cfg.Logger.With().Str("component", "placement").Logger(),
-	})
-	var runProxy func() ProxyDuty
-	o.pool = cfg.Pool
-	if cfg.ProxyPlacement == PlacementLeader {
-		if cfg.Mirror != nil {
-			o.pool = cfg.Mirror
-		}
-		o.elector = newElector(electorConfig{
-			Store:   cfg.Store,
-			Leases:  o.node,
-			Project: cfg.Spec.Project,
-			Self:    Leader{Node: cfg.Spec.Node, Address: cfg.ProxyAddress},
-			Changed: o.Wake,
-			Events:  cfg.Events,
-			Logger:  cfg.Logger.With().Str("component", "election").Logger(),
-		})
-		runProxy = o.elector.RunsProxy
+		wake: wake.New(), ready: make(chan struct{}), pool: cfg.Pool}
+	if cfg.ProxyPlacement == PlacementLeader && cfg.Mirror != nil {
+		o.pool = cfg.Mirror
 	}
+	o.cluster = cluster.NewMember(o.memberConfig())
 	o.health = newHealth(healthConfig{
 		NewProber: cfg.newProber,
 		Gone:      o.ledger.gone,
@@ -211,16 +182,16 @@ func New(cfg Config) *Orchestrator {
 		Health:   o.health,
 		Drains:   o.drainer,
 		Ledger:   o.ledger,
-		Replicas: o.placement.Local,
+		Share:    o.cluster.Placement().Share,
 		Pool:     o.pool,
 		Proxy:    o.proxy,
-		RunProxy: runProxy,
+		RunProxy: o.cluster.RunsProxy,
 		Events:   cfg.Events,
 		Logger:   cfg.Logger.With().Str("component", "reconcile").Logger(),
 	})
 	o.registrar = newRegistrar(registrarConfig{
 		Store:         cfg.Store,
-		Leases:        o.node,
+		Leases:        o.cluster.Node(),
 		Registrations: cfg.Registrations,
 		Health:        o.health,
 		Prefix:        cfg.Spec.Prefix,
@@ -233,21 +204,44 @@ func New(cfg Config) *Orchestrator {
 	return o
 }
 
+// withDefaults fills in what cfg leaves at zero.
+func (cfg Config) withDefaults() Config {
+	if cfg.Resync <= 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 5 * time.Second
+	}
+	if cfg.StreamIdle <= 0 {
+		cfg.StreamIdle = 10 * time.Second
+	}
+	return cfg
+}
+
+// memberConfig is this daemon's place in its project's cluster: its node
+// (one per Docker engine), the spec's services to place, and with
+// ProxyPlacement "leader" the election, and this node's nginx's pools to
+// publish while it leads.
+func (o *Orchestrator) memberConfig() cluster.MemberConfig {
+	cfg := o.cfg
+	mc := cluster.MemberConfig{
+		Store: cfg.Store, Project: cfg.Spec.Project, Self: announce(cfg.Spec, cfg.Version), Engine: cfg.Docker.EngineID,
+		Unreachable: unreachable, TTL: cfg.LeaseTTL,
+		Services: cfg.Spec.clusterServices(), HostAddresses: cfg.Spec.Advertise == AdvertiseHost,
+		ElectProxy: cfg.ProxyPlacement == PlacementLeader, ProxyAddress: cfg.ProxyAddress,
+		Changed: o.Wake, Events: cfg.Events, Logger: cfg.Logger,
+	}
+	if local, ok := cfg.Pool.(servedSet); ok && cfg.Mirror != nil {
+		mc.Served, mc.Mirror = local, cfg.Mirror
+	}
+	return mc
+}
+
 // Proxy placements.
 const (
 	PlacementEvery  = "every"
 	PlacementLeader = "leader"
 )
-
-// wakeIf returns a watch handler that applies an update and asks for a
-// pass when it changed something.
-func (o *Orchestrator) wakeIf(apply func(store.Update) bool) func(store.Update) {
-	return func(u store.Update) {
-		if apply(u) {
-			o.Wake()
-		}
-	}
-}
 
 // Wake asks for a reconcile pass.
 func (o *Orchestrator) Wake() { o.wake.Wake() }
@@ -257,9 +251,12 @@ func (o *Orchestrator) Wake() { o.wake.Wake() }
 // passed), and the registrar synced.
 func (o *Orchestrator) Ready() <-chan struct{} { return o.ready }
 
-// Proxy returns the running proxy (its ID is empty when there is none) and
-// a channel closed when that changes.
-func (o *Orchestrator) Proxy() (nginx.Proxy, <-chan struct{}) { return o.proxy.get() }
+// Proxy returns the running proxy (its ID is empty when there is none).
+func (o *Orchestrator) Proxy() nginx.Proxy { return o.proxy.get() }
+
+// SubscribeProxy returns a channel that receives after each change of the
+// running proxy: subscribe, then read Proxy.
+func (o *Orchestrator) SubscribeProxy() <-chan struct{} { return o.proxy.changed.Subscribe() }
 
 // HealthyBackends returns how many backends of service this daemon finds
 // healthy.
@@ -285,7 +282,7 @@ func (o *Orchestrator) Backends() []BackendHealth {
 
 // Local returns how many backends of each service this node is to run
 // (its placed share), and false before the first placement.
-func (o *Orchestrator) Local() (map[string]int, bool) { return o.placement.Local() }
+func (o *Orchestrator) Local() (map[string]int, bool) { return o.cluster.Placement().Share() }
 
 // BackendStates returns, by service, how many backends this daemon probes
 // are healthy, pending and unhealthy.
@@ -302,15 +299,15 @@ func (o *Orchestrator) Problems() []string {
 	if err := o.troubles.get("placement"); err != nil {
 		out = append(out, "etcd: placing replicas failing: "+err.Error())
 	}
-	for svc, n := range o.placement.Short() {
+	for svc, n := range o.cluster.Placement().Short() {
 		out = append(out, fmt.Sprintf("placement: %d replica(s) of %s cannot be placed (max_per_node × live nodes is too small)", n, svc))
 	}
 	if err := o.troubles.get("events"); err != nil {
 		out = append(out, "docker: event stream broken: "+err.Error())
 	}
 	select {
-	case <-o.node.Claimed():
-		if o.node.Lease() == nil {
+	case <-o.cluster.Node().Claimed():
+		if o.cluster.Node().Lease() == nil {
 			out = append(out, "etcd: this node holds no lease (etcd unreachable?); claiming it again")
 		}
 	default:
@@ -321,43 +318,23 @@ func (o *Orchestrator) Problems() []string {
 
 // Start runs every part until ctx ends. Nothing touches a container before
 // the node holds its names in etcd; Start returns an error matching
-// ErrTaken when another live daemon holds them. The registrar starts after
-// the first reconcile pass, so that backends adopted after a restart are
-// known (pending) before it may delete anything.
+// cluster.ErrTaken when another live daemon holds them. The registrar
+// starts after the first reconcile pass, so that backends adopted after a
+// restart are known (pending) before it may delete anything.
 func (o *Orchestrator) Start(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	firstPass := make(chan struct{})
-	g.Go(func() error { return o.node.Start(ctx) })
+	g.Go(func() error { return o.cluster.Start(ctx) })
 	g.Go(func() error { return o.health.Start(ctx) })
-	if o.elector != nil {
-		g.Go(func() error { return o.elector.Start(ctx) })
-		if local, ok := o.cfg.Pool.(servedSet); ok && o.cfg.Mirror != nil {
-			g.Go(func() error { return o.publishServed(ctx, local) })
-			g.Go(func() error {
-				return o.cfg.Store.Watch(ctx, ServedKey(o.cfg.Spec.Project), o.mirrorServed(o.cfg.Mirror))
-			})
-		}
-	}
 	g.Go(func() error { return o.drainer.Start(ctx) })
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, OverridesPrefix(o.cfg.Spec.Project), o.overrides.apply)
-	})
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, enginesPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applyNodes))
-	})
-	g.Go(func() error {
-		return o.cfg.Store.Watch(ctx, SlotsPrefix(o.cfg.Spec.Project), o.wakeIf(o.placement.applySlots))
-	})
 	g.Go(func() error { return o.reconcileLoop(ctx, firstPass) })
 	g.Go(func() error { return o.watchEvents(ctx) })
-	g.Go(func() error { return o.wakeOnServed(ctx) })
 	g.Go(func() error {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-firstPass:
 		}
-		o.registrar.Wake()
 		return o.registrar.Start(ctx)
 	})
 	g.Go(func() error { return o.becomeReady(ctx, firstPass) })
@@ -411,99 +388,58 @@ func unreachable(err error) bool {
 }
 
 // announce returns this daemon's announcement as node.
-func announce(spec Spec, version string) Announcement {
+func announce(spec Spec, version string) cluster.Announcement {
 	host, _ := os.Hostname() // only said, never relied on
-	return Announcement{Node: spec.Node, Host: host, Address: spec.NodeAddress, PID: os.Getpid(), Version: version,
+	return cluster.Announcement{Node: spec.Node, Host: host, Address: spec.NodeAddress, PID: os.Getpid(), Version: version,
 		Started: time.Now().UTC(), Spec: spec.Digest()}
 }
 
-// reconcileLoop runs a pass whenever woken, on Resync, and when a pass asks
-// to requeue; failed passes are retried with backoff. The first pass waits
-// for the node's claim and for the replica overrides: a restarted daemon
-// must not scale to the spec's count and back.
+// reconcileLoop runs a pass whenever woken, when what nginx serves
+// changed, on Resync, and when a pass asks to requeue; failed passes are retried with backoff. The first pass waits
+// for the node's claim and for the replica overrides, nodes and slots: a
+// restarted daemon must not scale to the spec's count and back.
 func (o *Orchestrator) reconcileLoop(ctx context.Context, firstPass chan<- struct{}) error {
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-o.node.Claimed():
-	}
-	for _, loaded := range []<-chan struct{}{o.overrides.Loaded(), o.placement.Loaded()} {
-		select { // etcd answers (the node holds its names): one List away
+	for _, ready := range []<-chan struct{}{o.cluster.Node().Claimed(), o.cluster.Loaded()} {
+		select { // once claimed, etcd answers: the copies are one List away
 		case <-ctx.Done():
 			return nil
-		case <-loaded:
+		case <-ready:
 		}
 	}
-	bo := retry.New(200*time.Millisecond, 10*time.Second)
-	resync := time.NewTicker(o.cfg.Resync)
-	defer resync.Stop()
-	var again <-chan time.Time
-	for pass := 1; ; pass++ {
-		select { // a pass covers every wake before it
-		case <-o.wake.C():
-		default:
-		}
-		perr := o.placement.Step(ctx)
-		res, err := o.reconciler.Reconcile(ctx)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil {
-			perr = errors.Join(perr, o.placement.Settle(ctx, res.Running))
-		}
-		o.troubles.set("reconcile", err)
-		o.troubles.set("placement", perr)
-		if pass == 1 {
-			close(firstPass)
-		}
-		// A placement that failed (etcd out of reach) is retried like a
-		// failed pass: no watch event may come to ask for it again.
-		again = o.afterPass(pass, res, errors.Join(err, perr), bo)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-o.wake.C():
-		case <-resync.C:
-		case <-again:
-		}
+	triggers := []<-chan struct{}{o.wake.C()}
+	if o.pool != nil { // drains and rolling updates wait for what nginx serves
+		triggers = append(triggers, o.pool.Subscribe())
 	}
+	l := loop.New(loop.Config{
+		Triggers: triggers,
+		Resync:   o.cfg.Resync,
+		Initial:  200 * time.Millisecond, Max: 10 * time.Second,
+		Log: o.log, Failed: "reconcile failed", Level: zerolog.ErrorLevel, Recovered: "reconcile recovered",
+	})
+	var once sync.Once
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		res, err := o.pass(ctx)
+		once.Do(func() { close(firstPass) })
+		return res, err
+	})
 }
 
-// afterPass logs a pass's outcome (a failure once, then its recovery) and
-// returns when to run again without a trigger; nil means not before one.
-func (o *Orchestrator) afterPass(pass int, res Result, err error, bo *retry.Backoff) <-chan time.Time {
-	switch {
-	case err != nil:
-		d, first := bo.Failed()
-		ev := o.log.Debug()
-		if first {
-			ev = o.log.Error()
-		}
-		ev.Err(err).Int("pass", pass).Stringer("retry_in", d).Msg("reconcile failed")
-		return time.After(d)
-	case bo.Succeeded():
-		o.log.Info().Int("pass", pass).Msg("reconcile recovered")
+// pass places this node's share of the replicas, reconciles, and gives up
+// the slots whose backends are drained. A placement that failed (etcd out
+// of reach) fails the pass, to be retried like one: no watch event may
+// come to ask for it again.
+func (o *Orchestrator) pass(ctx context.Context) (loop.Result, error) {
+	perr := o.cluster.Placement().Step(ctx)
+	res, err := o.reconciler.Reconcile(ctx)
+	if ctx.Err() != nil {
+		return loop.Result{}, nil
 	}
-	if res.RequeueAfter > 0 {
-		return time.After(res.RequeueAfter)
+	if err == nil {
+		perr = errors.Join(perr, o.cluster.Placement().Settle(ctx, res.Running))
 	}
-	return nil
-}
-
-// wakeOnServed runs a pass whenever what nginx serves changed: drains and
-// rolling updates wait for that.
-func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
-	if o.pool == nil {
-		return nil
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-o.pool.Changed():
-			o.Wake()
-		}
-	}
+	o.troubles.set("reconcile", err)
+	o.troubles.set("placement", perr)
+	return loop.Result{After: res.RequeueAfter}, errors.Join(err, perr)
 }
 
 // watchEvents turns Docker events into passes; a backend's death also
@@ -512,49 +448,43 @@ func (o *Orchestrator) wakeOnServed(ctx context.Context) error {
 // stream quiet for StreamIdle is reopened too (with a full pass): the
 // engine sends no heartbeat, so a stream that stalled without closing
 // looks just like a quiet one.
+//
+// A stream that stays open for a second works: its outage, said once, is
+// over. Before the stream ever worked, an unreachable engine is the
+// daemon's to say.
 func (o *Orchestrator) watchEvents(ctx context.Context) error {
-	bo := retry.New(200*time.Millisecond, 10*time.Second)
-	for {
-		opened := time.Now()
-		idle, err := o.followEvents(ctx)
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case idle:
+	l := loop.New(loop.Config{
+		Initial: 200 * time.Millisecond, Max: 10 * time.Second,
+		Log: o.log, Failed: "docker event stream broke; reconnecting", Level: zerolog.WarnLevel,
+		Recovered: "docker event stream reconnected",
+		Said:      func(err error) bool { return !o.streamWorked.Load() && unreachable(err) },
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		for {
+			idle, err := o.followEvents(ctx, l.Working)
+			switch {
+			case ctx.Err() != nil:
+				return loop.Result{}, nil
+			case !idle:
+				o.troubles.set("events", err)
+				return loop.Result{}, err
+			}
 			o.log.Debug().Stringer("idle", o.cfg.StreamIdle).Msg("docker event stream quiet; reopening it")
-			continue
 		}
-		o.troubles.set("events", err)
-		if time.Since(opened) > time.Minute {
-			bo.Succeeded()
-		}
-		// Said once per outage; before the stream ever worked, an
-		// unreachable engine is the daemon's to say.
-		d, first := bo.Failed()
-		ev := o.log.Debug()
-		if first && (o.streamWorked.Load() || !unreachable(err)) {
-			ev = o.log.Warn()
-		}
-		ev.Err(err).Stringer("retry_in", d).Msg("docker event stream broke; reconnecting")
-		if !retry.Wait(ctx, d) {
-			return nil
-		}
-	}
+	})
 }
 
 // followEvents handles one event stream until it ends: with its error, or
-// idle=true when no event came for StreamIdle.
-func (o *Orchestrator) followEvents(ctx context.Context) (idle bool, err error) {
+// idle=true when no event came for StreamIdle. It calls working once the
+// stream was open for a second without breaking.
+func (o *Orchestrator) followEvents(ctx context.Context, working func()) (idle bool, err error) {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	evs, errc := o.cfg.Docker.Events(sctx, o.cfg.Spec.Project)
-	// Open for a second without breaking: the stream works.
 	works := time.AfterFunc(time.Second, func() {
-		if o.troubles.get("events") != nil && o.streamWorked.Load() {
-			o.log.Info().Msg("docker event stream reconnected")
-		}
-		o.streamWorked.Store(true)
 		o.troubles.set("events", nil)
+		working()
+		o.streamWorked.Store(true)
 	})
 	defer works.Stop()
 	quiet := time.NewTimer(o.cfg.StreamIdle)

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -15,123 +17,15 @@ import (
 
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
 
-func TestParseReplicas(t *testing.T) {
-	tests := []struct {
-		name    string
-		in      string
-		want    int
-		wantErr string
-	}{
-		{name: "one", in: "1", want: 1},
-		{name: "max", in: "1000", want: 1000},
-		{name: "surrounding spaces", in: " 5 ", want: 5},
-		{name: "trailing newline from etcdctl", in: "5\n", want: 5},
-		{name: "zero", in: "0", wantErr: "replicas 0 out of range 1-1000"},
-		{name: "negative", in: "-1", wantErr: "replicas -1 out of range 1-1000"},
-		{name: "above max", in: "1001", wantErr: "replicas 1001 out of range 1-1000"},
-		{name: "not a number", in: "x", wantErr: `replicas "x" is not a number`},
-		{name: "empty", in: "", wantErr: `replicas "" is not a number`},
-		{name: "float", in: "2.5", wantErr: `replicas "2.5" is not a number`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := ParseReplicas(tt.in)
-			if tt.wantErr != "" {
-				if err == nil || err.Error() != tt.wantErr {
-					t.Fatalf("ParseReplicas(%q) = %d, %v; want error %q", tt.in, got, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("ParseReplicas(%q) = %d, %v; want %d", tt.in, got, err, tt.want)
-			}
-		})
-	}
-}
-
-func TestOverrides(t *testing.T) {
-	p := OverridesPrefix("up")
-	kv := func(key, value string) store.KV { return store.KV{Key: p + key, Value: []byte(value)} }
-	reset := func(kvs ...store.KV) store.Update { return store.Update{Reset: true, KVs: kvs} }
-	tests := []struct {
-		name    string
-		updates []store.Update
-		want    map[string]int
-	}{
-		{name: "none", updates: []store.Update{reset()}, want: map[string]int{}},
-		{name: "valid override", updates: []store.Update{reset(kv("apache", "5"))}, want: map[string]int{"apache": 5}},
-		{name: "invalid count is skipped", updates: []store.Update{reset(kv("apache", "0"))}, want: map[string]int{}},
-		{name: "garbage is skipped", updates: []store.Update{reset(kv("apache", "lots"))}, want: map[string]int{}},
-		{name: "service not in the spec is skipped", updates: []store.Update{reset(kv("nosuch", "3"))}, want: map[string]int{}},
-		{name: "a write replaces", updates: []store.Update{reset(kv("apache", "5")), {KVs: []store.KV{kv("apache", "2")}}},
-			want: map[string]int{"apache": 2}},
-		{name: "an invalid write drops the previous override", updates: []store.Update{reset(kv("apache", "5")), {KVs: []store.KV{kv("apache", "-1")}}},
-			want: map[string]int{}},
-		{name: "a delete drops it", updates: []store.Update{reset(kv("apache", "5")), {Deleted: []string{p + "apache"}}},
-			want: map[string]int{}},
-		{name: "a reload replaces everything", updates: []store.Update{reset(kv("apache", "5")), reset()}, want: map[string]int{}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			wakes := 0
-			o := newOverrides(testSpec(), func() { wakes++ }, zerolog.Nop())
-			if got, ok := o.Replicas(); ok || got != nil {
-				t.Fatalf("Replicas before any update = %v, %v; want nil, false", got, ok)
-			}
-			for _, u := range tt.updates {
-				o.apply(u)
-			}
-			got, ok := o.Replicas()
-			if !ok || !maps.Equal(got, tt.want) {
-				t.Errorf("Replicas = %v, %v; want %v, true", got, ok, tt.want)
-			}
-			select {
-			case <-o.Loaded():
-			default:
-				t.Error("Loaded not closed after an update")
-			}
-			if wakes != len(tt.updates) {
-				t.Errorf("%d wakes for %d updates; want one each", wakes, len(tt.updates))
-			}
-		})
-	}
-}
-
-// TestOverridesAreSaid: an override in force is logged when first read
-// (so a start-up log shows it), when it changes and when it goes; an
-// update that leaves it as it was says nothing.
-func TestOverridesAreSaid(t *testing.T) {
-	p := OverridesPrefix("up")
-	var logs strings.Builder
-	o := newOverrides(testSpec(), func() {}, zerolog.New(&logs))
-	steps := []struct {
-		u    store.Update
-		want string // the message logged, "" for none
-	}{
-		{store.Update{Reset: true, KVs: []store.KV{{Key: p + "apache", Value: []byte("5")}}},
-			"replica override in force: apache runs 5 replicas, not the spec's 3 (`upstreamd scale apache --reset` removes it)"},
-		{store.Update{Reset: true, KVs: []store.KV{{Key: p + "apache", Value: []byte("5")}}}, ""},
-		{store.Update{KVs: []store.KV{{Key: p + "apache", Value: []byte("4")}}},
-			"replica override in force: apache runs 4 replicas, not the spec's 3 (`upstreamd scale apache --reset` removes it)"},
-		{store.Update{Deleted: []string{p + "apache"}}, "replica override removed; the spec's count applies"},
-	}
-	for i, st := range steps {
-		logs.Reset()
-		o.apply(st.u)
-		got := ""
-		if logs.Len() > 0 {
-			var m map[string]any
-			if err := json.Unmarshal([]byte(logs.String()), &m); err != nil {
-				t.Fatalf("step %d: %v: %s", i, err, logs.String())
-			}
-			got, _ = m["message"].(string)
-		}
-		if got != st.want {
-			t.Errorf("step %d logged %q, want %q", i, got, st.want)
-		}
-	}
+// startCluster runs o's cluster member until ctx ends and waits until
+// the node holds its names and every copy was read. Call it inside the
+// synctest bubble.
+func startCluster(ctx context.Context, o *Orchestrator) {
+	go func() { _ = o.cluster.Start(ctx) }()
+	synctest.Wait()
 }
 
 // TestReconcileLoopBackoff makes the first passes fail (EnsureNetwork) and
@@ -144,7 +38,7 @@ func TestReconcileLoopBackoff(t *testing.T) {
 		docker := newFakeDocker()
 		errEngine := errors.New("engine unavailable")
 		docker.netErrs = []error{errEngine, errEngine, errEngine}
-		reg := newFakeRegistry(nil)
+		reg := storetest.New(nil)
 		o := New(Config{
 			Spec:          testSpec(),
 			Docker:        docker,
@@ -153,15 +47,7 @@ func TestReconcileLoopBackoff(t *testing.T) {
 			newProber:     func(HealthSpec) prober { return func(context.Context, string) error { return nil } },
 			Logger:        zerolog.Nop(),
 		})
-		o.overrides.apply(store.Update{Reset: true}) // none
-		o.placement.applyNodes(store.Update{Reset: true})
-		o.placement.applySlots(store.Update{Reset: true}) // a cluster of one, nothing placed
-		lease, err := reg.Grant(ctx, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.node.setLease(lease) // as if the node held its names
-		close(o.node.claimed)
+		startCluster(ctx, o) // a cluster of one, no override, nothing placed
 		firstPass := make(chan struct{})
 		done := make(chan error, 1)
 		go func() { done <- o.reconcileLoop(ctx, firstPass) }()
@@ -212,20 +98,14 @@ func TestPlacementFailureRetried(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		docker := newFakeDocker()
-		reg := newFakeRegistry(nil)
-		reg.claimErrs = 2
+		reg := storetest.New(nil)
 		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg,
 			newProber: func(HealthSpec) prober { return func(context.Context, string) error { return nil } },
 			Logger:    zerolog.Nop()})
-		o.overrides.apply(store.Update{Reset: true})
-		o.placement.applyNodes(store.Update{Reset: true})
-		o.placement.applySlots(store.Update{Reset: true})
-		lease, err := reg.Grant(ctx, 10*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.node.setLease(lease)
-		close(o.node.claimed)
+		startCluster(ctx, o)
+		reg.Lock()
+		reg.ClaimErrs = 2 // the node holds its names: the slots' claims fail
+		reg.Unlock()
 		done := make(chan error, 1)
 		go func() { done <- o.reconcileLoop(ctx, make(chan struct{})) }()
 		synctest.Wait()
@@ -254,7 +134,7 @@ func TestOrchestratorStart(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
 		docker := newFakeDocker()
-		etcd := newFakeRegistry(nil)
+		etcd := storetest.New(nil)
 		o := New(Config{
 			Spec:          testSpec(),
 			Docker:        docker,
@@ -270,13 +150,13 @@ func TestOrchestratorStart(t *testing.T) {
 
 		backendKeys := func() map[string]string { // key → container short ID
 			out := map[string]string{}
-			for k, v := range etcd.snapshot() {
+			for k, v := range etcd.Keys() {
 				if !strings.HasPrefix(k, "/services/") {
 					continue // the node's announcement
 				}
-				e, err := store.ParseEntry("/services", k, []byte(v.value))
+				e, err := store.ParseEntry("/services", k, []byte(v.Value))
 				if err != nil {
-					t.Errorf("registered %s = %q does not parse: %v", k, v.value, err)
+					t.Errorf("registered %s = %q does not parse: %v", k, v.Value, err)
 					continue
 				}
 				out[k] = e.Reg.Container
@@ -291,7 +171,7 @@ func TestOrchestratorStart(t *testing.T) {
 		if len(keys) != 3 {
 			t.Fatalf("registered %v, want the 3 backends", keys)
 		}
-		if p, _ := o.Proxy(); p.ID == "" {
+		if p := o.Proxy(); p.ID == "" {
 			t.Errorf("Proxy().ID empty after the first pass")
 		}
 
@@ -320,10 +200,10 @@ func TestOrchestratorStart(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Errorf("Start returned %v, want nil", err)
 		}
-		if got := etcd.counts().revoked; len(got) != 1 {
+		if got := etcd.Counts().Revoked; len(got) != 1 {
 			t.Errorf("revoked %v, want the one lease", got)
 		}
-		if got := etcd.snapshot(); len(got) != 0 {
+		if got := etcd.Keys(); len(got) != 0 {
 			t.Errorf("keys left after shutdown: %v", got)
 		}
 	})
@@ -347,7 +227,7 @@ func TestHandleEvent(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
+			reg := storetest.New(nil)
 			o := New(Config{Spec: testSpec(), Docker: newFakeDocker(), Store: reg, Registrations: reg, Logger: zerolog.Nop()})
 			o.handleEvent(tt.ev)
 			if got := o.ledger.of(tt.ev.ID); got != tt.wantFate {
@@ -372,7 +252,7 @@ func TestHandleEvent(t *testing.T) {
 func TestEventStreamReopenedWhenQuiet(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		docker := newFakeDocker()
-		reg := newFakeRegistry(nil)
+		reg := storetest.New(nil)
 		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg,
 			StreamIdle: 10 * time.Second, Logger: zerolog.Nop()})
 		ctx, cancel := context.WithCancel(t.Context())
@@ -393,6 +273,87 @@ func TestEventStreamReopenedWhenQuiet(t *testing.T) {
 		}
 		if got := streams(); got != 3 {
 			t.Errorf("%d streams after 15 s with events; want still 3", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("watchEvents = %v; want nil", err)
+		}
+	})
+}
+
+// syncBuffer is a log sink the goroutines of a test may share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+// messages returns "level message" of each line logged whose message
+// contains about.
+func (b *syncBuffer) messages(t *testing.T, about string) []string {
+	t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []string
+	for _, line := range strings.Split(strings.TrimSpace(b.buf.String()), "\n") {
+		var m struct{ Level, Message string }
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if strings.Contains(m.Message, about) {
+			out = append(out, m.Level+" "+m.Message)
+		}
+	}
+	return out
+}
+
+// TestEventStreamBroken: a broken event stream is reopened with backoff;
+// each outage is said once, loud, and its end once (a stream open for a
+// second works). Before the stream ever worked, an unreachable engine is
+// the daemon's to say: quiet.
+func TestEventStreamBroken(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		docker := newFakeDocker()
+		reg := storetest.New(nil)
+		var logs syncBuffer
+		o := New(Config{Spec: testSpec(), Docker: docker, Store: reg, Registrations: reg, Logger: zerolog.New(&logs)})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- o.watchEvents(ctx) }()
+		synctest.Wait()
+		brokenProblem := func() bool {
+			return slices.ContainsFunc(o.Problems(), func(p string) bool { return strings.Contains(p, "event stream broken") })
+		}
+		docker.breaks <- fmt.Errorf("connect: %w", context.DeadlineExceeded) // unreachable, never worked
+		advance(2 * time.Second)
+		docker.breaks <- errors.New("engine restarting")
+		synctest.Wait()
+		if !brokenProblem() {
+			t.Errorf("problems %q; want the broken stream", o.Problems())
+		}
+		advance(2 * time.Second)
+		if brokenProblem() {
+			t.Errorf("problems %q once the stream works again; want none of it", o.Problems())
+		}
+		docker.breaks <- errors.New("engine restarting")
+		docker.breaks <- errors.New("engine restarting") // at once, before it works
+		advance(2 * time.Second)
+		want := []string{
+			"debug docker event stream broke; reconnecting",
+			"warn docker event stream broke; reconnecting", "info docker event stream reconnected",
+			"warn docker event stream broke; reconnecting", "debug docker event stream broke; reconnecting",
+			"info docker event stream reconnected",
+		}
+		if got := logs.messages(t, "docker event stream"); !slices.Equal(got, want) {
+			t.Errorf("logged\n%q\nwant\n%q", got, want)
+		}
+		if got := docker.streams; got != 5 {
+			t.Errorf("%d streams opened; want 5", got)
 		}
 		cancel()
 		if err := <-done; err != nil {

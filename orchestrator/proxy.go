@@ -8,8 +8,10 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
+	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
 )
 
@@ -18,22 +20,21 @@ func dataName(project string) string  { return project + "-data" }
 func proxyName(project string) string { return project + "-proxy" }
 
 // runningProxy is the running proxy as the last pass saw it, published to
-// the renderer: each change closes the channel handed out with the
-// previous value.
+// the renderer, which subscribes to its changes.
 type runningProxy struct {
-	mu      sync.Mutex
-	p       nginx.Proxy
-	changed chan struct{}
+	changed wake.Fanout // after each change
+
+	mu sync.Mutex
+	p  nginx.Proxy
 }
 
-func newRunningProxy() *runningProxy { return &runningProxy{changed: make(chan struct{})} }
+func newRunningProxy() *runningProxy { return &runningProxy{} }
 
-// get returns the proxy (ID empty when none) and a channel closed at its
-// next change.
-func (r *runningProxy) get() (nginx.Proxy, <-chan struct{}) {
+// get returns the proxy (ID empty when none).
+func (r *runningProxy) get() nginx.Proxy {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.p, r.changed
+	return r.p
 }
 
 // set records the running proxy: a container id with address ip, or none
@@ -41,7 +42,6 @@ func (r *runningProxy) get() (nginx.Proxy, <-chan struct{}) {
 // set, which gives it a new Generation.
 func (r *runningProxy) set(id, ip string, started bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	next := nginx.Proxy{ID: id, IP: ip, Generation: r.p.Generation}
 	if started || id != r.p.ID {
 		next.Generation++
@@ -49,21 +49,18 @@ func (r *runningProxy) set(id, ip string, started bool) {
 	if id == "" {
 		next = nginx.Proxy{Generation: r.p.Generation}
 	}
-	if next == r.p {
-		return
-	}
+	same := next == r.p
 	r.p = next
-	close(r.changed)
-	r.changed = make(chan struct{})
+	r.mu.Unlock()
+	if !same {
+		r.changed.Wake()
+	}
 }
 
 // restarted records that nginx in the proxy id started again in place (the
 // engine's restart policy): what was known of it is stale.
 func (r *runningProxy) restarted(id string) {
-	r.mu.Lock()
-	cur := r.p
-	r.mu.Unlock()
-	if cur.ID == id {
+	if cur := r.get(); cur.ID == id {
 		r.set(cur.ID, cur.IP, true)
 	}
 }
@@ -123,9 +120,9 @@ const TLSPort = 443
 func (r *reconciler) reconcileProxy(ctx context.Context, data, proxies []containers.Container) error {
 	if r.cfg.RunProxy != nil {
 		switch r.cfg.RunProxy() {
-		case ProxyNone:
+		case cluster.ProxyNone:
 			return r.noProxy(ctx, proxies)
-		case ProxyKeep:
+		case cluster.ProxyKeep:
 			return r.keepProxy(ctx, proxies)
 		}
 	}
@@ -252,20 +249,6 @@ func (r *reconciler) ensureConfig(ctx context.Context, dataID string) error {
 	r.log.Info().Str("file", p.ConfigPath).Msg("placeholder config written: nginx answers 503 until the first render")
 	return nil
 }
-
-// ProxyDuty is what a node does about the project's proxy with
-// proxy.placement = "leader".
-type ProxyDuty int
-
-const (
-	// ProxyNone: another node leads; remove any proxy here.
-	ProxyNone ProxyDuty = iota
-	// ProxyKeep: who leads is not known yet (the daemon just started);
-	// keep a proxy that runs here, create none.
-	ProxyKeep
-	// ProxyRun: this node runs the project's proxy.
-	ProxyRun
-)
 
 // keepProxy keeps the running proxy found here, as it is, while who leads
 // is not known: a leader's daemon that restarts must not take the front

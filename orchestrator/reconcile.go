@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/health"
@@ -67,10 +68,10 @@ type reconcilerConfig struct {
 	Drains drains
 	// Ledger records the backends that died or are draining.
 	Ledger *ledger
-	// Replicas returns the backends to run by service (the placement's),
-	// and false while they are unknown; a service it leaves out runs the
-	// spec's count. Nil: the spec's counts.
-	Replicas func() (map[string]int, bool)
+	// Share returns the backends this node runs by service (its share of
+	// the cluster's replicas, as placed), and false while it is unknown; a
+	// service it leaves out runs the spec's count. Nil: the spec's counts.
+	Share func() (map[string]int, bool)
 	// Pool tells which backends nginx serves: a rolling update retires an
 	// old backend only once nginx serves the new one. Nil: healthy is
 	// enough.
@@ -79,7 +80,7 @@ type reconcilerConfig struct {
 	Proxy *runningProxy
 	// RunProxy says whether this node is to run the proxy (it leads), to
 	// keep one it runs, or to run none; nil: always run one.
-	RunProxy func() ProxyDuty
+	RunProxy func() cluster.ProxyDuty
 	Events   *events.Journal
 	Logger   zerolog.Logger
 }
@@ -94,8 +95,8 @@ type reconciler struct {
 
 // newReconciler returns a Reconciler.
 func newReconciler(cfg reconcilerConfig) *reconciler {
-	if cfg.Replicas == nil {
-		cfg.Replicas = func() (map[string]int, bool) { return nil, true }
+	if cfg.Share == nil {
+		cfg.Share = func() (map[string]int, bool) { return nil, true }
 	}
 	if cfg.Proxy == nil {
 		cfg.Proxy = newRunningProxy()
@@ -197,16 +198,20 @@ func (r *reconciler) freshen(ctx context.Context, list []containers.Container) [
 // count is unknown (-1): an override or a placement must never be replaced
 // by the spec's count.
 func (r *reconciler) replicas() map[string]int {
-	ov, ok := r.cfg.Replicas()
+	share, ok := r.cfg.Share()
 	if !ok && !r.saidNoOverride {
 		r.log.Warn().Msg("replicas not placed yet (replica overrides, nodes or slots not read from etcd, or no lease); no service is scaled until they are")
 	}
 	r.saidNoOverride = !ok
 	out := map[string]int{}
 	for _, s := range r.cfg.Spec.Services {
-		if ok {
-			out[s.Name] = replicasOf(s, ov)
-		} else {
+		n, placed := share[s.Name]
+		switch {
+		case ok && placed:
+			out[s.Name] = n
+		case ok:
+			out[s.Name] = s.Replicas
+		default:
 			out[s.Name] = unknownReplicas
 		}
 	}

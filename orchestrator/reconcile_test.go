@@ -36,8 +36,8 @@ func testSpec() Spec {
 }
 
 // recEnv is a Reconciler over a fake engine, a fake prober and, when pool
-// is set, a fake nginx pool, with replica overrides under the test's
-// control; its drainer runs until the test ends or stopDrains.
+// is set, a fake nginx pool, with this node's share of the replicas under
+// the test's control; its drainer runs until the test ends or stopDrains.
 type recEnv struct {
 	docker     *fakeDocker
 	prober     *fakeProber
@@ -48,10 +48,10 @@ type recEnv struct {
 	stopDrains context.CancelFunc
 	rec        *reconciler
 
-	mu        sync.Mutex
-	overrides map[string]int
-	unread    bool // the overrides were never read
-	wakes     int
+	mu     sync.Mutex
+	share  map[string]int
+	unread bool // the share is not known (never placed)
+	wakes  int
 }
 
 // newRecEnv returns a recEnv for spec; call it inside the synctest bubble
@@ -107,26 +107,26 @@ func (e *recEnv) setSpec(spec Spec) {
 		Ledger: e.ledger,
 		Pool:   p,
 		Proxy:  e.proxy,
-		Replicas: func() (map[string]int, bool) {
+		Share: func() (map[string]int, bool) {
 			e.mu.Lock()
 			defer e.mu.Unlock()
-			return e.overrides, !e.unread
+			return e.share, !e.unread
 		},
 		Logger: zerolog.Nop(),
 	})
 }
 
-// setOverrides sets the overrides the Reconciler reads; unread means they
-// were never read from etcd.
-func (e *recEnv) setOverrides(ov map[string]int, unread bool) {
+// setShare sets this node's share the Reconciler reads; unread means it
+// is not known (the overrides, nodes or slots never read from etcd).
+func (e *recEnv) setShare(share map[string]int, unread bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.overrides, e.unread = ov, unread
+	e.share, e.unread = share, unread
 }
 
 // changes counts the proxy's published (re)starts.
 func (e *recEnv) changes() int {
-	p, _ := e.proxy.get()
+	p := e.proxy.get()
 	return int(p.Generation)
 }
 
@@ -204,7 +204,7 @@ func checkConverged(t *testing.T, e *recEnv, replicas int) {
 	if got := e.docker.specOf(proxies[0].ID).VolumesFrom; !slices.Equal(got, []string{data[0].ID}) {
 		t.Errorf("proxy VolumesFrom %v, want [%s] (the data-volume container)", got, data[0].ID)
 	}
-	if got, _ := e.proxy.get(); got.ID != proxies[0].ID {
+	if got := e.proxy.get(); got.ID != proxies[0].ID {
 		t.Errorf("ProxyID %q, want %q", got.ID, proxies[0].ID)
 	}
 }
@@ -360,7 +360,7 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas override 3 to 5 creates 2",
 			mutate: func(_ *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, false)
+				e.setShare(map[string]int{"apache": 5}, false)
 				return gone{}
 			},
 			wantCreated:  map[containers.Role]int{containers.RoleBackend: 2},
@@ -370,14 +370,14 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas 5 to 2 removes the unhealthy first, then the pending",
 			mutate: func(t *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, false)
+				e.setShare(map[string]int{"apache": 5}, false)
 				e.reconcile(t)
 				e.resetCalls()
 				b := backends(e)
 				for i, s := range []string{"healthy", "unhealthy", "healthy", "unhealthy", "pending"} {
 					e.prober.setState(b[i].ID, s)
 				}
-				e.setOverrides(map[string]int{"apache": 2}, false)
+				e.setShare(map[string]int{"apache": 2}, false)
 				g := []string{b[1].ID, b[3].ID, b[4].ID}
 				return gone{retired: g, stopped: g, removed: g}
 			},
@@ -386,14 +386,14 @@ func TestReconcileChanges(t *testing.T) {
 		{
 			name: "replicas 5 to 2 among equally healthy removes the newest",
 			mutate: func(t *testing.T, e *recEnv) gone {
-				e.setOverrides(map[string]int{"apache": 5}, false)
+				e.setShare(map[string]int{"apache": 5}, false)
 				e.reconcile(t)
 				e.resetCalls()
 				b := backends(e)
 				for _, c := range b {
 					e.prober.setState(c.ID, "healthy")
 				}
-				e.setOverrides(map[string]int{"apache": 2}, false)
+				e.setShare(map[string]int{"apache": 2}, false)
 				g := []string{b[2].ID, b[3].ID, b[4].ID}
 				return gone{retired: g, stopped: g, removed: g}
 			},
@@ -563,7 +563,7 @@ func addOldBackend(e *recEnv, i int, state string) string {
 	}, state)
 }
 
-func TestReconcileReplicaOverrides(t *testing.T) {
+func TestReconcileShare(t *testing.T) {
 	type read struct {
 		ov     map[string]int
 		unread bool
@@ -573,19 +573,19 @@ func TestReconcileReplicaOverrides(t *testing.T) {
 		reads []read // one per pass
 		want  []int  // running backends after each pass
 	}{
-		{name: "no overrides: the spec's count", reads: []read{{}}, want: []int{3}},
-		{name: "overrides unknown: nothing is scaled, not to the spec's count either", reads: []read{{ov: map[string]int{"apache": 5}}, {unread: true}}, want: []int{5, 5}},
-		{name: "overrides unknown from the start: nothing is created", reads: []read{{unread: true}}, want: []int{0}},
-		{name: "an override applies", reads: []read{{ov: map[string]int{"apache": 5}}}, want: []int{5}},
-		{name: "a changed override applies", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{"apache": 2}}}, want: []int{5, 2}},
-		{name: "removed override: the spec's count again", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{}}}, want: []int{5, 3}},
-		{name: "override of a service not in the spec is ignored", reads: []read{{ov: map[string]int{"nosuch": 7}}}, want: []int{3}},
+		{name: "no share said: the spec's count", reads: []read{{}}, want: []int{3}},
+		{name: "share unknown: nothing is scaled, not to the spec's count either", reads: []read{{ov: map[string]int{"apache": 5}}, {unread: true}}, want: []int{5, 5}},
+		{name: "share unknown from the start: nothing is created", reads: []read{{unread: true}}, want: []int{0}},
+		{name: "a share applies", reads: []read{{ov: map[string]int{"apache": 5}}}, want: []int{5}},
+		{name: "a changed share applies", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{"apache": 2}}}, want: []int{5, 2}},
+		{name: "no share said any more: the spec's count again", reads: []read{{ov: map[string]int{"apache": 5}}, {ov: map[string]int{}}}, want: []int{5, 3}},
+		{name: "share of a service not in the spec is ignored", reads: []read{{ov: map[string]int{"nosuch": 7}}}, want: []int{3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newRecEnv(t, testSpec())
 			for i, r := range tt.reads {
-				e.setOverrides(r.ov, r.unread)
+				e.setShare(r.ov, r.unread)
 				e.reconcile(t)
 				e.waitDrains()
 				if got := len(running(e.docker.withRole(containers.RoleBackend, "apache"))); got != tt.want[i] {
@@ -676,13 +676,13 @@ func (e *recEnv) checkIdle(t *testing.T, step string) {
 func TestReconcileScaleDownDrains(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newPoolEnv(t, testSpec(), 0)
-		e.setOverrides(map[string]int{"apache": 5}, false)
+		e.setShare(map[string]int{"apache": 5}, false)
 		b := e.convergeServing(t)
 		if len(b) != 5 {
 			t.Fatalf("setup: %d backends, want 5", len(b))
 		}
 		extras := b[2:] // all healthy: the newest go
-		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.setShare(map[string]int{"apache": 2}, false)
 
 		e.reconcile(t)
 		// Before the drains get to run: deregistered, nothing stopped.
@@ -750,7 +750,7 @@ func TestReconcileDrainTimeout(t *testing.T) {
 		e := newPoolEnv(t, testSpec(), timeout)
 		b := e.convergeServing(t)
 		victim := b[2]
-		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.setShare(map[string]int{"apache": 2}, false)
 		e.reconcile(t)
 		synctest.Wait()
 		if got := e.prober.retiredIDs(); !slices.Equal(got, []string{victim.ID}) {
@@ -786,7 +786,7 @@ func TestReconcileDrainCancelled(t *testing.T) {
 		e := newPoolEnv(t, testSpec(), 0)
 		b := e.convergeServing(t)
 		victim := b[2]
-		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.setShare(map[string]int{"apache": 2}, false)
 		e.reconcile(t)
 		synctest.Wait()
 		if got := e.pool.waiting(); len(got) != 1 {
@@ -1222,7 +1222,7 @@ func TestReconcileDrainWaitsWhileUnknown(t *testing.T) {
 		e.pool.mu.Lock()
 		e.pool.known = make(chan struct{}) // as for a daemon just restarted
 		e.pool.mu.Unlock()
-		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.setShare(map[string]int{"apache": 2}, false)
 		e.reconcile(t)
 		advance(time.Minute) // far past the drain timeout
 		if got := e.docker.recorded(); len(got.stops) != 0 {
@@ -1252,7 +1252,7 @@ func TestReconcileDrainsOnce(t *testing.T) {
 		for _, c := range b {
 			e.prober.setState(c.ID, "healthy")
 		}
-		e.setOverrides(map[string]int{"apache": 2}, false)
+		e.setShare(map[string]int{"apache": 2}, false)
 		e.reconcile(t)
 		e.waitDrains()
 		retired := e.prober.retiredIDs()

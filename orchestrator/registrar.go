@@ -10,10 +10,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
-	"github.com/upstreamd/upstreamd/internal/retry"
-	"github.com/upstreamd/upstreamd/internal/wake"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/store"
 )
 
@@ -23,7 +23,8 @@ type registry interface {
 	Delete(ctx context.Context, key string) (revision int64, err error)
 }
 
-// leases hands out the lease the registrations live under (the node's).
+// leases hands out the lease the registrations live under (the node's, a
+// *cluster.Node).
 type leases interface {
 	// Lease returns the current lease; nil while there is none.
 	Lease() *store.Lease
@@ -33,7 +34,7 @@ type leases interface {
 	Lost(l *store.Lease)
 }
 
-var _ leases = (*node)(nil)
+var _ leases = (*cluster.Node)(nil)
 
 var _ registry = (*store.Client)(nil)
 
@@ -87,10 +88,9 @@ type registrarConfig struct {
 // watched copy of the registrations, so a sync costs etcd nothing unless
 // something differs.
 type registrar struct {
-	cfg   registrarConfig
-	log   zerolog.Logger
-	wake  wake.Signal
-	flush chan chan error
+	cfg  registrarConfig
+	log  zerolog.Logger
+	loop *loop.Loop
 	// written is the revision of this registrar's last write: a copy older
 	// than that does not show it yet, and the watch brings it shortly. A
 	// deletion of a key already gone (its lease expired meanwhile) wrote
@@ -107,68 +107,28 @@ func newRegistrar(cfg registrarConfig) *registrar {
 	if cfg.Resync <= 0 {
 		cfg.Resync = 30 * time.Second
 	}
-	return &registrar{cfg: cfg, log: cfg.Logger, wake: wake.New(), flush: make(chan chan error), noted: map[string]string{}}
+	r := &registrar{cfg: cfg, log: cfg.Logger, noted: map[string]string{}}
+	r.loop = loop.New(loop.Config{
+		Triggers: []<-chan struct{}{cfg.Health.Subscribe(), cfg.Registrations.Subscribe(), cfg.Leases.Subscribe()},
+		Resync:   cfg.Resync,
+		Initial:  100 * time.Millisecond, Max: 5 * time.Second,
+		Log: r.log, Failed: "etcd registration sync failed; retrying with backoff", Level: zerolog.ErrorLevel,
+		Recovered: "etcd registration sync recovered",
+	})
+	return r
 }
 
 // Wake asks for a sync as soon as possible.
-func (r *registrar) Wake() { r.wake.Wake() }
+func (r *registrar) Wake() { r.loop.Wake() }
 
 // Flush asks for a sync now and returns its result; Start must be running.
-func (r *registrar) Flush(ctx context.Context) error {
-	reply := make(chan error, 1)
-	select {
-	case r.flush <- reply:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func (r *registrar) Flush(ctx context.Context) error { return r.loop.Flush(ctx) }
 
-// Start syncs on every health change, change of the registrations, new
-// lease, Wake and every Resync, until ctx ends. (The node revokes the lease
-// when the daemon stops, and every key with it.)
+// Start syncs at once, then on every health change, change of the
+// registrations, new lease, Wake and every Resync, until ctx ends. (The
+// node revokes the lease when the daemon stops, and every key with it.)
 func (r *registrar) Start(ctx context.Context) error {
-	health, regs, lease := r.cfg.Health.Subscribe(), r.cfg.Registrations.Subscribe(), r.cfg.Leases.Subscribe()
-	bo := retry.New(100*time.Millisecond, 5*time.Second)
-	resync := time.NewTicker(r.cfg.Resync)
-	defer resync.Stop()
-	var again <-chan time.Time
-	for {
-		var reply chan error
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-health:
-		case <-regs:
-		case <-lease:
-		case <-r.wake.C():
-		case reply = <-r.flush:
-		case <-again:
-		case <-resync.C:
-		}
-		again = nil
-		err := r.sync(ctx)
-		if reply != nil {
-			reply <- err
-		}
-		switch {
-		case err == nil:
-			if bo.Succeeded() {
-				r.log.Info().Msg("etcd registration sync recovered")
-			}
-		case ctx.Err() == nil:
-			d, first := bo.Failed()
-			if first {
-				r.log.Error().Err(err).Stringer("retry_in", d).Msg("etcd registration sync failed; retrying with backoff")
-			}
-			again = time.After(d)
-		}
-	}
+	return r.loop.Run(ctx, func(ctx context.Context) (loop.Result, error) { return loop.Result{}, r.sync(ctx) })
 }
 
 // desired returns the registrations this node should have and the keys of

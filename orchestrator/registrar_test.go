@@ -15,6 +15,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
 
 const (
@@ -56,10 +57,10 @@ func otherProjectVal(project string) string {
 
 // newTestRegistrar returns a registrar writing to reg under lease 1 of a
 // fakeLeases, which testLeases returns.
-func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duration) *registrar {
+func newTestRegistrar(reg *storetest.Etcd, hv *fakeHealthView, resync time.Duration) *registrar {
 	return newRegistrar(registrarConfig{
 		Store:         reg,
-		Leases:        newFakeLeases(),
+		Leases:        storetest.NewLeases(),
 		Registrations: reg,
 		Health:        hv,
 		Prefix:        "/services",
@@ -71,18 +72,18 @@ func newTestRegistrar(reg *fakeRegistry, hv *fakeHealthView, resync time.Duratio
 	})
 }
 
-func diffKV(got, want map[string]fakeKV) string {
+func diffKV(got, want map[string]storetest.Value) string {
 	var b strings.Builder
 	for _, k := range slices.Sorted(maps.Keys(want)) {
 		if g, ok := got[k]; !ok {
-			fmt.Fprintf(&b, "\n  missing %s (want %q lease %d)", k, want[k].value, want[k].lease)
+			fmt.Fprintf(&b, "\n  missing %s (want %q lease %d)", k, want[k].Value, want[k].Lease)
 		} else if g != want[k] {
-			fmt.Fprintf(&b, "\n  %s: got %q lease %d, want %q lease %d", k, g.value, g.lease, want[k].value, want[k].lease)
+			fmt.Fprintf(&b, "\n  %s: got %q lease %d, want %q lease %d", k, g.Value, g.Lease, want[k].Value, want[k].Lease)
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(got)) {
 		if _, ok := want[k]; !ok {
-			fmt.Fprintf(&b, "\n  unexpected %s = %q lease %d", k, got[k].value, got[k].lease)
+			fmt.Fprintf(&b, "\n  unexpected %s = %q lease %d", k, got[k].Value, got[k].Lease)
 		}
 	}
 	return b.String()
@@ -97,95 +98,95 @@ func TestRegistrarSync(t *testing.T) {
 	invalidKey := "/services/apache/not an address"
 	tests := []struct {
 		name             string
-		initial          map[string]fakeKV
+		initial          map[string]storetest.Value
 		healthy, pending []Target
-		want             map[string]fakeKV
+		want             map[string]storetest.Value
 		wantPuts         int
 		wantDeletes      []string
 	}{
 		{
 			name:     "healthy backends are put under the lease as registration JSON",
 			healthy:  []Target{tA, tB},
-			want:     map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: valA, Lease: 1}, keyB: {Value: valB, Lease: 1}},
 			wantPuts: 2,
 		},
 		{
 			name:        "a key of this node whose backend is not healthy is deleted",
-			initial:     map[string]fakeKV{keyA: {valA, old}, keyC: {valC, old}},
+			initial:     map[string]storetest.Value{keyA: {Value: valA, Lease: old}, keyC: {Value: valC, Lease: old}},
 			healthy:     []Target{tA},
-			want:        map[string]fakeKV{keyA: {valA, 1}},
+			want:        map[string]storetest.Value{keyA: {Value: valA, Lease: 1}},
 			wantPuts:    1,
 			wantDeletes: []string{keyC},
 		},
 		{
 			name:    "a pending backend's key is left alone",
-			initial: map[string]fakeKV{keyC: {valC, old}},
+			initial: map[string]storetest.Value{keyC: {Value: valC, Lease: old}},
 			pending: []Target{tC},
-			want:    map[string]fakeKV{keyC: {valC, old}},
+			want:    map[string]storetest.Value{keyC: {Value: valC, Lease: old}},
 		},
 		{
 			name:    "a pending backend without a key is not put",
 			pending: []Target{tC},
-			want:    map[string]fakeKV{},
+			want:    map[string]storetest.Value{},
 		},
 		{
 			name:    "keys of other nodes are never deleted",
-			initial: map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
-			want:    map[string]fakeKV{keyC: {otherNodeVal("n2"), 9}},
+			initial: map[string]storetest.Value{keyC: {Value: otherNodeVal("n2"), Lease: 9}},
+			want:    map[string]storetest.Value{keyC: {Value: otherNodeVal("n2"), Lease: 9}},
 		},
 		{
 			name:    "keys of this node's name in another project are never deleted",
-			initial: map[string]fakeKV{keyC: {otherProjectVal("p2"), 9}},
-			want:    map[string]fakeKV{keyC: {otherProjectVal("p2"), 9}},
+			initial: map[string]storetest.Value{keyC: {Value: otherProjectVal("p2"), Lease: 9}},
+			want:    map[string]storetest.Value{keyC: {Value: otherProjectVal("p2"), Lease: 9}},
 		},
 		{
 			name:        "a key of this node without a project (an older upstreamd's) is this node's",
-			initial:     map[string]fakeKV{keyA: {otherProjectVal(""), old}, keyC: {otherProjectVal(""), old}},
+			initial:     map[string]storetest.Value{keyA: {Value: otherProjectVal(""), Lease: old}, keyC: {Value: otherProjectVal(""), Lease: old}},
 			healthy:     []Target{tA},
-			want:        map[string]fakeKV{keyA: {valA, 1}},
+			want:        map[string]storetest.Value{keyA: {Value: valA, Lease: 1}},
 			wantPuts:    1,
 			wantDeletes: []string{keyC},
 		},
 		{
 			name:    "keys of services not in Services are never touched",
-			initial: map[string]fakeKV{otherSvcKey: {otherNodeVal(testNode), old}},
-			want:    map[string]fakeKV{otherSvcKey: {otherNodeVal(testNode), old}},
+			initial: map[string]storetest.Value{otherSvcKey: {Value: otherNodeVal(testNode), Lease: old}},
+			want:    map[string]storetest.Value{otherSvcKey: {Value: otherNodeVal(testNode), Lease: old}},
 		},
 		{
 			name:    "an invalid key is left alone",
-			initial: map[string]fakeKV{invalidKey: {"garbage", old}},
-			want:    map[string]fakeKV{invalidKey: {"garbage", old}},
+			initial: map[string]storetest.Value{invalidKey: {Value: "garbage", Lease: old}},
+			want:    map[string]storetest.Value{invalidKey: {Value: "garbage", Lease: old}},
 		},
 		{
 			name:     "a right value under an earlier lease is put again under this one",
-			initial:  map[string]fakeKV{keyA: {valA, old}},
+			initial:  map[string]storetest.Value{keyA: {Value: valA, Lease: old}},
 			healthy:  []Target{tA},
-			want:     map[string]fakeKV{keyA: {valA, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: valA, Lease: 1}},
 			wantPuts: 1,
 		},
 		{
 			name:     "a wrong value is rewritten",
-			initial:  map[string]fakeKV{keyA: {strings.Replace(valA, "up-apache-aaaaaa", "stale", 1), 1}},
+			initial:  map[string]storetest.Value{keyA: {Value: strings.Replace(valA, "up-apache-aaaaaa", "stale", 1), Lease: 1}},
 			healthy:  []Target{tA},
-			want:     map[string]fakeKV{keyA: {valA, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: valA, Lease: 1}},
 			wantPuts: 1,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reg := newFakeRegistry(tt.initial)
+			reg := storetest.New(tt.initial)
 			hv := &fakeHealthView{}
 			hv.set(tt.healthy, tt.pending)
 			r := newTestRegistrar(reg, hv, 0)
 			if err := r.sync(t.Context()); err != nil {
 				t.Fatalf("sync: %v", err)
 			}
-			if d := diffKV(reg.snapshot(), tt.want); d != "" {
+			if d := diffKV(reg.Keys(), tt.want); d != "" {
 				t.Errorf("etcd after sync differs:%s", d)
 			}
-			reg.mu.Lock()
-			puts, deletes := len(reg.puts), slices.Clone(reg.deletes)
-			reg.mu.Unlock()
+			reg.Lock()
+			puts, deletes := len(reg.Puts), slices.Clone(reg.Deletes)
+			reg.Unlock()
 			if puts != tt.wantPuts {
 				t.Errorf("%d puts, want %d", puts, tt.wantPuts)
 			}
@@ -197,7 +198,7 @@ func TestRegistrarSync(t *testing.T) {
 }
 
 func TestRegistrarSyncIsIdempotent(t *testing.T) {
-	reg := newFakeRegistry(nil)
+	reg := storetest.New(nil)
 	hv := &fakeHealthView{}
 	hv.set([]Target{tA, tB}, nil)
 	r := newTestRegistrar(reg, hv, 0)
@@ -206,19 +207,19 @@ func TestRegistrarSyncIsIdempotent(t *testing.T) {
 			t.Fatalf("sync %d: %v", i, err)
 		}
 	}
-	got := reg.counts()
-	if got.puts != 2 || got.deletes != 0 {
-		t.Errorf("after 3 syncs: %d puts, %d deletes; want 2 and 0 (keys already right are not rewritten)", got.puts, got.deletes)
+	got := reg.Counts()
+	if got.Puts != 2 || got.Deletes != 0 {
+		t.Errorf("after 3 syncs: %d puts, %d deletes; want 2 and 0 (keys already right are not rewritten)", got.Puts, got.Deletes)
 	}
 }
 
 // testLeases returns the fakeLeases of a registrar made by
 // newTestRegistrar.
-func testLeases(r *registrar) *fakeLeases { return r.cfg.Leases.(*fakeLeases) }
+func testLeases(r *registrar) *storetest.Leases { return r.cfg.Leases.(*storetest.Leases) }
 
 func TestRegistrarPutLeaseLost(t *testing.T) {
-	reg := newFakeRegistry(nil)
-	reg.putErrs = []error{fmt.Errorf("etcd put %s: %w", keyA, store.ErrLeaseLost)}
+	reg := storetest.New(nil)
+	reg.PutErrs = []error{fmt.Errorf("etcd put %s: %w", keyA, store.ErrLeaseLost)}
 	hv := &fakeHealthView{}
 	hv.set([]Target{tA}, nil)
 	r := newTestRegistrar(reg, hv, 0)
@@ -228,29 +229,29 @@ func TestRegistrarPutLeaseLost(t *testing.T) {
 		t.Fatalf("first sync: got %v, want an error matching store.ErrLeaseLost", err)
 	}
 	// The node is told, and claims again under a new lease.
-	if got := testLeases(r).lostIDs(); !slices.Equal(got, []int64{1}) {
+	if got := testLeases(r).LostIDs(); !slices.Equal(got, []int64{1}) {
 		t.Errorf("leases reported lost: %v; want [1]", got)
 	}
-	testLeases(r).set(2)
+	testLeases(r).Set(2)
 	if err := r.sync(t.Context()); err != nil {
 		t.Fatalf("second sync: %v", err)
 	}
-	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}}); d != "" {
+	if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 2}}); d != "" {
 		t.Errorf("etcd after the second sync differs:%s", d)
 	}
 }
 
 func TestRegistrarNoLeaseYet(t *testing.T) {
-	reg := newFakeRegistry(nil)
+	reg := storetest.New(nil)
 	hv := &fakeHealthView{}
 	hv.set([]Target{tA}, nil)
 	r := newTestRegistrar(reg, hv, 0)
-	testLeases(r).lease = nil
+	testLeases(r).Expire()
 	if err := r.sync(t.Context()); !errors.Is(err, errNoLease) {
 		t.Errorf("sync without a lease = %v; want errNoLease", err)
 	}
-	if got := reg.counts(); got.puts != 0 {
-		t.Errorf("%d puts without a lease; want 0", got.puts)
+	if got := reg.Counts(); got.Puts != 0 {
+		t.Errorf("%d puts without a lease; want 0", got.Puts)
 	}
 }
 
@@ -278,7 +279,7 @@ func checkStop(t *testing.T, stop func() error) {
 func TestRegistrarStart(t *testing.T) {
 	t.Run("wakes collapse into one sync", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
+			reg := storetest.New(nil)
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 0)
@@ -289,32 +290,32 @@ func TestRegistrarStart(t *testing.T) {
 			defer func() { checkStop(t, stop) }()
 			// One sync writes the key; the watch's echo of that write
 			// wakes one more, which finds everything right.
-			if got := reg.counts(); got.reads != 2 || got.puts != 1 {
-				t.Errorf("after 3 wakes: %d reads, %d puts; want 2 and 1 (one sync)", got.reads, got.puts)
+			if got := reg.Counts(); got.Reads != 2 || got.Puts != 1 {
+				t.Errorf("after 3 wakes: %d reads, %d puts; want 2 and 1 (one sync)", got.Reads, got.Puts)
 			}
 			r.Wake()
 			synctest.Wait()
-			if got := reg.counts(); got.reads != 3 || got.puts != 1 {
-				t.Errorf("after another wake: %d reads, %d puts; want 3 and 1", got.reads, got.puts)
+			if got := reg.Counts(); got.Reads != 3 || got.Puts != 1 {
+				t.Errorf("after another wake: %d reads, %d puts; want 3 and 1", got.Reads, got.Puts)
 			}
 		})
 	})
 
 	t.Run("a new lease puts every key again under it", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
+			reg := storetest.New(nil)
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA, tB, tC}, nil)
 			r := newTestRegistrar(reg, hv, 0)
 			r.Wake()
 			stop := startRegistrar(t, r)
 			defer func() { checkStop(t, stop) }()
-			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}, keyB: {valB, 1}, keyC: {valC, 1}}); d != "" {
+			if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 1}, keyB: {Value: valB, Lease: 1}, keyC: {Value: valC, Lease: 1}}); d != "" {
 				t.Fatalf("setup: etcd differs:%s", d)
 			}
-			testLeases(r).set(2)
+			testLeases(r).Set(2)
 			synctest.Wait()
-			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 2}, keyB: {valB, 2}, keyC: {valC, 2}}); d != "" {
+			if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 2}, keyB: {Value: valB, Lease: 2}, keyC: {Value: valC, Lease: 2}}); d != "" {
 				t.Errorf("etcd after a new lease differs:%s", d)
 			}
 		})
@@ -322,28 +323,28 @@ func TestRegistrarStart(t *testing.T) {
 
 	t.Run("a failing sync is retried with backoff", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
-			reg.readFails = 2 // the registrations are not read yet
+			reg := storetest.New(nil)
+			reg.ReadFails = 2 // the registrations are not read yet
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 0)
 			r.Wake()
 			stop := startRegistrar(t, r)
 			defer func() { checkStop(t, stop) }()
-			if got := reg.counts().reads; got != 1 {
+			if got := reg.Counts().Reads; got != 1 {
 				t.Fatalf("%d reads at once, want 1 (no busy retry)", got)
 			}
 			advance(49 * time.Millisecond) // below the first backoff's jitter range
-			if got := reg.counts().reads; got != 1 {
+			if got := reg.Counts().Reads; got != 1 {
 				t.Errorf("%d reads after 49ms, want 1", got)
 			}
 			advance(2 * time.Second)
-			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+			if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 1}}); d != "" {
 				t.Errorf("etcd after recovery differs:%s", d)
 			}
-			reg.mu.Lock()
-			calls := slices.Clone(reg.reads)
-			reg.mu.Unlock()
+			reg.Lock()
+			calls := slices.Clone(reg.Reads)
+			reg.Unlock()
 			// Reads: nothing loaded twice, the sync that works, and the
 			// one its write's echo wakes.
 			if len(calls) != 4 {
@@ -356,9 +357,9 @@ func TestRegistrarStart(t *testing.T) {
 					t.Errorf("retry %d after %s, want %s ±50%%", i+1, gap, want)
 				}
 			}
-			reads := reg.counts().reads
+			reads := reg.Counts().Reads
 			advance(20 * time.Second) // below the 30 s resync
-			if got := reg.counts().reads; got != reads {
+			if got := reg.Counts().Reads; got != reads {
 				t.Errorf("%d reads after recovery without a trigger, want %d", got, reads)
 			}
 		})
@@ -366,16 +367,16 @@ func TestRegistrarStart(t *testing.T) {
 
 	t.Run("a key deleted by hand is put back at once", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
+			reg := storetest.New(nil)
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 10*time.Second)
 			r.Wake()
 			stop := startRegistrar(t, r)
 			defer func() { checkStop(t, stop) }()
-			reg.remove(keyA)
+			reg.Remove(keyA)
 			synctest.Wait()
-			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+			if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 1}}); d != "" {
 				t.Errorf("etcd after the deletion differs:%s", d)
 			}
 		})
@@ -383,21 +384,21 @@ func TestRegistrarStart(t *testing.T) {
 
 	t.Run("resync repairs a deletion the watch missed", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			reg := newFakeRegistry(nil)
-			reg.quiet = true
+			reg := storetest.New(nil)
+			reg.Quiet = true
 			hv := &fakeHealthView{}
 			hv.set([]Target{tA}, nil)
 			r := newTestRegistrar(reg, hv, 10*time.Second)
 			r.Wake()
 			stop := startRegistrar(t, r)
 			defer func() { checkStop(t, stop) }()
-			reg.remove(keyA)
+			reg.Remove(keyA)
 			advance(9 * time.Second)
-			if _, ok := reg.snapshot()[keyA]; ok {
+			if _, ok := reg.Keys()[keyA]; ok {
 				t.Fatalf("key back before the resync period")
 			}
 			advance(time.Second)
-			if d := diffKV(reg.snapshot(), map[string]fakeKV{keyA: {valA, 1}}); d != "" {
+			if d := diffKV(reg.Keys(), map[string]storetest.Value{keyA: {Value: valA, Lease: 1}}); d != "" {
 				t.Errorf("etcd after resync differs:%s", d)
 			}
 		})
@@ -413,31 +414,31 @@ func TestRegistrarNeverFights(t *testing.T) {
 	loopback := regTarget("eeeeeeeeeeee", "up-apache-eeeeee", "apache", "127.0.0.1", 80)
 	tests := []struct {
 		name     string
-		initial  map[string]fakeKV
+		initial  map[string]storetest.Value
 		healthy  []Target
-		want     map[string]fakeKV
+		want     map[string]storetest.Value
 		wantPuts int
 		wantSaid int // warnings in 3 syncs
 	}{
 		{
 			name:    "a container name with underscores registers under a valid host name",
 			healthy: []Target{underscore},
-			want: map[string]fakeKV{"/services/apache/172.18.0.5:80": {store.Registration{
-				Host: "my-project-my-svc-dddddd", IPv4: "172.18.0.5", Port: 80, Container: "dddddddddddd", Node: testNode, Project: testProject}.Encode(), 1}},
+			want: map[string]storetest.Value{"/services/apache/172.18.0.5:80": {Value: store.Registration{
+				Host: "my-project-my-svc-dddddd", IPv4: "172.18.0.5", Port: 80, Container: "dddddddddddd", Node: testNode, Project: testProject}.Encode(), Lease: 1}},
 			wantPuts: 1,
 		},
 		{
 			name:     "an address its own validation refuses is not written",
 			healthy:  []Target{loopback, tA},
-			want:     map[string]fakeKV{keyA: {valA, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: valA, Lease: 1}},
 			wantPuts: 1, // tA only
 			wantSaid: 1,
 		},
 		{
 			name:     "a key another node holds is left to it",
-			initial:  map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}},
+			initial:  map[string]storetest.Value{keyA: {Value: otherNodeVal("n2"), Lease: 9}},
 			healthy:  []Target{tA, tC},
-			want:     map[string]fakeKV{keyA: {otherNodeVal("n2"), 9}, keyC: {valC, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: otherNodeVal("n2"), Lease: 9}, keyC: {Value: valC, Lease: 1}},
 			wantPuts: 1,
 			wantSaid: 1,
 		},
@@ -445,16 +446,16 @@ func TestRegistrarNeverFights(t *testing.T) {
 			// Two projects on one etcd, each with a daemon of this node
 			// name: neither takes the other's key.
 			name:     "a key of this node's name in another project is left to it",
-			initial:  map[string]fakeKV{keyA: {otherProjectVal("p2"), 9}},
+			initial:  map[string]storetest.Value{keyA: {Value: otherProjectVal("p2"), Lease: 9}},
 			healthy:  []Target{tA, tC},
-			want:     map[string]fakeKV{keyA: {otherProjectVal("p2"), 9}, keyC: {valC, 1}},
+			want:     map[string]storetest.Value{keyA: {Value: otherProjectVal("p2"), Lease: 9}, keyC: {Value: valC, Lease: 1}},
 			wantPuts: 1,
 			wantSaid: 1,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			reg := newFakeRegistry(tt.initial)
+			reg := storetest.New(tt.initial)
 			hv := &fakeHealthView{}
 			hv.set(tt.healthy, nil)
 			r := newTestRegistrar(reg, hv, 0)
@@ -468,11 +469,11 @@ func TestRegistrarNeverFights(t *testing.T) {
 			if got := strings.Count(logs.String(), `"level":"warn"`); got != tt.wantSaid {
 				t.Errorf("%d warnings in 3 syncs; want %d:\n%s", got, tt.wantSaid, logs.String())
 			}
-			if d := diffKV(reg.snapshot(), tt.want); d != "" {
+			if d := diffKV(reg.Keys(), tt.want); d != "" {
 				t.Errorf("etcd after 3 syncs differs:%s", d)
 			}
-			if got := reg.counts(); got.puts != tt.wantPuts || got.deletes != 0 {
-				t.Errorf("%d puts, %d deletes in 3 syncs; want %d and 0 (nothing written again)", got.puts, got.deletes, tt.wantPuts)
+			if got := reg.Counts(); got.Puts != tt.wantPuts || got.Deletes != 0 {
+				t.Errorf("%d puts, %d deletes in 3 syncs; want %d and 0 (nothing written again)", got.Puts, got.Deletes, tt.wantPuts)
 			}
 		})
 	}
@@ -486,8 +487,8 @@ func TestRegistrarNeverFights(t *testing.T) {
 // the next healthy backend was never registered (found by TestCluster in
 // CI: a host cut off from etcd came back with 2 of 3 backends registered).
 func TestRegistrarDeleteOfGoneKey(t *testing.T) {
-	reg := newFakeRegistry(nil)
-	reg.ghosts = map[string]fakeKV{keyA: {valA, 1}}                                                          // expired in etcd, still in the copy
+	reg := storetest.New(nil)
+	reg.Ghosts = map[string]storetest.Value{keyA: {Value: valA, Lease: 1}}                                   // expired in etcd, still in the copy
 	if _, _, err := reg.Claim(t.Context(), "/upstreamd/p1/slots/apache/0", `{"node":"n2"}`, 9); err != nil { // another node's write
 		t.Fatal(err)
 	}
@@ -496,18 +497,18 @@ func TestRegistrarDeleteOfGoneKey(t *testing.T) {
 	if err := r.sync(t.Context()); err != nil {
 		t.Fatalf("sync with the unhealthy backend's key gone: %v", err)
 	}
-	if got := reg.counts(); got.deletes != 1 {
-		t.Fatalf("%d deletes; want 1 (the copy still shows the key)", got.deletes)
+	if got := reg.Counts(); got.Deletes != 1 {
+		t.Fatalf("%d deletes; want 1 (the copy still shows the key)", got.Deletes)
 	}
-	reg.mu.Lock()
-	reg.ghosts = nil // the watch brings the expiry, at its older revision
-	reg.mu.Unlock()
+	reg.Lock()
+	reg.Ghosts = nil // the watch brings the expiry, at its older revision
+	reg.Unlock()
 
 	hv.set([]Target{tC}, nil) // the replacement is healthy
 	if err := r.sync(t.Context()); err != nil {
 		t.Fatalf("sync with a healthy replacement: %v", err)
 	}
-	if d := diffKV(reg.snapshot(), map[string]fakeKV{keyC: {valC, 1}, "/upstreamd/p1/slots/apache/0": {`{"node":"n2"}`, 9}}); d != "" {
+	if d := diffKV(reg.Keys(), map[string]storetest.Value{keyC: {Value: valC, Lease: 1}, "/upstreamd/p1/slots/apache/0": {Value: `{"node":"n2"}`, Lease: 9}}); d != "" {
 		t.Errorf("etcd after the replacement turned healthy differs:%s", d)
 	}
 }
@@ -515,7 +516,7 @@ func TestRegistrarDeleteOfGoneKey(t *testing.T) {
 // TestRegistrarRecordsEvents: each key written or deleted is an event
 // naming the container and the service, for the admin API's feed.
 func TestRegistrarRecordsEvents(t *testing.T) {
-	reg := newFakeRegistry(map[string]fakeKV{keyC: {valC, 1}})
+	reg := storetest.New(map[string]storetest.Value{keyC: {Value: valC, Lease: 1}})
 	hv := &fakeHealthView{}
 	hv.set([]Target{tA}, nil)
 	r := newTestRegistrar(reg, hv, 0)

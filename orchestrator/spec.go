@@ -1,17 +1,24 @@
 // Package orchestrator keeps the Docker host and etcd in step with the
-// spec.
+// spec: the single-host reconciler.
 //
 // An Orchestrator joins runnables that each own one job: the reconciler
-// (reconcile.go, with backends.go and proxy.go) compares the spec and the
-// replica overrides with the containers found by label and acts only on
-// the difference, in classify, a pure planService and apply; Docker events,
-// override changes and a slow resync only wake it. Health probes each
-// running backend (one probe in flight, rise/fall hysteresis); the drainer
-// takes backends out of service gracefully; the registrar mirrors the
-// healthy set into etcd under a lease. The ledger is the one record of the
-// containers that died or are draining although a listing may still show
-// them running. Render consumes the Orchestrator as its Host: where the
-// proxy runs, whether this node has healthy backends, and readiness.
+// (reconcile.go, with backends.go and proxy.go) compares the spec and this
+// node's share of the replicas with the containers found by label and acts
+// only on the difference, in classify, a pure planService and apply;
+// Docker events, cluster changes and a slow resync only wake it. Health
+// probes each running backend (one probe in flight, rise/fall hysteresis);
+// the drainer takes backends out of service gracefully; the registrar
+// mirrors the healthy set into etcd under the node's lease. The ledger is
+// the one record of the containers that died or are draining although a
+// listing may still show them running.
+//
+// Everything this daemon agrees on with the other daemons of its project
+// is the cluster package's: the Orchestrator runs a cluster.Member (the
+// node and its lease, the replica overrides, the placement of replicas on
+// nodes, the proxy's election) and asks it how many backends of each
+// service to run here (its share) and whether to run the proxy. Render
+// consumes the Orchestrator as its Host: where the proxy runs, whether
+// this node has healthy backends, and readiness.
 package orchestrator
 
 import (
@@ -20,6 +27,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 )
 
@@ -156,14 +164,13 @@ func (s Spec) serviceNames() []string {
 	return out
 }
 
-// service returns the named service spec.
-func (s Spec) service(name string) (ServiceSpec, bool) {
+// clusterServices is what the cluster places of each service.
+func (s Spec) clusterServices() []cluster.Service {
+	out := make([]cluster.Service, 0, len(s.Services))
 	for _, svc := range s.Services {
-		if svc.Name == name {
-			return svc, true
-		}
+		out = append(out, cluster.Service{Name: svc.Name, Replicas: svc.Replicas, MaxPerNode: svc.MaxPerNode})
 	}
-	return ServiceSpec{}, false
+	return out
 }
 
 // specHash is the io.upstreamd.spec label: a short hash of what decides a

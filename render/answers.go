@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
 )
 
@@ -24,9 +25,10 @@ func ChallengePath(root, token string) string {
 // answers records the HTTP-01 answers written into the current proxy, for
 // WaitAnswerLive.
 type answers struct {
+	changed wake.Fanout // after each set
+
 	mu      sync.Mutex
 	written map[string]bool
-	changed chan struct{} // closed, and replaced, at each set
 }
 
 func (a *answers) reset() {
@@ -43,25 +45,15 @@ func (a *answers) set(tokens []string) {
 	for _, t := range tokens {
 		a.written[t] = true
 	}
-	if a.changed != nil {
-		close(a.changed)
-		a.changed = nil
-	}
 	a.mu.Unlock()
+	a.changed.Wake()
 }
 
-// has reports whether token's answer is written; if not, the channel is
-// closed at the next set.
-func (a *answers) has(token string) (bool, <-chan struct{}) {
+// has reports whether token's answer is written.
+func (a *answers) has(token string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.written[token] {
-		return true, nil
-	}
-	if a.changed == nil {
-		a.changed = make(chan struct{})
-	}
-	return false, a.changed
+	return a.written[token]
 }
 
 // writeAnswers writes the HTTP-01 answers into the proxy (each file once
@@ -90,15 +82,15 @@ func (c *Controller) writeAnswers(ctx context.Context) ([]string, error) {
 // into the running proxy with a config that serves it live, or with ctx's
 // error. Whether the proxy answers with it is for nginx.WaitAnswer to ask.
 func (c *Controller) WaitAnswerLive(ctx context.Context, token string) error {
-	for {
-		ok, changed := c.answers.has(token)
-		if ok {
-			return nil
-		}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := c.answers.changed.SubscribeUntil(wctx)
+	for !c.answers.has(token) {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the proxy does not serve the answer of ACME token %s yet: %w", token, ctx.Err())
 		case <-changed:
 		}
 	}
+	return nil
 }

@@ -10,7 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -42,9 +42,11 @@ type Host interface {
 	// etcd may hold a previous daemon's registrations, or none after it
 	// revoked its lease: rendering them could empty nginx's pools.
 	Ready() <-chan struct{}
-	// Proxy returns the running proxy (its ID is empty when there is none)
-	// and a channel closed when that changes.
-	Proxy() (nginx.Proxy, <-chan struct{})
+	// Proxy returns the running proxy (its ID is empty when there is none).
+	Proxy() nginx.Proxy
+	// SubscribeProxy returns a channel that receives after each change of
+	// the running proxy.
+	SubscribeProxy() <-chan struct{}
 	// HealthyBackends returns how many backends of service this node finds
 	// healthy. A pass that would leave that pool empty is refused while it
 	// is non-zero: etcd and this node disagree, so the empty pool is not
@@ -191,61 +193,39 @@ func NewController(cfg ControllerConfig) *Controller {
 // Served returns where the Controller records what nginx serves.
 func (c *Controller) Served() *Served { return c.cfg.Served }
 
-// triggers are what wakes the Controller: a change of the registrations,
-// a change of the proxy, a retry that is due.
-type triggers struct {
-	changed <-chan struct{}
-	certs   <-chan struct{}
-	proxy   <-chan struct{}
-	retry   <-chan time.Time
-}
-
-// Start runs until ctx ends; it returns nil then.
+// Start renders once the Host is ready, then whenever the registrations,
+// the proxy or the certificates change, until ctx ends; it returns nil
+// then. A change after a quiet spell goes out at once (a killed backend
+// leaves the pool without waiting); what follows it within a pass is
+// collected by the debounce, so a burst still makes few passes. A pass
+// that failed on the way to nginx is tried again with backoff.
 func (c *Controller) Start(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 		return nil
 	case <-c.cfg.Host.Ready():
 	}
-	t := triggers{changed: c.cfg.Source.Subscribe()}
+	triggers := []<-chan struct{}{c.cfg.Source.Subscribe(), c.cfg.Host.SubscribeProxy()}
 	if c.cfg.Certs != nil {
-		t.certs = c.cfg.Certs.Subscribe()
+		triggers = append(triggers, c.cfg.Certs.Subscribe())
 	}
-	bo := retry.New(100*time.Millisecond, 5*time.Second)
-	var idle time.Time // when the last pass ended
-	for first := true; ; first = false {
-		_, t.proxy = c.cfg.Host.Proxy()
-		if !first && !c.wait(ctx, &t) {
-			return nil
-		}
-		t.retry = nil
-		// A change after a quiet spell goes out at once (a killed backend
-		// leaves the pool without waiting); what follows it within a
-		// pass is collected by the debounce, so a burst still makes few
-		// passes.
-		if first || time.Since(idle) < c.cfg.MinDebounce {
-			if !c.debounce(ctx, &t) {
-				return nil
-			}
-		}
+	l := loop.New(loop.Config{
+		Triggers: triggers,
+		Debounce: loop.Debounce{Min: c.cfg.MinDebounce, Max: c.cfg.MaxDebounce},
+		Initial:  100 * time.Millisecond, Max: 5 * time.Second,
+		Log: c.log, Failed: "render pass failed; will retry", Level: zerolog.WarnLevel,
+		Said: func(err error) bool { return errors.Is(err, ErrWouldEmpty) }, // the pass said why
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
 		o := c.pass(ctx)
-		idle = time.Now()
 		if c.cfg.Observe != nil {
 			c.cfg.Observe(o)
 		}
-		switch {
-		case ctx.Err() != nil:
-			return nil
-		case !retryable(o):
-			bo.Succeeded()
-		default:
-			d, _ := bo.Failed()
-			if o.Result != ResultRefused { // the pass said why
-				c.log.Warn().Err(o.Err).Stringer("retry_in", d).Msg("render pass failed; will retry")
-			}
-			t.retry = time.After(d)
+		if !retryable(o) {
+			return loop.Result{}, nil
 		}
-	}
+		return loop.Result{}, o.Err
+	})
 }
 
 // retryable reports whether a pass that ended as o is tried again after
@@ -255,43 +235,6 @@ func (c *Controller) Start(ctx context.Context) error {
 func retryable(o Outcome) bool {
 	var re *RenderError
 	return (o.Result == ResultRefused || o.Result == ResultError) && !errors.As(o.Err, &re)
-}
-
-// wait waits for a trigger; it reports false when ctx ended.
-func (c *Controller) wait(ctx context.Context, t *triggers) bool {
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.changed:
-	case <-t.certs:
-	case <-t.proxy:
-	case <-t.retry:
-	}
-	return true
-}
-
-// debounce waits until no trigger came for MinDebounce, or MaxDebounce
-// passed since the first. It reports false when ctx ended.
-func (c *Controller) debounce(ctx context.Context, t *triggers) bool {
-	deadline := time.NewTimer(c.cfg.MaxDebounce)
-	defer deadline.Stop()
-	quiet := time.NewTimer(c.cfg.MinDebounce)
-	defer quiet.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return false
-		case <-deadline.C:
-			return true
-		case <-quiet.C:
-			return true
-		case <-t.changed:
-		case <-t.certs:
-		case <-t.proxy:
-			_, t.proxy = c.cfg.Host.Proxy() // closed for good: take the next one
-		}
-		quiet.Reset(c.cfg.MinDebounce)
-	}
 }
 
 // pass renders the current registrations and makes nginx serve them, as
@@ -313,7 +256,7 @@ func (c *Controller) attempt(ctx context.Context) (Outcome, candidate) {
 		return Outcome{Err: fmt.Errorf("%w: no registrations loaded from etcd yet", ErrNotReady)}, candidate{}
 	}
 	o := Outcome{Revision: snap.Revision, Backends: len(snap.Entries)}
-	proxy, _ := c.cfg.Host.Proxy()
+	proxy := c.cfg.Host.Proxy()
 	if proxy.ID == "" {
 		c.log.Debug().Msg("no running proxy yet; not delivering")
 		o.Err = fmt.Errorf("%w: no running proxy", ErrNotReady)

@@ -366,7 +366,7 @@ func TestControllerStopsOnCancel(t *testing.T) {
 				ctrl := NewController(ControllerConfig{
 					View:     ViewInput{Projects: anyProject},
 					Template: tmpl, Source: src, Sessions: del.session, Logger: zerolog.Nop(),
-					Host: &fakeHost{ready: ready, up: true, proxy: nginx.Proxy{ID: "proxy-1"}, changed: make(chan struct{})},
+					Host: &fakeHost{ready: ready, up: true, proxy: nginx.Proxy{ID: "proxy-1"}},
 				})
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/store"
 )
@@ -60,27 +61,29 @@ func (s *fakeSource) set(snap store.Snapshot) {
 type fakeHost struct {
 	ready   <-chan struct{}
 	healthy func(service string) int // nil: none healthy
+	changed wake.Fanout
 
-	mu      sync.Mutex
-	proxy   nginx.Proxy
-	up      bool
-	changed chan struct{}
-	calls   int // of Proxy
+	mu    sync.Mutex
+	proxy nginx.Proxy
+	up    bool
+	calls int // of Proxy
 }
 
 var _ Host = (*fakeHost)(nil)
 
 func (h *fakeHost) Ready() <-chan struct{} { return h.ready }
 
-func (h *fakeHost) Proxy() (nginx.Proxy, <-chan struct{}) {
+func (h *fakeHost) Proxy() nginx.Proxy {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls++
 	if !h.up {
-		return nginx.Proxy{}, h.changed
+		return nginx.Proxy{}
 	}
-	return h.proxy, h.changed
+	return h.proxy
 }
+
+func (h *fakeHost) SubscribeProxy() <-chan struct{} { return h.changed.Subscribe() }
 
 func (h *fakeHost) HealthyBackends(service string) int {
 	if h.healthy == nil {
@@ -92,10 +95,9 @@ func (h *fakeHost) HealthyBackends(service string) int {
 // update changes the proxy under the lock and announces it.
 func (h *fakeHost) update(f func()) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	f()
-	close(h.changed)
-	h.changed = make(chan struct{})
+	h.mu.Unlock()
+	h.changed.Wake()
 }
 
 // setProxy makes the proxy run, or not.
@@ -495,7 +497,7 @@ func startWith(t *testing.T, hc harnessConfig) *harness {
 	}
 	hc.nginx.statusPort = hc.statusPort
 	h := &harness{src: newFakeSource(), nginx: hc.nginx, host: &fakeHost{
-		ready: ready, healthy: hc.healthyHere, up: true, changed: make(chan struct{}),
+		ready: ready, healthy: hc.healthyHere, up: true,
 		proxy: nginx.Proxy{ID: testProxyID, IP: testProxyIP, Generation: 1},
 	}}
 	services := hc.services

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // Served is what nginx is known to serve: per service, the addresses of the
@@ -14,15 +16,16 @@ import (
 // nothing is known (Known is open): "unknown" is never "not served", so a
 // drain waits for Known before it waits for the backend to leave.
 type Served struct {
-	mu      sync.Mutex
-	set     map[string]map[string]bool // service → addresses
-	changed chan struct{}              // closed at the next change
-	known   chan struct{}              // closed at the first update
+	changed wake.Fanout // after each change
+
+	mu    sync.Mutex
+	set   map[string]map[string]bool // service → addresses
+	known chan struct{}              // closed at the first update
 }
 
 // NewServed returns a Served that knows nothing yet.
 func NewServed() *Served {
-	return &Served{set: map[string]map[string]bool{}, changed: make(chan struct{}), known: make(chan struct{})}
+	return &Served{set: map[string]map[string]bool{}, known: make(chan struct{})}
 }
 
 // Known is closed once nginx is known to serve something (possibly empty
@@ -36,23 +39,16 @@ func (s *Served) Serves(service, addr string) bool {
 	return s.set[service][addr]
 }
 
-// Changed returns a channel closed at the next change of what is served.
-func (s *Served) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
+// Subscribe returns a channel that receives after each change of what is
+// served (several may collapse into one).
+func (s *Served) Subscribe() <-chan struct{} { return s.changed.Subscribe() }
 
 // WaitServes waits until Serves(service, addr) == want, or ctx ends.
 func (s *Served) WaitServes(ctx context.Context, service, addr string, want bool) error {
-	for {
-		s.mu.Lock()
-		ok := s.set[service][addr] == want
-		ch := s.changed
-		s.mu.Unlock()
-		if ok {
-			return nil
-		}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	changed := s.changed.SubscribeUntil(wctx)
+	for s.Serves(service, addr) != want {
 		select {
 		case <-ctx.Done():
 			verb := "stop serving"
@@ -60,9 +56,10 @@ func (s *Served) WaitServes(ctx context.Context, service, addr string, want bool
 				verb = "serve"
 			}
 			return fmt.Errorf("wait for nginx to %s %s of %s: %w", verb, addr, service, ctx.Err())
-		case <-ch:
+		case <-changed:
 		}
 	}
+	return nil
 }
 
 // Set returns what nginx serves, service → addresses (sorted); nil while
@@ -119,13 +116,12 @@ func (s *Served) update(v View) {
 // replace sets what is served and tells the waiters.
 func (s *Served) replace(set map[string]map[string]bool) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.set = set
-	close(s.changed)
-	s.changed = make(chan struct{})
 	select {
 	case <-s.known:
 	default:
 		close(s.known)
 	}
+	s.mu.Unlock()
+	s.changed.Wake()
 }

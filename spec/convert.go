@@ -9,6 +9,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/certs"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -44,7 +45,7 @@ func (c *Spec) OrchestratorSpec() orchestrator.Spec {
 	for _, s := range c.Project.Service {
 		limits, _ := parseLimits(s.Memory, s.CPUs) // validated
 		maxPerNode := *s.MaxPerNode
-		if maxPerNode >= orchestrator.MaxReplicas {
+		if maxPerNode >= cluster.MaxReplicas {
 			maxPerNode = 0 // no bound
 		}
 		spec.Services = append(spec.Services, orchestrator.ServiceSpec{

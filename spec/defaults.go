@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
 	"github.com/upstreamd/upstreamd/store"
@@ -103,7 +104,7 @@ func (c *Spec) defaultServices() {
 			setStr(&s.Image, defaultImage)
 		}
 		setPtr(&s.Replicas, defaultReplicas)
-		setPtr(&s.MaxPerNode, orchestrator.MaxReplicas)
+		setPtr(&s.MaxPerNode, cluster.MaxReplicas)
 		c.setInt(k+"port", &s.Port, 80)
 		c.setDur(k+"stop_grace", &s.StopGrace, orchestrator.DefaultStopGrace)
 		c.setDur(k+"connect_timeout", &s.ConnectTimeout, render.DefaultConnectTimeout)

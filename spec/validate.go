@@ -12,6 +12,7 @@ import (
 	units "github.com/docker/go-units"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/store"
@@ -201,11 +202,11 @@ func (s Service) validate(k string, seen map[string]bool, bad badFunc) {
 	if s.Image == "" {
 		bad(k+".image", "must not be empty")
 	}
-	if n := *s.Replicas; n < 1 || n > orchestrator.MaxReplicas {
-		bad(k+".replicas", "%d out of range 1-%d", n, orchestrator.MaxReplicas)
+	if n := *s.Replicas; n < 1 || n > cluster.MaxReplicas {
+		bad(k+".replicas", "%d out of range 1-%d", n, cluster.MaxReplicas)
 	}
-	if n := *s.MaxPerNode; n < 1 || n > orchestrator.MaxReplicas {
-		bad(k+".max_per_node", "%d out of range 1-%d (%d, the default, is no bound)", n, orchestrator.MaxReplicas, orchestrator.MaxReplicas)
+	if n := *s.MaxPerNode; n < 1 || n > cluster.MaxReplicas {
+		bad(k+".max_per_node", "%d out of range 1-%d (%d, the default, is no bound)", n, cluster.MaxReplicas, cluster.MaxReplicas)
 	}
 	if s.Port < 1 || s.Port > 65535 {
 		bad(k+".port", "%d out of range 1-65535", s.Port)

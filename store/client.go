@@ -196,11 +196,6 @@ func (c *Client) Close() error {
 	return c.cli.Close()
 }
 
-// PingKey is the key Ping reads. It lies under /upstreamd/, which the
-// daemon's etcd role may read anyway (next to the registrations prefix), so
-// that Ping also passes with a role limited to those two prefixes.
-const PingKey = "/upstreamd/ping"
-
 // Ping checks that etcd answers.
 func (c *Client) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)

@@ -24,9 +24,6 @@ import (
 	"unicode/utf8"
 )
 
-// DefaultPrefix is where registrations live, as in the seed (/services/apache/…).
-const DefaultPrefix = "/services"
-
 // MaxValueSize bounds a registration value; anything larger is skipped.
 const MaxValueSize = 4096
 
@@ -81,24 +78,6 @@ type Entry struct {
 	Reg     Registration
 	Value   string // the raw value, already validated
 	Lease   int64
-}
-
-// ServiceKey returns the key of addr in service under prefix.
-func ServiceKey(prefix, service, addr string) string {
-	return strings.TrimSuffix(prefix, "/") + "/" + service + "/" + addr
-}
-
-// ServicePrefix returns the prefix of all keys of service.
-func ServicePrefix(prefix, service string) string {
-	return strings.TrimSuffix(prefix, "/") + "/" + service + "/"
-}
-
-// KeysPrefix returns what every registration key under prefix starts
-// with: prefix and a slash. Read and watch this range, not prefix alone:
-// that would also cover unrelated keys (/servicesx…), which an etcd role
-// granted only "/services/" may not read.
-func KeysPrefix(prefix string) string {
-	return strings.TrimSuffix(prefix, "/") + "/"
 }
 
 // ParseEntry validates a key and value read from etcd. The key must be

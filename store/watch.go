@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/loop"
 )
 
 // Update is one step of Watch: after each (re)load, everything under the
@@ -33,28 +34,20 @@ type Update struct {
 // all. It logs once when it starts failing and once when it recovers, and
 // returns nil when ctx ends. handle runs on Watch's goroutine.
 func (c *Client) Watch(ctx context.Context, prefix string, handle func(Update)) error {
-	bo := retry.New(100*time.Millisecond, 5*time.Second)
 	listed := false // ever: until then, an unreachable etcd is the daemon's to say
-	for {
-		err := c.listAndWatch(ctx, prefix, handle, func() {
-			if bo.Succeeded() && listed {
-				c.log.Info().Str("prefix", prefix).Msg("etcd watch recovered")
-			}
+	l := loop.New(loop.Config{
+		Initial: 100 * time.Millisecond, Max: 5 * time.Second,
+		Log:    c.log.With().Str("prefix", prefix).Logger(),
+		Failed: "etcd watch failed; keeping what was read and retrying with backoff", Level: zerolog.ErrorLevel,
+		Recovered: "etcd watch recovered",
+		Said:      func(err error) bool { return !listed && IsUnreachable(err) },
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		return loop.Result{}, c.listAndWatch(ctx, prefix, handle, func() {
+			l.Working()
 			listed = true
 		})
-		if ctx.Err() != nil {
-			return nil
-		}
-		wait, first := bo.Failed()
-		ev := c.log.Debug()
-		if first && (listed || !IsUnreachable(err)) {
-			ev = c.log.Error()
-		}
-		ev.Err(err).Str("prefix", prefix).Stringer("retry_in", wait).Msg("etcd watch failed; keeping what was read and retrying with backoff")
-		if !retry.Wait(ctx, wait) {
-			return nil
-		}
-	}
+	})
 }
 
 // listAndWatch lists prefix, hands it over, calls listed, then hands over

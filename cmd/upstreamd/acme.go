@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/upstreamd/upstreamd/certs"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/nginx"
 	"github.com/upstreamd/upstreamd/orchestrator"
 	"github.com/upstreamd/upstreamd/render"
@@ -19,7 +20,7 @@ func (d *daemon) wireACME(mcfg certs.ManagerConfig) {
 	if cfg.Project.Proxy.Placement == orchestrator.PlacementEvery {
 		// Every node runs a proxy the CA may reach: each acknowledges
 		// the answers its proxy serves, and the orderer waits for all.
-		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return liveNodes(ctx, d.etcd, cfg.Project.Name) }
+		mcfg.ProxyNodes = func(ctx context.Context) ([]string, error) { return cluster.LiveNodes(ctx, d.etcd, cfg.Project.Name) }
 		d.acks = certs.NewAcker(certs.AckerConfig{Project: cfg.Project.Name, Node: cfg.Node.Name, Cache: d.certs, Store: d.etcd,
 			Responder: proxy, Logger: log})
 	}
@@ -43,16 +44,15 @@ type responder struct {
 
 var _ certs.Responder = responder{}
 
-func (r responder) Running() (bool, <-chan struct{}) {
-	p, changed := r.orch.Proxy()
-	return p.ID != "", changed
-}
+func (r responder) Running() bool { return r.orch.Proxy().ID != "" }
+
+func (r responder) SubscribeRunning() <-chan struct{} { return r.orch.SubscribeProxy() }
 
 func (r responder) ServesAnswer(ctx context.Context, host, token, keyAuth string) error {
 	if err := r.ctrl.WaitAnswerLive(ctx, token); err != nil {
 		return err
 	}
-	p, _ := r.orch.Proxy()
+	p := r.orch.Proxy()
 	if p.IP == "" {
 		return nil // not reachable from here: the pass's word is all there is
 	}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"slices"
 	"sort"
-	"sync"
 	"syscall"
 	"time"
 
@@ -66,30 +65,6 @@ func (d *daemon) adminServer() *admin.Server {
 	return admin.NewServer(acfg)
 }
 
-// clusterCache keeps what status reads from etcd of the cluster for a
-// moment: the page asks for it after every event.
-type clusterCache struct {
-	mu   sync.Mutex
-	at   time.Time
-	view etcdView
-	err  error
-}
-
-const clusterCacheFor = time.Second
-
-func (c *clusterCache) get(ctx context.Context, read func(context.Context) (etcdView, error)) (etcdView, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if time.Since(c.at) < clusterCacheFor {
-		return c.view, c.err
-	}
-	rctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	c.view, c.err = read(rctx)
-	c.at = time.Now()
-	return c.view, c.err
-}
-
 // status assembles GET /api/v1/status from what the daemon holds: the
 // health of its backends, the registrations it watches, what nginx was
 // given; and the nodes and the leader, read from etcd.
@@ -107,7 +82,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 		st.Ready = len(st.Problems) == 0
 	default:
 	}
-	cl, clErr := d.cluster.get(ctx, func(ctx context.Context) (etcdView, error) { return readCluster(ctx, d.etcd, d.cfg) })
+	cl, clErr := d.clusterState.Read(ctx, d.etcd, d.cfg.Project.Name)
 	if clErr != nil {
 		st.NodesError = clErr.Error()
 	}
@@ -118,7 +93,7 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 	for _, svc := range d.cfg.Project.Service {
 		s := admin.Service{Name: svc.Name, Replicas: *svc.Replicas, Local: local[svc.Name],
 			Backends: []admin.Backend{}, Registered: []admin.Registration{}, Served: served[svc.Name]}
-		if n, ok := cl.overrides[svc.Name]; ok {
+		if n, ok := cl.Overrides[svc.Name]; ok {
 			s.Replicas = n
 		}
 		if s.Served == nil {
@@ -147,17 +122,17 @@ func (d *daemon) status(ctx context.Context) admin.Status {
 		}
 		st.Services = append(st.Services, s)
 	}
-	if p, _ := d.orch.Proxy(); p.ID != "" {
+	if p := d.orch.Proxy(); p.ID != "" {
 		st.Proxy.Running, st.Proxy.ID = true, containers.ShortID(p.ID)
 		st.Proxy.Container = d.cfg.Project.Name + "-proxy"
 	}
 	d.history.Fill(&st.Proxy)
-	if cl.leader != nil {
-		st.Leader = &admin.Leader{Node: cl.leader.Node, Address: cl.leader.Address}
+	if cl.Leader != nil {
+		st.Leader = &admin.Leader{Node: cl.Leader.Node, Address: cl.Leader.Address}
 	}
-	for _, a := range cl.nodes {
+	for _, a := range cl.Nodes {
 		st.Nodes = append(st.Nodes, admin.Node{Name: a.Node, Host: a.Host, Address: a.Address, Version: a.Version, Started: a.Started,
-			Leader: cl.leader != nil && cl.leader.Node == a.Node, Slots: cl.slots[a.Node]})
+			Leader: cl.Leader != nil && cl.Leader.Node == a.Node, Slots: cl.Slots[a.Node]})
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Name < st.Nodes[j].Name })
 	d.fillCerts(&st)

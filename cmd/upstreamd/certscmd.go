@@ -47,7 +47,7 @@ func readCerts(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolo
 		return nil, nil, err
 	}
 	defer etcd.Close()
-	kvs, _, err := etcd.List(ctx, certs.HostsPrefix(cfg.Project.Name))
+	kvs, _, err := etcd.List(ctx, store.CertHostsPrefix(cfg.Project.Name))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -87,7 +87,7 @@ func newCertsListCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		if len(good) == 0 && len(bad) == 0 {
-			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", certs.HostsPrefix(cfg.Project.Name))
+			_, err := fmt.Fprintf(stdout, "no certificate in etcd under %s\n", store.CertHostsPrefix(cfg.Project.Name))
 			return err
 		}
 		for _, key := range slices.Sorted(maps.Keys(bad)) {
@@ -136,7 +136,7 @@ func newCertsImportCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		}
 		defer etcd.Close()
 		rec := certs.Record{Cert: string(certPEM), Key: string(keyPEM), Source: certs.SourceImport, Node: cfg.Node.Name, Stored: time.Now().UTC()}
-		if _, err := etcd.Put(cmd.Context(), certs.HostKey(cfg.Project.Name, name), rec.Encode(), 0); err != nil {
+		if _, err := etcd.Put(cmd.Context(), store.CertHostKey(cfg.Project.Name, name), rec.Encode(), 0); err != nil {
 			return err
 		}
 		_, err = fmt.Fprintf(stdout, "%s: imported (%s, valid until %s)\n", name, strings.Join(leaf.DNSNames, ","), leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -188,7 +188,7 @@ var _ renewStore = (*store.Client)(nil)
 // a new certificate meanwhile, which must not be replaced by the old one);
 // when only the record changed (another renew), it reads again.
 func renewCert(ctx context.Context, etcd renewStore, project, name string, now time.Time) (string, error) {
-	key := certs.HostKey(project, name)
+	key := store.CertHostKey(project, name)
 	var first *certs.Record
 	for range 5 {
 		kv, ok, err := etcd.Get(ctx, key)
@@ -228,7 +228,7 @@ func newCertsRemoveCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		Use:   "remove NAME",
 		Short: "remove a certificate from etcd (nginx stops serving it; [acme] orders its hosts again)",
 	}, func(ctx context.Context, etcd *store.Client, cfg *spec.Spec, name string) error {
-		rev, err := etcd.Delete(ctx, certs.HostKey(cfg.Project.Name, name))
+		rev, err := etcd.Delete(ctx, store.CertHostKey(cfg.Project.Name, name))
 		if err != nil {
 			return err
 		}

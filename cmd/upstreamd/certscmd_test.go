@@ -46,7 +46,7 @@ func (f *fakeKV) PutIfUnchanged(ctx context.Context, key, value string, modRev i
 // replacing a newer value written between its read and its write.
 func TestRenewCert(t *testing.T) {
 	at := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	key := certs.HostKey("p", "a.example")
+	key := store.CertHostKey("p", "a.example")
 	old := certs.Record{Cert: "old cert", Key: "old key", Source: certs.SourceACME, RenewAt: at.Add(30 * 24 * time.Hour), Node: "n1"}
 	newer := certs.Record{Cert: "new cert", Key: "new key", Source: certs.SourceACME, RenewAt: at.Add(60 * 24 * time.Hour), Node: "n2", Stored: at}
 	for _, tt := range []struct {

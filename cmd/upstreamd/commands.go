@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/upstreamd/upstreamd/admin"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/orchestrator"
@@ -196,12 +197,12 @@ func writeReplicas(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr 
 	fmt.Fprintln(tw, "SERVICE\tREPLICAS\tPLACED\tFROM")
 	for _, svc := range cfg.Project.Service {
 		n, from := *svc.Replicas, "spec"
-		if ov, ok := view.overrides[svc.Name]; ok {
+		if ov, ok := view.Overrides[svc.Name]; ok {
 			n, from = ov, fmt.Sprintf("override in etcd (spec: %d; `upstreamd scale %s --reset` removes it)", *svc.Replicas, svc.Name)
 		}
-		placed := fmt.Sprint(view.placed[svc.Name])
-		if etcdErr == nil && view.placed[svc.Name] < n {
-			placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.placed[svc.Name], *svc.MaxPerNode, len(view.nodes))
+		placed := fmt.Sprint(view.Placed[svc.Name])
+		if etcdErr == nil && view.Placed[svc.Name] < n {
+			placed += fmt.Sprintf(" (%d not placed: max_per_node %d × %d live node(s))", n-view.Placed[svc.Name], *svc.MaxPerNode, len(view.Nodes))
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", svc.Name, n, placed, from)
 	}
@@ -213,16 +214,16 @@ func writeNodes(tw *tabwriter.Writer, cfg *spec.Spec, view etcdView, etcdErr err
 	switch {
 	case cfg.Project.Proxy.Placement == orchestrator.PlacementEvery:
 		fmt.Fprintln(tw, "PROXY: on every node (placement \"every\")")
-	case view.leader != nil:
-		fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.leader.Node, view.leader.Address)
+	case view.Leader != nil:
+		fmt.Fprintf(tw, "PROXY: on the leader, node %s, at %s\n", view.Leader.Node, view.Leader.Address)
 	case etcdErr == nil:
 		fmt.Fprintln(tw, "PROXY: no leader elected (no live node?)")
 	}
 	fmt.Fprintln(tw, "NODE\tHOST\tADDRESS\tVERSION\tSTARTED\tSLOTS")
-	for _, a := range view.nodes {
+	for _, a := range view.Nodes {
 		var held []string
 		for _, svc := range cfg.Project.Service {
-			if k := view.slots[a.Node][svc.Name]; k > 0 {
+			if k := view.Slots[a.Node][svc.Name]; k > 0 {
 				held = append(held, fmt.Sprintf("%s:%d", svc.Name, k))
 			}
 		}
@@ -338,17 +339,14 @@ func listContainers(ctx context.Context, cfg *spec.Spec, log zerolog.Logger) ([]
 	return list, err
 }
 
-// readEtcd reads the registrations and the replica overrides once.
-// etcdView is what status reads from etcd.
+// etcdView is what status reads from etcd: the registrations and the
+// cluster.
 type etcdView struct {
-	snap      store.Snapshot
-	overrides map[string]int              // service → replicas
-	nodes     []orchestrator.Announcement // live nodes, by name
-	slots     map[string]map[string]int   // node → service → slots held
-	placed    map[string]int              // service → slots held by anyone
-	leader    *orchestrator.Leader        // nil: none elected
+	snap store.Snapshot
+	cluster.State
 }
 
+// readEtcd reads the registrations and the cluster once.
 func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog.Logger) (etcdView, error) {
 	etcd, err := connectEtcd(ctx, cfg.StoreConfig(files), log)
 	if err != nil {
@@ -359,62 +357,8 @@ func readEtcd(ctx context.Context, cfg *spec.Spec, files spec.Files, log zerolog
 	if err != nil {
 		return etcdView{}, err
 	}
-	v, err := readCluster(ctx, etcd, cfg)
-	v.snap = snap
-	return v, err
-}
-
-// readCluster reads the replica overrides, the nodes, the leader and the
-// slots of the project (everything of etcdView but the registrations).
-func readCluster(ctx context.Context, etcd *store.Client, cfg *spec.Spec) (etcdView, error) {
-	v := etcdView{overrides: map[string]int{}, slots: map[string]map[string]int{}, placed: map[string]int{}}
-	prefix := orchestrator.OverridesPrefix(cfg.Project.Name)
-	kvs, _, err := etcd.List(ctx, prefix)
-	if err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		if n, perr := orchestrator.ParseReplicas(string(kv.Value)); perr == nil {
-			v.overrides[strings.TrimPrefix(kv.Key, prefix)] = n
-		}
-	}
-	if kvs, _, err = etcd.List(ctx, orchestrator.NodesPrefix(cfg.Project.Name)); err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		var a orchestrator.Announcement
-		if json.Unmarshal(kv.Value, &a) != nil || a.Node == "" {
-			a.Node = strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(cfg.Project.Name)) + " (unreadable announcement)"
-		}
-		v.nodes = append(v.nodes, a)
-	}
-	kv, ok, err := etcd.Leader(ctx, orchestrator.LeaderPrefix(cfg.Project.Name)+"/")
-	if err != nil {
-		return v, err
-	}
-	if ok {
-		v.leader = &orchestrator.Leader{}
-		if json.Unmarshal(kv.Value, v.leader) != nil {
-			v.leader.Node = "? (unreadable: " + kv.Key + ")"
-		}
-	}
-	prefix = orchestrator.SlotsPrefix(cfg.Project.Name)
-	if kvs, _, err = etcd.List(ctx, prefix); err != nil {
-		return v, err
-	}
-	for _, kv := range kvs {
-		var slot orchestrator.Slot
-		if json.Unmarshal(kv.Value, &slot) != nil || slot.Node == "" {
-			slot.Node = "?"
-		}
-		svc, _, _ := strings.Cut(strings.TrimPrefix(kv.Key, prefix), "/")
-		if v.slots[slot.Node] == nil {
-			v.slots[slot.Node] = map[string]int{}
-		}
-		v.slots[slot.Node][svc]++
-		v.placed[svc]++
-	}
-	return v, nil
+	st, err := cluster.ReadState(ctx, etcd, cfg.Project.Name)
+	return etcdView{snap: snap, State: st}, err
 }
 
 // portOf is a backend's container port, from its label.
@@ -454,7 +398,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		var n int
 		if !reset { // validate before connecting: a typo must not wait on etcd
 			var err error
-			if n, err = orchestrator.ParseReplicas(args[1]); err != nil {
+			if n, err = cluster.ParseReplicas(args[1]); err != nil {
 				return usageError{err}
 			}
 		}
@@ -463,7 +407,7 @@ func newScaleCmd(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return err
 		}
 		defer etcd.Close()
-		key := orchestrator.OverridesPrefix(cfg.Project.Name) + svc
+		key := store.OverrideKey(cfg.Project.Name, svc)
 		if reset {
 			if _, err := etcd.Delete(cmd.Context(), key); err != nil {
 				return err

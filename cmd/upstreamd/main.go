@@ -19,7 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 
-	"github.com/upstreamd/upstreamd/orchestrator"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/spec"
 )
 
@@ -66,7 +66,7 @@ func negativeNumber(args []string) error {
 			return nil
 		}
 		if len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "0123456789") == "" {
-			return usageError{fmt.Errorf("%s: a negative number is not a valid argument (replicas are 1-%d)", a, orchestrator.MaxReplicas)}
+			return usageError{fmt.Errorf("%s: a negative number is not a valid argument (replicas are 1-%d)", a, cluster.MaxReplicas)}
 		}
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/upstreamd/upstreamd/admin"
 	"github.com/upstreamd/upstreamd/certs"
+	"github.com/upstreamd/upstreamd/cluster"
 	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/internal/events"
 	"github.com/upstreamd/upstreamd/internal/retry"
@@ -73,16 +73,17 @@ type daemon struct {
 	proxies       *nginx.Client
 	journal       *events.Journal // what happened, for the admin API and page
 	history       *admin.History  // the configs nginx took
-	cluster       clusterCache    // the nodes and leader, read from etcd for status
 	certs         *certs.Cache    // the certificates and ACME answers in etcd; nil without TLS
 	acme          *certs.Manager  // orders certificates; nil without [acme]
 	acks          *certs.Acker    // acknowledges the ACME answers the proxy serves; nil unless [acme] with placement "every"
 	started       time.Time
+
+	clusterState cluster.StateCache // the nodes and leader, read from etcd for status
 }
 
 // ejections reads the running proxy's balancer ejections, for /metrics.
 func (d *daemon) ejections(ctx context.Context) (nginx.Ejections, error) {
-	p, _ := d.orch.Proxy()
+	p := d.orch.Proxy()
 	if p.ID == "" {
 		return nginx.Ejections{}, errors.New("no proxy running")
 	}
@@ -169,22 +170,6 @@ func (d *daemon) controllerConfig(tmpl *render.Template, served *render.Served) 
 		rcfg.Certs = etcdCerts{d.certs, d.cfg.Project.Proxy.ConfigDir, d.files.ACMEHosts}
 	}
 	return rcfg
-}
-
-// liveNodes lists the nodes announced in etcd (under their leases: the
-// live ones); a key that is not a node name is none.
-func liveNodes(ctx context.Context, etcd *store.Client, project string) ([]string, error) {
-	kvs, _, err := etcd.List(ctx, orchestrator.NodesPrefix(project))
-	if err != nil {
-		return nil, err
-	}
-	var out []string
-	for _, kv := range kvs {
-		if name := strings.TrimPrefix(kv.Key, orchestrator.NodesPrefix(project)); store.ValidName(name) == nil {
-			out = append(out, name)
-		}
-	}
-	return out, nil
 }
 
 // run runs every component until ctx ends or one fails.

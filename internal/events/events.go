@@ -12,6 +12,7 @@
 package events
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/upstreamd/upstreamd/internal/health"
+	"github.com/upstreamd/upstreamd/internal/wake"
 )
 
 // Kind names what happened. The values are part of the admin API.
@@ -78,13 +80,13 @@ func (e Event) Cursor() string { return e.Run + "-" + strconv.FormatInt(e.Seq, 1
 
 // Journal keeps the last events in a ring.
 type Journal struct {
-	run string // random: tells this run's numbering from another's
+	run     string      // random: tells this run's numbering from another's
+	changed wake.Fanout // after each Record
 
-	mu      sync.Mutex
-	ring    []Event
-	next    int   // where the next event goes in ring
-	seq     int64 // the last event's Seq
-	changed chan struct{}
+	mu   sync.Mutex
+	ring []Event
+	next int   // where the next event goes in ring
+	seq  int64 // the last event's Seq
 }
 
 // New returns a Journal keeping the last capacity events (0: the default).
@@ -94,7 +96,7 @@ func New(capacity int) *Journal {
 	}
 	id := make([]byte, 4)
 	_, _ = rand.Read(id) // never fails
-	return &Journal{run: hex.EncodeToString(id), ring: make([]Event, 0, capacity), changed: make(chan struct{})}
+	return &Journal{run: hex.EncodeToString(id), ring: make([]Event, 0, capacity)}
 }
 
 // Run is the journal's run id, which its events carry.
@@ -134,7 +136,6 @@ func (j *Journal) Record(e Event) {
 		return
 	}
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	j.seq++
 	e.Seq, e.Run = j.seq, j.run
 	if e.Time.IsZero() {
@@ -146,19 +147,24 @@ func (j *Journal) Record(e Event) {
 		j.ring[j.next] = e
 	}
 	j.next = (j.next + 1) % cap(j.ring)
-	close(j.changed)
-	j.changed = make(chan struct{})
+	j.mu.Unlock()
+	j.changed.Wake()
+}
+
+// SubscribeUntil returns a channel that receives after each Record, until
+// ctx ends. A reader subscribes, then asks Since, then waits on it and
+// asks again from the last Seq seen: no event is missed between.
+func (j *Journal) SubscribeUntil(ctx context.Context) <-chan struct{} {
+	return j.changed.SubscribeUntil(ctx)
 }
 
 // Since returns the events after seq that the ring still holds, oldest
 // first, and how many after seq it no longer holds (a reader that fell
-// behind). Changed is closed at the next Record: wait on it, then ask
-// again from the last Seq seen.
-func (j *Journal) Since(seq int64) (evs []Event, missed int64, changed <-chan struct{}) {
+// behind).
+func (j *Journal) Since(seq int64) (evs []Event, missed int64) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	evs, missed = j.since(seq)
-	return evs, missed, j.changed
+	return j.since(seq)
 }
 
 // since is Since; the caller holds mu. A seq below 0 counts from 0, and
@@ -187,13 +193,6 @@ func (j *Journal) index(i int) int {
 		return i
 	}
 	return (j.next + i) % len(j.ring)
-}
-
-// Changed returns a channel closed at the next Record.
-func (j *Journal) Changed() <-chan struct{} {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	return j.changed
 }
 
 // LastSeq returns the Seq of the newest event (0: none yet).

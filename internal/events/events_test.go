@@ -16,7 +16,8 @@ func seqs(evs []Event) []int64 {
 
 func TestJournalRing(t *testing.T) {
 	j := New(3)
-	evs, missed, changed := j.Since(0)
+	changed := j.SubscribeUntil(t.Context())
+	evs, missed := j.Since(0)
 	if len(evs) != 0 || missed != 0 {
 		t.Fatalf("empty journal: %v, %d missed", evs, missed)
 	}
@@ -26,23 +27,23 @@ func TestJournalRing(t *testing.T) {
 	select {
 	case <-changed:
 	default:
-		t.Fatal("changed not closed by Record")
+		t.Fatal("no change said by Record")
 	}
-	if evs, _, _ := j.Since(0); !slices.Equal(seqs(evs), []int64{1, 2}) {
+	if evs, _ := j.Since(0); !slices.Equal(seqs(evs), []int64{1, 2}) {
 		t.Errorf("Since(0) = %v; want [1 2]", seqs(evs))
 	}
 	for range 3 { // 5 recorded, 3 held
 		j.Record(Event{Kind: Died})
 	}
-	evs, missed, _ = j.Since(0)
+	evs, missed = j.Since(0)
 	if !slices.Equal(seqs(evs), []int64{3, 4, 5}) || missed != 2 {
 		t.Errorf("Since(0) = %v, %d missed; want [3 4 5], 2 missed", seqs(evs), missed)
 	}
-	evs, missed, _ = j.Since(4)
+	evs, missed = j.Since(4)
 	if !slices.Equal(seqs(evs), []int64{5}) || missed != 0 {
 		t.Errorf("Since(4) = %v, %d missed; want [5], 0", seqs(evs), missed)
 	}
-	if evs, _, _ := j.Since(5); len(evs) != 0 {
+	if evs, _ := j.Since(5); len(evs) != 0 {
 		t.Errorf("Since(5) = %v; want none", seqs(evs))
 	}
 	if got := seqs(j.Last(2)); !slices.Equal(got, []int64{4, 5}) {
@@ -78,7 +79,7 @@ func TestJournalSinceOutOfRange(t *testing.T) {
 		{"huge", math.MaxInt64, nil, 0},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			evs, missed, _ := j.Since(c.seq)
+			evs, missed := j.Since(c.seq)
 			if !slices.Equal(seqs(evs), c.want) || missed != c.missed {
 				t.Errorf("Since(%d) = %v, %d missed; want %v, %d", c.seq, seqs(evs), missed, c.want, c.missed)
 			}

@@ -1,6 +1,10 @@
 package wake
 
-import "testing"
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+)
 
 func pending(c <-chan struct{}) int {
 	n := 0
@@ -40,4 +44,27 @@ func TestFanout(t *testing.T) {
 	if ga, gb := pending(a), pending(b); ga != 1 || gb != 1 {
 		t.Errorf("subscribers got %d and %d wake-ups; want 1 each", ga, gb)
 	}
+}
+
+// TestSubscribeUntil: a subscription for a wait receives wake-ups like any
+// other and is dropped once its context ends, so that waits that come and
+// go (one per request, one per drain) leave nothing behind.
+func TestSubscribeUntil(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var f Fanout
+		ctx, cancel := context.WithCancel(t.Context())
+		c := f.SubscribeUntil(ctx)
+		f.Wake()
+		if got := pending(c); got != 1 {
+			t.Errorf("%d wake-ups; want 1", got)
+		}
+		if got := f.subscribers(); got != 1 {
+			t.Fatalf("%d subscribers; want 1", got)
+		}
+		cancel()
+		synctest.Wait()
+		if got := f.subscribers(); got != 0 {
+			t.Errorf("%d subscribers after the wait ended; want 0", got)
+		}
+	})
 }

@@ -1,7 +1,8 @@
-package orchestrator
+package cluster
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -10,12 +11,6 @@ import (
 
 	"github.com/upstreamd/upstreamd/store"
 )
-
-// OverridesPrefix is where runtime replica overrides live:
-// /upstreamd/<project>/replicas/<service> = "<n>".
-func OverridesPrefix(project string) string {
-	return "/upstreamd/" + project + "/replicas/"
-}
 
 // MaxReplicas bounds replicas in the spec and in overrides.
 const MaxReplicas = 1000
@@ -32,23 +27,24 @@ func ParseReplicas(s string) (int, error) {
 	return n, nil
 }
 
-// replicasOf is svc's replica count: its override when there is one, else
-// the spec's.
-func replicasOf(svc ServiceSpec, ov map[string]int) int {
+// replicas is svc's replica count in the cluster: its override when there
+// is one, else the spec's.
+func (svc Service) replicas(ov map[string]int) int {
 	if n, set := ov[svc.Name]; set {
 		return n
 	}
 	return svc.Replicas
 }
 
-// overrides is the one copy of the replica overrides in etcd, kept by a
-// store.Watch of OverridesPrefix. Passes read it from memory, so an etcd
-// outage never slows them down.
-type overrides struct {
-	prefix string
-	spec   Spec
-	log    zerolog.Logger
-	wake   func() // after every change
+// Overrides is the one copy of the replica overrides in etcd, kept by a
+// store.Watch of store.OverridesPrefix. Passes read it from memory, so an
+// etcd outage never slows them down.
+type Overrides struct {
+	project  string
+	prefix   string // store.OverridesPrefix(project)
+	services []Service
+	log      zerolog.Logger
+	wake     func() // after every change
 
 	mu     sync.Mutex
 	raw    map[string]string // key → value, as in etcd
@@ -56,17 +52,17 @@ type overrides struct {
 	loaded chan struct{}     // closed by the first load
 }
 
-func newOverrides(spec Spec, wake func(), log zerolog.Logger) *overrides {
-	return &overrides{prefix: OverridesPrefix(spec.Project), spec: spec, log: log, wake: wake,
+func newOverrides(project string, services []Service, wake func(), log zerolog.Logger) *Overrides {
+	return &Overrides{project: project, prefix: store.OverridesPrefix(project), services: services, log: log, wake: wake,
 		raw: map[string]string{}, counts: map[string]int{}, loaded: make(chan struct{})}
 }
 
 // Loaded is closed once the overrides were read from etcd.
-func (o *overrides) Loaded() <-chan struct{} { return o.loaded }
+func (o *Overrides) Loaded() <-chan struct{} { return o.loaded }
 
-// Replicas returns the overrides by service, and false while they were
-// never read.
-func (o *overrides) Replicas() (map[string]int, bool) {
+// Counts returns the replica overrides by service, and false while they
+// were never read.
+func (o *Overrides) Counts() (map[string]int, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	select {
@@ -79,7 +75,7 @@ func (o *overrides) Replicas() (map[string]int, bool) {
 
 // apply brings the copy to an update from store.Watch; invalid overrides
 // are logged (once per write) and skipped.
-func (o *overrides) apply(u store.Update) {
+func (o *Overrides) apply(u store.Update) {
 	o.mu.Lock()
 	if u.Reset {
 		o.raw = map[string]string{}
@@ -110,12 +106,13 @@ func (o *overrides) apply(u store.Update) {
 	o.wake()
 }
 
-func (o *overrides) valid(kv store.KV) bool {
+func (o *Overrides) valid(kv store.KV) bool {
 	if _, err := ParseReplicas(string(kv.Value)); err != nil {
 		o.log.Warn().Str("key", kv.Key).Err(err).Msg("ignoring replica override")
 		return false
 	}
-	if _, ok := o.spec.service(strings.TrimPrefix(kv.Key, o.prefix)); !ok {
+	name := strings.TrimPrefix(kv.Key, o.prefix)
+	if !slices.ContainsFunc(o.services, func(s Service) bool { return s.Name == name }) {
 		o.log.Warn().Str("key", kv.Key).Msg("ignoring replica override of a service not in the spec")
 		return false
 	}
@@ -125,13 +122,13 @@ func (o *overrides) valid(kv store.KV) bool {
 // said logs each override that appeared, changed or went away since the
 // last copy (the first load included: an override in force at start-up is
 // in the start-up log). The caller holds mu.
-func (o *overrides) said(counts map[string]int) {
-	for _, svc := range o.spec.Services {
+func (o *Overrides) said(counts map[string]int) {
+	for _, svc := range o.services {
 		n, ok := counts[svc.Name]
 		old, had := o.counts[svc.Name]
 		switch {
 		case ok && (!had || n != old):
-			o.log.Info().Str("service", svc.Name).Int("replicas", n).Int("spec_replicas", svc.Replicas).Str("key", o.prefix+svc.Name).
+			o.log.Info().Str("service", svc.Name).Int("replicas", n).Int("spec_replicas", svc.Replicas).Str("key", store.OverrideKey(o.project, svc.Name)).
 				Msgf("replica override in force: %s runs %d replicas, not the spec's %d (`upstreamd scale %s --reset` removes it)", svc.Name, n, svc.Replicas, svc.Name)
 		case !ok && had:
 			o.log.Info().Str("service", svc.Name).Int("replicas", svc.Replicas).Msg("replica override removed; the spec's count applies")

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -16,16 +16,6 @@ import (
 	"github.com/upstreamd/upstreamd/store"
 )
 
-// SlotsPrefix is where a project's replicas are placed on nodes:
-// /upstreamd/<project>/slots/<service>/<i> = {"node": …}, for i in
-// [0, replicas), each under its holder's lease.
-func SlotsPrefix(project string) string { return "/upstreamd/" + project + "/slots/" }
-
-// SlotKey is the key of slot i of service.
-func SlotKey(project, service string, i int) string {
-	return SlotsPrefix(project) + service + "/" + strconv.Itoa(i)
-}
-
 // Slot is the value of a slot key.
 type Slot struct {
 	Node string `json:"node"`
@@ -39,25 +29,30 @@ type slotStore interface {
 
 var _ slotStore = (*store.Client)(nil)
 
-// placementConfig configures a placement.
+// placementConfig configures a Placement.
 type placementConfig struct {
 	Store   slotStore
-	Spec    Spec
-	Node    string
-	Leases  leases
-	Logger  zerolog.Logger
 	Project string
-	// Replicas returns the replica overrides by service, and false while
-	// they were never read (as reconcilerConfig.Replicas).
-	Replicas func() (map[string]int, bool)
+	// Node is this node's name, Digest the hash of its spec.
+	Node   string
+	Digest string
+	// Services are the spec's; HostAddresses says the node advertises
+	// addresses other hosts reach.
+	Services      []Service
+	HostAddresses bool
+	Leases        leases
+	// Overrides returns the replica overrides by service, and false while
+	// they were never read.
+	Overrides func() (map[string]int, bool)
+	Logger    zerolog.Logger
 }
 
-// placement spreads each service's replicas over the project's live nodes:
+// Placement spreads each service's replicas over the project's live nodes:
 // replicas count the cluster, and each is a slot in etcd that one node
 // claims under its lease (at most the service's MaxPerNode per node). A
 // pass (Step) compares the slots this node holds with its fair share of
 // them, claims free ones or gives extra ones up; the reconciler then runs
-// as many backends as this node holds slots (Local). A slot given up is
+// as many backends as this node holds slots (Share). A slot given up is
 // drained first: it stays claimed until this node runs no more backends
 // than it keeps (Settle), so that the node taking it over never makes the
 // service run short. A node that dies loses its lease and with it its
@@ -65,7 +60,7 @@ type placementConfig struct {
 //
 // The copies of the nodes and slots come from two store.Watches (applyNodes,
 // applySlots); a pass never waits on a read.
-type placement struct {
+type Placement struct {
 	cfg placementConfig
 	log zerolog.Logger
 
@@ -77,26 +72,25 @@ type placement struct {
 	loaded     chan struct{}     // closed once both copies were read
 	releasing  map[string]bool   // keys of slots this node gives up once drained
 	markedWith int64             // the lease releasing was marked under
-	local      map[string]int    // service → backends this node is to run
-	placed     bool              // local was computed once
+	share      map[string]int    // service → backends this node is to run (its share)
+	placed     bool              // share was computed once
 	short      map[string]int    // service → replicas no node can take (max_per_node)
 	said       map[string]int    // what was said of short, to say changes once
-	digest     string            // this node's Spec.Digest
 	differ     map[string]string // node → the other spec digest said of it
 	saidBridge bool              // warned that container addresses do not cross hosts
 }
 
-func newPlacement(cfg placementConfig) *placement {
-	return &placement{cfg: cfg, log: cfg.Logger, nodes: map[string]string{}, slots: map[string]string{},
-		releasing: map[string]bool{}, local: map[string]int{}, short: map[string]int{}, said: map[string]int{},
-		loaded: make(chan struct{}), digest: cfg.Spec.Digest(), differ: map[string]string{}}
+func newPlacement(cfg placementConfig) *Placement {
+	return &Placement{cfg: cfg, log: cfg.Logger, nodes: map[string]string{}, slots: map[string]string{},
+		releasing: map[string]bool{}, share: map[string]int{}, short: map[string]int{}, said: map[string]int{},
+		loaded: make(chan struct{}), differ: map[string]string{}}
 }
 
 // Loaded is closed once the nodes and the slots were read from etcd.
-func (p *placement) Loaded() <-chan struct{} { return p.loaded }
+func (p *Placement) Loaded() <-chan struct{} { return p.loaded }
 
 // markLoaded closes loaded once both copies were read. The caller holds mu.
-func (p *placement) markLoaded() {
+func (p *Placement) markLoaded() {
 	if !p.gotNodes || !p.gotSlots {
 		return
 	}
@@ -108,24 +102,24 @@ func (p *placement) markLoaded() {
 }
 
 // applyNodes brings the copy of the live nodes to u, a store.Watch of
-// the engine claims (enginesPrefix): a daemon is a live node once it holds
+// the engine claims (store.EnginesPrefix): a daemon is a live node once it holds
 // both its node name and its engine. Its node name alone is not enough: a
 // second daemon refused for the engine holds its name for a moment. It
 // reports whether the copy changed.
-func (p *placement) applyNodes(u store.Update) (changed bool) {
+func (p *Placement) applyNodes(u store.Update) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	before := maps.Clone(p.nodes)
 	p.nodes = applyCopy(p.nodes, u, func(kv store.KV) (string, bool) {
-		var a Announcement
-		if err := json.Unmarshal(kv.Value, &a); err != nil || a.Node == "" {
+		a, ok := parseAnnouncement(kv.Value)
+		if !ok {
 			p.log.Warn().Str("key", kv.Key).Msg("engine claimed with an unreadable announcement; not counting it as a node")
 			return "", false
 		}
-		if a.Spec != "" && a.Spec != p.digest && p.differ[a.Node] != a.Spec {
+		if a.Spec != "" && a.Spec != p.cfg.Digest && p.differ[a.Node] != a.Spec {
 			p.differ[a.Node] = a.Spec
-			p.log.Warn().Str("node", a.Node).Str("its_spec", a.Spec).Str("this_spec", p.digest).
-				Msgf("node %s runs another spec than this node (its hash %s, this one %s); each node places replicas by its own spec: give every node the same file (node names and addresses aside)", a.Node, a.Spec, p.digest)
+			p.log.Warn().Str("node", a.Node).Str("its_spec", a.Spec).Str("this_spec", p.cfg.Digest).
+				Msgf("node %s runs another spec than this node (its hash %s, this one %s); each node places replicas by its own spec: give every node the same file (node names and addresses aside)", a.Node, a.Spec, p.cfg.Digest)
 		}
 		return a.Node, true
 	})
@@ -138,8 +132,8 @@ func (p *placement) applyNodes(u store.Update) (changed bool) {
 // sayUnreachable warns, once, when this node advertises container
 // addresses while other nodes share the project: their proxies cannot
 // reach addresses on this host's bridge network. The caller holds mu.
-func (p *placement) sayUnreachable() {
-	if p.cfg.Spec.Advertise == AdvertiseHost || p.saidBridge {
+func (p *Placement) sayUnreachable() {
+	if p.cfg.HostAddresses || p.saidBridge {
 		return
 	}
 	for _, n := range p.nodes {
@@ -152,21 +146,21 @@ func (p *placement) sayUnreachable() {
 }
 
 // applySlots brings the copy of the slots to u (a store.Watch of
-// SlotsPrefix) and reports whether it changed (this node's own claims come
+// store.SlotsPrefix) and reports whether it changed (this node's own claims come
 // back as no change: Step recorded them). A slot whose value does not
 // parse is held by nobody known: it is not free either (someone wrote it),
 // and it is logged.
-func (p *placement) applySlots(u store.Update) (changed bool) {
+func (p *Placement) applySlots(u store.Update) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	before := maps.Clone(p.slots)
 	p.slots = applyCopy(p.slots, u, func(kv store.KV) (string, bool) {
-		var s Slot
-		if err := json.Unmarshal(kv.Value, &s); err != nil || s.Node == "" {
+		node, ok := parseSlot(kv.Value)
+		if !ok {
 			p.log.Warn().Str("key", kv.Key).Msg("slot held by an unreadable value; leaving it alone")
 			return "?", true
 		}
-		return s.Node, true
+		return node, true
 	})
 	p.gotSlots = true
 	p.markLoaded()
@@ -192,16 +186,16 @@ func applyCopy(m map[string]string, u store.Update, node func(store.KV) (string,
 	return m
 }
 
-// Local returns how many backends of each service this node is to run,
+// Share returns how many backends of each service this node is to run,
 // and false until the first Step placed them.
-func (p *placement) Local() (map[string]int, bool) {
+func (p *Placement) Share() (map[string]int, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.placed {
 		return nil, false
 	}
-	out := make(map[string]int, len(p.local))
-	for k, v := range p.local {
+	out := make(map[string]int, len(p.share))
+	for k, v := range p.share {
 		out[k] = v
 	}
 	return out, true
@@ -209,7 +203,7 @@ func (p *placement) Local() (map[string]int, bool) {
 
 // Short returns, by service, the replicas no live node may take (each
 // holds max_per_node already); empty when every replica is placed.
-func (p *placement) Short() map[string]int {
+func (p *Placement) Short() map[string]int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make(map[string]int, len(p.short))
@@ -224,8 +218,8 @@ func (p *placement) Short() map[string]int {
 // overrides, the copies of nodes and slots, or a lease, it changes nothing
 // (what runs keeps running). It returns the first etcd error; the slots
 // it could claim are claimed.
-func (p *placement) Step(ctx context.Context) error {
-	ov, ok := p.cfg.Replicas()
+func (p *Placement) Step(ctx context.Context) error {
+	ov, ok := p.cfg.Overrides()
 	lease := p.cfg.Leases.Lease()
 	p.mu.Lock()
 	ready := ok && p.gotNodes && p.gotSlots && lease != nil
@@ -236,8 +230,8 @@ func (p *placement) Step(ctx context.Context) error {
 	p.forgetMarks(lease)
 	live := p.liveNodes()
 	var errs []error
-	for _, svc := range p.cfg.Spec.Services {
-		errs = append(errs, p.stepService(ctx, svc, replicasOf(svc, ov), live, lease))
+	for _, svc := range p.cfg.Services {
+		errs = append(errs, p.stepService(ctx, svc, svc.replicas(ov), live, lease))
 	}
 	p.mu.Lock()
 	p.placed = true
@@ -248,7 +242,7 @@ func (p *placement) Step(ctx context.Context) error {
 // liveNodes returns the names of the live nodes, this one included (its
 // claim is under the lease the step holds, whether or not the watch has
 // shown it yet).
-func (p *placement) liveNodes() []string {
+func (p *Placement) liveNodes() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	live := make([]string, 0, len(p.nodes)+1)
@@ -265,10 +259,10 @@ func (p *placement) liveNodes() []string {
 	return live
 }
 
-func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas int, live []string, lease *store.Lease) error {
+func (p *Placement) stepService(ctx context.Context, svc Service, replicas int, live []string, lease *store.Lease) error {
 	me := p.cfg.Node
 	p.mu.Lock()
-	prefix := SlotsPrefix(p.cfg.Project) + svc.Name + "/"
+	prefix := store.ServiceSlotsPrefix(p.cfg.Project, svc.Name)
 	held := map[string]int{} // node → slots it holds below replicas
 	var mine, free []int
 	occupied := map[int]bool{}
@@ -299,7 +293,7 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 	sort.Ints(mine)
 	// Give up the highest slots beyond the share: they are drained first.
 	for len(mine) > share {
-		key := SlotKey(p.cfg.Project, svc.Name, mine[len(mine)-1])
+		key := store.SlotKey(p.cfg.Project, svc.Name, mine[len(mine)-1])
 		p.releasing[key] = true
 		mine = mine[:len(mine)-1]
 		p.log.Info().Str("service", svc.Name).Str("slot", key).Int("share", share).
@@ -314,7 +308,7 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 		if len(mine) >= share {
 			break
 		}
-		key := SlotKey(p.cfg.Project, svc.Name, i)
+		key := store.SlotKey(p.cfg.Project, svc.Name, i)
 		got, _, cerr := p.cfg.Store.Claim(ctx, key, string(value), lease.ID)
 		if cerr != nil {
 			if errors.Is(cerr, store.ErrLeaseLost) {
@@ -331,14 +325,14 @@ func (p *placement) stepService(ctx context.Context, svc ServiceSpec, replicas i
 		}
 	}
 	p.mu.Lock()
-	p.local[svc.Name] = len(mine)
+	p.share[svc.Name] = len(mine)
 	p.mu.Unlock()
 	return err
 }
 
 // setShort records and says (once per change) how many replicas of service
 // cannot be placed. The caller holds mu.
-func (p *placement) setShort(service string, short, replicas, nodes, maxPerNode int) {
+func (p *Placement) setShort(service string, short, replicas, nodes, maxPerNode int) {
 	if short == 0 {
 		delete(p.short, service)
 	} else {
@@ -360,7 +354,7 @@ func (p *placement) setShort(service string, short, replicas, nodes, maxPerNode 
 // forgetMarks forgets the slots marked for release under another lease
 // than lease: they went with it, and a slot of the same key claimed since
 // is a new claim, not one to give up.
-func (p *placement) forgetMarks(lease *store.Lease) {
+func (p *Placement) forgetMarks(lease *store.Lease) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if lease.ID == p.markedWith {
@@ -379,7 +373,7 @@ func (p *placement) forgetMarks(lease *store.Lease) {
 // is deleted only while it holds this node's claim, under its lease: a
 // slot that went with an earlier lease, and was claimed since by another
 // node, is that node's.
-func (p *placement) Settle(ctx context.Context, running map[string]int) error {
+func (p *Placement) Settle(ctx context.Context, running map[string]int) error {
 	lease := p.cfg.Leases.Lease()
 	if lease == nil {
 		return nil // marks are settled under the lease they were made with
@@ -389,8 +383,8 @@ func (p *placement) Settle(ctx context.Context, running map[string]int) error {
 	p.mu.Lock()
 	var keys []string
 	for key := range p.releasing {
-		svc := serviceOfSlot(SlotsPrefix(p.cfg.Project), key)
-		if running[svc] <= p.local[svc] {
+		svc := serviceOfSlot(store.SlotsPrefix(p.cfg.Project), key)
+		if running[svc] <= p.share[svc] {
 			keys = append(keys, key)
 		}
 	}

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -12,17 +12,21 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
 
 // newTestNode returns node n1 of project up on engine-1, with a 5 s TTL.
-func newTestNode(reg *fakeRegistry) *node {
+func newTestNode(reg *storetest.Etcd) *Node {
 	return newNode(nodeConfig{
-		Store:   reg,
-		Project: "up",
-		Engine:  func(context.Context) (string, error) { return "engine-1", nil },
-		Self:    Announcement{Node: "n1", Host: "host-a", PID: 42, Version: "v1"},
-		TTL:     5 * time.Second,
-		Logger:  zerolog.Nop(),
+		Store:       reg,
+		Project:     "up",
+		Engine:      func(context.Context) (string, error) { return "engine-1", nil },
+		Self:        Announcement{Node: "n1", Host: "host-a", PID: 42, Version: "v1"},
+		TTL:         5 * time.Second,
+		Unreachable: store.IsUnreachable,
+		Logger:      zerolog.Nop(),
 	})
 }
 
@@ -33,7 +37,7 @@ const (
 
 // startNode runs n.Start until the returned stop, which returns Start's
 // error. Call it inside synctest.Test.
-func startNode(t *testing.T, n *node) (stop func() error, done <-chan error) {
+func startNode(t *testing.T, n *Node) (stop func() error, done <-chan error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	ch := make(chan error, 1)
@@ -43,7 +47,7 @@ func startNode(t *testing.T, n *node) (stop func() error, done <-chan error) {
 
 func TestNodeClaims(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := newFakeRegistry(nil)
+		reg := storetest.New(nil)
 		n := newTestNode(reg)
 		stop, _ := startNode(t, n)
 		synctest.Wait()
@@ -56,9 +60,9 @@ func TestNodeClaims(t *testing.T) {
 		if l == nil {
 			t.Fatal("no lease after the claim")
 		}
-		kv := reg.snapshot()
+		kv := reg.Keys()
 		var a Announcement
-		if err := json.Unmarshal([]byte(kv[nodeKey].value), &a); err != nil || kv[nodeKey].lease != l.ID {
+		if err := json.Unmarshal([]byte(kv[nodeKey].Value), &a); err != nil || kv[nodeKey].Lease != l.ID {
 			t.Fatalf("%s = %+v (%v); want the announcement under lease %d", nodeKey, kv[nodeKey], err, l.ID)
 		}
 		if a.Node != "n1" || a.Engine != "engine-1" || a.Host != "host-a" || a.PID != 42 || a.Version != "v1" {
@@ -72,13 +76,13 @@ func TestNodeClaims(t *testing.T) {
 		if err := stop(); err != nil {
 			t.Errorf("Start = %v; want nil", err)
 		}
-		reg.mu.Lock()
-		revoked, revokeErr := slices.Clone(reg.revoked), slices.Clone(reg.revokeErr)
-		reg.mu.Unlock()
+		reg.Lock()
+		revoked, revokeErr := slices.Clone(reg.Revoked), slices.Clone(reg.RevokeErrs)
+		reg.Unlock()
 		if !slices.Equal(revoked, []int64{l.ID}) || revokeErr[0] != nil {
 			t.Errorf("revoked %v (ctx errors %v); want [%d] with a live context", revoked, revokeErr, l.ID)
 		}
-		if got := reg.snapshot(); len(got) != 0 {
+		if got := reg.Keys(); len(got) != 0 {
 			t.Errorf("keys left after stopping: %v", got)
 		}
 	})
@@ -93,17 +97,17 @@ func TestNodeTaken(t *testing.T) {
 	}{
 		{name: "node name held by a live daemon", key: nodeKey, wantErr: `node name "n1"`},
 		{name: "engine held by a live daemon of the project", key: engineKey, wantErr: "this Docker engine (engine-1)"},
-		{name: "node name of a daemon that crashed", key: nodeKey, gone: 4 * time.Second},
-		{name: "engine of a daemon that crashed", key: engineKey, gone: 4 * time.Second},
+		{name: "node name of a daemon that crashed", key: nodeKey, gone: 4100 * time.Millisecond},
+		{name: "engine of a daemon that crashed", key: engineKey, gone: 4100 * time.Millisecond},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				reg := newFakeRegistry(nil)
+				reg := storetest.New(nil)
 				holder := `{"node":"n1","host":"host-b","pid":7}`
-				reg.holdWith(tt.key, holder, 99, 5*time.Second)
+				reg.HoldWith(tt.key, holder, 99, 5*time.Second)
 				if tt.gone > 0 {
-					time.AfterFunc(tt.gone, func() { reg.remove(tt.key) })
+					time.AfterFunc(tt.gone, func() { reg.Remove(tt.key) })
 				}
 				n := newTestNode(reg)
 				stop, done := startNode(t, n)
@@ -113,18 +117,19 @@ func TestNodeTaken(t *testing.T) {
 					t.Fatal("claimed while another daemon may still hold the name")
 				default:
 				}
-				advance(10 * time.Second) // past the holder's TTL
 				if tt.wantErr == "" {
+					advance(tt.gone - 3*time.Second) // the holder's keys go
 					select {
 					case <-n.Claimed():
 					default:
-						t.Fatal("not claimed after the crashed daemon's keys expired")
+						t.Fatal("not claimed as the crashed daemon's keys expired (a watch of the key says so)")
 					}
 					if err := stop(); err != nil {
 						t.Errorf("Start = %v; want nil", err)
 					}
 					return
 				}
+				advance(10 * time.Second) // past the holder's TTL
 				var err error
 				select {
 				case err = <-done:
@@ -139,9 +144,9 @@ func TestNodeTaken(t *testing.T) {
 						t.Errorf("error %q; want it to say %q", err, want)
 					}
 				}
-				for k, v := range reg.snapshot() {
-					if v.lease != 99 {
-						t.Errorf("key %s left under this daemon's lease %d", k, v.lease)
+				for k, v := range reg.Keys() {
+					if v.Lease != 99 {
+						t.Errorf("key %s left under this daemon's lease %d", k, v.Lease)
 					}
 				}
 			})
@@ -165,7 +170,7 @@ func TestNodeLeaseLost(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				reg := newFakeRegistry(nil)
+				reg := storetest.New(nil)
 				n := newTestNode(reg)
 				changed := n.Subscribe()
 				stop, _ := startNode(t, n)
@@ -173,15 +178,15 @@ func TestNodeLeaseLost(t *testing.T) {
 				synctest.Wait()
 				<-changed
 				first := n.Lease()
-				before := reg.snapshot()
+				before := reg.Keys()
 				if tc.kept {
-					reg.keep(first.ID)
-					reg.resumeErrs = 2 // etcd still away for two tries
+					reg.Keep(first.ID)
+					reg.ResumeErrs = 2 // etcd still away for two tries
 				} else {
-					reg.remove(nodeKey)
-					reg.remove(engineKey)
+					reg.Remove(nodeKey)
+					reg.Remove(engineKey)
 				}
-				reg.expire(first.ID)
+				reg.Expire(first.ID)
 				synctest.Wait()
 				advance(5 * time.Second)
 				second := n.Lease()
@@ -190,17 +195,17 @@ func TestNodeLeaseLost(t *testing.T) {
 				default:
 					t.Error("no notification of the lease")
 				}
-				kv := reg.snapshot()
+				kv := reg.Keys()
 				switch {
 				case second == nil:
 					t.Fatalf("no lease after losing %d", first.ID)
-				case tc.kept && (second.ID != first.ID || reg.counts().grants != 1):
-					t.Errorf("lease %d after %d grants; want %d taken up again", second.ID, reg.counts().grants, first.ID)
+				case tc.kept && (second.ID != first.ID || reg.Counts().Grants != 1):
+					t.Errorf("lease %d after %d grants; want %d taken up again", second.ID, reg.Counts().Grants, first.ID)
 				case tc.kept && !maps.Equal(kv, before):
 					t.Errorf("keys %v; want them as they were, %v", kv, before)
 				case !tc.kept && second.ID == first.ID:
 					t.Errorf("lease %d after losing it; want a new one", second.ID)
-				case !tc.kept && (kv[nodeKey].lease != second.ID || kv[engineKey].lease != second.ID):
+				case !tc.kept && (kv[nodeKey].Lease != second.ID || kv[engineKey].Lease != second.ID):
 					t.Errorf("keys %v; want both under the new lease %d", kv, second.ID)
 				}
 			})
@@ -210,8 +215,8 @@ func TestNodeLeaseLost(t *testing.T) {
 
 func TestNodeWaitsForEtcd(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := newFakeRegistry(nil)
-		reg.grantErrs = 3
+		reg := storetest.New(nil)
+		reg.GrantErrs = 3
 		n := newTestNode(reg)
 		stop, _ := startNode(t, n)
 		defer func() { _ = stop() }()
@@ -238,7 +243,7 @@ func TestNodeWaitsForEtcd(t *testing.T) {
 // from outside: the test leaves the wake-up pending by hand.)
 func TestNodeStaleLost(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		reg := newFakeRegistry(nil)
+		reg := storetest.New(nil)
 		n := newTestNode(reg)
 		n.lost.Wake() // left over from a lease before this one
 		stop, _ := startNode(t, n)
@@ -246,7 +251,7 @@ func TestNodeStaleLost(t *testing.T) {
 		synctest.Wait()
 		time.Sleep(time.Minute) // what is pending has acted by now
 		synctest.Wait()
-		if got := reg.counts().grants; got != 1 {
+		if got := reg.Counts().Grants; got != 1 {
 			t.Fatalf("%d leases granted; want 1: a wake-up of an earlier lease dropped this one", got)
 		}
 		if n.Lease() == nil {

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -11,15 +11,10 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/internal/events"
-	"github.com/upstreamd/upstreamd/internal/retry"
+	"github.com/upstreamd/upstreamd/internal/loop"
 	"github.com/upstreamd/upstreamd/internal/wake"
 	"github.com/upstreamd/upstreamd/store"
 )
-
-// LeaderPrefix is the election of the node that runs the project's proxy
-// when proxy.placement is "leader": /upstreamd/<project>/leader/<lease>
-// = a Leader, the oldest key leading.
-func LeaderPrefix(project string) string { return "/upstreamd/" + project + "/leader" }
 
 // Leader is what the elected node says of itself: where clients, a DNS
 // updater or `upstreamd status` find the proxy.
@@ -28,6 +23,20 @@ type Leader struct {
 	// Address is the proxy's public address (host:port).
 	Address string `json:"address"`
 }
+
+// ProxyDuty is what a node does about the project's proxy with
+// proxy.placement = "leader".
+type ProxyDuty int
+
+const (
+	// ProxyNone: another node leads; remove any proxy here.
+	ProxyNone ProxyDuty = iota
+	// ProxyKeep: who leads is not known yet (the daemon just started);
+	// keep a proxy that runs here, create none.
+	ProxyKeep
+	// ProxyRun: this node runs the project's proxy.
+	ProxyRun
+)
 
 // electionStore is etcd as the elector uses it.
 type electionStore interface {
@@ -50,7 +59,7 @@ type electorConfig struct {
 	Logger  zerolog.Logger
 }
 
-// elector makes this node a candidate to run the project's one proxy,
+// Elector makes this node a candidate to run the project's one proxy,
 // under the node's lease: it leads until that lease ends (the host died,
 // or etcd was out of reach for a whole TTL), while etcd's next candidate
 // takes over. A new lease makes it a candidate again.
@@ -61,7 +70,7 @@ type electorConfig struct {
 // until etcd returns. It sees that in a watch of the election: the oldest
 // key, created after the one it led with, naming another node. Elected
 // again meanwhile, it goes on with the same proxy.
-type elector struct {
+type Elector struct {
 	cfg electorConfig
 	log zerolog.Logger
 
@@ -80,15 +89,15 @@ type elector struct {
 	changed wake.Fanout
 }
 
-func newElector(cfg electorConfig) *elector {
+func newElector(cfg electorConfig) *Elector {
 	if cfg.Changed == nil {
 		cfg.Changed = func() {}
 	}
-	return &elector{cfg: cfg, log: cfg.Logger, keys: map[string]store.KV{}}
+	return &Elector{cfg: cfg, log: cfg.Logger, keys: map[string]store.KV{}}
 }
 
 // Leading reports whether this node leads now.
-func (e *elector) Leading() bool {
+func (e *Elector) Leading() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.leading
@@ -98,7 +107,7 @@ func (e *elector) Leading() bool {
 // while it leads, or led and has not seen another node lead since; keep
 // one it finds running until this run of the daemon either leads or sees
 // another node lead (a restarted leader's daemon); else run none.
-func (e *elector) RunsProxy() ProxyDuty {
+func (e *Elector) RunsProxy() ProxyDuty {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	switch {
@@ -112,7 +121,7 @@ func (e *elector) RunsProxy() ProxyDuty {
 
 // update changes the state under mu with fn and tells the watchers when
 // it changed.
-func (e *elector) update(fn func()) {
+func (e *Elector) update(fn func()) {
 	e.mu.Lock()
 	leading, kept, settled := e.leading, e.kept, e.settled
 	fn()
@@ -126,7 +135,7 @@ func (e *elector) update(fn func()) {
 
 // elected records that this node leads with its key created at revision
 // created.
-func (e *elector) elected(created int64) {
+func (e *Elector) elected(created int64) {
 	var again bool
 	e.update(func() { again, e.leading, e.kept, e.settled, e.created = e.kept, true, false, true, created })
 	node := e.cfg.Self.Node
@@ -142,7 +151,7 @@ func (e *elector) elected(created int64) {
 
 // lost records that this node's lead ended with its lease l: it keeps its
 // proxy unless etcd already showed another node leading.
-func (e *elector) lost(l *store.Lease) {
+func (e *Elector) lost(l *store.Lease) {
 	var other string
 	e.update(func() {
 		other = e.another()
@@ -162,7 +171,7 @@ func (e *elector) lost(l *store.Lease) {
 
 // observe brings the copy of the election's keys to u (a store.Watch of
 // the election) and gives up a kept proxy once another node leads.
-func (e *elector) observe(u store.Update) {
+func (e *Elector) observe(u store.Update) {
 	var other string
 	var wasKept bool
 	e.update(func() {
@@ -196,7 +205,7 @@ func (e *elector) observe(u store.Update) {
 // when it is not this one, "" otherwise. Only a key created after the one
 // this node led with counts: an older one is a copy that lags. The caller
 // holds mu.
-func (e *elector) another() string {
+func (e *Elector) another() string {
 	var oldest store.KV
 	for _, kv := range e.keys {
 		if oldest.Key == "" || kv.Created < oldest.Created {
@@ -206,8 +215,8 @@ func (e *elector) another() string {
 	if oldest.Key == "" || oldest.Created <= e.created {
 		return ""
 	}
-	var l Leader
-	if err := json.Unmarshal(oldest.Value, &l); err != nil || l.Node == "" {
+	l, ok := parseLeader(oldest.Value)
+	if !ok {
 		return oldest.Key + " (unreadable)"
 	}
 	if l.Node == e.cfg.Self.Node {
@@ -217,8 +226,9 @@ func (e *elector) another() string {
 }
 
 // Start campaigns under each lease the node holds, and watches the
-// election, until ctx ends.
-func (e *elector) Start(ctx context.Context) error {
+// election, until ctx ends. A failed campaign is tried again with backoff,
+// or as soon as the node holds a new lease.
+func (e *Elector) Start(ctx context.Context) error {
 	value, err := json.Marshal(e.cfg.Self)
 	if err != nil {
 		return fmt.Errorf("leader announcement: %w", err)
@@ -226,58 +236,41 @@ func (e *elector) Start(ctx context.Context) error {
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		_ = e.cfg.Store.Watch(ctx, LeaderPrefix(e.cfg.Project)+"/", e.observe) // nil once ctx ends
+		_ = e.cfg.Store.Watch(ctx, store.LeaderPrefix(e.cfg.Project), e.observe) // nil once ctx ends
 	}()
 	defer func() { <-watched }()
-	newLease := e.cfg.Leases.Subscribe()
-	bo := retry.New(200*time.Millisecond, 5*time.Second)
-	for {
-		l := e.cfg.Leases.Lease()
-		if l == nil {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-newLease:
-				continue
-			}
+	l := loop.New(loop.Config{
+		Triggers: []<-chan struct{}{e.cfg.Leases.Subscribe()},
+		Initial:  200 * time.Millisecond, Max: 5 * time.Second,
+		Log: e.log, Failed: "proxy election failed; standing again", Level: zerolog.WarnLevel,
+	})
+	return l.Run(ctx, func(ctx context.Context) (loop.Result, error) {
+		lease := e.cfg.Leases.Lease()
+		if lease == nil {
+			return loop.Result{}, nil // the next lease wakes the loop
 		}
-		err := e.lead(ctx, l, string(value), newLease)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err == nil {
-			bo.Succeeded()
-			continue
-		}
+		err := e.lead(ctx, lease, string(value))
 		if errors.Is(err, store.ErrLeaseLost) {
-			e.cfg.Leases.Lost(l)
+			e.cfg.Leases.Lost(lease)
 		}
-		d, first := bo.Failed()
-		ev := e.log.Debug()
-		if first {
-			ev = e.log.Warn()
-		}
-		ev.Err(err).Stringer("retry_in", d).Msg("proxy election failed; standing again")
-		if !retry.Wait(ctx, d) {
-			return nil
-		}
-	}
+		return loop.Result{}, err
+	})
 }
 
-// lead campaigns under l, then leads until l ends or the node takes a new
-// lease; it returns nil when leadership (or the candidacy) ended that way.
-func (e *elector) lead(ctx context.Context, l *store.Lease, value string, newLease <-chan struct{}) error {
+// lead campaigns under l, then leads until l ends; it returns nil when
+// leadership (or the candidacy) ended that way. (The node lets a lease go
+// before it takes the next one, which wakes Start.)
+func (e *Elector) lead(ctx context.Context, l *store.Lease, value string) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
 		case <-l.Done:
-		case <-newLease:
 		case <-lctx.Done():
 		}
 		cancel()
 	}()
-	created, err := e.cfg.Store.Campaign(lctx, LeaderPrefix(e.cfg.Project), value, l.ID)
+	created, err := e.cfg.Store.Campaign(lctx, store.ElectionName(e.cfg.Project), value, l.ID)
 	if err != nil {
 		if lctx.Err() != nil && ctx.Err() == nil {
 			return nil // the lease ended while campaigning: stand again

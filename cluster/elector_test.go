@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -9,9 +9,27 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/upstreamd/upstreamd/containers"
 	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
+
+// proxyModel is what the reconciler does with RunsProxy, reduced to the
+// one proxy: ProxyRun starts one when none runs, ProxyKeep keeps the one
+// that runs and starts none, ProxyNone removes it. Proxies are numbered
+// from 1 as they are created; 0 is none.
+type proxyModel struct{ running, created int }
+
+func (m *proxyModel) pass(d ProxyDuty) {
+	switch d {
+	case ProxyRun:
+		if m.running == 0 {
+			m.created++
+			m.running = m.created
+		}
+	case ProxyNone:
+		m.running = 0
+	}
+}
 
 // fakeElection is etcd's election as the elector uses it: each Campaign
 // wins with the create revision the test sends on wins (or waits for its
@@ -47,7 +65,7 @@ func (f *fakeElection) show(keys map[string]int64) {
 	u := store.Update{Reset: true}
 	for node, rev := range keys {
 		v, _ := json.Marshal(Leader{Node: node, Address: node + ":8080"})
-		u.KVs = append(u.KVs, store.KV{Key: LeaderPrefix("up") + "/" + node, Value: v, Created: rev})
+		u.KVs = append(u.KVs, store.KV{Key: store.LeaderPrefix("up") + node, Value: v, Created: rev})
 	}
 	f.mu.Lock()
 	handle := f.handle
@@ -62,11 +80,11 @@ func (f *fakeElection) show(keys map[string]int64) {
 func TestElectorKeepsItsProxy(t *testing.T) {
 	type env struct {
 		el     *fakeElection
-		leases *fakeLeases
+		leases *storetest.Leases
 	}
 	win := func(rev int64) func(env) { return func(e env) { e.el.wins <- rev } }
-	lose := func(e env) { e.leases.expire() }
-	lease := func(id int64) func(env) { return func(e env) { e.leases.set(id) } }
+	lose := func(e env) { e.leases.Expire() }
+	lease := func(id int64) func(env) { return func(e env) { e.leases.Set(id) } }
 	show := func(keys map[string]int64) func(env) { return func(e env) { e.el.show(keys) } }
 	for _, tc := range []struct {
 		name         string
@@ -99,54 +117,38 @@ func TestElectorKeepsItsProxy(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
-				e := env{el: &fakeElection{wins: make(chan int64, 1)}, leases: newFakeLeases()}
-				e.leases.set(1)
-				<-e.leases.changed // this lease is not news to the elector
+				e := env{el: &fakeElection{wins: make(chan int64, 1)}, leases: storetest.NewLeases()}
+				e.leases.Set(1)
+				<-e.leases.Subscribe() // this lease is not news to the elector
 				el := newElector(electorConfig{Store: e.el, Leases: e.leases, Project: "up", Self: Leader{Node: "self", Address: "self:8080"},
 					Logger: zerolog.Nop()})
-				rec := newRecEnv(t, testSpec())
-				rec.rec.cfg.RunProxy = el.RunsProxy
-				reconcile := func() {
-					t.Helper()
-					if _, err := rec.rec.Reconcile(ctx); err != nil {
-						t.Fatal(err)
-					}
-				}
+				var proxy proxyModel
 				go func() { _ = el.Start(ctx) }()
 				e.el.wins <- 5
 				synctest.Wait()
 				if !el.Leading() {
 					t.Fatal("not leading after winning")
 				}
-				reconcile()
-				first := rec.docker.withRole(containers.RoleProxy, "")
-				if len(first) != 1 {
-					t.Fatalf("%d proxies while leading, want 1", len(first))
+				proxy.pass(el.RunsProxy())
+				if proxy.running != 1 {
+					t.Fatalf("proxy %d runs while leading, want the first", proxy.running)
 				}
 				for _, step := range tc.steps {
 					step(e)
 					synctest.Wait()
-					reconcile()
+					proxy.pass(el.RunsProxy())
 				}
 				if got := el.Leading(); got != tc.leading {
 					t.Errorf("Leading() = %v, want %v", got, tc.leading)
 				}
-				proxies := rec.docker.withRole(containers.RoleProxy, "")
-				kept := len(proxies) == 1 && proxies[0].ID == first[0].ID
-				if kept != tc.proxy {
-					t.Errorf("the first proxy runs: %v, want %v (proxies now: %d)", kept, tc.proxy, len(proxies))
+				if kept := proxy.running == 1; kept != tc.proxy {
+					t.Errorf("the first proxy runs: %v, want %v (proxy now: %d)", kept, tc.proxy, proxy.running)
 				}
-				if want := tc.leading || tc.proxy; len(proxies) != map[bool]int{true: 1, false: 0}[want] {
-					t.Errorf("%d proxies, want one only while leading or kept (%v)", len(proxies), want)
+				if want := tc.leading || tc.proxy; (proxy.running != 0) != want {
+					t.Errorf("proxy %d runs, want one only while leading or kept (%v)", proxy.running, want)
 				}
-				created := 0
-				for _, cs := range rec.docker.recorded().creates {
-					if cs.Labels[containers.LabelRole] == string(containers.RoleProxy) {
-						created++
-					}
-				}
-				if created != tc.proxyCreates {
-					t.Errorf("%d proxies created, want %d", created, tc.proxyCreates)
+				if proxy.created != tc.proxyCreates {
+					t.Errorf("%d proxies created, want %d", proxy.created, tc.proxyCreates)
 				}
 			})
 		})
@@ -180,48 +182,32 @@ func TestElectorRestartKeepsFoundProxy(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				ctx, cancel := context.WithCancel(t.Context())
 				defer cancel()
-				rec := newRecEnv(t, testSpec())
-				reconcile := func() {
-					t.Helper()
-					if _, err := rec.rec.Reconcile(ctx); err != nil {
-						t.Fatal(err)
-					}
-				}
-				var found []containers.Container
+				var proxy proxyModel
 				if tc.found { // the daemon's run before: it led
-					reconcile()
-					found = rec.docker.withRole(containers.RoleProxy, "")
+					proxy.pass(ProxyRun)
 				}
-				before := len(rec.docker.recorded().creates)
+				found, before := proxy.running, proxy.created
 				f := &fakeElection{wins: make(chan int64, 1)}
-				leases := newFakeLeases()
-				leases.set(1)
+				leases := storetest.NewLeases()
+				leases.Set(1)
 				el := newElector(electorConfig{Store: f, Leases: leases, Project: "up", Self: Leader{Node: "self", Address: "self:8080"},
 					Logger: zerolog.Nop()})
-				rec.rec.cfg.RunProxy = el.RunsProxy
 				go func() { _ = el.Start(ctx) }()
 				synctest.Wait()
-				reconcile()
-				if got := rec.docker.withRole(containers.RoleProxy, ""); len(got) != len(found) {
-					t.Fatalf("first pass after the restart: %d proxies, want the %d found", len(got), len(found))
+				proxy.pass(el.RunsProxy())
+				if proxy.running != found {
+					t.Fatalf("first pass after the restart: proxy %d runs, want the one found (%d)", proxy.running, found)
 				}
 				tc.then(f)
 				synctest.Wait()
-				reconcile()
+				proxy.pass(el.RunsProxy())
 				if got := el.Leading(); got != tc.leading {
 					t.Errorf("Leading() = %v, want %v", got, tc.leading)
 				}
-				proxies := rec.docker.withRole(containers.RoleProxy, "")
-				if kept := len(found) == 1 && len(proxies) == 1 && proxies[0].ID == found[0].ID; kept != tc.proxy {
-					t.Errorf("the proxy found runs: %v, want %v (proxies now: %d)", kept, tc.proxy, len(proxies))
+				if kept := found != 0 && proxy.running == found; kept != tc.proxy {
+					t.Errorf("the proxy found runs: %v, want %v (proxy now: %d)", kept, tc.proxy, proxy.running)
 				}
-				created := 0
-				for _, cs := range rec.docker.recorded().creates[before:] {
-					if cs.Labels[containers.LabelRole] == string(containers.RoleProxy) {
-						created++
-					}
-				}
-				if created != tc.proxyCreates {
+				if created := proxy.created - before; created != tc.proxyCreates {
 					t.Errorf("%d proxies created after the restart, want %d", created, tc.proxyCreates)
 				}
 			})

@@ -1,4 +1,4 @@
-package orchestrator
+package cluster
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/upstreamd/upstreamd/store"
+	"github.com/upstreamd/upstreamd/store/storetest"
 )
 
 func TestFairShares(t *testing.T) {
@@ -51,20 +52,20 @@ func TestFairShares(t *testing.T) {
 // write is seen by all of them at once (as their watches would).
 type slotEtcd struct {
 	mu      sync.Mutex
-	kv      map[string]fakeKV
-	members []*placement
+	kv      map[string]storetest.Value
+	members []*Placement
 	nodes   []string
 }
 
-func newSlotEtcd() *slotEtcd { return &slotEtcd{kv: map[string]fakeKV{}} }
+func newSlotEtcd() *slotEtcd { return &slotEtcd{kv: map[string]storetest.Value{}} }
 
 func (e *slotEtcd) Claim(_ context.Context, key, value string, lease int64) (bool, store.KV, error) {
 	e.mu.Lock()
 	if v, ok := e.kv[key]; ok {
 		e.mu.Unlock()
-		return false, store.KV{Key: key, Value: []byte(v.value), Lease: v.lease}, nil
+		return false, store.KV{Key: key, Value: []byte(v.Value), Lease: v.Lease}, nil
 	}
-	e.kv[key] = fakeKV{value: value, lease: lease}
+	e.kv[key] = storetest.Value{Value: value, Lease: lease}
 	e.mu.Unlock()
 	e.publish()
 	return true, store.KV{}, nil
@@ -73,7 +74,7 @@ func (e *slotEtcd) Claim(_ context.Context, key, value string, lease int64) (boo
 // Unclaim deletes key only while it holds value under lease.
 func (e *slotEtcd) Unclaim(_ context.Context, key, value string, lease int64) (bool, error) {
 	e.mu.Lock()
-	if v, ok := e.kv[key]; !ok || v.value != value || v.lease != lease {
+	if v, ok := e.kv[key]; !ok || v.Value != value || v.Lease != lease {
 		e.mu.Unlock()
 		return false, nil
 	}
@@ -90,7 +91,7 @@ func (e *slotEtcd) holders() map[string]string {
 	out := map[string]string{}
 	for k, v := range e.kv {
 		var s Slot
-		_ = json.Unmarshal([]byte(v.value), &s)
+		_ = json.Unmarshal([]byte(v.Value), &s)
 		out[k] = s.Node
 	}
 	return out
@@ -101,11 +102,11 @@ func (e *slotEtcd) publish() {
 	e.mu.Lock()
 	slots := store.Update{Reset: true}
 	for _, k := range slices.Sorted(maps.Keys(e.kv)) {
-		slots.KVs = append(slots.KVs, store.KV{Key: k, Value: []byte(e.kv[k].value), Lease: e.kv[k].lease})
+		slots.KVs = append(slots.KVs, store.KV{Key: k, Value: []byte(e.kv[k].Value), Lease: e.kv[k].Lease})
 	}
 	nodes := store.Update{Reset: true}
 	for _, n := range e.nodes {
-		nodes.KVs = append(nodes.KVs, store.KV{Key: enginesPrefix("p") + "engine-" + n, Value: []byte(`{"node":"` + n + `"}`)})
+		nodes.KVs = append(nodes.KVs, store.KV{Key: store.EngineKey("p", "engine-"+n), Value: []byte(`{"node":"` + n + `"}`)})
 	}
 	members := slices.Clone(e.members)
 	e.mu.Unlock()
@@ -116,12 +117,12 @@ func (e *slotEtcd) publish() {
 }
 
 // join adds a node's placement.
-func (e *slotEtcd) join(name string, spec Spec, ov map[string]int) *placement {
+func (e *slotEtcd) join(name string, spec []Service, ov map[string]int) *Placement {
 	p := newPlacement(placementConfig{
-		Store: e, Spec: spec, Node: name, Project: "p",
-		Leases:   &fixedLease{l: &store.Lease{ID: int64(len(e.members) + 1)}},
-		Replicas: func() (map[string]int, bool) { return ov, true },
-		Logger:   zerolog.Nop(),
+		Store: e, Services: spec, Node: name, Project: "p",
+		Leases:    &fixedLease{l: &store.Lease{ID: int64(len(e.members) + 1)}},
+		Overrides: func() (map[string]int, bool) { return ov, true },
+		Logger:    zerolog.Nop(),
 	})
 	e.mu.Lock()
 	e.members = append(e.members, p)
@@ -135,28 +136,28 @@ func (e *slotEtcd) join(name string, spec Spec, ov map[string]int) *placement {
 func (e *slotEtcd) die(name string) {
 	e.mu.Lock()
 	for k, v := range e.kv {
-		if v.value == `{"node":"`+name+`"}` {
+		if v.Value == `{"node":"`+name+`"}` {
 			delete(e.kv, k)
 		}
 	}
 	e.nodes = slices.DeleteFunc(e.nodes, func(n string) bool { return n == name })
-	e.members = slices.DeleteFunc(e.members, func(p *placement) bool { return p.cfg.Node == name })
+	e.members = slices.DeleteFunc(e.members, func(p *Placement) bool { return p.cfg.Node == name })
 	e.mu.Unlock()
 	e.publish()
 }
 
 // expire ends p's lease: etcd drops its keys and its node, which the
 // others see; p keeps what it had until it takes the new lease id (back).
-func (e *slotEtcd) expire(p *placement, id int64) (back func()) {
+func (e *slotEtcd) expire(p *Placement, id int64) (back func()) {
 	old := p.cfg.Leases.Lease().ID
 	e.mu.Lock()
 	for k, v := range e.kv {
-		if v.lease == old {
+		if v.Lease == old {
 			delete(e.kv, k)
 		}
 	}
 	e.nodes = slices.DeleteFunc(e.nodes, func(n string) bool { return n == p.cfg.Node })
-	e.members = slices.DeleteFunc(e.members, func(m *placement) bool { return m == p })
+	e.members = slices.DeleteFunc(e.members, func(m *Placement) bool { return m == p })
 	e.mu.Unlock()
 	e.publish()
 	p.cfg.Leases.(*fixedLease).l = nil
@@ -189,7 +190,7 @@ func settleAll(t *testing.T, e *slotEtcd) map[string]int {
 			if err := p.Step(ctx); err != nil {
 				t.Fatal(err)
 			}
-			local, ok := p.Local()
+			local, ok := p.Share()
 			if !ok {
 				t.Fatalf("%s: not placed after a step", p.cfg.Node)
 			}
@@ -207,8 +208,8 @@ func settleAll(t *testing.T, e *slotEtcd) map[string]int {
 	return nil
 }
 
-func clusterSpec(replicas, maxPerNode int) Spec {
-	return Spec{Project: "p", Services: []ServiceSpec{{Name: "apache", Replicas: replicas, MaxPerNode: maxPerNode}}}
+func clusterSpec(replicas, maxPerNode int) []Service {
+	return []Service{{Name: "apache", Replicas: replicas, MaxPerNode: maxPerNode}}
 }
 
 // TestPlacementSpreadsAndReschedules walks the seed's cluster: three
@@ -283,7 +284,7 @@ func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
 	if err := a.Step(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if local, _ := a.Local(); local["apache"] != 1 {
+	if local, _ := a.Share(); local["apache"] != 1 {
 		t.Fatalf("a keeps %d, want 1", local["apache"])
 	}
 	if err := a.Settle(ctx, map[string]int{"apache": 2}); err != nil { // still draining
@@ -292,7 +293,7 @@ func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
 	if err := b.Step(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if local, _ := b.Local(); local["apache"] != 0 {
+	if local, _ := b.Share(); local["apache"] != 0 {
 		t.Fatalf("b runs %d while a still drains, want 0", local["apache"])
 	}
 	if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil { // drained
@@ -301,15 +302,15 @@ func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
 	if err := b.Step(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if local, _ := b.Local(); local["apache"] != 1 {
+	if local, _ := b.Share(); local["apache"] != 1 {
 		t.Fatalf("b runs %d once a drained, want 1", local["apache"])
 	}
 
 	// Scale the cluster down to 1 (an override): the node holding slot 1
 	// gives it up.
 	ov := map[string]int{"apache": 1}
-	for _, p := range []*placement{a, b} {
-		p.cfg.Replicas = func() (map[string]int, bool) { return ov, true }
+	for _, p := range []*Placement{a, b} {
+		p.cfg.Overrides = func() (map[string]int, bool) { return ov, true }
 	}
 	got := settleAll(t, e)
 	if got["a"]+got["b"] != 1 || len(e.kv) != 1 {
@@ -322,12 +323,12 @@ func TestPlacementDrainsBeforeGivingUp(t *testing.T) {
 // keeps what runs).
 func TestPlacementWaitsForEtcd(t *testing.T) {
 	e := newSlotEtcd()
-	p := newPlacement(placementConfig{Store: e, Spec: clusterSpec(3, 0), Node: "a", Project: "p",
-		Leases: &fixedLease{}, Replicas: func() (map[string]int, bool) { return nil, true }, Logger: zerolog.Nop()})
+	p := newPlacement(placementConfig{Store: e, Services: clusterSpec(3, 0), Node: "a", Project: "p",
+		Leases: &fixedLease{}, Overrides: func() (map[string]int, bool) { return nil, true }, Logger: zerolog.Nop()})
 	if err := p.Step(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := p.Local(); ok {
+	if _, ok := p.Share(); ok {
 		t.Fatal("placed without a copy of etcd")
 	}
 	p.applyNodes(store.Update{Reset: true})
@@ -335,7 +336,7 @@ func TestPlacementWaitsForEtcd(t *testing.T) {
 	if err := p.Step(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := p.Local(); ok {
+	if _, ok := p.Share(); ok {
 		t.Fatal("placed without a lease")
 	}
 	if len(e.kv) != 0 {
@@ -348,12 +349,12 @@ func TestPlacementWaitsForEtcd(t *testing.T) {
 func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
 	var logs strings.Builder
 	spec := clusterSpec(3, 0)
-	p := newPlacement(placementConfig{Store: newSlotEtcd(), Spec: spec, Node: "a", Project: "p",
-		Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
+	p := newPlacement(placementConfig{Store: newSlotEtcd(), Services: spec, Node: "a", Digest: "0123456789aa", Project: "p",
+		Leases: &fixedLease{l: &store.Lease{ID: 1}}, Overrides: func() (map[string]int, bool) { return nil, true },
 		Logger: zerolog.New(&logs)})
-	same, _ := json.Marshal(Announcement{Node: "b", Spec: spec.Digest()})
+	same, _ := json.Marshal(Announcement{Node: "b", Spec: "0123456789aa"})
 	other, _ := json.Marshal(Announcement{Node: "c", Spec: "0123456789ab"})
-	u := store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: same}, {Key: enginesPrefix("p") + "e2", Value: other}}}
+	u := store.Update{Reset: true, KVs: []store.KV{{Key: store.EngineKey("p", "e1"), Value: same}, {Key: store.EngineKey("p", "e2"), Value: other}}}
 	p.applyNodes(u)
 	p.applyNodes(u)
 	if n := strings.Count(logs.String(), "runs another spec"); n != 1 {
@@ -371,24 +372,23 @@ func TestPlacementSaysWhichNodeDiffers(t *testing.T) {
 // addresses in a project other nodes share is told, once, that the other
 // hosts cannot reach them; with advertise = "host" nothing is said.
 func TestPlacementWarnsOfBridgeAddresses(t *testing.T) {
-	for _, advertise := range []string{AdvertiseContainer, AdvertiseHost} {
+	for _, advertise := range []string{"container", "host"} {
 		var logs strings.Builder
 		spec := clusterSpec(3, 0)
-		spec.Advertise = advertise
-		p := newPlacement(placementConfig{Store: newSlotEtcd(), Spec: spec, Node: "a", Project: "p",
-			Leases: &fixedLease{l: &store.Lease{ID: 1}}, Replicas: func() (map[string]int, bool) { return nil, true },
+		p := newPlacement(placementConfig{Store: newSlotEtcd(), Services: spec, HostAddresses: advertise == "host", Node: "a", Project: "p",
+			Leases: &fixedLease{l: &store.Lease{ID: 1}}, Overrides: func() (map[string]int, bool) { return nil, true },
 			Logger: zerolog.New(&logs)})
 		a, _ := json.Marshal(Announcement{Node: "a"})
 		b, _ := json.Marshal(Announcement{Node: "b"})
-		p.applyNodes(store.Update{Reset: true, KVs: []store.KV{{Key: enginesPrefix("p") + "e1", Value: a}}})
+		p.applyNodes(store.Update{Reset: true, KVs: []store.KV{{Key: store.EngineKey("p", "e1"), Value: a}}})
 		if strings.Contains(logs.String(), "cannot reach") {
 			t.Fatalf("%s: warned while alone:\n%s", advertise, logs.String())
 		}
-		u := store.Update{KVs: []store.KV{{Key: enginesPrefix("p") + "e2", Value: b}}}
+		u := store.Update{KVs: []store.KV{{Key: store.EngineKey("p", "e2"), Value: b}}}
 		p.applyNodes(u)
 		p.applyNodes(u)
 		want := 0
-		if advertise == AdvertiseContainer {
+		if advertise == "container" {
 			want = 1
 		}
 		if n := strings.Count(logs.String(), "cannot reach"); n != want {
@@ -416,7 +416,7 @@ func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
 			t.Fatal(err)
 		}
 		back := e.expire(a, 10)
-		for _, p := range []*placement{b, c} {
+		for _, p := range []*Placement{b, c} {
 			if err := p.Step(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -456,13 +456,13 @@ func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
 		if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil {
 			t.Fatal(err)
 		}
-		if got := e.kv[SlotKey("p", "apache", 1)]; got.lease != 10 {
+		if got := e.kv[store.SlotKey("p", "apache", 1)]; got.Lease != 10 {
 			t.Fatalf("slot 1 is %+v after a settled, want a's claim under lease 10: it is not one to give up", got)
 		}
 		if err := a.Step(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if local, _ := a.Local(); local["apache"] != 1 {
+		if local, _ := a.Share(); local["apache"] != 1 {
 			t.Fatalf("a runs %d, want 1", local["apache"])
 		}
 	})
@@ -475,9 +475,9 @@ func TestPlacementReleasesOnlyItsOwnClaim(t *testing.T) {
 		if err := a.Step(ctx); err != nil { // marks 1
 			t.Fatal(err)
 		}
-		key := SlotKey("p", "apache", 1)
+		key := store.SlotKey("p", "apache", 1)
 		e.mu.Lock()
-		e.kv[key] = fakeKV{value: `{"node":"b"}`, lease: b.cfg.Leases.Lease().ID} // deleted by hand, and b claimed it
+		e.kv[key] = storetest.Value{Value: `{"node":"b"}`, Lease: b.cfg.Leases.Lease().ID} // deleted by hand, and b claimed it
 		e.mu.Unlock()
 		e.publish()
 		if err := a.Settle(ctx, map[string]int{"apache": 1}); err != nil {

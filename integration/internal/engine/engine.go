@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
@@ -48,8 +49,23 @@ func (c *Client) Exec(ctx context.Context, id string, cmd []string) (containers.
 }
 
 // Pause freezes every process of a container (the engine's "hang").
+// On a loaded machine the cgroup freezer can give up ("unable to freeze":
+// runc thaws the container again and the engine answers a system error),
+// so such a failure is tried again a few times; a container that is gone
+// or not running is not.
 func (c *Client) Pause(ctx context.Context, id string) error {
-	if err := c.api.ContainerPause(ctx, id); err != nil {
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		if err = c.api.ContainerPause(ctx, id); err == nil || cerrdefs.IsNotFound(err) || cerrdefs.IsConflict(err) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pause container %s: %w", containers.ShortID(id), errors.Join(err, ctx.Err()))
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("pause container %s: %w", containers.ShortID(id), err)
 	}
 	return nil
